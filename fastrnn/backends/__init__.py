@@ -1,0 +1,59 @@
+"""Backend choice: ``"auto"``, ``"reference"`` or ``"triton"``.
+
+Precedence: an explicit ``backend=`` on the module or function, else the
+``FASTRNN_BACKEND`` environment variable (read at each call), else ``"auto"``.
+``"auto"`` picks ``triton`` for CUDA tensors when Triton imports, else ``reference``.
+Asking for ``triton`` where it cannot run is an error, never a silent fallback.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from . import reference
+
+BACKENDS = ("auto", "reference", "triton")
+ENV_VAR = "FASTRNN_BACKEND"
+
+
+def validate_backend_name(name: str | None) -> str | None:
+    """Check a ``backend=`` argument; None means "ask the environment at call time"."""
+    if name is not None and name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS} or None, got {name!r}")
+    return name
+
+
+def _triton_backend():
+    """The triton backend module, or an ImportError that says why it cannot load."""
+    from . import triton_backend  # imports triton and fastrnn.kernels lazily
+
+    return triton_backend
+
+
+def triton_unavailable_reason(device: torch.device) -> str | None:
+    """Why the triton backend cannot run on ``device`` in this process, or None if it can."""
+    try:
+        backend = _triton_backend()
+    except ImportError as exc:
+        return f"triton could not be imported ({exc})"
+    return backend.unavailable_reason(device)
+
+
+def resolve(name: str | None, device: torch.device):
+    """Backend module for a call on tensors of ``device``."""
+    if name is None:
+        name = os.environ.get(ENV_VAR, "auto") or "auto"
+        if name not in BACKENDS:
+            raise ValueError(f"{ENV_VAR} must be one of {BACKENDS}, got {name!r}")
+    if name == "reference":
+        return reference
+    if name == "auto":
+        if device.type == "cuda" and triton_unavailable_reason(device) is None:
+            return _triton_backend()
+        return reference
+    reason = triton_unavailable_reason(device)
+    if reason is not None:
+        raise RuntimeError(f"fastrnn: backend='triton' cannot run on {device}: {reason}")
+    return _triton_backend()

@@ -1,0 +1,244 @@
+"""Pure-PyTorch backend: the CPU path and the oracle of the tests.
+
+One forward and one backward time loop per cell kind, next to its equations. The loops
+build no autograd graph: they write into preallocated buffers in place, and everything
+that does not depend on the recurrence (activation derivatives, ``tanh(c)``) is computed
+for the whole sequence in one op before the backward loop, so each step is a handful of
+kernels around one GEMM.
+
+See :mod:`fastrnn.backends.base` for the interface and the state-buffer model of packed
+sequences.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..kinds import CellKind
+from ..schedule import Schedule
+from .base import BackwardResult, ForwardResult
+
+name = "reference"
+
+
+def _slot(schedule: Schedule, t: int) -> tuple[int, int]:
+    off, bs = schedule.offsets[t], schedule.batch_sizes[t]
+    return off, off + bs
+
+
+# --------------------------------------------------------------------------------------
+# LSTM
+#   i, f, g, o = sigmoid(xi + W_hi h), sigmoid(xf + W_hf h), tanh(xg + W_hg h), sigmoid(xo + W_ho h)
+#   c' = f * c + i * g
+#   m  = o * tanh(c')
+#   h' = m                 (or m @ W_hr^T with proj_size)
+# --------------------------------------------------------------------------------------
+
+
+def _lstm_forward(xg, w_hh, w_hr, h0, c0, schedule, reverse, save):
+    n_rows, hidden = xg.shape[0], c0.shape[1]
+    y = xg.new_empty(n_rows, h0.shape[1])
+    h, c = h0.clone(), c0.clone()  # state buffers S (rows beyond the active batch stay put)
+    batch = schedule.batch
+    gates_seq = xg.new_empty(n_rows, 4 * hidden) if save else None
+    c_seq = xg.new_empty(n_rows, hidden) if save else None
+    gates_buf = None if save else xg.new_empty(batch, 4 * hidden)
+    m_buf = xg.new_empty(batch, hidden) if w_hr is not None else None
+    w_hh_t = w_hh.t()
+    w_hr_t = w_hr.t() if w_hr is not None else None
+    for t in schedule.order(reverse):
+        lo, hi = _slot(schedule, t)
+        bs = hi - lo
+        gates = gates_seq[lo:hi] if save else gates_buf[:bs]
+        torch.addmm(xg[lo:hi], h[:bs], w_hh_t, out=gates)
+        gates[:, : 2 * hidden].sigmoid_()
+        gates[:, 2 * hidden : 3 * hidden].tanh_()
+        gates[:, 3 * hidden :].sigmoid_()
+        i, f, g, o = gates.chunk(4, 1)
+        cs = c[:bs]
+        cs.mul_(f).addcmul_(i, g)
+        if save:
+            c_seq[lo:hi].copy_(cs)
+        if w_hr is None:
+            torch.tanh(cs, out=y[lo:hi]).mul_(o)
+        else:
+            m = torch.tanh(cs, out=m_buf[:bs]).mul_(o)
+            torch.mm(m, w_hr_t, out=y[lo:hi])
+        h[:bs].copy_(y[lo:hi])
+    saved = (gates_seq, c_seq) if save else ()
+    return ForwardResult(y, h, c, saved)
+
+
+def _lstm_backward(saved, w_hh, w_hr, c0, dy, dh_n, dc_n, schedule, reverse):
+    gates_seq, c_seq = saved
+    hidden = c_seq.shape[1]
+    i, f, g, o = gates_seq.chunk(4, 1)
+    c_prev = schedule.previous(c_seq, c0, reverse)
+    tanh_c = torch.tanh(c_seq)
+    # Whole-sequence factors: dgates_pre = [dc*i', dc*f', dc*g', dm*o'] with
+    #   i' = g*i*(1-i), f' = c_prev*f*(1-f), g' = i*(1-g^2), o' = tanh(c)*o*(1-o);
+    # dgates starts as these factors and each step multiplies its rows by dc / dm in place.
+    dgates = torch.empty_like(gates_seq)
+    di, df, dg, do = dgates.chunk(4, 1)
+    torch.mul(g, i * (1 - i), out=di)
+    torch.mul(c_prev, f * (1 - f), out=df)
+    torch.mul(i, 1 - g * g, out=dg)
+    torch.mul(tanh_c, o * (1 - o), out=do)
+    dc_from_m = o * (1 - tanh_c * tanh_c)  # dc += dm * o * (1 - tanh(c)^2)
+    del c_prev, tanh_c
+
+    dh, dc = dh_n.clone(), dc_n.clone()
+    dh_seq = torch.empty_like(dy) if w_hr is not None else None
+    for t in reversed(schedule.order(reverse)):
+        lo, hi = _slot(schedule, t)
+        bs = hi - lo
+        dhs, dcs = dh[:bs], dc[:bs]
+        dhs.add_(dy[lo:hi])
+        if w_hr is None:
+            dm = dhs
+        else:
+            dh_seq[lo:hi].copy_(dhs)
+            dm = dhs @ w_hr
+        dcs.addcmul_(dm, dc_from_m[lo:hi])
+        step = dgates[lo:hi].view(bs, 4, hidden)
+        step[:, :3].mul_(dcs.unsqueeze(1))
+        step[:, 3].mul_(dm)
+        dcs.mul_(f[lo:hi])
+        torch.mm(dgates[lo:hi], w_hh, out=dhs)
+    dw_hr = None
+    if w_hr is not None:
+        dw_hr = dh_seq.t() @ (o * torch.tanh(c_seq))
+    return BackwardResult(dgates, dgates, dh, dc, dw_hr)
+
+
+# --------------------------------------------------------------------------------------
+# GRU (torch's rule: b_hn sits inside the reset gate's product)
+#   r = sigmoid(xr + W_hr h + b_hr)
+#   z = sigmoid(xz + W_hz h + b_hz)
+#   n = tanh(xn + r * (W_hn h + b_hn))
+#   h' = (1 - z) * n + z * h
+# --------------------------------------------------------------------------------------
+
+
+def _gru_forward(xg, w_hh, b_hh, h0, schedule, reverse, save):
+    n_rows, hidden = xg.shape[0], h0.shape[1]
+    batch = schedule.batch
+    y = xg.new_empty(n_rows, hidden)
+    h = h0.clone()
+    gates_seq = xg.new_empty(n_rows, 3 * hidden) if save else None
+    hn_seq = xg.new_empty(n_rows, hidden) if save else None
+    gates_buf = None if save else xg.new_empty(batch, 3 * hidden)
+    hg_buf = xg.new_empty(batch, 3 * hidden)
+    w_hh_t = w_hh.t()
+    for t in schedule.order(reverse):
+        lo, hi = _slot(schedule, t)
+        bs = hi - lo
+        hs = h[:bs]
+        hg = hg_buf[:bs]
+        if b_hh is None:
+            torch.mm(hs, w_hh_t, out=hg)
+        else:
+            torch.addmm(b_hh, hs, w_hh_t, out=hg)
+        gates = gates_seq[lo:hi] if save else gates_buf[:bs]
+        x = xg[lo:hi]
+        rz = gates[:, : 2 * hidden]
+        torch.add(x[:, : 2 * hidden], hg[:, : 2 * hidden], out=rz).sigmoid_()
+        r, z, n = gates.chunk(3, 1)
+        hn = hg[:, 2 * hidden :]
+        if save:
+            hn_seq[lo:hi].copy_(hn)
+        torch.addcmul(x[:, 2 * hidden :], r, hn, out=n).tanh_()
+        out = y[lo:hi]
+        torch.sub(hs, n, out=out).mul_(z).add_(n)  # n + z * (h - n)
+        hs.copy_(out)
+    saved = (gates_seq, hn_seq) if save else ()
+    return ForwardResult(y, h, None, saved)
+
+
+def _gru_backward(saved, w_hh, h0, y, dy, dh_n, schedule, reverse):
+    gates_seq, hn_seq = saved
+    hidden = hn_seq.shape[1]
+    r, z, n = gates_seq.chunk(3, 1)
+    h_prev = schedule.previous(y, h0, reverse)
+    # With dh the total gradient reaching h' at a step:
+    #   dn_pre = dh * (1-z) * (1-n^2)
+    #   dz_pre = dh * (h - n) * z * (1-z)
+    #   dr_pre = dn_pre * hn * r * (1-r)
+    #   dh_prev = dh * z + [dr_pre, dz_pre, dn_pre * r] @ W_hh
+    # Both gradient buffers start as the factors of dh and are scaled per step in place.
+    dxg = torch.empty_like(gates_seq)
+    dxr, dxz, dxn = dxg.chunk(3, 1)
+    torch.mul(1 - z, 1 - n * n, out=dxn)
+    torch.mul(h_prev - n, z * (1 - z), out=dxz)
+    torch.mul(dxn, hn_seq * r * (1 - r), out=dxr)
+    del h_prev
+    dhg = dxg.clone()
+    dhg[:, 2 * hidden :].mul_(r)
+
+    dh = dh_n.clone()
+    for t in reversed(schedule.order(reverse)):
+        lo, hi = _slot(schedule, t)
+        bs = hi - lo
+        dhs = dh[:bs]
+        dhs.add_(dy[lo:hi])
+        scale = dhs.unsqueeze(1)
+        dxg[lo:hi].view(bs, 3, hidden).mul_(scale)
+        dhg[lo:hi].view(bs, 3, hidden).mul_(scale)
+        torch.addmm(dhs * z[lo:hi], dhg[lo:hi], w_hh, out=dhs)
+    return BackwardResult(dxg, dhg, dh, None, None)
+
+
+# --------------------------------------------------------------------------------------
+# Plain RNN:  h' = act(x + W_hh h),  act = tanh or relu
+# --------------------------------------------------------------------------------------
+
+
+def _rnn_forward(kind, xg, w_hh, h0, schedule, reverse):
+    y = xg.new_empty(xg.shape[0], h0.shape[1])
+    h = h0.clone()
+    w_hh_t = w_hh.t()
+    act = torch.Tensor.tanh_ if kind is CellKind.RNN_TANH else torch.Tensor.relu_
+    for t in schedule.order(reverse):
+        lo, hi = _slot(schedule, t)
+        bs = hi - lo
+        out = y[lo:hi]
+        act(torch.addmm(xg[lo:hi], h[:bs], w_hh_t, out=out))
+        h[:bs].copy_(out)
+    return ForwardResult(y, h, None, ())
+
+
+def _rnn_backward(kind, w_hh, y, dy, dh_n, schedule, reverse):
+    # dpre = dh * act'(pre): 1 - h'^2 for tanh, [h' > 0] for relu (torch's relu' at 0 is 0).
+    dxg = 1 - y * y if kind is CellKind.RNN_TANH else (y > 0).to(y.dtype)
+    dh = dh_n.clone()
+    for t in reversed(schedule.order(reverse)):
+        lo, hi = _slot(schedule, t)
+        bs = hi - lo
+        dhs = dh[:bs]
+        dhs.add_(dy[lo:hi])
+        step = dxg[lo:hi].mul_(dhs)
+        torch.mm(step, w_hh, out=dhs)
+    return BackwardResult(dxg, dxg, dh, None, None)
+
+
+# --------------------------------------------------------------------------------------
+# Backend interface
+# --------------------------------------------------------------------------------------
+
+
+def forward(kind, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save):
+    """Run the forward time loop; see :mod:`fastrnn.backends.base`."""
+    if kind is CellKind.LSTM:
+        return _lstm_forward(xg, w_hh, w_hr, h0, c0, schedule, reverse, save)
+    if kind is CellKind.GRU:
+        return _gru_forward(xg, w_hh, b_hh, h0, schedule, reverse, save)
+    return _rnn_forward(kind, xg, w_hh, h0, schedule, reverse)
+
+
+def backward(kind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reverse):
+    """Run the backward time loop; see :mod:`fastrnn.backends.base`."""
+    if kind is CellKind.LSTM:
+        return _lstm_backward(saved, w_hh, w_hr, c0, dy, dh_n, dc_n, schedule, reverse)
+    if kind is CellKind.GRU:
+        return _gru_backward(saved, w_hh, h0, y, dy, dh_n, schedule, reverse)
+    return _rnn_backward(kind, w_hh, y, dy, dh_n, schedule, reverse)

@@ -1,0 +1,166 @@
+"""Functional API: the layer-level recurrences the modules are built from.
+
+Sequences are *flat*: ``(N, features)`` rows grouped by timestep, as in
+``PackedSequence.data`` (see :mod:`fastrnn.schedule`). A padded ``(T, B, F)`` tensor is
+flat after ``.reshape(T * B, F)`` with ``Schedule.uniform(T, B)``.
+
+Example::
+
+    >>> import torch, fastrnn
+    >>> from fastrnn.functional import recurrent_stack, Schedule
+    >>> lstm = torch.nn.LSTM(5, 8)
+    >>> x = torch.randn(7, 3, 5)
+    >>> weights = [tuple(lstm.all_weights[0]) + (None,)]
+    >>> y, h_n, c_n = recurrent_stack("LSTM", x.reshape(21, 5), Schedule.uniform(7, 3),
+    ...                               torch.zeros(1, 3, 8), torch.zeros(1, 3, 8), weights)
+    >>> y.shape, h_n.shape
+    (torch.Size([21, 8]), torch.Size([1, 3, 8]))
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from . import backends
+from .engine import run_layer
+from .kinds import CellKind
+from .schedule import Schedule
+
+__all__ = ["Schedule", "CellKind", "recurrent_layer", "recurrent_stack", "check_tensors"]
+
+LayerWeights = tuple  # (w_ih, w_hh, b_ih | None, b_hh | None, w_hr | None)
+
+
+def _kind(kind) -> CellKind:
+    return kind if isinstance(kind, CellKind) else CellKind(kind)
+
+
+def check_tensors(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor | None, weights: Sequence[LayerWeights]) -> None:
+    """Raise before any work if devices or dtypes disagree (torch's messages where it has one)."""
+    if x.is_complex() or not x.is_floating_point():
+        raise ValueError(f"fastrnn: input must be a floating point tensor, got {x.dtype}")
+    w0 = weights[0][0]
+    if x.device != w0.device:
+        raise RuntimeError(
+            "Input and parameter tensors are not at the same device, found input tensor at "
+            f"{x.device} and parameter tensor at {w0.device}"
+        )
+    for name, state in (("hidden", h0), ("cell", c0)):
+        if state is None:
+            continue
+        if state.device != x.device:
+            raise RuntimeError(
+                "Input and hidden tensors are not at the same device, found input tensor at "
+                f"{x.device} and {name} tensor at {state.device}"
+            )
+        if state.dtype != x.dtype:
+            raise RuntimeError(
+                f"fastrnn: {name} state dtype ({state.dtype}) does not match input dtype ({x.dtype})"
+            )
+    for layer in weights:
+        for w in layer:
+            if w is not None and (w.dtype != x.dtype or w.device != x.device):
+                raise RuntimeError(
+                    f"fastrnn: parameter of dtype {w.dtype} on {w.device} does not match input "
+                    f"of dtype {x.dtype} on {x.device}"
+                )
+
+
+def _autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype in force for ``device``, or None (torch.nn RNNs run in it)."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return None
+
+
+def recurrent_layer(
+    kind,
+    x: torch.Tensor,
+    schedule: Schedule,
+    h0: torch.Tensor,
+    c0: torch.Tensor | None,
+    weights: LayerWeights,
+    *,
+    reverse: bool = False,
+    backend: str | None = None,
+):
+    """One direction of one recurrent layer (no checks; see :func:`recurrent_stack`).
+
+    Args:
+        kind: ``"LSTM"``, ``"GRU"``, ``"RNN_TANH"``, ``"RNN_RELU"`` or a :class:`CellKind`.
+        x: ``(N, I)`` flat input rows.
+        schedule: batch sizes of the rows.
+        h0: ``(B, P)``; c0: ``(B, H)`` for LSTM, else None.
+        weights: ``(w_ih (G*H, I), w_hh (G*H, P), b_ih, b_hh, w_hr (P, H) | None)``.
+        reverse: run from the last timestep to the first.
+
+    Returns:
+        ``(y (N, P), h_n (B, P), c_n (B, H) | None)``.
+    """
+    impl = backends.resolve(backend, x.device)
+    return run_layer(impl, _kind(kind), schedule, reverse, x, h0, c0, weights)
+
+
+def recurrent_stack(
+    kind,
+    x: torch.Tensor,
+    schedule: Schedule,
+    h0: torch.Tensor,
+    c0: torch.Tensor | None,
+    weights: Sequence[LayerWeights],
+    *,
+    bidirectional: bool = False,
+    dropout: float = 0.0,
+    training: bool = False,
+    backend: str | None = None,
+):
+    """A stack of recurrent layers, as ``torch.nn.RNN/LSTM/GRU`` compute it.
+
+    Args:
+        kind: cell kind (see :func:`recurrent_layer`).
+        x: ``(N, I)`` flat input rows.
+        schedule: batch sizes of the rows; ``schedule.batch == B``.
+        h0: ``(L*D, B, P)``; c0: ``(L*D, B, H)`` for LSTM, else None.
+        weights: ``L*D`` tuples, layer-major then direction (torch's order).
+        bidirectional: ``D = 2`` when True.
+        dropout: probability applied to each layer's output except the last, in training.
+        training: whether dropout is active.
+
+    Returns:
+        ``(y (N, D*P), h_n (L*D, B, P), c_n (L*D, B, H) | None)``.
+    """
+    kind = _kind(kind)
+    if schedule.steps == 0:
+        raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+    cast = _autocast_dtype(x.device)
+    if cast is not None:
+        # torch.nn RNNs are on autocast's lower-precision list: run entirely in that dtype;
+        # the casts are differentiable, so fp32 parameters still receive gradients.
+        def to(t):
+            return None if t is None else t.to(cast)
+
+        x, h0, c0 = to(x), to(h0), to(c0)
+        weights = [tuple(to(w) for w in layer) for layer in weights]
+    check_tensors(x, h0, c0, weights)
+    impl = backends.resolve(backend, x.device)
+    directions = 2 if bidirectional else 1
+    num_layers = len(weights) // directions
+    h_n, c_n = [], []
+    with torch.autocast(x.device.type, enabled=False):
+        for layer in range(num_layers):
+            outputs = []
+            for d in range(directions):
+                idx = layer * directions + d
+                y, h, c = run_layer(
+                    impl, kind, schedule, d == 1, x, h0[idx], None if c0 is None else c0[idx], weights[idx]
+                )
+                outputs.append(y)
+                h_n.append(h)
+                c_n.append(c)
+            x = outputs[0] if directions == 1 else torch.cat(outputs, 1)
+            if dropout > 0 and training and layer < num_layers - 1:
+                x = F.dropout(x, dropout, training=True)
+    return x, torch.stack(h_n), (torch.stack(c_n) if c0 is not None else None)

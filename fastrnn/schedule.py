@@ -1,0 +1,111 @@
+"""The time schedule of one recurrent layer: which rows of the flat sequence each step owns.
+
+Every sequence the engine sees is *flat*: a 2-D tensor ``(N, features)`` whose rows are
+grouped by timestep, step ``t`` owning rows ``offsets[t] : offsets[t] + batch_sizes[t]``.
+This is exactly the layout of ``PackedSequence.data``, and a padded ``(T, B, F)`` tensor
+reshaped to ``(T * B, F)`` is the special case where every batch size equals ``B``.
+So packed and padded input run through the same loop without any repacking, and a
+step with fewer active sequences simply computes fewer rows.
+
+Batch sizes never increase with ``t`` (torch's packing sorts sequences by length).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Per-step batch sizes of a flat sequence.
+
+    Attributes:
+        batch_sizes: active rows at each timestep, non-increasing, ``len == T``.
+        offsets: first flat row of each timestep.
+        batch: ``B``, the number of sequences (``batch_sizes[0]``; 0 for an empty batch).
+    """
+
+    batch_sizes: tuple[int, ...]
+    offsets: tuple[int, ...]
+    batch: int
+
+    @staticmethod
+    def uniform(steps: int, batch: int) -> "Schedule":
+        """Schedule of a padded ``(T, B, F)`` sequence: every step has ``B`` rows."""
+        return Schedule((batch,) * steps, tuple(t * batch for t in range(steps)), batch)
+
+    @staticmethod
+    def from_batch_sizes(batch_sizes: torch.Tensor | list[int]) -> "Schedule":
+        """Schedule of a ``PackedSequence`` from its ``batch_sizes`` (CPU int64 tensor)."""
+        sizes = tuple(int(b) for b in (batch_sizes.tolist() if torch.is_tensor(batch_sizes) else batch_sizes))
+        offsets, total = [], 0
+        for b in sizes:
+            offsets.append(total)
+            total += b
+        return Schedule(sizes, tuple(offsets), sizes[0] if sizes else 0)
+
+    @property
+    def steps(self) -> int:
+        """``T``, the number of timesteps."""
+        return len(self.batch_sizes)
+
+    @property
+    def rows(self) -> int:
+        """``N``, the number of rows of the flat sequence."""
+        return self.offsets[-1] + self.batch_sizes[-1] if self.batch_sizes else 0
+
+    @cached_property
+    def is_uniform(self) -> bool:
+        """True when every step has all ``B`` rows (padded input)."""
+        return all(b == self.batch for b in self.batch_sizes)
+
+    def order(self, reverse: bool) -> range:
+        """Timesteps in processing order: ``0..T-1``, or ``T-1..0`` for the reverse direction."""
+        return range(self.steps - 1, -1, -1) if reverse else range(self.steps)
+
+    @cached_property
+    def _lengths(self) -> torch.Tensor:
+        """Length of each of the ``B`` sequences (CPU int64)."""
+        sizes = torch.tensor(self.batch_sizes, dtype=torch.int64)
+        return (sizes.unsqueeze(0) > torch.arange(self.batch).unsqueeze(1)).sum(1)
+
+    def _prev_index(self, reverse: bool) -> torch.Tensor:
+        """For each flat row, the row of ``cat([init, seq])`` holding its previous state."""
+        batch = self.batch
+        index = torch.empty(self.rows, dtype=torch.int64)
+        last_row = torch.arange(batch, dtype=torch.int64)  # rows of `init` to start from
+        for t in self.order(reverse):
+            off, bs = self.offsets[t], self.batch_sizes[t]
+            index[off : off + bs] = last_row[:bs]
+            last_row[:bs] = torch.arange(off, off + bs) + batch
+        return index
+
+    @cached_property
+    def _prev_index_forward(self) -> torch.Tensor:
+        return self._prev_index(False)
+
+    @cached_property
+    def _prev_index_reverse(self) -> torch.Tensor:
+        return self._prev_index(True)
+
+    def previous(self, seq: torch.Tensor, init: torch.Tensor, reverse: bool) -> torch.Tensor:
+        """The state each step started from, as a flat sequence.
+
+        Args:
+            seq: ``(N, H)`` states produced at each step.
+            init: ``(B, H)`` initial state.
+            reverse: processing direction.
+
+        Returns:
+            ``(N, H)``: row ``r`` of step ``t`` holds that sequence's state before step ``t``.
+        """
+        if self.rows == 0:
+            return seq
+        if self.is_uniform:
+            b = self.batch
+            return torch.cat([seq[b:], init]) if reverse else torch.cat([init, seq[:-b]])
+        index = self._prev_index_reverse if reverse else self._prev_index_forward
+        return torch.cat([init, seq]).index_select(0, index.to(seq.device))
