@@ -73,19 +73,19 @@ def _lstm_backward(saved, w_hh, w_hr, c0, dy, dh_n, dc_n, schedule, reverse):
     gates_seq, c_seq = saved
     hidden = c_seq.shape[1]
     i, f, g, o = gates_seq.chunk(4, 1)
-    c_prev = schedule.previous(c_seq, c0, reverse)
-    tanh_c = torch.tanh(c_seq)
     # Whole-sequence factors: dgates_pre = [dc*i', dc*f', dc*g', dm*o'] with
     #   i' = g*i*(1-i), f' = c_prev*f*(1-f), g' = i*(1-g^2), o' = tanh(c)*o*(1-o);
     # dgates starts as these factors and each step multiplies its rows by dc / dm in place.
-    dgates = torch.empty_like(gates_seq)
+    # Written with out= and in-place ops: fresh large temporaries cost page faults on the CPU.
+    dgates = torch.mul(gates_seq, gates_seq)
+    torch.sub(gates_seq, dgates, out=dgates)  # s * (1 - s) for the sigmoid gates
     di, df, dg, do = dgates.chunk(4, 1)
-    torch.mul(g, i * (1 - i), out=di)
-    torch.mul(c_prev, f * (1 - f), out=df)
-    torch.mul(i, 1 - g * g, out=dg)
-    torch.mul(tanh_c, o * (1 - o), out=do)
-    dc_from_m = o * (1 - tanh_c * tanh_c)  # dc += dm * o * (1 - tanh(c)^2)
-    del c_prev, tanh_c
+    torch.mul(g, g, out=dg).neg_().add_(1).mul_(i)  # (1 - g^2) * i
+    di.mul_(g)
+    df.mul_(schedule.previous(c_seq, c0, reverse))
+    dc_from_m = torch.tanh(c_seq)
+    do.mul_(dc_from_m)
+    dc_from_m.mul_(dc_from_m).neg_().add_(1).mul_(o)  # dc += dm * o * (1 - tanh(c)^2)
 
     dh, dc = dh_n.clone(), dc_n.clone()
     dh_seq = torch.empty_like(dy) if w_hr is not None else None
@@ -159,19 +159,22 @@ def _gru_backward(saved, w_hh, h0, y, dy, dh_n, schedule, reverse):
     gates_seq, hn_seq = saved
     hidden = hn_seq.shape[1]
     r, z, n = gates_seq.chunk(3, 1)
-    h_prev = schedule.previous(y, h0, reverse)
     # With dh the total gradient reaching h' at a step:
     #   dn_pre = dh * (1-z) * (1-n^2)
     #   dz_pre = dh * (h - n) * z * (1-z)
     #   dr_pre = dn_pre * hn * r * (1-r)
     #   dh_prev = dh * z + [dr_pre, dz_pre, dn_pre * r] @ W_hh
     # Both gradient buffers start as the factors of dh and are scaled per step in place.
+    # (in-place / out= ops throughout: fresh large temporaries cost page faults on the CPU)
     dxg = torch.empty_like(gates_seq)
     dxr, dxz, dxn = dxg.chunk(3, 1)
-    torch.mul(1 - z, 1 - n * n, out=dxn)
-    torch.mul(h_prev - n, z * (1 - z), out=dxz)
-    torch.mul(dxn, hn_seq * r * (1 - r), out=dxr)
-    del h_prev
+    torch.mul(n, n, out=dxn).neg_().add_(1)  # 1 - n^2
+    torch.mul(z, dxn, out=dxr)
+    dxn.sub_(dxr)  # (1 - z) * (1 - n^2)
+    torch.mul(r, r, out=dxr)
+    torch.sub(r, dxr, out=dxr).mul_(hn_seq).mul_(dxn)  # r * (1-r) * hn * dxn
+    torch.mul(z, z, out=dxz)
+    torch.sub(z, dxz, out=dxz).mul_(schedule.previous(y, h0, reverse).sub_(n))  # z * (1-z) * (h - n)
     dhg = dxg.clone()
     dhg[:, 2 * hidden :].mul_(r)
 
@@ -209,7 +212,10 @@ def _rnn_forward(kind, xg, w_hh, h0, schedule, reverse):
 
 def _rnn_backward(kind, w_hh, y, dy, dh_n, schedule, reverse):
     # dpre = dh * act'(pre): 1 - h'^2 for tanh, [h' > 0] for relu (torch's relu' at 0 is 0).
-    dxg = 1 - y * y if kind is CellKind.RNN_TANH else (y > 0).to(y.dtype)
+    if kind is CellKind.RNN_TANH:
+        dxg = torch.mul(y, y).neg_().add_(1)
+    else:
+        dxg = (y > 0).to(y.dtype)
     dh = dh_n.clone()
     for t in reversed(schedule.order(reverse)):
         lo, hi = _slot(schedule, t)
