@@ -69,11 +69,22 @@ def check_tensors(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor | None, we
                 )
 
 
-def _autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """The autocast dtype in force for ``device``, or None (torch.nn RNNs run in it)."""
-    if torch.is_autocast_enabled(device.type):
-        return torch.get_autocast_dtype(device.type)
-    return None
+def _autocast_dtype(device: torch.device, kind: CellKind, cell: bool, dtype: torch.dtype) -> torch.dtype | None:
+    """The dtype torch.nn computes in under autocast on ``device``, or None (no autocast).
+
+    Measured on torch 2.13: on CUDA every RNN op runs in the autocast dtype (cuDNN's
+    autocast wrapper, and ``*_cell`` are on the lower-precision list). On the CPU no RNN op
+    has an autocast kernel; what comes out depends on the implementation: RNN and
+    RNNCell give the autocast dtype, GRU, GRUCell and LSTMCell compute in the input's
+    dtype (float32 for float32 input, bfloat16 for bfloat16 input), and LSTM fails inside
+    oneDNN. fastrnn gives the same output dtypes, running LSTM in the autocast dtype like
+    RNN instead of failing.
+    """
+    if not torch.is_autocast_enabled(device.type):
+        return None
+    if device.type == "cpu" and (kind is CellKind.GRU or (cell and kind is CellKind.LSTM)):
+        return dtype
+    return torch.get_autocast_dtype(device.type)
 
 
 def recurrent_layer(
@@ -116,6 +127,7 @@ def recurrent_stack(
     dropout: float = 0.0,
     training: bool = False,
     backend: str | None = None,
+    cell: bool = False,
 ):
     """A stack of recurrent layers, as ``torch.nn.RNN/LSTM/GRU`` compute it.
 
@@ -128,6 +140,7 @@ def recurrent_stack(
         bidirectional: ``D = 2`` when True.
         dropout: probability applied to each layer's output except the last, in training.
         training: whether dropout is active.
+        cell: the call comes from a ``*Cell`` module (only changes the autocast dtype).
 
     Returns:
         ``(y (N, D*P), h_n (L*D, B, P), c_n (L*D, B, H) | None)``.
@@ -135,7 +148,7 @@ def recurrent_stack(
     kind = _kind(kind)
     if schedule.steps == 0:
         raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-    cast = _autocast_dtype(x.device)
+    cast = _autocast_dtype(x.device, kind, cell, x.dtype)
     if cast is not None:
         # torch.nn RNNs are on autocast's lower-precision list: run entirely in that dtype;
         # the casts are differentiable, so fp32 parameters still receive gradients.

@@ -196,7 +196,9 @@ class _FastCellBase:
         h0 = states[0].unsqueeze(0)
         c0 = states[1].unsqueeze(0) if len(states) > 1 else None
         weights = [(self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, None)]
-        _, h_n, c_n = recurrent_stack(kind, input, Schedule.uniform(1, input.size(0)), h0, c0, weights, backend=self.backend)
+        _, h_n, c_n = recurrent_stack(
+            kind, input, Schedule.uniform(1, input.size(0)), h0, c0, weights, backend=self.backend, cell=True
+        )
         return h_n[0], (c_n[0] if c_n is not None else None)
 
     def _prepare(self, input, hx, n_states):
