@@ -109,3 +109,20 @@ class Schedule:
             return torch.cat([seq[b:], init]) if reverse else torch.cat([init, seq[:-b]])
         index = self._prev_index_reverse if reverse else self._prev_index_forward
         return torch.cat([init, seq]).index_select(0, index.to(seq.device))
+
+    def final(self, seq: torch.Tensor, reverse: bool) -> torch.Tensor:
+        """Each sequence's state after its last processed step.
+
+        Args:
+            seq: ``(N, H)`` states produced at each step.
+            reverse: processing direction (the reverse direction ends at timestep 0).
+
+        Returns:
+            ``(B, H)``, a view when the rows are contiguous, else a gathered copy.
+        """
+        if reverse:
+            return seq[: self.batch]
+        if self.is_uniform:
+            return seq[self.rows - self.batch :]
+        index = torch.tensor(self.offsets, dtype=torch.int64)[self._lengths - 1] + torch.arange(self.batch)
+        return seq.index_select(0, index.to(seq.device))

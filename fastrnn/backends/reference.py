@@ -26,6 +26,21 @@ def _slot(schedule: Schedule, t: int) -> tuple[int, int]:
     return off, off + bs
 
 
+def _previous_rows(seq, init, prev, bs):
+    """Rows ``[:bs]`` of the state before a step, without copying when possible.
+
+    ``prev`` is the ``(lo, hi)`` slot of the previously processed step in ``seq``, or None
+    before the first step. The forward direction only loses rows (a view of the previous
+    step); the reverse direction of a packed batch gains rows, which start from ``init``.
+    """
+    if prev is None:
+        return init[:bs]
+    lo, hi = prev
+    if hi - lo >= bs:
+        return seq[lo : lo + bs]
+    return torch.cat([seq[lo:hi], init[hi - lo : bs]])
+
+
 # --------------------------------------------------------------------------------------
 # LSTM
 #   i, f, g, o = sigmoid(xi + W_hi h), sigmoid(xf + W_hf h), tanh(xg + W_hg h), sigmoid(xo + W_ho h)
@@ -37,36 +52,41 @@ def _slot(schedule: Schedule, t: int) -> tuple[int, int]:
 
 def _lstm_forward(xg, w_hh, w_hr, h0, c0, schedule, reverse, save):
     n_rows, hidden = xg.shape[0], c0.shape[1]
-    y = xg.new_empty(n_rows, h0.shape[1])
-    h, c = h0.clone(), c0.clone()  # state buffers S (rows beyond the active batch stay put)
     batch = schedule.batch
+    y = xg.new_empty(n_rows, h0.shape[1])
+    # With `save`, c of every step is kept for backward and each step writes its own rows;
+    # without, one (B, H) cell-state buffer is updated in place (rows beyond the active
+    # batch keep their final value).
+    c_seq = xg.new_empty(n_rows, hidden) if save else c0.clone()
     gates_seq = xg.new_empty(n_rows, 4 * hidden) if save else None
-    c_seq = xg.new_empty(n_rows, hidden) if save else None
     gates_buf = None if save else xg.new_empty(batch, 4 * hidden)
     m_buf = xg.new_empty(batch, hidden) if w_hr is not None else None
     w_hh_t = w_hh.t()
     w_hr_t = w_hr.t() if w_hr is not None else None
+    prev = None
     for t in schedule.order(reverse):
         lo, hi = _slot(schedule, t)
         bs = hi - lo
         gates = gates_seq[lo:hi] if save else gates_buf[:bs]
-        torch.addmm(xg[lo:hi], h[:bs], w_hh_t, out=gates)
+        torch.addmm(xg[lo:hi], _previous_rows(y, h0, prev, bs), w_hh_t, out=gates)
         gates[:, : 2 * hidden].sigmoid_()
         gates[:, 2 * hidden : 3 * hidden].tanh_()
         gates[:, 3 * hidden :].sigmoid_()
         i, f, g, o = gates.chunk(4, 1)
-        cs = c[:bs]
-        cs.mul_(f).addcmul_(i, g)
         if save:
-            c_seq[lo:hi].copy_(cs)
+            cs = torch.mul(f, _previous_rows(c_seq, c0, prev, bs), out=c_seq[lo:hi])
+        else:
+            cs = c_seq[:bs].mul_(f)
+        cs.addcmul_(i, g)
         if w_hr is None:
             torch.tanh(cs, out=y[lo:hi]).mul_(o)
         else:
             m = torch.tanh(cs, out=m_buf[:bs]).mul_(o)
             torch.mm(m, w_hr_t, out=y[lo:hi])
-        h[:bs].copy_(y[lo:hi])
+        prev = (lo, hi)
+    c_n = schedule.final(c_seq, reverse) if save else c_seq
     saved = (gates_seq, c_seq) if save else ()
-    return ForwardResult(y, h, c, saved)
+    return ForwardResult(y, schedule.final(y, reverse), c_n, saved)
 
 
 def _lstm_backward(saved, w_hh, w_hr, c0, dy, dh_n, dc_n, schedule, reverse):
@@ -124,16 +144,16 @@ def _gru_forward(xg, w_hh, b_hh, h0, schedule, reverse, save):
     n_rows, hidden = xg.shape[0], h0.shape[1]
     batch = schedule.batch
     y = xg.new_empty(n_rows, hidden)
-    h = h0.clone()
     gates_seq = xg.new_empty(n_rows, 3 * hidden) if save else None
     hn_seq = xg.new_empty(n_rows, hidden) if save else None
     gates_buf = None if save else xg.new_empty(batch, 3 * hidden)
     hg_buf = xg.new_empty(batch, 3 * hidden)
     w_hh_t = w_hh.t()
+    prev = None
     for t in schedule.order(reverse):
         lo, hi = _slot(schedule, t)
         bs = hi - lo
-        hs = h[:bs]
+        hs = _previous_rows(y, h0, prev, bs)
         hg = hg_buf[:bs]
         if b_hh is None:
             torch.mm(hs, w_hh_t, out=hg)
@@ -148,11 +168,10 @@ def _gru_forward(xg, w_hh, b_hh, h0, schedule, reverse, save):
         if save:
             hn_seq[lo:hi].copy_(hn)
         torch.addcmul(x[:, 2 * hidden :], r, hn, out=n).tanh_()
-        out = y[lo:hi]
-        torch.sub(hs, n, out=out).mul_(z).add_(n)  # n + z * (h - n)
-        hs.copy_(out)
+        torch.sub(hs, n, out=y[lo:hi]).mul_(z).add_(n)  # n + z * (h - n)
+        prev = (lo, hi)
     saved = (gates_seq, hn_seq) if save else ()
-    return ForwardResult(y, h, None, saved)
+    return ForwardResult(y, schedule.final(y, reverse), None, saved)
 
 
 def _gru_backward(saved, w_hh, h0, y, dy, dh_n, schedule, reverse):
@@ -198,16 +217,14 @@ def _gru_backward(saved, w_hh, h0, y, dy, dh_n, schedule, reverse):
 
 def _rnn_forward(kind, xg, w_hh, h0, schedule, reverse):
     y = xg.new_empty(xg.shape[0], h0.shape[1])
-    h = h0.clone()
     w_hh_t = w_hh.t()
     act = torch.Tensor.tanh_ if kind is CellKind.RNN_TANH else torch.Tensor.relu_
+    prev = None
     for t in schedule.order(reverse):
         lo, hi = _slot(schedule, t)
-        bs = hi - lo
-        out = y[lo:hi]
-        act(torch.addmm(xg[lo:hi], h[:bs], w_hh_t, out=out))
-        h[:bs].copy_(out)
-    return ForwardResult(y, h, None, ())
+        act(torch.addmm(xg[lo:hi], _previous_rows(y, h0, prev, hi - lo), w_hh_t, out=y[lo:hi]))
+        prev = (lo, hi)
+    return ForwardResult(y, schedule.final(y, reverse), None, ())
 
 
 def _rnn_backward(kind, w_hh, y, dy, dh_n, schedule, reverse):
