@@ -118,11 +118,12 @@ class Schedule:
             reverse: processing direction (the reverse direction ends at timestep 0).
 
         Returns:
-            ``(B, H)``, a view when the rows are contiguous, else a gathered copy.
+            ``(B, H)``, a new tensor (never a view of ``seq``: an in-place change to
+            ``h_n`` must not alter the output sequence).
         """
         if reverse:
-            return seq[: self.batch]
+            return seq[: self.batch].clone()
         if self.is_uniform:
-            return seq[self.rows - self.batch :]
+            return seq[self.rows - self.batch :].clone()
         index = torch.tensor(self.offsets, dtype=torch.int64)[self._lengths - 1] + torch.arange(self.batch)
         return seq.index_select(0, index.to(seq.device))
