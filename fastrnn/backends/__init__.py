@@ -9,6 +9,7 @@ Asking for ``triton`` where it cannot run is an error, never a silent fallback.
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 
@@ -50,8 +51,19 @@ def resolve(name: str | None, device: torch.device):
     if name == "reference":
         return reference
     if name == "auto":
-        if device.type == "cuda" and triton_unavailable_reason(device) is None:
+        if device.type != "cuda":
+            return reference
+        reason = triton_unavailable_reason(device)
+        if reason is None:
             return _triton_backend()
+        # No silent slow paths: the reference loop on a GPU is correct but far slower.
+        warnings.warn(
+            f"fastrnn: the triton backend cannot run on {device} ({reason}); using the "
+            "reference backend, a step-by-step PyTorch loop. Pass backend='reference' to "
+            "silence this warning.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return reference
     reason = triton_unavailable_reason(device)
     if reason is not None:
