@@ -50,7 +50,13 @@ class RecurrentLayer(torch.autograd.Function):
         ctx.has_bias = b_ih is not None
         ctx.n_saved = len(res.saved)
         if save:
-            ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_hh, w_hr, res.y, *res.saved)
+            # Save only what backward reads: x for dW_ih, W_ih for dx, b_hh only where the
+            # step uses it (GRU).
+            need = ctx.needs_input_grad
+            ctx.save_for_backward(
+                x if need[7] else None, h0, c0, w_ih if need[4] else None, w_hh,
+                inner_bias, w_hr, res.y, *res.saved,
+            )
         if kind.has_cell_state:
             return res.y, res.h_n, res.c_n
         return res.y, res.h_n
@@ -58,9 +64,8 @@ class RecurrentLayer(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dh_n, dc_n=None):
-        x, h0, c0, w_ih, w_hh, b_hh, w_hr, y, *saved = ctx.saved_tensors
+        x, h0, c0, w_ih, w_hh, inner_bias, w_hr, y, *saved = ctx.saved_tensors
         kind, schedule, reverse = ctx.kind, ctx.schedule, ctx.reverse
-        inner_bias = b_hh if kind.recurrent_bias_inside else None
         res = ctx.backend.backward(
             kind, tuple(saved), w_hh, inner_bias, w_hr, h0, c0, y,
             dy.contiguous(), dh_n.contiguous(),
