@@ -19,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import torch
@@ -69,6 +70,12 @@ def check_tensors(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor | None, we
                 )
 
 
+def autocast_enabled(device_type: str) -> bool:
+    """``torch.is_autocast_enabled``, False for device types without autocast (e.g. ``meta``,
+    where torch's query raises instead of answering)."""
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
 def _autocast_dtype(device: torch.device, kind: CellKind, cell: bool, dtype: torch.dtype) -> torch.dtype | None:
     """The dtype torch.nn computes in under autocast on ``device``, or None (no autocast).
 
@@ -80,7 +87,7 @@ def _autocast_dtype(device: torch.device, kind: CellKind, cell: bool, dtype: tor
     oneDNN. fastrnn gives the same output dtypes, running LSTM in the autocast dtype like
     RNN instead of failing.
     """
-    if not torch.is_autocast_enabled(device.type):
+    if not autocast_enabled(device.type):
         return None
     if device.type == "cpu" and (kind is CellKind.GRU or (cell and kind is CellKind.LSTM)):
         return dtype
@@ -162,7 +169,12 @@ def recurrent_stack(
     directions = 2 if bidirectional else 1
     num_layers = len(weights) // directions
     h_n, c_n = [], []
-    with torch.autocast(x.device.type, enabled=False):
+    no_autocast = (
+        torch.autocast(x.device.type, enabled=False)
+        if torch.amp.is_autocast_available(x.device.type)
+        else contextlib.nullcontext()  # e.g. "meta": torch.autocast rejects the device type
+    )
+    with no_autocast:
         for layer in range(num_layers):
             outputs = []
             for d in range(directions):

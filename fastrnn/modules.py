@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from .backends import validate_backend_name
-from .functional import recurrent_stack
+from .functional import autocast_enabled, recurrent_stack
 from .kinds import CellKind
 from .schedule import Schedule
 
@@ -188,7 +188,7 @@ class _FastCellBase:
 
     def _step(self, kind, input, states):
         """Check, run one step, return ``(h', c' | None)`` batched."""
-        if input.dtype != self.weight_ih.dtype and not torch.is_autocast_enabled(input.device.type):
+        if input.dtype != self.weight_ih.dtype and not autocast_enabled(input.device.type):
             raise RuntimeError(
                 f"mat1 and mat2 must have the same dtype, but got {input.dtype} and {self.weight_ih.dtype}"
             )
