@@ -228,11 +228,12 @@ def _rnn_forward(kind, xg, w_hh, h0, schedule, reverse):
 
 
 def _rnn_backward(kind, w_hh, y, dy, dh_n, schedule, reverse):
-    # dpre = dh * act'(pre): 1 - h'^2 for tanh, [h' > 0] for relu (torch's relu' at 0 is 0).
+    # dpre = dh * act'(pre): 1 - h'^2 for tanh, [not h' <= 0] for relu (torch's relu' is 0 at
+    # 0 and 1 at NaN: its threshold_backward zeroes only where h' <= 0).
     if kind is CellKind.RNN_TANH:
         dxg = torch.mul(y, y).neg_().add_(1)
     else:
-        dxg = (y > 0).to(y.dtype)
+        dxg = (y <= 0).logical_not_().to(y.dtype)
     dh = dh_n.clone()
     for t in reversed(schedule.order(reverse)):
         lo, hi = _slot(schedule, t)
