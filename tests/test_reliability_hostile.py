@@ -170,8 +170,21 @@ VIEW_CASES = {
 }
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("view", list(VIEW_CASES))
+# In the interpreter the quick run covers one transposed, one strided and one expanded
+# case; the full grid (FASTRNN_FULL=1) runs them all.
+TRITON_QUICK_VIEWS = ("transposed-tbi", "strided-feature", "expanded")
+
+
+def _backend_grid(names, quick_for_triton):
+    return [
+        pytest.param(backend, name, id=f"{name}-{backend}",
+                     marks=[pytest.mark.slow] if backend == "triton" and name not in quick_for_triton else [])
+        for backend in BACKENDS
+        for name in names
+    ]
+
+
+@pytest.mark.parametrize("backend, view", _backend_grid(list(VIEW_CASES), TRITON_QUICK_VIEWS))
 @pytest.mark.parametrize("cls, kw", SEQ_CASES)
 def test_noncontiguous_inputs_and_states_match_torch(cls, kw, view, backend):
     batch_first, in_shape, view_input, state_shape, view_state = VIEW_CASES[view]
@@ -355,7 +368,7 @@ def test_cell_hx_of_wrong_dtype_raises_runtime_error_naming_dtypes(cls, backend)
 # --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", ["reference"])  # meta tensors have no data for kernels to read
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("cls, kw", SEQ_CASES)
 def test_device_mismatch_raises_like_torch(cls, kw, backend):
     x_cpu = torch.randn(T, B, I, dtype=torch.float64)
@@ -370,7 +383,10 @@ def test_device_mismatch_raises_like_torch(cls, kw, backend):
 
 @pytest.mark.parametrize("cls", ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"])
 def test_meta_device_gives_torch_shapes(cls):
-    """Shape-only runs (deferred init, FSDP) on the meta device work as with torch.nn."""
+    """Shape-only runs (deferred init, FSDP) on the meta device work as with torch.nn.
+
+    Reference backend only: meta tensors have no data for a Triton kernel to read.
+    """
     ref, fast = _pair(cls, "reference", I, H, device="meta")
     x = torch.randn((T, B, I) if "Cell" not in cls else (B, I), device="meta", dtype=torch.float64)
     expected, actual = run_shapes(ref(x)), run_shapes(fast(x))
@@ -397,9 +413,8 @@ def _assert_same_pattern(actual, expected, what):
 SPECIAL = {"nan": float("nan"), "+inf": float("inf"), "-inf": float("-inf")}
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("where", ["input", "h0"])
-@pytest.mark.parametrize("value", list(SPECIAL))
+@pytest.mark.parametrize("backend, value", _backend_grid(list(SPECIAL), ("nan", "+inf")))
 @pytest.mark.parametrize("cls, kw", SEQ_CASES)
 def test_nan_and_inf_propagate_like_torch(cls, kw, value, where, backend):
     ref, fast = _pair(cls, backend, I, H, **kw)

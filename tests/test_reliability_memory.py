@@ -105,7 +105,7 @@ LONG_CASES = [
     pytest.param("reference", "LSTM", LONG_T_REFERENCE, id="reference-LSTM-T10000"),
     pytest.param("reference", "GRU", LONG_T_REFERENCE, id="reference-GRU-T10000"),
     pytest.param("triton", "LSTM", LONG_T_TRITON, id=f"triton-LSTM-T{LONG_T_TRITON}"),
-    pytest.param("triton", "GRU", LONG_T_TRITON, id=f"triton-GRU-T{LONG_T_TRITON}"),
+    pytest.param("triton", "GRU", LONG_T_TRITON, id=f"triton-GRU-T{LONG_T_TRITON}", marks=pytest.mark.slow),
     pytest.param("triton", "LSTM", 10_000, id="triton-LSTM-T10000", marks=pytest.mark.slow),
 ]
 
@@ -181,17 +181,20 @@ def test_inference_saves_nothing(cls, backend, grad_context, monkeypatch):
 # --------------------------------------------------------------------------------------
 
 SAVED_CONFIGS = [
-    pytest.param(1, False, id="L1"),
-    pytest.param(2, True, id="L2-bidir"),
+    pytest.param("reference", 1, False, id="reference-L1"),
+    pytest.param("reference", 2, True, id="reference-L2-bidir"),
+    # forward only (no backward) but 50 interpreted steps per layer-direction
+    pytest.param("triton", 1, False, id="triton-L1"),
+    pytest.param("triton", 2, True, id="triton-L2-bidir", marks=pytest.mark.slow),
 ]
 
 
-@pytest.mark.parametrize("layers, bidirectional", SAVED_CONFIGS)
+@pytest.mark.parametrize("backend, layers, bidirectional", SAVED_CONFIGS)
 @pytest.mark.parametrize("cls", KINDS)
-def test_saved_bytes_not_above_torch(cls, layers, bidirectional):
+def test_saved_bytes_not_above_torch(cls, backend, layers, bidirectional):
     """T=50, B=8, I=H=32, float32, CPU: bytes saved per layer-direction <= torch.nn's."""
     steps, batch, size = 50, 8, 32
-    ref, fast = make_pair(cls, size, size, num_layers=layers, bidirectional=bidirectional, backend="reference")
+    ref, fast = make_pair(cls, size, size, num_layers=layers, bidirectional=bidirectional, backend=backend)
     layer_dirs = layers * (2 if bidirectional else 1)
     x, hx = _inputs(cls, steps, batch, size, size, layers_dirs=layer_dirs)
     figures = {}
@@ -201,7 +204,7 @@ def test_saved_bytes_not_above_torch(cls, layers, bidirectional):
         figures[name] = (rec.total_bytes() / layer_dirs, rec.extra_bytes(*alive) / layer_dirs, len(rec.tensors))
     (t_tot, t_extra, t_n), (f_tot, f_extra, f_n) = figures["torch.nn"], figures["fastrnn"]
     print(
-        f"\n[saved] {cls} L={layers} bidir={bidirectional} T={steps} B={batch} I=H={size} fp32, per layer-direction: "
+        f"\n[saved] {backend} {cls} L={layers} bidir={bidirectional} T={steps} B={batch} I=H={size} fp32, per layer-direction: "
         f"total fastrnn {f_tot:.0f} B vs torch.nn {t_tot:.0f} B (ratio {f_tot / t_tot:.3f}); "
         f"beyond params/input/outputs {f_extra:.0f} B vs {t_extra:.0f} B "
         f"(ratio {f_extra / max(t_extra, 1):.3f}); tensors saved {f_n} vs {t_n}"
