@@ -97,3 +97,50 @@ def assert_parity(ref, fast, inp, hx=None, dtype=torch.float64):
     assert len(par_f) == len(names)
     for n, a, e in zip(names, par_f, par_r):
         assert_close_all([a], [e], dtype, f"grad {n}")
+
+
+def pairwise(factors: dict, valid=None, seed: int = 0, candidates: int = 48) -> list[dict]:
+    """A deterministic selection of combinations that covers every pair of factor values.
+
+    ``factors`` maps a name to its list of values; ``valid(combo) -> bool`` rules out
+    combinations that cannot exist (e.g. ``proj_size >= hidden_size``). Every pair of
+    values that can occur together in a valid combination occurs in at least one selected
+    combination, so each value of each factor is exercised with each value of every other
+    factor. Greedy (AETG-style): each round draws ``candidates`` valid combinations with a
+    seeded RNG, plus one built around the first uncovered pair, and keeps the one that
+    covers most uncovered pairs. Same arguments, same result.
+    """
+    import itertools
+    import random
+
+    names = list(factors)
+    valid = valid or (lambda combo: True)
+    rng = random.Random(seed)
+
+    def pairs(c):
+        return {(a, factors[a].index(c[a]), b, factors[b].index(c[b])) for a, b in itertools.combinations(names, 2)}
+
+    def complete(fixed):
+        """A valid combination containing ``fixed``, or None (200 random tries)."""
+        for _ in range(200):
+            combo = {n: fixed[n] if n in fixed else rng.choice(factors[n]) for n in names}
+            if valid(combo):
+                return combo
+        return None
+
+    uncovered = set()
+    for a, b in itertools.combinations(names, 2):
+        for i, va in enumerate(factors[a]):
+            for j, vb in enumerate(factors[b]):
+                # a pair counts only if some valid combination holds it
+                if complete({a: va, b: vb}) is not None:
+                    uncovered.add((a, i, b, j))
+    chosen = []
+    while uncovered:
+        a, i, b, j = min(uncovered)
+        pool = [complete({a: factors[a][i], b: factors[b][j]})]
+        pool += [c for c in (complete({}) for _ in range(candidates)) if c is not None]
+        best = max(pool, key=lambda c: len(pairs(c) & uncovered))
+        chosen.append(best)
+        uncovered -= pairs(best)
+    return chosen
