@@ -34,9 +34,13 @@ class RanBeforeCheck(Exception):
     pass
 
 
+# tests whose input is valid and must run (the sentinel is off for them)
+RUNS_FOR_REAL = {"test_explicit_backend_overrides_bogus_environment_variable"}
+
+
 @pytest.fixture(autouse=True)
 def nothing_runs(request, monkeypatch):
-    if "runs_ok" in request.keywords:
+    if request.function.__name__ in RUNS_FOR_REAL:
         return
 
     def fail(*args, **kwargs):
@@ -346,7 +350,6 @@ def test_bogus_backend_environment_variable(cls, monkeypatch):
         _run(cls, module)
 
 
-@pytest.mark.runs_ok
 @pytest.mark.parametrize("cls", ALL_CLASSES)
 def test_explicit_backend_overrides_bogus_environment_variable(cls, monkeypatch):
     monkeypatch.setenv("FASTRNN_BACKEND", "bogus")
