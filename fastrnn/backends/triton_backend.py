@@ -43,6 +43,13 @@ def _kernels():
     return recurrent_step
 
 
+def _interpreted() -> bool:
+    """True when the kernels are Triton interpreter objects (CPU execution)."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(_kernels().recurrent_step_forward_kernel, InterpretedFunction)
+
+
 def unavailable_reason(device: torch.device) -> str | None:
     """Why this backend cannot run on ``device`` in this process, or None when it can.
 
@@ -50,9 +57,7 @@ def unavailable_reason(device: torch.device) -> str | None:
     created as Triton interpreter objects (the interpreter was switched on before
     ``fastrnn.kernels`` was first imported).
     """
-    from triton.runtime.interpreter import InterpretedFunction
-
-    interpreted = isinstance(_kernels().recurrent_step_forward_kernel, InterpretedFunction)
+    interpreted = _interpreted()
     if device.type == "cuda":
         if not torch.cuda.is_available():
             return "CUDA is not available in this process"
@@ -83,6 +88,12 @@ def forward(kind: CellKind, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, re
     ks = _kernels()
     prep = ks.aligned_input
     dtype, device = xg.dtype, xg.device
+    if dtype == torch.bfloat16 and _interpreted():
+        # Measured: the interpreter's tl.dot on bfloat16 operands returns wrong values.
+        raise RuntimeError(
+            "fastrnn: the triton backend cannot run bfloat16 in Triton's interpreter (its "
+            "bfloat16 tl.dot is wrong); use backend='reference' or float16/float32 on the CPU"
+        )
     acc = _acc_dtype(dtype)
     gates_n = kind.gates
     hidden, state = w_hh.shape[0] // gates_n, w_hh.shape[1]
