@@ -13,6 +13,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from fastrnn.kernels import report
 from fastrnn.kernels.recurrent_step import CONFIGS, KIND_IDS, specialisations
 
@@ -52,3 +54,65 @@ def test_kernel_report_all_rows_pass():
 def test_report_refuses_under_interpreter():
     """In this (interpreted) process the kernels cannot be compiled: a clear refusal."""
     assert report.main([]) == 2
+
+
+def test_step_config_is_always_a_reported_config():
+    from fastrnn.kernels.recurrent_step import step_config
+
+    assert {step_config(h) for h in range(1, 4097)} <= set(CONFIGS)
+
+
+class _Recorder:
+    """Stands in for a jitted kernel: records the compile-time choices of each launch."""
+
+    def __init__(self, kernel_name, seen):
+        self.kernel_name, self.seen = kernel_name, seen
+
+    def __getitem__(self, grid):
+        def launch(*args, num_warps, **constexprs):
+            self.seen.add((self.kernel_name, tuple(sorted(constexprs.items(), key=lambda kv: kv[0])), num_warps))
+
+        return launch
+
+
+@pytest.mark.parametrize("tf32", [False, True], ids=["ieee", "tf32"])
+def test_launcher_choices_are_all_in_the_report(monkeypatch, tf32):
+    """Every (kernel, constexprs, num_warps) a real call launches is a listed specialisation."""
+    import torch
+
+    from fastrnn.functional import Schedule, recurrent_layer
+    from fastrnn.backends import triton_backend
+    from fastrnn.kernels import recurrent_step
+
+    seen = set()
+    monkeypatch.setattr(triton_backend, "_interpreted", lambda: True)  # the recorders are no interpreter objects
+    monkeypatch.setattr(recurrent_step, "recurrent_step_forward_kernel", _Recorder("forward", seen))
+    monkeypatch.setattr(recurrent_step, "recurrent_step_backward_kernel", _Recorder("backward", seen))
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
+    for kind, gates in (("LSTM", 4), ("GRU", 3), ("RNN_TANH", 1), ("RNN_RELU", 1)):
+        for dtype in (torch.float32, torch.float16):
+            for hidden in (3, 40):
+                for proj in ((0, 2) if kind == "LSTM" else (0,)):
+                    state = proj or hidden
+                    x = torch.randn(4, 2, dtype=dtype, requires_grad=True)
+                    w = [torch.randn(gates * hidden, 2, dtype=dtype), torch.randn(gates * hidden, state, dtype=dtype),
+                         None, None, torch.randn(proj, hidden, dtype=dtype) if proj else None]
+                    w = [None if t is None else t.requires_grad_() for t in w]
+                    h0 = torch.zeros(2, state, dtype=dtype)
+                    c0 = torch.zeros(2, hidden, dtype=dtype) if kind == "LSTM" else None
+                    y, h_n, c_n = recurrent_layer(kind, x, Schedule.uniform(2, 2), h0, c0, tuple(w), backend="triton")
+                    y.float().sum().backward()
+                    with torch.no_grad():
+                        recurrent_layer(kind, x, Schedule.uniform(2, 2), h0, c0, tuple(w), backend="triton")
+    listed = {
+        (s.kernel_name, tuple(sorted(s.constexprs.items(), key=lambda kv: kv[0])), s.config.num_warps)
+        for s in specialisations()
+    }
+    assert seen <= listed, seen - listed
+    # ...and these calls reach every fp32 (this TF32 setting) and fp16 specialisation.
+    wanted = {
+        (s.kernel_name, tuple(sorted(s.constexprs.items(), key=lambda kv: kv[0])), s.config.num_warps)
+        for s in specialisations()
+        if s.dtype == torch.float16 or (s.dtype == torch.float32 and s.label.startswith("float32-tf32") == tf32)
+    }
+    assert seen == wanted, wanted - seen
