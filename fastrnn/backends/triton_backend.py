@@ -166,21 +166,21 @@ def backward(kind: CellKind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n,
     dummy_acc = torch.empty(8, dtype=acc, device=device)
 
     w_hh, y, dy, h0 = prep(w_hh), prep(y), prep(dy), prep(h0)
-    gates = c_seq = hn = dummy_io
+    # Unused pointer arguments get dummies of the dtype the kernel signature expects.
+    gates, hn, c_seq = dummy_io, dummy_io, dummy_acc
     if is_lstm:
         gates, c_seq = saved
         c0 = prep(c0)
-    elif is_gru:
-        gates, hn = saved
-    if not is_lstm:
+    else:
         c0 = dummy_io
-    c_seq = c_seq if is_lstm else dummy_acc
+        if is_gru:
+            gates, hn = saved
 
     dxg = _new((n_rows, gates_n * hidden), dtype, device)
     dhg = _new((n_rows, gates_n * hidden), dtype, device) if is_gru else dxg
     dh = dh_n.to(acc, copy=True).contiguous()  # (B, P) state buffer, becomes dh0
     dc = dc_n.to(acc, copy=True).contiguous() if is_lstm else dummy_acc
-    dm = _new(tuple(dh.shape[:1]) + (hidden,), acc, device) if proj else dummy_acc
+    dm = _new((dh.shape[0], hidden), acc, device) if proj else dummy_acc
     dh_seq = _new((n_rows, state), acc, device) if proj else None
     w_hh_acc = w_hh.to(acc)
     w_hr_acc = w_hr.to(acc) if proj else None
