@@ -82,14 +82,14 @@ def plot(rows, path: Path, impl: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(11, 0.4 * len(rows) + 1))
+    fig, ax = plt.subplots(figsize=(12, 0.3 * len(rows) + 0.8))
     ax.axis("off")
     table = ax.table(
-        cellText=[[d, str(o), str(h)] for d, o, h in rows],
-        colLabels=["layer (input shape in the code)", "output", "h_n"],
+        cellText=[[d, str(entry[3]), str(o), str(h)] for (d, o, h), entry in zip(rows, TOUR)],
+        colLabels=["layer", "input", "output", "h_n"],
         loc="center",
         cellLoc="left",
-        colWidths=[0.7, 0.15, 0.15],
+        colWidths=[0.61, 0.13, 0.13, 0.13],
     )
     table.auto_set_font_size(False)
     table.set_fontsize(8)
