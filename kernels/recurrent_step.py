@@ -158,7 +158,8 @@ def recurrent_step_forward_kernel(
         o = _sigmoid(acc3 + tl.load(x_ptrs + 3 * H, mask=mask, other=0.0).to(ACC))
         c_prev = _load_state(c_prev_ptr, c_prev_off.to(tl.int64), n_prev, c_init_ptr, rows, cols, H, mask, ACC)
         c = f * c_prev + i * g
-        tl.store(c_out_ptr + (c_out_off + rows)[:, None] * H + cols[None, :], c.to(c_out_ptr.dtype.element_ty), mask=mask)
+        c_out = c_out_ptr + (c_out_off + rows)[:, None] * H + cols[None, :]
+        tl.store(c_out, c.to(c_out_ptr.dtype.element_ty), mask=mask)
         h_new = o * _tanh(c)
         if SAVE:
             ty = gates_ptr.dtype.element_ty
@@ -252,11 +253,14 @@ def recurrent_step_backward_kernel(
         for k0 in range(0, k_len, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
             k_mask = ks < k_len
-            a = tl.load(dg_ptr + (s_off + rows)[:, None] * GH + ks[None, :], mask=s_rows[:, None] & k_mask[None, :], other=0.0)
-            w = tl.load(w_hh_ptr + ks[:, None] * P + cols[None, :], mask=k_mask[:, None] & col_mask[None, :], other=0.0)
+            a_mask = s_rows[:, None] & k_mask[None, :]
+            a = tl.load(dg_ptr + (s_off + rows)[:, None] * GH + ks[None, :], mask=a_mask, other=0.0)
+            w_mask = k_mask[:, None] & col_mask[None, :]
+            w = tl.load(w_hh_ptr + ks[:, None] * P + cols[None, :], mask=w_mask, other=0.0)
             acc = tl.dot(a, w, acc, input_precision=PRECISION)
         if KIND == 1:
-            z_s = tl.load(gates_ptr + (s_off + rows)[:, None] * GH + H + cols[None, :], mask=s_rows[:, None] & col_mask[None, :], other=0.0)
+            z_ptrs = gates_ptr + (s_off + rows)[:, None] * GH + H + cols[None, :]
+            z_s = tl.load(z_ptrs, mask=s_rows[:, None] & col_mask[None, :], other=0.0)
             acc += dh_old * z_s.to(ACC)
         dh = tl.where(s_rows[:, None], acc, dh_old)
         dh += tl.load(dy_ptr + (q_off + rows)[:, None] * P + cols[None, :], mask=q_mask, other=0.0).to(ACC)
@@ -335,9 +339,6 @@ CONFIGS = (SMALL_CONFIG, DEFAULT_CONFIG)
 def step_config(hidden: int) -> StepConfig:
     """The block configuration for hidden size ``hidden`` (same for every dtype)."""
     return SMALL_CONFIG if hidden <= 16 else DEFAULT_CONFIG
-
-
-_TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float64: tl.float64}
 
 
 def _precision(dtype: torch.dtype, tf32: bool) -> str:

@@ -117,7 +117,8 @@ def check_against_reference(kind, dtype, batch, steps, hidden, bidirectional, pa
 
 
 def _case(kind, dtype, batch, steps, hidden, bidirectional, packed, marks=()):
-    ident = f"{kind}-B{batch}-T{steps}-H{hidden}-{dtype}" + ("-bi" if bidirectional else "") + ("-packed" if packed else "")
+    ident = f"{kind}-B{batch}-T{steps}-H{hidden}-{dtype}"
+    ident += ("-bi" if bidirectional else "") + ("-packed" if packed else "")
     return pytest.param(kind, DTYPES[dtype], batch, steps, hidden, bidirectional, packed, id=ident, marks=marks)
 
 
@@ -175,7 +176,9 @@ def test_lstm_proj_size_matches_reference():
     def run(backend):
         leaves = [t.clone().requires_grad_() for t in [pack.data, h0, c0] + [w for lw in weights for w in lw]]
         lw = [tuple(leaves[3 + 5 * i : 8 + 5 * i]) for i in range(4)]
-        outs = recurrent_stack("LSTM", leaves[0], schedule, leaves[1], leaves[2], lw, bidirectional=True, backend=backend)
+        outs = recurrent_stack(
+            "LSTM", leaves[0], schedule, leaves[1], leaves[2], lw, bidirectional=True, backend=backend
+        )
         g = torch.Generator().manual_seed(5)
         loss = sum((o * torch.randn(o.shape, generator=g, dtype=torch.float64)).sum() for o in outs)
         return list(outs) + list(torch.autograd.grad(loss, leaves))

@@ -84,7 +84,8 @@ def test_launch_count(kind, reverse, packed):
     x = torch.randn(schedule.rows, 2, requires_grad=True)
     h0 = torch.randn(batch, hidden, requires_grad=True)
     c0 = torch.randn(batch, hidden, requires_grad=True) if kind == "LSTM" else None
-    weights = tuple(torch.randn(*s, requires_grad=True) for s in [(g * hidden, 2), (g * hidden, hidden), (g * hidden,), (g * hidden,)])
+    shapes = [(g * hidden, 2), (g * hidden, hidden), (g * hidden,), (g * hidden,)]
+    weights = tuple(torch.randn(*s, requires_grad=True) for s in shapes)
     with count_launches() as fwd:
         y, h_n, c_n = recurrent_layer(kind, x, schedule, h0, c0, weights + (None,), reverse=reverse, backend="triton")
     assert (fwd.forward, fwd.backward) == (steps, 0)
