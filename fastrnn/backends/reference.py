@@ -41,6 +41,48 @@ def _previous_rows(seq, init, prev, bs):
     return torch.cat([seq[lo:hi], init[hi - lo : bs]])
 
 
+def _backward_order(schedule: Schedule, reverse: bool, dh, dy):
+    """Timesteps in backward order, each with the step after it (or None).
+
+    Adds the first step's ``dy`` to ``dh``: inside the loop, the ``dy`` of the next step is
+    added by :func:`_recurrent_grad` (fused into its GEMM where it can be).
+    """
+    steps = list(reversed(schedule.order(reverse)))
+    if steps:
+        lo, hi = _slot(schedule, steps[0])
+        dh[: hi - lo].add_(dy[lo:hi])
+    return zip(steps, steps[1:] + [None])
+
+
+def _recurrent_grad(dh, dgates, w_hh, dy, schedule, nxt, carry=None):
+    """``dh[:bs] = dgates @ W_hh (+ carry[0] * carry[1])``, then ``+= dy`` of step ``nxt``.
+
+    ``carry`` is the direct path of ``h_{t-1}`` into ``h_t`` (GRU: ``dh * z``). When the
+    next step has as many rows, its ``dy`` is the GEMM's addend (one op fewer per step).
+    """
+    bs = dgates.shape[0]
+    out = dh[:bs]
+    if nxt is None:
+        base, dy_next = None, None
+    else:
+        lo, hi = _slot(schedule, nxt)
+        dy_next = dy[lo:hi]
+        if hi - lo != bs:
+            base = None
+        elif carry is None:
+            base, dy_next = dy_next, None
+        else:
+            base, dy_next = torch.addcmul(dy_next, *carry), None
+    if base is None and carry is not None:
+        base = carry[0] * carry[1]
+    if base is None:
+        torch.mm(dgates, w_hh, out=out)
+    else:
+        torch.addmm(base, dgates, w_hh, out=out)
+    if dy_next is not None:
+        dh[: dy_next.shape[0]].add_(dy_next)
+
+
 # --------------------------------------------------------------------------------------
 # LSTM
 #   i, f, g, o = sigmoid(xi + W_hi h), sigmoid(xf + W_hf h), tanh(xg + W_hg h), sigmoid(xo + W_ho h)
@@ -61,7 +103,7 @@ def _lstm_forward(xg, w_hh, w_hr, h0, c0, schedule, reverse, save):
     gates_seq = xg.new_empty(n_rows, 4 * hidden) if save else None
     gates_buf = None if save else xg.new_empty(batch, 4 * hidden)
     m_buf = xg.new_empty(batch, hidden) if w_hr is not None else None
-    w_hh_t = w_hh.t()
+    w_hh_t = w_hh.t().contiguous()  # one copy per call; the per-step GEMMs run faster on it
     w_hr_t = w_hr.t() if w_hr is not None else None
     prev = None
     for t in schedule.order(reverse):
@@ -109,11 +151,10 @@ def _lstm_backward(saved, w_hh, w_hr, c0, dy, dh_n, dc_n, schedule, reverse):
 
     dh, dc = dh_n.clone(), dc_n.clone()
     dh_seq = torch.empty_like(dy) if w_hr is not None else None
-    for t in reversed(schedule.order(reverse)):
+    for t, nxt in _backward_order(schedule, reverse, dh, dy):
         lo, hi = _slot(schedule, t)
         bs = hi - lo
         dhs, dcs = dh[:bs], dc[:bs]
-        dhs.add_(dy[lo:hi])
         if w_hr is None:
             dm = dhs
         else:
@@ -124,7 +165,7 @@ def _lstm_backward(saved, w_hh, w_hr, c0, dy, dh_n, dc_n, schedule, reverse):
         step[:, :3].mul_(dcs.unsqueeze(1))
         step[:, 3].mul_(dm)
         dcs.mul_(f[lo:hi])
-        torch.mm(dgates[lo:hi], w_hh, out=dhs)
+        _recurrent_grad(dh, dgates[lo:hi], w_hh, dy, schedule, nxt)
     dw_hr = None
     if w_hr is not None:
         dw_hr = dh_seq.t() @ (o * torch.tanh(c_seq))
@@ -148,7 +189,7 @@ def _gru_forward(xg, w_hh, b_hh, h0, schedule, reverse, save):
     hn_seq = xg.new_empty(n_rows, hidden) if save else None
     gates_buf = None if save else xg.new_empty(batch, 3 * hidden)
     hg_buf = xg.new_empty(batch, 3 * hidden)
-    w_hh_t = w_hh.t()
+    w_hh_t = w_hh.t().contiguous()  # one copy per call; the per-step GEMMs run faster on it
     prev = None
     for t in schedule.order(reverse):
         lo, hi = _slot(schedule, t)
@@ -198,15 +239,14 @@ def _gru_backward(saved, w_hh, h0, y, dy, dh_n, schedule, reverse):
     dhg[:, 2 * hidden :].mul_(r)
 
     dh = dh_n.clone()
-    for t in reversed(schedule.order(reverse)):
+    for t, nxt in _backward_order(schedule, reverse, dh, dy):
         lo, hi = _slot(schedule, t)
         bs = hi - lo
         dhs = dh[:bs]
-        dhs.add_(dy[lo:hi])
         scale = dhs.unsqueeze(1)
         dxg[lo:hi].view(bs, 3, hidden).mul_(scale)
         dhg[lo:hi].view(bs, 3, hidden).mul_(scale)
-        torch.addmm(dhs * z[lo:hi], dhg[lo:hi], w_hh, out=dhs)
+        _recurrent_grad(dh, dhg[lo:hi], w_hh, dy, schedule, nxt, carry=(dhs, z[lo:hi]))
     return BackwardResult(dxg, dhg, dh, None, None)
 
 
@@ -217,7 +257,7 @@ def _gru_backward(saved, w_hh, h0, y, dy, dh_n, schedule, reverse):
 
 def _rnn_forward(kind, xg, w_hh, h0, schedule, reverse):
     y = xg.new_empty(xg.shape[0], h0.shape[1])
-    w_hh_t = w_hh.t()
+    w_hh_t = w_hh.t().contiguous()  # one copy per call; the per-step GEMMs run faster on it
     act = torch.Tensor.tanh_ if kind is CellKind.RNN_TANH else torch.Tensor.relu_
     prev = None
     for t in schedule.order(reverse):
@@ -235,13 +275,10 @@ def _rnn_backward(kind, w_hh, y, dy, dh_n, schedule, reverse):
     else:
         dxg = (y <= 0).logical_not_().to(y.dtype)
     dh = dh_n.clone()
-    for t in reversed(schedule.order(reverse)):
+    for t, nxt in _backward_order(schedule, reverse, dh, dy):
         lo, hi = _slot(schedule, t)
-        bs = hi - lo
-        dhs = dh[:bs]
-        dhs.add_(dy[lo:hi])
-        step = dxg[lo:hi].mul_(dhs)
-        torch.mm(step, w_hh, out=dhs)
+        step = dxg[lo:hi].mul_(dh[: hi - lo])
+        _recurrent_grad(dh, step, w_hh, dy, schedule, nxt)
     return BackwardResult(dxg, dxg, dh, None, None)
 
 
