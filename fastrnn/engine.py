@@ -77,7 +77,7 @@ class RecurrentLayer(torch.autograd.Function):
         dw_ih = res.dxg.t() @ x if need[7] else None
         dw_hh = None
         if need[8]:
-            dw_hh = res.dhg.t() @ schedule.previous(y, h0, reverse)
+            dw_hh = schedule.previous_product(res.dhg, y, h0, reverse)
         db_ih = res.dxg.sum(0) if (ctx.has_bias and need[9]) else None
         db_hh = None
         if ctx.has_bias and need[10]:

@@ -110,6 +110,22 @@ class Schedule:
         index = self._prev_index_reverse if reverse else self._prev_index_forward
         return torch.cat([init, seq]).index_select(0, index.to(seq.device))
 
+    def previous_product(self, grad: torch.Tensor, seq: torch.Tensor, init: torch.Tensor, reverse: bool) -> torch.Tensor:
+        """``grad^T @ previous(seq, init, reverse)`` without building the previous states.
+
+        Args:
+            grad: ``(N, G)`` per-row gradients; seq: ``(N, H)``; init: ``(B, H)``.
+
+        Returns:
+            ``(G, H)``: the weight gradient of a product with the previous state.
+        """
+        b = self.batch
+        if not self.is_uniform or self.rows == 0 or self.rows == b:
+            return grad.t() @ self.previous(seq, init, reverse)
+        if reverse:
+            return torch.addmm(grad[-b:].t() @ init, grad[:-b].t(), seq[b:])
+        return torch.addmm(grad[:b].t() @ init, grad[b:].t(), seq[:-b])
+
     def final(self, seq: torch.Tensor, reverse: bool) -> torch.Tensor:
         """Each sequence's state after its last processed step.
 

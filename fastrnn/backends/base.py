@@ -10,7 +10,8 @@ after the backward loop. A backend only runs the two time loops:
     ``w_hh`` ``(G*H, P)``; ``b_hh`` ``(G*H,)`` or None (only passed for GRU);
     ``w_hr`` ``(P, H)`` or None (LSTM projection); ``h0`` ``(B, P)``; ``c0`` ``(B, H)`` or None.
     Returns a :class:`ForwardResult`; ``saved`` holds what backward needs and is
-    opaque to the engine (empty when ``save`` is False).
+    opaque to the engine (empty when ``save`` is False). ``xg`` belongs to the call: the
+    backend may overwrite it (the reference backend turns it into the saved gates).
 
 ``backward(kind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reverse)``
     ``dy`` ``(N, P)``, ``dh_n`` ``(B, P)``, ``dc_n`` ``(B, H)`` or None.

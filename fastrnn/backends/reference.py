@@ -100,8 +100,8 @@ def _lstm_forward(xg, w_hh, w_hr, h0, c0, schedule, reverse, save):
     # without, one (B, H) cell-state buffer is updated in place (rows beyond the active
     # batch keep their final value).
     c_seq = xg.new_empty(n_rows, hidden) if save else c0.clone()
-    gates_seq = xg.new_empty(n_rows, 4 * hidden) if save else None
-    gates_buf = None if save else xg.new_empty(batch, 4 * hidden)
+    # tanh(c) is computed anyway for h; keeping it saves backward a pass of tanh over N*H.
+    tanh_c_seq = xg.new_empty(n_rows, hidden) if save else None
     m_buf = xg.new_empty(batch, hidden) if w_hr is not None else None
     w_hh_t = w_hh.t().contiguous()  # one copy per call; the per-step GEMMs run faster on it
     w_hr_t = w_hr.t() if w_hr is not None else None
@@ -109,8 +109,9 @@ def _lstm_forward(xg, w_hh, w_hr, h0, c0, schedule, reverse, save):
     for t in schedule.order(reverse):
         lo, hi = _slot(schedule, t)
         bs = hi - lo
-        gates = gates_seq[lo:hi] if save else gates_buf[:bs]
-        torch.addmm(xg[lo:hi], _previous_rows(y, h0, prev, bs), w_hh_t, out=gates)
+        # The gates overwrite this step's input projection in place (xg belongs to the
+        # call): no second (N, 4H) buffer, no copy of xg into the GEMM's output.
+        gates = xg[lo:hi].addmm_(_previous_rows(y, h0, prev, bs), w_hh_t)
         gates[:, : 2 * hidden].sigmoid_()
         gates[:, 2 * hidden : 3 * hidden].tanh_()
         gates[:, 3 * hidden :].sigmoid_()
@@ -120,19 +121,21 @@ def _lstm_forward(xg, w_hh, w_hr, h0, c0, schedule, reverse, save):
         else:
             cs = c_seq[:bs].mul_(f)
         cs.addcmul_(i, g)
-        if w_hr is None:
-            torch.tanh(cs, out=y[lo:hi]).mul_(o)
+        h_out = y[lo:hi] if w_hr is None else m_buf[:bs]
+        if save:
+            torch.mul(torch.tanh(cs, out=tanh_c_seq[lo:hi]), o, out=h_out)
         else:
-            m = torch.tanh(cs, out=m_buf[:bs]).mul_(o)
-            torch.mm(m, w_hr_t, out=y[lo:hi])
+            torch.tanh(cs, out=h_out).mul_(o)
+        if w_hr is not None:
+            torch.mm(h_out, w_hr_t, out=y[lo:hi])
         prev = (lo, hi)
     c_n = schedule.final(c_seq, reverse) if save else c_seq
-    saved = (gates_seq, c_seq) if save else ()
+    saved = (xg, c_seq, tanh_c_seq) if save else ()
     return ForwardResult(y, schedule.final(y, reverse), c_n, saved)
 
 
 def _lstm_backward(saved, w_hh, w_hr, c0, dy, dh_n, dc_n, schedule, reverse):
-    gates_seq, c_seq = saved
+    gates_seq, c_seq, tanh_c = saved
     hidden = c_seq.shape[1]
     i, f, g, o = gates_seq.chunk(4, 1)
     # Whole-sequence factors: dgates_pre = [dc*i', dc*f', dc*g', dm*o'] with
@@ -145,9 +148,8 @@ def _lstm_backward(saved, w_hh, w_hr, c0, dy, dh_n, dc_n, schedule, reverse):
     torch.mul(g, g, out=dg).neg_().add_(1).mul_(i)  # (1 - g^2) * i
     di.mul_(g)
     df.mul_(schedule.previous(c_seq, c0, reverse))
-    dc_from_m = torch.tanh(c_seq)
-    do.mul_(dc_from_m)
-    dc_from_m.mul_(dc_from_m).neg_().add_(1).mul_(o)  # dc += dm * o * (1 - tanh(c)^2)
+    do.mul_(tanh_c)
+    dc_from_m = torch.mul(tanh_c, tanh_c).neg_().add_(1).mul_(o)  # dc += dm * o * (1 - tanh(c)^2)
 
     dh, dc = dh_n.clone(), dc_n.clone()
     dh_seq = torch.empty_like(dy) if w_hr is not None else None
@@ -168,7 +170,7 @@ def _lstm_backward(saved, w_hh, w_hr, c0, dy, dh_n, dc_n, schedule, reverse):
         _recurrent_grad(dh, dgates[lo:hi], w_hh, dy, schedule, nxt)
     dw_hr = None
     if w_hr is not None:
-        dw_hr = dh_seq.t() @ (o * torch.tanh(c_seq))
+        dw_hr = dh_seq.t() @ (o * tanh_c)
     return BackwardResult(dgates, dgates, dh, dc, dw_hr)
 
 
@@ -185,9 +187,7 @@ def _gru_forward(xg, w_hh, b_hh, h0, schedule, reverse, save):
     n_rows, hidden = xg.shape[0], h0.shape[1]
     batch = schedule.batch
     y = xg.new_empty(n_rows, hidden)
-    gates_seq = xg.new_empty(n_rows, 3 * hidden) if save else None
     hn_seq = xg.new_empty(n_rows, hidden) if save else None
-    gates_buf = None if save else xg.new_empty(batch, 3 * hidden)
     hg_buf = xg.new_empty(batch, 3 * hidden)
     w_hh_t = w_hh.t().contiguous()  # one copy per call; the per-step GEMMs run faster on it
     prev = None
@@ -200,18 +200,17 @@ def _gru_forward(xg, w_hh, b_hh, h0, schedule, reverse, save):
             torch.mm(hs, w_hh_t, out=hg)
         else:
             torch.addmm(b_hh, hs, w_hh_t, out=hg)
-        gates = gates_seq[lo:hi] if save else gates_buf[:bs]
-        x = xg[lo:hi]
-        rz = gates[:, : 2 * hidden]
-        torch.add(x[:, : 2 * hidden], hg[:, : 2 * hidden], out=rz).sigmoid_()
+        # r, z, n overwrite this step's input projection in place (xg belongs to the call).
+        gates = xg[lo:hi]
+        gates[:, : 2 * hidden].add_(hg[:, : 2 * hidden]).sigmoid_()
         r, z, n = gates.chunk(3, 1)
         hn = hg[:, 2 * hidden :]
         if save:
             hn_seq[lo:hi].copy_(hn)
-        torch.addcmul(x[:, 2 * hidden :], r, hn, out=n).tanh_()
+        n.addcmul_(r, hn).tanh_()
         torch.sub(hs, n, out=y[lo:hi]).mul_(z).add_(n)  # n + z * (h - n)
         prev = (lo, hi)
-    saved = (gates_seq, hn_seq) if save else ()
+    saved = (xg, hn_seq) if save else ()
     return ForwardResult(y, schedule.final(y, reverse), None, saved)
 
 
