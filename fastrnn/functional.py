@@ -132,7 +132,7 @@ def recurrent_layer(
     Returns:
         ``(y (N, P), h_n (B, P), c_n (B, H) | None)``.
     """
-    impl = backends.resolve(backends.validate_backend_name(backend), x.device)
+    impl = backends.resolve(backend, x.device)
     return _run_layer(impl, _kind(kind), schedule, reverse, x, h0, c0, weights)
 
 
@@ -179,10 +179,7 @@ def recurrent_stack(
         x, h0, c0 = to(x), to(h0), to(c0)
         weights = [tuple(to(w) for w in layer) for layer in weights]
     check_tensors(x, h0, c0, weights)
-    # resolve() only validates the environment variable; an explicit name that is not a
-    # backend (e.g. a module's ``backend`` attribute set after construction) would
-    # otherwise be taken for "triton"
-    impl = backends.resolve(backends.validate_backend_name(backend), x.device)
+    impl = backends.resolve(backend, x.device)
     directions = 2 if bidirectional else 1
     num_layers = len(weights) // directions
     h_n, c_n = [], []

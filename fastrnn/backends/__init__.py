@@ -43,7 +43,12 @@ def triton_unavailable_reason(device: torch.device) -> str | None:
 
 
 def resolve(name: str | None, device: torch.device):
-    """Backend module for a call on tensors of ``device``."""
+    """Backend module for a call on tensors of ``device``.
+
+    An explicit ``name`` is checked here too (a module's ``backend`` attribute may have
+    been set after construction).
+    """
+    validate_backend_name(name)
     if name is None:
         name = os.environ.get(ENV_VAR, "auto") or "auto"
         if name not in BACKENDS:
