@@ -1,0 +1,15 @@
+"""The usage examples in the public docstrings run and print what they say."""
+
+import doctest
+
+import pytest
+
+import fastrnn.functional
+import fastrnn.modules
+
+
+@pytest.mark.parametrize("module", [fastrnn.modules, fastrnn.functional], ids=lambda m: m.__name__)
+def test_docstring_examples(module):
+    result = doctest.testmod(module)
+    assert result.attempted > 0
+    assert result.failed == 0
