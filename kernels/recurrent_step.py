@@ -479,34 +479,45 @@ def _pointers(spec, tensors: dict):
 # --------------------------------------------------------------------------------------
 
 
-def launch_forward_step(kind: str, tensors: dict, ints: dict, *, save: bool, tf32: bool) -> None:
-    """One forward step: ``tensors`` maps each name of :data:`FORWARD_POINTERS` to a
-    contiguous tensor (unused ones: any tensor of the right dtype), ``ints`` each name of
-    :data:`FORWARD_INTS` to a Python int."""
-    dtype = tensors["xg_ptr"].dtype
-    hidden, rows = ints["H"], ints["bs"]
+def forward_stepper(kind: str, tensors: dict, *, hidden: int, save: bool, tf32: bool):
+    """Prepare the forward steps of one time loop; returns ``launch(ints)``, one step each.
+
+    ``tensors`` maps each name of :data:`FORWARD_POINTERS` to a contiguous, 16-byte
+    aligned tensor (unused ones: any tensor of the right dtype); they are checked and the
+    block configuration and compile-time arguments are picked once here, not per step.
+    ``ints`` maps each name of :data:`FORWARD_INTS` to a Python int.
+    """
     cfg = step_config(hidden)
-    grid = (triton.cdiv(rows, cfg.block_b), triton.cdiv(hidden, cfg.block_h))
-    recurrent_step_forward_kernel[grid](
-        *_pointers(FORWARD_POINTERS, tensors), *(ints[k] for k in FORWARD_INTS),
-        **forward_constexprs(kind, save, dtype, tf32, cfg), num_warps=cfg.num_warps,
-    )
-    for counter in _counters:
-        counter.forward += 1
+    pointers = _pointers(FORWARD_POINTERS, tensors)
+    constexprs = forward_constexprs(kind, save, tensors["xg_ptr"].dtype, tf32, cfg)
+    blocks_h = triton.cdiv(hidden, cfg.block_h)
+
+    def launch(ints: dict) -> None:
+        grid = (triton.cdiv(ints["bs"], cfg.block_b), blocks_h)
+        recurrent_step_forward_kernel[grid](
+            *pointers, *(ints[k] for k in FORWARD_INTS), **constexprs, num_warps=cfg.num_warps
+        )
+        for counter in _counters:
+            counter.forward += 1
+
+    return launch
 
 
-def launch_backward_step(kind: str, tensors: dict, ints: dict, *, dm_given: bool, tf32: bool) -> None:
-    """One backward step; ``tensors`` / ``ints`` as for :func:`launch_forward_step`, with
-    the names of :data:`BACKWARD_POINTERS` / :data:`BACKWARD_INTS`. The grid covers
+def backward_stepper(kind: str, tensors: dict, *, hidden: int, dm_given: bool, tf32: bool):
+    """As :func:`forward_stepper` for the backward steps (names of
+    :data:`BACKWARD_POINTERS` / :data:`BACKWARD_INTS`); a launch's grid covers
     ``max(s_bs, q_bs)`` rows."""
-    dtype = tensors["dxg_ptr"].dtype
-    hidden = ints["H"]
-    rows = max(ints["s_bs"], ints["q_bs"])
     cfg = step_config(hidden)
-    grid = (triton.cdiv(rows, cfg.block_b), triton.cdiv(hidden, cfg.block_h))
-    recurrent_step_backward_kernel[grid](
-        *_pointers(BACKWARD_POINTERS, tensors), *(ints[k] for k in BACKWARD_INTS),
-        **backward_constexprs(kind, dm_given, dtype, tf32, cfg), num_warps=cfg.num_warps,
-    )
-    for counter in _counters:
-        counter.backward += 1
+    pointers = _pointers(BACKWARD_POINTERS, tensors)
+    constexprs = backward_constexprs(kind, dm_given, tensors["dxg_ptr"].dtype, tf32, cfg)
+    blocks_h = triton.cdiv(hidden, cfg.block_h)
+
+    def launch(ints: dict) -> None:
+        grid = (triton.cdiv(max(ints["s_bs"], ints["q_bs"]), cfg.block_b), blocks_h)
+        recurrent_step_backward_kernel[grid](
+            *pointers, *(ints[k] for k in BACKWARD_INTS), **constexprs, num_warps=cfg.num_warps
+        )
+        for counter in _counters:
+            counter.backward += 1
+
+    return launch

@@ -1,9 +1,9 @@
 """Triton backend: the time loops of :mod:`fastrnn.backends.base` as one kernel launch per step.
 
-Forward: one :func:`~fastrnn.kernels.recurrent_step.launch_forward_step` per timestep
+Forward: one :func:`~fastrnn.kernels.recurrent_step.forward_stepper` launch per timestep
 (recurrent GEMM + input projection + activations + state update; ``h_t`` is written
 straight into the output rows of its step). Backward: one
-:func:`~fastrnn.kernels.recurrent_step.launch_backward_step` per timestep (the recurrent
+:func:`~fastrnn.kernels.recurrent_step.backward_stepper` launch per timestep (the recurrent
 GEMM of one step fused with the pointwise gate backward of the step before it); the
 last ``dh0 = dgates_first @ W_hh`` is a torch GEMM.
 
@@ -127,14 +127,14 @@ def forward(kind: CellKind, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, re
         c_prev_ptr=c_buf, c_init_ptr=c0, c_out_ptr=c_buf, gates_ptr=gates, hn_ptr=hn,
     )
     prev_off, n_prev = 0, 0
-    tf32 = _tf32()
+    launch = ks.forward_stepper(kind.value, tensors, hidden=hidden, save=save, tf32=_tf32())
     for t in schedule.order(reverse):
         off, bs = schedule.offsets[t], schedule.batch_sizes[t]
         ints = dict(
             off=off, bs=bs, prev_off=prev_off, n_prev=n_prev, out_off=0 if proj else off,
             c_prev_off=prev_off if save else 0, c_out_off=off if save else 0, H=hidden, P=state,
         )
-        ks.launch_forward_step(kind.value, tensors, ints, save=save, tf32=tf32)
+        launch(ints)
         if proj:
             torch.mm(m_buf[:bs], w_hr_t, out=y[off : off + bs])
         prev_off, n_prev = off, bs
@@ -191,7 +191,7 @@ def backward(kind: CellKind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n,
     )
     order = list(schedule.order(reverse))  # forward processing order
     offsets, sizes = schedule.offsets, schedule.batch_sizes
-    tf32 = _tf32()
+    launch = ks.backward_stepper(kind.value, tensors, hidden=hidden, dm_given=proj, tf32=_tf32())
     for j in range(len(order) - 1, -1, -1):
         q = order[j]  # the step whose gate backward runs now
         s = order[j + 1] if j + 1 < len(order) else None  # the step processed after q
@@ -211,7 +211,7 @@ def backward(kind: CellKind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n,
             q_off=q_off, q_bs=q_bs, q_prev_off=offsets[p] if p is not None else 0,
             q_n_prev=sizes[p] if p is not None else 0, H=hidden, P=state,
         )
-        ks.launch_backward_step(kind.value, tensors, ints, dm_given=proj, tf32=tf32)
+        launch(ints)
 
     # dh0: the recurrent GEMM of the first processed step (rows of sequences that started
     # later in a packed reverse pass were finished by the kernels already).
