@@ -92,7 +92,15 @@ def run_layer(backend, kind: CellKind, schedule: Schedule, reverse: bool, x, h0,
     """Apply :class:`RecurrentLayer`; ``weights`` is ``(w_ih, w_hh, b_ih, b_hh, w_hr)``.
 
     Returns ``(y, h_n, c_n)`` with ``c_n`` None unless LSTM.
+
+    Under ``no_grad`` / ``inference_mode``, ``Function.apply`` still sets
+    ``needs_input_grad`` from ``requires_grad``, so the layer would ask the backend to keep
+    every step's gates for a backward that cannot happen. Detached inputs (the same values;
+    no graph is built either way) make it save nothing.
     """
+    if not torch.is_grad_enabled():
+        x, h0, c0 = (None if t is None else t.detach() for t in (x, h0, c0))
+        weights = tuple(None if w is None else w.detach() for w in weights)
     out = RecurrentLayer.apply(backend, kind, schedule, reverse, x, h0, c0, *weights)
     if kind.has_cell_state:
         return out

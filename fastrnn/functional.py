@@ -94,20 +94,6 @@ def _autocast_dtype(device: torch.device, kind: CellKind, cell: bool, dtype: tor
     return torch.get_autocast_dtype(device.type)
 
 
-def _run_layer(impl, kind, schedule, reverse, x, h0, c0, weights):
-    """:func:`~fastrnn.engine.run_layer`, with nothing saved when no graph is recorded.
-
-    Under ``no_grad`` / ``inference_mode``, ``Function.apply`` still sets
-    ``needs_input_grad`` from ``requires_grad``, so the engine would ask the backend to
-    keep every step's gates for a backward that cannot happen. Detached inputs (the
-    same values; no graph is built either way) make it save nothing.
-    """
-    if not torch.is_grad_enabled():
-        x, h0, c0 = (None if t is None else t.detach() for t in (x, h0, c0))
-        weights = tuple(None if w is None else w.detach() for w in weights)
-    return run_layer(impl, kind, schedule, reverse, x, h0, c0, weights)
-
-
 def recurrent_layer(
     kind,
     x: torch.Tensor,
@@ -133,7 +119,7 @@ def recurrent_layer(
         ``(y (N, P), h_n (B, P), c_n (B, H) | None)``.
     """
     impl = backends.resolve(backend, x.device)
-    return _run_layer(impl, _kind(kind), schedule, reverse, x, h0, c0, weights)
+    return run_layer(impl, _kind(kind), schedule, reverse, x, h0, c0, weights)
 
 
 def recurrent_stack(
@@ -193,7 +179,7 @@ def recurrent_stack(
             outputs = []
             for d in range(directions):
                 idx = layer * directions + d
-                y, h, c = _run_layer(
+                y, h, c = run_layer(
                     impl, kind, schedule, d == 1, x, h0[idx], None if c0 is None else c0[idx], weights[idx]
                 )
                 outputs.append(y)
