@@ -47,12 +47,14 @@ name = "native"
 #: ``ideep::rnn_kind::LSTM``, the ``mode`` torch passes to ``mkldnn_rnn_layer``.
 _ONEDNN_LSTM_MODE = 2
 
+# torch._VF resolves its attributes on every access (a few microseconds each): once here.
 _VF_OPS = {
-    CellKind.LSTM: "lstm",
-    CellKind.GRU: "gru",
-    CellKind.RNN_TANH: "rnn_tanh",
-    CellKind.RNN_RELU: "rnn_relu",
+    CellKind.LSTM: torch._VF.lstm,
+    CellKind.GRU: torch._VF.gru,
+    CellKind.RNN_TANH: torch._VF.rnn_tanh,
+    CellKind.RNN_RELU: torch._VF.rnn_relu,
 }
+_HAS_ONEDNN = torch.backends.mkldnn.is_available()
 
 
 # --------------------------------------------------------------------------------------
@@ -62,7 +64,7 @@ _VF_OPS = {
 
 def onednn_enabled() -> bool:
     """oneDNN is compiled in and not switched off (``torch.backends.mkldnn.flags``)."""
-    return torch.backends.mkldnn.is_available() and torch._C._get_mkldnn_enabled()
+    return _HAS_ONEDNN and torch._C._get_mkldnn_enabled()
 
 
 def onednn_trains(kind: CellKind, dtype: torch.dtype, packed: bool, proj: bool) -> bool:
@@ -148,7 +150,7 @@ def _reversal_index(batch_sizes: tuple[int, ...]) -> torch.Tensor:
 
 def _check(kind: CellKind, x: torch.Tensor, schedule: Schedule, w_hr, save: bool) -> None:
     """Refuse what this backend cannot run, before any work."""
-    if x.device.type != "cpu":
+    if not x.is_cpu:
         raise RuntimeError(f"fastrnn: backend 'native' runs CPU tensors only, got {x.device}")
     if save and not onednn_trains(kind, x.dtype, not schedule.is_uniform, w_hr is not None):
         raise RuntimeError(
@@ -173,8 +175,9 @@ def _onednn_lstm(x, schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, train):
     empty unless ``train``."""
     steps, batch = schedule.steps, schedule.batch
     hidden = w_hh.shape[1]
-    x3 = x.reshape(steps, batch, x.shape[1])
-    x3, h0, c0, w_ih, w_hh, b_ih, b_hh = _contiguous(x3, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    # oneDNN reads input and states through raw pointers (no .contiguous() of its own; it
+    # makes the weights contiguous and sums the biases itself)
+    x3, h0, c0 = _contiguous(x.reshape(steps, batch, x.shape[1]), h0, c0)
     has_bias = b_ih is not None
     if not has_bias:  # the kernel takes bias tensors and ignores them when has_biases is False
         b_ih = b_hh = w_hh.new_zeros(4 * hidden)
@@ -197,7 +200,7 @@ def _vf_layer(kind, x, schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
     params = [w for w in (w_ih, w_hh, b_ih, b_hh, w_hr) if w is not None]
     has_bias = b_ih is not None
     hx = (h0.unsqueeze(0), c0.unsqueeze(0)) if kind is CellKind.LSTM else h0.unsqueeze(0)
-    op = getattr(torch._VF, _VF_OPS[kind])
+    op = _VF_OPS[kind]
     if schedule.is_uniform:
         seq = x.view(schedule.steps, schedule.batch, x.shape[1])
         if reverse:
@@ -272,9 +275,8 @@ def layer_backward(kind: CellKind, schedule: Schedule, reverse: bool, x, h0, c0,
     y3 = y.reshape(steps, batch, hidden)
     dy3 = dy.reshape(steps, batch, hidden)
     h_n = y3[0] if reverse else y3[-1]  # the state after the last processed step
-    x3, h0, c0, w_ih, w_hh, b_ih, b_hh, y3, h_n, c_n, dy3, dh_n, dc_n = _contiguous(
-        x3, h0, c0, w_ih, w_hh, b_ih, b_hh, y3, h_n, c_n, dy3, dh_n, dc_n
-    )
+    # raw-pointer operands (the kernel makes the gradients and weights contiguous itself)
+    x3, h0, c0, y3, h_n, c_n = _contiguous(x3, h0, c0, y3, h_n, c_n)
     has_bias = b_ih is not None
     if not has_bias:
         b_ih = b_hh = w_hh.new_zeros(4 * hidden)

@@ -41,38 +41,49 @@ def _previous_rows(seq, init, prev, bs):
     return torch.cat([seq[lo:hi], init[hi - lo : bs]])
 
 
+def _head(t, bs):
+    """``t[:bs]``, without a slicing op when ``t`` has ``bs`` rows already (padded input)."""
+    return t if t.shape[0] == bs else t[:bs]
+
+
+def _state_rows(h, init, bs):
+    """Rows ``[:bs]`` of the state before a step, from the previous step's output ``h``
+    (``bs`` rows or more going forward; fewer in the reverse direction of a packed batch,
+    whose newly started sequences begin from ``init``)."""
+    n = h.shape[0]
+    if n >= bs:
+        return _head(h, bs)
+    return torch.cat([h, init[n:bs]])
+
+
 def _backward_order(schedule: Schedule, reverse: bool, dh, dy):
-    """Timesteps in backward order, each with the step after it (or None).
+    """Timesteps in backward order, each with the ``dy`` rows of the step after it (None
+    after the last one).
 
     Adds the first step's ``dy`` to ``dh``: inside the loop, the ``dy`` of the next step is
     added by :func:`_recurrent_grad` (fused into its GEMM where it can be).
     """
     steps = list(reversed(schedule.order(reverse)))
+    dy_rows = dy.split(schedule.batch_sizes)
     if steps:
-        lo, hi = _slot(schedule, steps[0])
-        dh[: hi - lo].add_(dy[lo:hi])
-    return zip(steps, steps[1:] + [None])
+        first = dy_rows[steps[0]]
+        _head(dh, first.shape[0]).add_(first)
+    return zip(steps, [dy_rows[t] for t in steps[1:]] + [None])
 
 
-def _recurrent_grad(dh, dgates, w_hh, dy, schedule, nxt, carry=None):
-    """``dh[:bs] = dgates @ W_hh (+ carry[0] * carry[1])``, then ``+= dy`` of step ``nxt``.
+def _recurrent_grad(dh, dgates, w_hh, dy_next, carry=None):
+    """``dh[:bs] = dgates @ W_hh (+ carry[0] * carry[1])``, then ``+= dy_next``.
 
+    ``dy_next`` is the ``dy`` of the step processed next (None after the last one).
     ``carry`` is the direct path of ``h_{t-1}`` into ``h_t`` (GRU: ``dh * z``). When the
     next step has as many rows, its ``dy`` is the GEMM's addend (one op fewer per step).
     """
     bs = dgates.shape[0]
-    out = dh[:bs]
-    if nxt is None:
-        base, dy_next = None, None
-    else:
-        lo, hi = _slot(schedule, nxt)
-        dy_next = dy[lo:hi]
-        if hi - lo != bs:
-            base = None
-        elif carry is None:
-            base, dy_next = dy_next, None
-        else:
-            base, dy_next = torch.addcmul(dy_next, *carry), None
+    out = _head(dh, bs)
+    base = None
+    if dy_next is not None and dy_next.shape[0] == bs:
+        base = dy_next if carry is None else torch.addcmul(dy_next, *carry)
+        dy_next = None
     if base is None and carry is not None:
         base = carry[0] * carry[1]
     if base is None:
@@ -80,7 +91,7 @@ def _recurrent_grad(dh, dgates, w_hh, dy, schedule, nxt, carry=None):
     else:
         torch.addmm(base, dgates, w_hh, out=out)
     if dy_next is not None:
-        dh[: dy_next.shape[0]].add_(dy_next)
+        _head(dh, dy_next.shape[0]).add_(dy_next)
 
 
 # --------------------------------------------------------------------------------------
@@ -153,7 +164,7 @@ def _lstm_backward(saved, w_hh, w_hr, c0, dy, dh_n, dc_n, schedule, reverse):
 
     dh, dc = dh_n.clone(), dc_n.clone()
     dh_seq = torch.empty_like(dy) if w_hr is not None else None
-    for t, nxt in _backward_order(schedule, reverse, dh, dy):
+    for t, dy_next in _backward_order(schedule, reverse, dh, dy):
         lo, hi = _slot(schedule, t)
         bs = hi - lo
         dhs, dcs = dh[:bs], dc[:bs]
@@ -167,7 +178,7 @@ def _lstm_backward(saved, w_hh, w_hr, c0, dy, dh_n, dc_n, schedule, reverse):
         step[:, :3].mul_(dcs.unsqueeze(1))
         step[:, 3].mul_(dm)
         dcs.mul_(f[lo:hi])
-        _recurrent_grad(dh, dgates[lo:hi], w_hh, dy, schedule, nxt)
+        _recurrent_grad(dh, dgates[lo:hi], w_hh, dy_next)
     dw_hr = None
     if w_hr is not None:
         dw_hr = dh_seq.t() @ (o * tanh_c)
@@ -190,26 +201,29 @@ def _gru_forward(xg, w_hh, b_hh, h0, schedule, reverse, save):
     hn_seq = xg.new_empty(n_rows, hidden) if save else None
     hg_buf = xg.new_empty(batch, 3 * hidden)
     w_hh_t = w_hh.t().contiguous()  # one copy per call; the per-step GEMMs run faster on it
-    prev = None
+    # Each step's rows of every sequence, as views made once (a slice per step and
+    # sequence would cost more than the step's arithmetic at small sizes). r, z, n
+    # overwrite the step's input projection in place (xg belongs to the call).
+    sizes = schedule.batch_sizes
+    rz_rows, r_rows, z_rows, n_rows = (xg[:, a:b].split(sizes) for a, b in (
+        (0, 2 * hidden), (0, hidden), (hidden, 2 * hidden), (2 * hidden, 3 * hidden)))
+    y_rows = y.split(sizes)
+    hn_rows = hn_seq.split(sizes) if save else None
+    h = h0
     for t in schedule.order(reverse):
-        lo, hi = _slot(schedule, t)
-        bs = hi - lo
-        hs = _previous_rows(y, h0, prev, bs)
-        hg = hg_buf[:bs]
+        bs = sizes[t]
+        hs = _state_rows(h, h0, bs)
+        hg = _head(hg_buf, bs)
         if b_hh is None:
             torch.mm(hs, w_hh_t, out=hg)
         else:
             torch.addmm(b_hh, hs, w_hh_t, out=hg)
-        # r, z, n overwrite this step's input projection in place (xg belongs to the call).
-        gates = xg[lo:hi]
-        gates[:, : 2 * hidden].add_(hg[:, : 2 * hidden]).sigmoid_()
-        r, z, n = gates.chunk(3, 1)
+        rz_rows[t].add_(hg[:, : 2 * hidden]).sigmoid_()
         hn = hg[:, 2 * hidden :]
         if save:
-            hn_seq[lo:hi].copy_(hn)
-        n.addcmul_(r, hn).tanh_()
-        torch.sub(hs, n, out=y[lo:hi]).mul_(z).add_(n)  # n + z * (h - n)
-        prev = (lo, hi)
+            hn_rows[t].copy_(hn)
+        n = n_rows[t].addcmul_(r_rows[t], hn).tanh_()
+        h = torch.sub(hs, n, out=y_rows[t]).mul_(z_rows[t]).add_(n)  # n + z * (h - n)
     saved = (xg, hn_seq) if save else ()
     return ForwardResult(y, schedule.final(y, reverse), None, saved)
 
@@ -238,14 +252,16 @@ def _gru_backward(saved, w_hh, h0, y, dy, dh_n, schedule, reverse):
     dhg[:, 2 * hidden :].mul_(r)
 
     dh = dh_n.clone()
-    for t, nxt in _backward_order(schedule, reverse, dh, dy):
-        lo, hi = _slot(schedule, t)
-        bs = hi - lo
-        dhs = dh[:bs]
+    sizes = schedule.batch_sizes
+    dxg_rows, dhg_rows = (t.view(-1, 3, hidden).split(sizes) for t in (dxg, dhg))
+    z_rows = z.split(sizes)
+    for t, dy_next in _backward_order(schedule, reverse, dh, dy):
+        bs = sizes[t]
+        dhs = _head(dh, bs)
         scale = dhs.unsqueeze(1)
-        dxg[lo:hi].view(bs, 3, hidden).mul_(scale)
-        dhg[lo:hi].view(bs, 3, hidden).mul_(scale)
-        _recurrent_grad(dh, dhg[lo:hi], w_hh, dy, schedule, nxt, carry=(dhs, z[lo:hi]))
+        dxg_rows[t].mul_(scale)
+        dhg_t = dhg_rows[t].mul_(scale)
+        _recurrent_grad(dh, dhg_t.view(bs, 3 * hidden), w_hh, dy_next, carry=(dhs, z_rows[t]))
     return BackwardResult(dxg, dhg, dh, None, None)
 
 
@@ -255,15 +271,16 @@ def _gru_backward(saved, w_hh, h0, y, dy, dh_n, schedule, reverse):
 
 
 def _rnn_forward(kind, xg, w_hh, h0, schedule, reverse):
-    y = xg.new_empty(xg.shape[0], h0.shape[1])
+    # Each step overwrites its own rows of the input projection with h' (xg belongs to the
+    # call and has y's shape): one GEMM and one activation per step, in place.
     w_hh_t = w_hh.t().contiguous()  # one copy per call; the per-step GEMMs run faster on it
     act = torch.Tensor.tanh_ if kind is CellKind.RNN_TANH else torch.Tensor.relu_
-    prev = None
+    rows = xg.split(schedule.batch_sizes)  # each step's rows, as views, in one call
+    h = h0
     for t in schedule.order(reverse):
-        lo, hi = _slot(schedule, t)
-        act(torch.addmm(xg[lo:hi], _previous_rows(y, h0, prev, hi - lo), w_hh_t, out=y[lo:hi]))
-        prev = (lo, hi)
-    return ForwardResult(y, schedule.final(y, reverse), None, ())
+        x_t = rows[t]
+        h = act(x_t.addmm_(_state_rows(h, h0, x_t.shape[0]), w_hh_t))
+    return ForwardResult(xg, schedule.final(xg, reverse), None, ())
 
 
 def _rnn_backward(kind, w_hh, y, dy, dh_n, schedule, reverse):
@@ -274,10 +291,11 @@ def _rnn_backward(kind, w_hh, y, dy, dh_n, schedule, reverse):
     else:
         dxg = (y <= 0).logical_not_().to(y.dtype)
     dh = dh_n.clone()
-    for t, nxt in _backward_order(schedule, reverse, dh, dy):
-        lo, hi = _slot(schedule, t)
-        step = dxg[lo:hi].mul_(dh[: hi - lo])
-        _recurrent_grad(dh, step, w_hh, dy, schedule, nxt)
+    dxg_rows = dxg.split(schedule.batch_sizes)
+    for t, dy_next in _backward_order(schedule, reverse, dh, dy):
+        step = dxg_rows[t]
+        step.mul_(_head(dh, step.shape[0]))
+        _recurrent_grad(dh, step, w_hh, dy_next)
     return BackwardResult(dxg, dxg, dh, None, None)
 
 
