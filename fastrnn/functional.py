@@ -19,18 +19,16 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from . import backends
-from .engine import run_layer
+from . import backends, ops
 from .kinds import CellKind
 from .schedule import Schedule
 
-__all__ = ["Schedule", "CellKind", "recurrent_layer", "recurrent_stack", "check_tensors"]
+__all__ = ["Schedule", "CellKind", "recurrent_layer", "recurrent_stack", "stack", "check_tensors"]
 
 LayerWeights = tuple  # (w_ih, w_hh, b_ih | None, b_hh | None, w_hr | None)
 
@@ -94,6 +92,14 @@ def _autocast_dtype(device: torch.device, kind: CellKind, cell: bool, dtype: tor
     return torch.get_autocast_dtype(device.type)
 
 
+def _sequence(x: torch.Tensor, schedule: Schedule):
+    """The ops' form of a flat sequence: ``(x (T, B, I), None)`` when padded, else
+    ``(x (N, I), batch_sizes)``."""
+    if schedule.is_uniform:
+        return x.view(schedule.steps, schedule.batch, x.shape[1]), None
+    return x, torch.tensor(schedule.batch_sizes, dtype=torch.int64)
+
+
 def recurrent_layer(
     kind,
     x: torch.Tensor,
@@ -118,8 +124,10 @@ def recurrent_layer(
     Returns:
         ``(y (N, P), h_n (B, P), c_n (B, H) | None)``.
     """
-    impl = backends.resolve(backend, x.device)
-    return run_layer(impl, _kind(kind), schedule, reverse, x, h0, c0, weights)
+    name = backends.resolve_name(backend, x.device)
+    seq, batch_sizes = _sequence(x, schedule)
+    y, h_n, c_n = ops.layer(_kind(kind), name, seq, batch_sizes, h0, c0, weights, reverse)
+    return y.reshape(x.shape[0], y.shape[-1]), h_n, c_n
 
 
 def recurrent_stack(
@@ -152,8 +160,42 @@ def recurrent_stack(
     Returns:
         ``(y (N, D*P), h_n (L*D, B, P), c_n (L*D, B, H) | None)``.
     """
-    kind = _kind(kind)
     if schedule.steps == 0:
+        raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+    seq, batch_sizes = _sequence(x, schedule)
+    y, h_n, c_n = stack(
+        kind, seq, batch_sizes, h0, c0, weights, bidirectional=bidirectional, dropout=dropout,
+        training=training, backend=backend, cell=cell,
+    )
+    return y.reshape(x.shape[0], y.shape[-1]), h_n, c_n
+
+
+def stack(
+    kind,
+    x: torch.Tensor,
+    batch_sizes: torch.Tensor | None,
+    h0: torch.Tensor,
+    c0: torch.Tensor | None,
+    weights: Sequence[LayerWeights],
+    *,
+    bidirectional: bool = False,
+    dropout: float = 0.0,
+    training: bool = False,
+    backend: str | None = None,
+    cell: bool = False,
+):
+    """:func:`recurrent_stack` on the ops' sequence form, what the modules call.
+
+    ``x`` is ``(T, B, I)`` padded (``batch_sizes`` None) or ``(N, I)`` packed rows with the
+    ``PackedSequence``'s ``batch_sizes``. No Python value here depends on ``T``, so
+    ``torch.compile`` traces it once for every sequence length.
+
+    Returns:
+        ``(y, h_n (L*D, B, P), c_n (L*D, B, H) | None)``, ``y`` shaped like ``x`` with
+        ``D*P`` features.
+    """
+    kind = _kind(kind)
+    if (x.shape[0] if batch_sizes is None else batch_sizes.shape[0]) == 0:
         raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
     cast = _autocast_dtype(x.device, kind, cell, x.dtype)
     if cast is not None:
@@ -165,27 +207,21 @@ def recurrent_stack(
         x, h0, c0 = to(x), to(h0), to(c0)
         weights = [tuple(to(w) for w in layer) for layer in weights]
     check_tensors(x, h0, c0, weights)
-    impl = backends.resolve(backend, x.device)
+    name = backends.resolve_name(backend, x.device)
     directions = 2 if bidirectional else 1
     num_layers = len(weights) // directions
     h_n, c_n = [], []
-    no_autocast = (
-        torch.autocast(x.device.type, enabled=False)
-        if torch.amp.is_autocast_available(x.device.type)
-        else contextlib.nullcontext()  # e.g. "meta": torch.autocast rejects the device type
-    )
-    with no_autocast:
-        for layer in range(num_layers):
-            outputs = []
-            for d in range(directions):
-                idx = layer * directions + d
-                y, h, c = run_layer(
-                    impl, kind, schedule, d == 1, x, h0[idx], None if c0 is None else c0[idx], weights[idx]
-                )
-                outputs.append(y)
-                h_n.append(h)
-                c_n.append(c)
-            x = outputs[0] if directions == 1 else torch.cat(outputs, 1)
-            if dropout > 0 and training and layer < num_layers - 1:
-                x = F.dropout(x, dropout, training=True)
+    for layer in range(num_layers):
+        outputs = []
+        for d in range(directions):
+            idx = layer * directions + d
+            y, h, c = ops.layer(
+                kind, name, x, batch_sizes, h0[idx], None if c0 is None else c0[idx], weights[idx], d == 1
+            )
+            outputs.append(y)
+            h_n.append(h)
+            c_n.append(c)
+        x = outputs[0] if directions == 1 else torch.cat(outputs, -1)
+        if dropout > 0 and training and layer < num_layers - 1:
+            x = F.dropout(x, dropout, training=True)
     return x, torch.stack(h_n), (torch.stack(c_n) if c0 is not None else None)

@@ -1,9 +1,17 @@
 """Drop-in modules: ``RNN``, ``LSTM``, ``GRU`` and their cells.
 
-Each subclasses its ``torch.nn`` namesake, so the constructor, parameter names, init,
-``state_dict``, ``repr`` and argument checks are torch's own; only ``forward`` is
-replaced, by the fastrnn engine. One extra keyword, ``backend`` (``"auto"``,
-``"reference"``, ``"triton"``, or None to follow ``FASTRNN_BACKEND``).
+``RNN``, ``LSTM`` and ``GRU`` subclass ``torch.nn.RNNBase`` and take the rest of their
+``torch.nn`` namesake's methods (its argument checks, ``permute_hidden``), so the
+constructor, parameter names, init, ``state_dict``, ``repr`` and argument checks are
+torch's own; only ``forward`` is replaced, by the fastrnn engine. They are *not*
+instances of ``torch.nn.LSTM`` (etc.): TorchDynamo refuses to trace any instance of
+``torch.nn.RNN``, ``GRU`` or ``LSTM`` (a hard check in its module builder, lifted only by
+the global ``torch._dynamo.config.allow_rnn``), and ``torch.compile`` / ``torch.export``
+of a model holding a fastrnn layer must work. ``isinstance(m, torch.nn.RNNBase)`` holds.
+The cells subclass their ``torch.nn`` namesakes directly.
+
+One extra keyword, ``backend`` (``"auto"``, ``"reference"``, ``"triton"``, or None to
+follow ``FASTRNN_BACKEND``).
 
 Example::
 
@@ -21,9 +29,8 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from .backends import validate_backend_name
-from .functional import autocast_enabled, recurrent_stack
+from .functional import autocast_enabled, stack
 from .kinds import CellKind
-from .schedule import Schedule
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"]
 
@@ -90,17 +97,10 @@ class _FastRNNBase:
             hx = (h0, self._zeros(data, batch, self.hidden_size)) if lstm else h0
         self.check_forward_args(data, hx, batch_sizes)
 
-        if packed:
-            schedule = Schedule.from_batch_sizes(batch_sizes)
-            flat = data
-        else:
-            seq = input.transpose(0, 1) if self.batch_first else input
-            steps, batch = seq.shape[0], seq.shape[1]
-            schedule = Schedule.uniform(steps, batch)
-            flat = seq.reshape(steps * batch, seq.shape[2])
+        seq = data if packed else (input.transpose(0, 1) if self.batch_first else input)
         h0, c0 = hx if lstm else (hx, None)
-        y, h_n, c_n = recurrent_stack(
-            kind, flat, schedule, h0, c0, self._layer_weights(),
+        y, h_n, c_n = stack(
+            kind, seq, batch_sizes, h0, c0, self._layer_weights(),
             bidirectional=self.bidirectional, dropout=self.dropout, training=self.training,
             backend=self.backend,
         )
@@ -109,9 +109,7 @@ class _FastRNNBase:
             return PackedSequence(y, batch_sizes, sorted_indices, unsorted_indices), self.permute_hidden(
                 hidden, unsorted_indices
             )
-        output = y.view(schedule.steps, schedule.batch, y.shape[1])
-        if self.batch_first:
-            output = output.transpose(0, 1)
+        output = y.transpose(0, 1) if self.batch_first else y
         if not is_batched:
             output = output.squeeze(0 if self.batch_first else 1)
             hidden = (hidden[0].squeeze(1), hidden[1].squeeze(1)) if lstm else hidden.squeeze(1)
@@ -130,7 +128,7 @@ class _FastRNNBase:
             raise RuntimeError(f"For {which} input, hx should also be {want}-D but got {hx.dim()}-D tensor")
 
 
-class RNN(_FastRNNBase, nn.RNN):
+class RNN(_FastRNNBase, nn.RNNBase):
     """Drop-in ``torch.nn.RNN`` (tanh or relu) running on the fastrnn engine.
 
     Input ``(T, B, I)`` (``(B, T, I)`` with ``batch_first``), ``(T, I)`` unbatched, or a
@@ -140,26 +138,45 @@ class RNN(_FastRNNBase, nn.RNN):
     _input_dim_message = "{name}: Expected input to be 2D or 3D, got {dim}D tensor instead"
 
     def __init__(self, *args, backend: str | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
+        # torch.nn.RNN.__init__'s argument handling (its own `super()` call needs an
+        # instance of torch.nn.RNN): nonlinearity is the 4th positional argument.
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if len(args) > 3:
+            self.nonlinearity = args[3]
+            args = args[:3] + args[4:]
+        else:
+            self.nonlinearity = kwargs.pop("nonlinearity", "tanh")
+        modes = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}
+        if self.nonlinearity not in modes:
+            raise ValueError(f"Unknown nonlinearity '{self.nonlinearity}'. Select from 'tanh' or 'relu'.")
+        nn.RNNBase.__init__(self, modes[self.nonlinearity], *args, **kwargs)
         self._init_backend(backend)
 
 
-class LSTM(_FastRNNBase, nn.LSTM):
+class LSTM(_FastRNNBase, nn.RNNBase):
     """Drop-in ``torch.nn.LSTM`` (with ``proj_size``) running on the fastrnn engine.
 
     Returns ``(output, (h_n, c_n))`` with ``h_n`` ``(L*D, B, P)`` and ``c_n`` ``(L*D, B, H)``.
     """
 
     def __init__(self, *args, backend: str | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
+        nn.RNNBase.__init__(self, "LSTM", *args, **kwargs)
         self._init_backend(backend)
 
+    # torch.nn.LSTM's own methods: the (h, c) checks and permutation.
+    get_expected_cell_size = nn.LSTM.get_expected_cell_size
+    check_forward_args = nn.LSTM.check_forward_args
+    permute_hidden = nn.LSTM.permute_hidden
 
-class GRU(_FastRNNBase, nn.GRU):
+
+class GRU(_FastRNNBase, nn.RNNBase):
     """Drop-in ``torch.nn.GRU`` (torch's ``b_hn`` rule) running on the fastrnn engine."""
 
     def __init__(self, *args, backend: str | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        nn.RNNBase.__init__(self, "GRU", *args, **kwargs)
         self._init_backend(backend)
 
 
@@ -196,9 +213,7 @@ class _FastCellBase:
         h0 = states[0].unsqueeze(0)
         c0 = states[1].unsqueeze(0) if len(states) > 1 else None
         weights = [(self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, None)]
-        _, h_n, c_n = recurrent_stack(
-            kind, input, Schedule.uniform(1, input.size(0)), h0, c0, weights, backend=self.backend, cell=True
-        )
+        _, h_n, c_n = stack(kind, input.unsqueeze(0), None, h0, c0, weights, backend=self.backend, cell=True)
         return h_n[0], (c_n[0] if c_n is not None else None)
 
     def _prepare(self, input, hx, n_states):

@@ -164,7 +164,8 @@ def test_dropout_called_between_layers_only(cls, kwargs, monkeypatch):
             y, _ = partial(x, h)
         if kwargs.get("batch_first"):
             y = y.transpose(0, 1)
-        torch.testing.assert_close(received, y.reshape(-1, y.shape[-1]), **TOL[F64])
+        # received: (T, B, F) time-major, the layout the layers pass to each other
+        torch.testing.assert_close(received.reshape(-1, received.shape[-1]), y.reshape(-1, y.shape[-1]), **TOL[F64])
 
     # the final output and h_n / c_n are not dropped: identity dropout == torch eval
     out_ref, state_ref = ref(x, hx)

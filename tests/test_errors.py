@@ -8,7 +8,7 @@ and a cell's input of the wrong dtype fails inside the GEMM too), fastrnn raises
 exception type with a message that names what is wrong.
 
 Nothing runs before the checks: an autouse fixture makes the engine's
-``RecurrentLayer.apply`` and the reference backend's ``forward`` raise
+entry ``fastrnn.ops.layer`` and the reference backend's ``forward`` raise
 ``RanBeforeCheck``; every error test would then see that instead of the validation error.
 """
 
@@ -22,7 +22,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import fastrnn
 import fastrnn.backends.reference as reference
-from fastrnn.engine import RecurrentLayer
+import fastrnn.ops as ops
 from fastrnn.functional import Schedule, recurrent_layer, recurrent_stack
 from helpers import make_pair
 
@@ -46,7 +46,7 @@ def nothing_runs(request, monkeypatch):
     def fail(*args, **kwargs):
         raise RanBeforeCheck("the engine ran before the input was validated")
 
-    monkeypatch.setattr(RecurrentLayer, "apply", fail)
+    monkeypatch.setattr(ops, "layer", fail)
     monkeypatch.setattr(reference, "forward", fail)
 
 

@@ -212,7 +212,10 @@ def test_saved_bytes_not_above_torch(cls, backend, layers, bidirectional):
         f"beyond params/input/outputs {f_extra:.0f} B vs {t_extra:.0f} B "
         f"(ratio {f_extra / max(t_extra, 1):.3f}); tensors saved {f_n} vs {t_n}"
     )
-    assert f_tot <= t_tot
+    # Each layer-direction also keeps references to its biases (the exact double backward
+    # recomputes from the inputs), which torch.nn's RNN does not: parameters, 0 extra bytes.
+    biases = sum(p.nbytes for n, p in fast.named_parameters() if n.startswith("bias")) / layer_dirs
+    assert f_tot <= t_tot + biases
     assert f_extra <= t_extra
 
 

@@ -4,6 +4,10 @@ Precedence: an explicit ``backend=`` on the module or function, else the
 ``FASTRNN_BACKEND`` environment variable (read at each call), else ``"auto"``.
 ``"auto"`` picks ``triton`` for CUDA tensors when Triton imports, else ``reference``.
 Asking for ``triton`` where it cannot run is an error, never a silent fallback.
+
+A concrete backend is known to :mod:`fastrnn.ops` by its name; :func:`layer_impl` gives
+the *layer implementation* behind a name (``layer_forward``, ``layer_backward``,
+``saved_layout``: see :class:`fastrnn.engine.LoopLayer`).
 """
 
 from __future__ import annotations
@@ -42,8 +46,8 @@ def triton_unavailable_reason(device: torch.device) -> str | None:
     return backend.unavailable_reason(device)
 
 
-def resolve(name: str | None, device: torch.device):
-    """Backend module for a call on tensors of ``device``.
+def resolve_name(name: str | None, device: torch.device) -> str:
+    """The concrete backend (``"reference"`` or ``"triton"``) for a call on ``device``.
 
     An explicit ``name`` is checked here too (a module's ``backend`` attribute may have
     been set after construction).
@@ -54,13 +58,13 @@ def resolve(name: str | None, device: torch.device):
         if name not in BACKENDS:
             raise ValueError(f"{ENV_VAR} must be one of {BACKENDS}, got {name!r}")
     if name == "reference":
-        return reference
+        return "reference"
     if name == "auto":
         if device.type != "cuda":
-            return reference
+            return "reference"
         reason = triton_unavailable_reason(device)
         if reason is None:
-            return _triton_backend()
+            return "triton"
         # No silent slow paths: the reference loop on a GPU is correct but far slower.
         warnings.warn(
             f"fastrnn: the triton backend cannot run on {device} ({reason}); using the "
@@ -69,8 +73,32 @@ def resolve(name: str | None, device: torch.device):
             RuntimeWarning,
             stacklevel=3,
         )
-        return reference
+        return "reference"
     reason = triton_unavailable_reason(device)
     if reason is not None:
         raise RuntimeError(f"fastrnn: backend='triton' cannot run on {device}: {reason}")
-    return _triton_backend()
+    return "triton"
+
+
+def resolve(name: str | None, device: torch.device):
+    """Backend module (``reference`` or ``triton_backend``) for a call on ``device``."""
+    return _triton_backend() if resolve_name(name, device) == "triton" else reference
+
+
+_LAYERS: dict = {}
+
+
+def layer_impl(name: str):
+    """The layer implementation of the concrete backend ``name`` (built once)."""
+    impl = _LAYERS.get(name)
+    if impl is None:
+        from ..engine import LoopLayer
+
+        if name == "reference":
+            impl = LoopLayer(reference)
+        elif name == "triton":
+            impl = LoopLayer(_triton_backend())
+        else:
+            raise ValueError(f"fastrnn: unknown backend {name!r}")
+        _LAYERS[name] = impl
+    return impl

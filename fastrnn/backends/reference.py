@@ -304,6 +304,19 @@ def _rnn_backward(kind, w_hh, y, dy, dh_n, schedule, reverse):
 # --------------------------------------------------------------------------------------
 
 
+def saved_layout(kind, rows, hidden, dtype, save):
+    """Shapes and dtypes of the ``saved`` tuple :func:`forward` returns (from sizes alone).
+
+    LSTM: gates ``(N, 4H)`` (i, f, g, o), ``c`` and ``tanh(c)`` ``(N, H)``; GRU: gates
+    ``(N, 3H)`` (r, z, n) and ``W_hn h + b_hn`` ``(N, H)``; plain RNN: nothing (backward
+    reads ``y``).
+    """
+    if not save or kind.gates == 1:
+        return []
+    extra = 2 if kind is CellKind.LSTM else 1
+    return [((rows, kind.gates * hidden), dtype)] + [((rows, hidden), dtype)] * extra
+
+
 def forward(kind, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save):
     """Run the forward time loop; see :mod:`fastrnn.backends.base`."""
     if kind is CellKind.LSTM:

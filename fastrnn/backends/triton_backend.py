@@ -83,6 +83,20 @@ def _tf32() -> bool:
     return bool(torch.backends.cudnn.allow_tf32)
 
 
+def saved_layout(kind: CellKind, rows, hidden, dtype, save):
+    """Shapes and dtypes of the ``saved`` tuple :func:`forward` returns (from sizes alone).
+
+    The same for every kernel tier: LSTM gates ``(N, 4H)`` and ``c`` ``(N, H)`` in the
+    accumulation dtype; GRU gates ``(N, 3H)`` and ``W_hn h + b_hn`` ``(N, H)``; plain RNN
+    nothing.
+    """
+    if not save or kind.gates == 1:
+        return []
+    if kind is CellKind.LSTM:
+        return [((rows, 4 * hidden), dtype), ((rows, hidden), _acc_dtype(dtype))]
+    return [((rows, 3 * hidden), dtype), ((rows, hidden), dtype)]
+
+
 def forward(kind: CellKind, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: bool, save: bool):
     """Run the forward time loop; see :mod:`fastrnn.backends.base`."""
     ks = _kernels()

@@ -1,0 +1,366 @@
+"""Each layer-direction as a ``torch.library`` custom op, so PyTorch sees one opaque op.
+
+``torch.ops.fastrnn.layer_forward`` runs one direction of one recurrent layer over a whole
+sequence; ``torch.ops.fastrnn.layer_backward`` is its first-order backward. Both have fake
+(meta) implementations computed from shapes alone, so ``torch.compile``, ``torch.export``
+and ``torch.func`` trace *one* op per layer-direction with symbolic shapes — never the
+Python time loop inside, which would unroll ``T`` and recompile for every new length.
+
+Autograd is registered on ``layer_forward``:
+
+- first-order backward (the usual ``loss.backward()``): ``layer_backward``, the backend's
+  handwritten reverse time loop and whole-sequence weight-gradient GEMMs;
+- a backward that must itself be differentiable (``create_graph=True`` with anything that
+  requires grad: ``gradgradcheck``, ``hessian``, gradient penalties, ``torch.func``
+  transforms, which always build the graph): the layer is recomputed with the plain
+  differentiable recurrence of :mod:`fastrnn.differentiable` and differentiated by autograd,
+  so derivatives of every order are exact, whatever the backend.
+
+Sequences: padded input is ``x (T, B, I)`` with ``batch_sizes=None`` (then ``y`` is
+``(T, B, P)``); packed input is ``x (N, I)``, the data of a ``PackedSequence``, with its
+``batch_sizes`` (CPU int64), and ``y`` is ``(N, P)``. ``T`` is never a Python int in the
+traced program: it is a (symbolic) dimension of ``x``.
+
+The op's outputs are ``(y, h_n, c_n, s0, s1, s2)``: ``c_n`` is an empty tensor for cells
+without a cell state, and ``s0..s2`` hold what the backward needs (the backend's ``saved``
+tuple, padded with empty tensors; all empty unless ``save``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from . import backends, differentiable
+from .kinds import CellKind
+from .schedule import Schedule
+
+#: Number of ``saved`` outputs of ``layer_forward`` (the most any backend keeps).
+SAVED_SLOTS = 3
+#: The inputs of ``layer_forward`` that can receive a gradient, in the order of ``needs``.
+GRAD_INPUTS = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr")
+# Their positions among layer_forward's arguments.
+_GRAD_POSITIONS = (2, 4, 5, 6, 7, 8, 9, 10)
+
+
+@functools.lru_cache(maxsize=64)
+def _uniform(steps: int, batch: int) -> Schedule:
+    return Schedule.uniform(steps, batch)
+
+
+def _flat(x: Tensor, batch_sizes: Tensor | None) -> tuple[Tensor, Schedule]:
+    """``(x as (N, I) rows, its schedule)`` of a padded ``(T, B, I)`` or packed ``(N, I)`` input."""
+    if batch_sizes is None:
+        steps, batch = x.shape[0], x.shape[1]
+        return x.reshape(steps * batch, x.shape[2]), _uniform(steps, batch)
+    return x, Schedule.from_batch_sizes(batch_sizes)
+
+
+def _no_autocast(device_type: str):
+    """Autocast off inside an op: it computes in its inputs' dtype (the callers cast first)."""
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _rows(x: Tensor, batch_sizes: Tensor | None):
+    return x.shape[0] * x.shape[1] if batch_sizes is None else x.shape[0]
+
+
+def _layout(kind: CellKind, backend: str, x, batch_sizes, h0, w_ih, w_hh, w_hr, save: bool):
+    hidden = w_hh.shape[0] // kind.gates
+    proj = w_hr.shape[0] if w_hr is not None else 0
+    return backends.layer_impl(backend).saved_layout(
+        kind, _rows(x, batch_sizes), h0.shape[0], w_ih.shape[1], hidden, proj, x.dtype, save
+    )
+
+
+def _padded_saved(saved: Sequence[Tensor], like: Tensor) -> list[Tensor]:
+    if len(saved) > SAVED_SLOTS:
+        raise AssertionError(f"a backend saved {len(saved)} tensors; ops.SAVED_SLOTS is {SAVED_SLOTS}")
+    return list(saved) + [like.new_empty(0) for _ in range(SAVED_SLOTS - len(saved))]
+
+
+# --------------------------------------------------------------------------------------
+# layer_forward
+# --------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("fastrnn::layer_forward", mutates_args=())
+def layer_forward(
+    kind: str,
+    backend: str,
+    x: Tensor,
+    batch_sizes: Optional[Tensor],
+    h0: Tensor,
+    c0: Optional[Tensor],
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Optional[Tensor],
+    b_hh: Optional[Tensor],
+    w_hr: Optional[Tensor],
+    reverse: bool,
+    save: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """One layer-direction; see the module docstring for shapes and outputs."""
+    cell = CellKind(kind)
+    flat, schedule = _flat(x, batch_sizes)
+    with _no_autocast(x.device.type):
+        y, h_n, c_n, saved = backends.layer_impl(backend).layer_forward(
+            cell, flat, schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save
+        )
+    if batch_sizes is None:
+        y = y.view(x.shape[0], x.shape[1], y.shape[1])
+    return (y, h_n, c_n if c_n is not None else x.new_empty(0), *_padded_saved(saved, x))
+
+
+@layer_forward.register_fake
+def _layer_forward_fake(kind, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save):
+    cell = CellKind(kind)
+    state = w_hh.shape[1]
+    y = x.new_empty(x.shape[0], x.shape[1], state) if batch_sizes is None else x.new_empty(x.shape[0], state)
+    c_n = c0.new_empty(c0.shape) if cell.has_cell_state else x.new_empty(0)
+    layout = _layout(cell, backend, x, batch_sizes, h0, w_ih, w_hh, w_hr, save)
+    saved = [x.new_empty(shape, dtype=dtype) for shape, dtype in layout]
+    return (y, h0.new_empty(h0.shape), c_n, *_padded_saved(saved, x))
+
+
+# --------------------------------------------------------------------------------------
+# layer_backward
+# --------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("fastrnn::layer_backward", mutates_args=())
+def layer_backward(
+    kind: str,
+    backend: str,
+    x: Tensor,
+    batch_sizes: Optional[Tensor],
+    h0: Tensor,
+    c0: Optional[Tensor],
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Optional[Tensor],
+    b_hh: Optional[Tensor],
+    w_hr: Optional[Tensor],
+    reverse: bool,
+    y: Tensor,
+    s0: Tensor,
+    s1: Tensor,
+    s2: Tensor,
+    dy: Tensor,
+    dh_n: Tensor,
+    dc_n: Optional[Tensor],
+    needs: list[bool],
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of ``(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)``; an empty tensor where
+    ``needs`` is False (or the input is None)."""
+    cell = CellKind(kind)
+    flat, schedule = _flat(x, batch_sizes)
+    n_saved = len(_layout(cell, backend, x, batch_sizes, h0, w_ih, w_hh, w_hr, True))
+    y_flat = y.reshape(flat.shape[0], y.shape[-1])
+    dy_flat = dy.reshape(flat.shape[0], dy.shape[-1])
+    with _no_autocast(x.device.type):
+        grads = backends.layer_impl(backend).layer_backward(
+            cell, schedule, reverse, flat, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y_flat,
+            (s0, s1, s2)[:n_saved], dy_flat, dh_n, dc_n if cell.has_cell_state else None, tuple(needs),
+        )
+    out = []
+    for grad, name in zip(grads, GRAD_INPUTS):
+        if grad is None:
+            out.append(x.new_empty(0))
+        elif name == "x":
+            out.append(grad.view(x.shape))
+        else:
+            out.append(grad)
+    return tuple(out)
+
+
+@layer_backward.register_fake
+def _layer_backward_fake(kind, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
+                         y, s0, s1, s2, dy, dh_n, dc_n, needs):
+    inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+    return tuple(
+        t.new_empty(t.shape) if (need and t is not None) else x.new_empty(0) for t, need in zip(inputs, needs)
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Autograd
+# --------------------------------------------------------------------------------------
+
+
+def _setup_context(ctx, inputs, output):
+    kind, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save = inputs
+    y, _, _, s0, s1, s2 = output
+    ctx.kind, ctx.backend, ctx.reverse, ctx.saved_all = kind, backend, reverse, save
+    ctx.save_for_backward(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, s0, s1, s2)
+    ctx.mark_non_differentiable(s0, s1, s2)
+    # Gradients of unused outputs stay None: no zero (N, G*H) tensors for the saved slots.
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, dy, dh_n, dc_n, *_saved_grads):
+    x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, s0, s1, s2 = ctx.saved_tensors
+    cell = CellKind(ctx.kind)
+    needs = [ctx.needs_input_grad[i] for i in _GRAD_POSITIONS]
+    if dy is None:
+        dy = torch.zeros_like(y)
+    if dh_n is None:
+        dh_n = torch.zeros_like(h0)
+    if cell.has_cell_state and dc_n is None:
+        dc_n = torch.zeros_like(c0)
+    if not cell.has_cell_state:
+        dc_n = None
+    inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+    if _graph_needed(inputs, (dy, dh_n, dc_n)):
+        grads = _differentiable_grads(cell, ctx.reverse, x, batch_sizes, inputs, (dy, dh_n, dc_n), needs)
+    else:
+        if not ctx.saved_all:
+            raise RuntimeError(
+                "fastrnn: layer_forward ran with save=False, so it kept nothing for backward; "
+                "call it through fastrnn.ops.layer (which sets save when a gradient is needed)"
+            )
+        raw = torch.ops.fastrnn.layer_backward(
+            ctx.kind, ctx.backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, ctx.reverse,
+            y, s0, s1, s2, dy, dh_n, dc_n, needs,
+        )
+        grads = [g if need else None for g, need in zip(raw, needs)]
+    gx, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh, gw_hr = grads
+    return None, None, gx, None, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh, gw_hr, None, None
+
+
+def _graph_needed(inputs, grad_outputs) -> bool:
+    """True when this backward runs under ``create_graph`` and its result can depend on
+    something that requires grad: the gradients must then be differentiable themselves."""
+    if not torch.is_grad_enabled():
+        return False
+    return any(t is not None and t.requires_grad for t in (*inputs, *grad_outputs))
+
+
+def _differentiable_grads(cell, reverse, x, batch_sizes, inputs, grad_outputs, needs):
+    """First derivatives as a differentiable function of the inputs and ``grad_outputs``
+    (:func:`fastrnn.differentiable.layer_backward`)."""
+    flat, schedule = _flat(x, batch_sizes)
+    _, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = inputs
+    dy, dh_n, dc_n = grad_outputs
+    with _no_autocast(x.device.type):
+        grads = differentiable.layer_backward(
+            cell, flat, schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
+            dy.reshape(flat.shape[0], dy.shape[-1]), dh_n, dc_n,
+        )
+    grads = (grads[0].view(x.shape),) + tuple(grads[1:])
+    return [g if need else None for g, need in zip(grads, needs)]
+
+
+layer_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+class LayerFunction(torch.autograd.Function):
+    """``layer_forward`` with the same autograd rule, in the form ``torch.func`` accepts.
+
+    The op's own autograd registration (above) serves callers of
+    ``torch.ops.fastrnn.layer_forward`` and graphs that hold the op (``torch.export``);
+    ``torch.func`` transforms only accept an ``autograd.Function`` with a separate
+    ``setup_context``, so :func:`layer` goes through this class, whose forward is the op.
+    vmap: the rule is generated (the ops have batching rules, :func:`_vmap_loop`).
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(*args):
+        return torch.ops.fastrnn.layer_forward(*args)
+
+    # No `jvp`: forward-mode AD is refused in `layer` with a clear message (TorchDynamo
+    # cannot trace an autograd.Function that defines `jvp`).
+
+    setup_context = staticmethod(_setup_context)
+    backward = staticmethod(_backward)
+
+
+
+# --------------------------------------------------------------------------------------
+# vmap: one call per batch entry (correct for every combination of batched arguments)
+# --------------------------------------------------------------------------------------
+
+
+def _vmap_loop(op):
+    def rule(info, in_dims, *args):
+        results = []
+        for i in range(info.batch_size):
+            # unbatched arguments (in_dim None; a list argument's in_dims is a list of Nones)
+            sliced = [a.select(d, i) if isinstance(d, int) else a for a, d in zip(args, in_dims)]
+            results.append(op(*sliced))
+        outs = tuple(torch.stack(parts) for parts in zip(*results))
+        return outs, (0,) * len(outs)
+
+    return rule
+
+
+torch.library.register_vmap("fastrnn::layer_forward", _vmap_loop(torch.ops.fastrnn.layer_forward))
+torch.library.register_vmap("fastrnn::layer_backward", _vmap_loop(torch.ops.fastrnn.layer_backward))
+
+
+# --------------------------------------------------------------------------------------
+# The entry the rest of fastrnn calls
+# --------------------------------------------------------------------------------------
+
+
+FORWARD_AD_MESSAGE = (
+    "fastrnn: forward-mode AD (torch.func.jvp / jacfwd / torch.func.hessian, "
+    "torch.autograd.forward_ad) is not supported by fastrnn layers; use reverse mode instead: "
+    "torch.func.vjp / grad / jacrev, or torch.autograd.functional.jacobian / hessian / hvp / vhp "
+    "(their double backward is exact)"
+)
+
+
+def _refuse_forward_ad(tensors) -> None:
+    """Raise before any work when a tangent would flow into the layer (it would be dropped)."""
+    from torch._C._functorch import TransformType
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    if any(i.key() == TransformType.Jvp for i in retrieve_all_functorch_interpreters()):
+        raise RuntimeError(FORWARD_AD_MESSAGE)
+    if torch.autograd.forward_ad._current_level >= 0:
+        for t in tensors:
+            if t is not None and torch.autograd.forward_ad.unpack_dual(t).tangent is not None:
+                raise RuntimeError(FORWARD_AD_MESSAGE)
+
+
+def layer(kind: CellKind, backend: str, x: Tensor, batch_sizes: Tensor | None, h0: Tensor, c0: Tensor | None,
+          weights: Sequence[Tensor | None], reverse: bool):
+    """Run one layer-direction through ``torch.ops.fastrnn.layer_forward``.
+
+    Args:
+        kind: the cell kind.
+        backend: a concrete backend name (``"reference"``, ``"triton"``).
+        x: ``(T, B, I)`` padded input (``batch_sizes`` None) or ``(N, I)`` packed rows.
+        batch_sizes: the ``PackedSequence``'s batch sizes, or None.
+        h0: ``(B, P)``; c0: ``(B, H)`` for LSTM, else None.
+        weights: ``(w_ih, w_hh, b_ih, b_hh, w_hr)``, torch's shapes, None where absent.
+        reverse: run from the last timestep to the first.
+
+    Returns:
+        ``(y, h_n, c_n | None)``, ``y`` shaped like ``x`` with ``P`` features.
+    """
+    w_ih, w_hh, b_ih, b_hh, w_hr = weights
+    if not torch.compiler.is_compiling():
+        _refuse_forward_ad((x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr))
+    # Keep what backward needs only when autograd will record this call (the test the op's
+    # autograd kernel itself makes): nothing is saved under no_grad / inference_mode.
+    save = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+    )
+    args = (kind.value, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save)
+    if torch.compiler.is_compiling():
+        # torch.compile / torch.export: the op itself (with its registered autograd), so the
+        # graph holds one fastrnn op per layer-direction at its top level.
+        y, h_n, c_n, *_ = torch.ops.fastrnn.layer_forward(*args)
+    else:
+        y, h_n, c_n, *_ = LayerFunction.apply(*args)
+    return y, h_n, (c_n if kind.has_cell_state else None)
