@@ -92,6 +92,17 @@ def _autocast_dtype(device: torch.device, kind: CellKind, cell: bool, dtype: tor
     return torch.get_autocast_dtype(device.type)
 
 
+def _call(kind: CellKind, x, batch_sizes, h0, c0, weights: Sequence[LayerWeights]) -> backends.Call:
+    """What ``auto`` needs to know about a call on the CPU (see :mod:`fastrnn.backends`)."""
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, h0, c0, *(w for layer in weights for w in layer))
+    )
+    return backends.Call(
+        kind, x.dtype, batch_sizes is not None, weights[0][4] is not None, needs_grad,
+        backends.native.is_tracing(x),
+    )
+
+
 def _sequence(x: torch.Tensor, schedule: Schedule):
     """The ops' form of a flat sequence: ``(x (T, B, I), None)`` when padded, else
     ``(x (N, I), batch_sizes)``."""
@@ -124,9 +135,10 @@ def recurrent_layer(
     Returns:
         ``(y (N, P), h_n (B, P), c_n (B, H) | None)``.
     """
-    name = backends.resolve_name(backend, x.device)
+    kind = _kind(kind)
     seq, batch_sizes = _sequence(x, schedule)
-    y, h_n, c_n = ops.layer(_kind(kind), name, seq, batch_sizes, h0, c0, weights, reverse)
+    name = backends.resolve_name(backend, x.device, _call(kind, x, batch_sizes, h0, c0, [weights]))
+    y, h_n, c_n = ops.layer(kind, name, seq, batch_sizes, h0, c0, weights, reverse)
     return y.reshape(x.shape[0], y.shape[-1]), h_n, c_n
 
 
@@ -207,7 +219,16 @@ def stack(
         x, h0, c0 = to(x), to(h0), to(c0)
         weights = [tuple(to(w) for w in layer) for layer in weights]
     check_tensors(x, h0, c0, weights)
-    name = backends.resolve_name(backend, x.device)
+    call = _call(kind, x, batch_sizes, h0, c0, weights)
+    name = backends.resolve_name(backend, x.device, call)
+    if name == "native" and not call.needs_grad and ops.eager_call(x):
+        ops.refuse_forward_ad((x, h0, c0, *(w for layer in weights for w in layer)))
+        # Inference on torch's own kernels, eagerly: the whole stack in the one call
+        # torch.nn makes (the per-layer op path costs more than 5 % at T=10, B=1).
+        with ops.no_autocast(x.device.type):
+            return backends.native.stack_inference(
+                kind, x, batch_sizes, h0, c0, weights, bidirectional, dropout, training
+            )
     directions = 2 if bidirectional else 1
     num_layers = len(weights) // directions
     h_n, c_n = [], []

@@ -28,7 +28,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from .backends import validate_backend_name
+from . import ops
+from .backends import env_backend, native, validate_backend_name
 from .functional import autocast_enabled, stack
 from .kinds import CellKind
 
@@ -50,25 +51,103 @@ class _FastRNNBase:
 
     @property
     def _kind(self) -> CellKind:
+        # (LSTM and GRU override this with a constant: a getattr that misses costs an
+        # AttributeError inside nn.Module.__getattr__ on every call)
         return CellKind.from_mode(self.mode, getattr(self, "nonlinearity", "tanh"))
 
     def _layer_weights(self):
+        # torch.nn.RNNBase lists each layer-direction's parameters in this order (its
+        # __init__): weight_ih, weight_hh, [bias_ih, bias_hh], [weight_hr]. Read by position:
+        # parsing the names on every call cost ~10 us, a tenth of a whole layer at B=1.
         names = self._flat_weights_names
-        per_layer = len(names) // (self.num_layers * (2 if self.bidirectional else 1))
+        per_layer = 2 + 2 * bool(self.bias) + (self.proj_size > 0)
         weights = []
         for start in range(0, len(names), per_layer):
-            params = {n.split("_l")[0]: getattr(self, n) for n in names[start : start + per_layer]}
-            weights.append(
-                (params["weight_ih"], params["weight_hh"], params.get("bias_ih"), params.get("bias_hh"), params.get("weight_hr"))
-            )
+            p = [getattr(self, n) for n in names[start : start + per_layer]]
+            biases = (p[2], p[3]) if self.bias else (None, None)
+            weights.append((p[0], p[1], *biases, p[-1] if self.proj_size > 0 else None))
         return weights
 
     def _zeros(self, input, batch, size):
         directions = 2 if self.bidirectional else 1
         return torch.zeros(self.num_layers * directions, batch, size, dtype=input.dtype, device=input.device)
 
+    def _runs_torch_forward(self, input, hx) -> bool:
+        """True when this call runs on torch's own CPU kernels (backend ``native``, or
+        ``auto`` when :func:`fastrnn.backends.native.auto_cpu_backend` says ``native``) in
+        plain eager mode.
+
+        Those kernels are what the ``torch.nn`` module's own ``forward`` calls, for the
+        whole stack at once, with torch's own autograd nodes for oneDNN's LSTM (whose
+        backward is differentiable again, so second derivatives stay exact). Any other
+        route to them costs more Python per call; at T=10, B=1 a whole layer takes
+        100-450 us here. So ``forward`` then runs ``torch.nn``'s own ``forward``: same
+        checks, same kernels, same results. Not under autocast, tracing, ``torch.func`` or
+        forward-mode AD (the engine path handles those).
+        """
+        # Cheapest tests first: this runs on every call, and at T=10, B=1 each microsecond
+        # is 1 % of the call.
+        if torch.autograd.forward_ad._current_level >= 0:
+            return False  # (the engine path refuses forward-mode AD with a clear message)
+        name = self.backend if self.backend is not None else (env_backend() or "auto")
+        if name != "auto" and name != "native":
+            return False
+        data = input.data if type(input) is PackedSequence else input
+        if type(data) is not torch.Tensor:
+            return False  # (not a tensor: the engine path raises torch's error)
+        if not data.is_cpu or torch._C._is_any_autocast_enabled() or not ops.eager_call(data):
+            return False
+        needs_grad = torch.is_grad_enabled() and (
+            data.requires_grad
+            or any(h.requires_grad for h in ((hx,) if isinstance(hx, torch.Tensor) else (hx or ())))
+            or any(w.requires_grad for w in self._flat_weights)
+        )
+        kind, packed, proj = self._kind, data is not input, self.proj_size > 0
+        if name == "native":
+            # torch.nn would train GRU / RNN / packed or projected LSTM on its per-step
+            # autograd graph: backend 'native' refuses those (the engine path raises).
+            return not needs_grad or native.onednn_trains(kind, data.dtype, packed, proj)
+        return native.auto_cpu_backend(
+            kind, data.dtype, packed=packed, proj=proj, needs_grad=needs_grad, tracing=False
+        ) == "native"
+
+    def _native_forward(self, input, hx):
+        """``torch.nn``'s forward on torch's own kernels (see :meth:`_runs_torch_forward`).
+
+        The common case (padded batched input) in a few lines: torch's checks
+        (``check_forward_args``) and the one ``torch._VF`` call its forward makes, with the
+        parameters read from ``_parameters`` (torch's ``_update_flat_weights`` compares
+        weak references on every call: ~12 us, a tenth of a layer at T=10, B=1). Anything
+        else (packed or unbatched input) goes through ``torch.nn``'s forward itself.
+        """
+        if type(input) is not torch.Tensor or input.dim() != 3:
+            return self._torch_forward(input, hx)
+        lstm = self._kind is CellKind.LSTM
+        if hx is None:
+            batch = input.size(0) if self.batch_first else input.size(1)
+            layers = self.num_layers * (2 if self.bidirectional else 1)
+            state = self.proj_size if self.proj_size > 0 else self.hidden_size
+            h0 = torch.zeros(layers, batch, state, dtype=input.dtype, device=input.device)
+            hx = (h0, torch.zeros(layers, batch, self.hidden_size, dtype=input.dtype, device=input.device)) if lstm else h0
+        elif (lstm and (type(hx) is not tuple or len(hx) != 2 or hx[0].dim() != 3 or hx[1].dim() != 3)) or (
+            not lstm and (type(hx) is not torch.Tensor or hx.dim() != 3)
+        ):
+            return self._torch_forward(input, hx)
+        self.check_forward_args(input, hx, None)
+        params = self._parameters
+        weights = [params[n] if n in params else getattr(self, n) for n in self._flat_weights_names]
+        result = native.VF_OPS[self._kind](
+            input, hx, weights, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional,
+            self.batch_first,
+        )
+        if lstm:
+            return result[0], (result[1], result[2])
+        return result[0], result[1]
+
     def forward(self, input, hx=None):
         """Run the recurrence; same arguments and results as the ``torch.nn`` module."""
+        if self._runs_torch_forward(input, hx):
+            return self._native_forward(input, hx)
         kind = self._kind
         lstm = kind.has_cell_state
         out_size = self.proj_size if self.proj_size > 0 else self.hidden_size
@@ -153,6 +232,8 @@ class RNN(_FastRNNBase, nn.RNNBase):
         nn.RNNBase.__init__(self, modes[self.nonlinearity], *args, **kwargs)
         self._init_backend(backend)
 
+    _torch_forward = nn.RNN.forward  # torch.nn's own (see _runs_torch_forward)
+
 
 class LSTM(_FastRNNBase, nn.RNNBase):
     """Drop-in ``torch.nn.LSTM`` (with ``proj_size``) running on the fastrnn engine.
@@ -168,6 +249,8 @@ class LSTM(_FastRNNBase, nn.RNNBase):
     get_expected_cell_size = nn.LSTM.get_expected_cell_size
     check_forward_args = nn.LSTM.check_forward_args
     permute_hidden = nn.LSTM.permute_hidden
+    _torch_forward = nn.LSTM.forward  # torch.nn's own (see _runs_torch_forward)
+    _kind = CellKind.LSTM
 
 
 class GRU(_FastRNNBase, nn.RNNBase):
@@ -178,6 +261,9 @@ class GRU(_FastRNNBase, nn.RNNBase):
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         nn.RNNBase.__init__(self, "GRU", *args, **kwargs)
         self._init_backend(backend)
+
+    _torch_forward = nn.GRU.forward  # torch.nn's own (see _runs_torch_forward)
+    _kind = CellKind.GRU
 
 
 # --------------------------------------------------------------------------------------

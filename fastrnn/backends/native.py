@@ -25,8 +25,9 @@ packed / projected / non-float32 LSTM *with* gradients (torch.nn builds a per-st
 autograd graph there, which cannot live inside a custom op; fastrnn's own ``reference``
 engine is faster anyway), and training under tracing: the size of oneDNN's workspace is
 only known once the kernel has run (torch's own fake kernel for ``mkldnn_rnn_layer``
-returns an empty workspace, and its LSTM decomposition uses oneDNN only for inference),
-so :func:`saved_layout` cannot give it to ``torch.compile`` / ``torch.export``.
+returns an empty workspace, and its LSTM decomposition uses oneDNN only for inference):
+:func:`saved_layout` gives the size oneDNN reported for the same sizes earlier in this
+process, and refuses symbolic or never-run sizes with a clear error.
 
 Implements the layer contract: :func:`layer_forward`, :func:`layer_backward`,
 :func:`saved_layout`.
@@ -48,13 +49,17 @@ name = "native"
 _ONEDNN_LSTM_MODE = 2
 
 # torch._VF resolves its attributes on every access (a few microseconds each): once here.
-_VF_OPS = {
+VF_OPS = {
     CellKind.LSTM: torch._VF.lstm,
     CellKind.GRU: torch._VF.gru,
     CellKind.RNN_TANH: torch._VF.rnn_tanh,
     CellKind.RNN_RELU: torch._VF.rnn_relu,
 }
 _HAS_ONEDNN = torch.backends.mkldnn.is_available()
+
+#: Workspace bytes oneDNN allocated for an LSTM training forward, by (T, B, I, H, dtype):
+#: the only source of that size (see :func:`saved_layout`). One int per shape seen.
+_WORKSPACE_BYTES: dict[tuple, int] = {}
 
 
 # --------------------------------------------------------------------------------------
@@ -200,7 +205,7 @@ def _vf_layer(kind, x, schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
     params = [w for w in (w_ih, w_hh, b_ih, b_hh, w_hr) if w is not None]
     has_bias = b_ih is not None
     hx = (h0.unsqueeze(0), c0.unsqueeze(0)) if kind is CellKind.LSTM else h0.unsqueeze(0)
-    op = _VF_OPS[kind]
+    op = VF_OPS[kind]
     if schedule.is_uniform:
         seq = x.view(schedule.steps, schedule.batch, x.shape[1])
         if reverse:
@@ -239,6 +244,7 @@ def layer_forward(kind: CellKind, x, schedule: Schedule, h0, c0, w_ih, w_hh, b_i
     _check(kind, x, schedule, w_hr, save)
     if save:
         y, h_n, c_n, workspace = _onednn_lstm(x, schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, True)
+        _WORKSPACE_BYTES[(schedule.steps, schedule.batch, x.shape[1], c_n.shape[1], x.dtype)] = workspace.numel()
         # c_n is read by the backward kernel; a copy, since no output may alias another.
         return y.view(x.shape[0], y.shape[2]), h_n, c_n, (workspace, c_n.clone())
     if (
@@ -251,6 +257,38 @@ def layer_forward(kind: CellKind, x, schedule: Schedule, h0, c0, w_ih, w_hh, b_i
     with _grad_mode(False):
         y, h_n, c_n = _vf_layer(kind, x, schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
     return y, h_n, c_n, ()
+
+
+def stack_inference(kind: CellKind, x, batch_sizes, h0, c0, weights, bidirectional: bool, dropout: float,
+                    training: bool):
+    """A whole stack without gradients in one ``torch._VF.<kind>`` call: exactly what
+    ``torch.nn``'s module calls (same kernels, dropout between layers drawn the same way).
+
+    The eager fast path of ``auto`` for inference (:func:`fastrnn.functional.stack`): the
+    per-layer contract around the same kernels costs a few tensor views and Python calls
+    per layer-direction, which at T=10, B=1 is several percent of the whole call.
+
+    Args:
+        x: ``(T, B, I)`` padded (``batch_sizes`` None) or ``(N, I)`` packed rows.
+        h0: ``(L*D, B, P)``; c0: ``(L*D, B, H)`` for LSTM, else None.
+        weights: ``L*D`` tuples ``(w_ih, w_hh, b_ih, b_hh, w_hr)`` in torch's order.
+
+    Returns:
+        ``(y, h_n, c_n | None)`` as :func:`fastrnn.functional.stack`.
+    """
+    params = [w for layer in weights for w in layer if w is not None]
+    hx = (h0, c0) if kind is CellKind.LSTM else h0
+    num_layers = len(weights) // (2 if bidirectional else 1)
+    has_bias = weights[0][2] is not None
+    op = VF_OPS[kind]
+    with _grad_mode(False):
+        if batch_sizes is None:
+            out = op(x, hx, params, has_bias, num_layers, dropout, training, bidirectional, False)
+        else:
+            out = op(x, batch_sizes, hx, params, has_bias, num_layers, dropout, training, bidirectional)
+    if kind is CellKind.LSTM:
+        return out
+    return out[0], out[1], None
 
 
 # --------------------------------------------------------------------------------------
@@ -296,16 +334,26 @@ def layer_backward(kind: CellKind, schedule: Schedule, reverse: bool, x, h0, c0,
 
 
 def saved_layout(kind: CellKind, rows, batch, input_size, hidden, proj, dtype, save):
-    """``[(shape, dtype), ...]`` of ``saved`` from sizes alone: empty without ``save``.
+    """``[(shape, dtype), ...]`` of ``saved``: empty without ``save``; with it (oneDNN LSTM
+    training) ``[((workspace_bytes,), uint8), ((B, H), dtype)]``.
 
-    With ``save`` (oneDNN LSTM training) the workspace's size is chosen by oneDNN when the
-    kernel runs, so it cannot be given in advance: ``auto`` never runs this backend with
-    gradients under tracing, and asking for it explicitly raises here, before any work.
+    oneDNN chooses its workspace size inside the kernel, from the sizes, the data type and
+    the CPU; no formula for it is public. The size given here is the one oneDNN allocated
+    for the same ``(T, B, I, H, dtype)`` earlier in this process (recorded by
+    :func:`layer_forward`): exact, and what the backward of an eager call reads. Symbolic
+    sizes (``torch.compile`` with dynamic shapes, ``torch.export``) and sizes never run
+    raise here, before any work: ``auto`` never asks this backend for gradients under
+    tracing (:func:`auto_cpu_backend`).
     """
     if not save:
         return []
-    raise RuntimeError(
-        "fastrnn: backend 'native' cannot keep gradients under torch.compile / torch.export "
-        "tracing: the size of oneDNN's LSTM workspace is only known when the kernel runs. "
-        "Use backend='auto' (it runs 'reference' there) or backend='reference'."
-    )
+    key = None
+    if all(type(v) is int for v in (rows, batch, input_size, hidden)) and batch > 0:
+        key = (rows // batch, batch, input_size, hidden, dtype)
+    if key not in _WORKSPACE_BYTES:
+        raise RuntimeError(
+            "fastrnn: backend 'native' cannot keep gradients under torch.compile / torch.export "
+            "tracing: the size of oneDNN's LSTM workspace is only known when the kernel runs. "
+            "Use backend='auto' (it runs 'reference' there) or backend='reference'."
+        )
+    return [((_WORKSPACE_BYTES[key],), torch.uint8), ((batch, hidden), dtype)]
