@@ -10,8 +10,8 @@ the global ``torch._dynamo.config.allow_rnn``), and ``torch.compile`` / ``torch.
 of a model holding a fastrnn layer must work. ``isinstance(m, torch.nn.RNNBase)`` holds.
 The cells subclass their ``torch.nn`` namesakes directly.
 
-One extra keyword, ``backend`` (``"auto"``, ``"reference"``, ``"triton"``, or None to
-follow ``FASTRNN_BACKEND``).
+One extra keyword, ``backend`` (``"auto"``, ``"reference"``, ``"triton"``, ``"native"``,
+or None to follow ``FASTRNN_BACKEND``).
 
 Example::
 
@@ -127,8 +127,9 @@ class _FastRNNBase:
             batch = input.size(0) if self.batch_first else input.size(1)
             layers = self.num_layers * (2 if self.bidirectional else 1)
             state = self.proj_size if self.proj_size > 0 else self.hidden_size
-            h0 = torch.zeros(layers, batch, state, dtype=input.dtype, device=input.device)
-            hx = (h0, torch.zeros(layers, batch, self.hidden_size, dtype=input.dtype, device=input.device)) if lstm else h0
+            kw = dict(dtype=input.dtype, device=input.device)
+            h0 = torch.zeros(layers, batch, state, **kw)
+            hx = (h0, torch.zeros(layers, batch, self.hidden_size, **kw)) if lstm else h0
         elif (lstm and (type(hx) is not tuple or len(hx) != 2 or hx[0].dim() != 3 or hx[1].dim() != 3)) or (
             not lstm and (type(hx) is not torch.Tensor or hx.dim() != 3)
         ):

@@ -229,10 +229,19 @@ def test_training_outside_onednn_is_refused_before_work(variant, form, dtype):
 
 
 def test_saved_layout():
+    """Without ``save``: nothing. With it: the workspace oneDNN allocated for these sizes in
+    this process (and ``c_n``), exactly the shapes and dtypes ``layer_forward`` returns;
+    sizes never run (or symbolic ones, under tracing) raise before any work."""
     for kind in CellKind:
         assert native.saved_layout(kind, 60, 4, 5, 7, 0, F32, False) == []
     with pytest.raises(RuntimeError, match="only known when the kernel runs"):
-        native.saved_layout(CellKind.LSTM, 60, 4, 5, 7, 0, F32, True)
+        native.saved_layout(CellKind.LSTM, 13 * 3, 3, 11, 9, 0, F32, True)
+    ref, _, kind = _pair("LSTM", True, F32)
+    _, _, h0, c0, flat, schedule = _inputs(kind, "padded", F32, 0, 13, 3)
+    *_, saved = native.layer_forward(kind, flat, schedule, h0[0], c0[0], *_weights(ref, 0), False, True)
+    layout = native.saved_layout(CellKind.LSTM, 13 * 3, 3, INPUT, HIDDEN, 0, F32, True)
+    assert layout == [(tuple(t.shape), t.dtype) for t in saved]
+    assert saved[0].dtype == torch.uint8 and saved[0].numel() > 0
 
 
 # --------------------------------------------------------------------------------------
