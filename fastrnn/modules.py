@@ -48,6 +48,12 @@ class _FastRNNBase:
         s = super().extra_repr()
         return s if self.backend is None else f"{s}, backend={self.backend!r}"
 
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this before compiling a module: refuse with the reason.
+        from .ops import TORCHSCRIPT_MESSAGE
+
+        raise RuntimeError(TORCHSCRIPT_MESSAGE)
+
     @property
     def _kind(self) -> CellKind:
         return CellKind.from_mode(self.mode, getattr(self, "nonlinearity", "tanh"))
@@ -188,6 +194,8 @@ class GRU(_FastRNNBase, nn.RNNBase):
 class _FastCellBase:
     def _init_backend(self, backend):
         self.backend = validate_backend_name(backend)
+
+    __prepare_scriptable__ = _FastRNNBase.__prepare_scriptable__
 
     def extra_repr(self) -> str:
         s = super().extra_repr()

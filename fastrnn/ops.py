@@ -35,7 +35,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from . import backends, differentiable
+from . import backends, differentiable, onnx_export
 from .kinds import CellKind
 from .schedule import Schedule
 
@@ -311,6 +311,12 @@ torch.library.register_vmap("fastrnn::layer_backward", _vmap_loop(torch.ops.fast
 # --------------------------------------------------------------------------------------
 
 
+TORCHSCRIPT_MESSAGE = (
+    "fastrnn: TorchScript (torch.jit.script / torch.jit.trace, deprecated upstream) cannot compile "
+    "fastrnn layers: their engine is Python and Triton. Use torch.compile or torch.export instead "
+    "(both supported), or torch.onnx.export(..., dynamo=True) for ONNX"
+)
+
 FORWARD_AD_MESSAGE = (
     "fastrnn: forward-mode AD (torch.func.jvp / jacfwd / torch.func.hessian, "
     "torch.autograd.forward_ad) is not supported by fastrnn layers; use reverse mode instead: "
@@ -348,6 +354,10 @@ def layer(kind: CellKind, backend: str, x: Tensor, batch_sizes: Tensor | None, h
     Returns:
         ``(y, h_n, c_n | None)``, ``y`` shaped like ``x`` with ``P`` features.
     """
+    if onnx_export.exporting():
+        return onnx_export.layer(kind, x, batch_sizes, h0, c0, weights, reverse)
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        raise RuntimeError(TORCHSCRIPT_MESSAGE)
     w_ih, w_hh, b_ih, b_hh, w_hr = weights
     if not torch.compiler.is_compiling():
         _refuse_forward_ad((x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr))
