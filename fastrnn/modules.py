@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
+from . import onnx_export
 from .backends import validate_backend_name
 from .functional import autocast_enabled, stack
 from .kinds import CellKind
@@ -81,6 +82,8 @@ class _FastRNNBase:
         packed = isinstance(input, PackedSequence)
         is_batched = True
         if packed:
+            if onnx_export.exporting():  # before int(batch_sizes[0]), which export cannot trace
+                raise RuntimeError(f"fastrnn: ONNX export: {onnx_export.PACKED_REASON}")
             data, batch_sizes, sorted_indices, unsorted_indices = input
             batch = int(batch_sizes[0])
             if hx is not None:

@@ -44,10 +44,13 @@ def exporting() -> bool:
     return torch.onnx.is_in_onnx_export() or bool(getattr(_onnx_flags, "_is_onnx_exporting", False))
 
 
+PACKED_REASON = "a PackedSequence input cannot be exported to ONNX; export the padded model instead"
+
+
 def unsupported_reason(kind: CellKind, batch_sizes, w_hr, dtype) -> str | None:
     """Why a layer cannot be written as one ONNX recurrent node, or None."""
     if batch_sizes is not None:
-        return "a PackedSequence input cannot be exported to ONNX; export the padded model instead"
+        return PACKED_REASON
     if w_hr is not None:
         return "LSTM with proj_size has no ONNX operator (ONNX LSTM has no projection)"
     if dtype not in (torch.float32, torch.float16, torch.float64):
