@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
+from ._docs import with_torch_docs
+from ._quantization import warns_when_quantized
 from .backends import validate_backend_name
 from .functional import autocast_enabled, recurrent_stack
 from .kinds import CellKind
@@ -130,6 +132,8 @@ class _FastRNNBase:
             raise RuntimeError(f"For {which} input, hx should also be {want}-D but got {hx.dim()}-D tensor")
 
 
+@with_torch_docs
+@warns_when_quantized
 class RNN(_FastRNNBase, nn.RNN):
     """Drop-in ``torch.nn.RNN`` (tanh or relu) running on the fastrnn engine.
 
@@ -139,27 +143,81 @@ class RNN(_FastRNNBase, nn.RNN):
 
     _input_dim_message = "{name}: Expected input to be 2D or 3D, got {dim}D tensor instead"
 
-    def __init__(self, *args, backend: str | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        nonlinearity: str = "tanh",
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device=None,
+        dtype=None,
+        *,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__(
+            input_size, hidden_size, num_layers, nonlinearity=nonlinearity, bias=bias, batch_first=batch_first,
+            dropout=dropout, bidirectional=bidirectional, device=device, dtype=dtype,
+        )
         self._init_backend(backend)
 
 
+@with_torch_docs
+@warns_when_quantized
 class LSTM(_FastRNNBase, nn.LSTM):
     """Drop-in ``torch.nn.LSTM`` (with ``proj_size``) running on the fastrnn engine.
 
     Returns ``(output, (h_n, c_n))`` with ``h_n`` ``(L*D, B, P)`` and ``c_n`` ``(L*D, B, H)``.
     """
 
-    def __init__(self, *args, backend: str | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device=None,
+        dtype=None,
+        *,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__(
+            input_size, hidden_size, num_layers, bias=bias, batch_first=batch_first, dropout=dropout,
+            bidirectional=bidirectional, proj_size=proj_size, device=device, dtype=dtype,
+        )
         self._init_backend(backend)
 
 
+@with_torch_docs
+@warns_when_quantized
 class GRU(_FastRNNBase, nn.GRU):
     """Drop-in ``torch.nn.GRU`` (torch's ``b_hn`` rule) running on the fastrnn engine."""
 
-    def __init__(self, *args, backend: str | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device=None,
+        dtype=None,
+        *,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__(
+            input_size, hidden_size, num_layers, bias=bias, batch_first=batch_first, dropout=dropout,
+            bidirectional=bidirectional, device=device, dtype=dtype,
+        )
         self._init_backend(backend)
 
 
@@ -222,14 +280,26 @@ class _FastCellBase:
         return input, states, is_batched
 
 
+@with_torch_docs
+@warns_when_quantized
 class RNNCell(_FastCellBase, nn.RNNCell):
     """Drop-in ``torch.nn.RNNCell``: ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``.
 
     Input ``(B, I)`` or ``(I,)``; ``hx`` ``(B, H)`` or ``(H,)``; returns ``h'``.
     """
 
-    def __init__(self, *args, backend: str | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        nonlinearity: str = "tanh",
+        device=None,
+        dtype=None,
+        *,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__(input_size, hidden_size, bias=bias, nonlinearity=nonlinearity, device=device, dtype=dtype)
         self._init_backend(backend)
 
     def forward(self, input, hx=None):
@@ -240,11 +310,22 @@ class RNNCell(_FastCellBase, nn.RNNCell):
         return h if is_batched else h.squeeze(0)
 
 
+@with_torch_docs
+@warns_when_quantized
 class LSTMCell(_FastCellBase, nn.LSTMCell):
     """Drop-in ``torch.nn.LSTMCell``; returns ``(h', c')``."""
 
-    def __init__(self, *args, backend: str | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__(input_size, hidden_size, bias=bias, device=device, dtype=dtype)
         self._init_backend(backend)
 
     def forward(self, input, hx=None):
@@ -253,11 +334,22 @@ class LSTMCell(_FastCellBase, nn.LSTMCell):
         return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))
 
 
+@with_torch_docs
+@warns_when_quantized
 class GRUCell(_FastCellBase, nn.GRUCell):
     """Drop-in ``torch.nn.GRUCell``; returns ``h'``."""
 
-    def __init__(self, *args, backend: str | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__(input_size, hidden_size, bias=bias, device=device, dtype=dtype)
         self._init_backend(backend)
 
     def forward(self, input, hx=None):
