@@ -17,7 +17,7 @@ Environment:
   run on, ``os.sched_getaffinity``); set with ``torch.set_num_threads`` before any case
   runs, so ``OMP_NUM_THREADS`` does not decide it. Recorded in the output and the JSON.
 - ``FASTRNN_BENCH_ROUNDS``: timed rounds per entry (default: chosen per case for about
-  ``FASTRNN_BENCH_SECONDS`` of timing, 1 s on the CPU and 0.5 s on CUDA, within [5, 200]).
+  ``FASTRNN_BENCH_SECONDS`` of timing, 2 s on the CPU and 0.5 s on CUDA, within [5, 500]).
 - ``FASTRNN_BACKEND`` / ``FASTRNN_TIER``: fastrnn's backend and kernel tier, as everywhere.
 """
 

@@ -133,18 +133,18 @@ def fastrnn_tier(case: Case, device: torch.device) -> str | None:
 # Rounds per group, chosen by the first entry of the group that runs, so both entries of a
 # case are timed over the same number of rounds.
 _ROUNDS: dict[str, int] = {}
-TARGET_SECONDS = {"cpu": 1.0, "cuda": 0.5}
-MIN_ROUNDS, MAX_ROUNDS = 5, 200
+TARGET_SECONDS = {"cpu": 2.0, "cuda": 0.5}
+MIN_ROUNDS, MAX_ROUNDS = 5, 500
 
 
 def rounds_for(group: str, device: torch.device, run, setup) -> int:
-    """``FASTRNN_BENCH_ROUNDS``, else enough rounds for about ``FASTRNN_BENCH_SECONDS`` (1 s on
-    the CPU, 0.5 s on CUDA) of the first entry's time, within [5, 200]: the small cases
-    (0.1-5 ms) get 200 rounds, a 0.4 s case gets 5."""
+    """``FASTRNN_BENCH_ROUNDS``, else enough rounds for about ``FASTRNN_BENCH_SECONDS`` (2 s on
+    the CPU, 0.5 s on CUDA) of the first entry's time, within [5, 500]: the small CPU cases
+    (0.1-4 ms) get 500 rounds, a 0.4 s case gets 5."""
     if os.environ.get("FASTRNN_BENCH_ROUNDS"):
         return int(os.environ["FASTRNN_BENCH_ROUNDS"])
     if group not in _ROUNDS:
-        target = float(os.environ.get("FASTRNN_BENCH_SECONDS") or TARGET_SECONDS.get(device.type, 1.0))
+        target = float(os.environ.get("FASTRNN_BENCH_SECONDS") or TARGET_SECONDS.get(device.type, 2.0))
         if setup is not None:
             setup()
         start = time.perf_counter()

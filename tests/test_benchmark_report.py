@@ -67,8 +67,8 @@ def test_benchmark_report_json_and_plot(tmp_path):
     assert case["torch_median_ms"] > 0 and case["fastrnn_median_ms"] > 0
     assert case["ratio"] == case["fastrnn_median_ms"] / case["torch_median_ms"]
     assert case["ratio_of_mins"] == case["fastrnn_min_ms"] / case["torch_min_ms"]
-    # rounds: chosen once per case from a 0.05 s target, shared by both entries, within [5, 200]
-    assert case["rounds"]["torch"] == case["rounds"]["fastrnn"] and 5 <= case["rounds"]["torch"] <= 200
+    # rounds: chosen once per case from a 0.05 s target, shared by both entries, within [5, 500]
+    assert case["rounds"]["torch"] == case["rounds"]["fastrnn"] and 5 <= case["rounds"]["torch"] <= 500
     assert run["skipped"] == [{"reason": "CUDA-only case (issue 9's GPU anchor shapes); this run is on the CPU",
                                "count": 2}]
 
