@@ -46,11 +46,12 @@ _INCLUDE = re.compile(r"^\.\. include::.*\n(?:[ \t]+:\S+:.*\n)*\n?", re.MULTILIN
 
 
 def torch_base(cls: type) -> type:
-    """The ``torch.nn`` class that ``cls`` replaces."""
-    for base in cls.__mro__[1:]:
-        if base.__module__.startswith("torch.nn.") and issubclass(base, nn.Module):
-            return base
-    raise TypeError(f"{cls.__name__} does not subclass a torch.nn module")
+    """The ``torch.nn`` class that ``cls`` replaces: its namesake (``fastrnn.LSTM`` ->
+    ``torch.nn.LSTM``), whether ``cls`` subclasses it or only ``torch.nn.RNNBase``."""
+    base = getattr(nn, cls.__name__, None)
+    if not (isinstance(base, type) and issubclass(base, nn.Module)):
+        raise TypeError(f"torch.nn has no module named {cls.__name__}")
+    return base
 
 
 def torch_doc_for_fastrnn(base: type) -> str:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import warnings
 
+from ._docs import torch_base
+
 _STORE = "_fastrnn_qconfig"
 
 
@@ -47,7 +49,7 @@ def _message(cls: type) -> str:
     from torch.ao.quantization import quantization_mappings as mappings  # only reached inside a quantization flow
 
     name = cls.__name__
-    base = next(b for b in cls.__mro__[1:] if b.__module__.startswith("torch.nn."))
+    base = torch_base(cls)
     known = set(mappings.get_default_dynamic_quant_module_mappings()) | set(
         mappings.get_default_static_quant_module_mappings()
     )
