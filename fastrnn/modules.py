@@ -29,6 +29,8 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import onnx_export
+from ._docs import with_torch_docs
+from ._quantization import warns_when_quantized
 from .backends import validate_backend_name
 from .functional import autocast_enabled, stack
 from .kinds import CellKind
@@ -137,6 +139,8 @@ class _FastRNNBase:
             raise RuntimeError(f"For {which} input, hx should also be {want}-D but got {hx.dim()}-D tensor")
 
 
+@with_torch_docs
+@warns_when_quantized
 class RNN(_FastRNNBase, nn.RNNBase):
     """Drop-in ``torch.nn.RNN`` (tanh or relu) running on the fastrnn engine.
 
@@ -146,31 +150,61 @@ class RNN(_FastRNNBase, nn.RNNBase):
 
     _input_dim_message = "{name}: Expected input to be 2D or 3D, got {dim}D tensor instead"
 
-    def __init__(self, *args, backend: str | None = None, **kwargs):
-        # torch.nn.RNN.__init__'s argument handling (its own `super()` call needs an
-        # instance of torch.nn.RNN): nonlinearity is the 4th positional argument.
-        if "proj_size" in kwargs:
-            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
-        if len(args) > 3:
-            self.nonlinearity = args[3]
-            args = args[:3] + args[4:]
-        else:
-            self.nonlinearity = kwargs.pop("nonlinearity", "tanh")
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        nonlinearity: str = "tanh",
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device=None,
+        dtype=None,
+        *,
+        backend: str | None = None,
+    ) -> None:
+        # torch.nn.RNN.__init__'s checks (its own `super()` call needs an instance of
+        # torch.nn.RNN, which this class is not: see the module docstring).
         modes = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}
-        if self.nonlinearity not in modes:
-            raise ValueError(f"Unknown nonlinearity '{self.nonlinearity}'. Select from 'tanh' or 'relu'.")
-        nn.RNNBase.__init__(self, modes[self.nonlinearity], *args, **kwargs)
+        if nonlinearity not in modes:
+            raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+        self.nonlinearity = nonlinearity
+        nn.RNNBase.__init__(
+            self, modes[nonlinearity], input_size, hidden_size, num_layers, bias=bias, batch_first=batch_first,
+            dropout=dropout, bidirectional=bidirectional, device=device, dtype=dtype,
+        )
         self._init_backend(backend)
 
 
+@with_torch_docs
+@warns_when_quantized
 class LSTM(_FastRNNBase, nn.RNNBase):
     """Drop-in ``torch.nn.LSTM`` (with ``proj_size``) running on the fastrnn engine.
 
     Returns ``(output, (h_n, c_n))`` with ``h_n`` ``(L*D, B, P)`` and ``c_n`` ``(L*D, B, H)``.
     """
 
-    def __init__(self, *args, backend: str | None = None, **kwargs):
-        nn.RNNBase.__init__(self, "LSTM", *args, **kwargs)
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device=None,
+        dtype=None,
+        *,
+        backend: str | None = None,
+    ) -> None:
+        nn.RNNBase.__init__(
+            self, "LSTM", input_size, hidden_size, num_layers, bias=bias, batch_first=batch_first,
+            dropout=dropout, bidirectional=bidirectional, proj_size=proj_size, device=device, dtype=dtype,
+        )
         self._init_backend(backend)
 
     # torch.nn.LSTM's own methods: the (h, c) checks and permutation.
@@ -179,13 +213,29 @@ class LSTM(_FastRNNBase, nn.RNNBase):
     permute_hidden = nn.LSTM.permute_hidden
 
 
+@with_torch_docs
+@warns_when_quantized
 class GRU(_FastRNNBase, nn.RNNBase):
     """Drop-in ``torch.nn.GRU`` (torch's ``b_hn`` rule) running on the fastrnn engine."""
 
-    def __init__(self, *args, backend: str | None = None, **kwargs):
-        if "proj_size" in kwargs:
-            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
-        nn.RNNBase.__init__(self, "GRU", *args, **kwargs)
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device=None,
+        dtype=None,
+        *,
+        backend: str | None = None,
+    ) -> None:
+        nn.RNNBase.__init__(
+            self, "GRU", input_size, hidden_size, num_layers, bias=bias, batch_first=batch_first,
+            dropout=dropout, bidirectional=bidirectional, device=device, dtype=dtype,
+        )
         self._init_backend(backend)
 
 
@@ -248,14 +298,26 @@ class _FastCellBase:
         return input, states, is_batched
 
 
+@with_torch_docs
+@warns_when_quantized
 class RNNCell(_FastCellBase, nn.RNNCell):
     """Drop-in ``torch.nn.RNNCell``: ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``.
 
     Input ``(B, I)`` or ``(I,)``; ``hx`` ``(B, H)`` or ``(H,)``; returns ``h'``.
     """
 
-    def __init__(self, *args, backend: str | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        nonlinearity: str = "tanh",
+        device=None,
+        dtype=None,
+        *,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__(input_size, hidden_size, bias=bias, nonlinearity=nonlinearity, device=device, dtype=dtype)
         self._init_backend(backend)
 
     def forward(self, input, hx=None):
@@ -266,11 +328,22 @@ class RNNCell(_FastCellBase, nn.RNNCell):
         return h if is_batched else h.squeeze(0)
 
 
+@with_torch_docs
+@warns_when_quantized
 class LSTMCell(_FastCellBase, nn.LSTMCell):
     """Drop-in ``torch.nn.LSTMCell``; returns ``(h', c')``."""
 
-    def __init__(self, *args, backend: str | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__(input_size, hidden_size, bias=bias, device=device, dtype=dtype)
         self._init_backend(backend)
 
     def forward(self, input, hx=None):
@@ -279,11 +352,22 @@ class LSTMCell(_FastCellBase, nn.LSTMCell):
         return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))
 
 
+@with_torch_docs
+@warns_when_quantized
 class GRUCell(_FastCellBase, nn.GRUCell):
     """Drop-in ``torch.nn.GRUCell``; returns ``h'``."""
 
-    def __init__(self, *args, backend: str | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__(input_size, hidden_size, bias=bias, device=device, dtype=dtype)
         self._init_backend(backend)
 
     def forward(self, input, hx=None):
