@@ -227,11 +227,12 @@ def test_metadata_dependencies_and_extras(gpu_python, outside):
     def extra(name):
         return sorted(r.split(">")[0].strip() for r in requires if f'extra == "{name}"' in r)
 
-    assert set(meta.get_all("Provides-Extra")) == {"triton", "examples", "bench", "test"}
+    assert set(meta.get_all("Provides-Extra")) == {"triton", "examples", "bench", "onnx", "test"}
+    assert extra("onnx") == ["onnx", "onnxscript"]  # what torch.onnx.export(dynamo=True) needs
     assert extra("triton") == ["triton"]
     assert extra("examples") == ["matplotlib"]  # the examples plot
     assert {"pytest-benchmark", "matplotlib"} <= set(extra("bench"))  # the benchmark plot
-    assert {"triton", "matplotlib", "mypy"} <= set(extra("test"))  # interpreter tests, examples, typing
+    assert {"triton", "matplotlib", "mypy", "onnxruntime"} <= set(extra("test"))  # interpreter tests, examples, typing, ONNX
 
 
 def test_type_checkers_see_annotations(gpu_python, outside):
