@@ -67,6 +67,16 @@ def _no_autocast(device_type: str):
     return contextlib.nullcontext()
 
 
+def _owned(t: Tensor) -> Tensor:
+    """``t`` as a tensor of its own rather than a view of an op-internal buffer.
+
+    An op output that autograd sees as a view cannot be modified in place ("Output 0 of
+    LayerFunction is a view ..."), while torch.nn's outputs can: ``out.add_(1)`` must work.
+    The buffer it views is private to the op, so dropping the view relation is safe.
+    """
+    return t.detach() if t._is_view() else t
+
+
 def _rows(x: Tensor, batch_sizes: Tensor | None):
     return x.shape[0] * x.shape[1] if batch_sizes is None else x.shape[0]
 
@@ -114,7 +124,7 @@ def layer_forward(
             cell, flat, schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save
         )
     if batch_sizes is None:
-        y = y.view(x.shape[0], x.shape[1], y.shape[1])
+        y = _owned(y.view(x.shape[0], x.shape[1], y.shape[1]))
     return (y, h_n, c_n if c_n is not None else x.new_empty(0), *_padded_saved(saved, x))
 
 
@@ -174,7 +184,7 @@ def layer_backward(
         if grad is None:
             out.append(x.new_empty(0))
         elif name == "x":
-            out.append(grad.view(x.shape))
+            out.append(_owned(grad.view(x.shape)))
         else:
             out.append(grad)
     return tuple(out)
