@@ -245,4 +245,8 @@ def stack(
         x = outputs[0] if directions == 1 else torch.cat(outputs, -1)
         if dropout > 0 and training and layer < num_layers - 1:
             x = F.dropout(x, dropout, training=True)
+    if directions == 1 and x.requires_grad:
+        # The last layer saved its output for its backward; the caller may modify what it
+        # receives in place (torch.nn's output allows it), so it gets its own copy.
+        x = x.clone()
     return x, torch.stack(h_n), (torch.stack(c_n) if c0 is not None else None)

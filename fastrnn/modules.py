@@ -28,7 +28,9 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import ops
+from . import onnx_export, ops
+from ._docs import with_torch_docs
+from ._quantization import warns_when_quantized
 from .backends import env_backend, native, validate_backend_name
 from .functional import autocast_enabled, stack
 from .kinds import CellKind
@@ -48,6 +50,12 @@ class _FastRNNBase:
     def extra_repr(self) -> str:
         s = super().extra_repr()
         return s if self.backend is None else f"{s}, backend={self.backend!r}"
+
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this before compiling a module: refuse with the reason.
+        from .ops import TORCHSCRIPT_MESSAGE
+
+        raise RuntimeError(TORCHSCRIPT_MESSAGE)
 
     @property
     def _kind(self) -> CellKind:
@@ -155,6 +163,8 @@ class _FastRNNBase:
         packed = isinstance(input, PackedSequence)
         is_batched = True
         if packed:
+            if onnx_export.exporting():  # before int(batch_sizes[0]), which export cannot trace
+                raise RuntimeError(f"fastrnn: ONNX export: {onnx_export.PACKED_REASON}")
             data, batch_sizes, sorted_indices, unsorted_indices = input
             batch = int(batch_sizes[0])
             if hx is not None:
@@ -208,6 +218,8 @@ class _FastRNNBase:
             raise RuntimeError(f"For {which} input, hx should also be {want}-D but got {hx.dim()}-D tensor")
 
 
+@with_torch_docs
+@warns_when_quantized
 class RNN(_FastRNNBase, nn.RNNBase):
     """Drop-in ``torch.nn.RNN`` (tanh or relu) running on the fastrnn engine.
 
@@ -217,33 +229,63 @@ class RNN(_FastRNNBase, nn.RNNBase):
 
     _input_dim_message = "{name}: Expected input to be 2D or 3D, got {dim}D tensor instead"
 
-    def __init__(self, *args, backend: str | None = None, **kwargs):
-        # torch.nn.RNN.__init__'s argument handling (its own `super()` call needs an
-        # instance of torch.nn.RNN): nonlinearity is the 4th positional argument.
-        if "proj_size" in kwargs:
-            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
-        if len(args) > 3:
-            self.nonlinearity = args[3]
-            args = args[:3] + args[4:]
-        else:
-            self.nonlinearity = kwargs.pop("nonlinearity", "tanh")
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        nonlinearity: str = "tanh",
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device=None,
+        dtype=None,
+        *,
+        backend: str | None = None,
+    ) -> None:
+        # torch.nn.RNN.__init__'s checks (its own `super()` call needs an instance of
+        # torch.nn.RNN, which this class is not: see the module docstring).
         modes = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}
-        if self.nonlinearity not in modes:
-            raise ValueError(f"Unknown nonlinearity '{self.nonlinearity}'. Select from 'tanh' or 'relu'.")
-        nn.RNNBase.__init__(self, modes[self.nonlinearity], *args, **kwargs)
+        if nonlinearity not in modes:
+            raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+        self.nonlinearity = nonlinearity
+        nn.RNNBase.__init__(
+            self, modes[nonlinearity], input_size, hidden_size, num_layers, bias=bias, batch_first=batch_first,
+            dropout=dropout, bidirectional=bidirectional, device=device, dtype=dtype,
+        )
         self._init_backend(backend)
 
     _torch_forward = nn.RNN.forward  # torch.nn's own (see _runs_torch_forward)
 
 
+@with_torch_docs
+@warns_when_quantized
 class LSTM(_FastRNNBase, nn.RNNBase):
     """Drop-in ``torch.nn.LSTM`` (with ``proj_size``) running on the fastrnn engine.
 
     Returns ``(output, (h_n, c_n))`` with ``h_n`` ``(L*D, B, P)`` and ``c_n`` ``(L*D, B, H)``.
     """
 
-    def __init__(self, *args, backend: str | None = None, **kwargs):
-        nn.RNNBase.__init__(self, "LSTM", *args, **kwargs)
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device=None,
+        dtype=None,
+        *,
+        backend: str | None = None,
+    ) -> None:
+        nn.RNNBase.__init__(
+            self, "LSTM", input_size, hidden_size, num_layers, bias=bias, batch_first=batch_first,
+            dropout=dropout, bidirectional=bidirectional, proj_size=proj_size, device=device, dtype=dtype,
+        )
         self._init_backend(backend)
 
     # torch.nn.LSTM's own methods: the (h, c) checks and permutation.
@@ -254,13 +296,29 @@ class LSTM(_FastRNNBase, nn.RNNBase):
     _kind = CellKind.LSTM
 
 
+@with_torch_docs
+@warns_when_quantized
 class GRU(_FastRNNBase, nn.RNNBase):
     """Drop-in ``torch.nn.GRU`` (torch's ``b_hn`` rule) running on the fastrnn engine."""
 
-    def __init__(self, *args, backend: str | None = None, **kwargs):
-        if "proj_size" in kwargs:
-            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
-        nn.RNNBase.__init__(self, "GRU", *args, **kwargs)
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device=None,
+        dtype=None,
+        *,
+        backend: str | None = None,
+    ) -> None:
+        nn.RNNBase.__init__(
+            self, "GRU", input_size, hidden_size, num_layers, bias=bias, batch_first=batch_first,
+            dropout=dropout, bidirectional=bidirectional, device=device, dtype=dtype,
+        )
         self._init_backend(backend)
 
     _torch_forward = nn.GRU.forward  # torch.nn's own (see _runs_torch_forward)
@@ -275,6 +333,8 @@ class GRU(_FastRNNBase, nn.RNNBase):
 class _FastCellBase:
     def _init_backend(self, backend):
         self.backend = validate_backend_name(backend)
+
+    __prepare_scriptable__ = _FastRNNBase.__prepare_scriptable__
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
@@ -324,14 +384,26 @@ class _FastCellBase:
         return input, states, is_batched
 
 
+@with_torch_docs
+@warns_when_quantized
 class RNNCell(_FastCellBase, nn.RNNCell):
     """Drop-in ``torch.nn.RNNCell``: ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``.
 
     Input ``(B, I)`` or ``(I,)``; ``hx`` ``(B, H)`` or ``(H,)``; returns ``h'``.
     """
 
-    def __init__(self, *args, backend: str | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        nonlinearity: str = "tanh",
+        device=None,
+        dtype=None,
+        *,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__(input_size, hidden_size, bias=bias, nonlinearity=nonlinearity, device=device, dtype=dtype)
         self._init_backend(backend)
 
     def forward(self, input, hx=None):
@@ -342,11 +414,22 @@ class RNNCell(_FastCellBase, nn.RNNCell):
         return h if is_batched else h.squeeze(0)
 
 
+@with_torch_docs
+@warns_when_quantized
 class LSTMCell(_FastCellBase, nn.LSTMCell):
     """Drop-in ``torch.nn.LSTMCell``; returns ``(h', c')``."""
 
-    def __init__(self, *args, backend: str | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__(input_size, hidden_size, bias=bias, device=device, dtype=dtype)
         self._init_backend(backend)
 
     def forward(self, input, hx=None):
@@ -355,11 +438,22 @@ class LSTMCell(_FastCellBase, nn.LSTMCell):
         return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))
 
 
+@with_torch_docs
+@warns_when_quantized
 class GRUCell(_FastCellBase, nn.GRUCell):
     """Drop-in ``torch.nn.GRUCell``; returns ``h'``."""
 
-    def __init__(self, *args, backend: str | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__(input_size, hidden_size, bias=bias, device=device, dtype=dtype)
         self._init_backend(backend)
 
     def forward(self, input, hx=None):

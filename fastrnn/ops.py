@@ -35,7 +35,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from . import backends, differentiable
+from . import backends, differentiable, onnx_export
 from .kinds import CellKind
 from .schedule import Schedule
 
@@ -65,6 +65,16 @@ def no_autocast(device_type: str):
     if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
         return torch.autocast(device_type, enabled=False)
     return contextlib.nullcontext()
+
+
+def _owned(t: Tensor) -> Tensor:
+    """``t`` as a tensor of its own rather than a view of an op-internal buffer.
+
+    An op output that autograd sees as a view cannot be modified in place ("Output 0 of
+    LayerFunction is a view ..."), while torch.nn's outputs can: ``out.add_(1)`` must work.
+    The buffer it views is private to the op, so dropping the view relation is safe.
+    """
+    return t.detach() if t._is_view() else t
 
 
 def _rows(x: Tensor, batch_sizes: Tensor | None):
@@ -121,7 +131,7 @@ def _forward_impl(kind, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh,
             cell, flat, schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save
         )
     if batch_sizes is None:
-        y = y.view(x.shape[0], x.shape[1], y.shape[1])
+        y = _owned(y.view(x.shape[0], x.shape[1], y.shape[1]))
     return y, h_n, c_n, saved
 
 
@@ -188,7 +198,7 @@ def _backward_impl(kind, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh
         if grad is None:
             out.append(x.new_empty(0))
         elif name == "x":
-            out.append(grad.view(x.shape))
+            out.append(_owned(grad.view(x.shape)))
         else:
             out.append(grad)
     return tuple(out)
@@ -323,7 +333,7 @@ class _EagerLayer(torch.autograd.Function):
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, *saved)
         ctx.layer = (kind, impl, schedule, reverse, batch_sizes)
         ctx.set_materialize_grads(False)
-        y_out = y if batch_sizes is not None else y.view(x.shape[0], x.shape[1], y.shape[1])
+        y_out = y if batch_sizes is not None else _owned(y.view(x.shape[0], x.shape[1], y.shape[1]))
         return (y_out, h_n, c_n) if c_n is not None else (y_out, h_n)
 
     @staticmethod
@@ -388,6 +398,12 @@ torch.library.register_vmap("fastrnn::layer_backward", _vmap_loop(torch.ops.fast
 # --------------------------------------------------------------------------------------
 
 
+TORCHSCRIPT_MESSAGE = (
+    "fastrnn: TorchScript (torch.jit.script / torch.jit.trace, deprecated upstream) cannot compile "
+    "fastrnn layers: their engine is Python and Triton. Use torch.compile or torch.export instead "
+    "(both supported), or torch.onnx.export(..., dynamo=True) for ONNX"
+)
+
 FORWARD_AD_MESSAGE = (
     "fastrnn: forward-mode AD (torch.func.jvp / jacfwd / torch.func.hessian, "
     "torch.autograd.forward_ad) is not supported by fastrnn layers; use reverse mode instead: "
@@ -426,6 +442,10 @@ def layer(kind: CellKind, backend: str, x: Tensor, batch_sizes: Tensor | None, h
     Returns:
         ``(y, h_n, c_n | None)``, ``y`` shaped like ``x`` with ``P`` features.
     """
+    if onnx_export.exporting():
+        return onnx_export.layer(kind, x, batch_sizes, h0, c0, weights, reverse)
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        raise RuntimeError(TORCHSCRIPT_MESSAGE)
     w_ih, w_hh, b_ih, b_hh, w_hr = weights
     if not torch.compiler.is_compiling():
         refuse_forward_ad((x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr))

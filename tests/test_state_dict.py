@@ -128,8 +128,11 @@ def test_class_hierarchy(cls, args, kwargs):
     """
     fast = _build(cls, args, kwargs, True)
     torch_cls = getattr(torch.nn, cls)
-    assert isinstance(fast, torch.nn.RNNBase)
-    assert not isinstance(fast, torch_cls)
+    if cls.endswith("Cell"):  # TorchDynamo has no such check on the cells: torch's subclasses
+        assert isinstance(fast, torch_cls)
+    else:
+        assert isinstance(fast, torch.nn.RNNBase)
+        assert not isinstance(fast, torch_cls)
     assert type(fast).__name__ == cls
     if cls == "LSTM":
         assert type(fast).check_forward_args is torch.nn.LSTM.check_forward_args

@@ -60,10 +60,10 @@ def _triton_backend():
 def triton_unavailable_reason(device: torch.device) -> str | None:
     """Why the triton backend cannot run on ``device`` in this process, or None if it can."""
     try:
-        backend = _triton_backend()
+        # the backend module imports triton lazily: its checks are where the import fails
+        return _triton_backend().unavailable_reason(device)
     except ImportError as exc:
         return f"triton could not be imported ({exc})"
-    return backend.unavailable_reason(device)
 
 
 class Call(NamedTuple):

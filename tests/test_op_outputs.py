@@ -1,0 +1,46 @@
+"""The op's outputs behave like torch.nn's: in-place operations on ``output``, ``h_n`` and
+``c_n`` are allowed and the gradients through them match torch.nn's (float64, both
+backends, padded, batch_first and packed input)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from helpers import TOL, make_pair
+
+F64 = torch.float64
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("cls, kwargs, packed", [
+    pytest.param("LSTM", dict(), False, id="LSTM"),
+    pytest.param("GRU", dict(batch_first=True, num_layers=2), False, id="GRU-bf-L2"),
+    pytest.param("RNN", dict(bidirectional=True), True, id="RNN-bidir-packed"),
+    pytest.param("LSTMCell", dict(), False, id="LSTMCell"),
+])
+def test_in_place_ops_on_outputs(cls, kwargs, packed, backend):
+    ref, fast = make_pair(cls, 3, 4, backend=backend, dtype=F64, **kwargs)
+    cell = cls.endswith("Cell")
+    x0 = torch.randn((2, 3) if cell else (5, 2, 3), dtype=F64)
+    results = []
+    for module in (ref, fast):
+        x = x0.clone().requires_grad_()
+        inp = pack_padded_sequence(x, torch.tensor([5, 3])) if packed else x
+        out = module(inp)
+        if cell:
+            h, c = out
+            h.mul_(2)
+            c.add_(1)
+            loss = (h * c).sum()
+        else:
+            y, state = out
+            data = y.data if packed else y
+            data.add_(1)
+            for s in state if isinstance(state, tuple) else (state,):
+                s.mul_(3)
+            loss = (data.sin()).sum() + sum(s.pow(2).sum() for s in (state if isinstance(state, tuple) else (state,)))
+        results.append(torch.autograd.grad(loss, [x, *module.parameters()]))
+    for a, e in zip(results[1], results[0]):
+        torch.testing.assert_close(a, e, **TOL[F64])
