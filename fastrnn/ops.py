@@ -39,6 +39,8 @@ from . import backends, differentiable, onnx_export
 from .kinds import CellKind
 from .schedule import Schedule
 
+_functorch = torch._C._functorch
+
 #: Number of ``saved`` outputs of ``layer_forward`` (the most any backend keeps).
 SAVED_SLOTS = 3
 #: The inputs of ``layer_forward`` that can receive a gradient, in the order of ``needs``.
@@ -331,7 +333,7 @@ class _EagerLayer(torch.autograd.Function):
             y, h_n, c_n, saved = impl.layer_forward(kind, flat, schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
                                                     reverse, True)
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, *saved)
-        ctx.layer = (kind, impl, schedule, reverse, batch_sizes)
+        ctx.layer = (kind, backend, impl, schedule, reverse, batch_sizes)
         ctx.set_materialize_grads(False)
         y_out = y if batch_sizes is not None else _owned(y.view(x.shape[0], x.shape[1], y.shape[1]))
         return (y_out, h_n, c_n) if c_n is not None else (y_out, h_n)
@@ -339,7 +341,7 @@ class _EagerLayer(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy, dh_n, dc_n=None):
         x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, *saved = ctx.saved_tensors
-        kind, impl, schedule, reverse, batch_sizes = ctx.layer
+        kind, backend, impl, schedule, reverse, batch_sizes = ctx.layer
         need = ctx.needs_input_grad
         needs = (need[2], need[4], need[5], need[6], need[7], need[8], need[9], need[10])
         dy = torch.zeros_like(y) if dy is None else dy.reshape(y.shape)
@@ -349,6 +351,16 @@ class _EagerLayer(torch.autograd.Function):
         inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
         if _graph_needed(inputs, (dy, dh_n, dc_n)):
             grads = _differentiable_grads(kind, reverse, x, batch_sizes, inputs, (dy, dh_n, dc_n), needs)
+        elif torch._C._are_functorch_transforms_active() or any(
+            g is not None and _functorch.is_legacy_batchedtensor(g) for g in (dy, dh_n, dc_n)
+        ):
+            # vmap over this backward (torch.func, or gradcheck's batched grad with the
+            # legacy vmap): the op has the batching rule (legacy vmap: a per-slice fallback)
+            raw = torch.ops.fastrnn.layer_backward(
+                kind.value, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, y,
+                *_padded_saved(saved, x), dy, dh_n, dc_n, list(needs),
+            )
+            grads = [g if need else None for g, need in zip(raw, needs)]
         else:
             flat = x.reshape(y.shape[0], x.shape[-1])
             with no_autocast(x.device.type):
