@@ -64,6 +64,8 @@ def _flat(x: Tensor, batch_sizes: Tensor | None) -> tuple[Tensor, Schedule]:
 
 def no_autocast(device_type: str):
     """Autocast off inside an op: it computes in its inputs' dtype (the callers cast first)."""
+    if not torch._C._is_any_autocast_enabled():  # (one C call: the common case, every layer)
+        return contextlib.nullcontext()
     if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
         return torch.autocast(device_type, enabled=False)
     return contextlib.nullcontext()
@@ -456,7 +458,8 @@ def layer(kind: CellKind, backend: str, x: Tensor, batch_sizes: Tensor | None, h
     """
     if onnx_export.exporting():
         return onnx_export.layer(kind, x, batch_sizes, h0, c0, weights, reverse)
-    if torch.jit.is_tracing() or torch.jit.is_scripting():
+    eager = eager_call(x)  # (not tracing: the test below only runs when not eager)
+    if not eager and (torch.jit.is_tracing() or torch.jit.is_scripting()):
         raise RuntimeError(TORCHSCRIPT_MESSAGE)
     w_ih, w_hh, b_ih, b_hh, w_hr = weights
     if not torch.compiler.is_compiling():
@@ -467,7 +470,7 @@ def layer(kind: CellKind, backend: str, x: Tensor, batch_sizes: Tensor | None, h
         t is not None and t.requires_grad for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
     )
     args = (kind.value, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save)
-    if eager_call(x):
+    if eager:
         # Plain eager call: the op's work without the dispatcher (see _EagerLayer).
         if save:
             out = _EagerLayer.apply(kind, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)

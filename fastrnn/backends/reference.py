@@ -64,7 +64,7 @@ def _backward_order(schedule: Schedule, reverse: bool, dh, dy):
     added by :func:`_recurrent_grad` (fused into its GEMM where it can be).
     """
     steps = list(reversed(schedule.order(reverse)))
-    dy_rows = dy.split(schedule.batch_sizes)
+    dy_rows = dy.split_with_sizes(schedule.batch_sizes)
     if steps:
         first = dy_rows[steps[0]]
         _head(dh, first.shape[0]).add_(first)
@@ -205,10 +205,10 @@ def _gru_forward(xg, w_hh, b_hh, h0, schedule, reverse, save):
     # sequence would cost more than the step's arithmetic at small sizes). r, z, n
     # overwrite the step's input projection in place (xg belongs to the call).
     sizes = schedule.batch_sizes
-    rz_rows, r_rows, z_rows, n_rows = (xg[:, a:b].split(sizes) for a, b in (
+    rz_rows, r_rows, z_rows, n_rows = (xg[:, a:b].split_with_sizes(sizes) for a, b in (
         (0, 2 * hidden), (0, hidden), (hidden, 2 * hidden), (2 * hidden, 3 * hidden)))
-    y_rows = y.split(sizes)
-    hn_rows = hn_seq.split(sizes) if save else None
+    y_rows = y.split_with_sizes(sizes)
+    hn_rows = hn_seq.split_with_sizes(sizes) if save else None
     h = h0
     for t in schedule.order(reverse):
         bs = sizes[t]
@@ -253,8 +253,8 @@ def _gru_backward(saved, w_hh, h0, y, dy, dh_n, schedule, reverse):
 
     dh = dh_n.clone()
     sizes = schedule.batch_sizes
-    dxg_rows, dhg_rows = (t.view(-1, 3, hidden).split(sizes) for t in (dxg, dhg))
-    z_rows = z.split(sizes)
+    dxg_rows, dhg_rows = (t.view(-1, 3, hidden).split_with_sizes(sizes) for t in (dxg, dhg))
+    z_rows = z.split_with_sizes(sizes)
     for t, dy_next in _backward_order(schedule, reverse, dh, dy):
         bs = sizes[t]
         dhs = _head(dh, bs)
@@ -275,7 +275,7 @@ def _rnn_forward(kind, xg, w_hh, h0, schedule, reverse):
     # call and has y's shape): one GEMM and one activation per step, in place.
     w_hh_t = w_hh.t().contiguous()  # one copy per call; the per-step GEMMs run faster on it
     act = torch.Tensor.tanh_ if kind is CellKind.RNN_TANH else torch.Tensor.relu_
-    rows = xg.split(schedule.batch_sizes)  # each step's rows, as views, in one call
+    rows = xg.split_with_sizes(schedule.batch_sizes)  # each step's rows, as views, in one call
     h = h0
     for t in schedule.order(reverse):
         x_t = rows[t]
@@ -291,7 +291,7 @@ def _rnn_backward(kind, w_hh, y, dy, dh_n, schedule, reverse):
     else:
         dxg = (y <= 0).logical_not_().to(y.dtype)
     dh = dh_n.clone()
-    dxg_rows = dxg.split(schedule.batch_sizes)
+    dxg_rows = dxg.split_with_sizes(schedule.batch_sizes)
     for t, dy_next in _backward_order(schedule, reverse, dh, dy):
         step = dxg_rows[t]
         step.mul_(_head(dh, step.shape[0]))
