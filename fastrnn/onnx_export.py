@@ -47,9 +47,10 @@ def exporting() -> bool:
     """
     if getattr(_onnx_flags, "_is_onnx_exporting", False):
         return True
-    if _ts_globals is not None:
+    if _ts_globals is not None and not torch.compiler.is_compiling():
         # what torch.onnx.is_in_onnx_export() returns, without its two imports per call
-        # (~6 us on a cold cache, paid by every layer-direction of every call)
+        # (~6 us on a cold cache, paid by every layer-direction of every eager call;
+        # TorchDynamo does not trace into that flag's property, it folds the function)
         return bool(_ts_globals.in_onnx_export)
     return torch.onnx.is_in_onnx_export()
 
