@@ -109,14 +109,15 @@ def auto_cpu_backend(kind: CellKind, dtype: torch.dtype, *, packed: bool, proj: 
 
     1. Without gradients: ``native`` — torch's own inference kernels (oneDNN's LSTM, the
        C++ loop for GRU and RNN), the same kernels and results as ``torch.nn``; fastrnn's
-       Python time loop is 1.1-5x slower than them at inference.
+       Python time loop took 1.0-8x their time at inference (issue 11's table).
     2. With gradients, float32 LSTM on padded input without ``proj_size``, not tracing:
        ``native`` — oneDNN's fused training forward and backward, what ``torch.nn`` runs;
-       the reference LSTM is 1.0-4.6x slower at B <= 8.
+       the reference LSTM took 3-5x its time at B <= 8.
     3. Every other call with gradients: ``reference`` — GRU and RNN training on fastrnn's
-       own engine take 0.6-0.95x ``torch.nn``'s time (torch.nn builds a per-step autograd
-       graph there); LSTM with packed input or ``proj_size`` runs torch's C++ loop in
-       torch.nn too; under tracing the oneDNN workspace has no size known in advance.
+       own engine take 0.4-0.98x ``torch.nn``'s time on the grid (torch.nn builds a
+       per-step autograd graph there); LSTM with packed input or ``proj_size`` runs torch's
+       C++ loop in torch.nn too; under tracing the oneDNN workspace has no size known in
+       advance.
 
     Nothing here depends on ``T`` or ``B``, so a compiled program never recompiles for a new
     sequence length or batch size because of this choice.
