@@ -180,13 +180,6 @@ def layer_backward(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients of ``(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)``; an empty tensor where
     ``needs`` is False (or the input is None)."""
-    return _backward_impl(kind, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, y,
-                          s0, s1, s2, dy, dh_n, dc_n, needs)
-
-
-def _backward_impl(kind, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, y, s0, s1, s2,
-                   dy, dh_n, dc_n, needs):
-    """The work of ``layer_backward`` (same arguments and results)."""
     cell = CellKind(kind)
     flat, schedule = _flat(x, batch_sizes)
     n_saved = len(_layout(cell, backend, x, batch_sizes, h0, w_ih, w_hh, w_hr, True))

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import os
 import warnings
+from typing import NamedTuple
 
 import torch
-
-from typing import NamedTuple
 
 from . import native, reference
 from ..kinds import CellKind
