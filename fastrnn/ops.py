@@ -229,30 +229,57 @@ def _backward(ctx, dy, dh_n, dc_n, *_saved_grads):
     x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, s0, s1, s2 = ctx.saved_tensors
     cell = CellKind(ctx.kind)
     needs = [ctx.needs_input_grad[i] for i in _GRAD_POSITIONS]
-    if dy is None:
-        dy = torch.zeros_like(y)
-    if dh_n is None:
-        dh_n = torch.zeros_like(h0)
-    if cell.has_cell_state and dc_n is None:
-        dc_n = torch.zeros_like(c0)
-    if not cell.has_cell_state:
-        dc_n = None
-    inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
-    if _graph_needed(inputs, (dy, dh_n, dc_n)):
-        grads = _differentiable_grads(cell, ctx.reverse, x, batch_sizes, inputs, (dy, dh_n, dc_n), needs)
-    else:
-        if not ctx.saved_all:
-            raise RuntimeError(
-                "fastrnn: layer_forward ran with save=False, so it kept nothing for backward; "
-                "call it through fastrnn.ops.layer (which sets save when a gradient is needed)"
-            )
-        raw = torch.ops.fastrnn.layer_backward(
-            ctx.kind, ctx.backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, ctx.reverse,
-            y, s0, s1, s2, dy, dh_n, dc_n, needs,
+    if not ctx.saved_all and not _graph_needed((x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr), (dy, dh_n, dc_n)):
+        raise RuntimeError(
+            "fastrnn: layer_forward ran with save=False, so it kept nothing for backward; "
+            "call it through fastrnn.ops.layer (which sets save when a gradient is needed)"
         )
-        grads = [g if need else None for g, need in zip(raw, needs)]
+    n_saved = len(_layout(cell, ctx.backend, x, batch_sizes, h0, w_ih, w_hh, w_hr, True))
+    grads = _grads(cell, ctx.backend, ctx.reverse, x, batch_sizes, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr),
+                   y, (s0, s1, s2)[:n_saved], (dy, dh_n, dc_n), needs)
     gx, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh, gw_hr = grads
     return None, None, gx, None, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh, gw_hr, None, None
+
+
+def _grads(cell, backend, reverse, x, batch_sizes, inputs, y, saved, grad_outputs, needs, direct=None):
+    """The backward rule of a layer-direction, shared by the op's registered autograd
+    (:func:`_backward`) and the eager fast path (:class:`_EagerLayer`).
+
+    ``grad_outputs`` ``(dy, dh_n, dc_n)`` may hold None for unused outputs (zeros are made
+    here). Under ``create_graph`` with anything that requires grad: the differentiable
+    backward. Otherwise the layer implementation's handwritten ``layer_backward``: through
+    the ``layer_backward`` op, or, with ``direct = (impl, schedule)`` from an eager call and
+    no vmap around this backward, by calling the implementation itself.
+    """
+    dy, dh_n, dc_n = grad_outputs
+    h0, c0 = inputs[1], inputs[2]
+    dy = torch.zeros_like(y) if dy is None else dy
+    dh_n = torch.zeros_like(h0) if dh_n is None else dh_n
+    if not cell.has_cell_state:
+        dc_n = None
+    elif dc_n is None:
+        dc_n = torch.zeros_like(c0)
+    if _graph_needed(inputs, (dy, dh_n, dc_n)):
+        return _differentiable_grads(cell, reverse, x, batch_sizes, inputs, (dy, dh_n, dc_n), needs)
+    vmapped = torch._C._are_functorch_transforms_active() or any(
+        g is not None and _functorch.is_legacy_batchedtensor(g) for g in (dy, dh_n, dc_n)
+    )
+    if direct is None or vmapped:
+        # (vmap over this backward, from torch.func or gradcheck's batched grad: the op has
+        # the batching rule; the legacy vmap falls back to a per-slice loop)
+        raw = torch.ops.fastrnn.layer_backward(
+            cell.value, backend, x, batch_sizes, *inputs[1:], reverse, y, *_padded_saved(saved, x),
+            dy, dh_n, dc_n, list(needs),
+        )
+        return [g if need else None for g, need in zip(raw, needs)]
+    impl, schedule = direct
+    rows = schedule.rows
+    with no_autocast(x.device.type):
+        grads = impl.layer_backward(
+            cell, schedule, reverse, x.reshape(rows, x.shape[-1]), *inputs[1:], y.reshape(rows, y.shape[-1]),
+            tuple(saved), dy.reshape(rows, dy.shape[-1]), dh_n, dc_n, tuple(needs),
+        )
+    return [grads[0].view(x.shape) if grads[0] is not None else None, *grads[1:]]
 
 
 def _graph_needed(inputs, grad_outputs) -> bool:
@@ -338,31 +365,9 @@ class _EagerLayer(torch.autograd.Function):
         x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, *saved = ctx.saved_tensors
         kind, backend, impl, schedule, reverse, batch_sizes = ctx.layer
         need = ctx.needs_input_grad
-        needs = (need[2], need[4], need[5], need[6], need[7], need[8], need[9], need[10])
-        dy = torch.zeros_like(y) if dy is None else dy.reshape(y.shape)
-        dh_n = torch.zeros_like(h0) if dh_n is None else dh_n
-        if kind.has_cell_state and dc_n is None:
-            dc_n = torch.zeros_like(c0)
-        inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
-        if _graph_needed(inputs, (dy, dh_n, dc_n)):
-            grads = _differentiable_grads(kind, reverse, x, batch_sizes, inputs, (dy, dh_n, dc_n), needs)
-        elif torch._C._are_functorch_transforms_active() or any(
-            g is not None and _functorch.is_legacy_batchedtensor(g) for g in (dy, dh_n, dc_n)
-        ):
-            # vmap over this backward (torch.func, or gradcheck's batched grad with the
-            # legacy vmap): the op has the batching rule (legacy vmap: a per-slice fallback)
-            raw = torch.ops.fastrnn.layer_backward(
-                kind.value, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, y,
-                *_padded_saved(saved, x), dy, dh_n, dc_n, list(needs),
-            )
-            grads = [g if need else None for g, need in zip(raw, needs)]
-        else:
-            flat = x.reshape(y.shape[0], x.shape[-1])
-            with no_autocast(x.device.type):
-                grads = impl.layer_backward(kind, schedule, reverse, flat, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y,
-                                            tuple(saved), dy, dh_n, dc_n, needs)
-            if grads[0] is not None:
-                grads = (grads[0].view(x.shape), *grads[1:])
+        needs = [need[i] for i in _GRAD_POSITIONS]
+        grads = _grads(kind, backend, reverse, x, batch_sizes, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr), y, saved,
+                       (dy, dh_n, dc_n), needs, direct=(impl, schedule))
         gx, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh, gw_hr = grads
         return None, None, gx, None, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh, gw_hr, None
 
