@@ -38,6 +38,9 @@ Shapes: ``H`` is padded to the power of two ``BLOCK_H`` (>= 16, ``tl.dot``'s min
 with masks. This tier runs layers without ``proj_size`` (``P == H``): with a projection
 the triton backend uses the step tier (see :mod:`fastrnn.kernels.fits`).
 
+Offsets: each step's first row enters as a 64-bit scalar, the offsets inside a step
+are 32-bit (up to ``B * G * H``; the backend runs batches past 2^31 on the step tier).
+
 Compile-time choices: the cell kind, ``ACC``, ``PRECISION`` (TF32 or IEEE), ``BLOCK_B``,
 ``BLOCK_H`` and the warps, from :mod:`fastrnn.kernels.fits`. ``T``, ``B``, ``H``, the
 direction and ``save`` are runtime arguments (``do_not_specialize``): no shape, batch
