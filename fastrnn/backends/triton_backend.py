@@ -38,6 +38,7 @@ the step tier for the rest of the process.
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 
@@ -369,13 +370,17 @@ def device_limits(device: torch.device) -> tuple[int, int]:
     from ..kernels import fits
 
     if device.type == "cuda":
-        import triton
-
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        major, minor = torch.cuda.get_device_capability(index)
-        shared = triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"]
-        return major * 10 + minor, int(shared)
+        return _cuda_limits(device.index if device.index is not None else torch.cuda.current_device())
     return fits.REFERENCE_ARCH, fits.SHARED_LIMIT[fits.REFERENCE_ARCH]
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_limits(index: int) -> tuple[int, int]:
+    import triton
+
+    major, minor = torch.cuda.get_device_capability(index)
+    shared = triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"]
+    return major * 10 + minor, int(shared)
 
 
 def _refusal(tier: str, kind: str, hidden: int, proj_size: int, dtype, device) -> str | None:
