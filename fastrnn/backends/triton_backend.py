@@ -408,8 +408,8 @@ def _chosen_tier(kind: str, hidden: int, proj_size: int, dtype, device) -> tuple
                 f"proj_size={proj_size}, {dtype} on {device}: {reason}"
             )
         return requested, True
-    # Preference order: the cooperative tier is tried before the resident tier once it
-    # exists (issue 10); today its refusal is "not implemented yet".
+    # Preference order: the resident tier where it fits, then (issue 10: add "cooperative"
+    # here) the cooperative tier, then the step tier, which runs everything.
     for tier in ("resident",):
         if _refusal(tier, kind, hidden, proj_size, dtype, device) is None:
             return tier, False
@@ -445,6 +445,26 @@ def _fit(kind: str, hidden: int, dtype):
     from ..kernels import fits
 
     return fits.resident_fit(kind, dtype, hidden)
+
+
+def _persistent_forward(tier: str, kind: CellKind, xg, w_hh, b_hh, h0, c0, schedule: Schedule, reverse: bool,
+                        save: bool):
+    """The forward loop on a persistent tier (one launch per pass)."""
+    if tier == "resident":
+        fit = _fit(kind.value, w_hh.shape[1], xg.dtype)
+        return _resident_forward(kind, xg, w_hh, b_hh, h0, c0, schedule, reverse, save, fit)
+    # --- cooperative tier (issue 10) plugs in here ---
+    raise NotImplementedError(f"fastrnn: no {tier} tier")
+
+
+def _persistent_backward(tier: str, kind: CellKind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule: Schedule,
+                         reverse: bool):
+    """The backward loop on a persistent tier (one launch per pass)."""
+    if tier == "resident":
+        fit = _fit(kind.value, w_hh.shape[1], y.dtype)
+        return _resident_backward(kind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, reverse, fit)
+    # --- cooperative tier (issue 10) plugs in here ---
+    raise NotImplementedError(f"fastrnn: no {tier} tier")
 
 
 # --------------------------------------------------------------------------------------
@@ -502,13 +522,12 @@ def _check_problem(kind: CellKind, hidden: int, dtype, device, reverse: bool):
 def _run_check(tier: str, kind: CellKind, hidden: int, dtype, device) -> str | None:
     """Run the check problem through ``tier`` and the step tier; a description of the
     first disagreement, or None when they agree."""
-    fit = _fit(kind.value, hidden, dtype)
     for reverse in (False, True):
         schedule, xg, w_hh, b_hh, h0, c0, dy, dh_n, dc_n = _check_problem(kind, hidden, dtype, device, reverse)
         ref = _step_forward(kind, xg.clone(), w_hh, b_hh, None, h0, c0, schedule, reverse, True)
-        out = _resident_forward(kind, xg.clone(), w_hh, b_hh, h0, c0, schedule, reverse, True, fit)
+        out = _persistent_forward(tier, kind, xg.clone(), w_hh, b_hh, h0, c0, schedule, reverse, True)
         ref_b = _step_backward(kind, ref.saved, w_hh, b_hh, None, h0, c0, ref.y, dy, dh_n, dc_n, schedule, reverse)
-        out_b = _resident_backward(kind, out.saved, w_hh, h0, c0, out.y, dy, dh_n, dc_n, schedule, reverse, fit)
+        out_b = _persistent_backward(tier, kind, out.saved, w_hh, h0, c0, out.y, dy, dh_n, dc_n, schedule, reverse)
         pairs = dict(y=(out.y, ref.y), h_n=(out.h_n, ref.h_n), c_n=(out.c_n, ref.c_n),
                      dxg=(out_b.dxg, ref_b.dxg), dhg=(out_b.dhg, ref_b.dhg), dh0=(out_b.dh0, ref_b.dh0),
                      dc0=(out_b.dc0, ref_b.dc0))
@@ -589,9 +608,8 @@ def forward(kind: CellKind, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, re
     """Run the forward time loop on the tier :func:`tier_for` picks; see :mod:`fastrnn.backends.base`."""
     _refuse_interpreted_bf16(xg.dtype)
     tier = _layer_tier(kind, w_hh, w_hr, xg.dtype, xg.device, schedule)
-    if tier == "resident":
-        fit = _fit(kind.value, w_hh.shape[1], xg.dtype)
-        return _resident_forward(kind, xg, w_hh, b_hh, h0, c0, schedule, reverse, save, fit)
+    if tier != "step":
+        return _persistent_forward(tier, kind, xg, w_hh, b_hh, h0, c0, schedule, reverse, save)
     return _step_forward(kind, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save)
 
 
@@ -599,7 +617,6 @@ def backward(kind: CellKind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n,
     """Run the backward time loop on the tier :func:`tier_for` picks (either tier reads
     the ``saved`` tuple of either); see :mod:`fastrnn.backends.base`."""
     tier = _layer_tier(kind, w_hh, w_hr, y.dtype, y.device, schedule)
-    if tier == "resident":
-        fit = _fit(kind.value, w_hh.shape[1], y.dtype)
-        return _resident_backward(kind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, reverse, fit)
+    if tier != "step":
+        return _persistent_backward(tier, kind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, reverse)
     return _step_backward(kind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reverse)
