@@ -34,7 +34,7 @@ is exactly the reference semantics of :mod:`fastrnn.backends.base`: a finished s
 keeps its final state, and in the reverse direction a sequence that starts later starts
 from its initial state.
 
-Shapes: ``H`` is padded to the power of two ``BLOCK_H`` (>= 16, ``tl.dot``'s minimum)
+Shapes: ``H`` is padded to the power of two ``BLOCK_H`` (>= 32; ``tl.dot`` needs 16)
 with masks. This tier runs layers without ``proj_size`` (``P == H``): with a projection
 the triton backend uses the step tier (see :mod:`fastrnn.kernels.fits`).
 
