@@ -36,32 +36,30 @@ report compiles with.
 
 from __future__ import annotations
 
-import contextlib
 from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
-KIND_IDS = {"LSTM": 0, "GRU": 1, "RNN_TANH": 2, "RNN_RELU": 3}
-GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
-
+from .launches import LaunchCounter, aligned_input, count_launches, record  # noqa: F401 (re-exported)
+from .launches import checked_pointers as _pointers
+from .cells import (
+    GATES,
+    KIND_IDS,
+    gru_backward,
+    gru_forward,
+    lstm_backward,
+    lstm_forward,
+    rnn_relu_backward,
+    rnn_relu_forward,
+    rnn_tanh_backward,
+    rnn_tanh_forward,
+)
 
 # --------------------------------------------------------------------------------------
 # Device helpers
 # --------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _sigmoid(x):
-    # exp(-x) overflows to inf for very negative x: 1 / inf = 0, never NaN.
-    return 1.0 / (1.0 + tl.exp(-x))
-
-
-@triton.jit
-def _tanh(x):
-    # 2*sigmoid(2x) - 1: finite for every finite x (the exp-ratio form is NaN for large |x|).
-    return 2.0 * _sigmoid(2.0 * x) - 1.0
 
 
 @triton.jit
@@ -152,15 +150,16 @@ def recurrent_step_forward_kernel(
     out_ptrs = out_ptr + (out_off + rows)[:, None] * H + cols[None, :]
     gate_ptrs = gates_ptr + (off + rows)[:, None] * GH + cols[None, :]
     if KIND == 0:
-        i = _sigmoid(acc0 + tl.load(x_ptrs, mask=mask, other=0.0).to(ACC))
-        f = _sigmoid(acc1 + tl.load(x_ptrs + H, mask=mask, other=0.0).to(ACC))
-        g = _tanh(acc2 + tl.load(x_ptrs + 2 * H, mask=mask, other=0.0).to(ACC))
-        o = _sigmoid(acc3 + tl.load(x_ptrs + 3 * H, mask=mask, other=0.0).to(ACC))
         c_prev = _load_state(c_prev_ptr, c_prev_off.to(tl.int64), n_prev, c_init_ptr, rows, cols, H, mask, ACC)
-        c = f * c_prev + i * g
+        i, f, g, o, c, h_new = lstm_forward(
+            acc0 + tl.load(x_ptrs, mask=mask, other=0.0).to(ACC),
+            acc1 + tl.load(x_ptrs + H, mask=mask, other=0.0).to(ACC),
+            acc2 + tl.load(x_ptrs + 2 * H, mask=mask, other=0.0).to(ACC),
+            acc3 + tl.load(x_ptrs + 3 * H, mask=mask, other=0.0).to(ACC),
+            c_prev,
+        )
         c_out = c_out_ptr + (c_out_off + rows)[:, None] * H + cols[None, :]
         tl.store(c_out, c.to(c_out_ptr.dtype.element_ty), mask=mask)
-        h_new = o * _tanh(c)
         if SAVE:
             ty = gates_ptr.dtype.element_ty
             tl.store(gate_ptrs, i.to(ty), mask=mask)
@@ -170,14 +169,17 @@ def recurrent_step_forward_kernel(
     elif KIND == 1:
         # torch's GRU: b_hn is inside the reset gate's product, so all of b_hh is added here.
         b_ptrs = b_hh_ptr + cols
-        hr = acc0 + tl.load(b_ptrs, mask=col_mask, other=0.0).to(ACC)[None, :]
-        hz = acc1 + tl.load(b_ptrs + H, mask=col_mask, other=0.0).to(ACC)[None, :]
         hn = acc2 + tl.load(b_ptrs + 2 * H, mask=col_mask, other=0.0).to(ACC)[None, :]
-        r = _sigmoid(tl.load(x_ptrs, mask=mask, other=0.0).to(ACC) + hr)
-        z = _sigmoid(tl.load(x_ptrs + H, mask=mask, other=0.0).to(ACC) + hz)
-        n = _tanh(tl.load(x_ptrs + 2 * H, mask=mask, other=0.0).to(ACC) + r * hn)
         h_prev = _load_state(h_seq_ptr, prev_off, n_prev, h0_ptr, rows, cols, P, mask, ACC)
-        h_new = n + z * (h_prev - n)
+        r, z, n, h_new = gru_forward(
+            tl.load(x_ptrs, mask=mask, other=0.0).to(ACC),
+            tl.load(x_ptrs + H, mask=mask, other=0.0).to(ACC),
+            tl.load(x_ptrs + 2 * H, mask=mask, other=0.0).to(ACC),
+            acc0 + tl.load(b_ptrs, mask=col_mask, other=0.0).to(ACC)[None, :],
+            acc1 + tl.load(b_ptrs + H, mask=col_mask, other=0.0).to(ACC)[None, :],
+            hn,
+            h_prev,
+        )
         if SAVE:
             ty = gates_ptr.dtype.element_ty
             tl.store(gate_ptrs, r.to(ty), mask=mask)
@@ -185,10 +187,9 @@ def recurrent_step_forward_kernel(
             tl.store(gate_ptrs + 2 * H, n.to(ty), mask=mask)
             tl.store(hn_ptr + (off + rows)[:, None] * H + cols[None, :], hn.to(hn_ptr.dtype.element_ty), mask=mask)
     elif KIND == 2:
-        h_new = _tanh(acc0 + tl.load(x_ptrs, mask=mask, other=0.0).to(ACC))
+        h_new = rnn_tanh_forward(acc0 + tl.load(x_ptrs, mask=mask, other=0.0).to(ACC))
     else:
-        pre = acc0 + tl.load(x_ptrs, mask=mask, other=0.0).to(ACC)
-        h_new = tl.where(pre < 0, 0.0, pre)  # relu that keeps NaN, like torch
+        h_new = rnn_relu_forward(acc0 + tl.load(x_ptrs, mask=mask, other=0.0).to(ACC))
     tl.store(out_ptrs, h_new.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -271,43 +272,48 @@ def recurrent_step_backward_kernel(
     dx_ptrs = dxg_ptr + (q_off + rows)[:, None] * GH + cols[None, :]
     ty = dxg_ptr.dtype.element_ty
     if KIND == 0:
-        i = tl.load(g_ptrs, mask=q_mask, other=0.0).to(ACC)
-        f = tl.load(g_ptrs + H, mask=q_mask, other=0.0).to(ACC)
-        g = tl.load(g_ptrs + 2 * H, mask=q_mask, other=0.0).to(ACC)
-        o = tl.load(g_ptrs + 3 * H, mask=q_mask, other=0.0).to(ACC)
-        c = tl.load(c_seq_ptr + (q_off + rows)[:, None] * H + cols[None, :], mask=q_mask, other=0.0).to(ACC)
         c_prev = _load_state(c_seq_ptr, q_prev_off.to(tl.int64), q_n_prev, c0_ptr, rows, cols, H, q_mask, ACC)
-        tc = _tanh(c)
         dc_ptrs = dc_ptr + rows[:, None] * H + cols[None, :]
-        dc = tl.load(dc_ptrs, mask=q_mask, other=0.0) + dh * o * (1.0 - tc * tc)
-        tl.store(dx_ptrs, (dc * g * i * (1.0 - i)).to(ty), mask=q_mask)
-        tl.store(dx_ptrs + H, (dc * c_prev * f * (1.0 - f)).to(ty), mask=q_mask)
-        tl.store(dx_ptrs + 2 * H, (dc * i * (1.0 - g * g)).to(ty), mask=q_mask)
-        tl.store(dx_ptrs + 3 * H, (dh * tc * o * (1.0 - o)).to(ty), mask=q_mask)
-        tl.store(dc_ptrs, dc * f, mask=q_mask)
+        di, df, dg, do, dc_prev = lstm_backward(
+            dh,
+            tl.load(dc_ptrs, mask=q_mask, other=0.0).to(ACC),
+            tl.load(g_ptrs, mask=q_mask, other=0.0).to(ACC),
+            tl.load(g_ptrs + H, mask=q_mask, other=0.0).to(ACC),
+            tl.load(g_ptrs + 2 * H, mask=q_mask, other=0.0).to(ACC),
+            tl.load(g_ptrs + 3 * H, mask=q_mask, other=0.0).to(ACC),
+            tl.load(c_seq_ptr + (q_off + rows)[:, None] * H + cols[None, :], mask=q_mask, other=0.0).to(ACC),
+            c_prev,
+        )
+        tl.store(dx_ptrs, di.to(ty), mask=q_mask)
+        tl.store(dx_ptrs + H, df.to(ty), mask=q_mask)
+        tl.store(dx_ptrs + 2 * H, dg.to(ty), mask=q_mask)
+        tl.store(dx_ptrs + 3 * H, do.to(ty), mask=q_mask)
+        tl.store(dc_ptrs, dc_prev, mask=q_mask)
     elif KIND == 1:
-        r = tl.load(g_ptrs, mask=q_mask, other=0.0).to(ACC)
-        z = tl.load(g_ptrs + H, mask=q_mask, other=0.0).to(ACC)
-        n = tl.load(g_ptrs + 2 * H, mask=q_mask, other=0.0).to(ACC)
-        hn = tl.load(hn_ptr + (q_off + rows)[:, None] * H + cols[None, :], mask=q_mask, other=0.0).to(ACC)
         h_prev = _load_state(h_seq_ptr, q_prev_off.to(tl.int64), q_n_prev, h0_ptr, rows, cols, P, q_mask, ACC)
-        dn = dh * (1.0 - z) * (1.0 - n * n)
-        dz = dh * (h_prev - n) * z * (1.0 - z)
-        dr = dn * hn * r * (1.0 - r)
+        # dh * z (the path to h_prev outside the GEMM) is added by the launch of the step
+        # before, which holds z_s next to its GEMM; unused here.
+        dr, dz, dn, dhn, _ = gru_backward(
+            dh,
+            tl.load(g_ptrs, mask=q_mask, other=0.0).to(ACC),
+            tl.load(g_ptrs + H, mask=q_mask, other=0.0).to(ACC),
+            tl.load(g_ptrs + 2 * H, mask=q_mask, other=0.0).to(ACC),
+            tl.load(hn_ptr + (q_off + rows)[:, None] * H + cols[None, :], mask=q_mask, other=0.0).to(ACC),
+            h_prev,
+        )
         dh_ptrs_g = dhg_ptr + (q_off + rows)[:, None] * GH + cols[None, :]
         tl.store(dx_ptrs, dr.to(ty), mask=q_mask)
         tl.store(dx_ptrs + H, dz.to(ty), mask=q_mask)
         tl.store(dx_ptrs + 2 * H, dn.to(ty), mask=q_mask)
         tl.store(dh_ptrs_g, dr.to(ty), mask=q_mask)
         tl.store(dh_ptrs_g + H, dz.to(ty), mask=q_mask)
-        tl.store(dh_ptrs_g + 2 * H, (dn * r).to(ty), mask=q_mask)
+        tl.store(dh_ptrs_g + 2 * H, dhn.to(ty), mask=q_mask)
     elif KIND == 2:
         y = tl.load(h_seq_ptr + (q_off + rows)[:, None] * P + cols[None, :], mask=q_mask, other=0.0).to(ACC)
-        tl.store(dx_ptrs, (dh * (1.0 - y * y)).to(ty), mask=q_mask)
+        tl.store(dx_ptrs, rnn_tanh_backward(dh, y).to(ty), mask=q_mask)
     else:
-        # torch's relu' zeroes only where the output is <= 0 (NaN passes the gradient).
         y = tl.load(h_seq_ptr + (q_off + rows)[:, None] * P + cols[None, :], mask=q_mask, other=0.0).to(ACC)
-        tl.store(dx_ptrs, tl.where(y <= 0, 0.0, dh).to(ty), mask=q_mask)
+        tl.store(dx_ptrs, rnn_relu_backward(dh, y).to(ty), mask=q_mask)
 
 
 # --------------------------------------------------------------------------------------
@@ -420,61 +426,6 @@ def specialisations(dtypes=(torch.float32, torch.float16, torch.bfloat16)) -> li
 
 
 # --------------------------------------------------------------------------------------
-# Launch counting
-# --------------------------------------------------------------------------------------
-
-
-class LaunchCounter:
-    """Step-kernel launches since this counter was opened (see :func:`count_launches`)."""
-
-    def __init__(self):
-        self.forward = 0
-        self.backward = 0
-
-
-_counters: list[LaunchCounter] = []
-
-
-@contextlib.contextmanager
-def count_launches():
-    """Count the step-kernel launches made inside the ``with`` block.
-
-    Example::
-
-        with count_launches() as n:
-            ...
-        assert n.forward == T
-    """
-    counter = LaunchCounter()
-    _counters.append(counter)
-    try:
-        yield counter
-    finally:
-        _counters.remove(counter)
-
-
-def aligned_input(t: torch.Tensor) -> torch.Tensor:
-    """``t`` contiguous and 16-byte aligned, copied only when it is not.
-
-    The kernels are compiled for 16-byte aligned pointers (one variant, the one the
-    report checks); a misaligned view of an input (rare: a slice of a larger buffer) is
-    copied rather than compiling a second variant. Outputs are fresh allocations.
-    """
-    t = t.contiguous()
-    return t if t.data_ptr() % 16 == 0 else t.clone()
-
-
-def _pointers(spec, tensors: dict):
-    out = []
-    for name, _ in spec:
-        t = tensors[name]
-        if t.data_ptr() % 16 or not t.is_contiguous():
-            raise ValueError(f"fastrnn.kernels: {name} must be contiguous and 16-byte aligned")
-        out.append(t)
-    return out
-
-
-# --------------------------------------------------------------------------------------
 # Launchers
 # --------------------------------------------------------------------------------------
 
@@ -497,8 +448,7 @@ def forward_stepper(kind: str, tensors: dict, *, hidden: int, save: bool, tf32: 
         recurrent_step_forward_kernel[grid](
             *pointers, *(ints[k] for k in FORWARD_INTS), **constexprs, num_warps=cfg.num_warps
         )
-        for counter in _counters:
-            counter.forward += 1
+        record("step", "forward")
 
     return launch
 
@@ -517,7 +467,6 @@ def backward_stepper(kind: str, tensors: dict, *, hidden: int, dm_given: bool, t
         recurrent_step_backward_kernel[grid](
             *pointers, *(ints[k] for k in BACKWARD_INTS), **constexprs, num_warps=cfg.num_warps
         )
-        for counter in _counters:
-            counter.backward += 1
+        record("step", "backward")
 
     return launch
