@@ -228,3 +228,120 @@ def backward(kind: CellKind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n,
     return BackwardResult(
         dxg, dhg, dh.to(dtype), dc.to(dtype) if is_lstm else None, dw_hr,
     )
+
+
+# --------------------------------------------------------------------------------------
+# Cooperative tier (kernels/cooperative.py): one launch per layer-direction and pass
+# --------------------------------------------------------------------------------------
+
+
+def _cooperative():
+    from ..kernels import cooperative  # imports triton
+
+    return cooperative
+
+
+def _sm_count(device: torch.device) -> int:
+    """Programs a cooperative grid may have: the SM count (no limit in the interpreter)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 1 << 30
+
+
+def cooperative_config(kind: CellKind, hidden: int, dtype: torch.dtype, device: torch.device):
+    """The cooperative launch configuration for this layer on ``device``, or None."""
+    return _cooperative().cooperative_config(dtype, hidden, _sm_count(device))
+
+
+def _device_schedule(schedule: Schedule, device: torch.device) -> tuple[torch.Tensor, int]:
+    """``(sched, packed)``: per-step sizes then offsets (int64) for a packed batch; a padded
+    one passes a dummy and ``packed = 0`` (no host-to-device copy)."""
+    if schedule.is_uniform:
+        return torch.empty(8, dtype=torch.int64, device=device), 0
+    table = torch.tensor(schedule.batch_sizes + schedule.offsets, dtype=torch.int64)
+    return table.to(device, non_blocking=True), 1
+
+
+def forward_cooperative(kind: CellKind, xg, w_hh, b_hh, h0, c0, schedule: Schedule, reverse: bool, save: bool, cfg):
+    """The forward time loop as one cooperative launch (no ``proj_size``); same results and
+    ``saved`` layout as :func:`forward`. Raises ``BarrierTimeout`` when a barrier timed out."""
+    coop = _cooperative()
+    prep = _kernels().aligned_input
+    dtype, device = xg.dtype, xg.device
+    acc = _acc_dtype(dtype)
+    gates_n = kind.gates
+    hidden = w_hh.shape[0] // gates_n
+    n_rows, batch = xg.shape[0], schedule.batch
+    is_lstm, is_gru = kind is CellKind.LSTM, kind is CellKind.GRU
+    save = save and gates_n > 1  # plain RNN backward only reads y
+
+    xg, w_hh, h0 = prep(xg), prep(w_hh), prep(h0)
+    dummy_io = torch.empty(8, dtype=dtype, device=device)
+    dummy_acc = torch.empty(8, dtype=acc, device=device)
+    y = _new((n_rows, hidden), dtype, device)
+    gates = _new((n_rows, gates_n * hidden), dtype, device) if save else dummy_io
+    hn = _new((n_rows, hidden), dtype, device) if (save and is_gru) else dummy_io
+    if is_gru:
+        bias = prep(b_hh) if b_hh is not None else torch.zeros(3 * hidden, dtype=dtype, device=device)
+    else:
+        bias = dummy_io
+    if is_lstm:
+        c0 = prep(c0)
+        c_buf = _new((n_rows, hidden) if save else (batch, hidden), acc, device)
+    else:
+        c0, c_buf = dummy_io, dummy_acc
+    sched, packed = _device_schedule(schedule, device)
+    tensors = dict(
+        xg_ptr=xg, w_hh_ptr=w_hh, b_hh_ptr=bias, h0_ptr=h0, c0_ptr=c0, y_ptr=y, c_ptr=c_buf,
+        gates_ptr=gates, hn_ptr=hn, sched_ptr=sched,
+        sync_ptr=torch.zeros(1 + schedule.steps, dtype=torch.int32, device=device),
+    )
+    ints = dict(T=schedule.steps, B=batch, H=hidden, reverse=int(reverse), packed=packed, save=int(save))
+    coop.launch_forward(kind.value, tensors, ints, cfg, _tf32())
+
+    c_n = None
+    if is_lstm:
+        c_n = (schedule.final(c_buf, reverse) if save else c_buf).to(dtype)
+    if is_lstm and save:
+        saved = (gates, c_buf)
+    elif is_gru and save:
+        saved = (gates, hn)
+    else:
+        saved = ()
+    return ForwardResult(y, schedule.final(y, reverse), c_n, saved)
+
+
+def backward_cooperative(kind: CellKind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule: Schedule, reverse: bool, cfg):
+    """The backward time loop as one cooperative launch; accepts the ``saved`` tuple of any
+    tier (same layout). Raises ``BarrierTimeout`` when a barrier timed out."""
+    coop = _cooperative()
+    prep = _kernels().aligned_input
+    dtype, device = y.dtype, y.device
+    acc = _acc_dtype(dtype)
+    gates_n = kind.gates
+    hidden = w_hh.shape[0] // gates_n
+    n_rows = y.shape[0]
+    is_lstm, is_gru = kind is CellKind.LSTM, kind is CellKind.GRU
+    dummy_io = torch.empty(8, dtype=dtype, device=device)
+    dummy_acc = torch.empty(8, dtype=acc, device=device)
+
+    w_hh, y, dy, h0 = prep(w_hh), prep(y), prep(dy), prep(h0)
+    gates, hn, c_seq = dummy_io, dummy_io, dummy_acc
+    c0 = prep(c0) if is_lstm else dummy_io
+    if is_lstm:
+        gates, c_seq = (prep(t) for t in saved)
+    elif is_gru:
+        gates, hn = (prep(t) for t in saved)
+    dxg = _new((n_rows, gates_n * hidden), dtype, device)
+    dhg = _new((n_rows, gates_n * hidden), dtype, device) if is_gru else dxg
+    dh = dh_n.to(acc, copy=True).contiguous()  # dh_n in, dh0 out
+    dc = dc_n.to(acc, copy=True).contiguous() if is_lstm else dummy_acc
+    sched, packed = _device_schedule(schedule, device)
+    tensors = dict(
+        w_hh_ptr=w_hh, dxg_ptr=dxg, dhg_ptr=dhg, dy_ptr=dy, dh_ptr=dh, dc_ptr=dc, gates_ptr=gates,
+        c_ptr=c_seq, c0_ptr=c0, hn_ptr=hn, y_ptr=y, h0_ptr=h0, sched_ptr=sched,
+        sync_ptr=torch.zeros(1 + schedule.steps, dtype=torch.int32, device=device),
+    )
+    ints = dict(T=schedule.steps, B=dh.shape[0], H=hidden, reverse=int(reverse), packed=packed)
+    coop.launch_backward(kind.value, tensors, ints, cfg, _tf32())
+    return BackwardResult(dxg, dhg, dh.to(dtype), dc.to(dtype) if is_lstm else None, None)

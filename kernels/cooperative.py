@@ -1,0 +1,661 @@
+"""Cooperative kernels: one layer-direction in one launch spread over the GPU's SMs.
+
+The grid has one program per ``BLOCK_H`` hidden units, at most one per SM, launched with
+``launch_cooperative_grid=True`` (the driver refuses a grid that cannot be co-resident
+instead of letting it hang). Program ``p`` owns hidden units
+``[p * BLOCK_H, (p + 1) * BLOCK_H)`` with *all* gates of those units and every batch row,
+so each cell update is local to one program; only the hidden state (forward) and the gate
+gradients (backward) cross programs, through global memory, with one grid barrier per
+step.
+
+Forward (``cooperative_forward_kernel``), per step ``t`` in processing order, each
+program, for each ``BLOCK_B`` tile of the active rows::
+
+    pre_g = h_{t-1} @ W_hh[g*H + units]^T (+ b_hh for GRU) + xg[t rows, g*H + units]
+    cell forward (kernels/cells.py) -> h_t, c_t of its units     fp32 accumulation/state
+    y[t rows, units] = h_t; gates / c / W_hn h + b_hn of its units -> saved rows (save)
+    grid barrier: every program's h_t is in y before anyone reads it at t + 1
+
+Backward (``cooperative_backward_kernel``), per step ``q`` in reverse processing order
+(``s`` is the step processed after ``q`` in forward)::
+
+    dh[units] = dhg_s @ W_hh[:, units] (+ dh_s * z_s, GRU)      rows active at s
+    dh_q = dh + dy[q rows, units]                                rows active at q
+    cell backward (kernels/cells.py) -> dxg / dhg of q, dc      its units
+    grid barrier: every program's dhg_q is written before the GEMM of the next step
+
+and one more GEMM after the loop gives ``dh0``. ``dh`` and ``dc`` live in ``(B, H)``
+fp32 buffers of which each program touches only its own columns (they start as
+``dh_n`` / ``dc_n`` and end as ``dh0`` / ``dc0``); with a batch of any size a program
+loops over ``BLOCK_B`` row tiles, so its state cannot stay in registers across steps.
+The LSTM cell state of forward is likewise read back from the ``c`` rows the program
+wrote one step before (the saved ``c`` sequence, or a ``(B, H)`` buffer without save).
+
+Where ``W_hh`` lives (``SLAB_K``, from the compile report, see :func:`cooperative_config`):
+
+- ``SLAB_K > 0``: the program's slab (``G`` blocks of ``BLOCK_H x H``, padded to
+  ``SLAB_K`` = the next power of two >= H) is loaded once before the time loop and stays
+  on chip (shared memory / registers) for the whole launch;
+- ``SLAB_K == 0``: the slab is streamed from global memory (L2) in ``BLOCK_K`` chunks
+  inside each step; any ``H`` works. All slabs together are ``W_hh`` itself, which
+  stays in L2 on the GPUs this targets.
+
+The grid barrier (:func:`grid_barrier`): a CTA barrier, then one ``release`` atomic add
+on a counter of its own per barrier (``sync[1 + i]``), then an ``acquire`` poll until the
+counter equals the number of programs, bounded by ``timeout_ns``. A counter per barrier
+avoids the reuse race of a single counter polled for equality (a fast program moving the
+counter past the value a slow one waits for). The counters are zeroed by the launcher as
+a fresh zero-filled buffer (no host synchronisation). On timeout a program records the
+failing barrier in ``sync[0]`` (first failure wins) and leaves its loop; every other
+program then times out at the same or the next barrier, so a broken launch ends within
+about two timeouts. The launcher reads ``sync[0]`` and raises
+:class:`BarrierTimeout`; the triton backend then reruns the call on the step tier (or
+raises, when this tier was forced).
+
+Packed sequences: each step's active batch size and first row are read from one int64
+device tensor (``sched``: sizes then offsets); a padded batch passes ``packed = 0`` and the
+kernel computes ``B`` and ``t * B`` itself (no host-to-device copy, CUDA-graph friendly).
+
+Compile-time choices: the cell kind, ``ACC``, ``PRECISION`` (TF32 or IEEE), the block
+sizes and ``SLAB_K``; ``T``, ``B``, ``H``, the direction, ``packed``, ``save`` and the
+barrier arguments are runtime values (``do_not_specialize``).
+:func:`specialisations` lists every combination the launcher can pick, for the compile
+report.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from .cells import (
+    GATES,
+    KIND_IDS,
+    gru_backward,
+    gru_forward,
+    lstm_backward,
+    lstm_forward,
+    rnn_relu_backward,
+    rnn_relu_forward,
+    rnn_tanh_backward,
+    rnn_tanh_forward,
+)
+from .recurrent_step import _counters, _pointers
+
+#: Default time budget of one grid barrier on a GPU. A healthy step takes microseconds;
+#: the budget only bounds how long a broken launch (a program that never arrives) runs.
+BARRIER_TIMEOUT_NS = 1_000_000_000
+
+#: Tests set this to a program id that then never arrives at any barrier (-1: none).
+ABSENT_PROGRAM = -1
+
+
+class BarrierTimeout(RuntimeError):
+    """A cooperative launch ended because a grid barrier timed out (its results are invalid)."""
+
+
+# --------------------------------------------------------------------------------------
+# Device helpers
+# --------------------------------------------------------------------------------------
+
+
+@triton.jit
+def grid_barrier(sync_ptr, index, absent, timeout_ns):
+    """Grid-wide barrier number ``index``; returns False (and flags ``sync[0]``) on timeout.
+
+    ``sync_ptr``: int32, ``sync[0]`` the failure flag (0, or 1 + the first barrier that
+    timed out), ``sync[1 + i]`` the arrival counter of barrier ``i`` (zero at launch).
+    ``absent``: a program id that skips its arrival (a test switch; -1 in normal use).
+    """
+    # Every thread's stores of this step are done before the one release below.
+    tl.debug_barrier()
+    counter = sync_ptr + 1 + index
+    if tl.program_id(0) != absent:
+        tl.atomic_add(counter, 1, sem="release", scope="gpu")
+    arrived = tl.atomic_poll(counter, tl.num_programs(0), sem="acquire", scope="gpu", timeout_ns=timeout_ns)
+    tl.debug_barrier()
+    if not arrived:
+        tl.atomic_cas(sync_ptr, 0, index + 1, sem="relaxed", scope="gpu")
+    return arrived
+
+
+@triton.jit
+def _step_rows(sched_ptr, t, T, B, packed):
+    """``(first row, active rows)`` of timestep ``t``, both int64.
+
+    Packed: read from ``sched`` (sizes at ``[t]``, offsets at ``[T + t]``); padded
+    (``packed == 0``): ``t * B`` and ``B``, with no memory access.
+    """
+    is_packed = packed != 0
+    t64 = t.to(tl.int64)
+    bs = tl.load(sched_ptr + t64, mask=is_packed, other=B.to(tl.int64))
+    off = tl.load(sched_ptr + T + t64, mask=is_packed, other=t64 * B)
+    return off, bs
+
+
+@triton.jit
+def _timestep(j, T, reverse):
+    """Timestep processed ``j``-th: ``j``, or ``T - 1 - j`` for the reverse direction."""
+    return j + reverse * (T - 1 - 2 * j)
+
+
+@triton.jit
+def _state_tile(seq_ptr, seq_off, n_seq, init_ptr, rows, cols, width, mask):
+    """A ``rows x cols`` tile of the state before a step, in the stored dtype.
+
+    Row ``r < n_seq`` reads ``seq[seq_off + r]`` (the previous step's rows), other rows
+    read ``init[r]`` (the initial state: the first step, or a sequence that starts later in
+    the reverse direction of a packed batch).
+    """
+    from_seq = (rows < n_seq)[:, None]
+    a = tl.load(seq_ptr + (seq_off + rows)[:, None] * width + cols[None, :], mask=mask & from_seq, other=0.0)
+    b = tl.load(init_ptr + rows[:, None] * width + cols[None, :], mask=mask & (~from_seq), other=0.0)
+    return tl.where(from_seq, a, b.to(a.dtype))
+
+
+@triton.jit
+def _rows_of(w_ptr, first_row, ks, cols, H):
+    """Tile ``[k, u] = W[first_row + u, k]`` of a ``(*, H)`` weight (the forward operand
+    ``W^T``), zero outside ``k < H``, ``u < H``."""
+    mask = (ks < H)[:, None] & (cols < H)[None, :]
+    return tl.load(w_ptr + (first_row + cols)[None, :] * H + ks[:, None], mask=mask, other=0.0)
+
+
+@triton.jit
+def _cols_of(w_ptr, first_row, ks, cols, H):
+    """Tile ``[k, u] = W[first_row + k, u]`` of a ``(*, H)`` weight (the backward operand),
+    zero outside ``k < H``, ``u < H``."""
+    mask = (ks < H)[:, None] & (cols < H)[None, :]
+    return tl.load(w_ptr + (first_row + ks)[:, None] * H + cols[None, :], mask=mask, other=0.0)
+
+
+# --------------------------------------------------------------------------------------
+# Forward
+# --------------------------------------------------------------------------------------
+
+
+@triton.jit(do_not_specialize=["T", "B", "H", "reverse", "packed", "save", "timeout_ns", "absent"])
+def cooperative_forward_kernel(
+    xg_ptr,  # (N, G*H) input projection, rows grouped by timestep
+    w_hh_ptr,  # (G*H, H) recurrent weight
+    b_hh_ptr,  # (G*H,) recurrent bias (GRU only; zeros when the layer has none)
+    h0_ptr,  # (B, H) initial hidden state
+    c0_ptr,  # (B, H) initial cell state (LSTM)
+    y_ptr,  # (N, H) out: h of every step (read back at the next step by every program)
+    c_ptr,  # ACC out, LSTM: (N, H) c of every step with save, else a (B, H) state buffer
+    gates_ptr,  # (N, G*H) out (save): LSTM i,f,g,o / GRU r,z,n
+    hn_ptr,  # (N, H) out (save, GRU): W_hn h + b_hn
+    sched_ptr,  # (2T,) int64 batch sizes then first rows (packed only)
+    sync_ptr,  # (1 + T,) int32, zero at launch: failure flag, one counter per barrier
+    T,  # timesteps
+    B,  # batch size (rows of h0)
+    H,  # hidden size
+    reverse,  # 1: process t = T-1 .. 0
+    packed,  # 1: per-step rows from sched_ptr; 0: every step has B rows
+    save,  # 1: write gates / c / hn of every step for backward
+    timeout_ns,  # time budget of each grid barrier
+    absent,  # test switch: this program never arrives at a barrier (-1: none)
+    KIND: tl.constexpr,  # 0 LSTM, 1 GRU, 2 RNN tanh, 3 RNN relu
+    ACC: tl.constexpr,  # accumulation dtype: fp32, or fp64 for fp64 I/O
+    PRECISION: tl.constexpr,  # tl.dot input precision: "ieee" or "tf32"
+    BLOCK_B: tl.constexpr,  # rows per tile
+    BLOCK_H: tl.constexpr,  # hidden units per program
+    BLOCK_K: tl.constexpr,  # reduction chunk when streaming W_hh (SLAB_K == 0)
+    SLAB_K: tl.constexpr,  # > 0: W_hh slab loaded once, padded to SLAB_K >= H
+):
+    G: tl.constexpr = 4 if KIND == 0 else (3 if KIND == 1 else 1)
+    GH = G * H
+    cols = (tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)).to(tl.int64)
+    col_mask = cols < H
+    if SLAB_K > 0:
+        # The slab of this program, once: G tiles [k, u] = W_hh[g*H + u, k].
+        kk = tl.arange(0, SLAB_K).to(tl.int64)
+        k_mask = kk < H
+        w0 = _rows_of(w_hh_ptr, 0, kk, cols, H)
+        if G > 1:
+            w1 = _rows_of(w_hh_ptr, H, kk, cols, H)
+            w2 = _rows_of(w_hh_ptr, 2 * H, kk, cols, H)
+        if G > 3:
+            w3 = _rows_of(w_hh_ptr, 3 * H, kk, cols, H)
+    if KIND == 1:
+        b_r = tl.load(b_hh_ptr + cols, mask=col_mask, other=0.0).to(ACC)[None, :]
+        b_z = tl.load(b_hh_ptr + H + cols, mask=col_mask, other=0.0).to(ACC)[None, :]
+        b_n = tl.load(b_hh_ptr + 2 * H + cols, mask=col_mask, other=0.0).to(ACC)[None, :]
+
+    prev_off = (B * 0).to(tl.int64)  # first row of the previous step
+    n_prev = (B * 0).to(tl.int64)  # its active rows (0: every row starts from h0)
+    ok = T >= 0
+    j = 0
+    while (j < T) & ok:
+        off, bs = _step_rows(sched_ptr, _timestep(j, T, reverse), T, B, packed)
+        c_prev_off = prev_off * save  # c rows: the saved sequence, or the (B, H) buffer
+        c_out_off = off * save
+        for b0 in range(0, bs, BLOCK_B):
+            rows = b0 + tl.arange(0, BLOCK_B).to(tl.int64)
+            row_mask = rows < bs
+            mask = row_mask[:, None] & col_mask[None, :]
+            acc0 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
+            acc1 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
+            acc2 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
+            acc3 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
+            # h_{t-1} @ W_hh^T for this program's units, all gates.
+            if SLAB_K > 0:
+                h = _state_tile(y_ptr, prev_off, n_prev, h0_ptr, rows, kk, H, row_mask[:, None] & k_mask[None, :])
+                acc0 = tl.dot(h, w0, acc0, input_precision=PRECISION)
+                if G > 1:
+                    acc1 = tl.dot(h, w1, acc1, input_precision=PRECISION)
+                    acc2 = tl.dot(h, w2, acc2, input_precision=PRECISION)
+                if G > 3:
+                    acc3 = tl.dot(h, w3, acc3, input_precision=PRECISION)
+            else:
+                for k0 in range(0, H, BLOCK_K):
+                    ks = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
+                    h = _state_tile(y_ptr, prev_off, n_prev, h0_ptr, rows, ks, H, row_mask[:, None] & (ks < H)[None, :])
+                    acc0 = tl.dot(h, _rows_of(w_hh_ptr, 0, ks, cols, H), acc0, input_precision=PRECISION)
+                    if G > 1:
+                        acc1 = tl.dot(h, _rows_of(w_hh_ptr, H, ks, cols, H), acc1, input_precision=PRECISION)
+                        acc2 = tl.dot(h, _rows_of(w_hh_ptr, 2 * H, ks, cols, H), acc2, input_precision=PRECISION)
+                    if G > 3:
+                        acc3 = tl.dot(h, _rows_of(w_hh_ptr, 3 * H, ks, cols, H), acc3, input_precision=PRECISION)
+
+            # The cell update of this tile (pointwise, kernels/cells.py).
+            x_ptrs = xg_ptr + (off + rows)[:, None] * GH + cols[None, :]
+            g_ptrs = gates_ptr + (off + rows)[:, None] * GH + cols[None, :]
+            if KIND == 0:
+                c_prev = _state_tile(c_ptr, c_prev_off, n_prev, c0_ptr, rows, cols, H, mask).to(ACC)
+                i, f, g, o, c, h_new = lstm_forward(
+                    acc0 + tl.load(x_ptrs, mask=mask, other=0.0).to(ACC),
+                    acc1 + tl.load(x_ptrs + H, mask=mask, other=0.0).to(ACC),
+                    acc2 + tl.load(x_ptrs + 2 * H, mask=mask, other=0.0).to(ACC),
+                    acc3 + tl.load(x_ptrs + 3 * H, mask=mask, other=0.0).to(ACC),
+                    c_prev,
+                )
+                tl.store(c_ptr + (c_out_off + rows)[:, None] * H + cols[None, :], c.to(c_ptr.dtype.element_ty), mask=mask)
+                if save != 0:
+                    ty = gates_ptr.dtype.element_ty
+                    tl.store(g_ptrs, i.to(ty), mask=mask)
+                    tl.store(g_ptrs + H, f.to(ty), mask=mask)
+                    tl.store(g_ptrs + 2 * H, g.to(ty), mask=mask)
+                    tl.store(g_ptrs + 3 * H, o.to(ty), mask=mask)
+            elif KIND == 1:
+                h_prev = _state_tile(y_ptr, prev_off, n_prev, h0_ptr, rows, cols, H, mask).to(ACC)
+                hn = acc2 + b_n
+                r, z, n, h_new = gru_forward(
+                    tl.load(x_ptrs, mask=mask, other=0.0).to(ACC),
+                    tl.load(x_ptrs + H, mask=mask, other=0.0).to(ACC),
+                    tl.load(x_ptrs + 2 * H, mask=mask, other=0.0).to(ACC),
+                    acc0 + b_r,
+                    acc1 + b_z,
+                    hn,
+                    h_prev,
+                )
+                if save != 0:
+                    ty = gates_ptr.dtype.element_ty
+                    tl.store(g_ptrs, r.to(ty), mask=mask)
+                    tl.store(g_ptrs + H, z.to(ty), mask=mask)
+                    tl.store(g_ptrs + 2 * H, n.to(ty), mask=mask)
+                    hn_ptrs = hn_ptr + (off + rows)[:, None] * H + cols[None, :]
+                    tl.store(hn_ptrs, hn.to(hn_ptr.dtype.element_ty), mask=mask)
+            elif KIND == 2:
+                h_new = rnn_tanh_forward(acc0 + tl.load(x_ptrs, mask=mask, other=0.0).to(ACC))
+            else:
+                h_new = rnn_relu_forward(acc0 + tl.load(x_ptrs, mask=mask, other=0.0).to(ACC))
+            tl.store(y_ptr + (off + rows)[:, None] * H + cols[None, :], h_new.to(y_ptr.dtype.element_ty), mask=mask)
+
+        if j + 1 < T:
+            ok = grid_barrier(sync_ptr, j, absent, timeout_ns)
+        prev_off = off
+        n_prev = bs
+        j += 1
+
+
+# --------------------------------------------------------------------------------------
+# Backward
+# --------------------------------------------------------------------------------------
+
+
+@triton.jit(do_not_specialize=["T", "B", "H", "reverse", "packed", "timeout_ns", "absent"])
+def cooperative_backward_kernel(
+    w_hh_ptr,  # (G*H, H) recurrent weight
+    dxg_ptr,  # (N, G*H) out: gradient of the input projection
+    dhg_ptr,  # (N, G*H) out: gradient of h @ W_hh^T + b_hh (GRU; else dxg_ptr itself)
+    dy_ptr,  # (N, H) gradient of the output sequence
+    dh_ptr,  # (B, H) ACC: dh_n in, dh0 out; each program touches its own columns
+    dc_ptr,  # (B, H) ACC: dc_n in, dc0 out (LSTM)
+    gates_ptr,  # (N, G*H) saved gate activations
+    c_ptr,  # (N, H) ACC saved cell states (LSTM)
+    c0_ptr,  # (B, H) initial cell state (LSTM)
+    hn_ptr,  # (N, H) saved W_hn h + b_hn (GRU)
+    y_ptr,  # (N, H) output sequence (GRU: previous state; RNN: activation derivative)
+    h0_ptr,  # (B, H) initial hidden state (GRU)
+    sched_ptr,  # (2T,) int64 batch sizes then first rows (packed only)
+    sync_ptr,  # (1 + T,) int32, zero at launch: failure flag, one counter per barrier
+    T,
+    B,
+    H,
+    reverse,
+    packed,
+    timeout_ns,
+    absent,
+    KIND: tl.constexpr,
+    ACC: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    SLAB_K: tl.constexpr,
+):
+    G: tl.constexpr = 4 if KIND == 0 else (3 if KIND == 1 else 1)
+    GH = G * H
+    cols = (tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)).to(tl.int64)
+    col_mask = cols < H
+    if SLAB_K > 0:
+        # The slab of this program, once: G tiles [k, u] = W_hh[g*H + k, u].
+        kk = tl.arange(0, SLAB_K).to(tl.int64)
+        k_mask = kk < H
+        w0 = _cols_of(w_hh_ptr, 0, kk, cols, H)
+        if G > 1:
+            w1 = _cols_of(w_hh_ptr, H, kk, cols, H)
+            w2 = _cols_of(w_hh_ptr, 2 * H, kk, cols, H)
+        if G > 3:
+            w3 = _cols_of(w_hh_ptr, 3 * H, kk, cols, H)
+
+    zero = (B * 0).to(tl.int64)
+    ok = T >= 0
+    j = T - 1  # processing index of step q; j == -1: only the final GEMM (dh0)
+    while (j >= -1) & ok:
+        # q: the step whose gate backward runs now; s: the step processed after q in
+        # forward (its gate gradients feed the GEMM); p: the one processed before q.
+        # (Processing indices are clamped into [0, T) before reading the schedule; a step
+        # that does not exist then gets 0 rows.)
+        q_off, q_bs = _step_rows(sched_ptr, _timestep(tl.maximum(j, 0), T, reverse), T, B, packed)
+        s_off, s_bs = _step_rows(sched_ptr, _timestep(tl.minimum(j + 1, T - 1), T, reverse), T, B, packed)
+        p_off, p_bs = _step_rows(sched_ptr, _timestep(tl.maximum(j - 1, 0), T, reverse), T, B, packed)
+        q_bs = tl.where(j >= 0, q_bs, zero)
+        s_bs = tl.where(j + 1 < T, s_bs, zero)
+        p_bs = tl.where(j >= 1, p_bs, zero)
+        for b0 in range(0, tl.maximum(q_bs, s_bs), BLOCK_B):
+            rows = b0 + tl.arange(0, BLOCK_B).to(tl.int64)
+            s_rows = rows < s_bs
+            q_rows = rows < q_bs
+            s_mask = s_rows[:, None] & col_mask[None, :]
+            q_mask = q_rows[:, None] & col_mask[None, :]
+            any_mask = s_mask | q_mask
+            dh_ptrs = dh_ptr + rows[:, None] * H + cols[None, :]
+            # dh_n (a sequence's last step), the GRU path dh_s * z_s, or a finished dh0.
+            dh_old = tl.load(dh_ptrs, mask=any_mask, other=0.0)
+
+            # dh = dhg_s @ W_hh[:, units] for the rows active at s.
+            acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
+            dg_ptrs = dhg_ptr + (s_off + rows)[:, None] * GH
+            if SLAB_K > 0:
+                a_mask = s_rows[:, None] & k_mask[None, :]
+                acc = tl.dot(tl.load(dg_ptrs + kk[None, :], mask=a_mask, other=0.0), w0, acc, input_precision=PRECISION)
+                if G > 1:
+                    a = tl.load(dg_ptrs + H + kk[None, :], mask=a_mask, other=0.0)
+                    acc = tl.dot(a, w1, acc, input_precision=PRECISION)
+                    a = tl.load(dg_ptrs + 2 * H + kk[None, :], mask=a_mask, other=0.0)
+                    acc = tl.dot(a, w2, acc, input_precision=PRECISION)
+                if G > 3:
+                    a = tl.load(dg_ptrs + 3 * H + kk[None, :], mask=a_mask, other=0.0)
+                    acc = tl.dot(a, w3, acc, input_precision=PRECISION)
+            else:
+                for k0 in range(0, H, BLOCK_K):
+                    ks = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
+                    a_mask = s_rows[:, None] & (ks < H)[None, :]
+                    for gate in tl.static_range(G):
+                        a = tl.load(dg_ptrs + gate * H + ks[None, :], mask=a_mask, other=0.0)
+                        acc = tl.dot(a, _cols_of(w_hh_ptr, gate * H, ks, cols, H), acc, input_precision=PRECISION)
+            if KIND == 1:
+                acc += dh_old
+            dh = tl.where(s_rows[:, None], acc, dh_old)
+
+            # Gate backward of step q with dh_q = dh + dy_q (kernels/cells.py).
+            dh_q = dh + tl.load(dy_ptr + (q_off + rows)[:, None] * H + cols[None, :], mask=q_mask, other=0.0).to(ACC)
+            g_ptrs = gates_ptr + (q_off + rows)[:, None] * GH + cols[None, :]
+            dx_ptrs = dxg_ptr + (q_off + rows)[:, None] * GH + cols[None, :]
+            ty = dxg_ptr.dtype.element_ty
+            if KIND == 0:
+                dc_ptrs = dc_ptr + rows[:, None] * H + cols[None, :]
+                c_prev = _state_tile(c_ptr, p_off, p_bs, c0_ptr, rows, cols, H, q_mask).to(ACC)
+                di, df, dg, do, dc_prev = lstm_backward(
+                    dh_q,
+                    tl.load(dc_ptrs, mask=q_mask, other=0.0).to(ACC),
+                    tl.load(g_ptrs, mask=q_mask, other=0.0).to(ACC),
+                    tl.load(g_ptrs + H, mask=q_mask, other=0.0).to(ACC),
+                    tl.load(g_ptrs + 2 * H, mask=q_mask, other=0.0).to(ACC),
+                    tl.load(g_ptrs + 3 * H, mask=q_mask, other=0.0).to(ACC),
+                    tl.load(c_ptr + (q_off + rows)[:, None] * H + cols[None, :], mask=q_mask, other=0.0).to(ACC),
+                    c_prev,
+                )
+                tl.store(dx_ptrs, di.to(ty), mask=q_mask)
+                tl.store(dx_ptrs + H, df.to(ty), mask=q_mask)
+                tl.store(dx_ptrs + 2 * H, dg.to(ty), mask=q_mask)
+                tl.store(dx_ptrs + 3 * H, do.to(ty), mask=q_mask)
+                tl.store(dc_ptrs, dc_prev.to(dc_ptr.dtype.element_ty), mask=q_mask)
+                dh_keep = dh
+            elif KIND == 1:
+                h_prev = _state_tile(y_ptr, p_off, p_bs, h0_ptr, rows, cols, H, q_mask).to(ACC)
+                dr, dz, dn, dhn, dh_direct = gru_backward(
+                    dh_q,
+                    tl.load(g_ptrs, mask=q_mask, other=0.0).to(ACC),
+                    tl.load(g_ptrs + H, mask=q_mask, other=0.0).to(ACC),
+                    tl.load(g_ptrs + 2 * H, mask=q_mask, other=0.0).to(ACC),
+                    tl.load(hn_ptr + (q_off + rows)[:, None] * H + cols[None, :], mask=q_mask, other=0.0).to(ACC),
+                    h_prev,
+                )
+                tl.store(dx_ptrs, dr.to(ty), mask=q_mask)
+                tl.store(dx_ptrs + H, dz.to(ty), mask=q_mask)
+                tl.store(dx_ptrs + 2 * H, dn.to(ty), mask=q_mask)
+                dhg_ptrs = dhg_ptr + (q_off + rows)[:, None] * GH + cols[None, :]
+                tl.store(dhg_ptrs, dr.to(ty), mask=q_mask)
+                tl.store(dhg_ptrs + H, dz.to(ty), mask=q_mask)
+                tl.store(dhg_ptrs + 2 * H, dhn.to(ty), mask=q_mask)
+                # Rows of q carry dh_q * z_q to the GEMM of the next iteration (same rows).
+                dh_keep = tl.where(q_rows[:, None], dh_direct, dh)
+            elif KIND == 2:
+                h = tl.load(y_ptr + (q_off + rows)[:, None] * H + cols[None, :], mask=q_mask, other=0.0).to(ACC)
+                tl.store(dx_ptrs, rnn_tanh_backward(dh_q, h).to(ty), mask=q_mask)
+                dh_keep = dh
+            else:
+                h = tl.load(y_ptr + (q_off + rows)[:, None] * H + cols[None, :], mask=q_mask, other=0.0).to(ACC)
+                tl.store(dx_ptrs, rnn_relu_backward(dh_q, h).to(ty), mask=q_mask)
+                dh_keep = dh
+            tl.store(dh_ptrs, dh_keep.to(dh_ptr.dtype.element_ty), mask=any_mask)
+
+        if j >= 0:
+            ok = grid_barrier(sync_ptr, T - 1 - j, absent, timeout_ns)
+        j -= 1
+
+
+# --------------------------------------------------------------------------------------
+# Launch choices (shared with the compile report so the two cannot drift)
+# --------------------------------------------------------------------------------------
+
+
+class CoopConfig(NamedTuple):
+    """Block sizes, warps and where W_hh lives, for one cooperative launch."""
+
+    block_b: int
+    block_h: int
+    block_k: int
+    num_warps: int
+    slab_k: int  # 0: stream W_hh chunks from L2 each step; else the padded slab size (on chip)
+
+    @property
+    def label(self) -> str:
+        where = f"S{self.slab_k}" if self.slab_k else f"K{self.block_k}"
+        return f"B{self.block_b}-H{self.block_h}-{where}-w{self.num_warps}"
+
+
+#: Rows per tile: tl.dot needs >= 16 when compiled.
+BLOCK_B = 16
+#: Hidden units per program: the finest split tl.dot allows, so that a hidden size uses as
+#: many SMs as it can (H = 768 -> 48 programs). The tier's largest H is 16 x SM count.
+BLOCK_H = 16
+#: Reduction chunk when W_hh is streamed.
+BLOCK_K = 64
+#: (dtype, slab size) pairs whose on-chip slab variant compiles clean (no spills, shared
+#: memory within the limit) for every kind, direction and arch: the compile report checks
+#: each one (tests/test_kernel_report.py). Measured: bf16/fp16 at H <= 256 keep the slab;
+#: larger slabs and fp32 spill, so they stream W_hh from L2 instead.
+SLAB_FITS = {(torch.float16, 256), (torch.bfloat16, 256)}
+#: Streaming configurations, per dtype (warps chosen by the compile report: no spills).
+STREAM_WARPS = {torch.float32: 4, torch.float16: 4, torch.bfloat16: 4, torch.float64: 4}
+SLAB_WARPS = 4
+
+
+def max_hidden(sm_count: int) -> int:
+    """Largest hidden size the tier runs on a GPU with ``sm_count`` SMs (one program per SM)."""
+    return BLOCK_H * sm_count
+
+
+def cooperative_config(dtype: torch.dtype, hidden: int, sm_count: int) -> CoopConfig | None:
+    """The launch configuration for ``hidden`` units on ``sm_count`` SMs, or None when the
+    grid (``cdiv(hidden, BLOCK_H)`` programs) would not fit one program per SM."""
+    if triton.cdiv(hidden, BLOCK_H) > sm_count:
+        return None
+    slab = triton.next_power_of_2(max(hidden, 16))
+    if (dtype, slab) in SLAB_FITS:
+        return CoopConfig(BLOCK_B, BLOCK_H, BLOCK_K, SLAB_WARPS, slab)
+    return CoopConfig(BLOCK_B, BLOCK_H, BLOCK_K, STREAM_WARPS[dtype], 0)
+
+
+def _precision(dtype: torch.dtype, tf32: bool) -> str:
+    # TF32 only for fp32 and only when the user allowed it (cuDNN's rule for nn.LSTM).
+    return "tf32" if (dtype == torch.float32 and tf32) else "ieee"
+
+
+def _acc(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def constexprs(kind: str, dtype: torch.dtype, tf32: bool, cfg: CoopConfig) -> dict:
+    """Compile-time arguments of both kernels."""
+    return dict(
+        KIND=KIND_IDS[kind], ACC=_acc(dtype), PRECISION=_precision(dtype, tf32),
+        BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k, SLAB_K=cfg.slab_k,
+    )
+
+
+# Pointer arguments in order, with what each holds: "io" (the layer's dtype), "acc" (fp32;
+# fp64 for fp64 I/O) or a fixed Triton type. Runtime integers with their Triton type.
+FORWARD_POINTERS = (
+    ("xg_ptr", "io"), ("w_hh_ptr", "io"), ("b_hh_ptr", "io"), ("h0_ptr", "io"), ("c0_ptr", "io"),
+    ("y_ptr", "io"), ("c_ptr", "acc"), ("gates_ptr", "io"), ("hn_ptr", "io"), ("sched_ptr", "*i64"),
+    ("sync_ptr", "*i32"),
+)
+FORWARD_INTS = (
+    ("T", "i32"), ("B", "i32"), ("H", "i32"), ("reverse", "i32"), ("packed", "i32"), ("save", "i32"),
+    ("timeout_ns", "i64"), ("absent", "i32"),
+)
+BACKWARD_POINTERS = (
+    ("w_hh_ptr", "io"), ("dxg_ptr", "io"), ("dhg_ptr", "io"), ("dy_ptr", "io"), ("dh_ptr", "acc"),
+    ("dc_ptr", "acc"), ("gates_ptr", "io"), ("c_ptr", "acc"), ("c0_ptr", "io"), ("hn_ptr", "io"),
+    ("y_ptr", "io"), ("h0_ptr", "io"), ("sched_ptr", "*i64"), ("sync_ptr", "*i32"),
+)
+BACKWARD_INTS = (
+    ("T", "i32"), ("B", "i32"), ("H", "i32"), ("reverse", "i32"), ("packed", "i32"),
+    ("timeout_ns", "i64"), ("absent", "i32"),
+)
+#: Options every cooperative launch (and every compile of the report) uses.
+LAUNCH_OPTIONS = dict(launch_cooperative_grid=True)
+
+
+class Specialisation(NamedTuple):
+    """One compiled variant the launcher can choose: what the compile report compiles."""
+
+    kernel: object
+    kernel_name: str
+    kind: str
+    dtype: torch.dtype
+    label: str
+    config: CoopConfig
+    constexprs: dict
+    pointers: tuple
+    ints: tuple
+    options: dict
+
+
+def configs_for(dtype: torch.dtype) -> list[CoopConfig]:
+    """Every configuration :func:`cooperative_config` can return for ``dtype``."""
+    out = [CoopConfig(BLOCK_B, BLOCK_H, BLOCK_K, STREAM_WARPS[dtype], 0)]
+    out += [CoopConfig(BLOCK_B, BLOCK_H, BLOCK_K, SLAB_WARPS, slab) for d, slab in sorted(SLAB_FITS, key=str) if d == dtype]
+    return out
+
+
+def specialisations(dtypes=(torch.float32, torch.float16, torch.bfloat16)) -> list[Specialisation]:
+    """Every (kernel, kind, dtype, TF32, configuration) the launcher can pick."""
+    out = []
+    for dtype in dtypes:
+        for tf32 in ((False, True) if dtype == torch.float32 else (False,)):
+            name = str(dtype).replace("torch.", "") + ("-tf32" if tf32 else "")
+            for kind in KIND_IDS:
+                for cfg in configs_for(dtype):
+                    ce = constexprs(kind, dtype, tf32, cfg)
+                    out.append(Specialisation(cooperative_forward_kernel, "coop-forward", kind, dtype, name, cfg, ce,
+                                              FORWARD_POINTERS, FORWARD_INTS, LAUNCH_OPTIONS))
+                    out.append(Specialisation(cooperative_backward_kernel, "coop-backward", kind, dtype, name, cfg, ce,
+                                              BACKWARD_POINTERS, BACKWARD_INTS, LAUNCH_OPTIONS))
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Launchers
+# --------------------------------------------------------------------------------------
+
+
+def _check_sync(sync: torch.Tensor, what: str) -> None:
+    """Raise :class:`BarrierTimeout` when a program of the launch flagged a timeout.
+
+    Reading the flag waits for the launch (one host synchronisation per launch). While a
+    CUDA graph is being captured the flag cannot be read; the check is then an
+    asynchronous device assertion, which fails the graph's replay loudly instead.
+    """
+    if sync.is_cuda and torch.cuda.is_current_stream_capturing():
+        torch._assert_async(sync[0] == 0, f"fastrnn: cooperative {what} kernel: a grid barrier timed out")
+        return
+    failed = int(sync[0].item())
+    if failed:
+        raise BarrierTimeout(
+            f"fastrnn: the cooperative {what} kernel stopped at grid barrier {failed - 1}: a program did "
+            f"not arrive within {BARRIER_TIMEOUT_NS / 1e9:g} s (its results are discarded)"
+        )
+
+
+def _grid(hidden: int, cfg: CoopConfig) -> tuple[int]:
+    return (triton.cdiv(hidden, cfg.block_h),)
+
+
+def launch_forward(kind: str, tensors: dict, ints: dict, cfg: CoopConfig, tf32: bool) -> None:
+    """One forward launch over all ``T`` steps; raises :class:`BarrierTimeout` on a timeout.
+
+    ``tensors`` maps each name of :data:`FORWARD_POINTERS` to a contiguous, 16-byte aligned
+    tensor (``sync_ptr``: int32 zeros, ``1 + T``); ``ints`` the names of
+    :data:`FORWARD_INTS` except the barrier arguments, which come from this module.
+    """
+    pointers = _pointers(FORWARD_POINTERS, tensors)
+    ints = dict(ints, timeout_ns=BARRIER_TIMEOUT_NS, absent=ABSENT_PROGRAM)
+    cooperative_forward_kernel[_grid(ints["H"], cfg)](
+        *pointers, *(ints[k] for k, _ in FORWARD_INTS), **constexprs(kind, tensors["xg_ptr"].dtype, tf32, cfg),
+        num_warps=cfg.num_warps, **LAUNCH_OPTIONS,
+    )
+    for counter in _counters:
+        counter.forward += 1
+    _check_sync(tensors["sync_ptr"], "forward")
+
+
+def launch_backward(kind: str, tensors: dict, ints: dict, cfg: CoopConfig, tf32: bool) -> None:
+    """As :func:`launch_forward`, for :data:`BACKWARD_POINTERS` / :data:`BACKWARD_INTS`."""
+    pointers = _pointers(BACKWARD_POINTERS, tensors)
+    ints = dict(ints, timeout_ns=BARRIER_TIMEOUT_NS, absent=ABSENT_PROGRAM)
+    cooperative_backward_kernel[_grid(ints["H"], cfg)](
+        *pointers, *(ints[k] for k, _ in BACKWARD_INTS), **constexprs(kind, tensors["dxg_ptr"].dtype, tf32, cfg),
+        num_warps=cfg.num_warps, **LAUNCH_OPTIONS,
+    )
+    for counter in _counters:
+        counter.backward += 1
+    _check_sync(tensors["sync_ptr"], "backward")
