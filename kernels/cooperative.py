@@ -143,33 +143,15 @@ def _timestep(j, T, reverse):
 
 
 @triton.jit
-def _state_tile(seq_ptr, seq_off, n_seq, init_ptr, rows, cols, width, mask):
-    """A ``rows x cols`` tile of the state before a step, in the stored dtype.
+def _state_rows(seq_ptr, seq_off, n_seq, init_ptr, rows, width):
+    """Pointer to the start of each row's state before a step (``seq`` and ``init`` have
+    one dtype).
 
-    Row ``r < n_seq`` reads ``seq[seq_off + r]`` (the previous step's rows), other rows
-    read ``init[r]`` (the initial state: the first step, or a sequence that starts later in
-    the reverse direction of a packed batch).
+    Row ``r < n_seq`` continues from ``seq[seq_off + r]`` (the previous step's rows); other
+    rows start from ``init[r]`` (the first step, or a sequence that starts later in the
+    reverse direction of a packed batch). One pointer per row, so a tile is one load.
     """
-    from_seq = (rows < n_seq)[:, None]
-    a = tl.load(seq_ptr + (seq_off + rows)[:, None] * width + cols[None, :], mask=mask & from_seq, other=0.0)
-    b = tl.load(init_ptr + rows[:, None] * width + cols[None, :], mask=mask & (~from_seq), other=0.0)
-    return tl.where(from_seq, a, b.to(a.dtype))
-
-
-@triton.jit
-def _rows_of(w_ptr, first_row, ks, cols, H):
-    """Tile ``[k, u] = W[first_row + u, k]`` of a ``(*, H)`` weight (the forward operand
-    ``W^T``), zero outside ``k < H``, ``u < H``."""
-    mask = (ks < H)[:, None] & (cols < H)[None, :]
-    return tl.load(w_ptr + (first_row + cols)[None, :] * H + ks[:, None], mask=mask, other=0.0)
-
-
-@triton.jit
-def _cols_of(w_ptr, first_row, ks, cols, H):
-    """Tile ``[k, u] = W[first_row + k, u]`` of a ``(*, H)`` weight (the backward operand),
-    zero outside ``k < H``, ``u < H``."""
-    mask = (ks < H)[:, None] & (cols < H)[None, :]
-    return tl.load(w_ptr + (first_row + ks)[:, None] * H + cols[None, :], mask=mask, other=0.0)
+    return tl.where(rows < n_seq, seq_ptr + (seq_off + rows) * width, init_ptr + rows * width)
 
 
 # --------------------------------------------------------------------------------------
@@ -183,7 +165,7 @@ def cooperative_forward_kernel(
     w_hh_ptr,  # (G*H, H) recurrent weight
     b_hh_ptr,  # (G*H,) recurrent bias (GRU only; zeros when the layer has none)
     h0_ptr,  # (B, H) initial hidden state
-    c0_ptr,  # (B, H) initial cell state (LSTM)
+    c0_ptr,  # (B, H) ACC initial cell state (LSTM)
     y_ptr,  # (N, H) out: h of every step (read back at the next step by every program)
     c_ptr,  # ACC out, LSTM: (N, H) c of every step with save, else a (B, H) state buffer
     gates_ptr,  # (N, G*H) out (save): LSTM i,f,g,o / GRU r,z,n
@@ -208,18 +190,20 @@ def cooperative_forward_kernel(
 ):
     G: tl.constexpr = 4 if KIND == 0 else (3 if KIND == 1 else 1)
     GH = G * H
-    cols = (tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)).to(tl.int64)
+    cols = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
     col_mask = cols < H
     if SLAB_K > 0:
         # The slab of this program, once: G tiles [k, u] = W_hh[g*H + u, k].
-        kk = tl.arange(0, SLAB_K).to(tl.int64)
+        kk = tl.arange(0, SLAB_K)
         k_mask = kk < H
-        w0 = _rows_of(w_hh_ptr, 0, kk, cols, H)
+        w_ptrs = w_hh_ptr + cols[None, :] * H + kk[:, None]
+        w_mask = k_mask[:, None] & col_mask[None, :]
+        w0 = tl.load(w_ptrs, mask=w_mask, other=0.0)
         if G > 1:
-            w1 = _rows_of(w_hh_ptr, H, kk, cols, H)
-            w2 = _rows_of(w_hh_ptr, 2 * H, kk, cols, H)
+            w1 = tl.load(w_ptrs + H * H, mask=w_mask, other=0.0)
+            w2 = tl.load(w_ptrs + 2 * H * H, mask=w_mask, other=0.0)
         if G > 3:
-            w3 = _rows_of(w_hh_ptr, 3 * H, kk, cols, H)
+            w3 = tl.load(w_ptrs + 3 * H * H, mask=w_mask, other=0.0)
     if KIND == 1:
         b_r = tl.load(b_hh_ptr + cols, mask=col_mask, other=0.0).to(ACC)[None, :]
         b_z = tl.load(b_hh_ptr + H + cols, mask=col_mask, other=0.0).to(ACC)[None, :]
@@ -237,13 +221,14 @@ def cooperative_forward_kernel(
             rows = b0 + tl.arange(0, BLOCK_B).to(tl.int64)
             row_mask = rows < bs
             mask = row_mask[:, None] & col_mask[None, :]
+            h_rows = _state_rows(y_ptr, prev_off, n_prev, h0_ptr, rows, H)
             acc0 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
             acc1 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
             acc2 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
             acc3 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
             # h_{t-1} @ W_hh^T for this program's units, all gates.
             if SLAB_K > 0:
-                h = _state_tile(y_ptr, prev_off, n_prev, h0_ptr, rows, kk, H, row_mask[:, None] & k_mask[None, :])
+                h = tl.load(h_rows[:, None] + kk[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0)
                 acc0 = tl.dot(h, w0, acc0, input_precision=PRECISION)
                 if G > 1:
                     acc1 = tl.dot(h, w1, acc1, input_precision=PRECISION)
@@ -252,20 +237,28 @@ def cooperative_forward_kernel(
                     acc3 = tl.dot(h, w3, acc3, input_precision=PRECISION)
             else:
                 for k0 in range(0, H, BLOCK_K):
-                    ks = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
-                    h = _state_tile(y_ptr, prev_off, n_prev, h0_ptr, rows, ks, H, row_mask[:, None] & (ks < H)[None, :])
-                    acc0 = tl.dot(h, _rows_of(w_hh_ptr, 0, ks, cols, H), acc0, input_precision=PRECISION)
+                    ks = k0 + tl.arange(0, BLOCK_K)
+                    k_in = ks < H
+                    h = tl.load(h_rows[:, None] + ks[None, :], mask=row_mask[:, None] & k_in[None, :], other=0.0)
+                    # W_hh^T chunk of gate g: [k, u] = W_hh[g*H + u, k].
+                    w_ptrs = w_hh_ptr + cols[None, :] * H + ks[:, None]
+                    w_mask = k_in[:, None] & col_mask[None, :]
+                    acc0 = tl.dot(h, tl.load(w_ptrs, mask=w_mask, other=0.0), acc0, input_precision=PRECISION)
                     if G > 1:
-                        acc1 = tl.dot(h, _rows_of(w_hh_ptr, H, ks, cols, H), acc1, input_precision=PRECISION)
-                        acc2 = tl.dot(h, _rows_of(w_hh_ptr, 2 * H, ks, cols, H), acc2, input_precision=PRECISION)
+                        w = tl.load(w_ptrs + H * H, mask=w_mask, other=0.0)
+                        acc1 = tl.dot(h, w, acc1, input_precision=PRECISION)
+                        w = tl.load(w_ptrs + 2 * H * H, mask=w_mask, other=0.0)
+                        acc2 = tl.dot(h, w, acc2, input_precision=PRECISION)
                     if G > 3:
-                        acc3 = tl.dot(h, _rows_of(w_hh_ptr, 3 * H, ks, cols, H), acc3, input_precision=PRECISION)
+                        w = tl.load(w_ptrs + 3 * H * H, mask=w_mask, other=0.0)
+                        acc3 = tl.dot(h, w, acc3, input_precision=PRECISION)
 
             # The cell update of this tile (pointwise, kernels/cells.py).
             x_ptrs = xg_ptr + (off + rows)[:, None] * GH + cols[None, :]
             g_ptrs = gates_ptr + (off + rows)[:, None] * GH + cols[None, :]
             if KIND == 0:
-                c_prev = _state_tile(c_ptr, c_prev_off, n_prev, c0_ptr, rows, cols, H, mask).to(ACC)
+                c_rows = _state_rows(c_ptr, c_prev_off, n_prev, c0_ptr, rows, H)
+                c_prev = tl.load(c_rows[:, None] + cols[None, :], mask=mask, other=0.0)
                 i, f, g, o, c, h_new = lstm_forward(
                     acc0 + tl.load(x_ptrs, mask=mask, other=0.0).to(ACC),
                     acc1 + tl.load(x_ptrs + H, mask=mask, other=0.0).to(ACC),
@@ -281,7 +274,7 @@ def cooperative_forward_kernel(
                     tl.store(g_ptrs + 2 * H, g.to(ty), mask=mask)
                     tl.store(g_ptrs + 3 * H, o.to(ty), mask=mask)
             elif KIND == 1:
-                h_prev = _state_tile(y_ptr, prev_off, n_prev, h0_ptr, rows, cols, H, mask).to(ACC)
+                h_prev = tl.load(h_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(ACC)
                 hn = acc2 + b_n
                 r, z, n, h_new = gru_forward(
                     tl.load(x_ptrs, mask=mask, other=0.0).to(ACC),
@@ -327,7 +320,7 @@ def cooperative_backward_kernel(
     dc_ptr,  # (B, H) ACC: dc_n in, dc0 out (LSTM)
     gates_ptr,  # (N, G*H) saved gate activations
     c_ptr,  # (N, H) ACC saved cell states (LSTM)
-    c0_ptr,  # (B, H) initial cell state (LSTM)
+    c0_ptr,  # (B, H) ACC initial cell state (LSTM)
     hn_ptr,  # (N, H) saved W_hn h + b_hn (GRU)
     y_ptr,  # (N, H) output sequence (GRU: previous state; RNN: activation derivative)
     h0_ptr,  # (B, H) initial hidden state (GRU)
@@ -350,18 +343,20 @@ def cooperative_backward_kernel(
 ):
     G: tl.constexpr = 4 if KIND == 0 else (3 if KIND == 1 else 1)
     GH = G * H
-    cols = (tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)).to(tl.int64)
+    cols = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
     col_mask = cols < H
     if SLAB_K > 0:
         # The slab of this program, once: G tiles [k, u] = W_hh[g*H + k, u].
-        kk = tl.arange(0, SLAB_K).to(tl.int64)
+        kk = tl.arange(0, SLAB_K)
         k_mask = kk < H
-        w0 = _cols_of(w_hh_ptr, 0, kk, cols, H)
+        w_ptrs = w_hh_ptr + kk[:, None] * H + cols[None, :]
+        w_mask = k_mask[:, None] & col_mask[None, :]
+        w0 = tl.load(w_ptrs, mask=w_mask, other=0.0)
         if G > 1:
-            w1 = _cols_of(w_hh_ptr, H, kk, cols, H)
-            w2 = _cols_of(w_hh_ptr, 2 * H, kk, cols, H)
+            w1 = tl.load(w_ptrs + H * H, mask=w_mask, other=0.0)
+            w2 = tl.load(w_ptrs + 2 * H * H, mask=w_mask, other=0.0)
         if G > 3:
-            w3 = _cols_of(w_hh_ptr, 3 * H, kk, cols, H)
+            w3 = tl.load(w_ptrs + 3 * H * H, mask=w_mask, other=0.0)
 
     zero = (B * 0).to(tl.int64)
     ok = T >= 0
@@ -404,11 +399,16 @@ def cooperative_backward_kernel(
                     acc = tl.dot(a, w3, acc, input_precision=PRECISION)
             else:
                 for k0 in range(0, H, BLOCK_K):
-                    ks = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
-                    a_mask = s_rows[:, None] & (ks < H)[None, :]
+                    ks = k0 + tl.arange(0, BLOCK_K)
+                    k_in = ks < H
+                    a_mask = s_rows[:, None] & k_in[None, :]
+                    # W_hh chunk of gate g: [k, u] = W_hh[g*H + k, u].
+                    w_ptrs = w_hh_ptr + ks[:, None] * H + cols[None, :]
+                    w_mask = k_in[:, None] & col_mask[None, :]
                     for gate in tl.static_range(G):
                         a = tl.load(dg_ptrs + gate * H + ks[None, :], mask=a_mask, other=0.0)
-                        acc = tl.dot(a, _cols_of(w_hh_ptr, gate * H, ks, cols, H), acc, input_precision=PRECISION)
+                        w = tl.load(w_ptrs + gate * H * H, mask=w_mask, other=0.0)
+                        acc = tl.dot(a, w, acc, input_precision=PRECISION)
             if KIND == 1:
                 acc += dh_old
             dh = tl.where(s_rows[:, None], acc, dh_old)
@@ -420,7 +420,7 @@ def cooperative_backward_kernel(
             ty = dxg_ptr.dtype.element_ty
             if KIND == 0:
                 dc_ptrs = dc_ptr + rows[:, None] * H + cols[None, :]
-                c_prev = _state_tile(c_ptr, p_off, p_bs, c0_ptr, rows, cols, H, q_mask).to(ACC)
+                c_prev = tl.load(_state_rows(c_ptr, p_off, p_bs, c0_ptr, rows, H)[:, None] + cols[None, :], mask=q_mask, other=0.0)
                 di, df, dg, do, dc_prev = lstm_backward(
                     dh_q,
                     tl.load(dc_ptrs, mask=q_mask, other=0.0).to(ACC),
@@ -438,7 +438,8 @@ def cooperative_backward_kernel(
                 tl.store(dc_ptrs, dc_prev.to(dc_ptr.dtype.element_ty), mask=q_mask)
                 dh_keep = dh
             elif KIND == 1:
-                h_prev = _state_tile(y_ptr, p_off, p_bs, h0_ptr, rows, cols, H, q_mask).to(ACC)
+                h_rows = _state_rows(y_ptr, p_off, p_bs, h0_ptr, rows, H)
+                h_prev = tl.load(h_rows[:, None] + cols[None, :], mask=q_mask, other=0.0).to(ACC)
                 dr, dz, dn, dhn, dh_direct = gru_backward(
                     dh_q,
                     tl.load(g_ptrs, mask=q_mask, other=0.0).to(ACC),
@@ -483,29 +484,42 @@ class CoopConfig(NamedTuple):
     block_h: int
     block_k: int
     num_warps: int
+    num_stages: int
     slab_k: int  # 0: stream W_hh chunks from L2 each step; else the padded slab size (on chip)
 
     @property
     def label(self) -> str:
         where = f"S{self.slab_k}" if self.slab_k else f"K{self.block_k}"
-        return f"B{self.block_b}-H{self.block_h}-{where}-w{self.num_warps}"
+        return f"B{self.block_b}-H{self.block_h}-{where}-w{self.num_warps}s{self.num_stages}"
 
 
-#: Rows per tile: tl.dot needs >= 16 when compiled.
-BLOCK_B = 16
-#: Hidden units per program: the finest split tl.dot allows, so that a hidden size uses as
-#: many SMs as it can (H = 768 -> 48 programs). The tier's largest H is 16 x SM count.
+#: Hidden units per program: the finest split ``tl.dot`` allows (16), so a layer spreads
+#: over as many SMs as it can (H = 768 -> 48 programs). The tier's largest H is 16 x SMs.
 BLOCK_H = 16
-#: Reduction chunk when W_hh is streamed.
-BLOCK_K = 64
-#: (dtype, slab size) pairs whose on-chip slab variant compiles clean (no spills, shared
-#: memory within the limit) for every kind, direction and arch: the compile report checks
-#: each one (tests/test_kernel_report.py). Measured: bf16/fp16 at H <= 256 keep the slab;
-#: larger slabs and fp32 spill, so they stream W_hh from L2 instead.
-SLAB_FITS = {(torch.float16, 256), (torch.bfloat16, 256)}
-#: Streaming configurations, per dtype (warps chosen by the compile report: no spills).
-STREAM_WARPS = {torch.float32: 4, torch.float16: 4, torch.bfloat16: 4, torch.float64: 4}
-SLAB_WARPS = 4
+
+# Configurations, from compiling every candidate for sm_80 and sm_90 (the compile report
+# re-checks each one: no spills, shared memory within the limit). Every launch passes
+# maxnreg=255: one program per SM leaves registers to spare, and without it ptxas capped
+# some kernels at 128 registers and spilled.
+#: dtype name -> configuration that streams W_hh from L2 in BLOCK_K chunks (any H).
+#: fp32 (IEEE and TF32) spilled at BLOCK_K=32 (8-32 B with 4 warps, 24 B with 8): 16.
+STREAM = {
+    "float32": CoopConfig(16, BLOCK_H, 16, 4, 1, 0),
+    "float16": CoopConfig(16, BLOCK_H, 32, 4, 1, 0),
+    "bfloat16": CoopConfig(16, BLOCK_H, 32, 4, 1, 0),
+    "float64": CoopConfig(16, BLOCK_H, 16, 4, 1, 0),  # tests only (Triton's interpreter)
+}
+#: (dtype name, SLAB_K) -> configuration that keeps the slab on chip for the whole launch.
+#: Clean only for fp16/bf16 at SLAB_K=128 (8 warps). Measured spills: bf16 SLAB_K=256
+#: (8-392 B at 4 warps, 8-48 B at 8), fp32 TF32 SLAB_K=128 (16-40 B at 8 warps).
+SLAB = {
+    ("float16", 128): CoopConfig(16, BLOCK_H, 32, 8, 1, 128),
+    ("bfloat16", 128): CoopConfig(16, BLOCK_H, 32, 8, 1, 128),
+}
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
 
 
 def max_hidden(sm_count: int) -> int:
@@ -518,10 +532,8 @@ def cooperative_config(dtype: torch.dtype, hidden: int, sm_count: int) -> CoopCo
     grid (``cdiv(hidden, BLOCK_H)`` programs) would not fit one program per SM."""
     if triton.cdiv(hidden, BLOCK_H) > sm_count:
         return None
-    slab = triton.next_power_of_2(max(hidden, 16))
-    if (dtype, slab) in SLAB_FITS:
-        return CoopConfig(BLOCK_B, BLOCK_H, BLOCK_K, SLAB_WARPS, slab)
-    return CoopConfig(BLOCK_B, BLOCK_H, BLOCK_K, STREAM_WARPS[dtype], 0)
+    name = _dtype_name(dtype)
+    return SLAB.get((name, triton.next_power_of_2(hidden)), STREAM[name])
 
 
 def _precision(dtype: torch.dtype, tf32: bool) -> str:
@@ -544,7 +556,7 @@ def constexprs(kind: str, dtype: torch.dtype, tf32: bool, cfg: CoopConfig) -> di
 # Pointer arguments in order, with what each holds: "io" (the layer's dtype), "acc" (fp32;
 # fp64 for fp64 I/O) or a fixed Triton type. Runtime integers with their Triton type.
 FORWARD_POINTERS = (
-    ("xg_ptr", "io"), ("w_hh_ptr", "io"), ("b_hh_ptr", "io"), ("h0_ptr", "io"), ("c0_ptr", "io"),
+    ("xg_ptr", "io"), ("w_hh_ptr", "io"), ("b_hh_ptr", "io"), ("h0_ptr", "io"), ("c0_ptr", "acc"),
     ("y_ptr", "io"), ("c_ptr", "acc"), ("gates_ptr", "io"), ("hn_ptr", "io"), ("sched_ptr", "*i64"),
     ("sync_ptr", "*i32"),
 )
@@ -554,7 +566,7 @@ FORWARD_INTS = (
 )
 BACKWARD_POINTERS = (
     ("w_hh_ptr", "io"), ("dxg_ptr", "io"), ("dhg_ptr", "io"), ("dy_ptr", "io"), ("dh_ptr", "acc"),
-    ("dc_ptr", "acc"), ("gates_ptr", "io"), ("c_ptr", "acc"), ("c0_ptr", "io"), ("hn_ptr", "io"),
+    ("dc_ptr", "acc"), ("gates_ptr", "io"), ("c_ptr", "acc"), ("c0_ptr", "acc"), ("hn_ptr", "io"),
     ("y_ptr", "io"), ("h0_ptr", "io"), ("sched_ptr", "*i64"), ("sync_ptr", "*i32"),
 )
 BACKWARD_INTS = (
@@ -562,7 +574,7 @@ BACKWARD_INTS = (
     ("timeout_ns", "i64"), ("absent", "i32"),
 )
 #: Options every cooperative launch (and every compile of the report) uses.
-LAUNCH_OPTIONS = dict(launch_cooperative_grid=True)
+LAUNCH_OPTIONS = dict(launch_cooperative_grid=True, maxnreg=255)
 
 
 class Specialisation(NamedTuple):
@@ -582,9 +594,8 @@ class Specialisation(NamedTuple):
 
 def configs_for(dtype: torch.dtype) -> list[CoopConfig]:
     """Every configuration :func:`cooperative_config` can return for ``dtype``."""
-    out = [CoopConfig(BLOCK_B, BLOCK_H, BLOCK_K, STREAM_WARPS[dtype], 0)]
-    out += [CoopConfig(BLOCK_B, BLOCK_H, BLOCK_K, SLAB_WARPS, slab) for d, slab in sorted(SLAB_FITS, key=str) if d == dtype]
-    return out
+    name = _dtype_name(dtype)
+    return [STREAM[name]] + [cfg for (d, _), cfg in sorted(SLAB.items()) if d == name]
 
 
 def specialisations(dtypes=(torch.float32, torch.float16, torch.bfloat16)) -> list[Specialisation]:
@@ -641,7 +652,7 @@ def launch_forward(kind: str, tensors: dict, ints: dict, cfg: CoopConfig, tf32: 
     ints = dict(ints, timeout_ns=BARRIER_TIMEOUT_NS, absent=ABSENT_PROGRAM)
     cooperative_forward_kernel[_grid(ints["H"], cfg)](
         *pointers, *(ints[k] for k, _ in FORWARD_INTS), **constexprs(kind, tensors["xg_ptr"].dtype, tf32, cfg),
-        num_warps=cfg.num_warps, **LAUNCH_OPTIONS,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **LAUNCH_OPTIONS,
     )
     for counter in _counters:
         counter.forward += 1
@@ -654,7 +665,7 @@ def launch_backward(kind: str, tensors: dict, ints: dict, cfg: CoopConfig, tf32:
     ints = dict(ints, timeout_ns=BARRIER_TIMEOUT_NS, absent=ABSENT_PROGRAM)
     cooperative_backward_kernel[_grid(ints["H"], cfg)](
         *pointers, *(ints[k] for k, _ in BACKWARD_INTS), **constexprs(kind, tensors["dxg_ptr"].dtype, tf32, cfg),
-        num_warps=cfg.num_warps, **LAUNCH_OPTIONS,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **LAUNCH_OPTIONS,
     )
     for counter in _counters:
         counter.backward += 1

@@ -85,6 +85,11 @@ def _tf32() -> bool:
 
 def forward(kind: CellKind, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: bool, save: bool):
     """Run the forward time loop; see :mod:`fastrnn.backends.base`."""
+    import os  # TEMPORARY until the tier choice of the resident branch is merged
+
+    if os.environ.get("FASTRNN_TIER") == "cooperative" and w_hr is None:
+        cfg = cooperative_config(kind, w_hh.shape[1], xg.dtype, xg.device)
+        return forward_cooperative(kind, xg, w_hh, b_hh, h0, c0, schedule, reverse, save, cfg)
     ks = _kernels()
     prep = ks.aligned_input
     dtype, device = xg.dtype, xg.device
@@ -153,6 +158,11 @@ def forward(kind: CellKind, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, re
 
 def backward(kind: CellKind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule: Schedule, reverse: bool):
     """Run the backward time loop; see :mod:`fastrnn.backends.base`."""
+    import os  # TEMPORARY until the tier choice of the resident branch is merged
+
+    if os.environ.get("FASTRNN_TIER") == "cooperative" and w_hr is None:
+        cfg = cooperative_config(kind, w_hh.shape[1], y.dtype, y.device)
+        return backward_cooperative(kind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, reverse, cfg)
     ks = _kernels()
     prep = ks.aligned_input
     dtype, device = y.dtype, y.device
@@ -286,10 +296,10 @@ def forward_cooperative(kind: CellKind, xg, w_hh, b_hh, h0, c0, schedule: Schedu
     else:
         bias = dummy_io
     if is_lstm:
-        c0 = prep(c0)
+        c0 = prep(c0.to(acc))  # (B, H): read in the accumulation dtype, like c itself
         c_buf = _new((n_rows, hidden) if save else (batch, hidden), acc, device)
     else:
-        c0, c_buf = dummy_io, dummy_acc
+        c0, c_buf = dummy_acc, dummy_acc
     sched, packed = _device_schedule(schedule, device)
     tensors = dict(
         xg_ptr=xg, w_hh_ptr=w_hh, b_hh_ptr=bias, h0_ptr=h0, c0_ptr=c0, y_ptr=y, c_ptr=c_buf,
@@ -327,7 +337,7 @@ def backward_cooperative(kind: CellKind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n,
 
     w_hh, y, dy, h0 = prep(w_hh), prep(y), prep(dy), prep(h0)
     gates, hn, c_seq = dummy_io, dummy_io, dummy_acc
-    c0 = prep(c0) if is_lstm else dummy_io
+    c0 = prep(c0.to(acc)) if is_lstm else dummy_acc
     if is_lstm:
         gates, c_seq = (prep(t) for t in saved)
     elif is_gru:
