@@ -159,7 +159,7 @@ def _state_rows(seq_ptr, seq_off, n_seq, init_ptr, rows, width):
 # --------------------------------------------------------------------------------------
 
 
-@triton.jit(do_not_specialize=["T", "B", "H", "reverse", "packed", "save", "timeout_ns", "absent"])
+@triton.jit(do_not_specialize=["T", "B", "reverse", "packed", "save", "timeout_ns", "absent"])
 def cooperative_forward_kernel(
     xg_ptr,  # (N, G*H) input projection, rows grouped by timestep
     w_hh_ptr,  # (G*H, H) recurrent weight
@@ -310,7 +310,7 @@ def cooperative_forward_kernel(
 # --------------------------------------------------------------------------------------
 
 
-@triton.jit(do_not_specialize=["T", "B", "H", "reverse", "packed", "timeout_ns", "absent"])
+@triton.jit(do_not_specialize=["T", "B", "reverse", "packed", "timeout_ns", "absent"])
 def cooperative_backward_kernel(
     w_hh_ptr,  # (G*H, H) recurrent weight
     dxg_ptr,  # (N, G*H) out: gradient of the input projection
@@ -500,18 +500,24 @@ BLOCK_H = 16
 # Configurations, from compiling every candidate for sm_80 and sm_90 (the compile report
 # re-checks each one: no spills, shared memory within the limit). Every launch passes
 # maxnreg=255: one program per SM leaves registers to spare, and without it ptxas capped
-# some kernels at 128 registers and spilled.
-#: dtype name -> configuration that streams W_hh from L2 in BLOCK_K chunks (any H).
-#: fp32 (IEEE and TF32) spilled at BLOCK_K=32 (8-32 B with 4 warps, 24 B with 8): 16.
+# some kernels at 128 registers and spilled. ``H`` is specialised on divisibility by 16
+# (not in do_not_specialize): with it, rows of W_hh / y / xg are known 16-byte aligned,
+# loads vectorise and the W_hh chunk loop is software-pipelined with cp.async (measured:
+# without it every bf16 load was a scalar ld.global.b16 and nothing was pipelined). On a
+# GPU the tier therefore runs only H % 16 == 0 (the variant the report compiles).
+#: (dtype name, dot precision) -> configuration streaming W_hh from L2 (any H).
+#: Measured spills of the rejected candidates: fp32 IEEE (FMA dot) 8-24 B with 2-3
+#: stages, so it runs unpipelined; fp32 TF32 8-32 B at BLOCK_K=32; bf16 32 B at BLOCK_K=64.
 STREAM = {
-    "float32": CoopConfig(16, BLOCK_H, 16, 4, 1, 0),
-    "float16": CoopConfig(16, BLOCK_H, 32, 4, 1, 0),
-    "bfloat16": CoopConfig(16, BLOCK_H, 32, 4, 1, 0),
-    "float64": CoopConfig(16, BLOCK_H, 16, 4, 1, 0),  # tests only (Triton's interpreter)
+    ("float32", "ieee"): CoopConfig(16, BLOCK_H, 16, 4, 1, 0),
+    ("float32", "tf32"): CoopConfig(16, BLOCK_H, 16, 4, 3, 0),
+    ("float16", "ieee"): CoopConfig(16, BLOCK_H, 32, 4, 3, 0),
+    ("bfloat16", "ieee"): CoopConfig(16, BLOCK_H, 32, 4, 3, 0),
+    ("float64", "ieee"): CoopConfig(16, BLOCK_H, 16, 4, 1, 0),  # tests only (Triton's interpreter)
 }
-#: (dtype name, SLAB_K) -> configuration that keeps the slab on chip for the whole launch.
+#: (dtype name, SLAB_K) -> configuration keeping the slab on chip for the whole launch.
 #: Clean only for fp16/bf16 at SLAB_K=128 (8 warps). Measured spills: bf16 SLAB_K=256
-#: (8-392 B at 4 warps, 8-48 B at 8), fp32 TF32 SLAB_K=128 (16-40 B at 8 warps).
+#: forward 40-48 B (8 warps; 8-392 B with 4), fp32 TF32 SLAB_K=128 16-40 B.
 SLAB = {
     ("float16", 128): CoopConfig(16, BLOCK_H, 32, 8, 1, 128),
     ("bfloat16", 128): CoopConfig(16, BLOCK_H, 32, 8, 1, 128),
@@ -527,13 +533,14 @@ def max_hidden(sm_count: int) -> int:
     return BLOCK_H * sm_count
 
 
-def cooperative_config(dtype: torch.dtype, hidden: int, sm_count: int) -> CoopConfig | None:
+def cooperative_config(dtype: torch.dtype, hidden: int, sm_count: int, tf32: bool = False) -> CoopConfig | None:
     """The launch configuration for ``hidden`` units on ``sm_count`` SMs, or None when the
     grid (``cdiv(hidden, BLOCK_H)`` programs) would not fit one program per SM."""
     if triton.cdiv(hidden, BLOCK_H) > sm_count:
         return None
     name = _dtype_name(dtype)
-    return SLAB.get((name, triton.next_power_of_2(hidden)), STREAM[name])
+    slab = SLAB.get((name, triton.next_power_of_2(hidden)))
+    return slab or STREAM[(name, _precision(dtype, tf32))]
 
 
 def _precision(dtype: torch.dtype, tf32: bool) -> str:
@@ -587,15 +594,16 @@ class Specialisation(NamedTuple):
     label: str
     config: CoopConfig
     constexprs: dict
-    pointers: tuple
-    ints: tuple
-    options: dict
+    pointers: tuple  # ((name, "io" | "acc" | Triton pointer type), ...)
+    ints: tuple  # ((name, Triton type), ...)
+    options: dict  # compile options besides num_warps / num_stages
+    divisible_by_16: tuple  # ints the launches specialise as multiples of 16
 
 
-def configs_for(dtype: torch.dtype) -> list[CoopConfig]:
-    """Every configuration :func:`cooperative_config` can return for ``dtype``."""
+def configs_for(dtype: torch.dtype, tf32: bool) -> list[CoopConfig]:
+    """Every configuration :func:`cooperative_config` can return for ``dtype`` / ``tf32``."""
     name = _dtype_name(dtype)
-    return [STREAM[name]] + [cfg for (d, _), cfg in sorted(SLAB.items()) if d == name]
+    return [STREAM[(name, _precision(dtype, tf32))]] + [cfg for (d, _), cfg in sorted(SLAB.items()) if d == name]
 
 
 def specialisations(dtypes=(torch.float32, torch.float16, torch.bfloat16)) -> list[Specialisation]:
@@ -605,12 +613,12 @@ def specialisations(dtypes=(torch.float32, torch.float16, torch.bfloat16)) -> li
         for tf32 in ((False, True) if dtype == torch.float32 else (False,)):
             name = str(dtype).replace("torch.", "") + ("-tf32" if tf32 else "")
             for kind in KIND_IDS:
-                for cfg in configs_for(dtype):
+                for cfg in configs_for(dtype, tf32):
                     ce = constexprs(kind, dtype, tf32, cfg)
                     out.append(Specialisation(cooperative_forward_kernel, "coop-forward", kind, dtype, name, cfg, ce,
-                                              FORWARD_POINTERS, FORWARD_INTS, LAUNCH_OPTIONS))
+                                              FORWARD_POINTERS, FORWARD_INTS, LAUNCH_OPTIONS, ("H",)))
                     out.append(Specialisation(cooperative_backward_kernel, "coop-backward", kind, dtype, name, cfg, ce,
-                                              BACKWARD_POINTERS, BACKWARD_INTS, LAUNCH_OPTIONS))
+                                              BACKWARD_POINTERS, BACKWARD_INTS, LAUNCH_OPTIONS, ("H",)))
     return out
 
 

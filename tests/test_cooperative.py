@@ -70,7 +70,7 @@ def coop(monkeypatch):
     chosen = {}
 
     def use(slab: bool, block_h: int | None = None):
-        def config(dtype, hidden, sm_count):
+        def config(dtype, hidden, sm_count, tf32=False):
             cfg = small_config(hidden, slab, block_h)
             chosen[hidden] = cfg
             return cfg
@@ -298,7 +298,7 @@ def test_sequential_interpreter_times_out_instead_of_hanging(monkeypatch):
     alone: the barrier times out and the launch reports it (never a hang)."""
     monkeypatch.setenv("FASTRNN_TIER", "cooperative")
     monkeypatch.setattr(cooperative, "BARRIER_TIMEOUT_NS", 200_000_000)
-    monkeypatch.setattr(cooperative, "cooperative_config", lambda dtype, hidden, sms: small_config(hidden, False))
+    monkeypatch.setattr(cooperative, "cooperative_config", lambda dtype, hidden, sms, tf32=False: small_config(hidden, False))
     flat, schedule, h0, c0, weights = _problem("RNN_TANH", 2, 3, 16, False, False)
     with pytest.raises(cooperative.BarrierTimeout):
         recurrent_stack("RNN_TANH", flat, schedule, h0, None, [tuple(weights[0]) + (None,)], backend="triton")

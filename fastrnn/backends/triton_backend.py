@@ -260,7 +260,7 @@ def _sm_count(device: torch.device) -> int:
 
 def cooperative_config(kind: CellKind, hidden: int, dtype: torch.dtype, device: torch.device):
     """The cooperative launch configuration for this layer on ``device``, or None."""
-    return _cooperative().cooperative_config(dtype, hidden, _sm_count(device))
+    return _cooperative().cooperative_config(dtype, hidden, _sm_count(device), _tf32())
 
 
 def _device_schedule(schedule: Schedule, device: torch.device) -> tuple[torch.Tensor, int]:
