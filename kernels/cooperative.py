@@ -42,7 +42,7 @@ Where ``W_hh`` lives (``SLAB_K``, from the compile report, see :func:`cooperativ
 
 The grid barrier (:func:`grid_barrier`): a CTA barrier, then one ``release`` atomic add
 on a counter of its own per barrier (``sync[1 + i]``), then an ``acquire`` poll until the
-counter equals the number of programs, bounded by ``timeout_ns``. A counter per barrier
+counter equals the number of programs, bounded by ``timeout_us``. A counter per barrier
 avoids the reuse race of a single counter polled for equality (a fast program moving the
 counter past the value a slow one waits for). The counters are zeroed by the launcher as
 a fresh zero-filled buffer (no host synchronisation). On timeout a program records the
@@ -52,7 +52,7 @@ about two timeouts. The launcher reads ``sync[0]`` and raises
 :class:`BarrierTimeout`; the triton backend then reruns the call on the step tier (or
 raises, when this tier was forced).
 
-Packed sequences: each step's active batch size and first row are read from one int64
+Packed sequences: each step's active batch size and first row are read from one int32
 device tensor (``sched``: sizes then offsets); a padded batch passes ``packed = 0`` and the
 kernel computes ``B`` and ``t * B`` itself (no host-to-device copy, CUDA-graph friendly).
 
@@ -65,6 +65,7 @@ report.
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
 import torch
@@ -85,9 +86,9 @@ from .cells import (
 )
 from .recurrent_step import _counters, _pointers
 
-#: Default time budget of one grid barrier on a GPU. A healthy step takes microseconds;
-#: the budget only bounds how long a broken launch (a program that never arrives) runs.
-BARRIER_TIMEOUT_NS = 1_000_000_000
+#: Time budget of one grid barrier, microseconds. A healthy step takes microseconds; the
+#: budget only bounds how long a broken launch (a program that never arrives) runs.
+BARRIER_TIMEOUT_US = 1_000_000
 
 #: Tests set this to a program id that then never arrives at any barrier (-1: none).
 ABSENT_PROGRAM = -1
@@ -103,8 +104,10 @@ class BarrierTimeout(RuntimeError):
 
 
 @triton.jit
-def grid_barrier(sync_ptr, index, absent, timeout_ns):
+def grid_barrier(sync_ptr, index, absent, timeout_us):
     """Grid-wide barrier number ``index``; returns False (and flags ``sync[0]``) on timeout.
+
+    ``timeout_us``: the time budget of the poll in microseconds (int32 up to ~35 minutes).
 
     ``sync_ptr``: int32, ``sync[0]`` the failure flag (0, or 1 + the first barrier that
     timed out), ``sync[1 + i]`` the arrival counter of barrier ``i`` (zero at launch).
@@ -115,6 +118,7 @@ def grid_barrier(sync_ptr, index, absent, timeout_ns):
     counter = sync_ptr + 1 + index
     if tl.program_id(0) != absent:
         tl.atomic_add(counter, 1, sem="release", scope="gpu")
+    timeout_ns = timeout_us.to(tl.int64) * 1000
     arrived = tl.atomic_poll(counter, tl.num_programs(0), sem="acquire", scope="gpu", timeout_ns=timeout_ns)
     tl.debug_barrier()
     if not arrived:
@@ -126,14 +130,13 @@ def grid_barrier(sync_ptr, index, absent, timeout_ns):
 def _step_rows(sched_ptr, t, T, B, packed):
     """``(first row, active rows)`` of timestep ``t``, both int64.
 
-    Packed: read from ``sched`` (sizes at ``[t]``, offsets at ``[T + t]``); padded
-    (``packed == 0``): ``t * B`` and ``B``, with no memory access.
+    Packed: read from ``sched`` (int32: sizes at ``[t]``, first rows at ``[T + t]``);
+    padded (``packed == 0``): ``t * B`` and ``B``, with no memory access.
     """
     is_packed = packed != 0
-    t64 = t.to(tl.int64)
-    bs = tl.load(sched_ptr + t64, mask=is_packed, other=B.to(tl.int64))
-    off = tl.load(sched_ptr + T + t64, mask=is_packed, other=t64 * B)
-    return off, bs
+    bs = tl.load(sched_ptr + t, mask=is_packed, other=B).to(tl.int64)
+    off = tl.load(sched_ptr + T + t, mask=is_packed, other=0).to(tl.int64)
+    return tl.where(is_packed, off, t.to(tl.int64) * B), bs
 
 
 @triton.jit
@@ -159,7 +162,7 @@ def _state_rows(seq_ptr, seq_off, n_seq, init_ptr, rows, width):
 # --------------------------------------------------------------------------------------
 
 
-@triton.jit(do_not_specialize=["T", "B", "reverse", "packed", "save", "timeout_ns", "absent"])
+@triton.jit(do_not_specialize=["T", "B", "reverse", "packed", "save", "timeout_us", "absent"])
 def cooperative_forward_kernel(
     xg_ptr,  # (N, G*H) input projection, rows grouped by timestep
     w_hh_ptr,  # (G*H, H) recurrent weight
@@ -170,7 +173,7 @@ def cooperative_forward_kernel(
     c_ptr,  # ACC out, LSTM: (N, H) c of every step with save, else a (B, H) state buffer
     gates_ptr,  # (N, G*H) out (save): LSTM i,f,g,o / GRU r,z,n
     hn_ptr,  # (N, H) out (save, GRU): W_hn h + b_hn
-    sched_ptr,  # (2T,) int64 batch sizes then first rows (packed only)
+    sched_ptr,  # (2T,) int32 batch sizes then first rows (packed only)
     sync_ptr,  # (1 + T,) int32, zero at launch: failure flag, one counter per barrier
     T,  # timesteps
     B,  # batch size (rows of h0)
@@ -178,7 +181,7 @@ def cooperative_forward_kernel(
     reverse,  # 1: process t = T-1 .. 0
     packed,  # 1: per-step rows from sched_ptr; 0: every step has B rows
     save,  # 1: write gates / c / hn of every step for backward
-    timeout_ns,  # time budget of each grid barrier
+    timeout_us,  # time budget of each grid barrier, microseconds
     absent,  # test switch: this program never arrives at a barrier (-1: none)
     KIND: tl.constexpr,  # 0 LSTM, 1 GRU, 2 RNN tanh, 3 RNN relu
     ACC: tl.constexpr,  # accumulation dtype: fp32, or fp64 for fp64 I/O
@@ -299,7 +302,7 @@ def cooperative_forward_kernel(
             tl.store(y_ptr + (off + rows)[:, None] * H + cols[None, :], h_new.to(y_ptr.dtype.element_ty), mask=mask)
 
         if j + 1 < T:
-            ok = grid_barrier(sync_ptr, j, absent, timeout_ns)
+            ok = grid_barrier(sync_ptr, j, absent, timeout_us)
         prev_off = off
         n_prev = bs
         j += 1
@@ -310,7 +313,7 @@ def cooperative_forward_kernel(
 # --------------------------------------------------------------------------------------
 
 
-@triton.jit(do_not_specialize=["T", "B", "reverse", "packed", "timeout_ns", "absent"])
+@triton.jit(do_not_specialize=["T", "B", "reverse", "packed", "timeout_us", "absent"])
 def cooperative_backward_kernel(
     w_hh_ptr,  # (G*H, H) recurrent weight
     dxg_ptr,  # (N, G*H) out: gradient of the input projection
@@ -324,14 +327,14 @@ def cooperative_backward_kernel(
     hn_ptr,  # (N, H) saved W_hn h + b_hn (GRU)
     y_ptr,  # (N, H) output sequence (GRU: previous state; RNN: activation derivative)
     h0_ptr,  # (B, H) initial hidden state (GRU)
-    sched_ptr,  # (2T,) int64 batch sizes then first rows (packed only)
+    sched_ptr,  # (2T,) int32 batch sizes then first rows (packed only)
     sync_ptr,  # (1 + T,) int32, zero at launch: failure flag, one counter per barrier
     T,
     B,
     H,
     reverse,
     packed,
-    timeout_ns,
+    timeout_us,
     absent,
     KIND: tl.constexpr,
     ACC: tl.constexpr,
@@ -468,7 +471,7 @@ def cooperative_backward_kernel(
             tl.store(dh_ptrs, dh_keep.to(dh_ptr.dtype.element_ty), mask=any_mask)
 
         if j >= 0:
-            ok = grid_barrier(sync_ptr, T - 1 - j, absent, timeout_ns)
+            ok = grid_barrier(sync_ptr, T - 1 - j, absent, timeout_us)
         j -= 1
 
 
@@ -561,25 +564,19 @@ def constexprs(kind: str, dtype: torch.dtype, tf32: bool, cfg: CoopConfig) -> di
 
 
 # Pointer arguments in order, with what each holds: "io" (the layer's dtype), "acc" (fp32;
-# fp64 for fp64 I/O) or a fixed Triton type. Runtime integers with their Triton type.
+# fp64 for fp64 I/O) or "i32". Runtime integers are int32.
 FORWARD_POINTERS = (
     ("xg_ptr", "io"), ("w_hh_ptr", "io"), ("b_hh_ptr", "io"), ("h0_ptr", "io"), ("c0_ptr", "acc"),
-    ("y_ptr", "io"), ("c_ptr", "acc"), ("gates_ptr", "io"), ("hn_ptr", "io"), ("sched_ptr", "*i64"),
-    ("sync_ptr", "*i32"),
+    ("y_ptr", "io"), ("c_ptr", "acc"), ("gates_ptr", "io"), ("hn_ptr", "io"), ("sched_ptr", "i32"),
+    ("sync_ptr", "i32"),
 )
-FORWARD_INTS = (
-    ("T", "i32"), ("B", "i32"), ("H", "i32"), ("reverse", "i32"), ("packed", "i32"), ("save", "i32"),
-    ("timeout_ns", "i64"), ("absent", "i32"),
-)
+FORWARD_INTS = ("T", "B", "H", "reverse", "packed", "save", "timeout_us", "absent")  # all int32
 BACKWARD_POINTERS = (
     ("w_hh_ptr", "io"), ("dxg_ptr", "io"), ("dhg_ptr", "io"), ("dy_ptr", "io"), ("dh_ptr", "acc"),
     ("dc_ptr", "acc"), ("gates_ptr", "io"), ("c_ptr", "acc"), ("c0_ptr", "acc"), ("hn_ptr", "io"),
-    ("y_ptr", "io"), ("h0_ptr", "io"), ("sched_ptr", "*i64"), ("sync_ptr", "*i32"),
+    ("y_ptr", "io"), ("h0_ptr", "io"), ("sched_ptr", "i32"), ("sync_ptr", "i32"),
 )
-BACKWARD_INTS = (
-    ("T", "i32"), ("B", "i32"), ("H", "i32"), ("reverse", "i32"), ("packed", "i32"),
-    ("timeout_ns", "i64"), ("absent", "i32"),
-)
+BACKWARD_INTS = ("T", "B", "H", "reverse", "packed", "timeout_us", "absent")  # all int32
 #: Options every cooperative launch (and every compile of the report) uses.
 LAUNCH_OPTIONS = dict(launch_cooperative_grid=True, maxnreg=255)
 
@@ -594,9 +591,9 @@ class Specialisation(NamedTuple):
     label: str
     config: CoopConfig
     constexprs: dict
-    pointers: tuple  # ((name, "io" | "acc" | Triton pointer type), ...)
-    ints: tuple  # ((name, Triton type), ...)
-    options: dict  # compile options besides num_warps / num_stages
+    pointers: tuple  # ((name, "io" | "acc" | "i32"), ...)
+    ints: tuple  # names of the int32 arguments
+    options: dict  # compile options besides num_warps (num_stages, cooperative launch, maxnreg)
     divisible_by_16: tuple  # ints the launches specialise as multiples of 16
 
 
@@ -616,10 +613,35 @@ def specialisations(dtypes=(torch.float32, torch.float16, torch.bfloat16)) -> li
                 for cfg in configs_for(dtype, tf32):
                     ce = constexprs(kind, dtype, tf32, cfg)
                     out.append(Specialisation(cooperative_forward_kernel, "coop-forward", kind, dtype, name, cfg, ce,
-                                              FORWARD_POINTERS, FORWARD_INTS, LAUNCH_OPTIONS, ("H",)))
+                                              FORWARD_POINTERS, FORWARD_INTS, dict(LAUNCH_OPTIONS, num_stages=cfg.num_stages), ("H",)))
                     out.append(Specialisation(cooperative_backward_kernel, "coop-backward", kind, dtype, name, cfg, ce,
-                                              BACKWARD_POINTERS, BACKWARD_INTS, LAUNCH_OPTIONS, ("H",)))
+                                              BACKWARD_POINTERS, BACKWARD_INTS, dict(LAUNCH_OPTIONS, num_stages=cfg.num_stages), ("H",)))
     return out
+
+
+_RELEASE_ADD = re.compile(r"\b(?:red|atom)\.[a-z0-9_.]*\brelease\b[a-z0-9_.]*\.add\.")
+_ACQUIRE = re.compile(r"\bfence\.(?:acq_rel|acquire)\.gpu\b|\bld\.acquire\.gpu\b")
+
+
+def barrier_ptx_problems(ptx: str) -> list[str]:
+    """What is missing from a compiled cooperative kernel's PTX for :func:`grid_barrier` to
+    be a release/acquire grid barrier with a time limit (empty: nothing).
+
+    Checked: a GPU-scope release atomic add (the arrival), a read of ``%globaltimer``
+    (the poll's time limit), a GPU-scope acquire (``fence.acq_rel.gpu`` on sm_80,
+    ``fence.acquire.gpu`` on sm_90, or an acquire load) and a CTA barrier (``bar.sync``).
+    """
+    problems = []
+    releases = [m.group(0) for m in _RELEASE_ADD.finditer(ptx)]
+    if not any(".gpu." in r or r.startswith(("red.gpu", "atom.gpu")) for r in releases):
+        problems.append("no gpu-scope release atomic add")
+    if "%globaltimer" not in ptx:
+        problems.append("no %globaltimer read (the poll has no time limit)")
+    if not _ACQUIRE.search(ptx):
+        problems.append("no gpu-scope acquire after the poll")
+    if "bar.sync" not in ptx:
+        problems.append("no CTA barrier (bar.sync)")
+    return problems
 
 
 # --------------------------------------------------------------------------------------
@@ -641,7 +663,7 @@ def _check_sync(sync: torch.Tensor, what: str) -> None:
     if failed:
         raise BarrierTimeout(
             f"fastrnn: the cooperative {what} kernel stopped at grid barrier {failed - 1}: a program did "
-            f"not arrive within {BARRIER_TIMEOUT_NS / 1e9:g} s (its results are discarded)"
+            f"not arrive within {BARRIER_TIMEOUT_US / 1e6:g} s (its results are discarded)"
         )
 
 
@@ -657,9 +679,9 @@ def launch_forward(kind: str, tensors: dict, ints: dict, cfg: CoopConfig, tf32: 
     :data:`FORWARD_INTS` except the barrier arguments, which come from this module.
     """
     pointers = _pointers(FORWARD_POINTERS, tensors)
-    ints = dict(ints, timeout_ns=BARRIER_TIMEOUT_NS, absent=ABSENT_PROGRAM)
+    ints = dict(ints, timeout_us=BARRIER_TIMEOUT_US, absent=ABSENT_PROGRAM)
     cooperative_forward_kernel[_grid(ints["H"], cfg)](
-        *pointers, *(ints[k] for k, _ in FORWARD_INTS), **constexprs(kind, tensors["xg_ptr"].dtype, tf32, cfg),
+        *pointers, *(ints[k] for k in FORWARD_INTS), **constexprs(kind, tensors["xg_ptr"].dtype, tf32, cfg),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **LAUNCH_OPTIONS,
     )
     for counter in _counters:
@@ -670,9 +692,9 @@ def launch_forward(kind: str, tensors: dict, ints: dict, cfg: CoopConfig, tf32: 
 def launch_backward(kind: str, tensors: dict, ints: dict, cfg: CoopConfig, tf32: bool) -> None:
     """As :func:`launch_forward`, for :data:`BACKWARD_POINTERS` / :data:`BACKWARD_INTS`."""
     pointers = _pointers(BACKWARD_POINTERS, tensors)
-    ints = dict(ints, timeout_ns=BARRIER_TIMEOUT_NS, absent=ABSENT_PROGRAM)
+    ints = dict(ints, timeout_us=BARRIER_TIMEOUT_US, absent=ABSENT_PROGRAM)
     cooperative_backward_kernel[_grid(ints["H"], cfg)](
-        *pointers, *(ints[k] for k, _ in BACKWARD_INTS), **constexprs(kind, tensors["dxg_ptr"].dtype, tf32, cfg),
+        *pointers, *(ints[k] for k in BACKWARD_INTS), **constexprs(kind, tensors["dxg_ptr"].dtype, tf32, cfg),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **LAUNCH_OPTIONS,
     )
     for counter in _counters:

@@ -48,7 +48,7 @@ TOL = {
 }
 INPUT = 3
 #: Generous: a program in the interpreter may wait seconds for the others at a barrier.
-INTERPRETER_TIMEOUT_NS = 30_000_000_000
+INTERPRETER_TIMEOUT_US = 30_000_000
 
 
 def small_config(hidden: int, slab: bool, block_h: int | None = None) -> cooperative.CoopConfig:
@@ -66,7 +66,7 @@ def coop(monkeypatch):
     """Force the cooperative tier, run launches threaded; yields a setter for the config."""
     monkeypatch.setenv("FASTRNN_TIER", "cooperative")
     monkeypatch.setattr(triton_backend, "FILL_NAN", True)
-    monkeypatch.setattr(cooperative, "BARRIER_TIMEOUT_NS", INTERPRETER_TIMEOUT_NS)
+    monkeypatch.setattr(cooperative, "BARRIER_TIMEOUT_US", INTERPRETER_TIMEOUT_US)
     chosen = {}
 
     def use(slab: bool, block_h: int | None = None):
@@ -280,7 +280,7 @@ def test_barrier_failure_ends_with_the_documented_error(coop, monkeypatch):
     with BarrierTimeout (the forced tier raises; it does not fall back)."""
     coop(False)
     timeout_s = 1.0
-    monkeypatch.setattr(cooperative, "BARRIER_TIMEOUT_NS", int(timeout_s * 1e9))
+    monkeypatch.setattr(cooperative, "BARRIER_TIMEOUT_US", int(timeout_s * 1e6))
     monkeypatch.setattr(cooperative, "ABSENT_PROGRAM", 1)
     flat, schedule, h0, c0, weights = _problem("GRU", 5, 6, 40, False, False)
     lw = [tuple(weights[0]) + (None,)]
@@ -297,7 +297,7 @@ def test_sequential_interpreter_times_out_instead_of_hanging(monkeypatch):
     """Without the threaded helper the interpreter runs program 0 to its first barrier
     alone: the barrier times out and the launch reports it (never a hang)."""
     monkeypatch.setenv("FASTRNN_TIER", "cooperative")
-    monkeypatch.setattr(cooperative, "BARRIER_TIMEOUT_NS", 200_000_000)
+    monkeypatch.setattr(cooperative, "BARRIER_TIMEOUT_US", 200_000)
     monkeypatch.setattr(cooperative, "cooperative_config", lambda dtype, hidden, sms, tf32=False: small_config(hidden, False))
     flat, schedule, h0, c0, weights = _problem("RNN_TANH", 2, 3, 16, False, False)
     with pytest.raises(cooperative.BarrierTimeout):

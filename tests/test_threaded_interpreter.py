@@ -21,19 +21,19 @@ def _program_ids_kernel(out_ptr):
     tl.store(out_ptr + pid, pid * 10 + tl.num_programs(0))
 
 
-@triton.jit(do_not_specialize=["T", "timeout_ns"])
-def _ring_kernel(buf_ptr, sync_ptr, T, timeout_ns, BLOCK: tl.constexpr):
+@triton.jit(do_not_specialize=["T", "timeout_us"])
+def _ring_kernel(buf_ptr, sync_ptr, T, timeout_us, BLOCK: tl.constexpr):
     """Step t: program p writes row (t, p) = row (t - 1, p + 1) + 1; a barrier per step."""
     pid = tl.program_id(0)
     n = tl.num_programs(0)
     offs = tl.arange(0, BLOCK)
     tl.store(buf_ptr + pid * BLOCK + offs, (pid * 100 + offs).to(tl.float32))
-    ok = grid_barrier(sync_ptr, 0, -1, timeout_ns)
+    ok = grid_barrier(sync_ptr, 0, -1, timeout_us)
     t = 1
     while (t < T) & ok:
         row = tl.load(buf_ptr + ((t - 1) * n + (pid + 1) % n) * BLOCK + offs)
         tl.store(buf_ptr + (t * n + pid) * BLOCK + offs, row + 1.0)
-        ok = grid_barrier(sync_ptr, t, -1, timeout_ns)
+        ok = grid_barrier(sync_ptr, t, -1, timeout_us)
         t += 1
 
 
@@ -66,7 +66,7 @@ def test_ring_exchange_through_per_step_barriers():
     sync = torch.zeros(1 + steps, dtype=torch.int32)
     start = time.monotonic()
     with threaded_programs():
-        _ring_kernel[(programs,)](buf, sync, steps, 30_000_000_000, BLOCK=block)
+        _ring_kernel[(programs,)](buf, sync, steps, 30_000_000, BLOCK=block)
     assert time.monotonic() - start < 30
     assert sync[0].item() == 0
     assert sync[1:].tolist() == [programs] * steps
@@ -80,7 +80,7 @@ def test_without_threads_the_barrier_times_out_and_flags_it():
     programs, steps, block = 3, 4, 8
     buf = torch.full((steps * programs, block), float("nan"))
     sync = torch.zeros(1 + steps, dtype=torch.int32)
-    _ring_kernel[(programs,)](buf, sync, steps, 50_000_000, BLOCK=block)
+    _ring_kernel[(programs,)](buf, sync, steps, 50_000, BLOCK=block)
     assert sync[0].item() == 1  # 1 + the index of the barrier that timed out first
     assert sync[1:].tolist() == [3, 1, 0, 0]
     rows = buf.view(steps, programs, block)

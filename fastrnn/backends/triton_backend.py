@@ -264,12 +264,12 @@ def cooperative_config(kind: CellKind, hidden: int, dtype: torch.dtype, device: 
 
 
 def _device_schedule(schedule: Schedule, device: torch.device) -> tuple[torch.Tensor, int]:
-    """``(sched, packed)``: per-step sizes then offsets (int64) for a packed batch; a padded
-    one passes a dummy and ``packed = 0`` (no host-to-device copy)."""
+    """``(sched, packed)``: per-step sizes then first rows (int32) for a packed batch; a
+    padded one passes a placeholder and ``packed = 0`` (no host-to-device copy)."""
     if schedule.is_uniform:
-        return torch.empty(8, dtype=torch.int64, device=device), 0
-    table = torch.tensor(schedule.batch_sizes + schedule.offsets, dtype=torch.int64)
-    return table.to(device, non_blocking=True), 1
+        return torch.empty(8, dtype=torch.int32, device=device), 0
+    table = torch.tensor(schedule.batch_sizes + schedule.offsets, dtype=torch.int32)
+    return table.to(device), 1
 
 
 def forward_cooperative(kind: CellKind, xg, w_hh, b_hh, h0, c0, schedule: Schedule, reverse: bool, save: bool, cfg):
