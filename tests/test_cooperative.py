@@ -229,6 +229,21 @@ def test_cooperative_gradcheck(coop, kind, reverse, slab):
     assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=True)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_inference_without_saving_matches_reference(coop, kind):
+    """Under no_grad nothing is saved (LSTM keeps its cell state in one (B, H) buffer)."""
+    coop(False)
+    flat, schedule, h0, c0, weights = _problem(kind, 5, 6, 16, True, True)
+    lw = [tuple(w) + (None,) for w in weights]
+    with torch.no_grad():
+        out_t = recurrent_stack(kind, flat, schedule, h0, c0, lw, bidirectional=True, backend="triton")
+        out_r = recurrent_stack(kind, flat, schedule, h0, c0, lw, bidirectional=True, backend="reference")
+    assert (out_t[2] is None) == (kind != "LSTM") == (out_r[2] is None)
+    for name, a, e in zip(["y", "h_n", "c_n"], out_t, out_r):
+        if e is not None:
+            torch.testing.assert_close(a, e, **TOL[torch.float64], msg=lambda m: f"{name}: {m}")
+
+
 @pytest.mark.parametrize("forward_tier, backward_tier", [("cooperative", "step"), ("step", "cooperative")])
 @pytest.mark.parametrize("kind", KINDS)
 def test_saved_tensors_cross_tiers(coop, monkeypatch, kind, forward_tier, backward_tier):
