@@ -1,15 +1,16 @@
 """Cooperative kernels: one layer-direction in one launch spread over the GPU's SMs.
 
-The grid has one program per ``BLOCK_H`` hidden units, at most one per SM, launched with
-``launch_cooperative_grid=True`` (the driver refuses a grid that cannot be co-resident
-instead of letting it hang). Program ``p`` owns hidden units
-``[p * BLOCK_H, (p + 1) * BLOCK_H)`` with *all* gates of those units and every batch row,
-so each cell update is local to one program; only the hidden state (forward) and the gate
-gradients (backward) cross programs, through global memory, with one grid barrier per
-step.
+The grid is ``(cdiv(H, BLOCK_H), groups)``, at most one program per SM in all, launched
+with ``launch_cooperative_grid=True`` (the driver refuses a grid that cannot be
+co-resident instead of letting it hang). Program ``(p, g)`` owns hidden units
+``[p * BLOCK_H, (p + 1) * BLOCK_H)`` with *all* gates of those units, for the batch tiles
+``g, g + groups, ...`` of ``BLOCK_B`` rows (``groups`` > 1 only where SMs are left over:
+a larger batch then spreads over more SMs, see :func:`grid`). Each cell update is local
+to one program; only the hidden state (forward) and the gate gradients (backward) cross
+programs, through global memory, with one grid barrier per step.
 
 Forward (``cooperative_forward_kernel``), per step ``t`` in processing order, each
-program, for each ``BLOCK_B`` tile of the active rows::
+program, for each of its ``BLOCK_B`` tiles of the active rows::
 
     pre_g = h_{t-1} @ W_hh[g*H + units]^T (+ b_hh for GRU) + xg[t rows, g*H + units]
     cell forward (kernels/cells.py) -> h_t, c_t of its units     fp32 accumulation/state
@@ -25,9 +26,9 @@ Backward (``cooperative_backward_kernel``), per step ``q`` in reverse processing
     grid barrier: every program's dhg_q is written before the GEMM of the next step
 
 and one more GEMM after the loop gives ``dh0``. ``dh`` and ``dc`` live in ``(B, H)``
-fp32 buffers of which each program touches only its own columns (they start as
+fp32 buffers of which each program touches only its own tiles and columns (they start as
 ``dh_n`` / ``dc_n`` and end as ``dh0`` / ``dc0``); with a batch of any size a program
-loops over ``BLOCK_B`` row tiles, so its state cannot stay in registers across steps.
+loops over row tiles, so its state cannot stay in registers across steps.
 The LSTM cell state of forward is likewise read back from the ``c`` rows the program
 wrote one step before (the saved ``c`` sequence, or a ``(B, H)`` buffer without save).
 
@@ -111,15 +112,17 @@ def grid_barrier(sync_ptr, index, absent, timeout_us):
 
     ``sync_ptr``: int32, ``sync[0]`` the failure flag (0, or 1 + the first barrier that
     timed out), ``sync[1 + i]`` the arrival counter of barrier ``i`` (zero at launch).
-    ``absent``: a program id that skips its arrival (a test switch; -1 in normal use).
+    Every program of the (1-D or 2-D) grid arrives. ``absent``: the linear id of a program
+    that skips its arrival (a test switch; -1 in normal use).
     """
     # Every thread's stores of this step are done before the one release below.
     tl.debug_barrier()
     counter = sync_ptr + 1 + index
-    if tl.program_id(0) != absent:
+    if tl.program_id(0) + tl.program_id(1) * tl.num_programs(0) != absent:
         tl.atomic_add(counter, 1, sem="release", scope="gpu")
+    programs = tl.num_programs(0) * tl.num_programs(1)
     timeout_ns = timeout_us.to(tl.int64) * 1000
-    arrived = tl.atomic_poll(counter, tl.num_programs(0), sem="acquire", scope="gpu", timeout_ns=timeout_ns)
+    arrived = tl.atomic_poll(counter, programs, sem="acquire", scope="gpu", timeout_ns=timeout_ns)
     tl.debug_barrier()
     if not arrived:
         tl.atomic_cas(sync_ptr, 0, index + 1, sem="relaxed", scope="gpu")
@@ -220,7 +223,7 @@ def cooperative_forward_kernel(
         off, bs = _step_rows(sched_ptr, _timestep(j, T, reverse), T, B, packed)
         c_prev_off = prev_off * save  # c rows: the saved sequence, or the (B, H) buffer
         c_out_off = off * save
-        for b0 in range(0, bs, BLOCK_B):
+        for b0 in range(tl.program_id(1) * BLOCK_B, bs, tl.num_programs(1) * BLOCK_B):
             rows = b0 + tl.arange(0, BLOCK_B).to(tl.int64)
             row_mask = rows < bs
             mask = row_mask[:, None] & col_mask[None, :]
@@ -375,7 +378,7 @@ def cooperative_backward_kernel(
         q_bs = tl.where(j >= 0, q_bs, zero)
         s_bs = tl.where(j + 1 < T, s_bs, zero)
         p_bs = tl.where(j >= 1, p_bs, zero)
-        for b0 in range(0, tl.maximum(q_bs, s_bs), BLOCK_B):
+        for b0 in range(tl.program_id(1) * BLOCK_B, tl.maximum(q_bs, s_bs), tl.num_programs(1) * BLOCK_B):
             rows = b0 + tl.arange(0, BLOCK_B).to(tl.int64)
             s_rows = rows < s_bs
             q_rows = rows < q_bs
@@ -667,20 +670,27 @@ def _check_sync(sync: torch.Tensor, what: str) -> None:
         )
 
 
-def _grid(hidden: int, cfg: CoopConfig) -> tuple[int]:
-    return (triton.cdiv(hidden, cfg.block_h),)
+def grid(hidden: int, batch: int, cfg: CoopConfig, max_programs: int) -> tuple[int, int]:
+    """``(hidden slices, batch groups)``: ``cdiv(hidden, BLOCK_H)`` slices (must fit
+    ``max_programs``), and as many groups of batch tiles as the remaining programs allow
+    (at most one per tile), so a larger batch spreads over more SMs."""
+    slices = triton.cdiv(hidden, cfg.block_h)
+    if slices > max_programs:
+        raise ValueError(f"fastrnn.kernels: {slices} programs do not fit {max_programs}")
+    return slices, max(1, min(triton.cdiv(batch, cfg.block_b), max_programs // slices))
 
 
-def launch_forward(kind: str, tensors: dict, ints: dict, cfg: CoopConfig, tf32: bool) -> None:
+def launch_forward(kind: str, tensors: dict, ints: dict, cfg: CoopConfig, tf32: bool, max_programs: int) -> None:
     """One forward launch over all ``T`` steps; raises :class:`BarrierTimeout` on a timeout.
 
     ``tensors`` maps each name of :data:`FORWARD_POINTERS` to a contiguous, 16-byte aligned
     tensor (``sync_ptr``: int32 zeros, ``1 + T``); ``ints`` the names of
     :data:`FORWARD_INTS` except the barrier arguments, which come from this module.
+    ``max_programs``: the SM count (one program per SM at most; see :func:`grid`).
     """
     pointers = _pointers(FORWARD_POINTERS, tensors)
     ints = dict(ints, timeout_us=BARRIER_TIMEOUT_US, absent=ABSENT_PROGRAM)
-    cooperative_forward_kernel[_grid(ints["H"], cfg)](
+    cooperative_forward_kernel[grid(ints["H"], ints["B"], cfg, max_programs)](
         *pointers, *(ints[k] for k in FORWARD_INTS), **constexprs(kind, tensors["xg_ptr"].dtype, tf32, cfg),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **LAUNCH_OPTIONS,
     )
@@ -689,11 +699,11 @@ def launch_forward(kind: str, tensors: dict, ints: dict, cfg: CoopConfig, tf32: 
     _check_sync(tensors["sync_ptr"], "forward")
 
 
-def launch_backward(kind: str, tensors: dict, ints: dict, cfg: CoopConfig, tf32: bool) -> None:
+def launch_backward(kind: str, tensors: dict, ints: dict, cfg: CoopConfig, tf32: bool, max_programs: int) -> None:
     """As :func:`launch_forward`, for :data:`BACKWARD_POINTERS` / :data:`BACKWARD_INTS`."""
     pointers = _pointers(BACKWARD_POINTERS, tensors)
     ints = dict(ints, timeout_us=BARRIER_TIMEOUT_US, absent=ABSENT_PROGRAM)
-    cooperative_backward_kernel[_grid(ints["H"], cfg)](
+    cooperative_backward_kernel[grid(ints["H"], ints["B"], cfg, max_programs)](
         *pointers, *(ints[k] for k in BACKWARD_INTS), **constexprs(kind, tensors["dxg_ptr"].dtype, tf32, cfg),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **LAUNCH_OPTIONS,
     )

@@ -5,7 +5,8 @@ its own thread (tests/threaded_interpreter.py), against the reference backend.
 small one so that every hidden size splits over at least 3 programs (``BLOCK_H`` 4 for
 H=16, 16 above), batches of 17 rows take several ``BLOCK_B = 8`` tiles, and ``W_hh`` is
 either streamed in ``BLOCK_K = 16`` chunks or kept as a slab (``SLAB_K`` = the next power
-of two >= H). The interpreter needs no ``tl.dot`` minimum of 16; the GPU configurations are
+of two >= H). The device is given 8 SMs, so a batch of more than 8 rows also splits over
+2 groups of programs (tiles 0, 2, ... and 1, 3, ...). The interpreter needs no ``tl.dot`` minimum of 16; the GPU configurations are
 covered by the compile report. Buffers the backend allocates are filled with NaN, so a
 store a kernel skips fails loudly.
 
@@ -47,6 +48,7 @@ TOL = {
     torch.float16: dict(rtol=2e-2, atol=2e-2),
 }
 INPUT = 3
+SMS = 8
 #: Generous: a program in the interpreter may wait seconds for the others at a barrier.
 INTERPRETER_TIMEOUT_US = 30_000_000
 
@@ -67,6 +69,8 @@ def coop(monkeypatch):
     monkeypatch.setenv("FASTRNN_TIER", "cooperative")
     monkeypatch.setattr(triton_backend, "FILL_NAN", True)
     monkeypatch.setattr(cooperative, "BARRIER_TIMEOUT_US", INTERPRETER_TIMEOUT_US)
+    # 8 "SMs": H=16/40/64 (4/3/4 hidden slices) also get 2 groups of batch tiles.
+    monkeypatch.setattr(triton_backend, "_sm_count", lambda device: SMS)
     chosen = {}
 
     def use(slab: bool, block_h: int | None = None):

@@ -307,7 +307,7 @@ def forward_cooperative(kind: CellKind, xg, w_hh, b_hh, h0, c0, schedule: Schedu
         sync_ptr=torch.zeros(1 + schedule.steps, dtype=torch.int32, device=device),
     )
     ints = dict(T=schedule.steps, B=batch, H=hidden, reverse=int(reverse), packed=packed, save=int(save))
-    coop.launch_forward(kind.value, tensors, ints, cfg, _tf32())
+    coop.launch_forward(kind.value, tensors, ints, cfg, _tf32(), _sm_count(device))
 
     c_n = None
     if is_lstm:
@@ -353,5 +353,5 @@ def backward_cooperative(kind: CellKind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n,
         sync_ptr=torch.zeros(1 + schedule.steps, dtype=torch.int32, device=device),
     )
     ints = dict(T=schedule.steps, B=dh.shape[0], H=hidden, reverse=int(reverse), packed=packed)
-    coop.launch_backward(kind.value, tensors, ints, cfg, _tf32())
+    coop.launch_backward(kind.value, tensors, ints, cfg, _tf32(), _sm_count(device))
     return BackwardResult(dxg, dhg, dh.to(dtype), dc.to(dtype) if is_lstm else None, None)
