@@ -66,6 +66,23 @@ class Schedule:
         """Timesteps in processing order: ``0..T-1``, or ``T-1..0`` for the reverse direction."""
         return range(self.steps - 1, -1, -1) if reverse else range(self.steps)
 
+    def device_tables(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(batch_sizes, offsets)`` as int32 tensors on ``device``, for kernels that read
+        the schedule themselves; made (one host-to-device copy each) once per schedule and
+        device, then reused."""
+        key = str(torch.device(device))
+        if key not in self._device_tables:
+            if self.rows >= 2**31:
+                raise ValueError(f"fastrnn: {self.rows} rows do not fit the int32 step tables")
+            self._device_tables[key] = tuple(
+                torch.tensor(v, dtype=torch.int32).to(device) for v in (self.batch_sizes, self.offsets)
+            )
+        return self._device_tables[key]
+
+    @cached_property
+    def _device_tables(self) -> dict:
+        return {}
+
     @cached_property
     def _lengths(self) -> torch.Tensor:
         """Length of each of the ``B`` sequences (CPU int64)."""

@@ -32,7 +32,8 @@ loops over row tiles, so its state cannot stay in registers across steps.
 The LSTM cell state of forward is likewise read back from the ``c`` rows the program
 wrote one step before (the saved ``c`` sequence, or a ``(B, H)`` buffer without save).
 
-Where ``W_hh`` lives (``SLAB_K``, from the compile report, see :func:`cooperative_config`):
+Where ``W_hh`` lives (``SLAB_K``; :data:`fastrnn.kernels.fits.COOPERATIVE` says which, from
+compiling each candidate):
 
 - ``SLAB_K > 0``: the program's slab (``G`` blocks of ``BLOCK_H x H``, padded to
   ``SLAB_K`` = the next power of two >= H) is loaded once before the time loop and stays
@@ -53,9 +54,10 @@ about two timeouts. The launcher reads ``sync[0]`` and raises
 :class:`BarrierTimeout`; the triton backend then reruns the call on the step tier (or
 raises, when this tier was forced).
 
-Packed sequences: each step's active batch size and first row are read from one int32
-device tensor (``sched``: sizes then offsets); a padded batch passes ``packed = 0`` and the
-kernel computes ``B`` and ``t * B`` itself (no host-to-device copy, CUDA-graph friendly).
+Packed sequences: each step's active batch size and first row are read from the
+schedule's int32 device tables (:meth:`fastrnn.schedule.Schedule.device_tables`, made once
+per schedule); a padded batch passes ``packed = 0`` and the kernel computes ``B`` and
+``t * B`` itself (no host-to-device copy, CUDA-graph friendly).
 
 Compile-time choices: the cell kind, ``ACC``, ``PRECISION`` (TF32 or IEEE), the block
 sizes and ``SLAB_K``; ``T``, ``B``, ``H``, the direction, ``packed``, ``save`` and the
@@ -85,7 +87,11 @@ from .cells import (
     rnn_tanh_backward,
     rnn_tanh_forward,
 )
-from .recurrent_step import _counters, _pointers
+from . import fits
+from .fits import CoopConfig
+from .launches import aligned_input  # noqa: F401 (used by the backend)
+from .launches import checked_pointers as _pointers
+from .launches import record
 
 #: Time budget of one grid barrier, microseconds. A healthy step takes microseconds; the
 #: budget only bounds how long a broken launch (a program that never arrives) runs.
@@ -130,15 +136,15 @@ def grid_barrier(sync_ptr, index, absent, timeout_us):
 
 
 @triton.jit
-def _step_rows(sched_ptr, t, T, B, packed):
+def _step_rows(sizes_ptr, offsets_ptr, t, B, packed):
     """``(first row, active rows)`` of timestep ``t``, both int64.
 
-    Packed: read from ``sched`` (int32: sizes at ``[t]``, first rows at ``[T + t]``);
-    padded (``packed == 0``): ``t * B`` and ``B``, with no memory access.
+    Packed: read from the schedule's int32 tables; padded (``packed == 0``): ``t * B``
+    and ``B``, with no memory access.
     """
     is_packed = packed != 0
-    bs = tl.load(sched_ptr + t, mask=is_packed, other=B).to(tl.int64)
-    off = tl.load(sched_ptr + T + t, mask=is_packed, other=0).to(tl.int64)
+    bs = tl.load(sizes_ptr + t, mask=is_packed, other=B).to(tl.int64)
+    off = tl.load(offsets_ptr + t, mask=is_packed, other=0).to(tl.int64)
     return tl.where(is_packed, off, t.to(tl.int64) * B), bs
 
 
@@ -176,13 +182,14 @@ def cooperative_forward_kernel(
     c_ptr,  # ACC out, LSTM: (N, H) c of every step with save, else a (B, H) state buffer
     gates_ptr,  # (N, G*H) out (save): LSTM i,f,g,o / GRU r,z,n
     hn_ptr,  # (N, H) out (save, GRU): W_hn h + b_hn
-    sched_ptr,  # (2T,) int32 batch sizes then first rows (packed only)
+    sizes_ptr,  # (T,) int32 active rows of each step (packed only)
+    offsets_ptr,  # (T,) int32 first row of each step (packed only)
     sync_ptr,  # (1 + T,) int32, zero at launch: failure flag, one counter per barrier
     T,  # timesteps
     B,  # batch size (rows of h0)
     H,  # hidden size
     reverse,  # 1: process t = T-1 .. 0
-    packed,  # 1: per-step rows from sched_ptr; 0: every step has B rows
+    packed,  # 1: per-step rows from sizes_ptr / offsets_ptr; 0: every step has B rows
     save,  # 1: write gates / c / hn of every step for backward
     timeout_us,  # time budget of each grid barrier, microseconds
     absent,  # test switch: this program never arrives at a barrier (-1: none)
@@ -220,7 +227,7 @@ def cooperative_forward_kernel(
     ok = T >= 0
     j = 0
     while (j < T) & ok:
-        off, bs = _step_rows(sched_ptr, _timestep(j, T, reverse), T, B, packed)
+        off, bs = _step_rows(sizes_ptr, offsets_ptr, _timestep(j, T, reverse), B, packed)
         c_prev_off = prev_off * save  # c rows: the saved sequence, or the (B, H) buffer
         c_out_off = off * save
         for b0 in range(tl.program_id(1) * BLOCK_B, bs, tl.num_programs(1) * BLOCK_B):
@@ -330,7 +337,8 @@ def cooperative_backward_kernel(
     hn_ptr,  # (N, H) saved W_hn h + b_hn (GRU)
     y_ptr,  # (N, H) output sequence (GRU: previous state; RNN: activation derivative)
     h0_ptr,  # (B, H) initial hidden state (GRU)
-    sched_ptr,  # (2T,) int32 batch sizes then first rows (packed only)
+    sizes_ptr,  # (T,) int32 active rows of each step (packed only)
+    offsets_ptr,  # (T,) int32 first row of each step (packed only)
     sync_ptr,  # (1 + T,) int32, zero at launch: failure flag, one counter per barrier
     T,
     B,
@@ -372,9 +380,9 @@ def cooperative_backward_kernel(
         # forward (its gate gradients feed the GEMM); p: the one processed before q.
         # (Processing indices are clamped into [0, T) before reading the schedule; a step
         # that does not exist then gets 0 rows.)
-        q_off, q_bs = _step_rows(sched_ptr, _timestep(tl.maximum(j, 0), T, reverse), T, B, packed)
-        s_off, s_bs = _step_rows(sched_ptr, _timestep(tl.minimum(j + 1, T - 1), T, reverse), T, B, packed)
-        p_off, p_bs = _step_rows(sched_ptr, _timestep(tl.maximum(j - 1, 0), T, reverse), T, B, packed)
+        q_off, q_bs = _step_rows(sizes_ptr, offsets_ptr, _timestep(tl.maximum(j, 0), T, reverse), B, packed)
+        s_off, s_bs = _step_rows(sizes_ptr, offsets_ptr, _timestep(tl.minimum(j + 1, T - 1), T, reverse), B, packed)
+        p_off, p_bs = _step_rows(sizes_ptr, offsets_ptr, _timestep(tl.maximum(j - 1, 0), T, reverse), B, packed)
         q_bs = tl.where(j >= 0, q_bs, zero)
         s_bs = tl.where(j + 1 < T, s_bs, zero)
         p_bs = tl.where(j >= 1, p_bs, zero)
@@ -483,75 +491,14 @@ def cooperative_backward_kernel(
 # --------------------------------------------------------------------------------------
 
 
-class CoopConfig(NamedTuple):
-    """Block sizes, warps and where W_hh lives, for one cooperative launch."""
-
-    block_b: int
-    block_h: int
-    block_k: int
-    num_warps: int
-    num_stages: int
-    slab_k: int  # 0: stream W_hh chunks from L2 each step; else the padded slab size (on chip)
-
-    @property
-    def label(self) -> str:
-        where = f"S{self.slab_k}" if self.slab_k else f"K{self.block_k}"
-        return f"B{self.block_b}-H{self.block_h}-{where}-w{self.num_warps}s{self.num_stages}"
-
-
-#: Hidden units per program: the finest split ``tl.dot`` allows (16), so a layer spreads
-#: over as many SMs as it can (H = 768 -> 48 programs). The tier's largest H is 16 x SMs.
-BLOCK_H = 16
-
-# Configurations, from compiling every candidate for sm_80 and sm_90 (the compile report
-# re-checks each one: no spills, shared memory within the limit). Every launch passes
-# maxnreg=255: one program per SM leaves registers to spare, and without it ptxas capped
-# some kernels at 128 registers and spilled. ``H`` is specialised on divisibility by 16
-# (not in do_not_specialize): with it, rows of W_hh / y / xg are known 16-byte aligned,
-# loads vectorise and the W_hh chunk loop is software-pipelined with cp.async (measured:
-# without it every bf16 load was a scalar ld.global.b16 and nothing was pipelined). On a
-# GPU the tier therefore runs only H % 16 == 0 (the variant the report compiles).
-#: (dtype name, dot precision) -> configuration streaming W_hh from L2 (any H).
-#: Measured spills of the rejected candidates: fp32 IEEE (FMA dot) 8-24 B with 2-3
-#: stages, so it runs unpipelined; fp32 TF32 8-32 B at BLOCK_K=32; bf16 32 B at BLOCK_K=64.
-STREAM = {
-    ("float32", "ieee"): CoopConfig(16, BLOCK_H, 16, 4, 1, 0),
-    ("float32", "tf32"): CoopConfig(16, BLOCK_H, 16, 4, 3, 0),
-    ("float16", "ieee"): CoopConfig(16, BLOCK_H, 32, 4, 3, 0),
-    ("bfloat16", "ieee"): CoopConfig(16, BLOCK_H, 32, 4, 3, 0),
-    ("float64", "ieee"): CoopConfig(16, BLOCK_H, 16, 4, 1, 0),  # tests only (Triton's interpreter)
-}
-#: (dtype name, SLAB_K) -> configuration keeping the slab on chip for the whole launch.
-#: Clean only for fp16/bf16 at SLAB_K=128 (8 warps). Measured spills: bf16 SLAB_K=256
-#: forward 40-48 B (8 warps; 8-392 B with 4), fp32 TF32 SLAB_K=128 16-40 B.
-SLAB = {
-    ("float16", 128): CoopConfig(16, BLOCK_H, 32, 8, 1, 128),
-    ("bfloat16", 128): CoopConfig(16, BLOCK_H, 32, 8, 1, 128),
-}
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).replace("torch.", "")
-
-
-def max_hidden(sm_count: int) -> int:
-    """Largest hidden size the tier runs on a GPU with ``sm_count`` SMs (one program per SM)."""
-    return BLOCK_H * sm_count
-
-
-def cooperative_config(dtype: torch.dtype, hidden: int, sm_count: int, tf32: bool = False) -> CoopConfig | None:
-    """The launch configuration for ``hidden`` units on ``sm_count`` SMs, or None when the
-    grid (``cdiv(hidden, BLOCK_H)`` programs) would not fit one program per SM."""
-    if triton.cdiv(hidden, BLOCK_H) > sm_count:
-        return None
-    name = _dtype_name(dtype)
-    slab = SLAB.get((name, triton.next_power_of_2(hidden)))
-    return slab or STREAM[(name, _precision(dtype, tf32))]
+def cooperative_config(dtype: torch.dtype, hidden: int, tf32: bool) -> CoopConfig | None:
+    """The launch configuration for ``hidden`` units (:func:`fastrnn.kernels.fits.cooperative_config`)."""
+    return fits.cooperative_config(dtype, hidden, tf32)
 
 
 def _precision(dtype: torch.dtype, tf32: bool) -> str:
     # TF32 only for fp32 and only when the user allowed it (cuDNN's rule for nn.LSTM).
-    return "tf32" if (dtype == torch.float32 and tf32) else "ieee"
+    return fits.dot_precision(dtype, tf32)
 
 
 def _acc(dtype: torch.dtype):
@@ -570,14 +517,14 @@ def constexprs(kind: str, dtype: torch.dtype, tf32: bool, cfg: CoopConfig) -> di
 # fp64 for fp64 I/O) or "i32". Runtime integers are int32.
 FORWARD_POINTERS = (
     ("xg_ptr", "io"), ("w_hh_ptr", "io"), ("b_hh_ptr", "io"), ("h0_ptr", "io"), ("c0_ptr", "acc"),
-    ("y_ptr", "io"), ("c_ptr", "acc"), ("gates_ptr", "io"), ("hn_ptr", "io"), ("sched_ptr", "i32"),
-    ("sync_ptr", "i32"),
+    ("y_ptr", "io"), ("c_ptr", "acc"), ("gates_ptr", "io"), ("hn_ptr", "io"), ("sizes_ptr", "i32"),
+    ("offsets_ptr", "i32"), ("sync_ptr", "i32"),
 )
 FORWARD_INTS = ("T", "B", "H", "reverse", "packed", "save", "timeout_us", "absent")  # all int32
 BACKWARD_POINTERS = (
     ("w_hh_ptr", "io"), ("dxg_ptr", "io"), ("dhg_ptr", "io"), ("dy_ptr", "io"), ("dh_ptr", "acc"),
     ("dc_ptr", "acc"), ("gates_ptr", "io"), ("c_ptr", "acc"), ("c0_ptr", "acc"), ("hn_ptr", "io"),
-    ("y_ptr", "io"), ("h0_ptr", "io"), ("sched_ptr", "i32"), ("sync_ptr", "i32"),
+    ("y_ptr", "io"), ("h0_ptr", "io"), ("sizes_ptr", "i32"), ("offsets_ptr", "i32"), ("sync_ptr", "i32"),
 )
 BACKWARD_INTS = ("T", "B", "H", "reverse", "packed", "timeout_us", "absent")  # all int32
 #: Options every cooperative launch (and every compile of the report) uses.
@@ -601,9 +548,9 @@ class Specialisation(NamedTuple):
 
 
 def configs_for(dtype: torch.dtype, tf32: bool) -> list[CoopConfig]:
-    """Every configuration :func:`cooperative_config` can return for ``dtype`` / ``tf32``."""
-    name = _dtype_name(dtype)
-    return [STREAM[(name, _precision(dtype, tf32))]] + [cfg for (d, _), cfg in sorted(SLAB.items()) if d == name]
+    """Every configuration of :data:`fastrnn.kernels.fits.COOPERATIVE` for ``dtype`` / ``tf32``."""
+    key = (fits.dtype_name(dtype), _precision(dtype, tf32))
+    return [cfg for (name, precision, _), cfg in sorted(fits.COOPERATIVE.items()) if (name, precision) == key]
 
 
 def specialisations(dtypes=(torch.float32, torch.float16, torch.bfloat16)) -> list[Specialisation]:
@@ -615,10 +562,11 @@ def specialisations(dtypes=(torch.float32, torch.float16, torch.bfloat16)) -> li
             for kind in KIND_IDS:
                 for cfg in configs_for(dtype, tf32):
                     ce = constexprs(kind, dtype, tf32, cfg)
+                    options = dict(LAUNCH_OPTIONS, num_stages=cfg.num_stages)
                     out.append(Specialisation(cooperative_forward_kernel, "coop-forward", kind, dtype, name, cfg, ce,
-                                              FORWARD_POINTERS, FORWARD_INTS, dict(LAUNCH_OPTIONS, num_stages=cfg.num_stages), ("H",)))
+                                              FORWARD_POINTERS, FORWARD_INTS, options, ("H",)))
                     out.append(Specialisation(cooperative_backward_kernel, "coop-backward", kind, dtype, name, cfg, ce,
-                                              BACKWARD_POINTERS, BACKWARD_INTS, dict(LAUNCH_OPTIONS, num_stages=cfg.num_stages), ("H",)))
+                                              BACKWARD_POINTERS, BACKWARD_INTS, options, ("H",)))
     return out
 
 
@@ -694,8 +642,7 @@ def launch_forward(kind: str, tensors: dict, ints: dict, cfg: CoopConfig, tf32: 
         *pointers, *(ints[k] for k in FORWARD_INTS), **constexprs(kind, tensors["xg_ptr"].dtype, tf32, cfg),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **LAUNCH_OPTIONS,
     )
-    for counter in _counters:
-        counter.forward += 1
+    record("cooperative", "forward")
     _check_sync(tensors["sync_ptr"], "forward")
 
 
@@ -707,6 +654,5 @@ def launch_backward(kind: str, tensors: dict, ints: dict, cfg: CoopConfig, tf32:
         *pointers, *(ints[k] for k in BACKWARD_INTS), **constexprs(kind, tensors["dxg_ptr"].dtype, tf32, cfg),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **LAUNCH_OPTIONS,
     )
-    for counter in _counters:
-        counter.backward += 1
+    record("cooperative", "backward")
     _check_sync(tensors["sync_ptr"], "backward")

@@ -36,13 +36,14 @@ report compiles with.
 
 from __future__ import annotations
 
-import contextlib
 from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
+from .launches import LaunchCounter, aligned_input, count_launches, record  # noqa: F401 (re-exported)
+from .launches import checked_pointers as _pointers
 from .cells import (
     GATES,
     KIND_IDS,
@@ -425,61 +426,6 @@ def specialisations(dtypes=(torch.float32, torch.float16, torch.bfloat16)) -> li
 
 
 # --------------------------------------------------------------------------------------
-# Launch counting
-# --------------------------------------------------------------------------------------
-
-
-class LaunchCounter:
-    """Step-kernel launches since this counter was opened (see :func:`count_launches`)."""
-
-    def __init__(self):
-        self.forward = 0
-        self.backward = 0
-
-
-_counters: list[LaunchCounter] = []
-
-
-@contextlib.contextmanager
-def count_launches():
-    """Count the step-kernel launches made inside the ``with`` block.
-
-    Example::
-
-        with count_launches() as n:
-            ...
-        assert n.forward == T
-    """
-    counter = LaunchCounter()
-    _counters.append(counter)
-    try:
-        yield counter
-    finally:
-        _counters.remove(counter)
-
-
-def aligned_input(t: torch.Tensor) -> torch.Tensor:
-    """``t`` contiguous and 16-byte aligned, copied only when it is not.
-
-    The kernels are compiled for 16-byte aligned pointers (one variant, the one the
-    report checks); a misaligned view of an input (rare: a slice of a larger buffer) is
-    copied rather than compiling a second variant. Outputs are fresh allocations.
-    """
-    t = t.contiguous()
-    return t if t.data_ptr() % 16 == 0 else t.clone()
-
-
-def _pointers(spec, tensors: dict):
-    out = []
-    for name, _ in spec:
-        t = tensors[name]
-        if t.data_ptr() % 16 or not t.is_contiguous():
-            raise ValueError(f"fastrnn.kernels: {name} must be contiguous and 16-byte aligned")
-        out.append(t)
-    return out
-
-
-# --------------------------------------------------------------------------------------
 # Launchers
 # --------------------------------------------------------------------------------------
 
@@ -502,8 +448,7 @@ def forward_stepper(kind: str, tensors: dict, *, hidden: int, save: bool, tf32: 
         recurrent_step_forward_kernel[grid](
             *pointers, *(ints[k] for k in FORWARD_INTS), **constexprs, num_warps=cfg.num_warps
         )
-        for counter in _counters:
-            counter.forward += 1
+        record("step", "forward")
 
     return launch
 
@@ -522,7 +467,6 @@ def backward_stepper(kind: str, tensors: dict, *, hidden: int, dm_given: bool, t
         recurrent_step_backward_kernel[grid](
             *pointers, *(ints[k] for k in BACKWARD_INTS), **constexprs, num_warps=cfg.num_warps
         )
-        for counter in _counters:
-            counter.backward += 1
+        record("step", "backward")
 
     return launch

@@ -1,12 +1,30 @@
-"""Ahead-of-time compile report of every step-kernel specialisation, no GPU needed.
+"""Ahead-of-time compile report of every kernel specialisation, no GPU needed.
 
 Run as ``python -m fastrnn.kernels.report [--jobs N]``. For each specialisation the
-launchers can choose (:func:`fastrnn.kernels.recurrent_step.specialisations`: cell kind x
-dtype / TF32 x SAVE or DM_GIVEN x block configuration) and each of sm_80 and sm_90, it
-compiles the kernel with ``triton.compile`` for that target, reads registers and spills
-(``LOCAL`` / ``STACK``) from the cubin with ``cuobjdump --dump-resource-usage`` and the
-shared memory from the compiled metadata, and prints one row. Exit status 1 when any
-compile fails, anything spills, or shared memory passes the per-block limit.
+launchers can choose and each of sm_80 and sm_90, it compiles the kernel with
+``triton.compile`` for that target, reads registers and spills (``LOCAL`` / ``STACK``)
+from the cubin with ``cuobjdump --dump-resource-usage`` and the shared memory from the
+compiled metadata, and prints one row. The specialisations:
+
+- step tier (:func:`fastrnn.kernels.recurrent_step.specialisations`): cell kind x dtype /
+  TF32 x SAVE or DM_GIVEN x block configuration;
+- resident tier (:func:`fastrnn.kernels.resident.specialisations`): every entry of
+  :data:`fastrnn.kernels.fits.RESIDENT` (cell kind x dtype x block configuration), forward
+  and backward, fp32 in both IEEE and TF32 precision;
+- cooperative tier (:func:`fastrnn.kernels.cooperative.specialisations`): every entry of
+  :data:`fastrnn.kernels.fits.COOPERATIVE` x cell kind, forward and backward, compiled
+  with ``launch_cooperative_grid`` and ``H`` a multiple of 16, as launched. A cooperative
+  row also fails when its PTX lacks any part of the grid barrier (a GPU-scope release
+  add, a ``%globaltimer``-bounded poll, a GPU-scope acquire, ``bar.sync``).
+
+Exit status 1 when any compile fails, anything spills, registers pass 255, or shared
+memory passes the per-block limit of the arch (the compiler does not fail on that by
+itself: the launch would). A resident row also fails when it needs more shared memory
+than :mod:`fastrnn.kernels.fits` records for that arch (the tier choice reads that
+number to decide whether an entry runs on a device).
+
+``--sweep`` compiles the resident candidates instead (every kind x dtype x ``BLOCK_H``
+x ``num_warps``) and prints the :data:`~fastrnn.kernels.fits.RESIDENT` table they give.
 
 It must run in a process where Triton's interpreter is off: with it on, ``@triton.jit``
 builds interpreter objects, which cannot be compiled (the report refuses, exit 2).
@@ -15,6 +33,7 @@ builds interpreter objects, which cannot be compiled (the report refuses, exit 2
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import re
 import subprocess
@@ -26,13 +45,14 @@ from concurrent.futures import ProcessPoolExecutor
 
 import torch
 import triton
+import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from . import recurrent_step
+from . import cooperative, fits, recurrent_step, resident
 
 #: Largest shared memory one block may use (opt-in maximum), bytes.
-SHARED_LIMIT = {80: 166912, 90: 232448}
+SHARED_LIMIT = fits.SHARED_LIMIT
 ARCHS = (80, 90)
 MAX_REGISTERS = 255
 
@@ -44,34 +64,97 @@ def _cuobjdump() -> str:
     return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
 
-def signature_of(spec: recurrent_step.Specialisation) -> tuple[dict, dict, dict]:
+def specialisations(tier: str = "all") -> list:
+    """Every specialisation of ``tier`` ("step", "resident", "cooperative" or "all"), in report order."""
+    step = recurrent_step.specialisations() if tier in ("all", "step") else []
+    step += resident.specialisations() if tier in ("all", "resident") else []
+    return step + (cooperative.specialisations() if tier in ("all", "cooperative") else [])
+
+
+def signature_of(spec) -> tuple[dict, dict, dict]:
     """``(signature, constexprs, attrs)`` for :class:`ASTSource`, as the launcher calls it."""
-    io = "*" + _TYPE[spec.dtype]
-    acc = "*" + _TYPE[torch.float64 if spec.dtype == torch.float64 else torch.float32]
+    roles = {
+        "io": "*" + _TYPE[spec.dtype],
+        "acc": "*" + _TYPE[torch.float64 if spec.dtype == torch.float64 else torch.float32],
+        "i32": "*i32",
+    }
     signature, attrs = {}, {}
     for index, (name, role) in enumerate(spec.pointers):
-        signature[name] = io if role == "io" else acc
+        signature[name] = roles[role]
         attrs[(index,)] = [["tt.divisibility", 16]]  # the launchers pass 16-byte aligned tensors
-    for name in spec.ints:
+    multiples = getattr(spec, "divisible_by_16", ())
+    for index, name in enumerate(spec.ints, start=len(spec.pointers)):
         signature[name] = "i32"  # do_not_specialize: plain 32-bit ints, no value hints
+        if name in multiples:  # specialised by the launch: always a multiple of 16 there
+            attrs[(index,)] = [["tt.divisibility", 16]]
     for name in spec.constexprs:
         signature[name] = "constexpr"
     return signature, dict(spec.constexprs), attrs
 
 
-def compile_one(index: int, arch: int) -> dict:
-    """Compile specialisation ``index`` for ``sm_<arch>``; a result row (never raises)."""
+def compile_spec(spec, arch: int) -> dict:
+    """Compile ``spec`` for ``sm_<arch>``; a result row (never raises).
+
+    The compile runs in a forked child process: LLVM inside Triton aborts the whole
+    process on some inputs (measured: an SLPVectorizer assertion for one resident
+    backward kernel on sm_90), and such a crash must be a failed row, not a lost report.
+    """
     # Triton 3.9 warns once per process that its FP-fusion default will change; the
     # launch path compiles with the same default, so the report keeps it and stays quiet.
     warnings.filterwarnings("ignore", message="TRITON_DEFAULT_FP_FUSION")
-    spec = recurrent_step.specialisations()[index]
-    row = dict(kernel=f"{spec.kernel_name}:{spec.kind}", dtype=spec.label, config=spec.config.label,
-               arch=f"sm_{arch}", regs=-1, spills=-1, shared=-1, ok=False, error="")
+    _warm_up(arch)
+    ctx = multiprocessing.get_context("fork")
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_compile_child, args=(spec, arch, send))
+    child.start()
+    send.close()
+    try:
+        row = receive.recv()
+    except EOFError:
+        row = None
+    child.join()
+    if row is None:
+        row = _row(spec, arch)
+        row["error"] = f"the compiler crashed (exit code {child.exitcode})"
+    return row
+
+
+@triton.jit
+def _trivial_kernel(ptr):
+    tl.store(ptr, 1)
+
+
+_warm: set = set()
+
+
+def _warm_up(arch: int) -> None:
+    """Compile a trivial kernel once per process and arch: the first compile of a process
+    sets up Triton's backend (~0.4 s measured), which forked children then inherit
+    instead of each paying it again."""
+    if arch not in _warm:
+        triton.compile(ASTSource(fn=_trivial_kernel, signature={"ptr": "*i32"}, constexprs={}),
+                       target=GPUTarget("cuda", arch, 32))
+        _warm.add(arch)
+
+
+def _row(spec, arch: int) -> dict:
+    return dict(kernel=f"{spec.kernel_name}:{spec.kind}", dtype=spec.label, config=spec.config.label,
+                arch=f"sm_{arch}", regs=-1, spills=-1, shared=-1, ok=False, error="")
+
+
+def _compile_child(spec, arch: int, send) -> None:
+    send.send(_compile_in_process(spec, arch))
+    send.close()
+
+
+def _compile_in_process(spec, arch: int) -> dict:
+    warnings.filterwarnings("ignore", message="TRITON_DEFAULT_FP_FUSION")
+    row = _row(spec, arch)
     try:
         signature, constexprs, attrs = signature_of(spec)
         src = ASTSource(fn=spec.kernel, signature=signature, constexprs=constexprs, attrs=attrs)
-        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                                  options=dict(num_warps=spec.config.num_warps))
+        options = dict(num_warps=spec.config.num_warps, **(getattr(spec, "options", None) or {}))
+        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
         with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
             f.write(compiled.asm["cubin"])
             f.flush()
@@ -90,11 +173,103 @@ def compile_one(index: int, arch: int) -> dict:
             problems.append(f"{regs} registers")
         if shared > SHARED_LIMIT[arch]:
             problems.append(f"shared {shared} > {SHARED_LIMIT[arch]}")
+        if options.get("launch_cooperative_grid"):
+            if not compiled.metadata.launch_cooperative_grid:
+                problems.append("not compiled for a cooperative launch")
+            problems += [f"barrier: {p}" for p in cooperative.barrier_ptx_problems(compiled.asm["ptx"])]
+        recorded = getattr(spec, "shared_limit", None)
+        if recorded is not None and shared > recorded[arch]:
+            problems.append(f"shared {shared} > {recorded[arch]} recorded in fits.py")
         row["error"] = "; ".join(problems)
         row["ok"] = not problems
     except Exception as exc:  # a compile failure is a report row, not a crash
         row["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
     return row
+
+
+def compile_one(tier: str, index: int, arch: int) -> dict:
+    """Compile specialisation ``index`` of :func:`specialisations` for ``sm_<arch>``."""
+    return compile_spec(specialisations(tier)[index], arch)
+
+
+# --------------------------------------------------------------------------------------
+# The resident sweep: what goes into fits.RESIDENT
+# --------------------------------------------------------------------------------------
+
+SWEEP_DTYPES = ("float32", "float16", "bfloat16", "float64")
+SWEEP_BLOCK_H = {"float64": (32, 64)}
+SWEEP_BLOCK_H_DEFAULT = (32, 64, 128)
+SWEEP_WARPS = (4, 8, 16)
+
+
+def _sweep_candidate(kind: str, dtype_name: str, block_h: int, warps: int, direction: str) -> dict:
+    """Compile one resident kernel config on every arch (both precisions for fp32)."""
+    dtype = getattr(torch, dtype_name)
+    cfg = fits.KernelConfig(16, block_h, warps)
+    kernel, pointers, ints = (
+        (resident.resident_forward_kernel, resident.FORWARD_POINTERS, resident.FORWARD_INTS)
+        if direction == "forward"
+        else (resident.resident_backward_kernel, resident.BACKWARD_POINTERS, resident.BACKWARD_INTS)
+    )
+    rows = []
+    for tf32 in ((False, True) if dtype == torch.float32 else (False,)):
+        spec = resident.Specialisation(kernel, f"resident-{direction}", kind, dtype, dtype_name, cfg,
+                                       resident.constexprs(kind, dtype, tf32, cfg), pointers, ints, None)
+        rows += [compile_spec(spec, arch) for arch in ARCHS]
+    shared = {arch: max(r["shared"] for r in rows if r["arch"] == f"sm_{arch}") for arch in ARCHS}
+    # Clean: compiled with no spill on every arch and fits the reference arch; an entry
+    # that needs more shared memory than an older arch has simply never runs there.
+    clean = all(r["regs"] > 0 and r["spills"] == 0 for r in rows) and 0 < shared[fits.REFERENCE_ARCH] <= SHARED_LIMIT[
+        fits.REFERENCE_ARCH]
+    return dict(key=(kind, dtype_name, block_h, direction), warps=warps, clean=clean, shared=shared, rows=rows)
+
+
+def _sweep_job(args):
+    kind, dtype_name, block_h, direction = args
+    tried = []
+    weight_bytes = resident.GATES[kind] * block_h * block_h * getattr(torch, dtype_name).itemsize
+    if weight_bytes > SHARED_LIMIT[fits.REFERENCE_ARCH]:
+        return tried  # W_hh alone is larger than any SM's shared memory
+    for warps in SWEEP_WARPS:
+        result = _sweep_candidate(kind, dtype_name, block_h, warps, direction)
+        tried.append(result)
+        if result["clean"]:
+            break
+    return tried
+
+
+def sweep(jobs: int) -> int:
+    keys = [(kind, d, bh, direction) for kind in resident.KIND_IDS for d in SWEEP_DTYPES
+            for bh in SWEEP_BLOCK_H.get(d, SWEEP_BLOCK_H_DEFAULT) for direction in ("forward", "backward")]
+    with ProcessPoolExecutor(jobs) as pool:
+        results = list(pool.map(_sweep_job, keys))
+    chosen = {}
+    for tried in results:
+        for r in tried:
+            for row in r["rows"]:
+                print(f"# {r['key']} w{r['warps']} {row['dtype']} {row['arch']} regs {row['regs']} "
+                      f"spills {row['spills']} shared {row['shared']} {'ok' if row['ok'] else row['error']}")
+        last = tried[-1] if tried else None
+        if last is not None and last["clean"]:
+            chosen[last["key"]] = last
+    print("RESIDENT = {")
+    for kind in resident.KIND_IDS:
+        for d in SWEEP_DTYPES:
+            for bh in SWEEP_BLOCK_H.get(d, SWEEP_BLOCK_H_DEFAULT):
+                fwd, bwd = chosen.get((kind, d, bh, "forward")), chosen.get((kind, d, bh, "backward"))
+                if fwd is None or bwd is None:
+                    print(f"    # {kind} {d} {bh}: no clean configuration")
+                    continue
+                shared = {a: max(fwd["shared"][a], bwd["shared"][a]) for a in ARCHS}
+                print(f"    ({kind!r}, {d!r}, {bh}): _fit({bh}, {fwd['warps']}, {bwd['warps']}, "
+                      f"{shared[80]}, {shared[90]}),")
+    print("}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------
 
 
 def _interpreted() -> bool:
@@ -106,25 +281,31 @@ def _interpreted() -> bool:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="compile processes")
+    parser.add_argument("--tier", choices=("all", "step", "resident", "cooperative"), default="all",
+                        help="which kernels")
+    parser.add_argument("--sweep", action="store_true", help="compile the resident candidates, print fits.RESIDENT")
     args = parser.parse_args(argv)
     if _interpreted():
         print("fastrnn.kernels.report: the kernels were built for Triton's interpreter (it is switched "
               "on in this environment); run the report with the interpreter off.", file=sys.stderr)
         return 2
-    specs = recurrent_step.specialisations()
-    jobs = [(i, arch) for i in range(len(specs)) for arch in ARCHS]
+    if args.sweep:
+        return sweep(args.jobs)
+    specs = specialisations(args.tier)
+    jobs = [(args.tier, i, arch) for i in range(len(specs)) for arch in ARCHS]
     start = time.time()
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs) as pool:
             rows = list(pool.map(compile_one, *zip(*jobs)))
     else:
-        rows = [compile_one(i, arch) for i, arch in jobs]
-    header = f"{'kernel':<18} {'dtype':<18} {'config':<18} {'arch':<6} {'regs':>5} {'spills':>6} {'shared':>7}  result"
+        rows = [compile_one(*job) for job in jobs]
+    header = (f"{'kernel':<27} {'dtype':<18} {'config':<18} {'arch':<6} {'regs':>5} {'spills':>6} "
+              f"{'shared':>7}  result")
     print(header)
     print("-" * len(header))
     for r in rows:
         result = "pass" if r["ok"] else f"FAIL {r['error']}"
-        print(f"{r['kernel']:<18} {r['dtype']:<18} {r['config']:<18} {r['arch']:<6} {r['regs']:>5} "
+        print(f"{r['kernel']:<27} {r['dtype']:<18} {r['config']:<18} {r['arch']:<6} {r['regs']:>5} "
               f"{r['spills']:>6} {r['shared']:>7}  {result}")
     failed = sum(not r["ok"] for r in rows)
     print(f"\n{len(rows)} rows ({len(specs)} specialisations x {len(ARCHS)} archs), {failed} failed, "

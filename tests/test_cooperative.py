@@ -36,8 +36,8 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from fastrnn.backends import triton_backend
 from fastrnn.functional import Schedule, recurrent_layer, recurrent_stack
-from fastrnn.kernels import cooperative
-from fastrnn.kernels.recurrent_step import count_launches
+from fastrnn.kernels import cooperative, fits
+from fastrnn.kernels.launches import count_launches
 
 KINDS = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
 GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
@@ -74,7 +74,7 @@ def coop(monkeypatch):
     chosen = {}
 
     def use(slab: bool, block_h: int | None = None):
-        def config(dtype, hidden, sm_count, tf32=False):
+        def config(dtype, hidden, tf32=False):
             cfg = small_config(hidden, slab, block_h)
             chosen[hidden] = cfg
             return cfg
@@ -317,7 +317,130 @@ def test_sequential_interpreter_times_out_instead_of_hanging(monkeypatch):
     alone: the barrier times out and the launch reports it (never a hang)."""
     monkeypatch.setenv("FASTRNN_TIER", "cooperative")
     monkeypatch.setattr(cooperative, "BARRIER_TIMEOUT_US", 200_000)
-    monkeypatch.setattr(cooperative, "cooperative_config", lambda dtype, hidden, sms, tf32=False: small_config(hidden, False))
+    monkeypatch.setattr(cooperative, "cooperative_config", lambda dtype, hidden, tf32=False: small_config(hidden, False))
     flat, schedule, h0, c0, weights = _problem("RNN_TANH", 2, 3, 16, False, False)
     with pytest.raises(cooperative.BarrierTimeout):
         recurrent_stack("RNN_TANH", flat, schedule, h0, None, [tuple(weights[0]) + (None,)], backend="triton")
+
+
+# --------------------------------------------------------------------------------------
+# Tier choice, fallback on a barrier timeout, first-use check
+# --------------------------------------------------------------------------------------
+
+GPU = torch.device("cuda")  # only named: the device queries below are replaced
+
+
+@pytest.fixture
+def on_a_gpu(monkeypatch):
+    """The tier choice as on an sm_90 GPU with 132 SMs (no kernel runs)."""
+    monkeypatch.setattr(triton_backend, "device_limits", lambda device: (90, fits.SHARED_LIMIT[90]))
+    monkeypatch.setattr(triton_backend, "_sm_count", lambda device: 132)
+    monkeypatch.setattr(triton_backend, "_checked", {})
+    monkeypatch.delenv("FASTRNN_TIER", raising=False)
+    monkeypatch.setenv("FASTRNN_SELF_CHECK", "0")
+
+
+@pytest.mark.parametrize(
+    "kind, hidden, proj, dtype, expected",
+    [
+        ("LSTM", 64, 0, torch.float16, "resident"),
+        ("LSTM", 80, 0, torch.bfloat16, "cooperative"),  # LSTM fp16/bf16 resident stops at 64
+        ("LSTM", 768, 0, torch.bfloat16, "cooperative"),
+        ("GRU", 768, 0, torch.float32, "cooperative"),
+        ("RNN_TANH", 2112, 0, torch.float16, "cooperative"),  # 132 programs of 16 units
+        ("RNN_RELU", 2128, 0, torch.float16, "step"),  # 133 programs
+        ("LSTM", 776, 0, torch.bfloat16, "step"),  # not a multiple of 16
+        ("LSTM", 768, 256, torch.bfloat16, "step"),  # proj_size
+        ("GRU", 768, 0, torch.float64, "step"),  # fp64 is not compiled for GPUs
+    ],
+)
+def test_auto_choice_on_a_gpu(on_a_gpu, kind, hidden, proj, dtype, expected):
+    assert triton_backend.tier_for(kind, hidden, proj, dtype, GPU) == expected
+
+
+def test_auto_never_picks_the_cooperative_tier_in_the_interpreter(monkeypatch):
+    monkeypatch.delenv("FASTRNN_TIER", raising=False)
+    assert {triton_backend.tier_for(k, h, 0, d, "cpu") for k in KINDS for h in (128, 768, 2048)
+            for d in (torch.float32, torch.float16)} <= {"resident", "step"}
+
+
+@pytest.mark.parametrize(
+    "hidden, proj, dtype, message",
+    [(768, 256, torch.bfloat16, "proj_size"), (2128, 0, torch.float16, "more than the 132 SMs"),
+     (776, 0, torch.float16, "multiple of 16"), (768, 0, torch.float64, "float64")],
+)
+def test_forcing_cooperative_where_it_cannot_run_is_an_error(on_a_gpu, monkeypatch, hidden, proj, dtype, message):
+    monkeypatch.setenv("FASTRNN_TIER", "cooperative")
+    with pytest.raises(RuntimeError, match=message):
+        triton_backend.tier_for("LSTM", hidden, proj, dtype, GPU)
+
+
+def test_config_table_choices():
+    """What fits.COOPERATIVE gives: the on-chip slab only for fp16/bf16 with H in (64, 128]."""
+    assert fits.cooperative_config(torch.bfloat16, 128, False).slab_k == 128
+    assert fits.cooperative_config(torch.float16, 80, False).slab_k == 128
+    assert fits.cooperative_config(torch.bfloat16, 64, False).slab_k == 0
+    assert fits.cooperative_config(torch.bfloat16, 768, False).slab_k == 0
+    assert fits.cooperative_config(torch.float32, 128, True).slab_k == 0
+    assert fits.cooperative_config(torch.float32, 768, True).num_stages > 1  # the TF32 stream is pipelined
+    assert fits.cooperative_max_hidden(108) == 1728 and fits.cooperative_max_hidden(132) == 2112
+
+
+def _auto_picks_cooperative(monkeypatch):
+    """Make auto choose the cooperative tier on CPU tensors (it never does by itself there)."""
+    monkeypatch.delenv("FASTRNN_TIER", raising=False)
+    monkeypatch.setattr(triton_backend, "_chosen_tier", lambda *args: ("cooperative", False))
+
+
+def test_barrier_timeout_under_auto_reruns_on_the_step_tier_with_one_warning(coop, monkeypatch):
+    """The launch in which program 1 never arrives raises inside the backend; the call is
+    rerun on the step tier (right results), with one warning, and later calls of that
+    layer go to the step tier directly."""
+    coop(False)
+    monkeypatch.setattr(triton_backend, "_checked", {})
+    _auto_picks_cooperative(monkeypatch)
+    monkeypatch.setattr(cooperative, "BARRIER_TIMEOUT_US", 500_000)
+    monkeypatch.setattr(cooperative, "ABSENT_PROGRAM", 1)
+    problem = _problem("GRU", 5, 4, 16, False, True)
+    expected = _run("GRU", "reference", torch.float64, problem, False)
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always")
+        with count_launches() as first:
+            got = _run("GRU", "triton", torch.float64, problem, False)
+        with count_launches() as second:
+            again = _run("GRU", "triton", torch.float64, problem, False)
+    timeouts = [w for w in records if "grid barrier" in str(w.message)]
+    assert len(timeouts) == 1, [str(w.message) for w in records]
+    assert "run on the step tier" in str(timeouts[0].message)
+    assert first.tiers["cooperative", "forward"] == 1 and first.tiers["step", "forward"] == 4
+    assert first.tiers["cooperative", "backward"] == 0 and first.tiers["step", "backward"] == 4
+    assert set(second.tiers) == {("step", "forward"), ("step", "backward")}
+    for result in (got, again):
+        for a, e in zip(result[0] + result[1], expected[0] + expected[1]):
+            torch.testing.assert_close(a, e, **TOL[torch.float64])
+
+
+def test_first_use_check_covers_the_cooperative_tier(coop, monkeypatch):
+    """With the check on, the first cooperative use of a key runs the check problem through
+    this tier and the step tier (silently, they agree); a timed-out check falls back."""
+    coop(False)
+    monkeypatch.setattr(triton_backend, "_checked", {})
+    monkeypatch.setenv("FASTRNN_SELF_CHECK", "1")
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always")
+        with count_launches() as n:
+            assert triton_backend.tier_for("LSTM", 16, 0, torch.float64, "cpu") == "cooperative"
+    assert not [w for w in records if "fastrnn" in str(w.message)]
+    assert n.tiers["cooperative", "forward"] == 2 and n.tiers["cooperative", "backward"] == 2  # both directions
+    assert list(triton_backend._checked.values()) == [True]
+    # A check whose launch never completes a barrier (program 1 absent): under auto the
+    # layer falls back to the step tier with one warning.
+    monkeypatch.setattr(cooperative, "BARRIER_TIMEOUT_US", 300_000)
+    monkeypatch.setattr(cooperative, "ABSENT_PROGRAM", 1)
+    _auto_picks_cooperative(monkeypatch)
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always")
+        assert triton_backend.tier_for("GRU", 16, 0, torch.float64, "cpu") == "step"
+        assert triton_backend.tier_for("GRU", 16, 0, torch.float64, "cpu") == "step"
+    found = [w for w in records if "disagrees with the step tier" in str(w.message)]
+    assert len(found) == 1 and "BarrierTimeout" in str(found[0].message)

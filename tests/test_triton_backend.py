@@ -1,4 +1,7 @@
-"""The triton backend against the reference backend, in Triton's interpreter on CPU.
+"""The triton backend's step tier against the reference backend, in Triton's interpreter on CPU.
+
+(``FASTRNN_TIER=step`` for every test here; tests/test_resident.py runs the same check,
+``check_against_reference``, on the resident tier.)
 
 Every output (y, h_n, c_n) and every gradient (x, h0, c0, each weight and bias) of
 ``recurrent_stack`` with ``backend="triton"`` is compared with ``backend="reference"``.
@@ -47,10 +50,16 @@ def _nan_fill(monkeypatch):
     monkeypatch.setattr(triton_backend, "FILL_NAN", True)
 
 
+@pytest.fixture(autouse=True)
+def _step_tier(monkeypatch):
+    """These are the step tier's tests (tests/test_resident.py runs the resident tier)."""
+    monkeypatch.setenv("FASTRNN_TIER", "step")
+
+
 def _lengths(batch: int, steps: int) -> list[int]:
     """Unsorted lengths with the longest equal to ``steps`` (so T is exercised)."""
     pattern = [max(1, steps - 4), steps, 1, max(1, steps - 2), max(1, steps // 2)]
-    return pattern[:batch] if batch > 1 else [steps]
+    return [pattern[i % len(pattern)] for i in range(batch)] if batch > 1 else [steps]
 
 
 def _problem(kind, batch, steps, hidden, bidirectional, packed, layers=2, dtype=torch.float64, seed=0):

@@ -24,6 +24,12 @@ def _nan_fill(monkeypatch):
     monkeypatch.setattr(triton_backend, "FILL_NAN", True)
 
 
+@pytest.fixture(autouse=True)
+def _step_tier(monkeypatch):
+    """The step tier's tests (tests/test_resident.py and tests/test_tiers.py run the others)."""
+    monkeypatch.setenv("FASTRNN_TIER", "step")
+
+
 def _inputs(kind, hidden=2, in_size=2, proj=0, seed=0):
     gen = torch.Generator().manual_seed(seed)
     schedule = Schedule.from_batch_sizes([3, 2, 1])  # lengths 3, 2, 1

@@ -26,6 +26,12 @@ def _nan_fill(monkeypatch):
     monkeypatch.setattr(triton_backend, "FILL_NAN", True)
 
 
+@pytest.fixture(autouse=True)
+def _step_tier(monkeypatch):
+    """The step tier's tests (tests/test_resident.py and tests/test_tiers.py run the others)."""
+    monkeypatch.setenv("FASTRNN_TIER", "step")
+
+
 # --------------------------------------------------------------------------------------
 # Parity with torch.nn (float64: helpers.TOL explains the tolerances)
 # --------------------------------------------------------------------------------------

@@ -1,28 +1,50 @@
-"""Triton backend: the time loops of :mod:`fastrnn.backends.base` as one kernel launch per step.
+"""Triton backend: the time loops of :mod:`fastrnn.backends.base` as Triton kernels.
 
-Forward: one :func:`~fastrnn.kernels.recurrent_step.forward_stepper` launch per timestep
-(recurrent GEMM + input projection + activations + state update; ``h_t`` is written
-straight into the output rows of its step). Backward: one
-:func:`~fastrnn.kernels.recurrent_step.backward_stepper` launch per timestep (the recurrent
-GEMM of one step fused with the pointwise gate backward of the step before it); the
-last ``dh0 = dgates_first @ W_hh`` is a torch GEMM.
+Three kernel tiers run a layer-direction (:func:`tier_for` picks one per launch):
 
-LSTM with ``proj_size``: the projection ``h_t = m_t @ W_hr^T`` is a torch ``mm`` per step
-after the step kernel (which writes ``m_t`` to a ``(B, H)`` buffer), and in backward
-``dh`` / ``dm = dh @ W_hr`` are torch ops per step before a pointwise step kernel; the
-launch count per step stays one, but each step also runs these torch ops.
+- **step** (any size): one :func:`~fastrnn.kernels.recurrent_step.forward_stepper` launch
+  per timestep (recurrent GEMM + input projection + activations + state update; ``h_t`` is
+  written straight into the output rows of its step). Backward: one
+  :func:`~fastrnn.kernels.recurrent_step.backward_stepper` launch per timestep (the
+  recurrent GEMM of one step fused with the pointwise gate backward of the step before
+  it); the last ``dh0 = dgates_first @ W_hh`` is a torch GEMM.
+- **resident** (``W_hh`` fits one SM, no ``proj_size``; :mod:`fastrnn.kernels.fits`):
+  one launch runs the whole forward time loop, one launch the whole backward loop
+  (:mod:`fastrnn.kernels.resident`); ``h_n``, ``c_n``, ``dh0`` and ``dc0`` come out of the
+  kernels.
+- **cooperative** (larger ``H`` on a GPU, no ``proj_size``): one launch per pass spread
+  over the SMs, ``cdiv(H, 16)`` programs with a grid barrier per step
+  (:mod:`fastrnn.kernels.cooperative`). A barrier that times out makes the launch raise
+  ``BarrierTimeout``; the call then reruns on the step tier with one warning (or the error
+  propagates when ``FASTRNN_TIER=cooperative`` forced the tier).
+
+LSTM with ``proj_size`` (step tier): the projection ``h_t = m_t @ W_hr^T`` is a torch
+``mm`` per step after the step kernel (which writes ``m_t`` to a ``(B, H)`` buffer), and
+in backward ``dh`` / ``dm = dh @ W_hr`` are torch ops per step before a pointwise step
+kernel; the launch count per step stays one, but each step also runs these torch ops.
 
 Precision: fp32 accumulation (fp64 for fp64 I/O); the LSTM cell state and the ``dh`` /
-``dc`` state buffers of backward are kept in that accumulation dtype whatever the I/O
-dtype; gates are saved in the I/O dtype. fp32 GEMMs use TF32 only when
+``dc`` state of backward are kept in that accumulation dtype whatever the I/O dtype;
+gates are saved in the I/O dtype. fp32 GEMMs use TF32 only when
 ``torch.backends.cudnn.allow_tf32`` is on.
 
-Saved for backward (the ``saved`` tuple, private to this backend): LSTM ``(gates (N, 4H)
-i,f,g,o, c (N, H) fp32)``; GRU ``(gates (N, 3H) r,z,n, W_hn h + b_hn (N, H))``; plain RNN
-nothing (backward reads ``y``).
+Saved for backward (the ``saved`` tuple, the same layout whatever tier ran, so every
+tier's backward reads every tier's forward): LSTM ``(gates (N, 4H) i,f,g,o, c (N, H)
+fp32)``; GRU ``(gates (N, 3H) r,z,n, W_hn h + b_hn (N, H))``; plain RNN nothing
+(backward reads ``y``).
+
+Tier choice (:func:`tier_for`): from the cell kind, ``H``, ``proj_size``, the dtype and
+the device's shared memory per block and SM count, never from ``T`` or ``B``;
+``FASTRNN_TIER`` forces one. First use: the first time a persistent tier runs a (device, kind, dtype, block
+size) in a process, a small problem is run through it and through the step tier and
+compared (``FASTRNN_SELF_CHECK``); a mismatch or a failure warns once and that key uses
+the step tier for the rest of the process.
 """
 
 from __future__ import annotations
+
+import os
+import warnings
 
 import torch
 
@@ -41,6 +63,12 @@ def _kernels():
     from ..kernels import recurrent_step  # imports triton
 
     return recurrent_step
+
+
+def _resident():
+    from ..kernels import resident  # imports triton
+
+    return resident
 
 
 def _interpreted() -> bool:
@@ -83,22 +111,11 @@ def _tf32() -> bool:
     return bool(torch.backends.cudnn.allow_tf32)
 
 
-def forward(kind: CellKind, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: bool, save: bool):
-    """Run the forward time loop; see :mod:`fastrnn.backends.base`."""
-    import os  # TEMPORARY until the tier choice of the resident branch is merged
-
-    if os.environ.get("FASTRNN_TIER") == "cooperative" and w_hr is None:
-        cfg = cooperative_config(kind, w_hh.shape[1], xg.dtype, xg.device)
-        return forward_cooperative(kind, xg, w_hh, b_hh, h0, c0, schedule, reverse, save, cfg)
+def _step_forward(kind: CellKind, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: bool, save: bool):
+    """The forward time loop on the step tier: one launch per timestep."""
     ks = _kernels()
     prep = ks.aligned_input
     dtype, device = xg.dtype, xg.device
-    if dtype == torch.bfloat16 and _interpreted():
-        # Measured: the interpreter's tl.dot on bfloat16 operands returns wrong values.
-        raise RuntimeError(
-            "fastrnn: the triton backend cannot run bfloat16 in Triton's interpreter (its "
-            "bfloat16 tl.dot is wrong); use backend='reference' or float16/float32 on the CPU"
-        )
     acc = _acc_dtype(dtype)
     gates_n = kind.gates
     hidden, state = w_hh.shape[0] // gates_n, w_hh.shape[1]
@@ -156,13 +173,9 @@ def forward(kind: CellKind, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, re
     return ForwardResult(y, schedule.final(y, reverse), c_n, saved)
 
 
-def backward(kind: CellKind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule: Schedule, reverse: bool):
-    """Run the backward time loop; see :mod:`fastrnn.backends.base`."""
-    import os  # TEMPORARY until the tier choice of the resident branch is merged
-
-    if os.environ.get("FASTRNN_TIER") == "cooperative" and w_hr is None:
-        cfg = cooperative_config(kind, w_hh.shape[1], y.dtype, y.device)
-        return backward_cooperative(kind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, reverse, cfg)
+def _step_backward(kind: CellKind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule: Schedule,
+                   reverse: bool):
+    """The backward time loop on the step tier: one launch per timestep."""
     ks = _kernels()
     prep = ks.aligned_input
     dtype, device = y.dtype, y.device
@@ -241,6 +254,99 @@ def backward(kind: CellKind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n,
 
 
 # --------------------------------------------------------------------------------------
+# Resident tier: one launch per pass
+# --------------------------------------------------------------------------------------
+
+
+def _step_tables(schedule: Schedule, device):
+    """``(uniform_b, sizes, offsets)`` for the resident kernels: a padded batch passes its
+    ``B`` and placeholder tensors (no host-to-device copy), a packed one its per-step
+    batch sizes and first rows as int32 device tensors (made once per schedule)."""
+    if schedule.is_uniform:
+        dummy = torch.empty(8, dtype=torch.int32, device=device)
+        return schedule.batch, dummy, dummy
+    sizes, offsets = schedule.device_tables(device)
+    return 0, sizes, offsets
+
+
+def _resident_forward(kind: CellKind, xg, w_hh, b_hh, h0, c0, schedule: Schedule, reverse: bool, save: bool, fit):
+    """The forward time loop on the resident tier: one launch."""
+    rs = _resident()
+    prep = rs.aligned_input
+    dtype, device = xg.dtype, xg.device
+    acc = _acc_dtype(dtype)
+    gates_n = kind.gates
+    hidden = w_hh.shape[1]
+    n_rows, batch = xg.shape[0], schedule.batch
+    is_lstm, is_gru = kind is CellKind.LSTM, kind is CellKind.GRU
+    save = save and gates_n > 1  # plain RNN backward only reads y
+    dummy_io = torch.empty(8, dtype=dtype, device=device)
+    dummy_acc = torch.empty(8, dtype=acc, device=device)
+
+    y = _new((n_rows, hidden), dtype, device)
+    h_n = _new((batch, hidden), dtype, device)
+    c_n = _new((batch, hidden), dtype, device) if is_lstm else dummy_io
+    gates = _new((n_rows, gates_n * hidden), dtype, device) if save else dummy_io
+    c_seq = _new((n_rows, hidden), acc, device) if (save and is_lstm) else dummy_acc
+    hn_seq = _new((n_rows, hidden), dtype, device) if (save and is_gru) else dummy_io
+    if is_gru:
+        bias = prep(b_hh) if b_hh is not None else torch.zeros(3 * hidden, dtype=dtype, device=device)
+    else:
+        bias = dummy_io
+    uniform_b, sizes, offsets = _step_tables(schedule, device)
+    tensors = dict(
+        xg_ptr=prep(xg), w_hh_ptr=prep(w_hh), b_hh_ptr=bias, h0_ptr=prep(h0),
+        c0_ptr=prep(c0) if is_lstm else dummy_io, y_ptr=y, h_n_ptr=h_n, c_n_ptr=c_n, gates_ptr=gates,
+        c_seq_ptr=c_seq, hn_seq_ptr=hn_seq, sizes_ptr=sizes, offsets_ptr=offsets,
+    )
+    ints = dict(T=schedule.steps, B=batch, uniform_b=uniform_b, reverse=int(reverse), save=int(save), H=hidden)
+    rs.launch_forward(kind.value, tensors, ints, fit=fit, tf32=_tf32())
+    if is_lstm and save:
+        saved = (gates, c_seq)
+    elif is_gru and save:
+        saved = (gates, hn_seq)
+    else:
+        saved = ()
+    return ForwardResult(y, h_n, c_n if is_lstm else None, saved)
+
+
+def _resident_backward(kind: CellKind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule: Schedule, reverse: bool, fit):
+    """The backward time loop on the resident tier: one launch."""
+    rs = _resident()
+    prep = rs.aligned_input
+    dtype, device = y.dtype, y.device
+    acc = _acc_dtype(dtype)
+    gates_n = kind.gates
+    hidden = w_hh.shape[1]
+    n_rows, batch = y.shape[0], schedule.batch
+    is_lstm, is_gru = kind is CellKind.LSTM, kind is CellKind.GRU
+    dummy_io = torch.empty(8, dtype=dtype, device=device)
+    dummy_acc = torch.empty(8, dtype=acc, device=device)
+    gates, c_seq, hn_seq = dummy_io, dummy_acc, dummy_io
+    if is_lstm:
+        gates, c_seq = saved
+    elif is_gru:
+        gates, hn_seq = saved
+
+    dxg = _new((n_rows, gates_n * hidden), dtype, device)
+    dhg = _new((n_rows, gates_n * hidden), dtype, device) if is_gru else dxg
+    dh0 = _new((batch, hidden), dtype, device)
+    dc0 = _new((batch, hidden), dtype, device) if is_lstm else dummy_io
+    if is_lstm and dc_n is None:
+        dc_n = torch.zeros(batch, hidden, dtype=dtype, device=device)
+    uniform_b, sizes, offsets = _step_tables(schedule, device)
+    tensors = dict(
+        w_hh_ptr=prep(w_hh), h0_ptr=prep(h0), c0_ptr=prep(c0) if is_lstm else dummy_io, y_ptr=prep(y),
+        dy_ptr=prep(dy), dh_n_ptr=prep(dh_n), dc_n_ptr=prep(dc_n) if is_lstm else dummy_io,
+        gates_ptr=prep(gates), c_seq_ptr=prep(c_seq), hn_seq_ptr=prep(hn_seq), dxg_ptr=dxg, dhg_ptr=dhg,
+        dh0_ptr=dh0, dc0_ptr=dc0, sizes_ptr=sizes, offsets_ptr=offsets,
+    )
+    ints = dict(T=schedule.steps, B=batch, uniform_b=uniform_b, reverse=int(reverse), H=hidden)
+    rs.launch_backward(kind.value, tensors, ints, fit=fit, tf32=_tf32())
+    return BackwardResult(dxg, dhg, dh0, dc0 if is_lstm else None, None)
+
+
+# --------------------------------------------------------------------------------------
 # Cooperative tier (kernels/cooperative.py): one launch per layer-direction and pass
 # --------------------------------------------------------------------------------------
 
@@ -252,36 +358,32 @@ def _cooperative():
 
 
 def _sm_count(device: torch.device) -> int:
-    """Programs a cooperative grid may have: the SM count (no limit in the interpreter)."""
+    """SMs of ``device``: a cooperative grid has at most one program per SM. Any other
+    device (Triton's interpreter) is taken to be the reference GPU (an H100, 132 SMs)."""
+    from ..kernels import fits
+
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
-    return 1 << 30
+    return fits.REFERENCE_SMS
 
 
-def cooperative_config(kind: CellKind, hidden: int, dtype: torch.dtype, device: torch.device):
-    """The cooperative launch configuration for this layer on ``device``, or None."""
-    return _cooperative().cooperative_config(dtype, hidden, _sm_count(device), _tf32())
+def _coop_config(hidden: int, dtype: torch.dtype):
+    """The cooperative launch configuration of this layer (:data:`fits.COOPERATIVE`)."""
+    return _cooperative().cooperative_config(dtype, hidden, _tf32())
 
 
-def _device_schedule(schedule: Schedule, device: torch.device) -> tuple[torch.Tensor, int]:
-    """``(sched, packed)``: per-step sizes then first rows (int32) for a packed batch; a
-    padded one passes a placeholder and ``packed = 0`` (no host-to-device copy)."""
-    if schedule.is_uniform:
-        return torch.empty(8, dtype=torch.int32, device=device), 0
-    table = torch.tensor(schedule.batch_sizes + schedule.offsets, dtype=torch.int32)
-    return table.to(device), 1
-
-
-def forward_cooperative(kind: CellKind, xg, w_hh, b_hh, h0, c0, schedule: Schedule, reverse: bool, save: bool, cfg):
-    """The forward time loop as one cooperative launch (no ``proj_size``); same results and
-    ``saved`` layout as :func:`forward`. Raises ``BarrierTimeout`` when a barrier timed out."""
+def _cooperative_forward(kind: CellKind, xg, w_hh, b_hh, h0, c0, schedule: Schedule, reverse: bool, save: bool):
+    """The forward time loop on the cooperative tier: one launch (no ``proj_size``); the
+    same results and ``saved`` layout as the other tiers. Raises
+    :class:`~fastrnn.kernels.cooperative.BarrierTimeout` when a grid barrier timed out."""
     coop = _cooperative()
-    prep = _kernels().aligned_input
+    prep = coop.aligned_input
     dtype, device = xg.dtype, xg.device
     acc = _acc_dtype(dtype)
     gates_n = kind.gates
     hidden = w_hh.shape[0] // gates_n
     n_rows, batch = xg.shape[0], schedule.batch
+    cfg = _coop_config(hidden, dtype)
     is_lstm, is_gru = kind is CellKind.LSTM, kind is CellKind.GRU
     save = save and gates_n > 1  # plain RNN backward only reads y
 
@@ -300,10 +402,11 @@ def forward_cooperative(kind: CellKind, xg, w_hh, b_hh, h0, c0, schedule: Schedu
         c_buf = _new((n_rows, hidden) if save else (batch, hidden), acc, device)
     else:
         c0, c_buf = dummy_acc, dummy_acc
-    sched, packed = _device_schedule(schedule, device)
+    uniform_b, sizes, offsets = _step_tables(schedule, device)
+    packed = int(uniform_b == 0)
     tensors = dict(
         xg_ptr=xg, w_hh_ptr=w_hh, b_hh_ptr=bias, h0_ptr=h0, c0_ptr=c0, y_ptr=y, c_ptr=c_buf,
-        gates_ptr=gates, hn_ptr=hn, sched_ptr=sched,
+        gates_ptr=gates, hn_ptr=hn, sizes_ptr=sizes, offsets_ptr=offsets,
         sync_ptr=torch.zeros(1 + schedule.steps, dtype=torch.int32, device=device),
     )
     ints = dict(T=schedule.steps, B=batch, H=hidden, reverse=int(reverse), packed=packed, save=int(save))
@@ -321,16 +424,17 @@ def forward_cooperative(kind: CellKind, xg, w_hh, b_hh, h0, c0, schedule: Schedu
     return ForwardResult(y, schedule.final(y, reverse), c_n, saved)
 
 
-def backward_cooperative(kind: CellKind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule: Schedule, reverse: bool, cfg):
-    """The backward time loop as one cooperative launch; accepts the ``saved`` tuple of any
-    tier (same layout). Raises ``BarrierTimeout`` when a barrier timed out."""
+def _cooperative_backward(kind: CellKind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule: Schedule, reverse: bool):
+    """The backward time loop on the cooperative tier: one launch; reads the ``saved``
+    tuple of any tier (one layout). Raises ``BarrierTimeout`` when a grid barrier timed out."""
     coop = _cooperative()
-    prep = _kernels().aligned_input
+    prep = coop.aligned_input
     dtype, device = y.dtype, y.device
     acc = _acc_dtype(dtype)
     gates_n = kind.gates
     hidden = w_hh.shape[0] // gates_n
     n_rows = y.shape[0]
+    cfg = _coop_config(hidden, dtype)
     is_lstm, is_gru = kind is CellKind.LSTM, kind is CellKind.GRU
     dummy_io = torch.empty(8, dtype=dtype, device=device)
     dummy_acc = torch.empty(8, dtype=acc, device=device)
@@ -345,13 +449,327 @@ def backward_cooperative(kind: CellKind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n,
     dxg = _new((n_rows, gates_n * hidden), dtype, device)
     dhg = _new((n_rows, gates_n * hidden), dtype, device) if is_gru else dxg
     dh = dh_n.to(acc, copy=True).contiguous()  # dh_n in, dh0 out
+    if is_lstm and dc_n is None:
+        dc_n = torch.zeros(dh_n.shape[0], hidden, dtype=dtype, device=device)
     dc = dc_n.to(acc, copy=True).contiguous() if is_lstm else dummy_acc
-    sched, packed = _device_schedule(schedule, device)
+    uniform_b, sizes, offsets = _step_tables(schedule, device)
+    packed = int(uniform_b == 0)
     tensors = dict(
         w_hh_ptr=w_hh, dxg_ptr=dxg, dhg_ptr=dhg, dy_ptr=dy, dh_ptr=dh, dc_ptr=dc, gates_ptr=gates,
-        c_ptr=c_seq, c0_ptr=c0, hn_ptr=hn, y_ptr=y, h0_ptr=h0, sched_ptr=sched,
+        c_ptr=c_seq, c0_ptr=c0, hn_ptr=hn, y_ptr=y, h0_ptr=h0, sizes_ptr=sizes, offsets_ptr=offsets,
         sync_ptr=torch.zeros(1 + schedule.steps, dtype=torch.int32, device=device),
     )
     ints = dict(T=schedule.steps, B=dh.shape[0], H=hidden, reverse=int(reverse), packed=packed)
     coop.launch_backward(kind.value, tensors, ints, cfg, _tf32(), _sm_count(device))
     return BackwardResult(dxg, dhg, dh.to(dtype), dc.to(dtype) if is_lstm else None, None)
+
+
+# --------------------------------------------------------------------------------------
+# Tier choice
+# --------------------------------------------------------------------------------------
+
+TIERS = ("auto", "step", "resident", "cooperative")
+TIER_ENV = "FASTRNN_TIER"
+SELF_CHECK_ENV = "FASTRNN_SELF_CHECK"
+
+
+def _requested_tier() -> str:
+    name = os.environ.get(TIER_ENV, "auto") or "auto"
+    if name not in TIERS:
+        raise ValueError(f"{TIER_ENV} must be one of {TIERS}, got {name!r}")
+    return name
+
+
+def device_limits(device: torch.device) -> tuple[int, int]:
+    """``(compute capability as major*10+minor, shared memory per block in bytes)`` that
+    the tier choice uses for ``device``.
+
+    A CUDA device reports its own (the opt-in maximum, which is what a launch may use).
+    Any other device (CPU tensors in Triton's interpreter) is treated as the reference
+    GPU of :data:`fastrnn.kernels.fits.REFERENCE_ARCH` (sm_90: 232448 bytes), so the tests
+    exercise the choice a GPU of that kind makes.
+    """
+    from ..kernels import fits
+
+    if device.type == "cuda":
+        import triton
+
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        major, minor = torch.cuda.get_device_capability(index)
+        shared = triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"]
+        return major * 10 + minor, int(shared)
+    return fits.REFERENCE_ARCH, fits.SHARED_LIMIT[fits.REFERENCE_ARCH]
+
+
+def _refusal(tier: str, kind: str, hidden: int, proj_size: int, dtype, device) -> str | None:
+    """Why ``tier`` cannot run this layer on ``device`` (None: it can)."""
+    from ..kernels import fits
+
+    if tier == "step":
+        return None
+    if tier == "cooperative":
+        return fits.cooperative_refusal(kind, hidden, proj_size, dtype, _sm_count(device), device.type == "cuda")
+    arch, shared = device_limits(device)
+    return fits.resident_refusal(kind, hidden, proj_size, dtype, arch, shared)
+
+
+def _chosen_tier(kind: str, hidden: int, proj_size: int, dtype, device) -> tuple[str, bool]:
+    """``(tier, forced)`` before the first-use check: the forced tier (an error when it
+    cannot run the case) or, for ``auto``, the fastest tier that can."""
+    requested = _requested_tier()
+    if requested != "auto":
+        reason = _refusal(requested, kind, hidden, proj_size, dtype, device)
+        if reason is not None:
+            raise RuntimeError(
+                f"fastrnn: {TIER_ENV}={requested} cannot run {kind} with hidden_size={hidden}, "
+                f"proj_size={proj_size}, {dtype} on {device}: {reason}"
+            )
+        return requested, True
+    # Preference order: resident (no grid barrier), then cooperative (W_hh spread over the
+    # SMs, a grid barrier per step), then step. The cooperative tier is chosen on its own
+    # only on a GPU: Triton's interpreter runs a grid's programs one after another, so a
+    # grid barrier could only time out there (the tests run it with one thread per program).
+    for tier in ("resident", "cooperative"):
+        if tier == "cooperative" and device.type != "cuda":
+            continue
+        if _refusal(tier, kind, hidden, proj_size, dtype, device) is None:
+            return tier, False
+    return "step", False
+
+
+def tier_for(kind, hidden: int, proj_size: int, dtype, device) -> str:
+    """The kernel tier a launch of this layer would use: ``"step"``, ``"resident"`` or
+    ``"cooperative"``.
+
+    Decided by the cell kind, ``hidden``, ``proj_size`` (0 for none), the dtype and the
+    device's shared memory per block and SM count, never by ``T`` or ``B``; the table is
+    :mod:`fastrnn.kernels.fits`. ``auto`` picks the cooperative tier only on CUDA devices. ``FASTRNN_TIER=auto|step|resident|cooperative`` (read at
+    each call) forces a tier; forcing one that cannot run the case raises a RuntimeError.
+    On CPU tensors (Triton's interpreter) the device is taken to be an sm_90 GPU
+    (:func:`device_limits`). Includes the first-use check of a persistent tier (which
+    runs it once, see the module docstring), so the answer is what the launch will do.
+
+    Example::
+
+        >>> tier_for("LSTM", 64, 0, torch.float16, torch.device("cpu"))  # doctest: +SKIP
+        'resident'
+    """
+    kind = kind.value if isinstance(kind, CellKind) else str(kind)
+    device = torch.device(device)
+    tier, forced = _chosen_tier(kind, hidden, proj_size, dtype, device)
+    if tier != "step":
+        tier = _first_use_check(tier, forced, kind, hidden, dtype, device)
+    return tier
+
+
+def _fit(kind: str, hidden: int, dtype):
+    from ..kernels import fits
+
+    return fits.resident_fit(kind, dtype, hidden)
+
+
+def _tier_forward(tier: str, kind: CellKind, xg, w_hh, b_hh, h0, c0, schedule: Schedule, reverse: bool, save: bool):
+    """The forward time loop of a layer without ``proj_size`` on ``tier``."""
+    if tier == "resident":
+        fit = _fit(kind.value, w_hh.shape[1], xg.dtype)
+        return _resident_forward(kind, xg, w_hh, b_hh, h0, c0, schedule, reverse, save, fit)
+    if tier == "cooperative":
+        return _cooperative_forward(kind, xg, w_hh, b_hh, h0, c0, schedule, reverse, save)
+    return _step_forward(kind, xg, w_hh, b_hh, None, h0, c0, schedule, reverse, save)
+
+
+def _tier_backward(tier: str, kind: CellKind, saved, w_hh, b_hh, h0, c0, y, dy, dh_n, dc_n, schedule: Schedule,
+                   reverse: bool):
+    """The backward time loop of a layer without ``proj_size`` on ``tier``."""
+    if tier == "resident":
+        fit = _fit(kind.value, w_hh.shape[1], y.dtype)
+        return _resident_backward(kind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, reverse, fit)
+    if tier == "cooperative":
+        return _cooperative_backward(kind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, reverse)
+    return _step_backward(kind, saved, w_hh, b_hh, None, h0, c0, y, dy, dh_n, dc_n, schedule, reverse)
+
+
+def _variant(tier: str, hidden: int, dtype) -> str:
+    """What a persistent tier compiles for this layer: its first-use check key and name."""
+    from ..kernels import fits
+
+    if tier == "cooperative":
+        return f"configuration {_coop_config(hidden, dtype).label}"
+    return f"BLOCK_H {fits.resident_block_h(hidden)}"
+
+
+# --------------------------------------------------------------------------------------
+# First-use self-check
+# --------------------------------------------------------------------------------------
+
+#: (tier, device, kind, dtype, variant) -> True (checked, agrees) / False (use the step
+#: tier: the check failed, or a cooperative launch of that key timed out at a barrier).
+_checked: dict = {}
+
+_CHECK_TOL = {
+    torch.float64: dict(rtol=1e-9, atol=1e-9),
+    torch.float32: dict(rtol=2e-3, atol=2e-3),  # TF32 may be on: both tiers, different sums
+    torch.float16: dict(rtol=2e-2, atol=2e-2),
+    torch.bfloat16: dict(rtol=6e-2, atol=6e-2),
+}
+
+
+def _self_check_enabled(device: torch.device) -> bool:
+    """``FASTRNN_SELF_CHECK``: ``0`` off, ``1`` on everywhere (also in Triton's interpreter,
+    which is how the tests exercise it), unset / ``auto``: on for CUDA devices only."""
+    value = os.environ.get(SELF_CHECK_ENV, "auto") or "auto"
+    if value not in ("0", "1", "auto"):
+        raise ValueError(f"{SELF_CHECK_ENV} must be 0, 1 or auto, got {value!r}")
+    if value == "auto":
+        return device.type == "cuda"
+    return value == "1"
+
+
+def _check_problem(kind: CellKind, hidden: int, dtype, device, reverse: bool):
+    """A small problem for the first-use check: 19 sequences (two batch tiles, the second
+    partial), 5 steps; packed with ragged lengths in the reverse direction, padded in the
+    forward one (the two ways the kernels read the schedule)."""
+    gen = torch.Generator().manual_seed(1234)
+    batch, steps = 19, 5
+    if reverse:
+        schedule = Schedule.from_batch_sizes([19, 15, 11, 6, 2])
+    else:
+        schedule = Schedule.uniform(steps, batch)
+    gates = kind.gates
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(device=device, dtype=dtype)
+
+    xg = rnd(schedule.rows, gates * hidden)
+    w_hh = rnd(gates * hidden, hidden, scale=hidden**-0.5)
+    b_hh = rnd(gates * hidden, scale=0.1) if kind is CellKind.GRU else None
+    h0 = rnd(batch, hidden)
+    c0 = rnd(batch, hidden) if kind is CellKind.LSTM else None
+    dy = rnd(schedule.rows, hidden)
+    dh_n = rnd(batch, hidden)
+    dc_n = rnd(batch, hidden) if kind is CellKind.LSTM else None
+    return schedule, xg, w_hh, b_hh, h0, c0, dy, dh_n, dc_n
+
+
+def _run_check(tier: str, kind: CellKind, hidden: int, dtype, device) -> str | None:
+    """Run the check problem through ``tier`` and the step tier; a description of the
+    first disagreement, or None when they agree."""
+    for reverse in (False, True):
+        schedule, xg, w_hh, b_hh, h0, c0, dy, dh_n, dc_n = _check_problem(kind, hidden, dtype, device, reverse)
+        ref = _step_forward(kind, xg.clone(), w_hh, b_hh, None, h0, c0, schedule, reverse, True)
+        out = _tier_forward(tier, kind, xg.clone(), w_hh, b_hh, h0, c0, schedule, reverse, True)
+        ref_b = _step_backward(kind, ref.saved, w_hh, b_hh, None, h0, c0, ref.y, dy, dh_n, dc_n, schedule, reverse)
+        out_b = _tier_backward(tier, kind, out.saved, w_hh, b_hh, h0, c0, out.y, dy, dh_n, dc_n, schedule, reverse)
+        pairs = dict(y=(out.y, ref.y), h_n=(out.h_n, ref.h_n), c_n=(out.c_n, ref.c_n),
+                     dxg=(out_b.dxg, ref_b.dxg), dhg=(out_b.dhg, ref_b.dhg), dh0=(out_b.dh0, ref_b.dh0),
+                     dc0=(out_b.dc0, ref_b.dc0))
+        pairs.update({f"saved[{i}]": (a, e) for i, (a, e) in enumerate(zip(out.saved, ref.saved))})
+        for name, (a, e) in pairs.items():
+            if a is None and e is None:
+                continue
+            if a is None or e is None or a.shape != e.shape:
+                return f"{name} differs in presence or shape"
+            if not torch.allclose(a.double(), e.double(), **_CHECK_TOL[dtype]):
+                worst = (a.double() - e.double()).abs().nan_to_num(float("inf")).max().item()
+                return f"{name} differs (max abs difference {worst:.3g}, {'reverse' if reverse else 'forward'})"
+    return None
+
+
+def _first_use_check(tier: str, forced: bool, kind: str, hidden: int, dtype, device) -> str:
+    """``tier`` if it passed (or skipped) its first-use check for this key, else "step"."""
+    key = (tier, str(device), kind, dtype, _variant(tier, hidden, dtype))
+    if _checked.get(key) is False and not forced:
+        return "step"
+    if not _self_check_enabled(device):
+        return tier
+    if key not in _checked:
+        try:
+            problem = _run_check(tier, CellKind(kind), hidden, dtype, device)
+        except Exception as exc:  # a kernel that fails to compile or launch is a failed check
+            problem = f"it raised {type(exc).__name__}: {exc}"
+        if problem is not None and forced:
+            raise RuntimeError(
+                f"fastrnn: {TIER_ENV}={tier}: the first-use check of the {tier} tier for {kind} {dtype} "
+                f"({key[-1]}) on {device} failed against the step tier: {problem}"
+            )
+        if problem is not None:
+            warnings.warn(
+                f"fastrnn: the {tier} kernel tier disagrees with the step tier on {device} for {kind} "
+                f"{dtype} ({key[-1]}): {problem}. Using the step tier for it for the rest of this "
+                f"process (set {TIER_ENV}=step to choose it directly, {SELF_CHECK_ENV}=0 to skip the check).",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        _checked[key] = problem is None
+    return tier if _checked[key] else "step"
+
+
+def _cooperative_timed_out(exc: Exception, kind: CellKind, hidden: int, dtype, device) -> None:
+    """A cooperative launch hit a barrier timeout (its results were discarded): raise when
+    the tier was forced; else warn once and use the step tier for this key from now on."""
+    if _requested_tier() == "cooperative":
+        raise exc
+    key = ("cooperative", str(device), kind.value, dtype, _variant("cooperative", hidden, dtype))
+    if _checked.get(key) is not False:
+        warnings.warn(
+            f"fastrnn: {exc} This call and later ones for {kind.value} {dtype} ({key[-1]}) on {device} run "
+            f"on the step tier (set {TIER_ENV}=step to choose it directly).",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    _checked[key] = False
+
+
+# --------------------------------------------------------------------------------------
+# The backend interface
+# --------------------------------------------------------------------------------------
+
+
+def _refuse_interpreted_bf16(dtype) -> None:
+    if dtype == torch.bfloat16 and _interpreted():
+        # Measured: the interpreter's tl.dot on bfloat16 operands returns wrong values.
+        raise RuntimeError(
+            "fastrnn: the triton backend cannot run bfloat16 in Triton's interpreter (its "
+            "bfloat16 tl.dot is wrong); use backend='reference' or float16/float32 on the CPU"
+        )
+
+
+def _layer_tier(kind: CellKind, w_hh, w_hr, dtype, device, schedule: Schedule) -> str:
+    hidden = w_hh.shape[0] // kind.gates
+    proj_size = w_hr.shape[0] if w_hr is not None else 0
+    tier = tier_for(kind, hidden, proj_size, dtype, device)
+    if tier != "step" and schedule.batch == 0:
+        return "step"  # nothing to launch: the step loop handles the empty batch
+    return tier
+
+
+def forward(kind: CellKind, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: bool, save: bool):
+    """Run the forward time loop on the tier :func:`tier_for` picks; see :mod:`fastrnn.backends.base`."""
+    _refuse_interpreted_bf16(xg.dtype)
+    tier = _layer_tier(kind, w_hh, w_hr, xg.dtype, xg.device, schedule)
+    if tier == "cooperative":
+        try:
+            return _cooperative_forward(kind, xg, w_hh, b_hh, h0, c0, schedule, reverse, save)
+        except _cooperative().BarrierTimeout as exc:
+            _cooperative_timed_out(exc, kind, w_hh.shape[1], xg.dtype, xg.device)
+            tier = "step"
+    if tier == "resident":
+        fit = _fit(kind.value, w_hh.shape[1], xg.dtype)
+        return _resident_forward(kind, xg, w_hh, b_hh, h0, c0, schedule, reverse, save, fit)
+    return _step_forward(kind, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save)
+
+
+def backward(kind: CellKind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule: Schedule, reverse: bool):
+    """Run the backward time loop on the tier :func:`tier_for` picks (every tier reads
+    the ``saved`` tuple of every other); see :mod:`fastrnn.backends.base`."""
+    tier = _layer_tier(kind, w_hh, w_hr, y.dtype, y.device, schedule)
+    if tier == "cooperative":
+        try:
+            return _cooperative_backward(kind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, reverse)
+        except _cooperative().BarrierTimeout as exc:
+            _cooperative_timed_out(exc, kind, w_hh.shape[1], y.dtype, y.device)
+            tier = "step"
+    if tier == "resident":
+        fit = _fit(kind.value, w_hh.shape[1], y.dtype)
+        return _resident_backward(kind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, reverse, fit)
+    return _step_backward(kind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reverse)

@@ -1,0 +1,72 @@
+"""What every kernel tier's launchers share: launch counting and pointer checks."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+
+import torch
+
+
+class LaunchCounter:
+    """Kernel launches since this counter was opened (see :func:`count_launches`).
+
+    ``forward`` / ``backward`` count the launches of every tier; ``tiers`` counts them
+    per ``(tier, "forward" | "backward")``.
+    """
+
+    def __init__(self):
+        self.forward = 0
+        self.backward = 0
+        self.tiers = collections.Counter()
+
+
+_counters: list[LaunchCounter] = []
+
+
+@contextlib.contextmanager
+def count_launches():
+    """Count the recurrent-kernel launches made inside the ``with`` block.
+
+    Example::
+
+        with count_launches() as n:
+            ...
+        assert (n.forward, n.tiers["resident", "forward"]) == (1, 1)
+    """
+    counter = LaunchCounter()
+    _counters.append(counter)
+    try:
+        yield counter
+    finally:
+        _counters.remove(counter)
+
+
+def record(tier: str, direction: str) -> None:
+    """Count one launch of ``tier``'s ``direction`` ("forward" or "backward") kernel."""
+    for counter in _counters:
+        setattr(counter, direction, getattr(counter, direction) + 1)
+        counter.tiers[tier, direction] += 1
+
+
+def aligned_input(t: torch.Tensor) -> torch.Tensor:
+    """``t`` contiguous and 16-byte aligned, copied only when it is not.
+
+    The kernels are compiled for 16-byte aligned pointers (one variant, the one the
+    report checks); a misaligned view of an input (rare: a slice of a larger buffer) is
+    copied rather than compiling a second variant. Outputs are fresh allocations.
+    """
+    t = t.contiguous()
+    return t if t.data_ptr() % 16 == 0 else t.clone()
+
+
+def checked_pointers(spec, tensors: dict) -> list[torch.Tensor]:
+    """The tensors of ``spec`` (``((name, role), ...)``) in order, each checked to be
+    contiguous and 16-byte aligned (what the compiled kernels assume)."""
+    out = []
+    for name, _ in spec:
+        t = tensors[name]
+        if t.data_ptr() % 16 or not t.is_contiguous():
+            raise ValueError(f"fastrnn.kernels: {name} must be contiguous and 16-byte aligned")
+        out.append(t)
+    return out

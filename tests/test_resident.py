@@ -1,0 +1,244 @@
+"""The resident tier (one launch per pass) against the reference backend, in Triton's
+interpreter on CPU.
+
+Every test forces the tier with ``FASTRNN_TIER=resident`` and counts the launches, so a
+silent fall back to the step tier would fail it. Buffers the backend allocates are filled
+with NaN (``FILL_NAN``), so a store a kernel skips fails loudly.
+
+- Parity (``check_against_reference`` of tests/test_triton_backend.py: every output y,
+  h_n, c_n and every gradient x, h0, c0, each weight and bias of a 2-layer stack, against
+  the reference backend; its docstring justifies the tolerances per dtype): every kind,
+  fp32/fp16/fp64, H in (1, 3, 17, 33, 64), B in (1, 5, 17) (17 rows = two batch tiles of
+  16), T in (1, 7), packed with unsorted lengths or padded, one or two directions. The
+  quick run takes a pairwise selection (every pair of factor values at least once); the
+  full product runs with FASTRNN_FULL=1.
+- fp64 gradcheck through the resident tier with h0/c0 and variable lengths.
+- Launch counts: one forward and one backward launch per layer-direction.
+- Module parity with torch.nn under ``FASTRNN_TIER=resident`` (a representative subset of
+  tests/test_triton_modules.py; proj_size runs on the step tier, see tests/test_tiers.py).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from helpers import assert_parity, make_pair, pairwise
+from test_triton_backend import check_against_reference
+from test_triton_gradcheck import _inputs as gradcheck_inputs
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from fastrnn.backends import triton_backend
+from fastrnn.functional import Schedule, recurrent_layer
+from fastrnn.kernels import fits
+from fastrnn.kernels.recurrent_step import count_launches
+
+KINDS = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
+GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "fp64": torch.float64}
+
+
+#: fp64 entries the GPU table lacks: LSTM / GRU at BLOCK_H = 64 need more shared memory
+#: than any SM has in fp64 (the LSTM backward 270 KB), so on a device they run the step
+#: tier. fp64 exists for gradcheck; to check the resident kernels' fp64 arithmetic at
+#: H = 33 and 64 all the same, the tests add interpreter-only entries for them.
+INTERPRETER_ONLY = {
+    (kind, "float64", 64): fits.ResidentFit(fits.KernelConfig(16, 64, 4), fits.KernelConfig(16, 64, 4),
+                                            {80: 0, 90: 0})
+    for kind in ("LSTM", "GRU")
+}
+
+
+@pytest.fixture(autouse=True)
+def _resident(monkeypatch):
+    monkeypatch.setattr(triton_backend, "FILL_NAN", True)
+    monkeypatch.setenv("FASTRNN_TIER", "resident")
+    assert not set(INTERPRETER_ONLY) & set(fits.RESIDENT), "the table has these now: drop them here"
+    monkeypatch.setattr(fits, "RESIDENT", {**fits.RESIDENT, **INTERPRETER_ONLY})
+
+
+def _only_resident(n, forward: int, backward: int):
+    """Exactly ``forward`` / ``backward`` launches, all of them resident-tier launches."""
+    expected = {("resident", "forward"): forward, ("resident", "backward"): backward}
+    assert dict(n.tiers) == {k: v for k, v in expected.items() if v}, dict(n.tiers)
+    assert (n.forward, n.backward) == (forward, backward)
+
+
+# --------------------------------------------------------------------------------------
+# Parity with the reference backend
+# --------------------------------------------------------------------------------------
+
+FACTORS = dict(
+    kind=list(KINDS), dtype=list(DTYPES), hidden=[1, 3, 17, 33, 64], batch=[1, 5, 17], steps=[1, 7],
+    bidirectional=[False, True], packed=[False, True],
+)
+
+
+def _case(c, marks=()):
+    ident = f"{c['kind']}-B{c['batch']}-T{c['steps']}-H{c['hidden']}-{c['dtype']}"
+    ident += ("-bi" if c["bidirectional"] else "") + ("-packed" if c["packed"] else "")
+    return pytest.param(c["kind"], DTYPES[c["dtype"]], c["batch"], c["steps"], c["hidden"], c["bidirectional"],
+                        c["packed"], id=ident, marks=marks)
+
+
+QUICK = [_case(c) for c in pairwise(FACTORS)]
+_QUICK_IDS = {p.id for p in QUICK}
+FULL = [
+    p for p in (_case(dict(zip(FACTORS, values)), marks=(pytest.mark.slow,))
+                for values in itertools.product(*FACTORS.values()))
+    if p.id not in _QUICK_IDS
+]
+ARGS = "kind, dtype, batch, steps, hidden, bidirectional, packed"
+
+
+def _check(kind, dtype, batch, steps, hidden, bidirectional, packed):
+    with count_launches() as n:
+        check_against_reference(kind, dtype, batch, steps, hidden, bidirectional, packed)
+    layer_directions = 2 * (2 if bidirectional else 1)  # check_against_reference runs 2 layers
+    _only_resident(n, layer_directions, layer_directions)
+
+
+@pytest.mark.parametrize(ARGS, QUICK)
+def test_resident_matches_reference(kind, dtype, batch, steps, hidden, bidirectional, packed):
+    _check(kind, dtype, batch, steps, hidden, bidirectional, packed)
+
+
+@pytest.mark.parametrize(ARGS, FULL)
+def test_resident_matches_reference_full(kind, dtype, batch, steps, hidden, bidirectional, packed):
+    _check(kind, dtype, batch, steps, hidden, bidirectional, packed)
+
+
+def test_quick_selection_covers_the_issue_grid():
+    """The quick run exercises every value of every factor (and every pair of them)."""
+    for name, values in FACTORS.items():
+        assert {c[name] for c in pairwise(FACTORS)} == set(values), name
+
+
+# --------------------------------------------------------------------------------------
+# fp64 gradcheck through the resident kernels
+# --------------------------------------------------------------------------------------
+
+MODES = [pytest.param(True, id="fast"), pytest.param(False, id="full", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("fast_mode", MODES)
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_gradcheck_resident(kind, reverse, fast_mode):
+    """Lengths 3, 2, 1 (packed; the reverse direction's batch grows), h0 / c0 / every
+    weight and bias as inputs; tests/test_triton_gradcheck.py explains fast_mode."""
+    schedule, x, h0, c0, weights, _ = gradcheck_inputs(kind)
+    leaves = [x, h0] + ([c0] if c0 is not None else []) + weights
+
+    def fn(*args):
+        x, h0 = args[0], args[1]
+        c0 = args[2] if kind == "LSTM" else None
+        w = args[3:] if kind == "LSTM" else args[2:]
+        y, h_n, c_n = recurrent_layer(kind, x, schedule, h0, c0, tuple(w) + (None,), reverse=reverse, backend="triton")
+        return (y, h_n) if c_n is None else (y, h_n, c_n)
+
+    with count_launches() as n:
+        assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=fast_mode)
+    assert n.forward > 0 and n.backward > 0
+    assert set(n.tiers) == {("resident", "forward"), ("resident", "backward")}, dict(n.tiers)
+
+
+# --------------------------------------------------------------------------------------
+# Launch counts
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["uniform", "packed"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_launch_count_is_one_per_pass(kind, reverse, packed):
+    """One forward and one backward launch for T = 6 steps (the step tier makes 6 + 6)."""
+    steps, batch, hidden = 6, 3, 4
+    schedule = Schedule.from_batch_sizes([3, 3, 2, 2, 1, 1]) if packed else Schedule.uniform(steps, batch)
+    g = GATES[kind]
+    x = torch.randn(schedule.rows, 2, requires_grad=True)
+    h0 = torch.randn(batch, hidden, requires_grad=True)
+    c0 = torch.randn(batch, hidden, requires_grad=True) if kind == "LSTM" else None
+    shapes = [(g * hidden, 2), (g * hidden, hidden), (g * hidden,), (g * hidden,)]
+    weights = tuple(torch.randn(*s, requires_grad=True) for s in shapes)
+    with count_launches() as fwd:
+        y, h_n, c_n = recurrent_layer(kind, x, schedule, h0, c0, weights + (None,), reverse=reverse, backend="triton")
+    _only_resident(fwd, 1, 0)
+    loss = y.sum() + h_n.sum() + (c_n.sum() if c_n is not None else 0)
+    with count_launches() as bwd:
+        loss.backward()
+    _only_resident(bwd, 0, 1)
+    assert all(t.grad is not None for t in (x, h0) + weights)
+
+
+# --------------------------------------------------------------------------------------
+# Module parity with torch.nn (float64: helpers.TOL explains the tolerances)
+# --------------------------------------------------------------------------------------
+
+MODULES = [
+    pytest.param("LSTM", dict(num_layers=2, bidirectional=True), False, id="LSTM-2layer-bi"),
+    pytest.param("LSTM", dict(batch_first=True), True, id="LSTM-batch_first-packed"),
+    pytest.param("GRU", dict(num_layers=2, bidirectional=True), True, id="GRU-2layer-bi-packed"),
+    pytest.param("GRU", dict(bias=False), False, id="GRU-nobias"),
+    pytest.param("RNN", dict(nonlinearity="relu", bidirectional=True), True, id="RNN_RELU-bi-packed"),
+    pytest.param("RNN", dict(num_layers=2), False, id="RNN_TANH-2layer"),
+]
+
+
+@pytest.mark.parametrize("cls, kwargs, packed", MODULES)
+def test_module_parity_resident(cls, kwargs, packed):
+    hidden, in_size, steps, batch = 5, 3, 4, 3
+    ref, fast = make_pair(cls, in_size, hidden, backend="triton", dtype=torch.float64, **kwargs)
+    first = kwargs.get("batch_first", False)
+    x = torch.randn((batch, steps, in_size) if first else (steps, batch, in_size), dtype=torch.float64)
+    if packed:
+        x = pack_padded_sequence(x.requires_grad_(), torch.tensor([2, 4, 1]), batch_first=first, enforce_sorted=False)
+    else:
+        x.requires_grad_()
+    layers = kwargs.get("num_layers", 1) * (2 if kwargs.get("bidirectional") else 1)
+    h0 = torch.randn(layers, batch, hidden, dtype=torch.float64, requires_grad=True)
+    hx = (h0, torch.randn(layers, batch, hidden, dtype=torch.float64, requires_grad=True)) if cls == "LSTM" else h0
+    with count_launches() as n:
+        assert_parity(ref, fast, x, hx, dtype=torch.float64)
+    _only_resident(n, layers, layers)
+
+
+@pytest.mark.parametrize("cls", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_cell_parity_resident(cls):
+    ref, fast = make_pair(cls, 3, 4, backend="triton", dtype=torch.float64)
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    h = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    hx = (h, torch.randn(2, 4, dtype=torch.float64, requires_grad=True)) if cls == "LSTMCell" else h
+    with count_launches() as n:
+        assert_parity(ref, fast, x, hx, dtype=torch.float64)
+    _only_resident(n, 1, 1)
+
+
+def test_inference_saves_nothing_and_matches(monkeypatch):
+    """Under no_grad the resident forward writes no saved tensors (save=0) and still
+    returns y, h_n, c_n equal to the reference."""
+    from fastrnn.kernels import resident
+
+    saves = []
+    launch = resident.launch_forward
+
+    def spy(kind, tensors, ints, **kw):
+        saves.append(ints["save"])
+        return launch(kind, tensors, ints, **kw)
+
+    monkeypatch.setattr(resident, "launch_forward", spy)
+    gen = torch.Generator().manual_seed(0)
+    schedule = Schedule.from_batch_sizes([5, 4, 2, 2])
+    x = torch.randn(schedule.rows, 3, generator=gen, dtype=torch.float64)
+    h0 = torch.randn(5, 6, generator=gen, dtype=torch.float64)
+    c0 = torch.randn(5, 6, generator=gen, dtype=torch.float64)
+    w = tuple(torch.randn(*s, generator=gen, dtype=torch.float64) * 0.4 for s in [(24, 3), (24, 6), (24,), (24,)])
+    for reverse in (False, True):
+        with torch.no_grad(), count_launches() as n:
+            out = recurrent_layer("LSTM", x, schedule, h0, c0, w + (None,), reverse=reverse, backend="triton")
+        _only_resident(n, 1, 0)
+        ref = recurrent_layer("LSTM", x, schedule, h0, c0, w + (None,), reverse=reverse, backend="reference")
+        for a, e in zip(out, ref):
+            torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
+    assert saves == [0, 0]
