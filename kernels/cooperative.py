@@ -39,8 +39,8 @@ compiling each candidate):
   ``SLAB_K`` = the next power of two >= H) is loaded once before the time loop and stays
   on chip (shared memory / registers) for the whole launch;
 - ``SLAB_K == 0``: the slab is streamed from global memory (L2) in ``BLOCK_K`` chunks
-  inside each step; any ``H`` works. All slabs together are ``W_hh`` itself, which
-  stays in L2 on the GPUs this targets.
+  inside each step, once per batch tile; any ``H`` works. All slabs together are
+  ``W_hh`` itself, which stays in L2 on the GPUs this targets.
 
 The grid barrier (:func:`grid_barrier`): a CTA barrier, then one ``release`` atomic add
 on a counter of its own per barrier (``sync[1 + i]``), then an ``acquire`` poll until the
@@ -60,10 +60,19 @@ per schedule); a padded batch passes ``packed = 0`` and the kernel computes ``B`
 ``t * B`` itself (no host-to-device copy, CUDA-graph friendly).
 
 Compile-time choices: the cell kind, ``ACC``, ``PRECISION`` (TF32 or IEEE), the block
-sizes and ``SLAB_K``; ``T``, ``B``, ``H``, the direction, ``packed``, ``save`` and the
-barrier arguments are runtime values (``do_not_specialize``).
-:func:`specialisations` lists every combination the launcher can pick, for the compile
-report.
+sizes and ``SLAB_K``; ``T``, ``B``, the direction, ``packed``, ``save`` and the barrier
+arguments are runtime values (``do_not_specialize``). ``H`` is a runtime value too, but
+Triton specialises it on divisibility by 16: with ``H % 16 == 0`` the rows of ``W_hh``,
+``y`` and ``xg`` are known 16-byte aligned, so loads vectorise and the streamed ``W_hh``
+chunks are software-pipelined (measured: otherwise every bf16 load was a scalar
+``ld.global.b16`` and nothing was pipelined). On a GPU the tier therefore runs only
+``H % 16 == 0`` (:func:`fastrnn.kernels.fits.cooperative_refusal`), the variant the
+report compiles; Triton's interpreter runs any ``H``. :func:`specialisations` lists every
+combination the launcher can pick, for the compile report.
+
+Cost of the safety net: reading ``sync[0]`` after a launch is one host synchronisation
+per launch (while a CUDA graph is being captured it becomes an asynchronous device
+assertion instead, see :func:`_check_sync`).
 """
 
 from __future__ import annotations
@@ -279,7 +288,8 @@ def cooperative_forward_kernel(
                     acc3 + tl.load(x_ptrs + 3 * H, mask=mask, other=0.0).to(ACC),
                     c_prev,
                 )
-                tl.store(c_ptr + (c_out_off + rows)[:, None] * H + cols[None, :], c.to(c_ptr.dtype.element_ty), mask=mask)
+                c_ptrs = c_ptr + (c_out_off + rows)[:, None] * H + cols[None, :]
+                tl.store(c_ptrs, c.to(c_ptr.dtype.element_ty), mask=mask)
                 if save != 0:
                     ty = gates_ptr.dtype.element_ty
                     tl.store(g_ptrs, i.to(ty), mask=mask)
@@ -434,7 +444,8 @@ def cooperative_backward_kernel(
             ty = dxg_ptr.dtype.element_ty
             if KIND == 0:
                 dc_ptrs = dc_ptr + rows[:, None] * H + cols[None, :]
-                c_prev = tl.load(_state_rows(c_ptr, p_off, p_bs, c0_ptr, rows, H)[:, None] + cols[None, :], mask=q_mask, other=0.0)
+                c_rows = _state_rows(c_ptr, p_off, p_bs, c0_ptr, rows, H)
+                c_prev = tl.load(c_rows[:, None] + cols[None, :], mask=q_mask, other=0.0)
                 di, df, dg, do, dc_prev = lstm_backward(
                     dh_q,
                     tl.load(dc_ptrs, mask=q_mask, other=0.0).to(ACC),
@@ -558,7 +569,7 @@ def specialisations(dtypes=(torch.float32, torch.float16, torch.bfloat16)) -> li
     out = []
     for dtype in dtypes:
         for tf32 in ((False, True) if dtype == torch.float32 else (False,)):
-            name = str(dtype).replace("torch.", "") + ("-tf32" if tf32 else "")
+            name = fits.dtype_name(dtype) + ("-tf32" if tf32 else "")
             for kind in KIND_IDS:
                 for cfg in configs_for(dtype, tf32):
                     ce = constexprs(kind, dtype, tf32, cfg)

@@ -6,9 +6,9 @@ small one so that every hidden size splits over at least 3 programs (``BLOCK_H``
 H=16, 16 above), batches of 17 rows take several ``BLOCK_B = 8`` tiles, and ``W_hh`` is
 either streamed in ``BLOCK_K = 16`` chunks or kept as a slab (``SLAB_K`` = the next power
 of two >= H). The device is given 8 SMs, so a batch of more than 8 rows also splits over
-2 groups of programs (tiles 0, 2, ... and 1, 3, ...). The interpreter needs no ``tl.dot`` minimum of 16; the GPU configurations are
-covered by the compile report. Buffers the backend allocates are filled with NaN, so a
-store a kernel skips fails loudly.
+2 groups of programs (tiles 0, 2, ... and 1, 3, ...). The interpreter needs no ``tl.dot``
+minimum of 16; the GPU configurations are covered by the compile report. Buffers the
+backend allocates are filled with NaN, so a store a kernel skips fails loudly.
 
 Tolerances (``TOL``), as in tests/test_triton_backend.py (the same comparison, one layer
 here instead of two): fp64 1e-10 (same math, another summation order); fp32 rtol 1e-4 /
@@ -202,7 +202,8 @@ def _small_layer(kind, hidden=6, in_size=2, seed=0):
     x = rnd(schedule.rows, in_size)
     h0 = rnd(schedule.batch, hidden)
     c0 = rnd(schedule.batch, hidden) if kind == "LSTM" else None
-    weights = [rnd(g * hidden, in_size, scale=0.5), rnd(g * hidden, hidden, scale=0.5), rnd(g * hidden), rnd(g * hidden)]
+    weights = [rnd(g * hidden, in_size, scale=0.5), rnd(g * hidden, hidden, scale=0.5), rnd(g * hidden),
+               rnd(g * hidden)]
     return schedule, x, h0, c0, weights
 
 
@@ -317,7 +318,8 @@ def test_sequential_interpreter_times_out_instead_of_hanging(monkeypatch):
     alone: the barrier times out and the launch reports it (never a hang)."""
     monkeypatch.setenv("FASTRNN_TIER", "cooperative")
     monkeypatch.setattr(cooperative, "BARRIER_TIMEOUT_US", 200_000)
-    monkeypatch.setattr(cooperative, "cooperative_config", lambda dtype, hidden, tf32=False: small_config(hidden, False))
+    monkeypatch.setattr(cooperative, "cooperative_config",
+                        lambda dtype, hidden, tf32=False: small_config(hidden, False))
     flat, schedule, h0, c0, weights = _problem("RNN_TANH", 2, 3, 16, False, False)
     with pytest.raises(cooperative.BarrierTimeout):
         recurrent_stack("RNN_TANH", flat, schedule, h0, None, [tuple(weights[0]) + (None,)], backend="triton")

@@ -22,7 +22,8 @@ from fastrnn.kernels import cooperative, fits, report, resident
 from fastrnn.kernels.recurrent_step import CONFIGS, KIND_IDS, specialisations
 
 ROW = re.compile(
-    r"^((?:resident-|coop-)?(?:forward|backward)):(\S+)\s+(\S+)\s+(\S+)\s+(sm_\d+)\s+(-?\d+)\s+(-?\d+)\s+(-?\d+)\s+(.*)$"
+    r"^((?:resident-|coop-)?(?:forward|backward)):(\S+)\s+(\S+)\s+(\S+)\s+(sm_\d+)\s+(-?\d+)\s+(-?\d+)"
+    r"\s+(-?\d+)\s+(.*)$"
 )
 
 
@@ -240,7 +241,8 @@ def test_barrier_ptx_check_needs_every_part():
     for line, what in parts.items():
         problems = cooperative.barrier_ptx_problems(ptx.replace(line, ""))
         assert len(problems) == 1 and what in problems[0], (line, problems)
-    assert cooperative.barrier_ptx_problems(ptx.replace(".release.", ".relaxed.")) == ["no gpu-scope release atomic add"]
+    no_release = ["no gpu-scope release atomic add"]
+    assert cooperative.barrier_ptx_problems(ptx.replace(".release.", ".relaxed.")) == no_release
     assert cooperative.barrier_ptx_problems(ptx.replace("acq_rel.gpu", "acq_rel.cta")) == [
         "no gpu-scope acquire after the poll"
     ]

@@ -543,8 +543,9 @@ def tier_for(kind, hidden: int, proj_size: int, dtype, device) -> str:
 
     Decided by the cell kind, ``hidden``, ``proj_size`` (0 for none), the dtype and the
     device's shared memory per block and SM count, never by ``T`` or ``B``; the table is
-    :mod:`fastrnn.kernels.fits`. ``auto`` picks the cooperative tier only on CUDA devices. ``FASTRNN_TIER=auto|step|resident|cooperative`` (read at
-    each call) forces a tier; forcing one that cannot run the case raises a RuntimeError.
+    :mod:`fastrnn.kernels.fits`; ``auto`` picks the cooperative tier only on CUDA devices.
+    ``FASTRNN_TIER=auto|step|resident|cooperative`` (read at each call) forces a tier;
+    forcing one that cannot run the case raises a RuntimeError.
     On CPU tensors (Triton's interpreter) the device is taken to be an sm_90 GPU
     (:func:`device_limits`). Includes the first-use check of a persistent tier (which
     runs it once, see the module docstring), so the answer is what the launch will do.
