@@ -238,9 +238,13 @@ def _sweep_job(args):
     return tried
 
 
-def sweep(jobs: int) -> int:
+def sweep(jobs: int, only: list[str] | None = None) -> int:
+    """Compile the candidates (or only the ``KIND,DTYPE,BLOCK_H`` entries of ``only``) and
+    print the table rows they give."""
+    wanted = {tuple(o.split(",")) for o in only} if only else None
     keys = [(kind, d, bh, direction) for kind in resident.KIND_IDS for d in SWEEP_DTYPES
-            for bh in SWEEP_BLOCK_H.get(d, SWEEP_BLOCK_H_DEFAULT) for direction in ("forward", "backward")]
+            for bh in SWEEP_BLOCK_H.get(d, SWEEP_BLOCK_H_DEFAULT) for direction in ("forward", "backward")
+            if wanted is None or (kind, d, str(bh)) in wanted]
     with ProcessPoolExecutor(jobs) as pool:
         results = list(pool.map(_sweep_job, keys))
     chosen = {}
@@ -256,6 +260,8 @@ def sweep(jobs: int) -> int:
     for kind in resident.KIND_IDS:
         for d in SWEEP_DTYPES:
             for bh in SWEEP_BLOCK_H.get(d, SWEEP_BLOCK_H_DEFAULT):
+                if wanted is not None and (kind, d, str(bh)) not in wanted:
+                    continue
                 fwd, bwd = chosen.get((kind, d, bh, "forward")), chosen.get((kind, d, bh, "backward"))
                 if fwd is None or bwd is None:
                     print(f"    # {kind} {d} {bh}: no clean configuration")
@@ -284,13 +290,15 @@ def main(argv=None) -> int:
     parser.add_argument("--tier", choices=("all", "step", "resident", "cooperative"), default="all",
                         help="which kernels")
     parser.add_argument("--sweep", action="store_true", help="compile the resident candidates, print fits.RESIDENT")
+    parser.add_argument("--only", action="append", metavar="KIND,DTYPE,BLOCK_H",
+                        help="with --sweep: only these entries (repeatable)")
     args = parser.parse_args(argv)
     if _interpreted():
         print("fastrnn.kernels.report: the kernels were built for Triton's interpreter (it is switched "
               "on in this environment); run the report with the interpreter off.", file=sys.stderr)
         return 2
     if args.sweep:
-        return sweep(args.jobs)
+        return sweep(args.jobs, args.only)
     specs = specialisations(args.tier)
     jobs = [(args.tier, i, arch) for i in range(len(specs)) for arch in ARCHS]
     start = time.time()

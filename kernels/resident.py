@@ -38,6 +38,9 @@ Shapes: ``H`` is padded to the power of two ``BLOCK_H`` (>= 16, ``tl.dot``'s min
 with masks. This tier runs layers without ``proj_size`` (``P == H``): with a projection
 the triton backend uses the step tier (see :mod:`fastrnn.kernels.fits`).
 
+Offsets: each step's first row enters as a 64-bit scalar, the offsets inside a step
+are 32-bit (up to ``B * G * H``; the backend runs batches past 2^31 on the step tier).
+
 Compile-time choices: the cell kind, ``ACC``, ``PRECISION`` (TF32 or IEEE), ``BLOCK_B``,
 ``BLOCK_H`` and the warps, from :mod:`fastrnn.kernels.fits`. ``T``, ``B``, ``H``, the
 direction and ``save`` are runtime arguments (``do_not_specialize``): no shape, batch
@@ -169,8 +172,9 @@ def resident_forward_kernel(
     for j in range(T):
         t = _timestep(j, T, reverse)
         off, bs = _step_rows(t, sizes_ptr, offsets_ptr, uniform_b)
-        active = (rows < bs)[:, None]
-        mask = active & col_mask[None, :]
+        # Active rows, real columns: padding columns of the state stay 0 (an inf in the
+        # state times a zero-padded weight is NaN there, which the next GEMM would spread).
+        mask = (rows < bs)[:, None] & col_mask[None, :]
         # 64-bit scalar base of the step, 32-bit offsets inside the tile (B*G*H < 2^31).
         x_ptrs = xg_ptr + off * GH + (rows[:, None] * GH + cols[None, :])
         gate_ptrs = gates_ptr + off * GH + (rows[:, None] * GH + cols[None, :])
@@ -191,7 +195,7 @@ def resident_forward_kernel(
                 a3 + tl.load(x_ptrs + 3 * H, mask=mask, other=0.0).to(ACC),
                 c,
             )
-            c = tl.where(active, c_new, c)
+            c = tl.where(mask, c_new, c)
             if save:
                 ty = gates_ptr.dtype.element_ty
                 tl.store(gate_ptrs, i.to(ty), mask=mask)
@@ -221,7 +225,7 @@ def resident_forward_kernel(
         else:
             h_new = rnn_relu_forward(a0 + tl.load(x_ptrs, mask=mask, other=0.0).to(ACC))
         tl.store(y_ptr + seq_offs, h_new.to(y_ptr.dtype.element_ty), mask=mask)
-        h = tl.where(active, h_new, h)
+        h = tl.where(mask, h_new, h)
 
     tl.store(h_n_ptr + state_offs, h.to(h_n_ptr.dtype.element_ty), mask=tile_mask)
     if KIND == 0:
@@ -287,8 +291,9 @@ def resident_backward_kernel(
         j = T - 1 - jj  # processing index of this step in the forward pass
         t = _timestep(j, T, reverse)
         off, bs = _step_rows(t, sizes_ptr, offsets_ptr, uniform_b)
-        active = (rows < bs)[:, None]
-        mask = active & col_mask[None, :]
+        # Active rows, real columns: padding columns of the state stay 0 (an inf in the
+        # state times a zero-padded weight is NaN there, which the next GEMM would spread).
+        mask = (rows < bs)[:, None] & col_mask[None, :]
         gate_offs = off * GH + (rows[:, None] * GH + cols[None, :])  # 64-bit base, 32-bit tile
         seq_offs = off * H + state_offs
         g_ptrs = gates_ptr + gate_offs
@@ -331,7 +336,7 @@ def resident_backward_kernel(
             acc = tl.dot(df, w1, acc, input_precision=PRECISION)
             acc = tl.dot(dg, w2, acc, input_precision=PRECISION)
             acc = tl.dot(do, w3, acc, input_precision=PRECISION)
-            dc = tl.where(active, dc_prev, dc)
+            dc = tl.where(mask, dc_prev, dc)
         elif KIND == 1:
             h_prev = tl.where(
                 from_seq,
@@ -365,7 +370,7 @@ def resident_backward_kernel(
                 dpre = rnn_relu_backward(dh_t, y).to(ty)
             tl.store(dx_ptrs, dpre, mask=mask)
             acc = tl.dot(dpre, w0, zero, input_precision=PRECISION)
-        dh = tl.where(active, acc, dh)
+        dh = tl.where(mask, acc, dh)
 
     tl.store(dh0_ptr + state_offs, dh.to(dh0_ptr.dtype.element_ty), mask=tile_mask)
     if KIND == 0:

@@ -242,3 +242,34 @@ def test_inference_saves_nothing_and_matches(monkeypatch):
         for a, e in zip(out, ref):
             torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
     assert saves == [0, 0]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_inf_in_the_state_does_not_spread_through_the_padding(kind):
+    """+inf in one element of h0 at H=5 (padded to 32 columns): an inf times a zero-padded
+    weight is NaN, which must stay out of the state. Outputs and gradients have the
+    reference backend's NaN / inf pattern and values."""
+    gen = torch.Generator().manual_seed(3)
+    g, hidden = GATES[kind], 5
+    schedule = Schedule.from_batch_sizes([3, 3, 2, 1])
+    x = torch.randn(schedule.rows, 2, generator=gen, dtype=torch.float64)
+    h0 = torch.randn(3, hidden, generator=gen, dtype=torch.float64)
+    h0[1, 2] = float("inf")
+    c0 = torch.randn(3, hidden, generator=gen, dtype=torch.float64) if kind == "LSTM" else None
+    w = [torch.randn(*s, generator=gen, dtype=torch.float64) * 0.4
+         for s in [(g * hidden, 2), (g * hidden, hidden), (g * hidden,), (g * hidden,)]]
+
+    def run(backend):
+        leaves = [t.clone().requires_grad_() for t in [x, h0] + ([c0] if c0 is not None else []) + w]
+        c = leaves[2] if c0 is not None else None
+        ws = tuple(leaves[-4:]) + (None,)
+        outs = [o for o in recurrent_layer(kind, leaves[0], schedule, leaves[1], c, ws, backend=backend)
+                if o is not None]
+        grads = torch.autograd.grad(sum(o.sum() for o in outs), leaves, allow_unused=True)
+        return outs + [gr for gr in grads if gr is not None]
+
+    got, expected = run("triton"), run("reference")
+    assert len(got) == len(expected)
+    for k, (a, e) in enumerate(zip(got, expected)):
+        assert torch.equal(a.isnan(), e.isnan()) and torch.equal(a.isinf(), e.isinf()), k
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10, equal_nan=True)

@@ -349,3 +349,16 @@ def test_self_check_setting_is_validated(monkeypatch):
     monkeypatch.setenv("FASTRNN_SELF_CHECK", "yes")
     with pytest.raises(ValueError, match="FASTRNN_SELF_CHECK"):
         tier_for("LSTM", 5, 0, f64, CPU)
+
+
+def test_batches_past_32_bit_step_offsets_run_on_the_step_tier(monkeypatch):
+    """The resident kernels' in-step offsets are 32-bit (B*G*H < 2^31); a larger batch runs
+    the step tier (shown with the limit lowered to 2*4*4: B=3 passes it, B=2 does not)."""
+    monkeypatch.setattr(triton_backend, "RESIDENT_MAX_OFFSET", 2 * 4 * 4 + 1)
+    for batch, tier in ((2, "resident"), (3, "step")):
+        problem = _layer("LSTM", hidden=4, steps=5, batch=batch, packed=False)
+        with count_launches() as n:
+            got = _run("LSTM", problem)
+        assert {t for t, _ in n.tiers} == {tier}
+        for a, e in zip(got, _run("LSTM", problem, backend="reference")):
+            torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)

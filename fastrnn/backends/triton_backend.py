@@ -735,11 +735,23 @@ def _refuse_interpreted_bf16(dtype) -> None:
         )
 
 
+#: The resident kernels address a tile with a 64-bit base (the step's first row) plus
+#: 32-bit offsets up to ``B * G * H``; a batch past this runs the step tier instead.
+RESIDENT_MAX_OFFSET = 2**31
+
+
 def _layer_tier(kind: CellKind, w_hh, w_hr, dtype, device, schedule: Schedule) -> str:
+    """:func:`tier_for`, and the two cases a launch cannot take to the resident tier
+    whatever the table says: an empty batch (nothing to launch) and a batch whose
+    32-bit in-step offsets ``B * G * H`` would pass 2^31 (over 4 million sequences at
+    H = 128); both run the step tier, which gives the same results and saved layout. An
+    empty batch never goes to the cooperative tier either."""
     hidden = w_hh.shape[0] // kind.gates
     proj_size = w_hr.shape[0] if w_hr is not None else 0
     tier = tier_for(kind, hidden, proj_size, dtype, device)
-    if tier != "step" and schedule.batch == 0:
+    if tier == "resident" and not 0 < schedule.batch * kind.gates * hidden < RESIDENT_MAX_OFFSET:
+        return "step"
+    if tier == "cooperative" and schedule.batch == 0:
         return "step"  # nothing to launch: the step loop handles the empty batch
     return tier
 
