@@ -249,6 +249,40 @@ def test_inference_without_saving_matches_reference(coop, kind):
             torch.testing.assert_close(a, e, **TOL[torch.float64], msg=lambda m: f"{name}: {m}")
 
 
+@pytest.mark.parametrize("slab", [False, True], ids=["stream", "slab"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_inf_in_the_state_does_not_spread_through_the_padding(coop, kind, slab):
+    """+inf in one element of h0 at H=5 (BLOCK_H 4: the second program's slice and the
+    slab are padded): the outputs and gradients have the reference backend's NaN / inf
+    pattern and values (an inf times a zero-padded weight must stay out of the state)."""
+    coop(slab, block_h=4)
+    gen = torch.Generator().manual_seed(3)
+    g, hidden = GATES[kind], 5
+    schedule = Schedule.from_batch_sizes([3, 3, 2, 1])
+    x = torch.randn(schedule.rows, 2, generator=gen, dtype=torch.float64)
+    h0 = torch.randn(3, hidden, generator=gen, dtype=torch.float64)
+    h0[1, 2] = float("inf")
+    c0 = torch.randn(3, hidden, generator=gen, dtype=torch.float64) if kind == "LSTM" else None
+    w = [torch.randn(*s, generator=gen, dtype=torch.float64) * 0.4
+         for s in [(g * hidden, 2), (g * hidden, hidden), (g * hidden,), (g * hidden,)]]
+
+    def run(backend):
+        leaves = [t.clone().requires_grad_() for t in [x, h0] + ([c0] if c0 is not None else []) + w]
+        c = leaves[2] if c0 is not None else None
+        outs = [o for o in recurrent_layer(kind, leaves[0], schedule, leaves[1], c, tuple(leaves[-4:]) + (None,),
+                                           backend=backend) if o is not None]
+        grads = torch.autograd.grad(sum(o.sum() for o in outs), leaves, allow_unused=True)
+        return outs + [gr for gr in grads if gr is not None]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # numpy's "invalid value" inside the interpreter
+        got, expected = run("triton"), run("reference")
+    assert len(got) == len(expected)
+    for k, (a, e) in enumerate(zip(got, expected)):
+        assert torch.equal(a.isnan(), e.isnan()) and torch.equal(a.isinf(), e.isinf()), k
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10, equal_nan=True)
+
+
 @pytest.mark.parametrize("forward_tier, backward_tier", [("cooperative", "step"), ("step", "cooperative")])
 @pytest.mark.parametrize("kind", KINDS)
 def test_saved_tensors_cross_tiers(coop, monkeypatch, kind, forward_tier, backward_tier):
