@@ -25,7 +25,7 @@ import itertools
 import pytest
 import torch
 from helpers import assert_parity, make_pair, pairwise
-from test_triton_backend import check_against_reference
+from test_triton_backend import _TOL, _problem, _run, check_against_reference
 from test_triton_gradcheck import _inputs as gradcheck_inputs
 from torch.nn.utils.rnn import pack_padded_sequence
 
@@ -92,21 +92,46 @@ FULL = [
 ARGS = "kind, dtype, batch, steps, hidden, bidirectional, packed"
 
 
-def _check(kind, dtype, batch, steps, hidden, bidirectional, packed):
-    with count_launches() as n:
-        check_against_reference(kind, dtype, batch, steps, hidden, bidirectional, packed)
-    layer_directions = 2 * (2 if bidirectional else 1)  # check_against_reference runs 2 layers
+def _check(kind, dtype, batch, steps, hidden, bidirectional, packed, monkeypatch):
+    layer_directions = 2 * (2 if bidirectional else 1)  # both checks run 2 layers
+    if kind == "RNN_RELU" and dtype == torch.float16:
+        # relu' flips where a pre-activation lies within fp16 rounding of 0, so the fp16
+        # run and the fp64 reference disagree there by O(1) whatever the kernel (the step
+        # tier shows the same mismatches, e.g. B17-T7-H64: grad x off by 0.33 at one
+        # element). Both tiers round at the same points (fp16 y, fp16 GEMM operands,
+        # fp32 sums): resident vs step measured <= 3.2e-3 relative over every kind at
+        # B17-T7-H64, so the step tier is the oracle here, at the fp16 tolerance.
+        n = check_against_step_tier(kind, dtype, batch, steps, hidden, bidirectional, packed, monkeypatch)
+    else:
+        with count_launches() as n:
+            check_against_reference(kind, dtype, batch, steps, hidden, bidirectional, packed)
     _only_resident(n, layer_directions, layer_directions)
 
 
+def check_against_step_tier(kind, dtype, batch, steps, hidden, bidirectional, packed, monkeypatch):
+    """Every output and gradient of the resident run equals the step tier's (same dtype);
+    returns the launch counter of the resident run."""
+    problem = _problem(kind, batch, steps, hidden, bidirectional, packed)
+    with count_launches() as n:
+        out_r, grad_r = _run(kind, "triton", dtype, problem, bidirectional)
+    monkeypatch.setenv("FASTRNN_TIER", "step")
+    out_s, grad_s = _run(kind, "triton", dtype, problem, bidirectional)
+    monkeypatch.setenv("FASTRNN_TIER", "resident")
+    assert len(out_r) == len(out_s) and len(grad_r) == len(grad_s)
+    for k, (a, e) in enumerate(zip(out_r + grad_r, out_s + grad_s)):
+        assert a is not None and e is not None, k
+        torch.testing.assert_close(a, e, **_TOL[dtype], msg=lambda m: f"tensor {k}: {m}")
+    return n
+
+
 @pytest.mark.parametrize(ARGS, QUICK)
-def test_resident_matches_reference(kind, dtype, batch, steps, hidden, bidirectional, packed):
-    _check(kind, dtype, batch, steps, hidden, bidirectional, packed)
+def test_resident_matches_reference(kind, dtype, batch, steps, hidden, bidirectional, packed, monkeypatch):
+    _check(kind, dtype, batch, steps, hidden, bidirectional, packed, monkeypatch)
 
 
 @pytest.mark.parametrize(ARGS, FULL)
-def test_resident_matches_reference_full(kind, dtype, batch, steps, hidden, bidirectional, packed):
-    _check(kind, dtype, batch, steps, hidden, bidirectional, packed)
+def test_resident_matches_reference_full(kind, dtype, batch, steps, hidden, bidirectional, packed, monkeypatch):
+    _check(kind, dtype, batch, steps, hidden, bidirectional, packed, monkeypatch)
 
 
 def test_quick_selection_covers_the_issue_grid():

@@ -43,6 +43,7 @@ the step tier for the rest of the process.
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 
@@ -492,13 +493,17 @@ def device_limits(device: torch.device) -> tuple[int, int]:
     from ..kernels import fits
 
     if device.type == "cuda":
-        import triton
-
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        major, minor = torch.cuda.get_device_capability(index)
-        shared = triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"]
-        return major * 10 + minor, int(shared)
+        return _cuda_limits(device.index if device.index is not None else torch.cuda.current_device())
     return fits.REFERENCE_ARCH, fits.SHARED_LIMIT[fits.REFERENCE_ARCH]
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_limits(index: int) -> tuple[int, int]:
+    import triton
+
+    major, minor = torch.cuda.get_device_capability(index)
+    shared = triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"]
+    return major * 10 + minor, int(shared)
 
 
 def _refusal(tier: str, kind: str, hidden: int, proj_size: int, dtype, device) -> str | None:
@@ -569,25 +574,26 @@ def _fit(kind: str, hidden: int, dtype):
     return fits.resident_fit(kind, dtype, hidden)
 
 
-def _tier_forward(tier: str, kind: CellKind, xg, w_hh, b_hh, h0, c0, schedule: Schedule, reverse: bool, save: bool):
-    """The forward time loop of a layer without ``proj_size`` on ``tier``."""
+def _persistent_forward(tier: str, kind: CellKind, xg, w_hh, b_hh, h0, c0, schedule: Schedule, reverse: bool,
+                        save: bool):
+    """The forward loop on a persistent tier (one launch per pass)."""
     if tier == "resident":
         fit = _fit(kind.value, w_hh.shape[1], xg.dtype)
         return _resident_forward(kind, xg, w_hh, b_hh, h0, c0, schedule, reverse, save, fit)
     if tier == "cooperative":
         return _cooperative_forward(kind, xg, w_hh, b_hh, h0, c0, schedule, reverse, save)
-    return _step_forward(kind, xg, w_hh, b_hh, None, h0, c0, schedule, reverse, save)
+    raise NotImplementedError(f"fastrnn: no {tier} tier")
 
 
-def _tier_backward(tier: str, kind: CellKind, saved, w_hh, b_hh, h0, c0, y, dy, dh_n, dc_n, schedule: Schedule,
-                   reverse: bool):
-    """The backward time loop of a layer without ``proj_size`` on ``tier``."""
+def _persistent_backward(tier: str, kind: CellKind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule: Schedule,
+                         reverse: bool):
+    """The backward loop on a persistent tier (one launch per pass)."""
     if tier == "resident":
         fit = _fit(kind.value, w_hh.shape[1], y.dtype)
         return _resident_backward(kind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, reverse, fit)
     if tier == "cooperative":
         return _cooperative_backward(kind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, reverse)
-    return _step_backward(kind, saved, w_hh, b_hh, None, h0, c0, y, dy, dh_n, dc_n, schedule, reverse)
+    raise NotImplementedError(f"fastrnn: no {tier} tier")
 
 
 def _variant(tier: str, hidden: int, dtype) -> str:
@@ -658,9 +664,9 @@ def _run_check(tier: str, kind: CellKind, hidden: int, dtype, device) -> str | N
     for reverse in (False, True):
         schedule, xg, w_hh, b_hh, h0, c0, dy, dh_n, dc_n = _check_problem(kind, hidden, dtype, device, reverse)
         ref = _step_forward(kind, xg.clone(), w_hh, b_hh, None, h0, c0, schedule, reverse, True)
-        out = _tier_forward(tier, kind, xg.clone(), w_hh, b_hh, h0, c0, schedule, reverse, True)
+        out = _persistent_forward(tier, kind, xg.clone(), w_hh, b_hh, h0, c0, schedule, reverse, True)
         ref_b = _step_backward(kind, ref.saved, w_hh, b_hh, None, h0, c0, ref.y, dy, dh_n, dc_n, schedule, reverse)
-        out_b = _tier_backward(tier, kind, out.saved, w_hh, b_hh, h0, c0, out.y, dy, dh_n, dc_n, schedule, reverse)
+        out_b = _persistent_backward(tier, kind, out.saved, w_hh, h0, c0, out.y, dy, dh_n, dc_n, schedule, reverse)
         pairs = dict(y=(out.y, ref.y), h_n=(out.h_n, ref.h_n), c_n=(out.c_n, ref.c_n),
                      dxg=(out_b.dxg, ref_b.dxg), dhg=(out_b.dhg, ref_b.dhg), dh0=(out_b.dh0, ref_b.dh0),
                      dc0=(out_b.dc0, ref_b.dc0))
@@ -760,15 +766,11 @@ def forward(kind: CellKind, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, re
     """Run the forward time loop on the tier :func:`tier_for` picks; see :mod:`fastrnn.backends.base`."""
     _refuse_interpreted_bf16(xg.dtype)
     tier = _layer_tier(kind, w_hh, w_hr, xg.dtype, xg.device, schedule)
-    if tier == "cooperative":
+    if tier != "step":
         try:
-            return _cooperative_forward(kind, xg, w_hh, b_hh, h0, c0, schedule, reverse, save)
-        except _cooperative().BarrierTimeout as exc:
+            return _persistent_forward(tier, kind, xg, w_hh, b_hh, h0, c0, schedule, reverse, save)
+        except _cooperative().BarrierTimeout as exc:  # a cooperative launch whose barrier timed out
             _cooperative_timed_out(exc, kind, w_hh.shape[1], xg.dtype, xg.device)
-            tier = "step"
-    if tier == "resident":
-        fit = _fit(kind.value, w_hh.shape[1], xg.dtype)
-        return _resident_forward(kind, xg, w_hh, b_hh, h0, c0, schedule, reverse, save, fit)
     return _step_forward(kind, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save)
 
 
@@ -776,13 +778,9 @@ def backward(kind: CellKind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n,
     """Run the backward time loop on the tier :func:`tier_for` picks (every tier reads
     the ``saved`` tuple of every other); see :mod:`fastrnn.backends.base`."""
     tier = _layer_tier(kind, w_hh, w_hr, y.dtype, y.device, schedule)
-    if tier == "cooperative":
+    if tier != "step":
         try:
-            return _cooperative_backward(kind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, reverse)
+            return _persistent_backward(tier, kind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, reverse)
         except _cooperative().BarrierTimeout as exc:
             _cooperative_timed_out(exc, kind, w_hh.shape[1], y.dtype, y.device)
-            tier = "step"
-    if tier == "resident":
-        fit = _fit(kind.value, w_hh.shape[1], y.dtype)
-        return _resident_backward(kind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, reverse, fit)
     return _step_backward(kind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reverse)
