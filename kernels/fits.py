@@ -17,7 +17,14 @@ recorded). The tier choice runs an entry on a device only when ``shared`` (for t
 arch; the largest recorded value for another arch) fits the device's shared memory per
 block. Layers with ``proj_size`` use the step tier.
 
-**Cooperative tier** (:data:`COOPERATIVE`): not implemented yet (issue 10).
+**Cooperative tier** (:data:`COOPERATIVE`): ``cdiv(H, 16)`` programs of 16 hidden units
+each (all their gates), at most one per SM, with a grid barrier per step; ``W_hh`` is
+streamed from L2 in ``BLOCK_K`` chunks each step, or, where that compiles clean, kept on
+chip for the whole loop (``slab_k > 0``). One configuration per (dtype, dot precision,
+``slab_k``), the same for every kind; the report compiles each for every kind and both
+directions. On a GPU the tier runs layers with ``H % 16 == 0`` (the launches specialise
+``H`` as a multiple of 16, which the report compiles), ``H <= 16 x SM count``, no
+``proj_size``, fp32/fp16/bf16 (fp64 only in Triton's interpreter, for tests).
 
 How the table was made: ``python -m fastrnn.kernels.report --sweep`` compiles, for
 each kind, dtype and ``BLOCK_H`` in (32, 64, 128) (fp64: 32, 64), the forward and the
@@ -120,9 +127,51 @@ RESIDENT: dict[tuple[str, str, int], ResidentFit] = {
     ('RNN_RELU', 'float64', 64): _fit(64, 4, 4, 73728, 74752),
 }
 
-# --- Cooperative tier (issue 10) --------------------------------------------------------
-#: (kind, dtype name, ...) -> configuration, filled in by the cooperative tier.
-COOPERATIVE: dict = {}
+# --- Cooperative tier ----------------------------------------------------------------------
+
+
+class CoopConfig(NamedTuple):
+    """Block sizes, warps, pipeline stages and where W_hh lives, for one cooperative launch."""
+
+    block_b: int  # batch rows per tile
+    block_h: int  # hidden units per program
+    block_k: int  # reduction chunk when W_hh is streamed
+    num_warps: int
+    num_stages: int  # software-pipelining depth of the streamed chunk loop
+    slab_k: int  # 0: stream W_hh from L2 each step; else its on-chip slab, padded to slab_k >= H
+
+    @property
+    def label(self) -> str:
+        where = f"S{self.slab_k}" if self.slab_k else f"K{self.block_k}"
+        return f"B{self.block_b}-H{self.block_h}-{where}-w{self.num_warps}s{self.num_stages}"
+
+
+#: Hidden units per cooperative program: the finest split ``tl.dot`` allows, so a layer
+#: spreads over as many SMs as it can (H = 768 -> 48 programs).
+COOP_BLOCK_H = 16
+#: Hidden sizes a cooperative launch on a GPU must be a multiple of (see the module docstring).
+COOP_H_MULTIPLE = 16
+#: SM count the tier choice assumes where there is no device to ask (an H100 SXM).
+REFERENCE_SMS = 132
+
+# (dtype name, dot precision, slab_k) -> CoopConfig. Made by compiling candidates for sm_80
+# and sm_90 (every kind, forward and backward) and keeping the first clean one; the report
+# re-checks each. Every launch also passes maxnreg=255 (one program per SM leaves registers
+# to spare; without it ptxas capped some kernels at 128 registers and spilled).
+# Rejected, with their spills: fp32 IEEE (an FMA dot) with 2-3 stages, 8-24 B, so it runs
+# unpipelined; fp32 TF32 at BLOCK_K 32, 8-32 B; bf16 at BLOCK_K 64, 32 B; on-chip slabs of
+# 256 (bf16 forward 40-48 B at 8 warps, up to 392 B at 4) and fp32 slabs of 128 (TF32,
+# 16-40 B). So only fp16/bf16 keep W_hh on chip, for 64 < H <= 128.
+COOPERATIVE: dict[tuple[str, str, int], CoopConfig] = {
+    ("float32", "ieee", 0): CoopConfig(16, COOP_BLOCK_H, 16, 4, 1, 0),
+    ("float32", "tf32", 0): CoopConfig(16, COOP_BLOCK_H, 16, 4, 3, 0),
+    ("float16", "ieee", 0): CoopConfig(16, COOP_BLOCK_H, 32, 4, 3, 0),
+    ("bfloat16", "ieee", 0): CoopConfig(16, COOP_BLOCK_H, 32, 4, 3, 0),
+    ("float16", "ieee", 128): CoopConfig(16, COOP_BLOCK_H, 32, 8, 1, 128),
+    ("bfloat16", "ieee", 128): CoopConfig(16, COOP_BLOCK_H, 32, 8, 1, 128),
+    # Triton's interpreter only (tests); never compiled, never chosen on a GPU.
+    ("float64", "ieee", 0): CoopConfig(16, COOP_BLOCK_H, 16, 4, 1, 0),
+}
 
 
 def dtype_name(dtype) -> str:
@@ -160,7 +209,37 @@ def resident_refusal(kind: str, hidden: int, proj_size: int, dtype, arch: int | 
     return None
 
 
-def cooperative_refusal(kind: str, hidden: int, proj_size: int, dtype, arch: int | None,
-                        shared_limit: int) -> str | None:
-    """Why the cooperative tier cannot run this layer (it does not exist yet)."""
-    return "the cooperative tier is not implemented yet"
+def dot_precision(dtype, tf32: bool) -> str:
+    """``"tf32"`` for fp32 when TF32 is allowed (cuDNN's rule for nn.LSTM), else ``"ieee"``."""
+    return "tf32" if (dtype_name(dtype) == "float32" and tf32) else "ieee"
+
+
+def cooperative_config(dtype, hidden: int, tf32: bool) -> CoopConfig | None:
+    """The cooperative configuration for ``hidden`` units: the on-chip slab where the table
+    has one for the next power of two >= ``hidden``, else the streaming one (None: no
+    configuration for this dtype)."""
+    name, precision = dtype_name(dtype), dot_precision(dtype, tf32)
+    slab = COOPERATIVE.get((name, precision, 1 << max(0, hidden - 1).bit_length()))
+    return slab or COOPERATIVE.get((name, precision, 0))
+
+
+def cooperative_max_hidden(sm_count: int) -> int:
+    """Largest hidden size of the cooperative tier on ``sm_count`` SMs (one program per SM)."""
+    return COOP_BLOCK_H * sm_count
+
+
+def cooperative_refusal(kind: str, hidden: int, proj_size: int, dtype, sm_count: int, on_gpu: bool) -> str | None:
+    """Why the cooperative tier cannot run this layer (None when it can). ``on_gpu``: the
+    launch is compiled for a GPU (Triton's interpreter compiles nothing: any H, fp64)."""
+    if proj_size:
+        return "layers with proj_size run on the step tier"
+    if cooperative_config(dtype, hidden, False) is None:
+        return f"no cooperative configuration for {dtype_name(dtype)}"
+    if on_gpu and dtype_name(dtype) == "float64":
+        return "float64 is not compiled for GPUs by this tier (the step tier runs it)"
+    if on_gpu and hidden % COOP_H_MULTIPLE:
+        return f"hidden_size must be a multiple of {COOP_H_MULTIPLE} (the compiled kernels assume it)"
+    if -(-hidden // COOP_BLOCK_H) > sm_count:
+        return (f"hidden_size {hidden} needs {-(-hidden // COOP_BLOCK_H)} programs, more than the "
+                f"{sm_count} SMs (at most {cooperative_max_hidden(sm_count)})")
+    return None

@@ -10,7 +10,12 @@ compiled metadata, and prints one row. The specialisations:
   TF32 x SAVE or DM_GIVEN x block configuration;
 - resident tier (:func:`fastrnn.kernels.resident.specialisations`): every entry of
   :data:`fastrnn.kernels.fits.RESIDENT` (cell kind x dtype x block configuration), forward
-  and backward, fp32 in both IEEE and TF32 precision.
+  and backward, fp32 in both IEEE and TF32 precision;
+- cooperative tier (:func:`fastrnn.kernels.cooperative.specialisations`): every entry of
+  :data:`fastrnn.kernels.fits.COOPERATIVE` x cell kind, forward and backward, compiled
+  with ``launch_cooperative_grid`` and ``H`` a multiple of 16, as launched. A cooperative
+  row also fails when its PTX lacks any part of the grid barrier (a GPU-scope release
+  add, a ``%globaltimer``-bounded poll, a GPU-scope acquire, ``bar.sync``).
 
 Exit status 1 when any compile fails, anything spills, registers pass 255, or shared
 memory passes the per-block limit of the arch (the compiler does not fail on that by
@@ -44,7 +49,7 @@ import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from . import fits, recurrent_step, resident
+from . import cooperative, fits, recurrent_step, resident
 
 #: Largest shared memory one block may use (opt-in maximum), bytes.
 SHARED_LIMIT = fits.SHARED_LIMIT
@@ -60,9 +65,10 @@ def _cuobjdump() -> str:
 
 
 def specialisations(tier: str = "all") -> list:
-    """Every specialisation of ``tier`` ("step", "resident" or "all"), in report order."""
+    """Every specialisation of ``tier`` ("step", "resident", "cooperative" or "all"), in report order."""
     step = recurrent_step.specialisations() if tier in ("all", "step") else []
-    return step + (resident.specialisations() if tier in ("all", "resident") else [])
+    step += resident.specialisations() if tier in ("all", "resident") else []
+    return step + (cooperative.specialisations() if tier in ("all", "cooperative") else [])
 
 
 def signature_of(spec) -> tuple[dict, dict, dict]:
@@ -76,8 +82,11 @@ def signature_of(spec) -> tuple[dict, dict, dict]:
     for index, (name, role) in enumerate(spec.pointers):
         signature[name] = roles[role]
         attrs[(index,)] = [["tt.divisibility", 16]]  # the launchers pass 16-byte aligned tensors
-    for name in spec.ints:
+    multiples = getattr(spec, "divisible_by_16", ())
+    for index, name in enumerate(spec.ints, start=len(spec.pointers)):
         signature[name] = "i32"  # do_not_specialize: plain 32-bit ints, no value hints
+        if name in multiples:  # specialised by the launch: always a multiple of 16 there
+            attrs[(index,)] = [["tt.divisibility", 16]]
     for name in spec.constexprs:
         signature[name] = "constexpr"
     return signature, dict(spec.constexprs), attrs
@@ -144,8 +153,8 @@ def _compile_in_process(spec, arch: int) -> dict:
     try:
         signature, constexprs, attrs = signature_of(spec)
         src = ASTSource(fn=spec.kernel, signature=signature, constexprs=constexprs, attrs=attrs)
-        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                                  options=dict(num_warps=spec.config.num_warps))
+        options = dict(num_warps=spec.config.num_warps, **(getattr(spec, "options", None) or {}))
+        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
         with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
             f.write(compiled.asm["cubin"])
             f.flush()
@@ -164,6 +173,10 @@ def _compile_in_process(spec, arch: int) -> dict:
             problems.append(f"{regs} registers")
         if shared > SHARED_LIMIT[arch]:
             problems.append(f"shared {shared} > {SHARED_LIMIT[arch]}")
+        if options.get("launch_cooperative_grid"):
+            if not compiled.metadata.launch_cooperative_grid:
+                problems.append("not compiled for a cooperative launch")
+            problems += [f"barrier: {p}" for p in cooperative.barrier_ptx_problems(compiled.asm["ptx"])]
         recorded = getattr(spec, "shared_limit", None)
         if recorded is not None and shared > recorded[arch]:
             problems.append(f"shared {shared} > {recorded[arch]} recorded in fits.py")
@@ -274,7 +287,8 @@ def _interpreted() -> bool:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="compile processes")
-    parser.add_argument("--tier", choices=("all", "step", "resident"), default="all", help="which kernels")
+    parser.add_argument("--tier", choices=("all", "step", "resident", "cooperative"), default="all",
+                        help="which kernels")
     parser.add_argument("--sweep", action="store_true", help="compile the resident candidates, print fits.RESIDENT")
     parser.add_argument("--only", action="append", metavar="KIND,DTYPE,BLOCK_H",
                         help="with --sweep: only these entries (repeatable)")

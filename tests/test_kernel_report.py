@@ -1,7 +1,8 @@
-"""The ahead-of-time compile report: every specialisation of the step and resident tiers
-compiles for sm_80 and sm_90 with no spills and shared memory within the per-block limit
-(and, for the resident tier, within what kernels/fits.py records, which the tier choice
-reads).
+"""The ahead-of-time compile report: every specialisation of the step, resident and
+cooperative tiers compiles for sm_80 and sm_90 with no spills and shared memory within the
+per-block limit (and, for the resident tier, within what kernels/fits.py records, which
+the tier choice reads; for the cooperative tier, with launch_cooperative_grid and a
+release/acquire grid barrier in the PTX).
 
 The report compiles real GPU code, which needs Triton's interpreter off: it runs in a
 subprocess whose environment drops the interpreter switch that tests/conftest.py sets.
@@ -17,11 +18,12 @@ import sys
 
 import pytest
 
-from fastrnn.kernels import fits, report, resident
+from fastrnn.kernels import cooperative, fits, report, resident
 from fastrnn.kernels.recurrent_step import CONFIGS, KIND_IDS, specialisations
 
 ROW = re.compile(
-    r"^((?:resident-)?(?:forward|backward)):(\S+)\s+(\S+)\s+(\S+)\s+(sm_\d+)\s+(-?\d+)\s+(-?\d+)\s+(-?\d+)\s+(.*)$"
+    r"^((?:resident-|coop-)?(?:forward|backward)):(\S+)\s+(\S+)\s+(\S+)\s+(sm_\d+)\s+(-?\d+)\s+(-?\d+)"
+    r"\s+(-?\d+)\s+(.*)$"
 )
 
 
@@ -49,7 +51,7 @@ def test_resident_specialisations_are_the_fits_table():
         for dtype in ("float32", "float16", "bfloat16"):
             assert any(k == kind and d == dtype for (k, d, _) in fits.RESIDENT), (kind, dtype)
     assert {s.kernel_name for s in specs} == {"resident-forward", "resident-backward"}
-    assert len(report.specialisations()) == len(specialisations()) + len(specs)
+    assert len(report.specialisations()) == len(specialisations()) + len(specs) + len(cooperative.specialisations())
 
 
 def test_kernel_report_all_rows_pass():
@@ -60,7 +62,8 @@ def test_kernel_report_all_rows_pass():
     rows = [m for m in (ROW.match(line) for line in out.stdout.splitlines()) if m]
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert len(rows) == len(report.specialisations()) * len(report.ARCHS)
-    assert {m.group(1) for m in rows} == {"forward", "backward", "resident-forward", "resident-backward"}
+    assert {m.group(1) for m in rows} == {"forward", "backward", "resident-forward", "resident-backward",
+                                          "coop-forward", "coop-backward"}
     for m in rows:
         regs, spills, shared = int(m.group(6)), int(m.group(7)), int(m.group(8))
         assert m.group(9) == "pass", m.group(0)
@@ -198,5 +201,108 @@ def test_resident_launcher_choices_are_all_in_the_report(monkeypatch, tf32):
     wanted = {
         _key(s) for s in resident.specialisations()
         if s.dtype in (torch.float16, torch.float64) or (s.dtype == torch.float32 and s.label.endswith("-tf32") == tf32)
+    }
+    assert seen == wanted, wanted - seen
+
+
+# --------------------------------------------------------------------------------------
+# Cooperative tier
+# --------------------------------------------------------------------------------------
+
+
+def test_cooperative_specialisations_are_the_fits_table():
+    """Every kind x (forward, backward) x each fits.COOPERATIVE entry compiled for GPUs
+    (fp64 is interpreter-only), compiled as launched: cooperative grid, H a multiple of 16."""
+    specs = cooperative.specialisations()
+    gpu_entries = [key for key in fits.COOPERATIVE if key[0] != "float64"]
+    assert len(specs) == len(KIND_IDS) * 2 * len(gpu_entries) == 48
+    assert {(fits.dtype_name(s.dtype), s.constexprs["PRECISION"], s.config) for s in specs} == {
+        (name, precision, fits.COOPERATIVE[name, precision, slab]) for name, precision, slab in gpu_entries
+    }
+    for s in specs:
+        assert s.options["launch_cooperative_grid"] and s.options["num_stages"] == s.config.num_stages
+        assert s.divisible_by_16 == ("H",)
+    signature, _, attrs = report.signature_of(specs[0])
+    assert attrs[(len(specs[0].pointers) + specs[0].ints.index("H"),)] == [["tt.divisibility", 16]]
+
+
+def test_barrier_ptx_check_needs_every_part():
+    """The PTX check of the report, on the barrier lines of the compiled kernels (sm_80 and
+    sm_90 forms): complete -> no problem; each part removed -> that problem."""
+    parts = {
+        "red.global.gpu.release.add.u32 [ %rd7 + 0 ], %r9;": "release",
+        "mov.u64 %rd2, %globaltimer;": "globaltimer",
+        "fence.acq_rel.gpu;": "acquire",
+        "bar.sync 0;": "bar.sync",
+    }
+    ptx = "\n".join(parts)
+    assert cooperative.barrier_ptx_problems(ptx) == []
+    assert cooperative.barrier_ptx_problems(ptx.replace("fence.acq_rel.gpu", "fence.acquire.gpu")) == []
+    for line, what in parts.items():
+        problems = cooperative.barrier_ptx_problems(ptx.replace(line, ""))
+        assert len(problems) == 1 and what in problems[0], (line, problems)
+    no_release = ["no gpu-scope release atomic add"]
+    assert cooperative.barrier_ptx_problems(ptx.replace(".release.", ".relaxed.")) == no_release
+    assert cooperative.barrier_ptx_problems(ptx.replace("acq_rel.gpu", "acq_rel.cta")) == [
+        "no gpu-scope acquire after the poll"
+    ]
+
+
+class _CoopRecorder:
+    """Stands in for a cooperative kernel: records the compile-time choices of each launch."""
+
+    def __init__(self, kernel_name, seen):
+        self.kernel_name, self.seen = kernel_name, seen
+
+    def __getitem__(self, grid):
+        def launch(*args, num_warps, num_stages, launch_cooperative_grid, maxnreg, **constexprs):
+            assert launch_cooperative_grid and maxnreg == 255
+            pointers, ints = ((cooperative.FORWARD_POINTERS, cooperative.FORWARD_INTS) if "forward" in self.kernel_name
+                              else (cooperative.BACKWARD_POINTERS, cooperative.BACKWARD_INTS))
+            assert len(args) == len(pointers) + len(ints)
+            assert args[len(pointers) + ints.index("H")] % 16 == 0  # as the report compiles it
+            key = tuple(sorted(constexprs.items(), key=lambda kv: kv[0]))
+            self.seen.add((self.kernel_name, key, num_warps, num_stages))
+
+        return launch
+
+
+@pytest.mark.parametrize("tf32", [False, True], ids=["ieee", "tf32"])
+def test_cooperative_launcher_choices_are_all_in_the_report(monkeypatch, tf32):
+    """Every (kernel, constexprs, warps, stages) a cooperative call launches on a GPU (here:
+    a CPU call given the GPU's tier choice) is a listed specialisation, and these calls
+    reach every fp32 (this TF32 setting) and fp16 one."""
+    import torch
+
+    from fastrnn.backends import triton_backend
+    from fastrnn.functional import Schedule, recurrent_layer
+
+    seen = set()
+    monkeypatch.setattr(triton_backend, "_interpreted", lambda: True)  # the recorders are no interpreter objects
+    monkeypatch.setattr(cooperative, "cooperative_forward_kernel", _CoopRecorder("coop-forward", seen))
+    monkeypatch.setattr(cooperative, "cooperative_backward_kernel", _CoopRecorder("coop-backward", seen))
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
+    monkeypatch.setenv("FASTRNN_TIER", "cooperative")
+    for kind, gates in (("LSTM", 4), ("GRU", 3), ("RNN_TANH", 1), ("RNN_RELU", 1)):
+        for dtype in (torch.float32, torch.float16):
+            for hidden in (96, 160):  # fp16: the on-chip slab (H <= 128) and the stream
+                x = torch.randn(4, 2, dtype=dtype, requires_grad=True)
+                w = [torch.randn(gates * hidden, 2, dtype=dtype), torch.randn(gates * hidden, hidden, dtype=dtype),
+                     None, None, None]
+                w = [None if t is None else t.requires_grad_() for t in w]
+                h0 = torch.zeros(2, hidden, dtype=dtype)
+                c0 = torch.zeros(2, hidden, dtype=dtype) if kind == "LSTM" else None
+                y, h_n, c_n = recurrent_layer(kind, x, Schedule.uniform(2, 2), h0, c0, tuple(w), backend="triton")
+                y.float().sum().backward()
+
+    def key(s):
+        return (s.kernel_name, tuple(sorted(s.constexprs.items(), key=lambda kv: kv[0])), s.config.num_warps,
+                s.config.num_stages)
+
+    listed = {key(s) for s in cooperative.specialisations()}
+    assert seen <= listed, seen - listed
+    wanted = {
+        key(s) for s in cooperative.specialisations()
+        if s.dtype == torch.float16 or (s.dtype == torch.float32 and s.label.endswith("-tf32") == tf32)
     }
     assert seen == wanted, wanted - seen

@@ -178,12 +178,6 @@ def test_forcing_resident_over_the_device_shared_memory_is_an_error(monkeypatch)
         tier_for("RNN_TANH", 8, 0, f32, CPU)
 
 
-def test_cooperative_is_not_implemented_yet(monkeypatch):
-    monkeypatch.setenv("FASTRNN_TIER", "cooperative")
-    with pytest.raises(RuntimeError, match="not implemented yet"):
-        tier_for("LSTM", 1024, 0, f16, CPU)
-
-
 def test_unknown_tier_name(monkeypatch):
     monkeypatch.setenv("FASTRNN_TIER", "fastest")
     with pytest.raises(ValueError, match="FASTRNN_TIER must be one of"):

@@ -1,6 +1,6 @@
 """Triton backend: the time loops of :mod:`fastrnn.backends.base` as Triton kernels.
 
-Two kernel tiers run a layer-direction (:func:`tier_for` picks one per launch):
+Three kernel tiers run a layer-direction (:func:`tier_for` picks one per launch):
 
 - **step** (any size): one :func:`~fastrnn.kernels.recurrent_step.forward_stepper` launch
   per timestep (recurrent GEMM + input projection + activations + state update; ``h_t`` is
@@ -12,6 +12,11 @@ Two kernel tiers run a layer-direction (:func:`tier_for` picks one per launch):
   one launch runs the whole forward time loop, one launch the whole backward loop
   (:mod:`fastrnn.kernels.resident`); ``h_n``, ``c_n``, ``dh0`` and ``dc0`` come out of the
   kernels.
+- **cooperative** (larger ``H`` on a GPU, no ``proj_size``): one launch per pass spread
+  over the SMs, ``cdiv(H, 16)`` programs with a grid barrier per step
+  (:mod:`fastrnn.kernels.cooperative`). A barrier that times out makes the launch raise
+  ``BarrierTimeout``; the call then reruns on the step tier with one warning (or the error
+  propagates when ``FASTRNN_TIER=cooperative`` forced the tier).
 
 LSTM with ``proj_size`` (step tier): the projection ``h_t = m_t @ W_hr^T`` is a torch
 ``mm`` per step after the step kernel (which writes ``m_t`` to a ``(B, H)`` buffer), and
@@ -23,14 +28,14 @@ Precision: fp32 accumulation (fp64 for fp64 I/O); the LSTM cell state and the ``
 gates are saved in the I/O dtype. fp32 GEMMs use TF32 only when
 ``torch.backends.cudnn.allow_tf32`` is on.
 
-Saved for backward (the ``saved`` tuple, the same layout whatever tier ran, so either
-tier's backward reads either tier's forward): LSTM ``(gates (N, 4H) i,f,g,o, c (N, H)
+Saved for backward (the ``saved`` tuple, the same layout whatever tier ran, so every
+tier's backward reads every tier's forward): LSTM ``(gates (N, 4H) i,f,g,o, c (N, H)
 fp32)``; GRU ``(gates (N, 3H) r,z,n, W_hn h + b_hn (N, H))``; plain RNN nothing
 (backward reads ``y``).
 
 Tier choice (:func:`tier_for`): from the cell kind, ``H``, ``proj_size``, the dtype and
-the device's shared memory per block, never from ``T`` or ``B``; ``FASTRNN_TIER`` forces
-one. First use: the first time a persistent tier runs a (device, kind, dtype, block
+the device's shared memory per block and SM count, never from ``T`` or ``B``;
+``FASTRNN_TIER`` forces one. First use: the first time a persistent tier runs a (device, kind, dtype, block
 size) in a process, a small problem is run through it and through the step tier and
 compared (``FASTRNN_SELF_CHECK``); a mismatch or a failure warns once and that key uses
 the step tier for the rest of the process.
@@ -357,6 +362,124 @@ def _resident_backward(kind: CellKind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, s
 
 
 # --------------------------------------------------------------------------------------
+# Cooperative tier (kernels/cooperative.py): one launch per layer-direction and pass
+# --------------------------------------------------------------------------------------
+
+
+def _cooperative():
+    from ..kernels import cooperative  # imports triton
+
+    return cooperative
+
+
+def _sm_count(device: torch.device) -> int:
+    """SMs of ``device``: a cooperative grid has at most one program per SM. Any other
+    device (Triton's interpreter) is taken to be the reference GPU (an H100, 132 SMs)."""
+    from ..kernels import fits
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return fits.REFERENCE_SMS
+
+
+def _coop_config(hidden: int, dtype: torch.dtype):
+    """The cooperative launch configuration of this layer (:data:`fits.COOPERATIVE`)."""
+    return _cooperative().cooperative_config(dtype, hidden, _tf32())
+
+
+def _cooperative_forward(kind: CellKind, xg, w_hh, b_hh, h0, c0, schedule: Schedule, reverse: bool, save: bool):
+    """The forward time loop on the cooperative tier: one launch (no ``proj_size``); the
+    same results and ``saved`` layout as the other tiers. Raises
+    :class:`~fastrnn.kernels.cooperative.BarrierTimeout` when a grid barrier timed out."""
+    coop = _cooperative()
+    prep = coop.aligned_input
+    dtype, device = xg.dtype, xg.device
+    acc = _acc_dtype(dtype)
+    gates_n = kind.gates
+    hidden = w_hh.shape[0] // gates_n
+    n_rows, batch = xg.shape[0], schedule.batch
+    cfg = _coop_config(hidden, dtype)
+    is_lstm, is_gru = kind is CellKind.LSTM, kind is CellKind.GRU
+    save = save and gates_n > 1  # plain RNN backward only reads y
+
+    xg, w_hh, h0 = prep(xg), prep(w_hh), prep(h0)
+    dummy_io = torch.empty(8, dtype=dtype, device=device)
+    dummy_acc = torch.empty(8, dtype=acc, device=device)
+    y = _new((n_rows, hidden), dtype, device)
+    gates = _new((n_rows, gates_n * hidden), dtype, device) if save else dummy_io
+    hn = _new((n_rows, hidden), dtype, device) if (save and is_gru) else dummy_io
+    if is_gru:
+        bias = prep(b_hh) if b_hh is not None else torch.zeros(3 * hidden, dtype=dtype, device=device)
+    else:
+        bias = dummy_io
+    if is_lstm:
+        c0 = prep(c0.to(acc))  # (B, H): read in the accumulation dtype, like c itself
+        c_buf = _new((n_rows, hidden) if save else (batch, hidden), acc, device)
+    else:
+        c0, c_buf = dummy_acc, dummy_acc
+    uniform_b, sizes, offsets = _step_tables(schedule, device)
+    packed = int(uniform_b == 0)
+    tensors = dict(
+        xg_ptr=xg, w_hh_ptr=w_hh, b_hh_ptr=bias, h0_ptr=h0, c0_ptr=c0, y_ptr=y, c_ptr=c_buf,
+        gates_ptr=gates, hn_ptr=hn, sizes_ptr=sizes, offsets_ptr=offsets,
+        sync_ptr=torch.zeros(1 + schedule.steps, dtype=torch.int32, device=device),
+    )
+    ints = dict(T=schedule.steps, B=batch, H=hidden, reverse=int(reverse), packed=packed, save=int(save))
+    coop.launch_forward(kind.value, tensors, ints, cfg, _tf32(), _sm_count(device))
+
+    c_n = None
+    if is_lstm:
+        c_n = (schedule.final(c_buf, reverse) if save else c_buf).to(dtype)
+    if is_lstm and save:
+        saved = (gates, c_buf)
+    elif is_gru and save:
+        saved = (gates, hn)
+    else:
+        saved = ()
+    return ForwardResult(y, schedule.final(y, reverse), c_n, saved)
+
+
+def _cooperative_backward(kind: CellKind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule: Schedule, reverse: bool):
+    """The backward time loop on the cooperative tier: one launch; reads the ``saved``
+    tuple of any tier (one layout). Raises ``BarrierTimeout`` when a grid barrier timed out."""
+    coop = _cooperative()
+    prep = coop.aligned_input
+    dtype, device = y.dtype, y.device
+    acc = _acc_dtype(dtype)
+    gates_n = kind.gates
+    hidden = w_hh.shape[0] // gates_n
+    n_rows = y.shape[0]
+    cfg = _coop_config(hidden, dtype)
+    is_lstm, is_gru = kind is CellKind.LSTM, kind is CellKind.GRU
+    dummy_io = torch.empty(8, dtype=dtype, device=device)
+    dummy_acc = torch.empty(8, dtype=acc, device=device)
+
+    w_hh, y, dy, h0 = prep(w_hh), prep(y), prep(dy), prep(h0)
+    gates, hn, c_seq = dummy_io, dummy_io, dummy_acc
+    c0 = prep(c0.to(acc)) if is_lstm else dummy_acc
+    if is_lstm:
+        gates, c_seq = (prep(t) for t in saved)
+    elif is_gru:
+        gates, hn = (prep(t) for t in saved)
+    dxg = _new((n_rows, gates_n * hidden), dtype, device)
+    dhg = _new((n_rows, gates_n * hidden), dtype, device) if is_gru else dxg
+    dh = dh_n.to(acc, copy=True).contiguous()  # dh_n in, dh0 out
+    if is_lstm and dc_n is None:
+        dc_n = torch.zeros(dh_n.shape[0], hidden, dtype=dtype, device=device)
+    dc = dc_n.to(acc, copy=True).contiguous() if is_lstm else dummy_acc
+    uniform_b, sizes, offsets = _step_tables(schedule, device)
+    packed = int(uniform_b == 0)
+    tensors = dict(
+        w_hh_ptr=w_hh, dxg_ptr=dxg, dhg_ptr=dhg, dy_ptr=dy, dh_ptr=dh, dc_ptr=dc, gates_ptr=gates,
+        c_ptr=c_seq, c0_ptr=c0, hn_ptr=hn, y_ptr=y, h0_ptr=h0, sizes_ptr=sizes, offsets_ptr=offsets,
+        sync_ptr=torch.zeros(1 + schedule.steps, dtype=torch.int32, device=device),
+    )
+    ints = dict(T=schedule.steps, B=dh.shape[0], H=hidden, reverse=int(reverse), packed=packed)
+    coop.launch_backward(kind.value, tensors, ints, cfg, _tf32(), _sm_count(device))
+    return BackwardResult(dxg, dhg, dh.to(dtype), dc.to(dtype) if is_lstm else None, None)
+
+
+# --------------------------------------------------------------------------------------
 # Tier choice
 # --------------------------------------------------------------------------------------
 
@@ -403,10 +526,9 @@ def _refusal(tier: str, kind: str, hidden: int, proj_size: int, dtype, device) -
 
     if tier == "step":
         return None
-    arch, shared = device_limits(device)
-    # --- cooperative tier (issue 10) plugs in here, with its own table in fits.py ---
     if tier == "cooperative":
-        return fits.cooperative_refusal(kind, hidden, proj_size, dtype, arch, shared)
+        return fits.cooperative_refusal(kind, hidden, proj_size, dtype, _sm_count(device), device.type == "cuda")
+    arch, shared = device_limits(device)
     return fits.resident_refusal(kind, hidden, proj_size, dtype, arch, shared)
 
 
@@ -422,22 +544,27 @@ def _chosen_tier(kind: str, hidden: int, proj_size: int, dtype, device) -> tuple
                 f"proj_size={proj_size}, {dtype} on {device}: {reason}"
             )
         return requested, True
-    # Preference order: the resident tier where it fits, then (issue 10: add "cooperative"
-    # here) the cooperative tier, then the step tier, which runs everything.
-    for tier in ("resident",):
+    # Preference order: resident (no grid barrier), then cooperative (W_hh spread over the
+    # SMs, a grid barrier per step), then step. The cooperative tier is chosen on its own
+    # only on a GPU: Triton's interpreter runs a grid's programs one after another, so a
+    # grid barrier could only time out there (the tests run it with one thread per program).
+    for tier in ("resident", "cooperative"):
+        if tier == "cooperative" and device.type != "cuda":
+            continue
         if _refusal(tier, kind, hidden, proj_size, dtype, device) is None:
             return tier, False
     return "step", False
 
 
 def tier_for(kind, hidden: int, proj_size: int, dtype, device) -> str:
-    """The kernel tier a launch of this layer would use: ``"step"`` or ``"resident"``
-    (``"cooperative"`` once it exists).
+    """The kernel tier a launch of this layer would use: ``"step"``, ``"resident"`` or
+    ``"cooperative"``.
 
     Decided by the cell kind, ``hidden``, ``proj_size`` (0 for none), the dtype and the
-    device's shared memory per block, never by ``T`` or ``B``; the table is
-    :mod:`fastrnn.kernels.fits`. ``FASTRNN_TIER=auto|step|resident|cooperative`` (read at
-    each call) forces a tier; forcing one that cannot run the case raises a RuntimeError.
+    device's shared memory per block and SM count, never by ``T`` or ``B``; the table is
+    :mod:`fastrnn.kernels.fits`; ``auto`` picks the cooperative tier only on CUDA devices.
+    ``FASTRNN_TIER=auto|step|resident|cooperative`` (read at each call) forces a tier;
+    forcing one that cannot run the case raises a RuntimeError.
     On CPU tensors (Triton's interpreter) the device is taken to be an sm_90 GPU
     (:func:`device_limits`). Includes the first-use check of a persistent tier (which
     runs it once, see the module docstring), so the answer is what the launch will do.
@@ -467,7 +594,8 @@ def _persistent_forward(tier: str, kind: CellKind, xg, w_hh, b_hh, h0, c0, sched
     if tier == "resident":
         fit = _fit(kind.value, w_hh.shape[1], xg.dtype)
         return _resident_forward(kind, xg, w_hh, b_hh, h0, c0, schedule, reverse, save, fit)
-    # --- cooperative tier (issue 10) plugs in here ---
+    if tier == "cooperative":
+        return _cooperative_forward(kind, xg, w_hh, b_hh, h0, c0, schedule, reverse, save)
     raise NotImplementedError(f"fastrnn: no {tier} tier")
 
 
@@ -477,15 +605,26 @@ def _persistent_backward(tier: str, kind: CellKind, saved, w_hh, h0, c0, y, dy, 
     if tier == "resident":
         fit = _fit(kind.value, w_hh.shape[1], y.dtype)
         return _resident_backward(kind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, reverse, fit)
-    # --- cooperative tier (issue 10) plugs in here ---
+    if tier == "cooperative":
+        return _cooperative_backward(kind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, reverse)
     raise NotImplementedError(f"fastrnn: no {tier} tier")
+
+
+def _variant(tier: str, hidden: int, dtype) -> str:
+    """What a persistent tier compiles for this layer: its first-use check key and name."""
+    from ..kernels import fits
+
+    if tier == "cooperative":
+        return f"configuration {_coop_config(hidden, dtype).label}"
+    return f"BLOCK_H {fits.resident_block_h(hidden)}"
 
 
 # --------------------------------------------------------------------------------------
 # First-use self-check
 # --------------------------------------------------------------------------------------
 
-#: (tier, device, kind, dtype, BLOCK_H) -> True (checked, agrees) / False (use the step tier).
+#: (tier, device, kind, dtype, variant) -> True (checked, agrees) / False (use the step
+#: tier: the check failed, or a cooperative launch of that key timed out at a barrier).
 _checked: dict = {}
 
 _CHECK_TOL = {
@@ -559,11 +698,11 @@ def _run_check(tier: str, kind: CellKind, hidden: int, dtype, device) -> str | N
 
 def _first_use_check(tier: str, forced: bool, kind: str, hidden: int, dtype, device) -> str:
     """``tier`` if it passed (or skipped) its first-use check for this key, else "step"."""
+    key = (tier, str(device), kind, dtype, _variant(tier, hidden, dtype))
+    if _checked.get(key) is False and not forced:
+        return "step"
     if not _self_check_enabled(device):
         return tier
-    from ..kernels import fits
-
-    key = (tier, str(device), kind, dtype, fits.resident_block_h(hidden))
     if key not in _checked:
         try:
             problem = _run_check(tier, CellKind(kind), hidden, dtype, device)
@@ -572,18 +711,34 @@ def _first_use_check(tier: str, forced: bool, kind: str, hidden: int, dtype, dev
         if problem is not None and forced:
             raise RuntimeError(
                 f"fastrnn: {TIER_ENV}={tier}: the first-use check of the {tier} tier for {kind} {dtype} "
-                f"(BLOCK_H {key[-1]}) on {device} failed against the step tier: {problem}"
+                f"({key[-1]}) on {device} failed against the step tier: {problem}"
             )
         if problem is not None:
             warnings.warn(
                 f"fastrnn: the {tier} kernel tier disagrees with the step tier on {device} for {kind} "
-                f"{dtype} (BLOCK_H {key[-1]}): {problem}. Using the step tier for it for the rest of this "
+                f"{dtype} ({key[-1]}): {problem}. Using the step tier for it for the rest of this "
                 f"process (set {TIER_ENV}=step to choose it directly, {SELF_CHECK_ENV}=0 to skip the check).",
                 RuntimeWarning,
                 stacklevel=2,
             )
         _checked[key] = problem is None
     return tier if _checked[key] else "step"
+
+
+def _cooperative_timed_out(exc: Exception, kind: CellKind, hidden: int, dtype, device) -> None:
+    """A cooperative launch hit a barrier timeout (its results were discarded): raise when
+    the tier was forced; else warn once and use the step tier for this key from now on."""
+    if _requested_tier() == "cooperative":
+        raise exc
+    key = ("cooperative", str(device), kind.value, dtype, _variant("cooperative", hidden, dtype))
+    if _checked.get(key) is not False:
+        warnings.warn(
+            f"fastrnn: {exc} This call and later ones for {kind.value} {dtype} ({key[-1]}) on {device} run "
+            f"on the step tier (set {TIER_ENV}=step to choose it directly).",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    _checked[key] = False
 
 
 # --------------------------------------------------------------------------------------
@@ -609,12 +764,15 @@ def _layer_tier(kind: CellKind, w_hh, w_hr, dtype, device, schedule: Schedule) -
     """:func:`tier_for`, and the two cases a launch cannot take to the resident tier
     whatever the table says: an empty batch (nothing to launch) and a batch whose
     32-bit in-step offsets ``B * G * H`` would pass 2^31 (over 4 million sequences at
-    H = 128); both run the step tier, which gives the same results and saved layout."""
+    H = 128); both run the step tier, which gives the same results and saved layout. An
+    empty batch never goes to the cooperative tier either."""
     hidden = w_hh.shape[0] // kind.gates
     proj_size = w_hr.shape[0] if w_hr is not None else 0
     tier = tier_for(kind, hidden, proj_size, dtype, device)
     if tier == "resident" and not 0 < schedule.batch * kind.gates * hidden < RESIDENT_MAX_OFFSET:
         return "step"
+    if tier == "cooperative" and schedule.batch == 0:
+        return "step"  # nothing to launch: the step loop handles the empty batch
     return tier
 
 
@@ -623,14 +781,20 @@ def forward(kind: CellKind, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, re
     _refuse_interpreted_bf16(xg.dtype)
     tier = _layer_tier(kind, w_hh, w_hr, xg.dtype, xg.device, schedule)
     if tier != "step":
-        return _persistent_forward(tier, kind, xg, w_hh, b_hh, h0, c0, schedule, reverse, save)
+        try:
+            return _persistent_forward(tier, kind, xg, w_hh, b_hh, h0, c0, schedule, reverse, save)
+        except _cooperative().BarrierTimeout as exc:  # a cooperative launch whose barrier timed out
+            _cooperative_timed_out(exc, kind, w_hh.shape[1], xg.dtype, xg.device)
     return _step_forward(kind, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save)
 
 
 def backward(kind: CellKind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule: Schedule, reverse: bool):
-    """Run the backward time loop on the tier :func:`tier_for` picks (either tier reads
-    the ``saved`` tuple of either); see :mod:`fastrnn.backends.base`."""
+    """Run the backward time loop on the tier :func:`tier_for` picks (every tier reads
+    the ``saved`` tuple of every other); see :mod:`fastrnn.backends.base`."""
     tier = _layer_tier(kind, w_hh, w_hr, y.dtype, y.device, schedule)
     if tier != "step":
-        return _persistent_backward(tier, kind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, reverse)
+        try:
+            return _persistent_backward(tier, kind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, reverse)
+        except _cooperative().BarrierTimeout as exc:
+            _cooperative_timed_out(exc, kind, w_hh.shape[1], y.dtype, y.device)
     return _step_backward(kind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reverse)

@@ -1,0 +1,482 @@
+"""The cooperative tier (kernels/cooperative.py) in Triton's interpreter, every program in
+its own thread (tests/threaded_interpreter.py), against the reference backend.
+
+``FASTRNN_TIER=cooperative`` forces the tier. The launch configuration is replaced by a
+small one so that every hidden size splits over at least 3 programs (``BLOCK_H`` 4 for
+H=16, 16 above), batches of 17 rows take several ``BLOCK_B = 8`` tiles, and ``W_hh`` is
+either streamed in ``BLOCK_K = 16`` chunks or kept as a slab (``SLAB_K`` = the next power
+of two >= H). The device is given 8 SMs, so a batch of more than 8 rows also splits over
+2 groups of programs (tiles 0, 2, ... and 1, 3, ...). The interpreter needs no ``tl.dot``
+minimum of 16; the GPU configurations are covered by the compile report. Buffers the
+backend allocates are filled with NaN, so a store a kernel skips fails loudly.
+
+Tolerances (``TOL``), as in tests/test_triton_backend.py (the same comparison, one layer
+here instead of two): fp64 1e-10 (same math, another summation order); fp32 rtol 1e-4 /
+atol 2e-5 (eps 1.2e-7 times reductions of up to 4H = 256 terms and N = 102 rows for the
+weight gradients); fp16 2e-2 (the triton run rounds its I/O to fp16 at every step, 2^-11
+relative each, and is compared with a float64 reference run on the same fp16-rounded
+inputs).
+The parity grid is a pairwise selection (tests/helpers.pairwise) of kind x dtype x H x B x
+T x packed x bidirectional x where W_hh lives; the full product runs with FASTRNN_FULL=1.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+import warnings
+
+import pytest
+import torch
+from helpers import pairwise
+from threaded_interpreter import threaded_programs
+
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from fastrnn.backends import triton_backend
+from fastrnn.functional import Schedule, recurrent_layer, recurrent_stack
+from fastrnn.kernels import cooperative, fits
+from fastrnn.kernels.launches import count_launches
+
+KINDS = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
+GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "fp64": torch.float64}
+TOL = {
+    torch.float64: dict(rtol=1e-10, atol=1e-10),
+    torch.float32: dict(rtol=1e-4, atol=2e-5),
+    torch.float16: dict(rtol=2e-2, atol=2e-2),
+}
+INPUT = 3
+SMS = 8
+#: Generous: a program in the interpreter may wait seconds for the others at a barrier.
+INTERPRETER_TIMEOUT_US = 30_000_000
+
+
+def small_config(hidden: int, slab: bool, block_h: int | None = None) -> cooperative.CoopConfig:
+    """A configuration that splits ``hidden`` over at least 3 programs."""
+    block_h = block_h or (4 if hidden <= 16 else 16)
+    return cooperative.CoopConfig(8, block_h, 16, 4, 1, triton_next_pow2(hidden) if slab else 0)
+
+
+def triton_next_pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+@pytest.fixture
+def coop(monkeypatch):
+    """Force the cooperative tier, run launches threaded; yields a setter for the config."""
+    monkeypatch.setenv("FASTRNN_TIER", "cooperative")
+    monkeypatch.setattr(triton_backend, "FILL_NAN", True)
+    monkeypatch.setattr(cooperative, "BARRIER_TIMEOUT_US", INTERPRETER_TIMEOUT_US)
+    # 8 "SMs": H=16/40/64 (4/3/4 hidden slices) also get 2 groups of batch tiles.
+    monkeypatch.setattr(triton_backend, "_sm_count", lambda device: SMS)
+    chosen = {}
+
+    def use(slab: bool, block_h: int | None = None):
+        def config(dtype, hidden, tf32=False):
+            cfg = small_config(hidden, slab, block_h)
+            chosen[hidden] = cfg
+            return cfg
+
+        monkeypatch.setattr(cooperative, "cooperative_config", config)
+        return chosen
+
+    with threaded_programs():
+        yield use
+
+
+def _lengths(batch: int, steps: int) -> list[int]:
+    """Unsorted lengths in [1, steps], the longest equal to ``steps`` (so T is exercised)."""
+    return [steps if b == 1 or batch == 1 else 1 + (5 * b + 2) % steps for b in range(batch)]
+
+
+def _problem(kind, batch, steps, hidden, bidirectional, packed, seed=0):
+    """One layer: flat input, schedule, h0, c0 and per-direction weights, float64."""
+    gen = torch.Generator().manual_seed(seed)
+    directions = 2 if bidirectional else 1
+    x = torch.randn(steps, batch, INPUT, generator=gen, dtype=torch.float64)
+    if packed:
+        pack = pack_padded_sequence(x, torch.tensor(_lengths(batch, steps)), enforce_sorted=False)
+        flat, schedule = pack.data, Schedule.from_batch_sizes(pack.batch_sizes)
+    else:
+        flat, schedule = x.reshape(steps * batch, INPUT), Schedule.uniform(steps, batch)
+    assert schedule.batch == batch
+    bound = 1 / math.sqrt(hidden)
+    g = GATES[kind]
+    shapes = [(g * hidden, INPUT), (g * hidden, hidden), (g * hidden,), (g * hidden,)]
+    weights = [[(torch.rand(s, generator=gen, dtype=torch.float64) * 2 - 1) * bound for s in shapes]
+               for _ in range(directions)]
+    h0 = torch.randn(directions, batch, hidden, generator=gen, dtype=torch.float64)
+    c0 = torch.randn(directions, batch, hidden, generator=gen, dtype=torch.float64) if kind == "LSTM" else None
+    return flat, schedule, h0, c0, weights
+
+
+def _run(kind, backend, dtype, problem, bidirectional):
+    """Outputs and gradients of a fixed random linear loss, all leaves cast to ``dtype``."""
+    flat, schedule, h0, c0, weights = problem
+    leaves = [flat, h0] + ([c0] if c0 is not None else []) + [w for lw in weights for w in lw]
+    leaves = [t.to(dtype).requires_grad_() for t in leaves]
+    x, h, c = leaves[0], leaves[1], (leaves[2] if c0 is not None else None)
+    ws = leaves[3 if c0 is not None else 2 :]
+    layer_weights = [tuple(ws[4 * i : 4 * i + 4]) + (None,) for i in range(len(weights))]
+    y, h_n, c_n = recurrent_stack(kind, x, schedule, h, c, layer_weights, bidirectional=bidirectional, backend=backend)
+    outs = [y, h_n] + ([c_n] if c_n is not None else [])
+    gen = torch.Generator().manual_seed(99)
+    loss = sum((o * torch.randn(o.shape, generator=gen, dtype=torch.float64).to(dtype)).sum() for o in outs)
+    return [o.detach() for o in outs], list(torch.autograd.grad(loss, leaves))
+
+
+def check_against_reference(kind, dtype, batch, steps, hidden, bidirectional, packed):
+    """Outputs and every gradient of one layer (both directions when bidirectional)."""
+    problem = _problem(kind, batch, steps, hidden, bidirectional, packed)
+    ref_dtype = dtype
+    if dtype == torch.float16:
+        # Same fp16-rounded inputs on both sides; the reference computes in float64.
+        round16 = lambda t: None if t is None else t.half().double()  # noqa: E731
+        flat, schedule, h0, c0, weights = problem
+        problem = (round16(flat), schedule, round16(h0), round16(c0), [[round16(w) for w in lw] for lw in weights])
+        ref_dtype = torch.float64
+    out_t, grad_t = _run(kind, "triton", dtype, problem, bidirectional)
+    out_r, grad_r = _run(kind, "reference", ref_dtype, problem, bidirectional)
+    for name, a, e in zip(["y", "h_n", "c_n"], out_t, out_r):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a.to(ref_dtype), e, **TOL[dtype], msg=lambda m: f"{name}: {m}")
+    names = ["x", "h0"] + (["c0"] if kind == "LSTM" else [])
+    names += [f"dir{i}.{w}" for i in range(len(problem[4])) for w in ("w_ih", "w_hh", "b_ih", "b_hh")]
+    assert len(grad_t) == len(names) == len(grad_r)
+    for name, a, e in zip(names, grad_t, grad_r):
+        assert a is not None and e is not None, f"missing gradient {name}"
+        torch.testing.assert_close(a.to(ref_dtype), e, **TOL[dtype], msg=lambda m: f"grad {name}: {m}")
+
+
+FACTORS = dict(
+    kind=list(KINDS), dtype=list(DTYPES), hidden=[16, 40, 64], batch=[1, 5, 17], steps=[1, 6],
+    packed=[False, True], bidirectional=[False, True], slab=[False, True],
+)
+
+
+def _param(c, marks=()):
+    ident = (f"{c['kind']}-{c['dtype']}-H{c['hidden']}-B{c['batch']}-T{c['steps']}"
+             + ("-packed" if c["packed"] else "") + ("-bi" if c["bidirectional"] else "")
+             + ("-slab" if c["slab"] else "-stream"))
+    return pytest.param(*c.values(), id=ident, marks=marks)
+
+
+QUICK = [_param(c) for c in pairwise(FACTORS)]
+_QUICK_IDS = {p.id for p in QUICK}
+FULL = [
+    p for p in (_param(dict(zip(FACTORS, v)), marks=(pytest.mark.slow,)) for v in itertools.product(*FACTORS.values()))
+    if p.id not in _QUICK_IDS
+]
+
+
+@pytest.mark.parametrize(", ".join(FACTORS), QUICK)
+def test_cooperative_matches_reference(coop, kind, dtype, hidden, batch, steps, packed, bidirectional, slab):
+    chosen = coop(slab)
+    check_against_reference(kind, DTYPES[dtype], batch, steps, hidden, bidirectional, packed)
+    assert chosen[hidden].slab_k == (triton_next_pow2(hidden) if slab else 0)
+    assert -(-hidden // chosen[hidden].block_h) >= 3  # split over at least 3 programs
+
+
+@pytest.mark.parametrize(", ".join(FACTORS), FULL)
+def test_cooperative_matches_reference_full(coop, kind, dtype, hidden, batch, steps, packed, bidirectional, slab):
+    coop(slab)
+    check_against_reference(kind, DTYPES[dtype], batch, steps, hidden, bidirectional, packed)
+
+
+# --------------------------------------------------------------------------------------
+# Gradcheck, cross-tier saved tensors, launch count, barrier failure
+# --------------------------------------------------------------------------------------
+
+
+def _small_layer(kind, hidden=6, in_size=2, seed=0):
+    """Inputs of one tiny packed layer (lengths 3, 2, 1), float64 leaves."""
+    gen = torch.Generator().manual_seed(seed)
+    schedule = Schedule.from_batch_sizes([3, 2, 1])
+    g = GATES[kind]
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).requires_grad_()
+
+    x = rnd(schedule.rows, in_size)
+    h0 = rnd(schedule.batch, hidden)
+    c0 = rnd(schedule.batch, hidden) if kind == "LSTM" else None
+    weights = [rnd(g * hidden, in_size, scale=0.5), rnd(g * hidden, hidden, scale=0.5), rnd(g * hidden),
+               rnd(g * hidden)]
+    return schedule, x, h0, c0, weights
+
+
+def _gradcheck_param(kind, reverse, slab):
+    ident = f"{kind}-{'reverse' if reverse else 'forward'}-{'slab' if slab else 'stream'}"
+    quick = (kind, reverse, slab) in {("LSTM", True, False), ("GRU", False, True)}
+    return pytest.param(kind, reverse, slab, id=ident, marks=() if quick else (pytest.mark.slow,))
+
+
+@pytest.mark.parametrize(
+    "kind, reverse, slab",
+    [_gradcheck_param(k, r, s) for k in ("LSTM", "GRU", "RNN_TANH") for r in (False, True) for s in (False, True)],
+)
+def test_cooperative_gradcheck(coop, kind, reverse, slab):
+    """fp64 gradcheck (fast mode) through the cooperative kernels: H=6 over 3 programs,
+    a packed batch (lengths 3, 2, 1). ~13 s each in the interpreter: two run by default."""
+    coop(slab, block_h=2)
+    schedule, x, h0, c0, weights = _small_layer(kind)
+    leaves = [x, h0] + ([c0] if c0 is not None else []) + weights
+
+    def fn(*args):
+        c = args[2] if kind == "LSTM" else None
+        w = args[3:] if kind == "LSTM" else args[2:]
+        y, h_n, c_n = recurrent_layer(kind, args[0], schedule, args[1], c, tuple(w) + (None,), reverse=reverse,
+                                      backend="triton")
+        return (y, h_n) if c_n is None else (y, h_n, c_n)
+
+    assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=True)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_inference_without_saving_matches_reference(coop, kind):
+    """Under no_grad nothing is saved (LSTM keeps its cell state in one (B, H) buffer)."""
+    coop(False)
+    flat, schedule, h0, c0, weights = _problem(kind, 5, 6, 16, True, True)
+    lw = [tuple(w) + (None,) for w in weights]
+    with torch.no_grad():
+        out_t = recurrent_stack(kind, flat, schedule, h0, c0, lw, bidirectional=True, backend="triton")
+        out_r = recurrent_stack(kind, flat, schedule, h0, c0, lw, bidirectional=True, backend="reference")
+    assert (out_t[2] is None) == (kind != "LSTM") == (out_r[2] is None)
+    for name, a, e in zip(["y", "h_n", "c_n"], out_t, out_r):
+        if e is not None:
+            torch.testing.assert_close(a, e, **TOL[torch.float64], msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("slab", [False, True], ids=["stream", "slab"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_inf_in_the_state_does_not_spread_through_the_padding(coop, kind, slab):
+    """+inf in one element of h0 at H=5 (BLOCK_H 4: the second program's slice and the
+    slab are padded): the outputs and gradients have the reference backend's NaN / inf
+    pattern and values (an inf times a zero-padded weight must stay out of the state)."""
+    coop(slab, block_h=4)
+    gen = torch.Generator().manual_seed(3)
+    g, hidden = GATES[kind], 5
+    schedule = Schedule.from_batch_sizes([3, 3, 2, 1])
+    x = torch.randn(schedule.rows, 2, generator=gen, dtype=torch.float64)
+    h0 = torch.randn(3, hidden, generator=gen, dtype=torch.float64)
+    h0[1, 2] = float("inf")
+    c0 = torch.randn(3, hidden, generator=gen, dtype=torch.float64) if kind == "LSTM" else None
+    w = [torch.randn(*s, generator=gen, dtype=torch.float64) * 0.4
+         for s in [(g * hidden, 2), (g * hidden, hidden), (g * hidden,), (g * hidden,)]]
+
+    def run(backend):
+        leaves = [t.clone().requires_grad_() for t in [x, h0] + ([c0] if c0 is not None else []) + w]
+        c = leaves[2] if c0 is not None else None
+        outs = [o for o in recurrent_layer(kind, leaves[0], schedule, leaves[1], c, tuple(leaves[-4:]) + (None,),
+                                           backend=backend) if o is not None]
+        grads = torch.autograd.grad(sum(o.sum() for o in outs), leaves, allow_unused=True)
+        return outs + [gr for gr in grads if gr is not None]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # numpy's "invalid value" inside the interpreter
+        got, expected = run("triton"), run("reference")
+    assert len(got) == len(expected)
+    for k, (a, e) in enumerate(zip(got, expected)):
+        assert torch.equal(a.isnan(), e.isnan()) and torch.equal(a.isinf(), e.isinf()), k
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10, equal_nan=True)
+
+
+@pytest.mark.parametrize("forward_tier, backward_tier", [("cooperative", "step"), ("step", "cooperative")])
+@pytest.mark.parametrize("kind", KINDS)
+def test_saved_tensors_cross_tiers(coop, monkeypatch, kind, forward_tier, backward_tier):
+    """One tier's backward reads the other tier's saved tuple (same layout): the gradients
+    equal those of the reference backend."""
+    coop(False)
+    schedule, x, h0, c0, weights = _small_layer(kind)
+    w = tuple(weights) + (None,)
+    monkeypatch.setenv("FASTRNN_TIER", forward_tier)
+    y, h_n, c_n = recurrent_layer(kind, x, schedule, h0, c0, w, reverse=True, backend="triton")
+    outs = [o for o in (y, h_n, c_n) if o is not None]
+    leaves = [x, h0] + ([c0] if c0 is not None else []) + weights
+    gen = torch.Generator().manual_seed(3)
+    probes = [torch.randn(o.shape, generator=gen, dtype=torch.float64) for o in outs]
+    monkeypatch.setenv("FASTRNN_TIER", backward_tier)
+    grads = torch.autograd.grad(sum((o * p).sum() for o, p in zip(outs, probes)), leaves)
+    ref = recurrent_layer(kind, x, schedule, h0, c0, w, reverse=True, backend="reference")
+    ref_outs = [o for o in ref if o is not None]
+    ref_grads = torch.autograd.grad(sum((o * p).sum() for o, p in zip(ref_outs, probes)), leaves)
+    for a, e in zip(outs + list(grads), ref_outs + list(ref_grads)):
+        torch.testing.assert_close(a, e, **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_one_launch_per_layer_direction_and_pass(coop, kind):
+    """2 layers, bidirectional, T=3: 4 forward launches and 4 backward launches in all."""
+    coop(False, block_h=4)
+    hidden = 8
+    flat, schedule, h0, c0, weights = _problem(kind, 2, 3, hidden, True, True)
+    lw = [tuple(w.requires_grad_() for w in d) + (None,) for d in weights]
+    # The second layer reads 2H features: its own weights of that input size.
+    gen = torch.Generator().manual_seed(1)
+    g = GATES[kind]
+    shapes = ((g * hidden, 2 * hidden), (g * hidden, hidden), (g * hidden,), (g * hidden,))
+    lw += [tuple((torch.randn(s, generator=gen, dtype=torch.float64) * 0.2).requires_grad_() for s in shapes) + (None,)
+           for _ in range(2)]
+    h0 = torch.cat([h0, h0])
+    c0 = torch.cat([c0, c0]) if c0 is not None else None
+    with count_launches() as fwd:
+        y, h_n, c_n = recurrent_stack(kind, flat, schedule, h0, c0, lw, bidirectional=True, backend="triton")
+    with count_launches() as bwd:
+        y.sum().backward()
+    assert (fwd.forward, fwd.backward) == (4, 0)
+    assert (bwd.forward, bwd.backward) == (0, 4)
+
+
+def test_barrier_failure_ends_with_the_documented_error(coop, monkeypatch):
+    """A launch in which program 1 never arrives ends within about two barrier timeouts
+    with BarrierTimeout (the forced tier raises; it does not fall back)."""
+    coop(False)
+    timeout_s = 1.0
+    monkeypatch.setattr(cooperative, "BARRIER_TIMEOUT_US", int(timeout_s * 1e6))
+    monkeypatch.setattr(cooperative, "ABSENT_PROGRAM", 1)
+    flat, schedule, h0, c0, weights = _problem("GRU", 5, 6, 40, False, False)
+    lw = [tuple(weights[0]) + (None,)]
+    start = time.monotonic()
+    with pytest.raises(cooperative.BarrierTimeout, match=r"grid barrier 0: a program did not arrive within 1 s"):
+        recurrent_stack("GRU", flat, schedule, h0, None, lw, backend="triton")
+    elapsed = time.monotonic() - start
+    # Every program waits once at barrier 0 (about one timeout), then leaves; the rest is
+    # the interpreter's work for the first step. Far from a hang.
+    assert elapsed < 2 * timeout_s + 10, elapsed
+
+
+def test_sequential_interpreter_times_out_instead_of_hanging(monkeypatch):
+    """Without the threaded helper the interpreter runs program 0 to its first barrier
+    alone: the barrier times out and the launch reports it (never a hang)."""
+    monkeypatch.setenv("FASTRNN_TIER", "cooperative")
+    monkeypatch.setattr(cooperative, "BARRIER_TIMEOUT_US", 200_000)
+    monkeypatch.setattr(cooperative, "cooperative_config",
+                        lambda dtype, hidden, tf32=False: small_config(hidden, False))
+    flat, schedule, h0, c0, weights = _problem("RNN_TANH", 2, 3, 16, False, False)
+    with pytest.raises(cooperative.BarrierTimeout):
+        recurrent_stack("RNN_TANH", flat, schedule, h0, None, [tuple(weights[0]) + (None,)], backend="triton")
+
+
+# --------------------------------------------------------------------------------------
+# Tier choice, fallback on a barrier timeout, first-use check
+# --------------------------------------------------------------------------------------
+
+GPU = torch.device("cuda")  # only named: the device queries below are replaced
+
+
+@pytest.fixture
+def on_a_gpu(monkeypatch):
+    """The tier choice as on an sm_90 GPU with 132 SMs (no kernel runs)."""
+    monkeypatch.setattr(triton_backend, "device_limits", lambda device: (90, fits.SHARED_LIMIT[90]))
+    monkeypatch.setattr(triton_backend, "_sm_count", lambda device: 132)
+    monkeypatch.setattr(triton_backend, "_checked", {})
+    monkeypatch.delenv("FASTRNN_TIER", raising=False)
+    monkeypatch.setenv("FASTRNN_SELF_CHECK", "0")
+
+
+@pytest.mark.parametrize(
+    "kind, hidden, proj, dtype, expected",
+    [
+        ("LSTM", 64, 0, torch.float16, "resident"),
+        ("LSTM", 80, 0, torch.bfloat16, "cooperative"),  # LSTM fp16/bf16 resident stops at 64
+        ("LSTM", 768, 0, torch.bfloat16, "cooperative"),
+        ("GRU", 768, 0, torch.float32, "cooperative"),
+        ("RNN_TANH", 2112, 0, torch.float16, "cooperative"),  # 132 programs of 16 units
+        ("RNN_RELU", 2128, 0, torch.float16, "step"),  # 133 programs
+        ("LSTM", 776, 0, torch.bfloat16, "step"),  # not a multiple of 16
+        ("LSTM", 768, 256, torch.bfloat16, "step"),  # proj_size
+        ("GRU", 768, 0, torch.float64, "step"),  # fp64 is not compiled for GPUs
+    ],
+)
+def test_auto_choice_on_a_gpu(on_a_gpu, kind, hidden, proj, dtype, expected):
+    assert triton_backend.tier_for(kind, hidden, proj, dtype, GPU) == expected
+
+
+def test_auto_never_picks_the_cooperative_tier_in_the_interpreter(monkeypatch):
+    monkeypatch.delenv("FASTRNN_TIER", raising=False)
+    assert {triton_backend.tier_for(k, h, 0, d, "cpu") for k in KINDS for h in (128, 768, 2048)
+            for d in (torch.float32, torch.float16)} <= {"resident", "step"}
+
+
+@pytest.mark.parametrize(
+    "hidden, proj, dtype, message",
+    [(768, 256, torch.bfloat16, "proj_size"), (2128, 0, torch.float16, "more than the 132 SMs"),
+     (776, 0, torch.float16, "multiple of 16"), (768, 0, torch.float64, "float64")],
+)
+def test_forcing_cooperative_where_it_cannot_run_is_an_error(on_a_gpu, monkeypatch, hidden, proj, dtype, message):
+    monkeypatch.setenv("FASTRNN_TIER", "cooperative")
+    with pytest.raises(RuntimeError, match=message):
+        triton_backend.tier_for("LSTM", hidden, proj, dtype, GPU)
+
+
+def test_config_table_choices():
+    """What fits.COOPERATIVE gives: the on-chip slab only for fp16/bf16 with H in (64, 128]."""
+    assert fits.cooperative_config(torch.bfloat16, 128, False).slab_k == 128
+    assert fits.cooperative_config(torch.float16, 80, False).slab_k == 128
+    assert fits.cooperative_config(torch.bfloat16, 64, False).slab_k == 0
+    assert fits.cooperative_config(torch.bfloat16, 768, False).slab_k == 0
+    assert fits.cooperative_config(torch.float32, 128, True).slab_k == 0
+    assert fits.cooperative_config(torch.float32, 768, True).num_stages > 1  # the TF32 stream is pipelined
+    assert fits.cooperative_max_hidden(108) == 1728 and fits.cooperative_max_hidden(132) == 2112
+
+
+def _auto_picks_cooperative(monkeypatch):
+    """Make auto choose the cooperative tier on CPU tensors (it never does by itself there)."""
+    monkeypatch.delenv("FASTRNN_TIER", raising=False)
+    monkeypatch.setattr(triton_backend, "_chosen_tier", lambda *args: ("cooperative", False))
+
+
+def test_barrier_timeout_under_auto_reruns_on_the_step_tier_with_one_warning(coop, monkeypatch):
+    """The launch in which program 1 never arrives raises inside the backend; the call is
+    rerun on the step tier (right results), with one warning, and later calls of that
+    layer go to the step tier directly."""
+    coop(False)
+    monkeypatch.setattr(triton_backend, "_checked", {})
+    _auto_picks_cooperative(monkeypatch)
+    monkeypatch.setattr(cooperative, "BARRIER_TIMEOUT_US", 500_000)
+    monkeypatch.setattr(cooperative, "ABSENT_PROGRAM", 1)
+    problem = _problem("GRU", 5, 4, 16, False, True)
+    expected = _run("GRU", "reference", torch.float64, problem, False)
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always")
+        with count_launches() as first:
+            got = _run("GRU", "triton", torch.float64, problem, False)
+        with count_launches() as second:
+            again = _run("GRU", "triton", torch.float64, problem, False)
+    timeouts = [w for w in records if "grid barrier" in str(w.message)]
+    assert len(timeouts) == 1, [str(w.message) for w in records]
+    assert "run on the step tier" in str(timeouts[0].message)
+    assert first.tiers["cooperative", "forward"] == 1 and first.tiers["step", "forward"] == 4
+    assert first.tiers["cooperative", "backward"] == 0 and first.tiers["step", "backward"] == 4
+    assert set(second.tiers) == {("step", "forward"), ("step", "backward")}
+    for result in (got, again):
+        for a, e in zip(result[0] + result[1], expected[0] + expected[1]):
+            torch.testing.assert_close(a, e, **TOL[torch.float64])
+
+
+def test_first_use_check_covers_the_cooperative_tier(coop, monkeypatch):
+    """With the check on, the first cooperative use of a key runs the check problem through
+    this tier and the step tier (silently, they agree); a timed-out check falls back."""
+    coop(False)
+    monkeypatch.setattr(triton_backend, "_checked", {})
+    monkeypatch.setenv("FASTRNN_SELF_CHECK", "1")
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always")
+        with count_launches() as n:
+            assert triton_backend.tier_for("LSTM", 16, 0, torch.float64, "cpu") == "cooperative"
+    assert not [w for w in records if "fastrnn" in str(w.message)]
+    assert n.tiers["cooperative", "forward"] == 2 and n.tiers["cooperative", "backward"] == 2  # both directions
+    assert list(triton_backend._checked.values()) == [True]
+    # A check whose launch never completes a barrier (program 1 absent): under auto the
+    # layer falls back to the step tier with one warning.
+    monkeypatch.setattr(cooperative, "BARRIER_TIMEOUT_US", 300_000)
+    monkeypatch.setattr(cooperative, "ABSENT_PROGRAM", 1)
+    _auto_picks_cooperative(monkeypatch)
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always")
+        assert triton_backend.tier_for("GRU", 16, 0, torch.float64, "cpu") == "step"
+        assert triton_backend.tier_for("GRU", 16, 0, torch.float64, "cpu") == "step"
+    found = [w for w in records if "disagrees with the step tier" in str(w.message)]
+    assert len(found) == 1 and "BarrierTimeout" in str(found[0].message)
