@@ -85,7 +85,6 @@ import triton
 import triton.language as tl
 
 from .cells import (
-    GATES,
     KIND_IDS,
     gru_backward,
     gru_forward,

@@ -58,7 +58,6 @@ import triton.language as tl
 
 from . import fits
 from .cells import (
-    GATES,
     KIND_IDS,
     gru_backward,
     gru_forward,

@@ -126,6 +126,43 @@ def saved_layout(kind: CellKind, rows, hidden, dtype, save):
     return [((rows, 3 * hidden), dtype), ((rows, hidden), dtype)]
 
 
+def _dummies(dtype: torch.dtype, device):
+    """Placeholders for the pointer arguments a specialisation does not read, in the dtypes
+    its signature expects: ``(I/O dtype, accumulation dtype)``."""
+    return torch.empty(8, dtype=dtype, device=device), torch.empty(8, dtype=_acc_dtype(dtype), device=device)
+
+
+def _gru_bias(kind: CellKind, b_hh, hidden: int, dtype, device, prep, dummy):
+    """The recurrent bias the GRU kernels add inside the step (zeros for a layer without
+    bias); a placeholder for the other kinds (their ``b_hh`` is folded into ``xg``)."""
+    if kind is not CellKind.GRU:
+        return dummy
+    return prep(b_hh) if b_hh is not None else torch.zeros(3 * hidden, dtype=dtype, device=device)
+
+
+def _save_buffers(kind: CellKind, n_rows: int, hidden: int, dtype, device, save: bool, dummy):
+    """``(gates, hn)`` the forward kernels fill when saving: activated gates ``(N, G*H)`` and
+    GRU's ``W_hn h + b_hn`` ``(N, H)`` (placeholders otherwise). The LSTM cell-state
+    buffer is tier-specific."""
+    gates = _new((n_rows, kind.gates * hidden), dtype, device) if save else dummy
+    hn = _new((n_rows, hidden), dtype, device) if (save and kind is CellKind.GRU) else dummy
+    return gates, hn
+
+
+def _saved(kind: CellKind, save: bool, gates, c_seq, hn) -> tuple:
+    """The ``saved`` tuple of every tier (:func:`saved_layout`)."""
+    if not save or kind.gates == 1:
+        return ()
+    return (gates, c_seq) if kind is CellKind.LSTM else (gates, hn)
+
+
+def _grad_buffers(kind: CellKind, n_rows: int, hidden: int, dtype, device):
+    """``(dxg, dhg)`` the backward kernels fill; one buffer unless GRU (whose recurrent-gate
+    gradient differs from the input-projection one)."""
+    dxg = _new((n_rows, kind.gates * hidden), dtype, device)
+    return dxg, (_new((n_rows, kind.gates * hidden), dtype, device) if kind is CellKind.GRU else dxg)
+
+
 def _step_forward(kind: CellKind, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: bool, save: bool):
     """The forward time loop on the step tier: one launch per timestep."""
     ks = _kernels()
@@ -135,20 +172,15 @@ def _step_forward(kind: CellKind, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedu
     gates_n = kind.gates
     hidden, state = w_hh.shape[0] // gates_n, w_hh.shape[1]
     n_rows, batch = xg.shape[0], schedule.batch
-    is_lstm, is_gru = kind is CellKind.LSTM, kind is CellKind.GRU
+    is_lstm = kind is CellKind.LSTM
     save = save and gates_n > 1  # plain RNN backward only reads y
     proj = w_hr is not None
 
     xg, w_hh, h0 = prep(xg), prep(w_hh), prep(h0)
-    dummy_io = torch.empty(8, dtype=dtype, device=device)
-    dummy_acc = torch.empty(8, dtype=acc, device=device)
+    dummy_io, dummy_acc = _dummies(dtype, device)
     y = _new((n_rows, state), dtype, device)
-    gates = _new((n_rows, gates_n * hidden), dtype, device) if save else dummy_io
-    hn = _new((n_rows, hidden), dtype, device) if (save and is_gru) else dummy_io
-    if is_gru:
-        bias = prep(b_hh) if b_hh is not None else torch.zeros(3 * hidden, dtype=dtype, device=device)
-    else:
-        bias = dummy_io
+    gates, hn = _save_buffers(kind, n_rows, hidden, dtype, device, save, dummy_io)
+    bias = _gru_bias(kind, b_hh, hidden, dtype, device, prep, dummy_io)
     if is_lstm:
         c0 = prep(c0)
         # With save, every step's c is kept; without, one (B, H) buffer updated in place
@@ -179,12 +211,7 @@ def _step_forward(kind: CellKind, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedu
     c_n = None
     if is_lstm:
         c_n = (schedule.final(c_buf, reverse) if save else c_buf).to(dtype)
-    if is_lstm and save:
-        saved = (gates, c_buf)
-    elif is_gru and save:
-        saved = (gates, hn)
-    else:
-        saved = ()
+    saved = _saved(kind, save, gates, c_buf, hn)
     return ForwardResult(y, schedule.final(y, reverse), c_n, saved)
 
 
@@ -200,8 +227,7 @@ def _step_backward(kind: CellKind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n,
     n_rows = y.shape[0]
     is_lstm, is_gru = kind is CellKind.LSTM, kind is CellKind.GRU
     proj = w_hr is not None
-    dummy_io = torch.empty(8, dtype=dtype, device=device)
-    dummy_acc = torch.empty(8, dtype=acc, device=device)
+    dummy_io, dummy_acc = _dummies(dtype, device)
 
     w_hh, y, dy, h0 = prep(w_hh), prep(y), prep(dy), prep(h0)
     # Unused pointer arguments get dummies of the dtype the kernel signature expects.
@@ -214,8 +240,7 @@ def _step_backward(kind: CellKind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n,
         if is_gru:
             gates, hn = saved
 
-    dxg = _new((n_rows, gates_n * hidden), dtype, device)
-    dhg = _new((n_rows, gates_n * hidden), dtype, device) if is_gru else dxg
+    dxg, dhg = _grad_buffers(kind, n_rows, hidden, dtype, device)
     dh = dh_n.to(acc, copy=True).contiguous()  # (B, P) state buffer, becomes dh0
     dc = dc_n.to(acc, copy=True).contiguous() if is_lstm else dummy_acc
     dm = _new((dh.shape[0], hidden), acc, device) if proj else dummy_acc
@@ -293,21 +318,16 @@ def _resident_forward(kind: CellKind, xg, w_hh, b_hh, h0, c0, schedule: Schedule
     gates_n = kind.gates
     hidden = w_hh.shape[1]
     n_rows, batch = xg.shape[0], schedule.batch
-    is_lstm, is_gru = kind is CellKind.LSTM, kind is CellKind.GRU
+    is_lstm = kind is CellKind.LSTM
     save = save and gates_n > 1  # plain RNN backward only reads y
-    dummy_io = torch.empty(8, dtype=dtype, device=device)
-    dummy_acc = torch.empty(8, dtype=acc, device=device)
+    dummy_io, dummy_acc = _dummies(dtype, device)
 
     y = _new((n_rows, hidden), dtype, device)
     h_n = _new((batch, hidden), dtype, device)
     c_n = _new((batch, hidden), dtype, device) if is_lstm else dummy_io
-    gates = _new((n_rows, gates_n * hidden), dtype, device) if save else dummy_io
+    gates, hn_seq = _save_buffers(kind, n_rows, hidden, dtype, device, save, dummy_io)
     c_seq = _new((n_rows, hidden), acc, device) if (save and is_lstm) else dummy_acc
-    hn_seq = _new((n_rows, hidden), dtype, device) if (save and is_gru) else dummy_io
-    if is_gru:
-        bias = prep(b_hh) if b_hh is not None else torch.zeros(3 * hidden, dtype=dtype, device=device)
-    else:
-        bias = dummy_io
+    bias = _gru_bias(kind, b_hh, hidden, dtype, device, prep, dummy_io)
     uniform_b, sizes, offsets = _step_tables(schedule, device)
     tensors = dict(
         xg_ptr=prep(xg), w_hh_ptr=prep(w_hh), b_hh_ptr=bias, h0_ptr=prep(h0),
@@ -316,12 +336,7 @@ def _resident_forward(kind: CellKind, xg, w_hh, b_hh, h0, c0, schedule: Schedule
     )
     ints = dict(T=schedule.steps, B=batch, uniform_b=uniform_b, reverse=int(reverse), save=int(save), H=hidden)
     rs.launch_forward(kind.value, tensors, ints, fit=fit, tf32=_tf32())
-    if is_lstm and save:
-        saved = (gates, c_seq)
-    elif is_gru and save:
-        saved = (gates, hn_seq)
-    else:
-        saved = ()
+    saved = _saved(kind, save, gates, c_seq, hn_seq)
     return ForwardResult(y, h_n, c_n if is_lstm else None, saved)
 
 
@@ -330,21 +345,17 @@ def _resident_backward(kind: CellKind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, s
     rs = _resident()
     prep = rs.aligned_input
     dtype, device = y.dtype, y.device
-    acc = _acc_dtype(dtype)
-    gates_n = kind.gates
     hidden = w_hh.shape[1]
     n_rows, batch = y.shape[0], schedule.batch
     is_lstm, is_gru = kind is CellKind.LSTM, kind is CellKind.GRU
-    dummy_io = torch.empty(8, dtype=dtype, device=device)
-    dummy_acc = torch.empty(8, dtype=acc, device=device)
+    dummy_io, dummy_acc = _dummies(dtype, device)
     gates, c_seq, hn_seq = dummy_io, dummy_acc, dummy_io
     if is_lstm:
         gates, c_seq = saved
     elif is_gru:
         gates, hn_seq = saved
 
-    dxg = _new((n_rows, gates_n * hidden), dtype, device)
-    dhg = _new((n_rows, gates_n * hidden), dtype, device) if is_gru else dxg
+    dxg, dhg = _grad_buffers(kind, n_rows, hidden, dtype, device)
     dh0 = _new((batch, hidden), dtype, device)
     dc0 = _new((batch, hidden), dtype, device) if is_lstm else dummy_io
     if is_lstm and dc_n is None:
@@ -399,19 +410,14 @@ def _cooperative_forward(kind: CellKind, xg, w_hh, b_hh, h0, c0, schedule: Sched
     hidden = w_hh.shape[0] // gates_n
     n_rows, batch = xg.shape[0], schedule.batch
     cfg = _coop_config(hidden, dtype)
-    is_lstm, is_gru = kind is CellKind.LSTM, kind is CellKind.GRU
+    is_lstm = kind is CellKind.LSTM
     save = save and gates_n > 1  # plain RNN backward only reads y
 
     xg, w_hh, h0 = prep(xg), prep(w_hh), prep(h0)
-    dummy_io = torch.empty(8, dtype=dtype, device=device)
-    dummy_acc = torch.empty(8, dtype=acc, device=device)
+    dummy_io, dummy_acc = _dummies(dtype, device)
     y = _new((n_rows, hidden), dtype, device)
-    gates = _new((n_rows, gates_n * hidden), dtype, device) if save else dummy_io
-    hn = _new((n_rows, hidden), dtype, device) if (save and is_gru) else dummy_io
-    if is_gru:
-        bias = prep(b_hh) if b_hh is not None else torch.zeros(3 * hidden, dtype=dtype, device=device)
-    else:
-        bias = dummy_io
+    gates, hn = _save_buffers(kind, n_rows, hidden, dtype, device, save, dummy_io)
+    bias = _gru_bias(kind, b_hh, hidden, dtype, device, prep, dummy_io)
     if is_lstm:
         c0 = prep(c0.to(acc))  # (B, H): read in the accumulation dtype, like c itself
         c_buf = _new((n_rows, hidden) if save else (batch, hidden), acc, device)
@@ -430,12 +436,7 @@ def _cooperative_forward(kind: CellKind, xg, w_hh, b_hh, h0, c0, schedule: Sched
     c_n = None
     if is_lstm:
         c_n = (schedule.final(c_buf, reverse) if save else c_buf).to(dtype)
-    if is_lstm and save:
-        saved = (gates, c_buf)
-    elif is_gru and save:
-        saved = (gates, hn)
-    else:
-        saved = ()
+    saved = _saved(kind, save, gates, c_buf, hn)
     return ForwardResult(y, schedule.final(y, reverse), c_n, saved)
 
 
@@ -451,8 +452,7 @@ def _cooperative_backward(kind: CellKind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n
     n_rows = y.shape[0]
     cfg = _coop_config(hidden, dtype)
     is_lstm, is_gru = kind is CellKind.LSTM, kind is CellKind.GRU
-    dummy_io = torch.empty(8, dtype=dtype, device=device)
-    dummy_acc = torch.empty(8, dtype=acc, device=device)
+    dummy_io, dummy_acc = _dummies(dtype, device)
 
     w_hh, y, dy, h0 = prep(w_hh), prep(y), prep(dy), prep(h0)
     gates, hn, c_seq = dummy_io, dummy_io, dummy_acc
@@ -461,8 +461,7 @@ def _cooperative_backward(kind: CellKind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n
         gates, c_seq = (prep(t) for t in saved)
     elif is_gru:
         gates, hn = (prep(t) for t in saved)
-    dxg = _new((n_rows, gates_n * hidden), dtype, device)
-    dhg = _new((n_rows, gates_n * hidden), dtype, device) if is_gru else dxg
+    dxg, dhg = _grad_buffers(kind, n_rows, hidden, dtype, device)
     dh = dh_n.to(acc, copy=True).contiguous()  # dh_n in, dh0 out
     if is_lstm and dc_n is None:
         dc_n = torch.zeros(dh_n.shape[0], hidden, dtype=dtype, device=device)
