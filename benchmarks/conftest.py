@@ -193,7 +193,7 @@ def pytest_terminal_summary(terminalreporter, config):
         write(ratio_report.header_line(run))
         write("no timings collected (benchmarks disabled, deselected, skipped or failed)")
     for skip in run["skipped"]:
-        write(f"skipped {skip['count']} cases: {skip['reason']}")
+        write(f"skipped {skip['count']} case{'s' if skip['count'] != 1 else ''}: {skip['reason']}")
     prefix = config.getoption("bench_out")
     if prefix and run["cases"]:
         json_path, png_path = Path(f"{prefix}.json"), Path(f"{prefix}.png")
