@@ -66,6 +66,7 @@ class _State:
         self.to_time = 0
         self.done = 0
         self.skipped: dict[str, list[str]] = {}
+        self.load_start = _load()
 
 
 @pytest.hookimpl(trylast=True)
@@ -138,6 +139,15 @@ def pytest_runtest_makereport(item, call):
         tr.write_line(ratio_report.progress_line(state.done, state.to_time, _case(bench)))
 
 
+def _load() -> list[float] | None:
+    """The system's load average (1, 5, 15 min), None where the OS has none: recorded at the
+    start and the end of the run, since other jobs on the machine move every timing."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def _triton_version() -> str | None:
     try:
         import triton
@@ -174,6 +184,8 @@ def build_run(config) -> dict:
     return {
         **_run_header(config),
         "lead": "paired_ratio_median",
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "load": {"start": state.load_start, "end": _load()},
         "cases": cases,
         "skipped": [{"reason": reason, "count": len(ids)} for reason, ids in state.skipped.items()],
     }

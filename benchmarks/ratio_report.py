@@ -10,7 +10,8 @@ A run::
 
     {"device": "CPU", "device_type": "cpu", "torch": "2.13.0+cpu", "triton": "3.9.0" | null,
      "threads": 1, "fastrnn_backend": "auto", "tier_forced": null, "aa": false,
-     "python": "3.11.2", "lead": "paired_ratio_median",
+     "python": "3.11.2", "lead": "paired_ratio_median", "cpus": 2,
+     "load": {"start": [1.03, 1.5, 2.3], "end": [1.05, 1.3, 2.1]},   # os.getloadavg()
      "cases": [{"case": "LSTM-fwd-T100-B1-H128", "kind": "LSTM", "pass": "fwd", "shape": {...},
                 "dtype": "fp32", "backend": "native", "tier": null, "rounds": 500,
                 "warmup_rounds": 50, "torch_median_ms": 0.91, "torch_min_ms": 0.88,
@@ -85,6 +86,10 @@ def format_table(run: dict) -> list[str]:
             f"{'ratio':>6} {'IQR':>11} {'of mins':>8}" + (f"  {'ratio':>6} {'IQR':>11}" if aa else "")
             + f"  {'rounds':>6}" + ("  tier" if tiers else ""))
     lines = [header_line(run), *EXPLANATION, "", groups, head, "-" * len(head)]
+    load = run.get("load") or {}
+    if load.get("start") and load.get("end"):
+        lines.insert(1, f"load average (1, 5, 15 min) at the start {' '.join(f'{v:.2f}' for v in load['start'])}, "
+                        f"at the end {' '.join(f'{v:.2f}' for v in load['end'])}; CPUs: {run.get('cpus', '?')}")
     for c in cases:
         line = (f"{c['case']:<{width}}  {c['backend']:<9}  {_fmt(c['torch_median_ms'], 8, 3)} "
                 f"{_fmt(c['torch_min_ms'], 8, 3)}  {_fmt(c['fastrnn_median_ms'], 8, 3)} "

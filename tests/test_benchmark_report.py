@@ -77,8 +77,10 @@ def test_benchmark_report_interleaved(tmp_path):
     assert "Name (time in" not in out
     assert summary[1].startswith(f"device: CPU  torch {torch.__version__}  triton ")
     assert "threads: 1  fastrnn backend: auto (chosen per case: backend column)" in summary[1]
-    assert summary[2].startswith("ratio: median over the rounds of fastrnn time / torch.nn time in the same round")
-    assert "drift of the machine that slows both cancels" in summary[3]
+    assert re.match(r"load average \(1, 5, 15 min\) at the start [\d.]+ [\d.]+ [\d.]+, at the end [\d.]+ [\d.]+ "
+                    r"[\d.]+; CPUs: \d+$", summary[2]), summary[2]
+    assert summary[3].startswith("ratio: median over the rounds of fastrnn time / torch.nn time in the same round")
+    assert "drift of the machine that slows both cancels" in summary[4]
     # the GPU-only case is collected and skipped, and the default output says why
     assert f"skipped 1 case: {SKIP_REASON}" in summary
     assert re.search(r"2 passed, 1 skipped, \d+ deselected", out)
@@ -86,6 +88,7 @@ def test_benchmark_report_interleaved(tmp_path):
     assert (run["device"], run["device_type"], run["torch"], run["threads"]) == ("CPU", "cpu", torch.__version__, 1)
     assert (run["fastrnn_backend"], run["aa"], run["lead"]) == ("auto", False, "paired_ratio_median")
     assert run["skipped"] == [{"reason": SKIP_REASON, "count": 1}]
+    assert len(run["load"]["start"]) == len(run["load"]["end"]) == 3 and run["cpus"] >= 1
     cases = {c["case"]: c for c in run["cases"]}
     assert sorted(cases) == sorted([FWD, TRAIN])
     # auto's rule (fastrnn.backends.native.auto_cpu_backend): torch's kernels for inference,
