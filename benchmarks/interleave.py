@@ -128,7 +128,14 @@ class Rounds:
 
     @property
     def times(self) -> dict[str, list[float]]:
-        return {name: list(ts[: self.done]) for name, ts in self._times.items()}
+        """Seconds per arm, one per round the timed arm completed (after :meth:`finish`)."""
+        out = {}
+        for name, ts in self._times.items():
+            done = [t for t in ts[: self.done] if t is not None]
+            if len(done) != self.done:
+                raise RuntimeError(f"a completed round of {name!r} has not run yet: call finish() first")
+            out[name] = done
+        return out
 
     @property
     def order_letters(self) -> list[str]:

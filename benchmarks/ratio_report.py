@@ -213,7 +213,9 @@ def plot(run: dict, path: Path) -> None:
     fig.suptitle(f"fastrnn vs torch.nn on {run['device']} (torch {run['torch']}, threads: {run['threads']}), "
                  "interleaved rounds")
     note = ("bar: median of the per-round paired ratios (green: fastrnn faster); whisker: their interquartile "
-            "range; blue diamond: ratio of minimum times" + ("; grey dot: A/A control (torch.nn / torch.nn)" if aa else ""))
+            "range; blue diamond: ratio of minimum times")
+    if aa:
+        note += "; grey dot: A/A control (torch.nn / torch.nn)"
     fig.text(0.5, 0.005, note, ha="center", va="bottom", fontsize=8)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
