@@ -1,14 +1,20 @@
-"""pytest-benchmark setup: threads, rounds, compact output led by the fastrnn / torch.nn ratio table.
+"""pytest-benchmark setup: threads, compact output led by the fastrnn / torch.nn ratio table.
 
-``pytest benchmarks/ --benchmark-only`` prints one progress line per timed entry while it
-runs and, at the end, the ratio table (per-case medians of torch.nn and fastrnn, their
-ratio and the ratio of minimum times, with device, torch/triton versions and threads),
-then the skipped cases with their reason. pytest-benchmark's own wide per-group tables are
-off (``--benchmark-tables`` brings them back).
+``pytest benchmarks/ --benchmark-only`` prints one progress line per case while it runs
+and, at the end, the ratio table (per case: the backend fastrnn's ``auto`` chose, each
+implementation's median and minimum, the median and interquartile range of the paired
+per-round ratios, the ratio of minimum times; above it device, torch/triton versions and
+threads), then the skipped cases with their reason. pytest-benchmark's own wide per-group
+tables are off (``--benchmark-tables`` brings them back). Each case times torch.nn and
+fastrnn interleaved, round by round (``interleave.py``, ``test_throughput.py``).
 
 ``--bench-out PREFIX`` also writes the run as ``PREFIX.json`` and a plot ``PREFIX.png``
-(ratio per case, one panel per kind and pass, a line at 1.0, device in the title); the
-README's figure is ``pytest benchmarks/ --benchmark-only --bench-out benchmarks/results/cpu``.
+(paired-ratio median per case with its interquartile range, one panel per kind and pass, a
+line at 1.0, device in the title); the README's figure is
+``pytest benchmarks/ --benchmark-only --bench-out benchmarks/results/cpu``.
+``--benchmark-json PATH`` (pytest-benchmark's) writes one entry per case: its statistics
+are the fastrnn rounds; its ``extra_info`` has every round of both, the order and the
+interleaved statistics.
 
 Environment:
 
@@ -16,8 +22,12 @@ Environment:
 - ``FASTRNN_BENCH_THREADS``: torch's intra-op threads (default: the CPUs this process may
   run on, ``os.sched_getaffinity``); set with ``torch.set_num_threads`` before any case
   runs, so ``OMP_NUM_THREADS`` does not decide it. Recorded in the output and the JSON.
-- ``FASTRNN_BENCH_ROUNDS``: timed rounds per entry (default: chosen per case for about
-  ``FASTRNN_BENCH_SECONDS`` of timing, 2 s on the CPU and 0.5 s on CUDA, within [5, 500]).
+- ``FASTRNN_BENCH_ROUNDS``: timed rounds per case (default: chosen per case for about
+  ``FASTRNN_BENCH_SECONDS`` of timing per implementation, 2 s on the CPU and 0.5 s on
+  CUDA, within [5, 500]); ``FASTRNN_BENCH_WARMUP``: interleaved warm-up rounds (default a
+  tenth of the rounds, at least 1).
+- ``FASTRNN_BENCH_AA=1``: the A/A control, a second torch.nn module timed as a third arm
+  of the same interleaving; the table gains its paired ratio to torch.nn (the noise floor).
 - ``FASTRNN_BACKEND`` / ``FASTRNN_TIER``: fastrnn's backend and kernel tier, as everywhere.
 """
 
@@ -56,6 +66,7 @@ class _State:
         self.to_time = 0
         self.done = 0
         self.skipped: dict[str, list[str]] = {}
+        self.load_start = _load()
 
 
 @pytest.hookimpl(trylast=True)
@@ -70,13 +81,25 @@ def pytest_configure(config):
         tr.showfspath = False  # no "benchmarks/test_throughput.py" line between the progress lines
 
 
-def pytest_report_header(config):
-    from test_throughput import _backend_name, bench_device
+def _run_header(config) -> dict:
+    from test_throughput import aa_enabled, backend_setting, bench_device
 
     device = bench_device()
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    return [f"fastrnn benchmarks: {name}, torch {torch.__version__}, triton {_triton_version() or 'not installed'}, "
-            f"threads: {torch.get_num_threads()}, fastrnn backend {_backend_name(device)}"]
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "triton": _triton_version(),
+        "threads": torch.get_num_threads(),
+        "fastrnn_backend": backend_setting(),
+        "tier_forced": os.environ.get("FASTRNN_TIER") or None,
+        "aa": aa_enabled(),
+        "python": platform.python_version(),
+    }
+
+
+def pytest_report_header(config):
+    return ["fastrnn benchmarks: " + ratio_report.header_line(_run_header(config))]
 
 
 def pytest_collection_finish(session):
@@ -85,7 +108,7 @@ def pytest_collection_finish(session):
 
 
 def pytest_report_teststatus(report, config):
-    # Progress is our own line per timed entry (below); the default dots and s's say nothing.
+    # Progress is our own line per timed case (below); the default dots and s's say nothing.
     if config.getoption("verbose") > 0:
         return None
     if report.when == "call" and report.passed:
@@ -107,24 +130,22 @@ def pytest_runtest_makereport(item, call):
     if report.when != "call" or not report.passed:
         return
     bench = item.funcargs.get("benchmark")
-    stats = _stats(bench)
-    if stats is None:
+    info = getattr(bench, "extra_info", None) or {}
+    if "paired_ratio" not in info:
         return
     state.done += 1
     tr = item.config.pluginmanager.get_plugin("terminalreporter")
     if tr is not None and item.config.getoption("verbose") <= 0:
-        info = bench.extra_info
-        tr.write_line(
-            f"[{state.done:>3}/{state.to_time}] {bench.group:<34} {info['impl']:<8} "
-            f"median {stats.median * 1e3:9.3f} ms  min {stats.min * 1e3:9.3f} ms  ({stats.rounds} rounds)"
-        )
+        tr.write_line(ratio_report.progress_line(state.done, state.to_time, _case(bench)))
 
 
-def _stats(bench):
-    """pytest-benchmark's Stats of a fixture or session entry, None when no round was timed."""
-    metadata = getattr(bench, "stats", None)
-    stats = getattr(metadata, "stats", metadata)
-    return stats if stats else None
+def _load() -> list[float] | None:
+    """The system's load average (1, 5, 15 min), None where the OS has none: recorded at the
+    start and the end of the run, since other jobs on the machine move every timing."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
 def _triton_version() -> str | None:
@@ -135,46 +156,36 @@ def _triton_version() -> str | None:
     return triton.__version__
 
 
+def _case(bench) -> dict:
+    """One row of the run (see ratio_report) from a case's benchmark entry."""
+    info = bench.extra_info
+    stats, ratio, aa = info["stats"], info["paired_ratio"], info.get("aa_paired_ratio")
+    case = {
+        "case": bench.group, "kind": info["kind"], "pass": info["pass"], "shape": info["shape"],
+        "dtype": info["dtype"], "backend": info["backend"], "tier": info.get("tier"),
+        "rounds": info["rounds"], "warmup_rounds": info["warmup_rounds"],
+        "torch_median_ms": stats["torch"]["median_ms"], "torch_min_ms": stats["torch"]["min_ms"],
+        "fastrnn_median_ms": stats["fastrnn"]["median_ms"], "fastrnn_min_ms": stats["fastrnn"]["min_ms"],
+        "paired_ratio_median": ratio["median"], "paired_ratio_q1": ratio["q1"], "paired_ratio_q3": ratio["q3"],
+        "ratio_of_mins": ratio["of_mins"], "ratio_of_medians": ratio["of_medians"],
+    }
+    if aa is not None:
+        case.update({"aa_ratio_median": aa["median"], "aa_ratio_q1": aa["q1"], "aa_ratio_q3": aa["q3"],
+                     "aa_ratio_of_mins": aa["of_mins"]})
+    return case
+
+
 def build_run(config) -> dict:
     """The run as a plain dict (see ratio_report): device, versions, threads, cases, skips."""
-    from test_throughput import _backend_name, bench_device
-
     session = getattr(config, "_benchmarksession", None)
-    groups: dict[str, dict[str, object]] = {}
-    for bench in session.benchmarks if session is not None else ():
-        impl = bench.extra_info.get("impl")
-        if impl in ("torch", "fastrnn"):
-            groups.setdefault(bench.group, {})[impl] = bench
-    device = bench_device()
-    cases = []
-    for group, pair in groups.items():
-        info = (pair.get("fastrnn") or pair.get("torch")).extra_info
-
-        def stat(impl, name):
-            stats = _stats(pair.get(impl))
-            return getattr(stats, name) * 1e3 if stats is not None else None
-
-        t_med, f_med, t_min, f_min = stat("torch", "median"), stat("fastrnn", "median"), stat("torch", "min"), \
-            stat("fastrnn", "min")
-        cases.append({
-            "case": group, "kind": info["kind"], "pass": info["pass"], "shape": info["shape"],
-            "dtype": info["dtype"], "tier": pair["fastrnn"].extra_info.get("tier") if "fastrnn" in pair else None,
-            "rounds": {impl: b.extra_info.get("rounds") for impl, b in pair.items()},
-            "torch_median_ms": t_med, "fastrnn_median_ms": f_med,
-            "ratio": f_med / t_med if t_med and f_med else None,
-            "torch_min_ms": t_min, "fastrnn_min_ms": f_min,
-            "ratio_of_mins": f_min / t_min if t_min and f_min else None,
-        })
+    cases = [_case(bench) for bench in (session.benchmarks if session is not None else ())
+             if "paired_ratio" in bench.extra_info]
     state = config._fastrnn_bench
     return {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
-        "device_type": device.type,
-        "torch": torch.__version__,
-        "triton": _triton_version(),
-        "threads": torch.get_num_threads(),
-        "fastrnn_backend": _backend_name(device),
-        "tier_forced": os.environ.get("FASTRNN_TIER") or None,
-        "python": platform.python_version(),
+        **_run_header(config),
+        "lead": "paired_ratio_median",
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "load": {"start": state.load_start, "end": _load()},
         "cases": cases,
         "skipped": [{"reason": reason, "count": len(ids)} for reason, ids in state.skipped.items()],
     }
@@ -186,7 +197,7 @@ def pytest_terminal_summary(terminalreporter, config):
         return
     write = terminalreporter.write_line
     run = build_run(config)
-    terminalreporter.section("fastrnn / torch.nn: time ratio, same run (< 1 means fastrnn is faster)")
+    terminalreporter.section("fastrnn / torch.nn: time ratio, interleaved in the same run (< 1: fastrnn is faster)")
     if run["cases"]:
         for line in ratio_report.format_table(run):
             write(line)
@@ -194,7 +205,7 @@ def pytest_terminal_summary(terminalreporter, config):
         write(ratio_report.header_line(run))
         write("no timings collected (benchmarks disabled, deselected, skipped or failed)")
     for skip in run["skipped"]:
-        write(f"skipped {skip['count']} entries: {skip['reason']}")
+        write(f"skipped {skip['count']} case{'s' if skip['count'] != 1 else ''}: {skip['reason']}")
     prefix = config.getoption("bench_out")
     if prefix and run["cases"]:
         json_path, png_path = Path(f"{prefix}.json"), Path(f"{prefix}.png")

@@ -1,12 +1,27 @@
-"""fastrnn vs torch.nn: RNN, LSTM and GRU, forward and forward+backward, side by side.
+"""fastrnn vs torch.nn: RNN, LSTM and GRU, forward and forward+backward, interleaved.
 
-Each case is one benchmark group holding two entries, ``torch.nn`` and ``fastrnn``, with
-the same weights (``load_state_dict``) and the same input, timed in the same run, so
-``conftest.py`` can print (and plot) their ratio.
+Each case is one test: a ``torch.nn`` module and a ``fastrnn`` module with the same weights
+(``load_state_dict``), the same input and ``grad_output``, the same thread count, timed in
+turns, one round of each (``interleave.py``: the order inside a round alternates,
+torch-first then fastrnn-first). Untimed warm-up rounds of both come first. The statistics
+per case (``extra_info``, then ``conftest.py``'s table, JSON and plot): each
+implementation's median and minimum, the median and quartiles of the per-round paired ratios
+``fastrnn_i / torch_i`` (the headline: drift of the machine that slows both cancels in each
+round's ratio), and the ratio of the minima.
+
+pytest-benchmark: one entry per case, whose timed function is one fastrnn round (the torch.nn
+rounds run in pedantic's untimed ``setup``, timed by the suite itself); ``extra_info`` holds
+the case (shape, dtype, device, the backend fastrnn's ``auto`` chose, kernel tier), the
+round order, every round's times of both and the interleaved statistics, so
+``--benchmark-json`` carries the whole comparison.
 
 - ``fwd``: inference, under ``torch.no_grad()``.
 - ``fwd+bwd``: forward, then backward from a fixed ``grad_output`` into the input and
   every weight (gradients are reset to None, untimed, before each round).
+
+``FASTRNN_BENCH_AA=1`` adds the A/A control: a second ``torch.nn`` module (the same weights,
+loaded the way fastrnn's are) as a third arm of the same interleaving; its paired ratio to
+``torch.nn`` shows the noise floor of the machine for that case in that run.
 
 Cases:
 
@@ -16,19 +31,18 @@ Cases:
 - GPU cases (CUDA only; collected and skipped with the reason elsewhere): LSTM and GRU at
   the public anchor shapes (B=16, T=1024, H=768) and (B=64, T=1000, H=128) in fp16, bf16
   and fp32; a packed batch with ragged lengths (B=64, T=1000, H=128, lengths uniform in
-  1..T, fixed seed); a 2-layer bidirectional LSTM at both anchor shapes. Each fastrnn entry
+  1..T, fixed seed); a 2-layer bidirectional LSTM at both anchor shapes. The fastrnn side
   records its kernel tier in ``extra_info["tier"]``; ``FASTRNN_TIER`` forces one (recorded too).
 
-One untimed warm-up round per entry absorbs Triton autotuning and compilation and cuDNN's
-algorithm choice; on CUDA the timed function synchronises before returning. Rounds: see
-``conftest.py``.
+The first untimed round of each arm absorbs Triton autotuning and compilation, cuDNN's
+algorithm choice and oneDNN's primitive creation; on CUDA every timed function synchronises
+before returning. Rounds and warm-up: :func:`rounds_for`, :func:`warmup_for`.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import time
 from dataclasses import dataclass
 
 import pytest
@@ -36,10 +50,11 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import fastrnn
-from fastrnn.backends import resolve
+from fastrnn.backends import Call, env_backend, resolve_name
 from fastrnn.kinds import CellKind
 
-IMPLS = ("torch", "fastrnn")
+import interleave
+
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 GPU_ONLY_REASON = "CUDA-only case (issue 9's GPU anchor shapes); this run is on the CPU"
 
@@ -104,23 +119,38 @@ def all_cases(device: torch.device) -> list[Case]:
     return cases
 
 
+def aa_enabled() -> bool:
+    """``FASTRNN_BENCH_AA=1``: time a second torch.nn module as a third arm (the A/A control)."""
+    return os.environ.get("FASTRNN_BENCH_AA", "") not in ("", "0")
+
+
 def _params():
     device = bench_device()
     for case in all_cases(device):
         marks = pytest.mark.skip(reason=GPU_ONLY_REASON) if case.gpu_only and device.type != "cuda" else ()
-        for impl in IMPLS:
-            yield pytest.param(case, impl, id=f"{case.name}-{impl}", marks=marks)
+        yield pytest.param(case, id=case.name, marks=marks)
 
 
-def _backend_name(device: torch.device) -> str:
-    """The fastrnn backend a module with ``backend=None`` runs on ``device``."""
-    return resolve(None, device).__name__.rsplit(".", 1)[-1].removesuffix("_backend")
+def backend_setting() -> str:
+    """What fastrnn modules are asked to run: ``FASTRNN_BACKEND``, else ``auto``."""
+    return env_backend() or "auto"
 
 
-def fastrnn_tier(case: Case, device: torch.device) -> str | None:
-    """The Triton kernel tier fastrnn runs ``case`` on (None off CUDA): the backend's
-    ``tier_for`` where it exists, else ``"step"`` (one launch per step, the only tier then)."""
-    if device.type != "cuda" or _backend_name(device) != "triton":
+def chosen_backend(case: Case, device: torch.device) -> str:
+    """The concrete backend fastrnn runs ``case`` on with ``backend=None``: ``auto`` decides
+    per call on the CPU (:func:`fastrnn.backends.native.auto_cpu_backend`: ``native`` or
+    ``reference``, from the kind, dtype, packed input and whether gradients are recorded),
+    and picks ``triton`` on CUDA; ``FASTRNN_BACKEND`` overrides, as everywhere."""
+    call = Call(CellKind.from_mode(case.kind, "tanh"), case.dtype, packed=case.packed, proj=False,
+                needs_grad=case.direction == "fwd+bwd", tracing=False)
+    return resolve_name(None, device, call)
+
+
+def fastrnn_tier(case: Case, device: torch.device, backend: str) -> str | None:
+    """The Triton kernel tier fastrnn runs ``case`` on (None off the triton backend): the
+    backend's ``tier_for`` where it exists, else ``"step"`` (one launch per step, the only
+    tier then)."""
+    if device.type != "cuda" or backend != "triton":
         return None
     from fastrnn.backends import triton_backend
 
@@ -130,40 +160,43 @@ def fastrnn_tier(case: Case, device: torch.device) -> str | None:
     return str(tier_for(CellKind.from_mode(case.kind, "tanh"), case.hidden, 0, case.dtype, device))
 
 
-# Rounds per group, chosen by the first entry of the group that runs, so both entries of a
-# case are timed over the same number of rounds.
-_ROUNDS: dict[str, int] = {}
 TARGET_SECONDS = {"cpu": 2.0, "cuda": 0.5}
 MIN_ROUNDS, MAX_ROUNDS = 5, 500
 
 
-def rounds_for(group: str, device: torch.device, run, setup) -> int:
+def rounds_for(device: torch.device, seconds_per_round: float) -> int:
     """``FASTRNN_BENCH_ROUNDS``, else enough rounds for about ``FASTRNN_BENCH_SECONDS`` (2 s on
-    the CPU, 0.5 s on CUDA) of the first entry's time, within [5, 500]: the small CPU cases
-    (0.1-4 ms) get 500 rounds, a 0.4 s case gets 5."""
+    the CPU, 0.5 s on CUDA) of timing per implementation, from the mean time of one round of
+    torch.nn and fastrnn, within [5, 500]: the small CPU cases (0.1-4 ms) get 500 rounds, a
+    0.4 s case 5. A case's timed part thus takes about twice that (three times with A/A)."""
     if os.environ.get("FASTRNN_BENCH_ROUNDS"):
         return int(os.environ["FASTRNN_BENCH_ROUNDS"])
-    if group not in _ROUNDS:
-        target = float(os.environ.get("FASTRNN_BENCH_SECONDS") or TARGET_SECONDS.get(device.type, 2.0))
-        if setup is not None:
-            setup()
-        start = time.perf_counter()
-        run()
-        once = time.perf_counter() - start
-        _ROUNDS[group] = max(MIN_ROUNDS, min(MAX_ROUNDS, math.ceil(target / max(once, 1e-6))))
-    return _ROUNDS[group]
+    target = float(os.environ.get("FASTRNN_BENCH_SECONDS") or TARGET_SECONDS.get(device.type, 2.0))
+    return max(MIN_ROUNDS, min(MAX_ROUNDS, math.ceil(target / max(seconds_per_round, 1e-6))))
 
 
-def _model(case: Case, impl: str, device: torch.device):
+def warmup_for(rounds: int) -> int:
+    """``FASTRNN_BENCH_WARMUP``, else a tenth of the timed rounds, at least 1: interleaved
+    warm-up rounds after the first (cold) round of each arm, the first of them also timing
+    one round for :func:`rounds_for`."""
+    if os.environ.get("FASTRNN_BENCH_WARMUP"):
+        return int(os.environ["FASTRNN_BENCH_WARMUP"])
+    return max(1, math.ceil(rounds / 10))
+
+
+def _models(case: Case, device: torch.device, aa: bool) -> dict[str, torch.nn.Module]:
+    """torch.nn's module, fastrnn's with the same weights and, for the A/A control, a second
+    torch.nn module that gets the weights the same way (its own parameter tensors)."""
     torch.manual_seed(0)
     kw = dict(num_layers=case.layers, bidirectional=case.bidirectional)
     reference = getattr(torch.nn, case.kind)(case.input, case.hidden, **kw)
-    if impl == "torch":
-        model = reference
-    else:
-        model = getattr(fastrnn, case.kind)(case.input, case.hidden, **kw)
-        model.load_state_dict(reference.state_dict())
-    return model.to(device=device, dtype=case.dtype)
+    models = {"torch": reference, "fastrnn": getattr(fastrnn, case.kind)(case.input, case.hidden, **kw)}
+    if aa:
+        models["torch_aa"] = getattr(torch.nn, case.kind)(case.input, case.hidden, **kw)
+    for name, model in models.items():
+        if name != "torch":
+            model.load_state_dict(reference.state_dict())
+    return {name: model.to(device=device, dtype=case.dtype) for name, model in models.items()}
 
 
 def _inputs(case: Case, device: torch.device):
@@ -178,14 +211,9 @@ def _inputs(case: Case, device: torch.device):
     return x, grad, lengths
 
 
-@pytest.mark.parametrize("case, impl", list(_params()))
-def test_throughput(benchmark, case: Case, impl: str):
-    device = bench_device()
-    model = _model(case, impl, device)
-    x, grad_out, lengths = _inputs(case, device)
+def _arm(case: Case, model: torch.nn.Module, x, grad_out, lengths, device: torch.device) -> interleave.Arm:
+    """One round of ``model`` on the shared input: forward (no grad), or forward+backward."""
     cuda = device.type == "cuda"
-    if case.packed:
-        grad_out = pack_padded_sequence(grad_out, lengths, enforce_sorted=False).data
 
     def forward():
         inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if case.packed else x
@@ -201,39 +229,61 @@ def test_throughput(benchmark, case: Case, impl: str):
                 torch.cuda.synchronize(device)
             return out
 
-        setup = None
-    else:
+        return interleave.Arm(run)
+
+    def run():
+        forward().backward(grad_out)
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    def prep():
+        model.zero_grad(set_to_none=True)
+        x.grad = None  # x is shared by the arms: each round starts from no gradient
+
+    return interleave.Arm(run, prep)
+
+
+def _ms(seconds):
+    return [round(s * 1e3, 6) for s in seconds]
+
+
+@pytest.mark.parametrize("case", list(_params()))
+def test_throughput(benchmark, case: Case):
+    device = bench_device()
+    cuda = device.type == "cuda"
+    aa = aa_enabled()
+    models = _models(case, device, aa)
+    x, grad_out, lengths = _inputs(case, device)
+    if case.packed:
+        grad_out = pack_padded_sequence(grad_out, lengths, enforce_sorted=False).data
+    if case.direction == "fwd+bwd":
         x.requires_grad_(True)
+    arms = {name: _arm(case, model, x, grad_out, lengths, device) for name, model in models.items()}
+    backend = chosen_backend(case, device)
 
-        def run():
-            forward().backward(grad_out)
-            if cuda:
-                torch.cuda.synchronize(device)
+    # warm-up, interleaved: one cold round of each arm (autotuning, compilation, cuDNN's
+    # algorithm choice, oneDNN's primitives), then one that sets the number of rounds, then
+    # the rest of the warm-up rounds
+    interleave.run_rounds(arms, 1)
+    first = interleave.run_rounds(arms, 1)
+    rounds = rounds_for(device, (first["torch"][0] + first["fastrnn"][0]) / 2)
+    warmup = warmup_for(rounds)
+    interleave.run_rounds(arms, warmup - 1)
 
-        def setup():
-            model.zero_grad(set_to_none=True)
-            x.grad = None
-
-    if impl == "torch":
-        backend_name = "cudnn" if cuda and torch.backends.cudnn.enabled else "aten"
-        tier = None
-    else:
-        backend_name = _backend_name(device)
-        tier = fastrnn_tier(case, device)
-
-    # warm-up (untimed): autotuning, compilation, cuDNN's algorithm choice
-    if setup is not None:
-        setup()
-    run()
-    rounds = rounds_for(case.name, device, run, setup)
-
+    timed = interleave.Rounds(arms, rounds, timed="fastrnn")
     benchmark.group = case.name
+    benchmark.pedantic(timed.target, setup=timed.setup, rounds=rounds, warmup_rounds=0, iterations=1)
+    times = timed.finish()
+
+    stats = {name: interleave.arm_stats(ts) for name, ts in times.items()}
+    ratio = interleave.paired(times["fastrnn"], times["torch"])
     benchmark.extra_info.update(
         {
-            "impl": impl,
-            "backend": backend_name,
-            "fastrnn_backend": _backend_name(device),
-            "tier": tier,
+            "timed": "fastrnn",  # what pytest-benchmark's own statistics of this entry are
+            "backend": backend,
+            "backend_setting": backend_setting(),
+            "torch_backend": "cudnn" if cuda and torch.backends.cudnn.enabled else "aten",
+            "tier": fastrnn_tier(case, device, backend),
             "tier_forced": os.environ.get("FASTRNN_TIER") or None,
             "kind": case.kind,
             "pass": case.direction,
@@ -244,7 +294,12 @@ def test_throughput(benchmark, case: Case, impl: str):
             "device_name": torch.cuda.get_device_name(device) if cuda else "CPU",
             "torch_threads": torch.get_num_threads(),
             "allow_tf32": bool(torch.backends.cudnn.allow_tf32) if cuda else None,
-            "rounds": rounds,
+            "rounds": timed.done,
+            "warmup_rounds": warmup,
+            "order": timed.order_letters,
+            "times_ms": {name: _ms(ts) for name, ts in times.items()},
+            "stats": stats,
+            "paired_ratio": ratio,
+            "aa_paired_ratio": interleave.paired(times["torch_aa"], times["torch"]) if aa else None,
         }
     )
-    benchmark.pedantic(run, setup=setup, rounds=rounds, warmup_rounds=0, iterations=1)
