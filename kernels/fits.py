@@ -21,8 +21,11 @@ block. Layers with ``proj_size`` use the step tier.
 each (all their gates), at most one per SM, with a grid barrier per step; ``W_hh`` is
 streamed from L2 in ``BLOCK_K`` chunks each step, or, where that compiles clean, kept on
 chip for the whole loop (``slab_k > 0``). One configuration per (dtype, dot precision,
-``slab_k``), the same for every kind; the report compiles each for every kind and both
-directions. On a GPU the tier runs layers with ``H % 16 == 0`` (the launches specialise
+``slab_k``), the same for every kind, plus its register variants
+(:data:`COOPERATIVE_REGISTERS`, 16 and 64 rows per program): a launch whose batch fits
+one tile of rows per program (:func:`cooperative_variant`) keeps the cell state and
+``dh`` / ``dc`` in registers; a larger batch runs the tiled configuration. The report
+compiles every configuration for every kind and both directions. On a GPU the tier runs layers with ``H % 16 == 0`` (the launches specialise
 ``H`` as a multiple of 16, which the report compiles), ``H <= 16 x SM count``, no
 ``proj_size``, fp32/fp16/bf16 (fp64 only in Triton's interpreter, for tests).
 
@@ -131,19 +134,22 @@ RESIDENT: dict[tuple[str, str, int], ResidentFit] = {
 
 
 class CoopConfig(NamedTuple):
-    """Block sizes, warps, pipeline stages and where W_hh lives, for one cooperative launch."""
+    """Block sizes, warps, pipeline stages, where W_hh lives and where the state lives, for
+    one cooperative launch."""
 
-    block_b: int  # batch rows per tile
+    block_b: int  # batch rows per tile (registers: per program)
     block_h: int  # hidden units per program
     block_k: int  # reduction chunk when W_hh is streamed
     num_warps: int
     num_stages: int  # software-pipelining depth of the streamed chunk loop
     slab_k: int  # 0: stream W_hh from L2 each step; else its on-chip slab, padded to slab_k >= H
+    registers: bool = False  # True: one tile of block_b rows per program, state in registers
 
     @property
     def label(self) -> str:
         where = f"S{self.slab_k}" if self.slab_k else f"K{self.block_k}"
-        return f"B{self.block_b}-H{self.block_h}-{where}-w{self.num_warps}s{self.num_stages}"
+        rows = f"R{self.block_b}" if self.registers else f"B{self.block_b}"
+        return f"{rows}-H{self.block_h}-{where}-w{self.num_warps}s{self.num_stages}"
 
 
 #: Hidden units per cooperative program: the finest split ``tl.dot`` allows, so a layer
@@ -171,6 +177,36 @@ COOPERATIVE: dict[tuple[str, str, int], CoopConfig] = {
     ("bfloat16", "ieee", 128): CoopConfig(16, COOP_BLOCK_H, 32, 8, 1, 128),
     # Triton's interpreter only (tests); never compiled, never chosen on a GPU.
     ("float64", "ieee", 0): CoopConfig(16, COOP_BLOCK_H, 16, 4, 1, 0),
+}
+
+#: Rows per program of the register variants (``CoopConfig.registers``), smallest first.
+COOP_REGISTER_ROWS = (16, 64)
+
+# (dtype name, dot precision, slab_k, rows) -> CoopConfig with registers=True: the register
+# variants of each COOPERATIVE entry (the same block_k / slab_k; warps and stages kept where
+# that compiles clean). Made by compiling BLOCK_B 16, 32, 64 and 128 for sm_80 and sm_90
+# (LSTM, GRU, RNN tanh, forward and backward) with the entry's warps, then 8 / 16 warps:
+# clean at 16, 32 and 64 rows with the entry's warps (max 255 registers, 62 KB shared), except
+# fp32 IEEE at 64 rows (the backward spills 8-24 B at 4 warps; clean at 8). 128 rows spill
+# 8-360 B with the entry's warps (clean with 8 warps streamed, 16 with the slab). Only 16 (the
+# smallest tl.dot tile: small batches pay no padded rows) and 64 are kept, to bound the compile
+# report's time; a larger batch per program runs the tiled entry.
+COOPERATIVE_REGISTERS: dict[tuple[str, str, int, int], CoopConfig] = {
+    ("float32", "ieee", 0, 16): CoopConfig(16, COOP_BLOCK_H, 16, 4, 1, 0, True),
+    ("float32", "ieee", 0, 64): CoopConfig(64, COOP_BLOCK_H, 16, 8, 1, 0, True),
+    ("float32", "tf32", 0, 16): CoopConfig(16, COOP_BLOCK_H, 16, 4, 3, 0, True),
+    ("float32", "tf32", 0, 64): CoopConfig(64, COOP_BLOCK_H, 16, 4, 3, 0, True),
+    ("float16", "ieee", 0, 16): CoopConfig(16, COOP_BLOCK_H, 32, 4, 3, 0, True),
+    ("float16", "ieee", 0, 64): CoopConfig(64, COOP_BLOCK_H, 32, 4, 3, 0, True),
+    ("bfloat16", "ieee", 0, 16): CoopConfig(16, COOP_BLOCK_H, 32, 4, 3, 0, True),
+    ("bfloat16", "ieee", 0, 64): CoopConfig(64, COOP_BLOCK_H, 32, 4, 3, 0, True),
+    ("float16", "ieee", 128, 16): CoopConfig(16, COOP_BLOCK_H, 32, 8, 1, 128, True),
+    ("float16", "ieee", 128, 64): CoopConfig(64, COOP_BLOCK_H, 32, 8, 1, 128, True),
+    ("bfloat16", "ieee", 128, 16): CoopConfig(16, COOP_BLOCK_H, 32, 8, 1, 128, True),
+    ("bfloat16", "ieee", 128, 64): CoopConfig(64, COOP_BLOCK_H, 32, 8, 1, 128, True),
+    # Triton's interpreter only (tests); never compiled, never chosen on a GPU.
+    ("float64", "ieee", 0, 16): CoopConfig(16, COOP_BLOCK_H, 16, 4, 1, 0, True),
+    ("float64", "ieee", 0, 64): CoopConfig(64, COOP_BLOCK_H, 16, 4, 1, 0, True),
 }
 
 
@@ -221,6 +257,47 @@ def cooperative_config(dtype, hidden: int, tf32: bool) -> CoopConfig | None:
     name, precision = dtype_name(dtype), dot_precision(dtype, tf32)
     slab = COOPERATIVE.get((name, precision, 1 << max(0, hidden - 1).bit_length()))
     return slab or COOPERATIVE.get((name, precision, 0))
+
+
+def cooperative_configs(dtype, hidden: int, tf32: bool) -> tuple[CoopConfig, ...]:
+    """Every configuration a cooperative launch of ``hidden`` units may use: the tiled one
+    (:func:`cooperative_config`) first, then its register variants by increasing rows per
+    program (empty: no configuration for this dtype)."""
+    tiled = cooperative_config(dtype, hidden, tf32)
+    if tiled is None:
+        return ()
+    key = (dtype_name(dtype), dot_precision(dtype, tf32), tiled.slab_k)
+    registers = [cfg for (name, precision, slab, _), cfg in COOPERATIVE_REGISTERS.items()
+                 if (name, precision, slab) == key]
+    return (tiled, *sorted(registers, key=lambda cfg: cfg.block_b))
+
+
+def cooperative_groups(batch: int, cfg: CoopConfig) -> int:
+    """Groups of batch rows a register variant needs: ``cdiv(batch, block_b)`` (at least 1)."""
+    return max(1, -(-batch // cfg.block_b))
+
+
+def cooperative_variant(configs, hidden: int, batch: int, sm_count: int) -> CoopConfig:
+    """The configuration of :func:`cooperative_configs` a launch of ``batch`` rows uses.
+
+    The register variant with the fewest rows per program whose grid, ``cdiv(hidden,
+    block_h)`` slices x ``cdiv(batch, block_b)`` groups, fits ``sm_count`` programs (one
+    per SM): every program then owns one tile of rows for the whole launch and keeps its
+    state in registers. Else (more rows per program than the largest register tile) the
+    tiled configuration, whose programs loop over 16-row tiles with the state in global
+    buffers. Decided by ``batch``, never by the sequence length.
+    """
+    tiled, *registers = configs
+    for cfg in registers:
+        if -(-hidden // cfg.block_h) * cooperative_groups(batch, cfg) <= sm_count:
+            return cfg
+    return tiled
+
+
+def cooperative_max_register_batch(dtype, hidden: int, sm_count: int, tf32: bool = False) -> int:
+    """Largest batch whose cooperative launches keep the state in registers (0: none)."""
+    configs = cooperative_configs(dtype, hidden, tf32)[1:]
+    return max((cfg.block_b * (sm_count // -(-hidden // cfg.block_h)) for cfg in configs), default=0)
 
 
 def cooperative_max_hidden(sm_count: int) -> int:

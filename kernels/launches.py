@@ -12,13 +12,16 @@ class LaunchCounter:
     """Kernel launches since this counter was opened (see :func:`count_launches`).
 
     ``forward`` / ``backward`` count the launches of every tier; ``tiers`` counts them
-    per ``(tier, "forward" | "backward")``.
+    per ``(tier, "forward" | "backward")``; ``configs`` per ``(tier, direction, launch
+    configuration)`` for the launches that record one (the cooperative tier: its
+    :class:`~fastrnn.kernels.fits.CoopConfig`, whose ``registers`` says which variant ran).
     """
 
     def __init__(self):
         self.forward = 0
         self.backward = 0
         self.tiers = collections.Counter()
+        self.configs = collections.Counter()
 
 
 _counters: list[LaunchCounter] = []
@@ -42,11 +45,14 @@ def count_launches():
         _counters.remove(counter)
 
 
-def record(tier: str, direction: str) -> None:
-    """Count one launch of ``tier``'s ``direction`` ("forward" or "backward") kernel."""
+def record(tier: str, direction: str, config=None) -> None:
+    """Count one launch of ``tier``'s ``direction`` ("forward" or "backward") kernel, made
+    with launch configuration ``config`` (None: not recorded)."""
     for counter in _counters:
         setattr(counter, direction, getattr(counter, direction) + 1)
         counter.tiers[tier, direction] += 1
+        if config is not None:
+            counter.configs[tier, direction, config] += 1
 
 
 def aligned_input(t: torch.Tensor) -> torch.Tensor:

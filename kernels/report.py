@@ -12,8 +12,10 @@ compiled metadata, and prints one row. The specialisations:
   :data:`fastrnn.kernels.fits.RESIDENT` (cell kind x dtype x block configuration), forward
   and backward, fp32 in both IEEE and TF32 precision;
 - cooperative tier (:func:`fastrnn.kernels.cooperative.specialisations`): every entry of
-  :data:`fastrnn.kernels.fits.COOPERATIVE` x cell kind, forward and backward, compiled
-  with ``launch_cooperative_grid`` and ``H`` a multiple of 16, as launched. A cooperative
+  :data:`fastrnn.kernels.fits.COOPERATIVE` (the tiled kernels, ``coop-*``) and of
+  :data:`fastrnn.kernels.fits.COOPERATIVE_REGISTERS` (the register variants,
+  ``coop-reg-*``) x cell kind, forward and backward, compiled with
+  ``launch_cooperative_grid`` and ``H`` a multiple of 16, as launched. A cooperative
   row also fails when its PTX lacks any part of the grid barrier (a GPU-scope release
   add, a ``%globaltimer``-bounded poll, a GPU-scope acquire, ``bar.sync``).
 

@@ -1,14 +1,19 @@
 """The cooperative tier (kernels/cooperative.py) in Triton's interpreter, every program in
 its own thread (tests/threaded_interpreter.py), against the reference backend.
 
-``FASTRNN_TIER=cooperative`` forces the tier. The launch configuration is replaced by a
-small one so that every hidden size splits over at least 3 programs (``BLOCK_H`` 4 for
-H=16, 16 above), batches of 17 rows take several ``BLOCK_B = 8`` tiles, and ``W_hh`` is
-either streamed in ``BLOCK_K = 16`` chunks or kept as a slab (``SLAB_K`` = the next power
-of two >= H). The device is given 8 SMs, so a batch of more than 8 rows also splits over
-2 groups of programs (tiles 0, 2, ... and 1, 3, ...). The interpreter needs no ``tl.dot``
-minimum of 16; the GPU configurations are covered by the compile report. Buffers the
-backend allocates are filled with NaN, so a store a kernel skips fails loudly.
+``FASTRNN_TIER=cooperative`` forces the tier. The launch configurations are replaced by
+small ones so that every hidden size splits over at least 3 programs (``BLOCK_H`` 4 for
+H=16, 16 above) and ``W_hh`` is either streamed in ``BLOCK_K = 16`` chunks or kept as a
+slab (``SLAB_K`` = the next power of two >= H): the tiled configuration with ``BLOCK_B =
+8`` tiles and, unless a test leaves them out, register variants of 8 and 16 rows per
+program. The device is given 8 SMs, so (3 or 4 hidden slices) a launch has at most 2
+groups of programs: a batch of 17 rows runs the register variant of 16 rows (2 groups,
+the second partial) or, without register variants, the tiled one (3 tiles: tiles 0, 2
+and 1 over 2 groups); 5 rows run the register variant of 8 rows. The real choice
+(:func:`fastrnn.kernels.fits.cooperative_variant`) picks the variant, and each test
+asserts which one ran. The interpreter needs no ``tl.dot`` minimum of 16; the GPU
+configurations are covered by the compile report. Buffers the backend allocates are
+filled with NaN, so a store a kernel skips fails loudly.
 
 Tolerances (``TOL``), as in tests/test_triton_backend.py (the same comparison, one layer
 here instead of two): fp64 1e-10 (same math, another summation order); fp32 rtol 1e-4 /
@@ -17,7 +22,8 @@ weight gradients); fp16 2e-2 (the triton run rounds its I/O to fp16 at every ste
 relative each, and is compared with a float64 reference run on the same fp16-rounded
 inputs).
 The parity grid is a pairwise selection (tests/helpers.pairwise) of kind x dtype x H x B x
-T x packed x bidirectional x where W_hh lives; the full product runs with FASTRNN_FULL=1.
+T x packed x bidirectional x where W_hh lives x where the state lives (registers or the
+tiled fallback); the full product runs with FASTRNN_FULL=1.
 """
 
 from __future__ import annotations
@@ -53,10 +59,22 @@ SMS = 8
 INTERPRETER_TIMEOUT_US = 30_000_000
 
 
-def small_config(hidden: int, slab: bool, block_h: int | None = None) -> cooperative.CoopConfig:
-    """A configuration that splits ``hidden`` over at least 3 programs."""
+REGISTER_ROWS = (8, 16)
+
+
+def small_configs(hidden: int, slab: bool, block_h: int | None = None, registers=REGISTER_ROWS) -> tuple:
+    """Configurations that split ``hidden`` over at least 3 programs: the tiled one (8-row
+    tiles), then register variants of ``registers`` rows per program."""
     block_h = block_h or (4 if hidden <= 16 else 16)
-    return cooperative.CoopConfig(8, block_h, 16, 4, 1, triton_next_pow2(hidden) if slab else 0)
+    slab_k = triton_next_pow2(hidden) if slab else 0
+    tiled = cooperative.CoopConfig(8, block_h, 16, 4, 1, slab_k)
+    return (tiled, *(cooperative.CoopConfig(rows, block_h, 16, 4, 1, slab_k, True) for rows in registers))
+
+
+def ran(counter) -> set:
+    """``(direction, registers, rows per tile or program)`` of every cooperative launch counted."""
+    return {(direction, cfg.registers, cfg.block_b) for (tier, direction, cfg) in counter.configs
+            if tier == "cooperative"}
 
 
 def triton_next_pow2(n: int) -> int:
@@ -73,13 +91,12 @@ def coop(monkeypatch):
     monkeypatch.setattr(triton_backend, "_sm_count", lambda device: SMS)
     chosen = {}
 
-    def use(slab: bool, block_h: int | None = None):
-        def config(dtype, hidden, tf32=False):
-            cfg = small_config(hidden, slab, block_h)
-            chosen[hidden] = cfg
-            return cfg
+    def use(slab: bool, block_h: int | None = None, registers=REGISTER_ROWS):
+        def configs(dtype, hidden, tf32=False):
+            chosen[hidden] = small_configs(hidden, slab, block_h, registers)
+            return chosen[hidden]
 
-        monkeypatch.setattr(cooperative, "cooperative_config", config)
+        monkeypatch.setattr(cooperative, "cooperative_configs", configs)
         return chosen
 
     with threaded_programs():
@@ -152,15 +169,24 @@ def check_against_reference(kind, dtype, batch, steps, hidden, bidirectional, pa
 
 FACTORS = dict(
     kind=list(KINDS), dtype=list(DTYPES), hidden=[16, 40, 64], batch=[1, 5, 17], steps=[1, 6],
-    packed=[False, True], bidirectional=[False, True], slab=[False, True],
+    packed=[False, True], bidirectional=[False, True], slab=[False, True], state=["registers", "tiled"],
 )
 
 
 def _param(c, marks=()):
     ident = (f"{c['kind']}-{c['dtype']}-H{c['hidden']}-B{c['batch']}-T{c['steps']}"
              + ("-packed" if c["packed"] else "") + ("-bi" if c["bidirectional"] else "")
-             + ("-slab" if c["slab"] else "-stream"))
+             + ("-slab" if c["slab"] else "-stream") + f"-{c['state']}")
     return pytest.param(*c.values(), id=ident, marks=marks)
+
+
+def _expected_launches(batch: int, state: str) -> set:
+    """What the launches of a parity case must be: the register variant of 8 rows for
+    B <= 8, of 16 rows for B = 17 (2 groups); the tiled one when there is no register variant."""
+    if state == "tiled":
+        return {("forward", False, 8), ("backward", False, 8)}
+    rows = 8 if batch <= 8 else 16
+    return {("forward", True, rows), ("backward", True, rows)}
 
 
 QUICK = [_param(c) for c in pairwise(FACTORS)]
@@ -171,18 +197,25 @@ FULL = [
 ]
 
 
+def _check_case(coop, kind, dtype, hidden, batch, steps, packed, bidirectional, slab, state):
+    chosen = coop(slab, registers=REGISTER_ROWS if state == "registers" else ())
+    with count_launches() as n:
+        check_against_reference(kind, DTYPES[dtype], batch, steps, hidden, bidirectional, packed)
+    assert ran(n) == _expected_launches(batch, state)
+    assert n.forward == n.backward == (2 if bidirectional else 1)
+    assert {cfg.slab_k for cfg in chosen[hidden]} == {triton_next_pow2(hidden) if slab else 0}
+    assert -(-hidden // chosen[hidden][0].block_h) >= 3  # split over at least 3 programs
+
+
 @pytest.mark.parametrize(", ".join(FACTORS), QUICK)
-def test_cooperative_matches_reference(coop, kind, dtype, hidden, batch, steps, packed, bidirectional, slab):
-    chosen = coop(slab)
-    check_against_reference(kind, DTYPES[dtype], batch, steps, hidden, bidirectional, packed)
-    assert chosen[hidden].slab_k == (triton_next_pow2(hidden) if slab else 0)
-    assert -(-hidden // chosen[hidden].block_h) >= 3  # split over at least 3 programs
+def test_cooperative_matches_reference(coop, kind, dtype, hidden, batch, steps, packed, bidirectional, slab, state):
+    _check_case(coop, kind, dtype, hidden, batch, steps, packed, bidirectional, slab, state)
 
 
 @pytest.mark.parametrize(", ".join(FACTORS), FULL)
-def test_cooperative_matches_reference_full(coop, kind, dtype, hidden, batch, steps, packed, bidirectional, slab):
-    coop(slab)
-    check_against_reference(kind, DTYPES[dtype], batch, steps, hidden, bidirectional, packed)
+def test_cooperative_matches_reference_full(coop, kind, dtype, hidden, batch, steps, packed, bidirectional, slab,
+                                            state):
+    _check_case(coop, kind, dtype, hidden, batch, steps, packed, bidirectional, slab, state)
 
 
 # --------------------------------------------------------------------------------------
@@ -207,20 +240,23 @@ def _small_layer(kind, hidden=6, in_size=2, seed=0):
     return schedule, x, h0, c0, weights
 
 
-def _gradcheck_param(kind, reverse, slab):
-    ident = f"{kind}-{'reverse' if reverse else 'forward'}-{'slab' if slab else 'stream'}"
-    quick = (kind, reverse, slab) in {("LSTM", True, False), ("GRU", False, True)}
-    return pytest.param(kind, reverse, slab, id=ident, marks=() if quick else (pytest.mark.slow,))
+def _gradcheck_param(kind, reverse, slab, state):
+    ident = f"{kind}-{'reverse' if reverse else 'forward'}-{'slab' if slab else 'stream'}-{state}"
+    quick = {("LSTM", True, False, "registers"), ("GRU", False, True, "registers"), ("LSTM", False, True, "tiled")}
+    marks = () if (kind, reverse, slab, state) in quick else (pytest.mark.slow,)
+    return pytest.param(kind, reverse, slab, state, id=ident, marks=marks)
 
 
 @pytest.mark.parametrize(
-    "kind, reverse, slab",
-    [_gradcheck_param(k, r, s) for k in ("LSTM", "GRU", "RNN_TANH") for r in (False, True) for s in (False, True)],
+    "kind, reverse, slab, state",
+    [_gradcheck_param(k, r, s, v) for k in ("LSTM", "GRU", "RNN_TANH") for r in (False, True) for s in (False, True)
+     for v in ("registers", "tiled")],
 )
-def test_cooperative_gradcheck(coop, kind, reverse, slab):
+def test_cooperative_gradcheck(coop, kind, reverse, slab, state):
     """fp64 gradcheck (fast mode) through the cooperative kernels: H=6 over 3 programs,
-    a packed batch (lengths 3, 2, 1). ~13 s each in the interpreter: two run by default."""
-    coop(slab, block_h=2)
+    a packed batch (lengths 3, 2, 1), the register variant (8 rows per program) or the
+    tiled one (its 8-row tiles). ~4-6 s each in the interpreter: three run by default."""
+    coop(slab, block_h=2, registers=(8,) if state == "registers" else ())
     schedule, x, h0, c0, weights = _small_layer(kind)
     leaves = [x, h0] + ([c0] if c0 is not None else []) + weights
 
@@ -231,17 +267,23 @@ def test_cooperative_gradcheck(coop, kind, reverse, slab):
                                       backend="triton")
         return (y, h_n) if c_n is None else (y, h_n, c_n)
 
-    assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=True)
+    with count_launches() as n:
+        assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=True)
+    assert ran(n) == {("forward", state == "registers", 8), ("backward", state == "registers", 8)}
 
 
+@pytest.mark.parametrize("state", ["registers", "tiled"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_inference_without_saving_matches_reference(coop, kind):
-    """Under no_grad nothing is saved (LSTM keeps its cell state in one (B, H) buffer)."""
-    coop(False)
-    flat, schedule, h0, c0, weights = _problem(kind, 5, 6, 16, True, True)
+def test_inference_without_saving_matches_reference(coop, kind, state):
+    """Under no_grad nothing is saved (LSTM: the tiled kernel keeps its cell state in one
+    (B, H) buffer; the register kernel writes its final c there once)."""
+    coop(False, registers=REGISTER_ROWS if state == "registers" else ())
+    flat, schedule, h0, c0, weights = _problem(kind, 17, 6, 16, True, True)
     lw = [tuple(w) + (None,) for w in weights]
-    with torch.no_grad():
+    with torch.no_grad(), count_launches() as n:
         out_t = recurrent_stack(kind, flat, schedule, h0, c0, lw, bidirectional=True, backend="triton")
+    assert ran(n) == {("forward", state == "registers", 16 if state == "registers" else 8)}
+    with torch.no_grad():
         out_r = recurrent_stack(kind, flat, schedule, h0, c0, lw, bidirectional=True, backend="reference")
     assert (out_t[2] is None) == (kind != "LSTM") == (out_r[2] is None)
     for name, a, e in zip(["y", "h_n", "c_n"], out_t, out_r):
@@ -249,13 +291,15 @@ def test_inference_without_saving_matches_reference(coop, kind):
             torch.testing.assert_close(a, e, **TOL[torch.float64], msg=lambda m: f"{name}: {m}")
 
 
+@pytest.mark.parametrize("state", ["registers", "tiled"])
 @pytest.mark.parametrize("slab", [False, True], ids=["stream", "slab"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_inf_in_the_state_does_not_spread_through_the_padding(coop, kind, slab):
+def test_inf_in_the_state_does_not_spread_through_the_padding(coop, kind, slab, state):
     """+inf in one element of h0 at H=5 (BLOCK_H 4: the second program's slice and the
     slab are padded): the outputs and gradients have the reference backend's NaN / inf
-    pattern and values (an inf times a zero-padded weight must stay out of the state)."""
-    coop(slab, block_h=4)
+    pattern and values (an inf times a zero-padded weight must stay out of the state,
+    in registers or in the buffers)."""
+    coop(slab, block_h=4, registers=REGISTER_ROWS if state == "registers" else ())
     gen = torch.Generator().manual_seed(3)
     g, hidden = GATES[kind], 5
     schedule = Schedule.from_batch_sizes([3, 3, 2, 1])
@@ -274,31 +318,47 @@ def test_inf_in_the_state_does_not_spread_through_the_padding(coop, kind, slab):
         grads = torch.autograd.grad(sum(o.sum() for o in outs), leaves, allow_unused=True)
         return outs + [gr for gr in grads if gr is not None]
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), count_launches() as n:
         warnings.simplefilter("ignore", RuntimeWarning)  # numpy's "invalid value" inside the interpreter
         got, expected = run("triton"), run("reference")
+    assert {registers for (_, registers, _) in ran(n)} == {state == "registers"}
     assert len(got) == len(expected)
     for k, (a, e) in enumerate(zip(got, expected)):
         assert torch.equal(a.isnan(), e.isnan()) and torch.equal(a.isinf(), e.isinf()), k
         torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10, equal_nan=True)
 
 
-@pytest.mark.parametrize("forward_tier, backward_tier", [("cooperative", "step"), ("step", "cooperative")])
+CROSS = [("registers", "step"), ("step", "registers"), ("tiled", "step"), ("step", "tiled"), ("registers", "tiled"),
+         ("tiled", "registers")]
+
+
+@pytest.mark.parametrize("forward_side, backward_side", CROSS)
 @pytest.mark.parametrize("kind", KINDS)
-def test_saved_tensors_cross_tiers(coop, monkeypatch, kind, forward_tier, backward_tier):
-    """One tier's backward reads the other tier's saved tuple (same layout): the gradients
-    equal those of the reference backend."""
-    coop(False)
+def test_saved_tensors_cross_tiers(coop, monkeypatch, kind, forward_side, backward_side):
+    """One tier's (or cooperative variant's) backward reads the other's saved tuple (same
+    layout): the gradients equal those of the reference backend."""
+
+    def use(side):
+        monkeypatch.setenv("FASTRNN_TIER", "step" if side == "step" else "cooperative")
+        coop(False, registers=(8,) if side == "registers" else ())
+
     schedule, x, h0, c0, weights = _small_layer(kind)
     w = tuple(weights) + (None,)
-    monkeypatch.setenv("FASTRNN_TIER", forward_tier)
-    y, h_n, c_n = recurrent_layer(kind, x, schedule, h0, c0, w, reverse=True, backend="triton")
+    use(forward_side)
+    with count_launches() as fwd:
+        y, h_n, c_n = recurrent_layer(kind, x, schedule, h0, c0, w, reverse=True, backend="triton")
     outs = [o for o in (y, h_n, c_n) if o is not None]
     leaves = [x, h0] + ([c0] if c0 is not None else []) + weights
     gen = torch.Generator().manual_seed(3)
     probes = [torch.randn(o.shape, generator=gen, dtype=torch.float64) for o in outs]
-    monkeypatch.setenv("FASTRNN_TIER", backward_tier)
-    grads = torch.autograd.grad(sum((o * p).sum() for o, p in zip(outs, probes)), leaves)
+    use(backward_side)
+    with count_launches() as bwd:
+        grads = torch.autograd.grad(sum((o * p).sum() for o, p in zip(outs, probes)), leaves)
+    for counter, side, direction in ((fwd, forward_side, "forward"), (bwd, backward_side, "backward")):
+        if side == "step":
+            assert counter.tiers["step", direction] == 3 and not ran(counter)
+        else:
+            assert ran(counter) == {(direction, side == "registers", 8)}
     ref = recurrent_layer(kind, x, schedule, h0, c0, w, reverse=True, backend="reference")
     ref_outs = [o for o in ref if o is not None]
     ref_grads = torch.autograd.grad(sum((o * p).sum() for o, p in zip(ref_outs, probes)), leaves)
@@ -329,19 +389,22 @@ def test_one_launch_per_layer_direction_and_pass(coop, kind):
     assert (bwd.forward, bwd.backward) == (0, 4)
 
 
-def test_barrier_failure_ends_with_the_documented_error(coop, monkeypatch):
+@pytest.mark.parametrize("state", ["registers", "tiled"])
+def test_barrier_failure_ends_with_the_documented_error(coop, monkeypatch, state):
     """A launch in which program 1 never arrives ends within about two barrier timeouts
-    with BarrierTimeout (the forced tier raises; it does not fall back)."""
-    coop(False)
+    with BarrierTimeout (the forced tier raises; it does not fall back), in either variant."""
+    coop(False, registers=REGISTER_ROWS if state == "registers" else ())
     timeout_s = 1.0
     monkeypatch.setattr(cooperative, "BARRIER_TIMEOUT_US", int(timeout_s * 1e6))
     monkeypatch.setattr(cooperative, "ABSENT_PROGRAM", 1)
     flat, schedule, h0, c0, weights = _problem("GRU", 5, 6, 40, False, False)
     lw = [tuple(weights[0]) + (None,)]
     start = time.monotonic()
-    with pytest.raises(cooperative.BarrierTimeout, match=r"grid barrier 0: a program did not arrive within 1 s"):
+    with pytest.raises(cooperative.BarrierTimeout, match=r"grid barrier 0: a program did not arrive within 1 s"), \
+            count_launches() as n:
         recurrent_stack("GRU", flat, schedule, h0, None, lw, backend="triton")
     elapsed = time.monotonic() - start
+    assert ran(n) == {("forward", state == "registers", 8)}
     # Every program waits once at barrier 0 (about one timeout), then leaves; the rest is
     # the interpreter's work for the first step. Far from a hang.
     assert elapsed < 2 * timeout_s + 10, elapsed
@@ -352,8 +415,8 @@ def test_sequential_interpreter_times_out_instead_of_hanging(monkeypatch):
     alone: the barrier times out and the launch reports it (never a hang)."""
     monkeypatch.setenv("FASTRNN_TIER", "cooperative")
     monkeypatch.setattr(cooperative, "BARRIER_TIMEOUT_US", 200_000)
-    monkeypatch.setattr(cooperative, "cooperative_config",
-                        lambda dtype, hidden, tf32=False: small_config(hidden, False))
+    monkeypatch.setattr(cooperative, "cooperative_configs",
+                        lambda dtype, hidden, tf32=False: small_configs(hidden, False))
     flat, schedule, h0, c0, weights = _problem("RNN_TANH", 2, 3, 16, False, False)
     with pytest.raises(cooperative.BarrierTimeout):
         recurrent_stack("RNN_TANH", flat, schedule, h0, None, [tuple(weights[0]) + (None,)], backend="triton")
@@ -422,6 +485,47 @@ def test_config_table_choices():
     assert fits.cooperative_max_hidden(108) == 1728 and fits.cooperative_max_hidden(132) == 2112
 
 
+@pytest.mark.parametrize("dtype, tf32", [(torch.bfloat16, False), (torch.float16, False), (torch.float32, False),
+                                         (torch.float32, True)])
+@pytest.mark.parametrize("hidden", [96, 768])
+def test_register_variants_of_the_table(dtype, tf32, hidden):
+    """Each cooperative configuration has register variants of 16 and 64 rows with the same
+    place for W_hh, and the launch choice on an H100 (132 SMs) takes the smallest that
+    fits one tile of rows per program, else the tiled configuration."""
+    configs = fits.cooperative_configs(dtype, hidden, tf32)
+    tiled, *registers = configs
+    assert tiled == fits.cooperative_config(dtype, hidden, tf32) and not tiled.registers
+    assert [(c.registers, c.block_b, c.slab_k, c.block_h) for c in registers] == [
+        (True, 16, tiled.slab_k, 16), (True, 64, tiled.slab_k, 16)]
+    groups = 132 // (hidden // 16)  # H=96: 6 slices, 22 groups; H=768: 48 slices, 2 groups
+    expected = {1: registers[0], 16 * groups: registers[0], 16 * groups + 1: registers[1],
+                64 * groups: registers[1], 64 * groups + 1: tiled}
+    for batch, cfg in expected.items():
+        assert fits.cooperative_variant(configs, hidden, batch, 132) == cfg, batch
+    assert fits.cooperative_max_register_batch(dtype, hidden, 132, tf32) == 64 * groups
+
+
+def test_register_limits_on_common_gpus():
+    """The largest batch that runs the register variant (README table): 64 rows x the
+    groups left next to cdiv(H, 16) slices."""
+    limits = {(sms, h): fits.cooperative_max_register_batch(torch.bfloat16, h, sms)
+              for sms in (108, 132) for h in (256, 512, 768, 1024, 2048)}
+    assert limits == {(108, 256): 384, (108, 512): 192, (108, 768): 128, (108, 1024): 64, (108, 2048): 0,
+                      (132, 256): 512, (132, 512): 256, (132, 768): 128, (132, 1024): 128, (132, 2048): 64}
+
+
+@pytest.mark.parametrize("batch, registers, rows", [(5, True, 8), (17, True, 16), (40, False, 8)])
+def test_the_variant_that_runs_is_the_one_the_batch_fits(coop, batch, registers, rows):
+    """8 SMs, H=40 (3 slices of 16 units): at most 2 groups. 5 rows -> the register
+    variant of 8 rows (1 group); 17 -> of 16 rows (2 groups); 40 -> more than 2 x 16 rows,
+    so the tiled kernel (5 tiles of 8 over 2 groups); each gives the reference's results."""
+    coop(False)
+    with count_launches() as n:
+        check_against_reference("LSTM", torch.float64, batch, 3, 40, False, True)
+    assert ran(n) == {("forward", registers, rows), ("backward", registers, rows)}
+    assert n.configs.total() == 2
+
+
 def _auto_picks_cooperative(monkeypatch):
     """Make auto choose the cooperative tier on CPU tensors (it never does by itself there)."""
     monkeypatch.delenv("FASTRNN_TIER", raising=False)
@@ -458,8 +562,9 @@ def test_barrier_timeout_under_auto_reruns_on_the_step_tier_with_one_warning(coo
 
 def test_first_use_check_covers_the_cooperative_tier(coop, monkeypatch):
     """With the check on, the first cooperative use of a key runs the check problem through
-    this tier and the step tier (silently, they agree); a timed-out check falls back."""
-    coop(False)
+    every variant of this tier (here the tiled one and registers of 8 rows) and the step
+    tier (silently, they agree); a timed-out check falls back."""
+    coop(False, registers=(8,))
     monkeypatch.setattr(triton_backend, "_checked", {})
     monkeypatch.setenv("FASTRNN_SELF_CHECK", "1")
     with warnings.catch_warnings(record=True) as records:
@@ -467,7 +572,11 @@ def test_first_use_check_covers_the_cooperative_tier(coop, monkeypatch):
         with count_launches() as n:
             assert triton_backend.tier_for("LSTM", 16, 0, torch.float64, "cpu") == "cooperative"
     assert not [w for w in records if "fastrnn" in str(w.message)]
-    assert n.tiers["cooperative", "forward"] == 2 and n.tiers["cooperative", "backward"] == 2  # both directions
+    # Every variant of the layer, both directions: a forward with and one without saving,
+    # and a backward.
+    variants = small_configs(16, False, registers=(8,))
+    assert set(n.configs) == {("cooperative", d, cfg) for d in ("forward", "backward") for cfg in variants}
+    assert all(count == (4 if d == "forward" else 2) for (_, d, _), count in n.configs.items())
     assert list(triton_backend._checked.values()) == [True]
     # A check whose launch never completes a barrier (program 1 absent): under auto the
     # layer falls back to the step tier with one warning.
@@ -480,3 +589,28 @@ def test_first_use_check_covers_the_cooperative_tier(coop, monkeypatch):
         assert triton_backend.tier_for("GRU", 16, 0, torch.float64, "cpu") == "step"
     found = [w for w in records if "disagrees with the step tier" in str(w.message)]
     assert len(found) == 1 and "BarrierTimeout" in str(found[0].message)
+
+
+def test_first_use_check_catches_a_wrong_register_variant(coop, monkeypatch):
+    """The check runs the register variant too: a register forward whose y is off (the
+    tiled one is right) makes the layer fall back to the step tier with one warning that
+    names the register configuration."""
+    coop(False, registers=(8,))
+    monkeypatch.setattr(triton_backend, "_checked", {})
+    monkeypatch.setenv("FASTRNN_SELF_CHECK", "1")
+    _auto_picks_cooperative(monkeypatch)
+    launch = cooperative.launch_forward
+
+    def wrong_when_registers(kind, tensors, ints, cfg, *args):
+        launch(kind, tensors, ints, cfg, *args)
+        if cfg.registers:
+            tensors["y_ptr"].add_(1.0)
+
+    monkeypatch.setattr(cooperative, "launch_forward", wrong_when_registers)
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always")
+        assert triton_backend.tier_for("RNN_TANH", 16, 0, torch.float64, "cpu") == "step"
+        assert triton_backend.tier_for("RNN_TANH", 16, 0, torch.float64, "cpu") == "step"
+    found = [w for w in records if "disagrees with the step tier" in str(w.message)]
+    assert len(found) == 1, [str(w.message) for w in records]
+    assert "y differs" in str(found[0].message) and "(R8-H4-K16-w4s1)" in str(found[0].message)

@@ -1,8 +1,8 @@
 """The ahead-of-time compile report: every specialisation of the step, resident and
 cooperative tiers compiles for sm_80 and sm_90 with no spills and shared memory within the
 per-block limit (and, for the resident tier, within what kernels/fits.py records, which
-the tier choice reads; for the cooperative tier, with launch_cooperative_grid and a
-release/acquire grid barrier in the PTX).
+the tier choice reads; for the cooperative tier, tiled kernels and register variants, with
+launch_cooperative_grid and a release/acquire grid barrier in the PTX).
 
 The report compiles real GPU code, which needs Triton's interpreter off: it runs in a
 subprocess whose environment drops the interpreter switch that tests/conftest.py sets.
@@ -22,7 +22,7 @@ from fastrnn.kernels import cooperative, fits, report, resident
 from fastrnn.kernels.recurrent_step import CONFIGS, KIND_IDS, specialisations
 
 ROW = re.compile(
-    r"^((?:resident-|coop-)?(?:forward|backward)):(\S+)\s+(\S+)\s+(\S+)\s+(sm_\d+)\s+(-?\d+)\s+(-?\d+)"
+    r"^((?:resident-|coop-reg-|coop-)?(?:forward|backward)):(\S+)\s+(\S+)\s+(\S+)\s+(sm_\d+)\s+(-?\d+)\s+(-?\d+)"
     r"\s+(-?\d+)\s+(.*)$"
 )
 
@@ -63,7 +63,7 @@ def test_kernel_report_all_rows_pass():
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert len(rows) == len(report.specialisations()) * len(report.ARCHS)
     assert {m.group(1) for m in rows} == {"forward", "backward", "resident-forward", "resident-backward",
-                                          "coop-forward", "coop-backward"}
+                                          "coop-forward", "coop-backward", "coop-reg-forward", "coop-reg-backward"}
     for m in rows:
         regs, spills, shared = int(m.group(6)), int(m.group(7)), int(m.group(8))
         assert m.group(9) == "pass", m.group(0)
@@ -211,17 +211,32 @@ def test_resident_launcher_choices_are_all_in_the_report(monkeypatch, tf32):
 
 
 def test_cooperative_specialisations_are_the_fits_table():
-    """Every kind x (forward, backward) x each fits.COOPERATIVE entry compiled for GPUs
-    (fp64 is interpreter-only), compiled as launched: cooperative grid, H a multiple of 16."""
+    """Every kind x (forward, backward) x each fits.COOPERATIVE entry and each register
+    variant of fits.COOPERATIVE_REGISTERS compiled for GPUs (fp64 is interpreter-only),
+    compiled as launched: cooperative grid, H a multiple of 16, the register kernels for
+    the register variants."""
     specs = cooperative.specialisations()
     gpu_entries = [key for key in fits.COOPERATIVE if key[0] != "float64"]
-    assert len(specs) == len(KIND_IDS) * 2 * len(gpu_entries) == 48
+    gpu_registers = [key for key in fits.COOPERATIVE_REGISTERS if key[0] != "float64"]
+    assert len(gpu_registers) == 2 * len(gpu_entries)  # 16 and 64 rows per program, each entry
+    assert len(specs) == len(KIND_IDS) * 2 * (len(gpu_entries) + len(gpu_registers)) == 144
     assert {(fits.dtype_name(s.dtype), s.constexprs["PRECISION"], s.config) for s in specs} == {
         (name, precision, fits.COOPERATIVE[name, precision, slab]) for name, precision, slab in gpu_entries
+    } | {(name, precision, fits.COOPERATIVE_REGISTERS[name, precision, slab, rows])
+         for name, precision, slab, rows in gpu_registers}
+    kernels = {
+        ("forward", False): cooperative.cooperative_forward_kernel,
+        ("backward", False): cooperative.cooperative_backward_kernel,
+        ("forward", True): cooperative.cooperative_forward_registers_kernel,
+        ("backward", True): cooperative.cooperative_backward_registers_kernel,
     }
     for s in specs:
         assert s.options["launch_cooperative_grid"] and s.options["num_stages"] == s.config.num_stages
         assert s.divisible_by_16 == ("H",)
+        registers = s.kernel_name.startswith("coop-reg-")
+        direction = "forward" if s.kernel_name.endswith("forward") else "backward"
+        assert s.config.registers == registers
+        assert s.kernel is kernels[direction, registers]
     signature, _, attrs = report.signature_of(specs[0])
     assert attrs[(len(specs[0].pointers) + specs[0].ints.index("H"),)] == [["tt.divisibility", 16]]
 
@@ -270,8 +285,10 @@ class _CoopRecorder:
 @pytest.mark.parametrize("tf32", [False, True], ids=["ieee", "tf32"])
 def test_cooperative_launcher_choices_are_all_in_the_report(monkeypatch, tf32):
     """Every (kernel, constexprs, warps, stages) a cooperative call launches on a GPU (here:
-    a CPU call given the GPU's tier choice) is a listed specialisation, and these calls
-    reach every fp32 (this TF32 setting) and fp16 one."""
+    a CPU call given the GPU's tier choice, on 12 SMs) is a listed specialisation, and these
+    calls reach every fp32 (this TF32 setting) and fp16 one: batches of 2 (the register
+    variant of 16 rows), 40 (of 64 rows: at H=96 / 160, 6 / 10 slices leave 2 / 1 groups)
+    and 200 (the tiled kernel)."""
     import torch
 
     from fastrnn.backends import triton_backend
@@ -279,21 +296,25 @@ def test_cooperative_launcher_choices_are_all_in_the_report(monkeypatch, tf32):
 
     seen = set()
     monkeypatch.setattr(triton_backend, "_interpreted", lambda: True)  # the recorders are no interpreter objects
-    monkeypatch.setattr(cooperative, "cooperative_forward_kernel", _CoopRecorder("coop-forward", seen))
-    monkeypatch.setattr(cooperative, "cooperative_backward_kernel", _CoopRecorder("coop-backward", seen))
+    for name in ("forward", "backward"):
+        monkeypatch.setattr(cooperative, f"cooperative_{name}_kernel", _CoopRecorder(f"coop-{name}", seen))
+        monkeypatch.setattr(cooperative, f"cooperative_{name}_registers_kernel", _CoopRecorder(f"coop-reg-{name}", seen))
+    monkeypatch.setattr(triton_backend, "_sm_count", lambda device: 12)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
     monkeypatch.setenv("FASTRNN_TIER", "cooperative")
     for kind, gates in (("LSTM", 4), ("GRU", 3), ("RNN_TANH", 1), ("RNN_RELU", 1)):
         for dtype in (torch.float32, torch.float16):
             for hidden in (96, 160):  # fp16: the on-chip slab (H <= 128) and the stream
-                x = torch.randn(4, 2, dtype=dtype, requires_grad=True)
-                w = [torch.randn(gates * hidden, 2, dtype=dtype), torch.randn(gates * hidden, hidden, dtype=dtype),
-                     None, None, None]
-                w = [None if t is None else t.requires_grad_() for t in w]
-                h0 = torch.zeros(2, hidden, dtype=dtype)
-                c0 = torch.zeros(2, hidden, dtype=dtype) if kind == "LSTM" else None
-                y, h_n, c_n = recurrent_layer(kind, x, Schedule.uniform(2, 2), h0, c0, tuple(w), backend="triton")
-                y.float().sum().backward()
+                for batch in (2, 40, 200):
+                    x = torch.randn(2 * batch, 2, dtype=dtype, requires_grad=True)
+                    w = [torch.randn(gates * hidden, 2, dtype=dtype),
+                         torch.randn(gates * hidden, hidden, dtype=dtype), None, None, None]
+                    w = [None if t is None else t.requires_grad_() for t in w]
+                    h0 = torch.zeros(batch, hidden, dtype=dtype)
+                    c0 = torch.zeros(batch, hidden, dtype=dtype) if kind == "LSTM" else None
+                    y, h_n, c_n = recurrent_layer(kind, x, Schedule.uniform(2, batch), h0, c0, tuple(w),
+                                                  backend="triton")
+                    y.float().sum().backward()
 
     def key(s):
         return (s.kernel_name, tuple(sorted(s.constexprs.items(), key=lambda kv: kv[0])), s.config.num_warps,

@@ -14,9 +14,13 @@ Three kernel tiers run a layer-direction (:func:`tier_for` picks one per launch)
   kernels.
 - **cooperative** (larger ``H`` on a GPU, no ``proj_size``): one launch per pass spread
   over the SMs, ``cdiv(H, 16)`` programs with a grid barrier per step
-  (:mod:`fastrnn.kernels.cooperative`). A barrier that times out makes the launch raise
-  ``BarrierTimeout``; the call then reruns on the step tier with one warning (or the error
-  propagates when ``FASTRNN_TIER=cooperative`` forced the tier).
+  (:mod:`fastrnn.kernels.cooperative`), per group of batch rows. Where one tile of 16 or
+  64 rows per program fits the SMs (``B <= 64 x floor(SMs / cdiv(H, 16))``), the
+  register variant keeps ``c`` / ``dh`` / ``dc`` in registers; a larger batch runs the
+  tiled variant (state in global buffers). :func:`_coop_launch_config` picks the variant
+  per launch from ``B``; the launch counter records it. A barrier that times out makes
+  the launch raise ``BarrierTimeout``; the call then reruns on the step tier with one
+  warning (or the error propagates when ``FASTRNN_TIER=cooperative`` forced the tier).
 
 LSTM with ``proj_size`` (step tier): the projection ``h_t = m_t @ W_hr^T`` is a torch
 ``mm`` per step after the step kernel (which writes ``m_t`` to a ``(B, H)`` buffer), and
@@ -34,11 +38,12 @@ fp32)``; GRU ``(gates (N, 3H) r,z,n, W_hn h + b_hn (N, H))``; plain RNN nothing
 (backward reads ``y``).
 
 Tier choice (:func:`tier_for`): from the cell kind, ``H``, ``proj_size``, the dtype and
-the device's shared memory per block and SM count, never from ``T`` or ``B``;
-``FASTRNN_TIER`` forces one. First use: the first time a persistent tier runs a (device, kind, dtype, block
-size) in a process, a small problem is run through it and through the step tier and
-compared (``FASTRNN_SELF_CHECK``); a mismatch or a failure warns once and that key uses
-the step tier for the rest of the process.
+the device's shared memory per block and SM count, never from ``T`` or ``B`` (``B`` only
+picks the cooperative tier's variant, above); ``FASTRNN_TIER`` forces one. First use: the
+first time a persistent tier runs a (device, kind, dtype, block size) in a process, a
+small problem is run through it (the cooperative tier: through each of its variants for
+that layer) and through the step tier and compared (``FASTRNN_SELF_CHECK``); a mismatch
+or a failure warns once and that key uses the step tier for the rest of the process.
 """
 
 from __future__ import annotations
@@ -393,14 +398,24 @@ def _sm_count(device: torch.device) -> int:
     return fits.REFERENCE_SMS
 
 
-def _coop_config(hidden: int, dtype: torch.dtype):
-    """The cooperative launch configuration of this layer (:data:`fits.COOPERATIVE`)."""
-    return _cooperative().cooperative_config(dtype, hidden, _tf32())
+def _coop_configs(hidden: int, dtype: torch.dtype):
+    """The cooperative launch configurations of this layer: the tiled one, then its
+    register variants (:func:`fastrnn.kernels.fits.cooperative_configs`)."""
+    return _cooperative().cooperative_configs(dtype, hidden, _tf32())
 
 
-def _cooperative_forward(kind: CellKind, xg, w_hh, b_hh, h0, c0, schedule: Schedule, reverse: bool, save: bool):
+def _coop_launch_config(hidden: int, batch: int, dtype: torch.dtype, device):
+    """The configuration a cooperative launch of ``batch`` rows uses: a register variant
+    when one tile of rows per program fits the SMs, else the tiled one
+    (:func:`fastrnn.kernels.fits.cooperative_variant`)."""
+    return _cooperative().choose_config(_coop_configs(hidden, dtype), hidden, batch, _sm_count(device))
+
+
+def _cooperative_forward(kind: CellKind, xg, w_hh, b_hh, h0, c0, schedule: Schedule, reverse: bool, save: bool,
+                         cfg=None):
     """The forward time loop on the cooperative tier: one launch (no ``proj_size``); the
-    same results and ``saved`` layout as the other tiers. Raises
+    same results and ``saved`` layout as the other tiers. ``cfg``: the launch configuration
+    (None: the one :func:`_coop_launch_config` picks for this batch). Raises
     :class:`~fastrnn.kernels.cooperative.BarrierTimeout` when a grid barrier timed out."""
     coop = _cooperative()
     prep = coop.aligned_input
@@ -409,7 +424,7 @@ def _cooperative_forward(kind: CellKind, xg, w_hh, b_hh, h0, c0, schedule: Sched
     gates_n = kind.gates
     hidden = w_hh.shape[0] // gates_n
     n_rows, batch = xg.shape[0], schedule.batch
-    cfg = _coop_config(hidden, dtype)
+    cfg = cfg or _coop_launch_config(hidden, batch, dtype, device)
     is_lstm = kind is CellKind.LSTM
     save = save and gates_n > 1  # plain RNN backward only reads y
 
@@ -420,6 +435,8 @@ def _cooperative_forward(kind: CellKind, xg, w_hh, b_hh, h0, c0, schedule: Sched
     bias = _gru_bias(kind, b_hh, hidden, dtype, device, prep, dummy_io)
     if is_lstm:
         c0 = prep(c0.to(acc))  # (B, H): read in the accumulation dtype, like c itself
+        # With save, every step's c; without, (B, H): the tiled kernel's state buffer, or
+        # the final c the register kernel writes once.
         c_buf = _new((n_rows, hidden) if save else (batch, hidden), acc, device)
     else:
         c0, c_buf = dummy_acc, dummy_acc
@@ -440,9 +457,11 @@ def _cooperative_forward(kind: CellKind, xg, w_hh, b_hh, h0, c0, schedule: Sched
     return ForwardResult(y, schedule.final(y, reverse), c_n, saved)
 
 
-def _cooperative_backward(kind: CellKind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule: Schedule, reverse: bool):
+def _cooperative_backward(kind: CellKind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule: Schedule, reverse: bool,
+                          cfg=None):
     """The backward time loop on the cooperative tier: one launch; reads the ``saved``
-    tuple of any tier (one layout). Raises ``BarrierTimeout`` when a grid barrier timed out."""
+    tuple of any tier (one layout). ``cfg`` as in :func:`_cooperative_forward`. Raises
+    ``BarrierTimeout`` when a grid barrier timed out."""
     coop = _cooperative()
     prep = coop.aligned_input
     dtype, device = y.dtype, y.device
@@ -450,7 +469,7 @@ def _cooperative_backward(kind: CellKind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n
     gates_n = kind.gates
     hidden = w_hh.shape[0] // gates_n
     n_rows = y.shape[0]
-    cfg = _coop_config(hidden, dtype)
+    cfg = cfg or _coop_launch_config(hidden, dh_n.shape[0], dtype, device)
     is_lstm, is_gru = kind is CellKind.LSTM, kind is CellKind.GRU
     dummy_io, dummy_acc = _dummies(dtype, device)
 
@@ -462,7 +481,7 @@ def _cooperative_backward(kind: CellKind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n
     elif is_gru:
         gates, hn = (prep(t) for t in saved)
     dxg, dhg = _grad_buffers(kind, n_rows, hidden, dtype, device)
-    dh = dh_n.to(acc, copy=True).contiguous()  # dh_n in, dh0 out
+    dh = dh_n.to(acc, copy=True).contiguous()  # dh_n in, dh0 out (state buffer of the tiled kernel)
     if is_lstm and dc_n is None:
         dc_n = torch.zeros(dh_n.shape[0], hidden, dtype=dtype, device=device)
     dc = dc_n.to(acc, copy=True).contiguous() if is_lstm else dummy_acc
@@ -560,8 +579,10 @@ def tier_for(kind, hidden: int, proj_size: int, dtype, device) -> str:
     ``"cooperative"``.
 
     Decided by the cell kind, ``hidden``, ``proj_size`` (0 for none), the dtype and the
-    device's shared memory per block and SM count, never by ``T`` or ``B``; the table is
-    :mod:`fastrnn.kernels.fits`; ``auto`` picks the cooperative tier only on CUDA devices.
+    device's shared memory per block and SM count, never by ``T`` or ``B`` (``B`` picks
+    only the variant of a cooperative launch: state in registers or in buffers); the
+    table is :mod:`fastrnn.kernels.fits`; ``auto`` picks the cooperative tier only on CUDA
+    devices.
     ``FASTRNN_TIER=auto|step|resident|cooperative`` (read at each call) forces a tier;
     forcing one that cannot run the case raises a RuntimeError.
     On CPU tensors (Triton's interpreter) the device is taken to be an sm_90 GPU
@@ -588,24 +609,26 @@ def _fit(kind: str, hidden: int, dtype):
 
 
 def _persistent_forward(tier: str, kind: CellKind, xg, w_hh, b_hh, h0, c0, schedule: Schedule, reverse: bool,
-                        save: bool):
-    """The forward loop on a persistent tier (one launch per pass)."""
+                        save: bool, config=None):
+    """The forward loop on a persistent tier (one launch per pass); ``config``: a cooperative
+    launch configuration to force (the first-use check), else chosen from the batch."""
     if tier == "resident":
         fit = _fit(kind.value, w_hh.shape[1], xg.dtype)
         return _resident_forward(kind, xg, w_hh, b_hh, h0, c0, schedule, reverse, save, fit)
     if tier == "cooperative":
-        return _cooperative_forward(kind, xg, w_hh, b_hh, h0, c0, schedule, reverse, save)
+        return _cooperative_forward(kind, xg, w_hh, b_hh, h0, c0, schedule, reverse, save, config)
     raise NotImplementedError(f"fastrnn: no {tier} tier")
 
 
 def _persistent_backward(tier: str, kind: CellKind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule: Schedule,
-                         reverse: bool):
-    """The backward loop on a persistent tier (one launch per pass)."""
+                         reverse: bool, config=None):
+    """The backward loop on a persistent tier (one launch per pass); ``config`` as in
+    :func:`_persistent_forward`."""
     if tier == "resident":
         fit = _fit(kind.value, w_hh.shape[1], y.dtype)
         return _resident_backward(kind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, reverse, fit)
     if tier == "cooperative":
-        return _cooperative_backward(kind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, reverse)
+        return _cooperative_backward(kind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, reverse, config)
     raise NotImplementedError(f"fastrnn: no {tier} tier")
 
 
@@ -614,7 +637,7 @@ def _variant(tier: str, hidden: int, dtype) -> str:
     from ..kernels import fits
 
     if tier == "cooperative":
-        return f"configuration {_coop_config(hidden, dtype).label}"
+        return "configurations " + ", ".join(cfg.label for cfg in _coop_configs(hidden, dtype))
     return f"BLOCK_H {fits.resident_block_h(hidden)}"
 
 
@@ -645,14 +668,14 @@ def _self_check_enabled(device: torch.device) -> bool:
     return value == "1"
 
 
-def _check_problem(kind: CellKind, hidden: int, dtype, device, reverse: bool):
-    """A small problem for the first-use check: 19 sequences (two batch tiles, the second
-    partial), 5 steps; packed with ragged lengths in the reverse direction, padded in the
-    forward one (the two ways the kernels read the schedule)."""
+def _check_problem(kind: CellKind, hidden: int, dtype, device, reverse: bool, batch: int = 19):
+    """A small problem for the first-use check: ``batch`` sequences (19: two 16-row batch
+    tiles, the second partial), 5 steps; packed with ragged lengths in the reverse
+    direction, padded in the forward one (the two ways the kernels read the schedule)."""
     gen = torch.Generator().manual_seed(1234)
-    batch, steps = 19, 5
+    steps = 5
     if reverse:
-        schedule = Schedule.from_batch_sizes([19, 15, 11, 6, 2])
+        schedule = Schedule.from_batch_sizes([batch] + [max(1, batch - k) for k in (4, 8, 13, 17)])
     else:
         schedule = Schedule.uniform(steps, batch)
     gates = kind.gates
@@ -671,18 +694,50 @@ def _check_problem(kind: CellKind, hidden: int, dtype, device, reverse: bool):
     return schedule, xg, w_hh, b_hh, h0, c0, dy, dh_n, dc_n
 
 
+def _check_variants(tier: str, hidden: int, dtype, device) -> list:
+    """``(launch configuration, batch)`` pairs the first-use check runs ``tier`` with: the
+    resident tier once (19 rows); the cooperative tier once per configuration a launch of
+    this layer may use (the tiled one and each register variant, forced), each with a
+    batch that configuration can run (19 rows, or fewer where one tile per program does
+    not fit the SMs)."""
+    if tier != "cooperative":
+        return [(None, 19)]
+    sms = _sm_count(device)
+    out = []
+    for cfg in _coop_configs(hidden, dtype):
+        batch = 19
+        if cfg.registers:
+            batch = min(batch, cfg.block_b * (sms // -(-hidden // cfg.block_h)))
+        out.append((cfg, batch))
+    return out
+
+
 def _run_check(tier: str, kind: CellKind, hidden: int, dtype, device) -> str | None:
-    """Run the check problem through ``tier`` and the step tier; a description of the
-    first disagreement, or None when they agree."""
+    """Run the check problem through ``tier`` (each of its variants, see
+    :func:`_check_variants`) and the step tier; a description of the first disagreement,
+    or None when they agree."""
+    for cfg, batch in _check_variants(tier, hidden, dtype, device):
+        problem = _check_one(tier, kind, hidden, dtype, device, cfg, batch)
+        if problem is not None:
+            return problem if cfg is None else f"{problem} ({cfg.label})"
+    return None
+
+
+def _check_one(tier: str, kind: CellKind, hidden: int, dtype, device, cfg, batch: int) -> str | None:
+    """One variant of the first-use check: forward with and without saving and backward, in
+    both directions, against the step tier."""
     for reverse in (False, True):
-        schedule, xg, w_hh, b_hh, h0, c0, dy, dh_n, dc_n = _check_problem(kind, hidden, dtype, device, reverse)
+        schedule, xg, w_hh, b_hh, h0, c0, dy, dh_n, dc_n = _check_problem(kind, hidden, dtype, device, reverse, batch)
         ref = _step_forward(kind, xg.clone(), w_hh, b_hh, None, h0, c0, schedule, reverse, True)
-        out = _persistent_forward(tier, kind, xg.clone(), w_hh, b_hh, h0, c0, schedule, reverse, True)
+        out = _persistent_forward(tier, kind, xg.clone(), w_hh, b_hh, h0, c0, schedule, reverse, True, cfg)
+        unsaved = _persistent_forward(tier, kind, xg.clone(), w_hh, b_hh, h0, c0, schedule, reverse, False, cfg)
         ref_b = _step_backward(kind, ref.saved, w_hh, b_hh, None, h0, c0, ref.y, dy, dh_n, dc_n, schedule, reverse)
-        out_b = _persistent_backward(tier, kind, out.saved, w_hh, h0, c0, out.y, dy, dh_n, dc_n, schedule, reverse)
+        out_b = _persistent_backward(tier, kind, out.saved, w_hh, h0, c0, out.y, dy, dh_n, dc_n, schedule, reverse,
+                                     cfg)
         pairs = dict(y=(out.y, ref.y), h_n=(out.h_n, ref.h_n), c_n=(out.c_n, ref.c_n),
                      dxg=(out_b.dxg, ref_b.dxg), dhg=(out_b.dhg, ref_b.dhg), dh0=(out_b.dh0, ref_b.dh0),
-                     dc0=(out_b.dc0, ref_b.dc0))
+                     dc0=(out_b.dc0, ref_b.dc0), unsaved_y=(unsaved.y, ref.y), unsaved_h_n=(unsaved.h_n, ref.h_n),
+                     unsaved_c_n=(unsaved.c_n, ref.c_n))
         pairs.update({f"saved[{i}]": (a, e) for i, (a, e) in enumerate(zip(out.saved, ref.saved))})
         for name, (a, e) in pairs.items():
             if a is None and e is None:
