@@ -197,10 +197,34 @@ FULL = [
 ]
 
 
+def check_against_step_tier(kind, dtype, batch, steps, hidden, bidirectional, packed):
+    """Every output and gradient of the cooperative run equals the step tier's (same dtype);
+    returns the launch counter of the cooperative run."""
+    problem = _problem(kind, batch, steps, hidden, bidirectional, packed)
+    with count_launches() as n:
+        out_c, grad_c = _run(kind, "triton", dtype, problem, bidirectional)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FASTRNN_TIER", "step")
+        out_s, grad_s = _run(kind, "triton", dtype, problem, bidirectional)
+    assert len(out_c) == len(out_s) and len(grad_c) == len(grad_s)
+    for k, (a, e) in enumerate(zip(out_c + grad_c, out_s + grad_s)):
+        assert a is not None and e is not None, k
+        torch.testing.assert_close(a, e, **TOL[dtype], msg=lambda m: f"tensor {k}: {m}")
+    return n
+
+
 def _check_case(coop, kind, dtype, hidden, batch, steps, packed, bidirectional, slab, state):
     chosen = coop(slab, registers=REGISTER_ROWS if state == "registers" else ())
-    with count_launches() as n:
-        check_against_reference(kind, DTYPES[dtype], batch, steps, hidden, bidirectional, packed)
+    if kind == "RNN_RELU" and dtype == "fp16":
+        # relu' flips where a pre-activation lies within fp16 rounding of 0, so an fp16 run
+        # and the float64 reference disagree there by O(1) whatever the kernel (the step tier
+        # shows the same mismatches; measured here: H40-B17-T6-packed-bi, grad x off by 0.078
+        # at 2 of 189 elements). The tiers round at the same points (fp16 y, fp16 GEMM
+        # operands, fp32 sums), so the step tier is the oracle here, as in test_resident.py.
+        n = check_against_step_tier(kind, DTYPES[dtype], batch, steps, hidden, bidirectional, packed)
+    else:
+        with count_launches() as n:
+            check_against_reference(kind, DTYPES[dtype], batch, steps, hidden, bidirectional, packed)
     assert ran(n) == _expected_launches(batch, state)
     assert n.forward == n.backward == (2 if bidirectional else 1)
     assert {cfg.slab_k for cfg in chosen[hidden]} == {triton_next_pow2(hidden) if slab else 0}
