@@ -60,6 +60,11 @@ def _worker(rank, path, wrapper, out_dir):
                 grads.append(g.detach().clone())
             if rank == 0:
                 torch.save(grads, os.path.join(out_dir, f"{wrapper}-{impl_name}.pt"))
+            del wrapped, model, out
+        # Both ranks done before either tears the group down: a rank that destroyed its gloo
+        # group while the other still used it aborted once in CI ("terminate called without an
+        # active exception", SIGABRT).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
