@@ -192,29 +192,50 @@ def _state_rows(seq_ptr, seq_off, n_seq, init_ptr, rows, width):
 
 
 @triton.jit
-def _load_slab(w_hh_ptr, cols, col_mask, H, G: tl.constexpr, SLAB_K: tl.constexpr, FORWARD: tl.constexpr):
+def _load_slab(w_hh_ptr, cols, col_mask, H, G: tl.constexpr, ACC: tl.constexpr, SLAB_K: tl.constexpr,
+               FORWARD: tl.constexpr):
     """This program's ``W_hh`` slab, once: ``G`` tiles of ``SLAB_K x BLOCK_H`` (padding zero).
 
     ``FORWARD``: tile ``[k, u] = W_hh[g*H + u, k]`` (the GEMM ``h @ W_hh^T``); else
     ``[k, u] = W_hh[g*H + k, u]`` (the GEMM ``dgates @ W_hh``). Gates a kind lacks get the
-    first tile again (never read).
+    first tile again (never read). ``SLAB_K == 0`` (W_hh streamed): ``(1, 1)`` placeholders,
+    never read.
     """
-    kk = tl.arange(0, SLAB_K)
-    if FORWARD:
-        w_ptrs = w_hh_ptr + cols[None, :] * H + kk[:, None]
-    else:
-        w_ptrs = w_hh_ptr + kk[:, None] * H + cols[None, :]
-    w_mask = (kk < H)[:, None] & col_mask[None, :]
-    w0 = tl.load(w_ptrs, mask=w_mask, other=0.0)
+    w0 = tl.zeros((1, 1), dtype=ACC)
     w1 = w0
     w2 = w0
     w3 = w0
-    if G > 1:
-        w1 = tl.load(w_ptrs + H * H, mask=w_mask, other=0.0)
-        w2 = tl.load(w_ptrs + 2 * H * H, mask=w_mask, other=0.0)
-    if G > 3:
-        w3 = tl.load(w_ptrs + 3 * H * H, mask=w_mask, other=0.0)
+    if SLAB_K > 0:
+        kk = tl.arange(0, SLAB_K)
+        if FORWARD:
+            w_ptrs = w_hh_ptr + cols[None, :] * H + kk[:, None]
+        else:
+            w_ptrs = w_hh_ptr + kk[:, None] * H + cols[None, :]
+        w_mask = (kk < H)[:, None] & col_mask[None, :]
+        w0 = tl.load(w_ptrs, mask=w_mask, other=0.0)
+        w1 = w0
+        w2 = w0
+        w3 = w0
+        if G > 1:
+            w1 = tl.load(w_ptrs + H * H, mask=w_mask, other=0.0)
+            w2 = tl.load(w_ptrs + 2 * H * H, mask=w_mask, other=0.0)
+        if G > 3:
+            w3 = tl.load(w_ptrs + 3 * H * H, mask=w_mask, other=0.0)
     return w0, w1, w2, w3
+
+
+@triton.jit
+def _gru_hidden_bias(b_hh_ptr, cols, col_mask, H, KIND: tl.constexpr, ACC: tl.constexpr, BLOCK_H: tl.constexpr):
+    """GRU's ``b_hh`` for this program's units, as ``(1, BLOCK_H)`` rows ``b_r, b_z, b_n``
+    (zero placeholders for the other kinds, which fold ``b_hh`` into the input projection)."""
+    b_r = tl.zeros((1, BLOCK_H), dtype=ACC)
+    b_z = b_r
+    b_n = b_r
+    if KIND == 1:
+        b_r = tl.load(b_hh_ptr + cols, mask=col_mask, other=0.0).to(ACC)[None, :]
+        b_z = tl.load(b_hh_ptr + H + cols, mask=col_mask, other=0.0).to(ACC)[None, :]
+        b_n = tl.load(b_hh_ptr + 2 * H + cols, mask=col_mask, other=0.0).to(ACC)[None, :]
+    return b_r, b_z, b_n
 
 
 @triton.jit
@@ -464,20 +485,8 @@ def cooperative_forward_kernel(
     G: tl.constexpr = 4 if KIND == 0 else (3 if KIND == 1 else 1)
     cols = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
     col_mask = cols < H
-    # Placeholders when W_hh is streamed (SLAB_K == 0; never read).
-    w0 = tl.zeros((1, 1), dtype=ACC)
-    w1 = w0
-    w2 = w0
-    w3 = w0
-    if SLAB_K > 0:
-        w0, w1, w2, w3 = _load_slab(w_hh_ptr, cols, col_mask, H, G, SLAB_K, True)
-    b_r = tl.zeros((1, BLOCK_H), dtype=ACC)  # GRU's b_hh (placeholders for the other kinds)
-    b_z = b_r
-    b_n = b_r
-    if KIND == 1:
-        b_r = tl.load(b_hh_ptr + cols, mask=col_mask, other=0.0).to(ACC)[None, :]
-        b_z = tl.load(b_hh_ptr + H + cols, mask=col_mask, other=0.0).to(ACC)[None, :]
-        b_n = tl.load(b_hh_ptr + 2 * H + cols, mask=col_mask, other=0.0).to(ACC)[None, :]
+    w0, w1, w2, w3 = _load_slab(w_hh_ptr, cols, col_mask, H, G, ACC, SLAB_K, True)
+    b_r, b_z, b_n = _gru_hidden_bias(b_hh_ptr, cols, col_mask, H, KIND, ACC, BLOCK_H)
 
     prev_off = (B * 0).to(tl.int64)  # first row of the previous step
     n_prev = (B * 0).to(tl.int64)  # its active rows (0: every row starts from h0)
@@ -531,20 +540,8 @@ def cooperative_forward_registers_kernel(
     G: tl.constexpr = 4 if KIND == 0 else (3 if KIND == 1 else 1)
     cols = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
     col_mask = cols < H
-    # Placeholders when W_hh is streamed (SLAB_K == 0; never read).
-    w0 = tl.zeros((1, 1), dtype=ACC)
-    w1 = w0
-    w2 = w0
-    w3 = w0
-    if SLAB_K > 0:
-        w0, w1, w2, w3 = _load_slab(w_hh_ptr, cols, col_mask, H, G, SLAB_K, True)
-    b_r = tl.zeros((1, BLOCK_H), dtype=ACC)  # GRU's b_hh (placeholders for the other kinds)
-    b_z = b_r
-    b_n = b_r
-    if KIND == 1:
-        b_r = tl.load(b_hh_ptr + cols, mask=col_mask, other=0.0).to(ACC)[None, :]
-        b_z = tl.load(b_hh_ptr + H + cols, mask=col_mask, other=0.0).to(ACC)[None, :]
-        b_n = tl.load(b_hh_ptr + 2 * H + cols, mask=col_mask, other=0.0).to(ACC)[None, :]
+    w0, w1, w2, w3 = _load_slab(w_hh_ptr, cols, col_mask, H, G, ACC, SLAB_K, True)
+    b_r, b_z, b_n = _gru_hidden_bias(b_hh_ptr, cols, col_mask, H, KIND, ACC, BLOCK_H)
 
     first = tl.program_id(1) * BLOCK_B
     rows = first + tl.arange(0, BLOCK_B).to(tl.int64)
@@ -633,13 +630,7 @@ def cooperative_backward_kernel(
     G: tl.constexpr = 4 if KIND == 0 else (3 if KIND == 1 else 1)
     cols = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
     col_mask = cols < H
-    # Placeholders when W_hh is streamed (SLAB_K == 0; never read).
-    w0 = tl.zeros((1, 1), dtype=ACC)
-    w1 = w0
-    w2 = w0
-    w3 = w0
-    if SLAB_K > 0:
-        w0, w1, w2, w3 = _load_slab(w_hh_ptr, cols, col_mask, H, G, SLAB_K, False)
+    w0, w1, w2, w3 = _load_slab(w_hh_ptr, cols, col_mask, H, G, ACC, SLAB_K, False)
 
     ok = T >= 0
     j = T - 1  # processing index of step q; j == -1: only the final GEMM (dh0)
@@ -697,13 +688,7 @@ def cooperative_backward_registers_kernel(
     G: tl.constexpr = 4 if KIND == 0 else (3 if KIND == 1 else 1)
     cols = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
     col_mask = cols < H
-    # Placeholders when W_hh is streamed (SLAB_K == 0; never read).
-    w0 = tl.zeros((1, 1), dtype=ACC)
-    w1 = w0
-    w2 = w0
-    w3 = w0
-    if SLAB_K > 0:
-        w0, w1, w2, w3 = _load_slab(w_hh_ptr, cols, col_mask, H, G, SLAB_K, False)
+    w0, w1, w2, w3 = _load_slab(w_hh_ptr, cols, col_mask, H, G, ACC, SLAB_K, False)
 
     first = tl.program_id(1) * BLOCK_B
     rows = first + tl.arange(0, BLOCK_B).to(tl.int64)
