@@ -316,10 +316,16 @@ WRONG_STATE_DTYPES = [
 ]
 
 
+# (cls, kw, which state is wrong): only LSTM has a cell state.
+WRONG_STATE_CASES = [
+    pytest.param(*case.values, which, id=f"{which}-{case.id}")
+    for which in ("h", "c") for case in SEQ_CASES if which == "h" or case.values[0] == "LSTM"
+]
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("weight_dtype, state_dtype", WRONG_STATE_DTYPES)
-@pytest.mark.parametrize("which", ["h", "c"])
-@pytest.mark.parametrize("cls, kw", SEQ_CASES)
+@pytest.mark.parametrize("cls, kw, which", WRONG_STATE_CASES)
 def test_hx_of_wrong_dtype_raises_runtime_error_naming_dtypes(cls, kw, which, weight_dtype, state_dtype, backend):
     """fastrnn always raises a RuntimeError that names both dtypes.
 
@@ -327,8 +333,6 @@ def test_hx_of_wrong_dtype_raises_runtime_error_naming_dtypes(cls, kw, which, we
     accepts: a float64 LSTM with a float32 c0 (the cell update promotes it). fastrnn
     rejects that as well rather than guess a state dtype.
     """
-    if which == "c" and cls != "LSTM":
-        pytest.skip("only LSTM has a cell state")
     ref, fast = _pair(cls, backend, I, H, dtype=weight_dtype, **kw)
     x = torch.randn(T, B, I, dtype=weight_dtype)
     hx = _hx(cls, 1, B, H, dtype=weight_dtype)
@@ -465,14 +469,16 @@ def test_huge_activations_stay_finite_and_match_torch(cls, kw, backend):
 # --------------------------------------------------------------------------------------
 
 GRAD_SUBSETS = ["input", "h0", "c0", "input+c0", "none"]
+# (cls, kw, subset): only LSTM has c0.
+GRAD_SUBSET_CASES = [
+    pytest.param(*case.values, subset, id=f"{subset}-{case.id}")
+    for subset in GRAD_SUBSETS for case in SEQ_CASES if "c0" not in subset or case.values[0] == "LSTM"
+]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("subset", GRAD_SUBSETS)
-@pytest.mark.parametrize("cls, kw", SEQ_CASES)
+@pytest.mark.parametrize("cls, kw, subset", GRAD_SUBSET_CASES)
 def test_requires_grad_on_some_inputs_matches_torch(cls, kw, subset, backend):
-    if "c0" in subset and cls != "LSTM":
-        pytest.skip("only LSTM has c0")
     ref, fast = _pair(cls, backend, I, H, num_layers=2, bidirectional=True, **kw)
     parts = subset.split("+")
     x = torch.randn(T, B, I, dtype=torch.float64, requires_grad="input" in parts)
