@@ -168,6 +168,12 @@ REFERENCE_SMS = 132
 # unpipelined; fp32 TF32 at BLOCK_K 32, 8-32 B; bf16 at BLOCK_K 64, 32 B; on-chip slabs of
 # 256 (bf16 forward 40-48 B at 8 warps, up to 392 B at 4) and fp32 slabs of 128 (TF32,
 # 16-40 B). So only fp16/bf16 keep W_hh on chip, for 64 < H <= 128.
+# A later sweep (LSTM and GRU, sm_80 and sm_90, 8 and 16 warps, 1 stage) of larger slabs
+# with both variants: clean only bf16 slab 256 at 16 warps (tiled, 16 rows) and fp32 slab
+# 256 / 512 at 16 rows; every slab of 512 or 1024 in bf16 spills 16-1384 B somewhere (at
+# 1024 the slab goes to shared memory, 164 KB, and the rest still spills), and 64-row
+# variants with a slab spill everywhere. Triton holds the slab as a dot operand in
+# registers: keeping W_hh on chip at large H needs explicit shared-memory residency.
 COOPERATIVE: dict[tuple[str, str, int], CoopConfig] = {
     ("float32", "ieee", 0): CoopConfig(16, COOP_BLOCK_H, 16, 4, 1, 0),
     ("float32", "tf32", 0): CoopConfig(16, COOP_BLOCK_H, 16, 4, 3, 0),
