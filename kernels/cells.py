@@ -101,6 +101,21 @@ def gru_forward(x_r, x_z, x_n, hr, hz, hn, h_prev):
 
 
 @triton.jit
+def gru_hidden_bias(b_hh_ptr, cols, col_mask, H, KIND: tl.constexpr, ACC: tl.constexpr, BLOCK_H: tl.constexpr):
+    """GRU's ``b_hh`` for the hidden units ``cols``, as ``(1, BLOCK_H)`` rows ``b_hr, b_hz,
+    b_hn`` in ``ACC`` (the tiers that keep it in registers for the whole loop). Zero
+    placeholders for the other kinds, which fold ``b_hh`` into the input projection."""
+    b_r = tl.zeros((1, BLOCK_H), dtype=ACC)
+    b_z = b_r
+    b_n = b_r
+    if KIND == 1:
+        b_r = tl.load(b_hh_ptr + cols, mask=col_mask, other=0.0).to(ACC)[None, :]
+        b_z = tl.load(b_hh_ptr + H + cols, mask=col_mask, other=0.0).to(ACC)[None, :]
+        b_n = tl.load(b_hh_ptr + 2 * H + cols, mask=col_mask, other=0.0).to(ACC)[None, :]
+    return b_r, b_z, b_n
+
+
+@triton.jit
 def gru_backward(dh, r, z, n, hn, h_prev):
     """GRU cell backward from the saved gates and ``hn = W_hn h_prev + b_hn``.
 

@@ -105,6 +105,7 @@ from .cells import (
     KIND_IDS,
     gru_backward,
     gru_forward,
+    gru_hidden_bias,
     lstm_backward,
     lstm_forward,
     rnn_relu_backward,
@@ -222,20 +223,6 @@ def _load_slab(w_hh_ptr, cols, col_mask, H, G: tl.constexpr, ACC: tl.constexpr, 
         if G > 3:
             w3 = tl.load(w_ptrs + 3 * H * H, mask=w_mask, other=0.0)
     return w0, w1, w2, w3
-
-
-@triton.jit
-def _gru_hidden_bias(b_hh_ptr, cols, col_mask, H, KIND: tl.constexpr, ACC: tl.constexpr, BLOCK_H: tl.constexpr):
-    """GRU's ``b_hh`` for this program's units, as ``(1, BLOCK_H)`` rows ``b_r, b_z, b_n``
-    (zero placeholders for the other kinds, which fold ``b_hh`` into the input projection)."""
-    b_r = tl.zeros((1, BLOCK_H), dtype=ACC)
-    b_z = b_r
-    b_n = b_r
-    if KIND == 1:
-        b_r = tl.load(b_hh_ptr + cols, mask=col_mask, other=0.0).to(ACC)[None, :]
-        b_z = tl.load(b_hh_ptr + H + cols, mask=col_mask, other=0.0).to(ACC)[None, :]
-        b_n = tl.load(b_hh_ptr + 2 * H + cols, mask=col_mask, other=0.0).to(ACC)[None, :]
-    return b_r, b_z, b_n
 
 
 @triton.jit
@@ -486,7 +473,7 @@ def cooperative_forward_kernel(
     cols = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
     col_mask = cols < H
     w0, w1, w2, w3 = _load_slab(w_hh_ptr, cols, col_mask, H, G, ACC, SLAB_K, True)
-    b_r, b_z, b_n = _gru_hidden_bias(b_hh_ptr, cols, col_mask, H, KIND, ACC, BLOCK_H)
+    b_r, b_z, b_n = gru_hidden_bias(b_hh_ptr, cols, col_mask, H, KIND, ACC, BLOCK_H)
 
     prev_off = (B * 0).to(tl.int64)  # first row of the previous step
     n_prev = (B * 0).to(tl.int64)  # its active rows (0: every row starts from h0)
@@ -541,7 +528,7 @@ def cooperative_forward_registers_kernel(
     cols = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
     col_mask = cols < H
     w0, w1, w2, w3 = _load_slab(w_hh_ptr, cols, col_mask, H, G, ACC, SLAB_K, True)
-    b_r, b_z, b_n = _gru_hidden_bias(b_hh_ptr, cols, col_mask, H, KIND, ACC, BLOCK_H)
+    b_r, b_z, b_n = gru_hidden_bias(b_hh_ptr, cols, col_mask, H, KIND, ACC, BLOCK_H)
 
     first = tl.program_id(1) * BLOCK_B
     rows = first + tl.arange(0, BLOCK_B).to(tl.int64)
@@ -920,25 +907,24 @@ def launch_forward(kind: str, tensors: dict, ints: dict, cfg: CoopConfig, tf32: 
     ``cfg.registers``), recorded with the launch (:func:`fastrnn.kernels.launches.count_launches`).
     ``max_programs``: the SM count (one program per SM at most; see :func:`grid`).
     """
-    pointers = _pointers(FORWARD_POINTERS, tensors)
-    ints = dict(ints, timeout_us=BARRIER_TIMEOUT_US, absent=ABSENT_PROGRAM)
-    kernel = kernels_for(cfg)[0]
-    kernel[grid(ints["H"], ints["B"], cfg, max_programs)](
-        *pointers, *(ints[k] for k in FORWARD_INTS), **constexprs(kind, tensors["xg_ptr"].dtype, tf32, cfg),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **LAUNCH_OPTIONS,
-    )
-    record("cooperative", "forward", cfg)
-    _check_sync(tensors["sync_ptr"], "forward")
+    _launch("forward", kind, tensors, ints, cfg, tf32, max_programs)
 
 
 def launch_backward(kind: str, tensors: dict, ints: dict, cfg: CoopConfig, tf32: bool, max_programs: int) -> None:
     """As :func:`launch_forward`, for :data:`BACKWARD_POINTERS` / :data:`BACKWARD_INTS`."""
-    pointers = _pointers(BACKWARD_POINTERS, tensors)
+    _launch("backward", kind, tensors, ints, cfg, tf32, max_programs)
+
+
+def _launch(direction: str, kind: str, tensors: dict, ints: dict, cfg: CoopConfig, tf32: bool,
+            max_programs: int) -> None:
+    forward = direction == "forward"
+    names, int_names = (FORWARD_POINTERS, FORWARD_INTS) if forward else (BACKWARD_POINTERS, BACKWARD_INTS)
+    io_dtype = tensors["xg_ptr" if forward else "dxg_ptr"].dtype
     ints = dict(ints, timeout_us=BARRIER_TIMEOUT_US, absent=ABSENT_PROGRAM)
-    kernel = kernels_for(cfg)[1]
+    kernel = kernels_for(cfg)[0 if forward else 1]
     kernel[grid(ints["H"], ints["B"], cfg, max_programs)](
-        *pointers, *(ints[k] for k in BACKWARD_INTS), **constexprs(kind, tensors["dxg_ptr"].dtype, tf32, cfg),
+        *_pointers(names, tensors), *(ints[k] for k in int_names), **constexprs(kind, io_dtype, tf32, cfg),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **LAUNCH_OPTIONS,
     )
-    record("cooperative", "backward", cfg)
-    _check_sync(tensors["sync_ptr"], "backward")
+    record("cooperative", direction, cfg)
+    _check_sync(tensors["sync_ptr"], direction)

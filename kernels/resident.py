@@ -61,6 +61,7 @@ from .cells import (
     KIND_IDS,
     gru_backward,
     gru_forward,
+    gru_hidden_bias,
     lstm_backward,
     lstm_forward,
     rnn_relu_backward,
@@ -112,6 +113,22 @@ def _load_weight(w_ptr, units, ks, H, TRANSPOSED: tl.constexpr):
     return tl.load(w_ptr + offs, mask=mask, other=0.0)
 
 
+@triton.jit
+def _load_weights(w_hh_ptr, cols, H, G: tl.constexpr, TRANSPOSED: tl.constexpr):
+    """``W_hh`` once: the ``G`` gate blocks as tiles of :func:`_load_weight` (gates a kind
+    lacks get the first tile again, never read)."""
+    w0 = _load_weight(w_hh_ptr, cols, cols, H, TRANSPOSED)
+    w1 = w0
+    w2 = w0
+    w3 = w0
+    if G > 1:
+        w1 = _load_weight(w_hh_ptr + H * H, cols, cols, H, TRANSPOSED)
+        w2 = _load_weight(w_hh_ptr + 2 * H * H, cols, cols, H, TRANSPOSED)
+    if G > 3:
+        w3 = _load_weight(w_hh_ptr + 3 * H * H, cols, cols, H, TRANSPOSED)
+    return w0, w1, w2, w3
+
+
 # --------------------------------------------------------------------------------------
 # Forward
 # --------------------------------------------------------------------------------------
@@ -152,16 +169,8 @@ def resident_forward_kernel(
     GH = G * H
 
     # The recurrent weight, once: one transposed (H x H) tile per gate.
-    w0 = _load_weight(w_hh_ptr, cols, cols, H, True)
-    if G > 1:
-        w1 = _load_weight(w_hh_ptr + H * H, cols, cols, H, True)
-        w2 = _load_weight(w_hh_ptr + 2 * H * H, cols, cols, H, True)
-    if G > 3:
-        w3 = _load_weight(w_hh_ptr + 3 * H * H, cols, cols, H, True)
-    if KIND == 1:
-        b_r = tl.load(b_hh_ptr + cols, mask=col_mask, other=0.0).to(ACC)[None, :]
-        b_z = tl.load(b_hh_ptr + H + cols, mask=col_mask, other=0.0).to(ACC)[None, :]
-        b_n = tl.load(b_hh_ptr + 2 * H + cols, mask=col_mask, other=0.0).to(ACC)[None, :]
+    w0, w1, w2, w3 = _load_weights(w_hh_ptr, cols, H, G, True)
+    b_r, b_z, b_n = gru_hidden_bias(b_hh_ptr, cols, col_mask, H, KIND, ACC, BLOCK_H)
 
     state_offs = rows[:, None] * H + cols[None, :]
     h = tl.load(h0_ptr + state_offs, mask=tile_mask, other=0.0).to(ACC)
@@ -273,12 +282,7 @@ def resident_backward_kernel(
     GH = G * H
 
     # W_hh once, one (H x H) tile per gate, for dh_prev = sum_g dgates_g @ W_g.
-    w0 = _load_weight(w_hh_ptr, cols, cols, H, False)
-    if G > 1:
-        w1 = _load_weight(w_hh_ptr + H * H, cols, cols, H, False)
-        w2 = _load_weight(w_hh_ptr + 2 * H * H, cols, cols, H, False)
-    if G > 3:
-        w3 = _load_weight(w_hh_ptr + 3 * H * H, cols, cols, H, False)
+    w0, w1, w2, w3 = _load_weights(w_hh_ptr, cols, H, G, False)
 
     state_offs = rows[:, None] * H + cols[None, :]
     dh = tl.load(dh_n_ptr + state_offs, mask=tile_mask, other=0.0).to(ACC)
