@@ -34,7 +34,7 @@ LayerWeights = tuple  # (w_ih, w_hh, b_ih | None, b_hh | None, w_hr | None)
 
 
 def _kind(kind) -> CellKind:
-    return kind if isinstance(kind, CellKind) else CellKind(kind)
+    return CellKind(kind)
 
 
 def check_tensors(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor | None, weights: Sequence[LayerWeights]) -> None:

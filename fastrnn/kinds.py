@@ -1,47 +1,34 @@
-"""The four recurrent cell kinds and the facts about each that the engine needs."""
+"""``CellKind``: the cell definitions of :mod:`fastrnn.cells` under the names the engine uses.
+
+``CellKind.LSTM`` *is* the :class:`~fastrnn.cells.Cell` definition of torch's LSTM (and so
+on); ``CellKind("GRU")`` finds any defined cell by name, the user's own included. Iterating
+gives torch's four cells.
+"""
 
 from __future__ import annotations
 
-import enum
+from . import cells
+from .cells import Cell
 
 
-class CellKind(enum.Enum):
-    """A recurrent cell kind, named after the ``mode`` string of ``torch.nn.RNNBase``.
+class _Kinds:
+    LSTM = cells.LSTM
+    GRU = cells.GRU
+    RNN_TANH = cells.RNN_TANH
+    RNN_RELU = cells.RNN_RELU
 
-    Gate order inside the stacked weights is torch's: LSTM ``i, f, g, o``; GRU ``r, z, n``.
-    """
+    def __call__(self, name) -> Cell:
+        return name if isinstance(name, Cell) else cells.get(name)
 
-    LSTM = "LSTM"
-    GRU = "GRU"
-    RNN_TANH = "RNN_TANH"
-    RNN_RELU = "RNN_RELU"
-
-    @property
-    def gates(self) -> int:
-        """Number of stacked gate blocks in ``weight_ih`` / ``weight_hh``."""
-        return {"LSTM": 4, "GRU": 3}.get(self.value, 1)
-
-    @property
-    def has_cell_state(self) -> bool:
-        """True for LSTM, whose state is ``(h, c)``."""
-        return self is CellKind.LSTM
-
-    @property
-    def recurrent_bias_inside(self) -> bool:
-        """True when ``bias_hh`` cannot be folded into the input projection.
-
-        GRU computes ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``: ``b_hn`` is scaled
-        by ``r``, so the recurrent bias must be added to ``h @ W_hh^T`` inside the step.
-        For LSTM and plain RNN, ``b_ih + b_hh`` is added once to the input projection.
-        """
-        return self is CellKind.GRU
+    def __iter__(self):
+        return iter(cells.BUILTIN)
 
     @staticmethod
-    def from_mode(mode: str, nonlinearity: str = "tanh") -> "CellKind":
-        """Kind of a ``torch.nn`` module from its ``mode`` (and ``nonlinearity`` for RNN)."""
+    def from_mode(mode: str, nonlinearity: str = "tanh") -> Cell:
+        """Cell of a ``torch.nn`` module from its ``mode`` (and ``nonlinearity`` for RNN)."""
         if mode == "RNN":
-            return CellKind.RNN_TANH if nonlinearity == "tanh" else CellKind.RNN_RELU
-        return _BY_VALUE[mode]  # (a dict lookup; CellKind(mode) costs ~1 us per call)
+            return cells.RNN_TANH if nonlinearity == "tanh" else cells.RNN_RELU
+        return cells.get(mode)
 
 
-_BY_VALUE = {kind.value: kind for kind in CellKind}
+CellKind = _Kinds()

@@ -55,7 +55,7 @@ def tanh(x):
 
 
 @triton.jit
-def lstm_forward(pre_i, pre_f, pre_g, pre_o, c_prev):
+def legacy_lstm_forward(pre_i, pre_f, pre_g, pre_o, c_prev):
     """One LSTM cell: returns ``(i, f, g, o, c, h)``."""
     i = sigmoid(pre_i)
     f = sigmoid(pre_f)
@@ -67,7 +67,7 @@ def lstm_forward(pre_i, pre_f, pre_g, pre_o, c_prev):
 
 
 @triton.jit
-def lstm_backward(dh, dc, i, f, g, o, c, c_prev):
+def legacy_lstm_backward(dh, dc, i, f, g, o, c, c_prev):
     """LSTM cell backward from the saved gates and cell states.
 
     ``dh``: gradient reaching ``h``; ``dc``: gradient reaching ``c`` from the next step.
@@ -88,7 +88,7 @@ def lstm_backward(dh, dc, i, f, g, o, c, c_prev):
 
 
 @triton.jit
-def gru_forward(x_r, x_z, x_n, hr, hz, hn, h_prev):
+def legacy_gru_forward(x_r, x_z, x_n, hr, hz, hn, h_prev):
     """One GRU cell (torch's rule: ``b_hn`` inside ``r * (...)``): returns ``(r, z, n, h)``.
 
     ``x_*``: input projection of each gate (``W_i* x + b_i*``); ``h*``: ``W_h* h_prev + b_h*``.
@@ -116,7 +116,7 @@ def gru_hidden_bias(b_hh_ptr, cols, col_mask, H, KIND: tl.constexpr, ACC: tl.con
 
 
 @triton.jit
-def gru_backward(dh, r, z, n, hn, h_prev):
+def legacy_gru_backward(dh, r, z, n, hn, h_prev):
     """GRU cell backward from the saved gates and ``hn = W_hn h_prev + b_hn``.
 
     Returns ``(dr, dz, dn, dhn, dh_direct)``: ``dr, dz, dn`` are the gradients of the
@@ -136,23 +136,101 @@ def gru_backward(dh, r, z, n, hn, h_prev):
 
 
 @triton.jit
-def rnn_tanh_forward(pre):
+def legacy_rnn_tanh_forward(pre):
     return tanh(pre)
 
 
 @triton.jit
-def rnn_tanh_backward(dh, h):
+def legacy_rnn_tanh_backward(dh, h):
     """Gradient of the pre-activation from the cell's output ``h`` (= ``y`` of the step)."""
     return dh * (1.0 - h * h)
 
 
 @triton.jit
-def rnn_relu_forward(pre):
+def legacy_rnn_relu_forward(pre):
     # relu that keeps NaN, like torch (NaN < 0 is False).
     return tl.where(pre < 0, 0.0, pre)
 
 
 @triton.jit
-def rnn_relu_backward(dh, h):
+def legacy_rnn_relu_backward(dh, h):
     # torch's relu' zeroes only where the output is <= 0 (NaN passes the gradient).
     return tl.where(h <= 0, 0.0, dh)
+
+
+# --------------------------------------------------------------------------------------
+# The pointwise interface of fastrnn.cells (every tier calls these through the cell's
+# CELL_FORWARD / CELL_BACKWARD compile-time arguments; see fastrnn/cells/base.py).
+# --------------------------------------------------------------------------------------
+
+
+@triton.jit
+def lstm_forward(x0, x1, x2, x3, r0, r1, r2, r3, h_prev, c_prev):
+    """LSTM: ``(h, c, i, f, g, o, unused)``."""
+    i = sigmoid(x0 + r0)
+    f = sigmoid(x1 + r1)
+    g = tanh(x2 + r2)
+    o = sigmoid(x3 + r3)
+    c = f * c_prev + i * g
+    h = o * tanh(c)
+    return h, c, i, f, g, o, h
+
+
+@triton.jit
+def lstm_backward(dh, dc, i, f, g, o, e, c, c_prev, h, h_prev):
+    """LSTM backward from the saved gates and cell states: ``dx == dr`` (b_hh folded)."""
+    tc = tanh(c)
+    dc_total = dc + dh * o * (1.0 - tc * tc)
+    di = dc_total * g * i * (1.0 - i)
+    df = dc_total * c_prev * f * (1.0 - f)
+    dg = dc_total * i * (1.0 - g * g)
+    do = dh * tc * o * (1.0 - o)
+    return di, df, dg, do, di, df, dg, do, dh, dc_total * f
+
+
+@triton.jit
+def gru_forward(x0, x1, x2, x3, r0, r1, r2, r3, h_prev, c_prev):
+    """GRU (torch's rule, ``r2 = W_hn h_prev + b_hn``): ``(h, unused, r, z, n, unused, r2)``."""
+    r = sigmoid(x0 + r0)
+    z = sigmoid(x1 + r1)
+    n = tanh(x2 + r * r2)
+    h = n + z * (h_prev - n)
+    return h, c_prev, r, z, n, n, r2
+
+
+@triton.jit
+def gru_backward(dh, dc, r, z, n, s3, hn, c, c_prev, h, h_prev):
+    """GRU backward: ``dx = (dr, dz, dn)``, recurrent ``(dr, dz, dn * r)``, ``dh * z`` direct."""
+    dn = dh * (1.0 - z) * (1.0 - n * n)
+    dz = dh * (h_prev - n) * z * (1.0 - z)
+    dr = dn * hn * r * (1.0 - r)
+    dhn = dn * r
+    return dr, dz, dn, dn, dr, dz, dhn, dhn, dh * z, dc
+
+
+@triton.jit
+def rnn_tanh_forward(x0, x1, x2, x3, r0, r1, r2, r3, h_prev, c_prev):
+    h = tanh(x0 + r0)
+    return h, c_prev, h, h, h, h, h
+
+
+@triton.jit
+def rnn_tanh_backward(dh, dc, s0, s1, s2, s3, e, c, c_prev, h, h_prev):
+    """From the step's output ``h``: ``dpre = dh * (1 - h^2)``."""
+    d = dh * (1.0 - h * h)
+    return d, d, d, d, d, d, d, d, dh, dc
+
+
+@triton.jit
+def rnn_relu_forward(x0, x1, x2, x3, r0, r1, r2, r3, h_prev, c_prev):
+    # relu that keeps NaN, like torch (NaN < 0 is False)
+    pre = x0 + r0
+    h = tl.where(pre < 0, 0.0, pre)
+    return h, c_prev, h, h, h, h, h
+
+
+@triton.jit
+def rnn_relu_backward(dh, dc, s0, s1, s2, s3, e, c, c_prev, h, h_prev):
+    # torch's relu' zeroes only where the output is <= 0 (NaN passes the gradient)
+    d = tl.where(h <= 0, 0.0, dh)
+    return d, d, d, d, d, d, d, d, dh, dc

@@ -103,15 +103,15 @@ import triton.language as tl
 
 from .cells import (
     KIND_IDS,
-    gru_backward,
-    gru_forward,
+    legacy_gru_backward as gru_backward,
+    legacy_gru_forward as gru_forward,
     gru_hidden_bias,
-    lstm_backward,
-    lstm_forward,
-    rnn_relu_backward,
-    rnn_relu_forward,
-    rnn_tanh_backward,
-    rnn_tanh_forward,
+    legacy_lstm_backward as lstm_backward,
+    legacy_lstm_forward as lstm_forward,
+    legacy_rnn_relu_backward as rnn_relu_backward,
+    legacy_rnn_relu_forward as rnn_relu_forward,
+    legacy_rnn_tanh_backward as rnn_tanh_backward,
+    legacy_rnn_tanh_forward as rnn_tanh_forward,
 )
 from . import fits
 from .fits import CoopConfig

@@ -594,7 +594,7 @@ def tier_for(kind, hidden: int, proj_size: int, dtype, device) -> str:
         >>> tier_for("LSTM", 64, 0, torch.float16, torch.device("cpu"))  # doctest: +SKIP
         'resident'
     """
-    kind = kind.value if isinstance(kind, CellKind) else str(kind)
+    kind = CellKind(kind).value
     device = torch.device(device)
     tier, forced = _chosen_tier(kind, hidden, proj_size, dtype, device)
     if tier != "step":

@@ -1,0 +1,163 @@
+"""What a recurrent cell is to fastrnn: one definition, read by every backend and tier.
+
+A :class:`Cell` says how many stacked gate blocks its weights have, which states it
+carries, how the recurrent pre-activation ``h_{t-1} W_hh^T (+ b_hh)`` meets the input one
+``x_t W_ih^T + b_ih``, and its pointwise math twice: as plain torch functions (the
+reference backend's loop and the differentiable form behind exact second derivatives) and
+as ``@triton.jit`` functions (every kernel tier calls them with register tiles). The
+kernels hold the loop, the GEMMs and the memory traffic; the cell holds the equations.
+
+The pointwise interface, the same in torch and in Triton (tensors of shape
+``(rows, H)`` in torch, tiles in Triton, all in the accumulation dtype)::
+
+    forward(x0, x1, x2, x3, r0, r1, r2, r3, h_prev, c_prev)
+        -> (h, c, s0, s1, s2, s3, e)
+    backward(dh, dc, s0, s1, s2, s3, e, c, c_prev, h, h_prev)
+        -> (dx0, dx1, dx2, dx3, dr0, dr1, dr2, dr3, dh_direct, dc_prev)
+
+``x_k`` is gate ``k``'s input pre-activation and ``r_k`` its recurrent one (``b_hh`` is in
+``x_k`` unless ``recurrent_apart``, then in ``r_k``). Slots ``k >= gates`` carry zeros and
+their results are ignored, as are ``c`` / ``dc_prev`` for a cell without a cell state.
+``s_k`` (``k < gates``) and ``e`` are what the forward keeps for the backward when
+``saves_gates`` / ``saves_extra``. ``dx_k`` is the gradient of ``x_k``, ``dr_k`` of ``r_k``
+(the operand of the recurrent GEMM ``dr @ W_hh``; equal to ``dx_k`` unless
+``recurrent_apart``), ``dh_direct`` the gradient reaching ``h_prev`` outside that GEMM
+(used when ``direct_h_grad``). In torch, unused results may be ``None``.
+
+A definition is registered by name when it is made (:func:`get` finds it again): the name
+is what crosses the ``torch.library`` op boundary.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+#: Gate slots of the pointwise interface (the kernels pass four, LSTM uses all of them).
+MAX_GATES = 4
+
+_REGISTRY: dict[str, "Cell"] = {}
+
+
+def _resolve(fn):
+    """A ``"module:attribute"`` reference imported on first use (keeps triton optional)."""
+    if isinstance(fn, str):
+        module, _, attr = fn.partition(":")
+        return getattr(importlib.import_module(module), attr)
+    return fn
+
+
+@dataclass(frozen=True, eq=False)
+class Cell:
+    """A recurrent cell kind (see the module docstring for the pointwise interface).
+
+    Args:
+        name: unique name; also the ``mode`` fastrnn's layers report.
+        gates: stacked gate blocks in ``W_ih`` / ``W_hh`` (1 to 4).
+        torch_forward, torch_backward: the pointwise math in out-of-place torch ops
+            (differentiable: they give exact second derivatives).
+        triton_forward, triton_backward: the same math as ``@triton.jit`` functions, or
+            ``"module:name"`` strings imported when a kernel first needs them; None when
+            the cell runs on the reference backend only.
+        has_cell_state: carries ``c`` besides ``h`` (LSTM).
+        recurrent_apart: ``b_hh`` cannot be folded into the input projection: the kernels
+            add it to ``h W_hh^T`` and keep the recurrent gradient ``dr`` apart (GRU).
+        saves_gates: the forward keeps ``s0 .. s{gates-1}`` for the backward.
+        saves_extra: the forward keeps ``e`` too.
+        forward_reads_h_prev: the forward reads ``h_prev`` (GRU's interpolation).
+        backward_reads_h: the backward reads ``h``, the step's output (plain RNNs).
+        backward_reads_h_prev: the backward reads ``h_prev``.
+        direct_h_grad: ``dh_direct`` is added to the gradient of ``h_prev``.
+    """
+
+    name: str
+    gates: int
+    torch_forward: Callable
+    torch_backward: Callable
+    triton_forward: object = None
+    triton_backward: object = None
+    has_cell_state: bool = False
+    recurrent_apart: bool = False
+    saves_gates: bool = True
+    saves_extra: bool = False
+    forward_reads_h_prev: bool = False
+    backward_reads_h: bool = False
+    backward_reads_h_prev: bool = False
+    direct_h_grad: bool = False
+    _kernel: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"fastrnn.Cell: name must be a non-empty string, got {self.name!r}")
+        if not isinstance(self.gates, int) or not 1 <= self.gates <= MAX_GATES:
+            raise ValueError(f"fastrnn.Cell {self.name!r}: gates must be an int from 1 to {MAX_GATES}, got {self.gates!r}")
+        known = _REGISTRY.get(self.name)
+        if known is not None and known._identity() != self._identity():
+            raise ValueError(f"fastrnn.Cell: a different cell named {self.name!r} is already defined")
+        # (the same definition made again, e.g. a script run twice, replaces the first)
+        _REGISTRY[self.name] = self
+
+    def _identity(self) -> tuple:
+        def ident(v):
+            return v if isinstance(v, (str, int, bool, type(None))) else getattr(v, "__qualname__", repr(v))
+
+        return tuple(ident(getattr(self, f)) for f in self.__dataclass_fields__ if f != "_kernel")
+
+    # The names the engine reads (the same as CellKind's before cells were definitions).
+    @property
+    def value(self) -> str:
+        return self.name
+
+    @property
+    def recurrent_bias_inside(self) -> bool:
+        return self.recurrent_apart
+
+    @property
+    def states(self) -> tuple[str, ...]:
+        """The states the cell carries from step to step."""
+        return ("h", "c") if self.has_cell_state else ("h",)
+
+    @property
+    def runs_on_triton(self) -> bool:
+        return self.triton_forward is not None and self.triton_backward is not None
+
+    def kernel_constexprs(self) -> dict:
+        """The compile-time arguments every kernel tier takes for this cell."""
+        if not self._kernel:
+            if not self.runs_on_triton:
+                raise RuntimeError(f"fastrnn: cell {self.name!r} has no Triton functions; run it on backend='reference'")
+            self._kernel.update(
+                CELL_FORWARD=_resolve(self.triton_forward),
+                CELL_BACKWARD=_resolve(self.triton_backward),
+                GATES=self.gates,
+                HAS_C=self.has_cell_state,
+                APART=self.recurrent_apart,
+                SAVES=self.saves_gates,
+                EXTRA=self.saves_extra,
+                FWD_H_PREV=self.forward_reads_h_prev,
+                BWD_H=self.backward_reads_h,
+                BWD_H_PREV=self.backward_reads_h_prev,
+                DIRECT=self.direct_h_grad,
+            )
+        return dict(self._kernel)
+
+    def __repr__(self) -> str:
+        return f"fastrnn.Cell({self.name!r}, gates={self.gates})"
+
+    def __reduce__(self):
+        # pickled (DDP, deepcopy of a module) by name: a definition is registered once
+        return (get, (self.name,))
+
+
+def get(name: str) -> Cell:
+    """The cell defined under ``name``."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"fastrnn: no cell named {name!r} is defined (known: {sorted(_REGISTRY)})") from None
+
+
+def defined() -> tuple[Cell, ...]:
+    """Every cell defined so far, built-in ones first."""
+    return tuple(_REGISTRY.values())
