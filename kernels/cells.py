@@ -234,3 +234,24 @@ def rnn_relu_backward(dh, dc, s0, s1, s2, s3, e, c, c_prev, h, h_prev):
     # torch's relu' zeroes only where the output is <= 0 (NaN passes the gradient)
     d = tl.where(h <= 0, 0.0, dh)
     return d, d, d, d, d, d, d, d, dh, dc
+
+
+@triton.jit
+def recurrent_bias(b_hh_ptr, cols, col_mask, H, GATES: tl.constexpr, APART: tl.constexpr, ACC: tl.constexpr,
+                   BLOCK_H: tl.constexpr):
+    """``b_hh`` of the hidden units ``cols`` as four ``(1, BLOCK_H)`` rows, one per gate slot,
+    in ``ACC``: loaded for the gates of a cell whose recurrent pre-activation keeps its bias
+    (``APART``), zeros otherwise (the engine folded ``b_hh`` into the input projection)."""
+    b0 = tl.zeros((1, BLOCK_H), dtype=ACC)
+    b1 = b0
+    b2 = b0
+    b3 = b0
+    if APART:
+        b0 = tl.load(b_hh_ptr + cols, mask=col_mask, other=0.0).to(ACC)[None, :]
+        if GATES > 1:
+            b1 = tl.load(b_hh_ptr + H + cols, mask=col_mask, other=0.0).to(ACC)[None, :]
+        if GATES > 2:
+            b2 = tl.load(b_hh_ptr + 2 * H + cols, mask=col_mask, other=0.0).to(ACC)[None, :]
+        if GATES > 3:
+            b3 = tl.load(b_hh_ptr + 3 * H + cols, mask=col_mask, other=0.0).to(ACC)[None, :]
+    return b0, b1, b2, b3
