@@ -56,7 +56,7 @@ from fastrnn.kinds import CellKind
 import interleave
 
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-GPU_ONLY_REASON = "CUDA-only case (issue 9's GPU anchor shapes); this run is on the CPU"
+GPU_ONLY_REASON = "CUDA-only case (GPU anchor shapes); this run is on the CPU"
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def bench_device() -> torch.device:
     return torch.device(name)
 
 
-# (T, B, I, H): issue 11's CPU grid, small to training-sized
+# (T, B, I, H): the CPU grid, from the sine-to-cosine example's size to training-sized
 GRID = ((10, 1, 1, 32), (100, 1, 128, 128), (100, 8, 64, 64), (100, 32, 256, 256), (50, 64, 512, 512))
 # (T, B, H): public GPU anchors (NX-AI/flashrnn's H100 benchmark; cuDNN's persistent range)
 ANCHORS = ((1024, 16, 768), (1000, 64, 128))

@@ -25,6 +25,13 @@ itself: the launch would). A resident row also fails when it needs more shared m
 than :mod:`fastrnn.kernels.fits` records for that arch (the tier choice reads that
 number to decide whether an entry runs on a device).
 
+``--write PATH`` also writes the table and its summary as Markdown (the repository keeps
+``docs/compile-report.md``), headed by a fingerprint of what it was made from: the list of
+specialisation rows and a hash of the kernel sources. :func:`fingerprint` recomputes it
+without compiling, so a test can tell when the file is stale. ``--import MODULE_OR_PATH``
+(repeatable) imports a module or a ``.py`` file first, so that cells it defines are
+listed with the built-in ones.
+
 ``--sweep`` compiles the resident candidates instead (every kind x dtype x ``BLOCK_H``
 x ``num_warps``) and prints the :data:`~fastrnn.kernels.fits.RESIDENT` table they give.
 
@@ -35,6 +42,9 @@ builds interpreter objects, which cannot be compiled (the report refuses, exit 2
 from __future__ import annotations
 
 import argparse
+import hashlib
+import importlib
+import importlib.util
 import multiprocessing
 import os
 import re
@@ -44,6 +54,7 @@ import tempfile
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import torch
 import triton
@@ -140,7 +151,8 @@ def _warm_up(arch: int) -> None:
 
 
 def _row(spec, arch: int) -> dict:
-    return dict(kernel=f"{spec.kernel_name}:{spec.kind}", dtype=spec.label, config=spec.config.label,
+    kind = getattr(spec.kind, "name", spec.kind)  # a cell kind's name, or the name itself
+    return dict(kernel=f"{spec.kernel_name}:{kind}", dtype=spec.label, config=spec.config.label,
                 arch=f"sm_{arch}", regs=-1, spills=-1, shared=-1, ok=False, error="")
 
 
@@ -275,15 +287,140 @@ def sweep(jobs: int, only: list[str] | None = None) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------------------
-# Command line
-# --------------------------------------------------------------------------------------
-
-
 def _interpreted() -> bool:
     from triton.runtime.interpreter import InterpretedFunction
 
     return isinstance(recurrent_step.recurrent_step_forward_kernel, InterpretedFunction)
+
+
+def import_cells(targets) -> list[Path]:
+    """Import each module name or ``.py`` path of ``targets`` (cell definitions register
+    themselves when made); the source files imported, for the fingerprint."""
+    files = []
+    for target in targets:
+        if target.endswith(".py") or os.sep in target:
+            path = Path(target).resolve()
+            name = f"_fastrnn_report_import_{path.stem}"
+            module = sys.modules.get(name)
+            if module is None:
+                spec = importlib.util.spec_from_file_location(name, path)
+                if spec is None or spec.loader is None:
+                    raise ImportError(f"cannot import {target}")
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[name] = module
+                spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(target)
+        files.append(Path(module.__file__).resolve())
+    return files
+
+
+def row_keys(specs) -> list[str]:
+    """One ``kernel dtype config arch`` line per row the report compiles, in report order."""
+    keys = []
+    for spec in specs:
+        for arch in ARCHS:
+            r = _row(spec, arch)
+            keys.append(f"{r['kernel']} {r['dtype']} {r['config']} {r['arch']}")
+    return keys
+
+
+def sources_digest(extra_files=()) -> str:
+    """sha256 over the kernel sources (``kernels/*.py``, by name) and ``extra_files``."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).resolve().parent.glob("*.py")) + [Path(f) for f in extra_files]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def fingerprint(imports=(), tier: str = "all") -> dict:
+    """What a written report was made from, computed without compiling: the rows (after
+    importing ``imports``) and the digest of the sources."""
+    files = import_cells(imports)
+    keys = row_keys(specialisations(tier))
+    return dict(tier=tier, imports=list(imports), rows=len(keys),
+                rows_sha256=hashlib.sha256("\n".join(keys).encode()).hexdigest(),
+                sources_sha256=sources_digest(files))
+
+
+FINGERPRINT_PREFIX = "<!-- fingerprint: "
+
+
+def format_fingerprint(fp: dict) -> str:
+    return FINGERPRINT_PREFIX + " ".join(
+        f"{k}={','.join(v) if isinstance(v, list) else v}" for k, v in fp.items()) + " -->"
+
+
+def parse_fingerprint(text: str) -> dict | None:
+    """The fingerprint in a written report (None when it has none)."""
+    for line in text.splitlines():
+        if line.startswith(FINGERPRINT_PREFIX) and line.endswith(" -->"):
+            fields = dict(item.split("=", 1) for item in line[len(FINGERPRINT_PREFIX):-4].split())
+            fields["imports"] = [i for i in fields.get("imports", "").split(",") if i]
+            fields["rows"] = int(fields["rows"])
+            return fields
+    return None
+
+
+def command(fp: dict, path: str) -> str:
+    """The command that writes the report ``fp`` describes to ``path``."""
+    parts = ["env -u TRITON_INTERPRET python -m fastrnn.kernels.report"]
+    if fp["tier"] != "all":
+        parts.append(f"--tier {fp['tier']}")
+    parts += [f"--import {i}" for i in fp["imports"]]
+    return " ".join(parts + [f"--write {path}"])
+
+
+_HEADER = ("kernel", "dtype", "config", "arch", "regs", "spills", "shared", "result")
+
+
+def _table_line(r: dict) -> str:
+    result = "pass" if r["ok"] else f"FAIL {r['error']}"
+    return (f"{r['kernel']:<27} {r['dtype']:<18} {r['config']:<18} {r['arch']:<6} {r['regs']:>5} "
+            f"{r['spills']:>6} {r['shared']:>7}  {result}")
+
+
+def summary(rows: list, specs: int) -> str:
+    failed = sum(not r["ok"] for r in rows)
+    return (f"{len(rows)} rows ({specs} specialisations x {len(ARCHS)} archs), {failed} failed, "
+            f"max registers {max(r['regs'] for r in rows)}, max shared {max(r['shared'] for r in rows)} B")
+
+
+def markdown(rows: list, specs: int, fp: dict, path: str) -> str:
+    """The written report: header with the fingerprint, summary per kernel, every row."""
+    spills = sum(r["spills"] > 0 for r in rows)
+    lines = [
+        "# Kernel compile report",
+        "",
+        f"Written by `{command(fp, path)}` (Triton's interpreter off; no GPU needed).",
+        "Do not edit by hand: `tests/test_docs.py` recomputes the fingerprint below from the",
+        "specialisations the launchers can pick and the kernel sources, and fails when this",
+        "file no longer matches them. What the columns mean and what makes a row fail:",
+        "[kernels.md](kernels.md#the-compile-report).",
+        "",
+        format_fingerprint(fp),
+        "",
+        f"Triton {triton.__version__}, torch {torch.__version__}. {summary(rows, specs)}, "
+        f"{spills} rows with spills.",
+        "",
+        "| kernel | rows | failed | max registers | max spills | max shared memory (B) |",
+        "|---|---|---|---|---|---|",
+    ]
+    by_kernel: dict = {}
+    for r in rows:
+        by_kernel.setdefault(r["kernel"], []).append(r)
+    for kernel in sorted(by_kernel):
+        group = by_kernel[kernel]
+        lines.append(f"| `{kernel}` | {len(group)} | {sum(not r['ok'] for r in group)} | "
+                     f"{max(r['regs'] for r in group)} | {max(r['spills'] for r in group)} | "
+                     f"{max(r['shared'] for r in group)} |")
+    header = " | ".join(_HEADER)
+    lines += ["", "## Every row", "", f"| {header} |", "|" + "---|" * len(_HEADER)]
+    for r in rows:
+        result = "pass" if r["ok"] else f"FAIL {r['error']}"
+        lines.append(f"| {r['kernel']} | {r['dtype']} | {r['config']} | {r['arch']} | {r['regs']} | "
+                     f"{r['spills']} | {r['shared']} | {result} |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
@@ -291,6 +428,10 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="compile processes")
     parser.add_argument("--tier", choices=("all", "step", "resident", "cooperative"), default="all",
                         help="which kernels")
+    parser.add_argument("--write", metavar="PATH", help="also write the table and summary as Markdown to PATH "
+                        "(docs/compile-report.md), with the fingerprint tests/test_docs.py checks")
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE_OR_PATH",
+                        help="import a module or .py file first, so the cells it defines are listed (repeatable)")
     parser.add_argument("--sweep", action="store_true", help="compile the resident candidates, print fits.RESIDENT")
     parser.add_argument("--only", action="append", metavar="KIND,DTYPE,BLOCK_H",
                         help="with --sweep: only these entries (repeatable)")
@@ -300,12 +441,14 @@ def main(argv=None) -> int:
               "on in this environment); run the report with the interpreter off.", file=sys.stderr)
         return 2
     if args.sweep:
+        import_cells(args.imports)
         return sweep(args.jobs, args.only)
+    fp = fingerprint(args.imports, args.tier)
     specs = specialisations(args.tier)
     jobs = [(args.tier, i, arch) for i in range(len(specs)) for arch in ARCHS]
     start = time.time()
     if args.jobs > 1:
-        with ProcessPoolExecutor(args.jobs) as pool:
+        with ProcessPoolExecutor(args.jobs, initializer=import_cells, initargs=(args.imports,)) as pool:
             rows = list(pool.map(compile_one, *zip(*jobs)))
     else:
         rows = [compile_one(*job) for job in jobs]
@@ -314,14 +457,12 @@ def main(argv=None) -> int:
     print(header)
     print("-" * len(header))
     for r in rows:
-        result = "pass" if r["ok"] else f"FAIL {r['error']}"
-        print(f"{r['kernel']:<27} {r['dtype']:<18} {r['config']:<18} {r['arch']:<6} {r['regs']:>5} "
-              f"{r['spills']:>6} {r['shared']:>7}  {result}")
-    failed = sum(not r["ok"] for r in rows)
-    print(f"\n{len(rows)} rows ({len(specs)} specialisations x {len(ARCHS)} archs), {failed} failed, "
-          f"max registers {max(r['regs'] for r in rows)}, max shared {max(r['shared'] for r in rows)} B, "
-          f"{time.time() - start:.1f} s")
-    return 1 if failed else 0
+        print(_table_line(r))
+    print(f"\n{summary(rows, len(specs))}, {time.time() - start:.1f} s")
+    if args.write:
+        Path(args.write).write_text(markdown(rows, len(specs), fp, args.write))
+        print(f"wrote {args.write}")
+    return 1 if any(not r["ok"] for r in rows) else 0
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ import interleave  # noqa: E402
 COMMAND = "pytest benchmarks/ --benchmark-only --bench-out"
 FWD, TRAIN = "RNN-fwd-T10-B1-I1-H32", "RNN-fwd+bwd-T10-B1-I1-H32"
 GPU_CASE = "LSTM-fwd-T1024-B16-H768-fp16"
-SKIP_REASON = "CUDA-only case (issue 9's GPU anchor shapes); this run is on the CPU"
+SKIP_REASON = "CUDA-only case (GPU anchor shapes); this run is on the CPU"
 
 
 def _env(**extra):

@@ -1,11 +1,30 @@
-"""The usage examples in the public docstrings run and print what they say."""
+"""The documentation stays true to the code.
+
+- The usage examples in the public docstrings run and print what they say.
+- ``docs/compile-report.md`` was written from the kernel sources and specialisations of this
+  tree (its fingerprint, recomputed without compiling), and every row in it passes.
+- Every ``FASTRNN_*`` environment variable the tree reads is in ``docs/environment.md``.
+- The tier table of ``docs/kernels.md`` is the one the tier choice gives.
+- Relative links and their anchors resolve; the README stays a front door (short, no
+  project history).
+"""
+
+from __future__ import annotations
 
 import doctest
+import re
+from pathlib import Path
 
 import pytest
+import torch
 
 import fastrnn.functional
 import fastrnn.modules
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = REPO / "docs"
+COMPILE_REPORT = DOCS / "compile-report.md"
+PAGES = [REPO / "README.md", REPO / "CONTRIBUTING.md", *sorted(DOCS.glob("*.md"))]
 
 
 @pytest.mark.parametrize("module", [fastrnn.modules, fastrnn.functional], ids=lambda m: m.__name__)
@@ -13,3 +32,144 @@ def test_docstring_examples(module):
     result = doctest.testmod(module)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+
+
+def _report_rows(text: str) -> list[list[str]]:
+    """The cells of each row of the "Every row" table."""
+    table = text[text.index("## Every row"):].splitlines()
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table if line.startswith("| ")]
+    assert rows and rows[0][0] == "kernel", rows[:1]
+    return rows[1:]
+
+
+def test_compile_report_is_current(monkeypatch):
+    pytest.importorskip("triton", reason="the compile report's specialisations need triton")
+    from fastrnn.kernels import report
+
+    text = COMPILE_REPORT.read_text()
+    written = report.parse_fingerprint(text)
+    assert written is not None, f"{COMPILE_REPORT.name} has no fingerprint line"
+    command = report.command(written, "docs/compile-report.md")
+    monkeypatch.chdir(REPO)  # --import paths are relative to the repository root
+    now = report.fingerprint(written["imports"], written["tier"])
+    listed = [" ".join(row[:4]) for row in _report_rows(text)]
+    expected = report.row_keys(report.specialisations(written["tier"]))
+    stale = f"docs/compile-report.md is stale: run {command}"
+    missing, extra = sorted(set(expected) - set(listed)), sorted(set(listed) - set(expected))
+    assert listed == expected, f"{stale}\nnot in the file: {missing[:10]}\nno longer compiled: {extra[:10]}"
+    assert now == written, f"{stale}\n(the kernel sources changed since it was written)"
+
+
+def test_compile_report_rows_all_pass():
+    failed = [row for row in _report_rows(COMPILE_REPORT.read_text()) if row[-1] != "pass"]
+    assert not failed, failed[:10]
+    assert all(int(row[5]) == 0 for row in _report_rows(COMPILE_REPORT.read_text())), "a row spills"
+
+
+
+_SOURCES = ("fastrnn", "kernels", "tests", "benchmarks", "examples", ".ci")
+
+
+def _variables_in_tree() -> set[str]:
+    names, constants = set(), set()
+    for top in _SOURCES:
+        for path in (REPO / top).rglob("*"):
+            if path.is_symlink() or not path.is_file() or path.suffix not in (".py", "") or "__pycache__" in path.parts:
+                continue
+            text = path.read_text(errors="replace")
+            names |= set(re.findall(r"\bFASTRNN_[A-Z0-9_]+\b", text))
+            constants |= set(re.findall(r"^\s*(FASTRNN_[A-Z0-9_]+)\s*=", text, re.M))  # Python names, not variables
+    return names - constants
+
+
+def test_every_environment_variable_is_documented():
+    documented = set(re.findall(r"^\| `([A-Z][A-Z0-9_]+)` \|", (DOCS / "environment.md").read_text(), re.M))
+    used = _variables_in_tree()
+    assert {"FASTRNN_BACKEND", "FASTRNN_TIER", "FASTRNN_FULL"} <= used
+    assert used <= documented, f"not in docs/environment.md: {sorted(used - documented)}"
+    assert "TRITON_INTERPRET" in documented
+
+
+
+_KINDS = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
+_DTYPES = {"fp32 / TF32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
+
+
+def _ranges(values: list[int]) -> str:
+    spans, start = [], None
+    for h in range(1, max(values, default=0) + 2):
+        if h in values and start is None:
+            start = h
+        elif h not in values and start is not None:
+            spans.append(f"H ≤ {h - 1}" if start == 1 else f"{start} ≤ H ≤ {h - 1}")
+            start = None
+    return ", ".join(spans) or "—"
+
+
+def resident_table() -> str:
+    """The table of docs/kernels.md: where ``auto`` runs the resident tier (sm_90)."""
+    from fastrnn.backends.triton_backend import tier_for
+
+    lines = ["| cell | " + " | ".join(_DTYPES) + " |", "|---|" + "---|" * len(_DTYPES)]
+    for kind in _KINDS:
+        cells = [_ranges([h for h in range(1, 513) if tier_for(kind, h, 0, dtype, "cpu") == "resident"])
+                 for dtype in _DTYPES.values()]
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def test_kernels_doc_resident_table(monkeypatch):
+    pytest.importorskip("triton", reason="the tier choice reads the kernels' fits table")
+    monkeypatch.delenv("FASTRNN_TIER", raising=False)
+    monkeypatch.setenv("FASTRNN_SELF_CHECK", "0")
+    table = resident_table()
+    assert table in (DOCS / "kernels.md").read_text(), f"docs/kernels.md should hold this table:\n{table}"
+
+
+
+
+def _anchors(path: Path) -> set[str]:
+    """GitHub's anchors for the headings of ``path``."""
+    anchors = set()
+    in_code = False
+    for line in path.read_text().splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        elif not in_code and line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return anchors
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
+def test_relative_links_resolve(page):
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    text = re.sub(r"`[^`\n]*`", "", text)  # code spans: `kernel[grid](...)` is no link
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target):
+            continue
+        file, _, anchor = target.partition("#")
+        resolved = (page.parent / file).resolve() if file else page
+        if not resolved.exists():
+            broken.append(target)
+        elif anchor and resolved.suffix == ".md" and anchor not in _anchors(resolved):
+            broken.append(target)
+    assert not broken, f"{page.name}: {broken}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
+def test_prose_has_no_project_history(page):
+    text = page.read_text()
+    assert not re.search(r"\bissue\s+#?\d+|#\d{1,4}\b", text, re.I), re.search(r".*issue.*", text, re.I)
+    assert "DESIGN.md" not in text  # not part of the repository
+
+
+def test_readme_is_a_front_door():
+    text = (REPO / "README.md").read_text()
+    assert len(text.splitlines()) <= 400
+    for command in ("bash .ci/run", "pytest benchmarks/ --benchmark-only --bench-out benchmarks/results/cpu",
+                    "benchmarks/results/cpu.png"):
+        assert command in text, command
