@@ -173,3 +173,10 @@ def test_readme_is_a_front_door():
     for command in ("bash .ci/run", "pytest benchmarks/ --benchmark-only --bench-out benchmarks/results/cpu",
                     "benchmarks/results/cpu.png"):
         assert command in text, command
+
+
+def test_readme_python_blocks_run():
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    assert len(blocks) >= 2
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})
