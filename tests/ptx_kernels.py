@@ -1,0 +1,87 @@
+"""Small Triton kernels whose PTX the tests of :mod:`fastrnn.kernels.ptx` read.
+
+A cooperative-style kernel with a correct grid barrier (the primitives of
+:func:`fastrnn.kernels.cooperative.grid_barrier`) and broken variants of it, plus TF32 dot
+kernels with and without :func:`fastrnn.kernels.precision.tf32_round` on the operands.
+Compiled ahead of time only (no launch), in a process with Triton's interpreter off.
+"""
+
+import triton
+import triton.language as tl
+
+from fastrnn.kernels.precision import tf32_round
+
+
+@triton.jit
+def _barrier(sync_ptr, index, timeout_us, BEFORE: tl.constexpr, EVERY_THREAD: tl.constexpr,
+             AFTER: tl.constexpr, BLOCK: tl.constexpr):
+    if BEFORE:
+        tl.debug_barrier()
+    counter = sync_ptr + 1 + index
+    if EVERY_THREAD:
+        tl.atomic_add(counter + tl.zeros([BLOCK], tl.int32), 1, sem="release", scope="gpu")
+    else:
+        tl.atomic_add(counter, 1, sem="release", scope="gpu")
+    timeout_ns = timeout_us.to(tl.int64) * 1000
+    arrived = tl.atomic_poll(counter, tl.num_programs(0), sem="acquire", scope="gpu", timeout_ns=timeout_ns)
+    if AFTER:
+        tl.debug_barrier()
+    if not arrived:
+        tl.atomic_cas(sync_ptr, 0, index + 1, sem="relaxed", scope="gpu")
+    return arrived
+
+
+@triton.jit
+def ring_kernel(x_ptr, sync_ptr, T, timeout_us, BLOCK: tl.constexpr, BEFORE: tl.constexpr,
+                EVERY_THREAD: tl.constexpr, AFTER: tl.constexpr):
+    """Each step, every program reads its neighbour's row of step ``t`` and writes its own
+    row of step ``t + 1``; a grid barrier between steps."""
+    pid = tl.program_id(0)
+    n = tl.num_programs(0)
+    cols = tl.arange(0, BLOCK)
+    t = 0
+    ok = True
+    while (t < T) & ok:
+        v = tl.load(x_ptr + (t * n + (pid + 1) % n) * BLOCK + cols)
+        tl.store(x_ptr + ((t + 1) * n + pid) * BLOCK + cols, v * 0.5 + 1.0)
+        ok = _barrier(sync_ptr, t, timeout_us, BEFORE, EVERY_THREAD, AFTER, BLOCK)
+        t += 1
+
+
+#: The broken variants: constexprs of ring_kernel -> the problem the checker must report.
+RING_VARIANTS = {
+    "correct": dict(BEFORE=True, EVERY_THREAD=False, AFTER=True),
+    "no_bar_before_release": dict(BEFORE=False, EVERY_THREAD=False, AFTER=True),
+    "release_by_every_thread": dict(BEFORE=True, EVERY_THREAD=True, AFTER=True),
+    "no_bar_after_acquire": dict(BEFORE=True, EVERY_THREAD=False, AFTER=False),
+}
+
+
+@triton.jit
+def tf32_dot_kernel(a_ptr, b_ptr, c_ptr, M: tl.constexpr, N: tl.constexpr, K: tl.constexpr,
+                    ROUND: tl.constexpr):
+    """``c = a @ b`` for one ``[M, K] x [K, N]`` fp32 tile in TF32, the operands rounded by
+    :func:`tf32_round` first when ``ROUND``."""
+    m, n, k = tl.arange(0, M), tl.arange(0, N), tl.arange(0, K)
+    a = tl.load(a_ptr + m[:, None] * K + k[None, :])
+    b = tl.load(b_ptr + k[:, None] * N + n[None, :])
+    if ROUND:
+        a = tf32_round(a)
+        b = tf32_round(b)
+    c = tl.dot(a, b, input_precision="tf32")
+    tl.store(c_ptr + m[:, None] * N + n[None, :], c)
+
+
+@triton.jit
+def tf32_round_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
+    """``y = tf32_round(x)`` elementwise (the interpreter runs the bit form)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    tl.store(y_ptr + offs, tf32_round(tl.load(x_ptr + offs, mask=mask)), mask=mask)
+
+
+@triton.jit
+def fma_kernel(x_ptr, y_ptr, z_ptr, out_ptr, BLOCK: tl.constexpr):
+    """``out = x * y + z``: an FMA when fusion is on, ``mul`` + ``add`` when it is off."""
+    offs = tl.arange(0, BLOCK)
+    tl.store(out_ptr + offs, tl.load(x_ptr + offs) * tl.load(y_ptr + offs) + tl.load(z_ptr + offs))
