@@ -35,454 +35,13 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass, field
 
-_TYPE_BYTES = {"b8": 1, "u8": 1, "s8": 1, "b16": 2, "u16": 2, "s16": 2, "f16": 2, "bf16": 2,
-               "b32": 4, "u32": 4, "s32": 4, "f32": 4, "tf32": 4, "b64": 8, "u64": 8, "s64": 8,
-               "f64": 8, "b128": 16, "f16x2": 4, "bf16x2": 4}
-_NO_DEST = ("st", "red", "bar", "barrier", "bra", "ret", "exit", "trap", "fence", "membar", "cp",
-            "prefetch", "stmatrix", "wgmma.fence", "wgmma.commit_group", "wgmma.wait_group", "label",
-            "griddepcontrol", "mbarrier.init", "mbarrier.arrive", "mbarrier.expect_tx")
-_REG = re.compile(r"%[A-Za-z_$][\w$]*(?:\.[xyz])?")
-_LABEL = re.compile(r"^\s*([$A-Za-z_][\w$]*)\s*:(?!:)")
-_GUARD = re.compile(r"^@(!?)(%[\w$]+)\s+")
+from .ptx_reader import (REGISTER, Instr, Kernel, Threads, address_of, immediate, in_global_space, is_acquire_fence,
+                         is_barrier, is_global_load, is_global_store, is_release, natural_loops, parse, reads_timer,
+                         time_loop, unblocked, width_bytes)
 
-
-@dataclass
-class Instr:
-    """One PTX instruction (or a ``label`` pseudo-instruction marking a label)."""
-
-    index: int
-    opcode: str
-    operands: list
-    text: str
-    guard: str | None = None
-    negated: bool = False
-    block: int = -1
-
-    def parts(self) -> list:
-        return self.opcode.split(".")
-
-    def dests(self) -> list:
-        if self.opcode.startswith(_NO_DEST) or not self.operands:
-            return []
-        return _REG.findall(self.operands[0].split("[")[0])
-
-
-@dataclass
-class Kernel:
-    """The instructions, blocks and control-flow graph of one ``.entry``."""
-
-    name: str
-    instrs: list
-    ntid: int
-    blocks: list = field(default_factory=list)  # (first, last) instruction indices
-    labels: dict = field(default_factory=dict)  # label -> block
-    succ: list = field(default_factory=list)  # block -> [(block, guard, truth taken on)]
-    defs: dict = field(default_factory=dict)  # register -> [instruction index]
-
-    def successors(self, i: int) -> list:
-        b = self.instrs[i].block
-        return [i + 1] if i < self.blocks[b][1] else [self.blocks[s][0] for s, _, _ in self.succ[b]]
-
-    def predecessors(self) -> list:
-        preds = [[] for _ in self.instrs]
-        for i in range(len(self.instrs)):
-            for j in self.successors(i):
-                preds[j].append(i)
-        return preds
-
-
-# --------------------------------------------------------------------------------------
-# Parsing
-# --------------------------------------------------------------------------------------
-
-
-def _split_operands(text: str) -> list:
-    out, depth, cur = [], 0, ""
-    for ch in text:
-        if ch in "{[":
-            depth += 1
-        elif ch in "}]":
-            depth -= 1
-        if ch == "," and depth == 0:
-            out.append(cur.strip())
-            cur = ""
-        else:
-            cur += ch
-    if cur.strip():
-        out.append(cur.strip())
-    return out
-
-
-def _statements(body: list) -> list:
-    """``("label", name)`` and ``("instr", text)`` items of a function body, in order."""
-    items, pending = [], ""
-    for line in body:
-        line = re.sub(r"//.*", "", line).strip()
-        while True:
-            m = _LABEL.match(line)
-            if not m:
-                break
-            items.append(("label", m.group(1)))
-            line = line[m.end():].strip()
-        if not line or (line.startswith(".") and not pending):
-            continue  # directives (.reg, .loc, .pragma ...)
-        pending += " " + line
-        while ";" in pending:
-            stmt, pending = pending.split(";", 1)
-            stmt = stmt.strip().strip("{}").strip()
-            if stmt and not stmt.startswith("."):
-                items.append(("instr", stmt))
-        pending = pending.strip().strip("{}").strip()
-    return items
-
-
-def parse(ptx: str) -> list:
-    """The kernels (``.entry`` functions) of a PTX module, with their control-flow graphs."""
-    ptx = re.sub(r"/\*.*?\*/", "", ptx, flags=re.S)
-    lines = ptx.splitlines()
-    kernels, i = [], 0
-    while i < len(lines):
-        m = re.search(r"\.entry\s+([\w$]+)", lines[i])
-        if not m:
-            i += 1
-            continue
-        name, ntid = m.group(1), None
-        while lines[i].strip() != "{":
-            t = re.search(r"\.(?:reqntid|maxntid)\s+(\d+)(?:\s*,\s*(\d+))?(?:\s*,\s*(\d+))?", lines[i])
-            if t:
-                ntid = 1
-                for v in t.groups():
-                    ntid *= int(v or 1)
-            i += 1
-        depth, start = 0, i
-        while True:
-            s = lines[i].strip()
-            depth += s == "{"
-            depth -= s == "}"
-            i += 1
-            if depth == 0:
-                break
-        kernels.append(_build(name, ntid or 1024, _statements(lines[start + 1:i - 1])))
-    return kernels
-
-
-def _build(name: str, ntid: int, items: list) -> Kernel:
-    instrs = []
-    for kind, text in items:
-        if kind == "label":
-            instrs.append(Instr(len(instrs), "label", [text], text + ":"))
-            continue
-        guard, negated = None, False
-        g = _GUARD.match(text)
-        if g:
-            negated, guard, text = g.group(1) == "!", g.group(2), text[g.end():]
-        opcode, _, rest = text.partition(" ")
-        instrs.append(Instr(len(instrs), opcode.strip(), _split_operands(rest.strip()), text.strip(), guard, negated))
-    if not instrs:
-        instrs.append(Instr(0, "ret", [], "ret"))
-    k = Kernel(name, instrs, ntid)
-    start = 0
-    for i, ins in enumerate(instrs):
-        ends = ins.opcode.split(".")[0] in ("bra", "ret", "exit", "trap")
-        if i + 1 == len(instrs) or instrs[i + 1].opcode == "label" or ends:
-            k.blocks.append((start, i))
-            start = i + 1
-    for b, (first, last) in enumerate(k.blocks):
-        for j in range(first, last + 1):
-            instrs[j].block = b
-        if instrs[first].opcode == "label":
-            k.labels[instrs[first].operands[0]] = b
-    for b, (first, last) in enumerate(k.blocks):
-        ins, edges = instrs[last], []
-        op = ins.opcode.split(".")[0]
-        falls = b + 1 < len(k.blocks)
-        if op == "bra":
-            edges.append((k.labels[ins.operands[0]], ins.guard, not ins.negated if ins.guard else None))
-            if ins.guard and falls:
-                edges.append((b + 1, ins.guard, ins.negated))
-        elif op in ("ret", "exit", "trap"):
-            if ins.guard and falls:
-                edges.append((b + 1, ins.guard, ins.negated))
-        elif falls:
-            edges.append((b + 1, None, None))
-        k.succ.append(edges)
-    for ins in instrs:
-        for r in ins.dests():
-            k.defs.setdefault(r, []).append(ins.index)
-    return k
-
-
-# --------------------------------------------------------------------------------------
-# Per-thread values and thread sets
-# --------------------------------------------------------------------------------------
-
-
-def _imm(text: str):
-    text = text.strip()
-    try:
-        return int(text, 0) if not re.match(r"^-?0[fFdD]", text) else None
-    except ValueError:
-        return None
-
-
-class Threads:
-    """Which threads of the block may run each instruction of ``kernel``."""
-
-    def __init__(self, kernel: Kernel):
-        self.k, self.n = kernel, kernel.ntid
-        self.all = (1 << self.n) - 1
-        self._values: dict = {}
-        self.block_mask = self._reach()
-
-    def _operand(self, text: str) -> list:
-        v = _imm(text)
-        if v is not None:
-            return [v] * self.n
-        return self.value(text) if text.startswith("%") else [None] * self.n
-
-    def value(self, reg: str) -> list:
-        """The value of ``reg`` per thread (None: unknown)."""
-        if reg in self._values:
-            return self._values[reg]
-        special = {"%tid.x": list(range(self.n)), "%tid.y": [0] * self.n, "%tid.z": [0] * self.n,
-                   "%ntid.x": [self.n] * self.n, "%laneid": [t % 32 for t in range(self.n)]}
-        if reg in special:
-            return special[reg]
-        self._values[reg] = [None] * self.n  # a cycle through reg: unknown
-        sites = [self._eval(self.k.instrs[i], reg) for i in self.k.defs.get(reg, [])]
-        out = sites[0] if sites else [None] * self.n
-        for other in sites[1:]:
-            out = [a if a == b else None for a, b in zip(out, other)]
-        self._values[reg] = out
-        return out
-
-    def _eval(self, ins: Instr, reg: str) -> list:
-        parts, ops = ins.parts(), ins.operands
-        op, n = parts[0], self.n
-        if ins.guard or len(ins.dests()) != 1:
-            return [None] * n
-        wide = any(p in ("b64", "u64", "s64") for p in parts)
-        mask = (1 << (64 if wide else 32)) - 1
-        if op == "setp" and "|" not in ops[0] and len(ops) == 3 and len(parts) == 3:
-            a, b = self._operand(ops[1]), self._operand(ops[2])
-            signed = parts[2].startswith("s")
-            bits = 64 if parts[2].endswith("64") else 32
-
-            def sx(x):
-                x &= (1 << bits) - 1
-                return x - (1 << bits) if signed and x >> (bits - 1) else x
-
-            cmp = {"eq": lambda x, y: x == y, "ne": lambda x, y: x != y, "lt": lambda x, y: x < y,
-                   "le": lambda x, y: x <= y, "gt": lambda x, y: x > y, "ge": lambda x, y: x >= y,
-                   "lo": lambda x, y: x < y, "ls": lambda x, y: x <= y, "hi": lambda x, y: x > y,
-                   "hs": lambda x, y: x >= y}.get(parts[1])
-            if cmp is None:
-                return [None] * n
-            return [None if x is None or y is None else int(cmp(sx(x), sx(y))) for x, y in zip(a, b)]
-        srcs = [self._operand(o) for o in ops[1:]]
-        if op in ("mov", "cvt") and len(srcs) == 1:
-            return [None if x is None else x & mask for x in srcs[0]]
-        if op == "not" and len(srcs) == 1:
-            pred = "pred" in parts
-            return [None if x is None else (int(not x) if pred else ~x & mask) for x in srcs[0]]
-        if op == "selp" and len(srcs) == 3:
-            return [None if c is None else (x if c else y) for x, y, c in zip(*srcs)]
-        if op == "bfe" and len(srcs) == 3:
-            return [None if None in (x, s, w) else (x >> s) & ((1 << w) - 1) for x, s, w in zip(*srcs)]
-        binary = {"and": lambda x, y: x & y, "or": lambda x, y: x | y, "xor": lambda x, y: x ^ y,
-                  "add": lambda x, y: x + y, "sub": lambda x, y: x - y, "mul": lambda x, y: x * y,
-                  "shl": lambda x, y: x << y, "shr": lambda x, y: x >> y,
-                  "rem": lambda x, y: x % y if y else None, "div": lambda x, y: x // y if y else None,
-                  "min": min, "max": max}
-        if op in binary and len(srcs) == 2 and not (op == "mul" and "wide" in parts) and not \
-                any(p.startswith(("s", "f")) and p[1:].isdigit() for p in parts[1:] if op in ("shr", "div", "rem")):
-            f, out = binary[op], []
-            for x, y in zip(*srcs):
-                if x is not None and y is not None:
-                    r = f(x, y)
-                    out.append(None if r is None else r & mask)
-                elif op == "and" and 0 in (x, y):
-                    out.append(0)
-                elif op == "or" and "pred" in parts and 1 in (x, y):
-                    out.append(1)
-                elif op == "mul" and 0 in (x, y):
-                    out.append(0)
-                else:
-                    out.append(None)
-            return out
-        return [None] * n
-
-    def may_be(self, reg: str, truth: bool) -> int:
-        """Bit mask of the threads where predicate ``reg`` may be ``truth``."""
-        bits = 0
-        for t, v in enumerate(self.value(reg)):
-            if v is None or bool(v) == truth:
-                bits |= 1 << t
-        return bits
-
-    def _reach(self) -> list:
-        k = self.k
-        masks = [0] * len(k.blocks)
-        masks[0] = self.all
-        work = [0]
-        while work:
-            b = work.pop()
-            for s, guard, truth in k.succ[b]:
-                m = masks[b] & (self.may_be(guard, truth) if guard else self.all)
-                if m & ~masks[s]:
-                    masks[s] |= m
-                    work.append(s)
-        return masks
-
-    def of(self, ins: Instr) -> int:
-        """Bit mask of the threads that may run ``ins``."""
-        m = self.block_mask[ins.block]
-        return m & self.may_be(ins.guard, not ins.negated) if ins.guard else m
-
-
-# --------------------------------------------------------------------------------------
-# Instruction classes
-# --------------------------------------------------------------------------------------
-
-
-def _is_barrier(ins: Instr) -> bool:
-    """A CTA-wide barrier that waits (not ``bar.arrive``, not a named partial barrier)."""
-    p = ins.parts()
-    whole = len(ins.operands) <= 1 or (len(ins.operands) == 2 and p[0] == "bar" and p[1] == "red")
-    return not ins.guard and whole and (p[:2] in (["bar", "sync"], ["barrier", "sync"], ["bar", "red"])
-                                        or p[:3] in (["bar", "cta", "sync"], ["barrier", "cta", "sync"]))
-
-
-def _is_release(ins: Instr) -> bool:
-    """A GPU- or system-scope release (or acq_rel) atomic add: a grid barrier's arrival."""
-    p = ins.parts()
-    return p[0] in ("red", "atom") and ("release" in p or "acq_rel" in p) and ("gpu" in p or "sys" in p) \
-        and ("add" in p or "inc" in p)
-
-
-def _global(ins: Instr) -> bool:
-    p = ins.parts()
-    return "global" in p or not ({"shared", "local", "param", "const"} & set(p) or any(x.startswith("shared::")
-                                                                                         for x in p))
-
-
-def _is_global_store(ins: Instr) -> bool:
-    p = ins.parts()
-    if p[0] == "st" or p[0] in ("red", "atom"):
-        return _global(ins)
-    return p[0] == "cp" and "bulk" in p and ins.opcode.find("global.shared") >= 0
-
-
-def _is_global_load(ins: Instr) -> bool:
-    p = ins.parts()
-    if p[0] == "ld":
-        return _global(ins)
-    return p[0] == "cp" and ("global" in p or "tensor" in p) and ("shared" in p or any(x.startswith("shared::")
-                                                                                      for x in p)) \
-        and ins.opcode.find("global.shared") < 0
-
-
-def _is_acquire_fence(ins: Instr) -> bool:
-    p = ins.parts()
-    return p[0] == "fence" and ("acquire" in p or "acq_rel" in p or "sc" in p) and ("gpu" in p or "sys" in p)
-
-
-def _reads_timer(ins: Instr) -> bool:
-    return any("%globaltimer" in o for o in ins.operands)
-
-
-def _address(ins: Instr) -> str | None:
-    for o in ins.operands:
-        if o.startswith("["):
-            return re.sub(r"\s+", "", o)
-    return None
-
-
-def _width(ins: Instr) -> int:
-    p = ins.parts()
-    vec = next((int(x[1:]) for x in p if re.fullmatch(r"v\d+", x)), 1)
-    size = next((_TYPE_BYTES[x] for x in reversed(p) if x in _TYPE_BYTES), 0)
-    if p[0] == "cp" and len(ins.operands) >= 3 and _imm(ins.operands[2]) is not None:
-        return _imm(ins.operands[2])
-    return vec * size
-
-
-# --------------------------------------------------------------------------------------
-# Paths, loops
-# --------------------------------------------------------------------------------------
-
-
-def _unblocked(k: Kernel, start: int, forward: bool, preds=None) -> list:
-    """Instructions reachable from ``start`` (forward, or backward when ``forward`` is
-    False) along paths with no CTA-wide barrier, ``start`` excluded (unless on a cycle)."""
-    step = k.successors if forward else (lambda i: preds[i])
-    seen, work, out = set(), list(step(start)), []
-    while work:
-        i = work.pop()
-        if i in seen:
-            continue
-        seen.add(i)
-        out.append(i)
-        if not _is_barrier(k.instrs[i]):
-            work.extend(step(i))
-    return out
-
-
-def _loops(k: Kernel) -> dict:
-    """Natural loops: header block -> set of body blocks."""
-    n = len(k.blocks)
-    reachable, work = {0}, [0]
-    while work:
-        for s, _, _ in k.succ[work.pop()]:
-            if s not in reachable:
-                reachable.add(s)
-                work.append(s)
-    preds = [[] for _ in range(n)]
-    for b in reachable:  # unreachable blocks (labels after a branch) are no way in
-        for s, _, _ in k.succ[b]:
-            preds[s].append(b)
-    full = (1 << n) - 1
-    dom = [full] * n
-    dom[0] = 1
-    changed = True
-    while changed:
-        changed = False
-        for b in range(1, n):
-            new = full
-            for p in preds[b]:
-                new &= dom[p]
-            new = (new if preds[b] else 0) | (1 << b)
-            if new != dom[b]:
-                dom[b], changed = new, True
-    loops: dict = {}
-    for u in reachable:
-        for h, _, _ in k.succ[u]:
-            if dom[u] >> h & 1:
-                body, work = {h, u}, [u]
-                while work:
-                    x = work.pop()
-                    if x == h:
-                        continue
-                    for p in preds[x]:
-                        if p not in body:
-                            body.add(p)
-                            work.append(p)
-                loops.setdefault(h, set()).update(body)
-    return loops
-
-
-def time_loop(k: Kernel) -> tuple:
-    """``(header block, body blocks)`` of the time loop: the largest natural loop holding a
-    grid-barrier release, else the largest loop (by instruction count); ``(None, set())``
-    when the kernel has no loop."""
-    loops = list(_loops(k).items())
-    size = lambda body: sum(k.blocks[b][1] - k.blocks[b][0] + 1 for b in body)  # noqa: E731
-    with_release = [(h, body) for h, body in loops if any(
-        _is_release(k.instrs[i]) for b in body for i in range(k.blocks[b][0], k.blocks[b][1] + 1))]
-    candidates = with_release or loops
-    return max(candidates, key=lambda hb: size(hb[1])) if candidates else (None, set())
+__all__ = ["barrier_problems", "static_profile", "format_profile", "scalar_16bit_global_loads", "tf32_mma_unrounded",
+           "parse", "Threads", "Kernel", "Instr", "time_loop"]
 
 
 # --------------------------------------------------------------------------------------
@@ -522,40 +81,40 @@ def barrier_problems(ptx: str) -> list:
 def _kernel_barrier_problems(k: Kernel) -> list:
     threads = Threads(k)
     live = [ins for ins in k.instrs if threads.of(ins)]
-    releases = [ins for ins in live if _is_release(ins)]
+    releases = [ins for ins in live if is_release(ins)]
     if not releases:
         return ["no grid-barrier release (a gpu-scope release atomic add)"]
     problems, preds = [], k.predecessors()
-    addresses = {_address(r) for r in releases}
+    addresses = {address_of(r) for r in releases}
     for r in releases:
-        stores = [k.instrs[i] for i in _unblocked(k, r.index, False, preds)
-                  if _is_global_store(k.instrs[i]) and not _is_release(k.instrs[i]) and threads.of(k.instrs[i])]
+        stores = [k.instrs[i] for i in unblocked(k, r.index, False, preds)
+                  if is_global_store(k.instrs[i]) and not is_release(k.instrs[i]) and threads.of(k.instrs[i])]
         if stores:
             problems.append(f"global store {_short(stores[0])} reaches the release {_short(r)} with no bar.sync "
                             f"on the way ({len(stores)} such stores)")
-        count = bin(threads.of(r)).count("1")
+        count = threads.of(r).bit_count()
         if count > 1:
             problems.append(f"the release {_short(r)} may run on {count} threads, not one")
-    polls = [ins for ins in live if not _is_release(ins) and (
-        (ins.parts()[0] in ("ld", "atom") and _address(ins) in addresses)
-        or (ins.parts()[0] == "ld" and "acquire" in ins.parts() and _global(ins)))]
+    polls = [ins for ins in live if not is_release(ins) and (
+        (ins.parts()[0] in ("ld", "atom") and address_of(ins) in addresses)
+        or (ins.parts()[0] == "ld" and "acquire" in ins.parts() and in_global_space(ins)))]
     if not polls:
         problems.append("no poll of the barrier counter (a load or atomic on the release's address)")
-    loops = _loops(k)
+    loops = natural_loops(k)
     for p in polls:
-        count = bin(threads.of(p)).count("1")
+        count = threads.of(p).bit_count()
         if count > 1:
             problems.append(f"the poll {_short(p)} may run on {count} threads, not one")
         around = [body for body in loops.values() if p.block in body]
         inner = min(around, key=len) if around else set()
-        if not any(_reads_timer(k.instrs[i]) for b in inner for i in range(k.blocks[b][0], k.blocks[b][1] + 1)):
+        if not any(reads_timer(k.instrs[i]) for b in inner for i in range(k.blocks[b][0], k.blocks[b][1] + 1)):
             problems.append(f"the poll {_short(p)} is not in a loop bounded by %globaltimer")
-    acquires = [ins for ins in live if _is_acquire_fence(ins) or (ins in polls and "acquire" in ins.parts())]
+    acquires = [ins for ins in live if is_acquire_fence(ins) or (ins in polls and "acquire" in ins.parts())]
     if not acquires:
         problems.append("no gpu-scope acquire after the poll (fence.acquire.gpu / fence.acq_rel.gpu / ld.acquire)")
     for a in acquires:
-        loads = [k.instrs[i] for i in _unblocked(k, a.index, True)
-                 if _is_global_load(k.instrs[i]) and k.instrs[i] not in polls and threads.of(k.instrs[i])]
+        loads = [k.instrs[i] for i in unblocked(k, a.index, True)
+                 if is_global_load(k.instrs[i]) and k.instrs[i] not in polls and threads.of(k.instrs[i])]
         if loads:
             problems.append(f"the acquire {_short(a)} reaches the global load {_short(loads[0])} with no bar.sync "
                             f"on the way ({len(loads)} such loads)")
@@ -569,16 +128,16 @@ def _kernel_barrier_problems(k: Kernel) -> list:
 
 def _profile_key(ins: Instr) -> str | None:
     p = ins.parts()
-    if _is_barrier(ins):
+    if is_barrier(ins):
         return "bar.sync"
-    if _is_release(ins):
+    if is_release(ins):
         return "release"
-    if p[0] == "ld" and _global(ins):
-        return f"ld.global.{_width(ins)}B"
-    if p[0] == "st" and _global(ins):
-        return f"st.global.{_width(ins)}B"
-    if p[0] == "cp" and _is_global_load(ins):
-        return f"cp.async.{_width(ins)}B" if "bulk" not in p else "cp.async.bulk"
+    if p[0] == "ld" and in_global_space(ins):
+        return f"ld.global.{width_bytes(ins)}B"
+    if p[0] == "st" and in_global_space(ins):
+        return f"st.global.{width_bytes(ins)}B"
+    if p[0] == "cp" and is_global_load(ins):
+        return f"cp.async.{width_bytes(ins)}B" if "bulk" not in p else "cp.async.bulk"
     if p[0] == "mma":
         return "mma.sync"
     if ins.opcode.startswith("wgmma.mma_async"):
@@ -628,7 +187,7 @@ def scalar_16bit_global_loads(ptx: str) -> int:
     for k in parse(ptx):
         for ins in k.instrs:
             p = ins.parts()
-            if p[0] == "ld" and _global(ins) and not any(re.fullmatch(r"v\d+", x) for x in p) \
+            if p[0] == "ld" and in_global_space(ins) and not any(re.fullmatch(r"v\d+", x) for x in p) \
                     and p[-1] in ("b16", "u16", "s16", "f16", "bf16"):
                 count += 1
     return count
@@ -640,7 +199,7 @@ def _is_shared_write(ins: Instr) -> bool:
     if p[0] == "stmatrix":
         return True
     if p[0] == "st" and shared:
-        return _width(ins) >= 4 or "v2" in p or "v4" in p  # b8/b16 scalars are no fp32 operand
+        return width_bytes(ins) >= 4 or "v2" in p or "v4" in p  # b8/b16 scalars are no fp32 operand
     return p[0] == "cp" and shared and ins.opcode.find("global.shared") < 0
 
 
@@ -667,13 +226,13 @@ class _Rounding:
         if p[0] in ("mov", "selp"):
             srcs = ins.operands[1:3] if p[0] == "selp" else ins.operands[1:]
             for s in srcs:
-                regs = _REG.findall(s)
+                regs = REGISTER.findall(s)
                 if regs:
                     if not all(self.reg(r) for r in regs):
                         return False
                 else:
                     text = s.strip()
-                    v = int(text[2:], 16) if re.match(r"^0[fF][0-9a-fA-F]{8}$", text) else _imm(text)
+                    v = int(text[2:], 16) if re.match(r"^0[fF][0-9a-fA-F]{8}$", text) else immediate(text)
                     if v is None or v & 0x1FFF:
                         return False
             return True
@@ -693,7 +252,7 @@ class _Rounding:
             while work:
                 i, n = work.pop()
                 ins = self.k.instrs[i]
-                n += _is_barrier(ins)
+                n += is_barrier(ins)
                 if (i, n) in seen or n > budget:
                     continue
                 seen.add((i, n))
@@ -706,7 +265,7 @@ class _Rounding:
         for w in writes:
             if w.parts()[0] == "cp":
                 ok = False  # a raw copy of global memory
-            elif not all(self.reg(r) for o in w.operands[1:] for r in _REG.findall(o)):
+            elif not all(self.reg(r) for o in w.operands[1:] for r in REGISTER.findall(o)):
                 ok = False
         self._reads[reader] = ok
         return ok
@@ -742,7 +301,7 @@ def tf32_mma_unrounded(ptx: str) -> list:
                 continue
             for which, operand in zip("AB", ins.operands[1:3]):
                 if operand.startswith("{"):
-                    ok = all(rounding.reg(r) for r in _REG.findall(operand))
+                    ok = all(rounding.reg(r) for r in REGISTER.findall(operand))
                 else:  # a wgmma shared-memory matrix descriptor
                     ok = rounding.shared(ins.index)
                 if not ok:

@@ -8,6 +8,8 @@ Compiled ahead of time only (no launch), in a process with Triton's interpreter 
 
 import triton
 import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
 
 from fastrnn.kernels.precision import tf32_round
 
@@ -85,3 +87,63 @@ def fma_kernel(x_ptr, y_ptr, z_ptr, out_ptr, BLOCK: tl.constexpr):
     """``out = x * y + z``: an FMA when fusion is on, ``mul`` + ``add`` when it is off."""
     offs = tl.arange(0, BLOCK)
     tl.store(out_ptr + offs, tl.load(x_ptr + offs) * tl.load(y_ptr + offs) + tl.load(z_ptr + offs))
+
+
+# --------------------------------------------------------------------------------------
+# Ahead-of-time compiles (run as a script, with Triton's interpreter off)
+# --------------------------------------------------------------------------------------
+
+ARCHS = (80, 90)
+_ALIGNED = [["tt.divisibility", 16]]
+
+
+def _compile(fn, signature, constexprs, arch, aligned=(), **options):
+    signature = dict(signature, **{name: "constexpr" for name in constexprs})
+    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs={(i,): _ALIGNED for i in aligned})
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=4, **options))
+
+
+def compile_all() -> dict:
+    """``{name: ptx}`` of every kernel the tests read (names: ``ring-<variant>-sm<arch>``,
+    ``tf32-<rounded|raw>-m<M>-sm<arch>``, ``fma-<default|pinned|unfused>``,
+    ``<cooperative kernel name>-<dtype label>-sm<arch>``)."""
+    from fastrnn.kernels import cooperative, report
+    from fastrnn.kernels.precision import ENABLE_FP_FUSION
+
+    out = {}
+    ring = {"x_ptr": "*fp32", "sync_ptr": "*i32", "T": "i32", "timeout_us": "i32"}
+    dot = {"a_ptr": "*fp32", "b_ptr": "*fp32", "c_ptr": "*fp32"}
+    for arch in ARCHS:
+        for name, flags in RING_VARIANTS.items():
+            k = _compile(ring_kernel, ring, dict(BLOCK=128, **flags), arch, aligned=(0, 1))
+            out[f"ring-{name}-sm{arch}"] = k.asm["ptx"]
+        for rounded in (True, False):
+            for m in (16, 64):  # 64 rows: wgmma on sm_90 (B from shared memory)
+                k = _compile(tf32_dot_kernel, dot, dict(M=m, N=32, K=32, ROUND=rounded), arch, aligned=(0, 1, 2))
+                out[f"tf32-{'rounded' if rounded else 'raw'}-m{m}-sm{arch}"] = k.asm["ptx"]
+    fma = {"x_ptr": "*fp32", "y_ptr": "*fp32", "z_ptr": "*fp32", "out_ptr": "*fp32"}
+    for name, options in (("default", {}), ("pinned", dict(enable_fp_fusion=ENABLE_FP_FUSION)),
+                          ("unfused", dict(enable_fp_fusion=False))):
+        out[f"fma-{name}"] = _compile(fma_kernel, fma, dict(BLOCK=128), 90, aligned=(0, 1, 2, 3), **options).asm["ptx"]
+    wanted = {("coop-forward", "float16"), ("coop-reg-backward", "float32-tf32"), ("coop-backward", "bfloat16")}
+    for spec in cooperative.specialisations():  # the cooperative kernels of this tree, compiled as the report does
+        if (spec.kernel_name, spec.label) in wanted and spec.kind == "LSTM":
+            wanted.discard((spec.kernel_name, spec.label))
+            signature, constexprs, attrs = report.signature_of(spec)
+            src = ASTSource(fn=spec.kernel, signature=signature, constexprs=constexprs, attrs=attrs)
+            options = dict(num_warps=spec.config.num_warps, **(spec.options or {}))
+            for arch in ARCHS:
+                k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+                out[f"{spec.kernel_name}-{spec.label}-sm{arch}"] = k.asm["ptx"]
+    assert not wanted, wanted
+    return out
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+    import warnings
+
+    warnings.filterwarnings("ignore", message="TRITON_DEFAULT_FP_FUSION")
+    with open(sys.argv[1], "w") as f:
+        json.dump(compile_all(), f)
