@@ -11,7 +11,10 @@ branch, ``ret``, ``exit`` or ``trap``), which give the control-flow graph. On it
 - :func:`static_profile` counts global memory instructions by width, MMAs, ``bar.sync`` and
   barrier releases inside and outside the time loop;
 - :func:`scalar_16bit_global_loads` and :func:`tf32_mma_unrounded` find two known slow or
-  inexact patterns.
+  inexact patterns (for TF32 operands kept in shared memory across a loop,
+  :func:`fastrnn.kernels.ttgir.tf32_dot_unrounded` is exact where this one is not).
+
+The reader itself (parsing, thread sets, paths, loops) is :mod:`fastrnn.kernels.ptx_reader`.
 
 Which threads run an instruction. The values of registers computed from ``%tid.x`` (and
 constants) are evaluated for every thread of the block (``.reqntid``; 1-D blocks, as Triton
@@ -286,11 +289,16 @@ def tf32_mma_unrounded(ptx: str) -> list:
     (arithmetic, global loads) is not.
 
     Limits: shared memory is matched by barrier distance, not by address, so a write to
-    another buffer at the same distance is included (a possible false report) and a write
-    further away is not (a possible miss, e.g. a buffer written once before a loop and
-    overwritten in it by rounded data); values that pass through global memory are not
-    followed; exact operations on rounded values (negation, scaling by a power of two)
-    are reported as unrounded.
+    another buffer at the same distance is included (a false report) and a write further
+    away is not (a miss); values that pass through global memory are not followed; exact
+    operations on rounded values (negation, scaling by a power of two) are reported as
+    unrounded. Measured on a loop ``out[t] = W @ h[t]`` with W loaded once before the loop
+    (kept in shared memory) and h copied into a pipelined buffer by ``cp.async`` each step:
+    both rounded, the W operand is reported (the copy of h is as near); only h rounded, on
+    sm_90 (``wgmma``) the unrounded W is missed. Right where an operand is rounded in
+    registers or stored to shared memory just before the MMA (a single tile). For
+    operands that live in shared memory across a loop use
+    :func:`fastrnn.kernels.ttgir.tf32_dot_unrounded`, which follows each buffer exactly.
     """
     problems = []
     for k in parse(ptx):

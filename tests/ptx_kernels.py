@@ -74,6 +74,22 @@ def tf32_dot_kernel(a_ptr, b_ptr, c_ptr, M: tl.constexpr, N: tl.constexpr, K: tl
     tl.store(c_ptr + m[:, None] * N + n[None, :], c)
 
 
+
+@triton.jit
+def tf32_loop_kernel(w_ptr, h_ptr, out_ptr, T, M: tl.constexpr, N: tl.constexpr, K: tl.constexpr,
+                     ROUND_W: tl.constexpr, ROUND_H: tl.constexpr):
+    """``out[t] = w @ h[t]`` for ``t < T`` in TF32: ``w`` (``[M, K]``) loaded once before the
+    loop (kept on chip), ``h[t]`` (``[K, N]``) loaded each step; each rounded when asked."""
+    m, n, k = tl.arange(0, M), tl.arange(0, N), tl.arange(0, K)
+    w = tl.load(w_ptr + m[:, None] * K + k[None, :])
+    if ROUND_W:
+        w = tf32_round(w)
+    for t in range(T):
+        h = tl.load(h_ptr + t * K * N + k[:, None] * N + n[None, :])
+        if ROUND_H:
+            h = tf32_round(h)
+        tl.store(out_ptr + t * M * N + m[:, None] * N + n[None, :], tl.dot(w, h, input_precision="tf32"))
+
 @triton.jit
 def tf32_round_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
     """``y = tf32_round(x)`` elementwise (the interpreter runs the bit form)."""
@@ -106,7 +122,8 @@ def _compile(fn, signature, constexprs, arch, aligned=(), **options):
 def compile_all() -> dict:
     """``{name: ptx}`` of every kernel the tests read (names: ``ring-<variant>-sm<arch>``,
     ``tf32-<rounded|raw>-m<M>-sm<arch>``, ``fma-<default|pinned|unfused>``,
-    ``<cooperative kernel name>-<dtype label>-sm<arch>``)."""
+    ``tf32-loop-w<0|1>h<0|1>-sm<arch>``, ``<cooperative kernel name>-<dtype label>-sm<arch>``;
+    ``<name>:ttgir`` the TTGIR of the TF32 and cooperative ones)."""
     from fastrnn.kernels import cooperative, report
     from fastrnn.kernels.precision import ENABLE_FP_FUSION
 
@@ -121,6 +138,14 @@ def compile_all() -> dict:
             for m in (16, 64):  # 64 rows: wgmma on sm_90 (B from shared memory)
                 k = _compile(tf32_dot_kernel, dot, dict(M=m, N=32, K=32, ROUND=rounded), arch, aligned=(0, 1, 2))
                 out[f"tf32-{'rounded' if rounded else 'raw'}-m{m}-sm{arch}"] = k.asm["ptx"]
+                out[f"tf32-{'rounded' if rounded else 'raw'}-m{m}-sm{arch}:ttgir"] = k.asm["ttgir"]
+    loop = {"w_ptr": "*fp32", "h_ptr": "*fp32", "out_ptr": "*fp32", "T": "i32"}
+    for arch in ARCHS:
+        for rw, rh in ((True, True), (False, True), (True, False)):
+            k = _compile(tf32_loop_kernel, loop, dict(M=64, N=32, K=32, ROUND_W=rw, ROUND_H=rh), arch,
+                         aligned=(0, 1, 2))
+            out[f"tf32-loop-w{int(rw)}h{int(rh)}-sm{arch}"] = k.asm["ptx"]
+            out[f"tf32-loop-w{int(rw)}h{int(rh)}-sm{arch}:ttgir"] = k.asm["ttgir"]
     fma = {"x_ptr": "*fp32", "y_ptr": "*fp32", "z_ptr": "*fp32", "out_ptr": "*fp32"}
     for name, options in (("default", {}), ("pinned", dict(enable_fp_fusion=ENABLE_FP_FUSION)),
                           ("unfused", dict(enable_fp_fusion=False))):
@@ -135,6 +160,7 @@ def compile_all() -> dict:
             for arch in ARCHS:
                 k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
                 out[f"{spec.kernel_name}-{spec.label}-sm{arch}"] = k.asm["ptx"]
+                out[f"{spec.kernel_name}-{spec.label}-sm{arch}:ttgir"] = k.asm["ttgir"]
     assert not wanted, wanted
     return out
 

@@ -22,6 +22,7 @@ import torch
 from fastrnn.kernels import precision
 from fastrnn.kernels.ptx import (Threads, barrier_problems, parse, scalar_16bit_global_loads, static_profile,
                                  tf32_mma_unrounded)
+from fastrnn.kernels.ttgir import tf32_dot_unrounded
 
 ARCHS = ("sm80", "sm90")
 
@@ -197,6 +198,35 @@ def test_tf32_round_in_compiled_code(ptx, arch, m):
     count = raw.count(mma + ".")
     assert len(flagged) == 2 * count  # A and B of every MMA
     assert all("is not rounded by cvt.rna.tf32.f32" in p for p in flagged)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("m", [16, 64])
+def test_tf32_dot_unrounded_in_ttgir(ptx, arch, m):
+    assert tf32_dot_unrounded(ptx[f"tf32-rounded-m{m}-{arch}:ttgir"]) == []
+    flagged = tf32_dot_unrounded(ptx[f"tf32-raw-m{m}-{arch}:ttgir"])
+    assert [p.split(" (")[0] for p in flagged] == ["operand A", "operand B"], flagged
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("rounded", ["w1h1", "w0h1", "w1h0"])
+def test_tf32_dot_unrounded_follows_shared_memory_through_a_loop(ptx, arch, rounded):
+    """W loaded once before a time loop (kept in shared memory), h copied into a pipelined
+    shared buffer each step (``cp.async``): the TTGIR check follows each buffer, whichever
+    of them is rounded. (The PTX check cannot tell the two buffers apart here.)"""
+    flagged = [p.split(" (")[0] for p in tf32_dot_unrounded(ptx[f"tf32-loop-{rounded}-{arch}:ttgir"])]
+    assert flagged == {"w1h1": [], "w0h1": ["operand A"], "w1h0": ["operand B"]}[rounded]
+    assert "cp.async" in ptx[f"tf32-loop-{rounded}-{arch}"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_tf32_cooperative_kernel_operands_are_found(ptx, arch):
+    """The TF32 cooperative kernel of this tree compiles its recurrent GEMM to TF32 dots;
+    the check finds each of them (rounded or not: which is the kernels' business)."""
+    ttgir = ptx[f"coop-reg-backward-float32-tf32-{arch}:ttgir"]
+    dots = len(re.findall(r"= (?:tt\.dot|ttng\.warp_group_dot) ", ttgir))
+    assert dots > 0 and len(tf32_dot_unrounded(ttgir)) <= 2 * dots
+    assert tf32_dot_unrounded(ptx[f"coop-forward-float16-{arch}:ttgir"]) == []  # no TF32 dot in fp16
 
 
 # --------------------------------------------------------------------------------------
