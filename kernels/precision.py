@@ -21,27 +21,28 @@ FP fusion. :data:`ENABLE_FP_FUSION` is what every launcher passes as
 
 from __future__ import annotations
 
-import os
-
 import triton
 import triton.language as tl
+from triton import knobs
 
 #: Whether the compiler may fuse a multiply and a dependent add into one FMA.
 #:
 #: True, pinned: Triton 3.9 fuses by default but warns that 3.10 will not, so leaving it
 #: unset would change the kernels' numerics with a Triton upgrade. Fused is the choice
 #: because it is what every kernel has been compiled, reported and checked with so far
-#: (the same PTX as 3.9's default), it is one rounding instead of two per multiply-add
-#: (the tanh/sigmoid and state-update chains get slightly more accurate, not less), and
-#: cuDNN's kernels, which torch.nn runs on GPUs, use FMA too. ``TRITON_FORCE_DISABLE_FP_FUSION=1``
-#: in the environment still overrides it (Triton's own switch for debugging numerics).
-#: Triton's interpreter ignores the launch keyword (it drops launch options it does not
-#: know), so launchers pass it unconditionally.
+#: (the same PTX as 3.9's default, see tests/test_ptx.py) and an FMA rounds once where a
+#: multiply and an add round twice. Launchers pass it at launch,
+#: ``kernel[grid](..., enable_fp_fusion=ENABLE_FP_FUSION)`` (a launch option like
+#: ``num_warps``, part of the compiled kernel's cache key); the compile report passes it in
+#: ``triton.compile(..., options={"enable_fp_fusion": ENABLE_FP_FUSION})``. Triton's
+#: interpreter drops launch options it does not know, so launchers pass it unconditionally.
+#: ``TRITON_FORCE_DISABLE_FP_FUSION=1`` in the environment still overrides it (Triton's own
+#: switch for debugging numerics).
 ENABLE_FP_FUSION = True
 
-#: True when the kernels are built for Triton's interpreter (set before import, as the
-#: ``@triton.jit`` decorator reads it): it cannot run inline assembly.
-INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+#: True when ``@triton.jit`` builds kernels for Triton's interpreter (the switch its
+#: decorator reads, ``TRITON_INTERPRET``, at import time): it cannot run inline assembly.
+INTERPRETED = bool(knobs.runtime.interpret)
 
 #: Compile-time switch of :func:`tf32_round`: ``cvt.rna.tf32.f32`` (compiled code) or the
 #: plain bit arithmetic (the interpreter).
