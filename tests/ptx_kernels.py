@@ -1,0 +1,175 @@
+"""Small Triton kernels whose PTX the tests of :mod:`fastrnn.kernels.ptx` read.
+
+A cooperative-style kernel with a correct grid barrier (the primitives of
+:func:`fastrnn.kernels.cooperative.grid_barrier`) and broken variants of it, plus TF32 dot
+kernels with and without :func:`fastrnn.kernels.precision.tf32_round` on the operands.
+Compiled ahead of time only (no launch), in a process with Triton's interpreter off.
+"""
+
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from fastrnn.kernels.precision import tf32_round
+
+
+@triton.jit
+def _barrier(sync_ptr, index, timeout_us, BEFORE: tl.constexpr, EVERY_THREAD: tl.constexpr,
+             AFTER: tl.constexpr, BLOCK: tl.constexpr):
+    if BEFORE:
+        tl.debug_barrier()
+    counter = sync_ptr + 1 + index
+    if EVERY_THREAD:
+        tl.atomic_add(counter + tl.zeros([BLOCK], tl.int32), 1, sem="release", scope="gpu")
+    else:
+        tl.atomic_add(counter, 1, sem="release", scope="gpu")
+    timeout_ns = timeout_us.to(tl.int64) * 1000
+    arrived = tl.atomic_poll(counter, tl.num_programs(0), sem="acquire", scope="gpu", timeout_ns=timeout_ns)
+    if AFTER:
+        tl.debug_barrier()
+    if not arrived:
+        tl.atomic_cas(sync_ptr, 0, index + 1, sem="relaxed", scope="gpu")
+    return arrived
+
+
+@triton.jit
+def ring_kernel(x_ptr, sync_ptr, T, timeout_us, BLOCK: tl.constexpr, BEFORE: tl.constexpr,
+                EVERY_THREAD: tl.constexpr, AFTER: tl.constexpr):
+    """Each step, every program reads its neighbour's row of step ``t`` and writes its own
+    row of step ``t + 1``; a grid barrier between steps."""
+    pid = tl.program_id(0)
+    n = tl.num_programs(0)
+    cols = tl.arange(0, BLOCK)
+    t = 0
+    ok = True
+    while (t < T) & ok:
+        v = tl.load(x_ptr + (t * n + (pid + 1) % n) * BLOCK + cols)
+        tl.store(x_ptr + ((t + 1) * n + pid) * BLOCK + cols, v * 0.5 + 1.0)
+        ok = _barrier(sync_ptr, t, timeout_us, BEFORE, EVERY_THREAD, AFTER, BLOCK)
+        t += 1
+
+
+#: The broken variants: constexprs of ring_kernel -> the problem the checker must report.
+RING_VARIANTS = {
+    "correct": dict(BEFORE=True, EVERY_THREAD=False, AFTER=True),
+    "no_bar_before_release": dict(BEFORE=False, EVERY_THREAD=False, AFTER=True),
+    "release_by_every_thread": dict(BEFORE=True, EVERY_THREAD=True, AFTER=True),
+    "no_bar_after_acquire": dict(BEFORE=True, EVERY_THREAD=False, AFTER=False),
+}
+
+
+@triton.jit
+def tf32_dot_kernel(a_ptr, b_ptr, c_ptr, M: tl.constexpr, N: tl.constexpr, K: tl.constexpr,
+                    ROUND: tl.constexpr):
+    """``c = a @ b`` for one ``[M, K] x [K, N]`` fp32 tile in TF32, the operands rounded by
+    :func:`tf32_round` first when ``ROUND``."""
+    m, n, k = tl.arange(0, M), tl.arange(0, N), tl.arange(0, K)
+    a = tl.load(a_ptr + m[:, None] * K + k[None, :])
+    b = tl.load(b_ptr + k[:, None] * N + n[None, :])
+    if ROUND:
+        a = tf32_round(a)
+        b = tf32_round(b)
+    c = tl.dot(a, b, input_precision="tf32")
+    tl.store(c_ptr + m[:, None] * N + n[None, :], c)
+
+
+
+@triton.jit
+def tf32_loop_kernel(w_ptr, h_ptr, out_ptr, T, M: tl.constexpr, N: tl.constexpr, K: tl.constexpr,
+                     ROUND_W: tl.constexpr, ROUND_H: tl.constexpr):
+    """``out[t] = w @ h[t]`` for ``t < T`` in TF32: ``w`` (``[M, K]``) loaded once before the
+    loop (kept on chip), ``h[t]`` (``[K, N]``) loaded each step; each rounded when asked."""
+    m, n, k = tl.arange(0, M), tl.arange(0, N), tl.arange(0, K)
+    w = tl.load(w_ptr + m[:, None] * K + k[None, :])
+    if ROUND_W:
+        w = tf32_round(w)
+    for t in range(T):
+        h = tl.load(h_ptr + t * K * N + k[:, None] * N + n[None, :])
+        if ROUND_H:
+            h = tf32_round(h)
+        tl.store(out_ptr + t * M * N + m[:, None] * N + n[None, :], tl.dot(w, h, input_precision="tf32"))
+
+@triton.jit
+def tf32_round_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
+    """``y = tf32_round(x)`` elementwise (the interpreter runs the bit form)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    tl.store(y_ptr + offs, tf32_round(tl.load(x_ptr + offs, mask=mask)), mask=mask)
+
+
+@triton.jit
+def fma_kernel(x_ptr, y_ptr, z_ptr, out_ptr, BLOCK: tl.constexpr):
+    """``out = x * y + z``: an FMA when fusion is on, ``mul`` + ``add`` when it is off."""
+    offs = tl.arange(0, BLOCK)
+    tl.store(out_ptr + offs, tl.load(x_ptr + offs) * tl.load(y_ptr + offs) + tl.load(z_ptr + offs))
+
+
+# --------------------------------------------------------------------------------------
+# Ahead-of-time compiles (run as a script, with Triton's interpreter off)
+# --------------------------------------------------------------------------------------
+
+ARCHS = (80, 90)
+_ALIGNED = [["tt.divisibility", 16]]
+
+
+def _compile(fn, signature, constexprs, arch, aligned=(), **options):
+    signature = dict(signature, **{name: "constexpr" for name in constexprs})
+    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs={(i,): _ALIGNED for i in aligned})
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=4, **options))
+
+
+def compile_all() -> dict:
+    """``{name: ptx}`` of every kernel the tests read (names: ``ring-<variant>-sm<arch>``,
+    ``tf32-<rounded|raw>-m<M>-sm<arch>``, ``fma-<default|pinned|unfused>``,
+    ``tf32-loop-w<0|1>h<0|1>-sm<arch>``, ``<cooperative kernel name>-<dtype label>-sm<arch>``;
+    ``<name>:ttgir`` the TTGIR of the TF32 and cooperative ones)."""
+    from fastrnn.kernels import cooperative, report
+    from fastrnn.kernels.precision import ENABLE_FP_FUSION
+
+    out = {}
+    ring = {"x_ptr": "*fp32", "sync_ptr": "*i32", "T": "i32", "timeout_us": "i32"}
+    dot = {"a_ptr": "*fp32", "b_ptr": "*fp32", "c_ptr": "*fp32"}
+    for arch in ARCHS:
+        for name, flags in RING_VARIANTS.items():
+            k = _compile(ring_kernel, ring, dict(BLOCK=128, **flags), arch, aligned=(0, 1))
+            out[f"ring-{name}-sm{arch}"] = k.asm["ptx"]
+        for rounded in (True, False):
+            for m in (16, 64):  # 64 rows: wgmma on sm_90 (B from shared memory)
+                k = _compile(tf32_dot_kernel, dot, dict(M=m, N=32, K=32, ROUND=rounded), arch, aligned=(0, 1, 2))
+                out[f"tf32-{'rounded' if rounded else 'raw'}-m{m}-sm{arch}"] = k.asm["ptx"]
+                out[f"tf32-{'rounded' if rounded else 'raw'}-m{m}-sm{arch}:ttgir"] = k.asm["ttgir"]
+    loop = {"w_ptr": "*fp32", "h_ptr": "*fp32", "out_ptr": "*fp32", "T": "i32"}
+    for arch in ARCHS:
+        for rw, rh in ((True, True), (False, True), (True, False)):
+            k = _compile(tf32_loop_kernel, loop, dict(M=64, N=32, K=32, ROUND_W=rw, ROUND_H=rh), arch,
+                         aligned=(0, 1, 2))
+            out[f"tf32-loop-w{int(rw)}h{int(rh)}-sm{arch}"] = k.asm["ptx"]
+            out[f"tf32-loop-w{int(rw)}h{int(rh)}-sm{arch}:ttgir"] = k.asm["ttgir"]
+    fma = {"x_ptr": "*fp32", "y_ptr": "*fp32", "z_ptr": "*fp32", "out_ptr": "*fp32"}
+    for name, options in (("default", {}), ("pinned", dict(enable_fp_fusion=ENABLE_FP_FUSION)),
+                          ("unfused", dict(enable_fp_fusion=False))):
+        out[f"fma-{name}"] = _compile(fma_kernel, fma, dict(BLOCK=128), 90, aligned=(0, 1, 2, 3), **options).asm["ptx"]
+    wanted = {("coop-forward", "float16"), ("coop-reg-backward", "float32-tf32"), ("coop-backward", "bfloat16")}
+    for spec in cooperative.specialisations():  # the cooperative kernels of this tree, compiled as the report does
+        if (spec.kernel_name, spec.label) in wanted and spec.kind == "LSTM":
+            wanted.discard((spec.kernel_name, spec.label))
+            signature, constexprs, attrs = report.signature_of(spec)
+            src = ASTSource(fn=spec.kernel, signature=signature, constexprs=constexprs, attrs=attrs)
+            options = dict(num_warps=spec.config.num_warps, **(spec.options or {}))
+            for arch in ARCHS:
+                k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+                out[f"{spec.kernel_name}-{spec.label}-sm{arch}"] = k.asm["ptx"]
+                out[f"{spec.kernel_name}-{spec.label}-sm{arch}:ttgir"] = k.asm["ttgir"]
+    assert not wanted, wanted
+    return out
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+    import warnings
+
+    warnings.filterwarnings("ignore", message="TRITON_DEFAULT_FP_FUSION")
+    with open(sys.argv[1], "w") as f:
+        json.dump(compile_all(), f)

@@ -1,0 +1,316 @@
+"""The PTX reader (fastrnn.kernels.ptx) and the TF32 / FP-fusion pins (fastrnn.kernels.precision).
+
+Compiled code comes from one subprocess with Triton's interpreter off (tests/conftest.py
+turns it on for this process): tests/ptx_kernels.py compiles a small kernel with the grid
+barrier of the cooperative tier and variants of it, TF32 dot kernels with and without
+``tf32_round``, an FMA kernel under three fusion settings and three real cooperative
+kernels, for sm_80 and sm_90. About 15 s with a warm Triton cache, 1-2 min cold.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastrnn.kernels import precision
+from fastrnn.kernels.ptx import (Threads, barrier_problems, parse, scalar_16bit_global_loads, static_profile,
+                                 tf32_mma_unrounded)
+from fastrnn.kernels.ttgir import tf32_dot_unrounded
+
+ARCHS = ("sm80", "sm90")
+
+
+@pytest.fixture(scope="module")
+def ptx(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ptx") / "ptx.json"
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "TRITON_DEFAULT_FP_FUSION",
+                                                            "TRITON_FORCE_DISABLE_FP_FUSION")}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, str(Path(__file__).with_name("ptx_kernels.py")), str(out)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def _lines_removed(text: str, start: str, stop: str | None, what: str = "bar.sync") -> str:
+    """``text`` without the ``what`` lines between the last line containing ``start`` before
+    the first line containing ``stop`` (the end when None) and that line."""
+    lines = text.splitlines()
+    end = next(i for i, line in enumerate(lines) if stop in line) if stop else len(lines)
+    begin = max(i for i, line in enumerate(lines[:end]) if start in line)
+    kept = [line for i, line in enumerate(lines) if not (begin < i < end and what in line)]
+    assert len(kept) < len(lines), (start, stop)
+    return "\n".join(kept)
+
+
+# --------------------------------------------------------------------------------------
+# The grid barrier
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_correct_barrier_passes(ptx, arch):
+    code = ptx[f"ring-correct-{arch}"]
+    assert barrier_problems(code) == []
+    # the facts the check stands on are in this code
+    assert "red.global.gpu.release.add" in code and "%globaltimer" in code
+    assert ("fence.acquire.gpu" if arch == "sm90" else "fence.acq_rel.gpu") in code
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_release_by_every_thread_is_rejected(ptx, arch):
+    problems = barrier_problems(ptx[f"ring-release_by_every_thread-{arch}"])
+    assert len(problems) == 1 and "the release" in problems[0] and "may run on 128 threads, not one" in problems[0]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_no_barrier_before_release_is_rejected(ptx, arch):
+    """The compiled correct kernel with the bar.sync between its global store and its
+    release deleted (Triton 3.9 emits its own bar.sync before a scalar atomic, so the source
+    omission alone does not give this code: see the next test)."""
+    code = _lines_removed(ptx[f"ring-correct-{arch}"], "st.global", "red.global.gpu.release")
+    problems = barrier_problems(code)
+    assert len(problems) == 1, problems
+    assert re.search(r"global store `st\.global\.b32 .*` reaches the release `@%p\d+ red\.global\.gpu\.release"
+                     r"\.add\.u32 .*` with no bar\.sync on the way", problems[0]), problems
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_no_barrier_after_acquire_is_rejected(ptx, arch):
+    """The compiled correct kernel with every bar.sync after its acquire fence deleted
+    (including the one of the poll's broadcast through shared memory)."""
+    fence = "fence.acquire.gpu" if arch == "sm90" else "fence.acq_rel.gpu"
+    problems = barrier_problems(_lines_removed(ptx[f"ring-correct-{arch}"], fence, None))
+    assert len(problems) == 1, problems
+    assert re.search(rf"the acquire `{re.escape(fence)}` reaches the global load `ld\.global\.b32 .*` with no "
+                     r"bar\.sync on the way", problems[0]), problems
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_source_omissions_are_covered_by_tritons_own_barriers(ptx, arch):
+    """Triton 3.9 puts a bar.sync before the scalar release (memory-barrier analysis) and one
+    after the poll (its result is broadcast through shared memory), so a grid barrier that
+    leaves out the explicit ``tl.debug_barrier`` still compiles to a correct one: one bar.sync
+    fewer, no problem. The explicit calls keep it correct if a Triton drops its own."""
+    correct = static_profile(ptx[f"ring-correct-{arch}"])["ring_kernel"]["inside"]["bar.sync"]
+    for variant in ("no_bar_before_release", "no_bar_after_acquire"):
+        code = ptx[f"ring-{variant}-{arch}"]
+        assert static_profile(code)["ring_kernel"]["inside"]["bar.sync"] == correct - 1
+        assert barrier_problems(code) == []
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_poll_needs_its_time_limit_and_an_acquire(ptx, arch):
+    code = ptx[f"ring-correct-{arch}"]
+    fence = "fence.acquire.gpu" if arch == "sm90" else "fence.acq_rel.gpu"
+    untimed = "\n".join(line for line in code.splitlines() if "%globaltimer" not in line)
+    assert any("is not in a loop bounded by %globaltimer" in p for p in barrier_problems(untimed))
+    assert barrier_problems(code.replace(fence, "fence.acq_rel.cta")) == [
+        "ring_kernel: no gpu-scope acquire after the poll (fence.acquire.gpu / fence.acq_rel.gpu / ld.acquire)"]
+    assert barrier_problems(code.replace(".release.", ".relaxed.")) == [
+        "ring_kernel: no grid-barrier release (a gpu-scope release atomic add)"]
+
+
+@pytest.mark.parametrize("name", ["coop-forward-float16", "coop-reg-backward-float32-tf32", "coop-backward-bfloat16"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_cooperative_kernels_pass(ptx, name, arch):
+    code = ptx[f"{name}-{arch}"]
+    assert barrier_problems(code) == []
+    (profile,) = static_profile(code).values()
+    assert profile["loop"] is not None and profile["inside"]["release"] == 1 and profile["outside"]["release"] == 0
+    assert profile["inside"]["mma.sync"] > 0  # the recurrent GEMM runs in the time loop
+
+
+def test_thread_sets_follow_the_predicate():
+    code = """
+.visible .entry k(
+\t.param .u64 k_param_0,
+\t.param .u32 k_param_1
+)
+.reqntid 128
+{
+\tld.param.b64 \t%rd1, [k_param_0];
+\tld.param.b32 \t%r5, [k_param_1];
+\tmov.u32 \t%r1, %tid.x;
+\tand.b32 \t%r2, %r1, 31;
+\tshr.u32 \t%r3, %r1, 5;
+\tor.b32 \t%r4, %r2, %r3;
+\tsetp.eq.b32 \t%p1, %r4, 0;
+\tsetp.eq.b32 \t%p2, %r2, 0;
+\tsetp.ne.b32 \t%p3, %r5, 7;
+\tand.pred \t%p4, %p1, %p3;
+\t@%p1 st.global.b32 [ %rd1 + 0 ], %r1;
+\t@%p2 st.global.b32 [ %rd1 + 4 ], %r1;
+\t@%p4 st.global.b32 [ %rd1 + 8 ], %r1;
+\t@!%p1 bra \t$L__BB0_2;
+\tst.global.b32 [ %rd1 + 12 ], %r1;
+$L__BB0_2:
+\tst.global.b32 [ %rd1 + 16 ], %r1;
+\tret;
+}
+"""
+    (k,) = parse(code)
+    threads = Threads(k)
+    stores = [ins for ins in k.instrs if ins.opcode.startswith("st.global")]
+    assert [threads.of(s).bit_count() for s in stores] == [1, 4, 1, 1, 128]
+    assert threads.of(stores[0]) == 1  # thread 0
+
+
+# --------------------------------------------------------------------------------------
+# Profiles and patterns
+# --------------------------------------------------------------------------------------
+
+
+def test_scalar_16bit_loads():
+    code = """
+.visible .entry k(.param .u64 k_param_0)
+{
+\tld.param.b64 %rd1, [k_param_0];
+\tld.global.b16 { %rs1 }, [ %rd1 + 0 ];
+\tld.global.nc.u16 %rs2, [ %rd1 + 2 ];
+\tld.global.v4.b16 { %rs3, %rs4, %rs5, %rs6 }, [ %rd1 + 8 ];
+\tld.global.b32 %r1, [ %rd1 + 16 ];
+\tld.shared.b16 %rs7, [ %r1 + 0 ];
+\tret;
+}
+"""
+    assert scalar_16bit_global_loads(code) == 2
+    (profile,) = static_profile(code).values()
+    assert profile["loop"] is None and profile["outside"] == {"ld.global.2B": 2, "ld.global.8B": 1, "ld.global.4B": 1}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("m", [16, 64])
+def test_tf32_round_in_compiled_code(ptx, arch, m):
+    rounded, raw = ptx[f"tf32-rounded-m{m}-{arch}"], ptx[f"tf32-raw-m{m}-{arch}"]
+    mma = "wgmma.mma_async" if (arch, m) == ("sm90", 64) else "mma.sync"
+    assert re.search(rf"{mma}\.\S*tf32", rounded) and re.search(rf"{mma}\.\S*tf32", raw)
+    assert "cvt.rna.tf32.f32" in rounded and "cvt.rna.tf32.f32" not in raw
+    assert tf32_mma_unrounded(rounded) == []
+    flagged = tf32_mma_unrounded(raw)
+    count = raw.count(mma + ".")
+    assert len(flagged) == 2 * count  # A and B of every MMA
+    assert all("is not rounded by cvt.rna.tf32.f32" in p for p in flagged)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("m", [16, 64])
+def test_tf32_dot_unrounded_in_ttgir(ptx, arch, m):
+    assert tf32_dot_unrounded(ptx[f"tf32-rounded-m{m}-{arch}:ttgir"]) == []
+    flagged = tf32_dot_unrounded(ptx[f"tf32-raw-m{m}-{arch}:ttgir"])
+    assert [p.split(" (")[0] for p in flagged] == ["operand A", "operand B"], flagged
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("rounded", ["w1h1", "w0h1", "w1h0"])
+def test_tf32_dot_unrounded_follows_shared_memory_through_a_loop(ptx, arch, rounded):
+    """W loaded once before a time loop (kept in shared memory), h copied into a pipelined
+    shared buffer each step (``cp.async``): the TTGIR check follows each buffer, whichever
+    of them is rounded. (The PTX check cannot tell the two buffers apart here.)"""
+    flagged = [p.split(" (")[0] for p in tf32_dot_unrounded(ptx[f"tf32-loop-{rounded}-{arch}:ttgir"])]
+    assert flagged == {"w1h1": [], "w0h1": ["operand A"], "w1h0": ["operand B"]}[rounded]
+    assert "cp.async" in ptx[f"tf32-loop-{rounded}-{arch}"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_tf32_cooperative_kernel_operands_are_found(ptx, arch):
+    """The TF32 cooperative kernel of this tree compiles its recurrent GEMM to TF32 dots;
+    the check finds each of them (rounded or not: which is the kernels' business)."""
+    ttgir = ptx[f"coop-reg-backward-float32-tf32-{arch}:ttgir"]
+    dots = len(re.findall(r"= (?:tt\.dot|ttng\.warp_group_dot) ", ttgir))
+    assert dots > 0 and len(tf32_dot_unrounded(ttgir)) <= 2 * dots
+    assert tf32_dot_unrounded(ptx[f"coop-forward-float16-{arch}:ttgir"]) == []  # no TF32 dot in fp16
+
+
+# --------------------------------------------------------------------------------------
+# tf32_round in the interpreter, FP fusion
+# --------------------------------------------------------------------------------------
+
+
+def _tf32_reference(x: torch.Tensor) -> torch.Tensor:
+    """fp32 -> TF32 by value: round the magnitude to 10 fraction bits, ties away from zero,
+    in float64 (exact); overflow to infinity; infinities and NaNs unchanged."""
+    a = x.double().abs()
+    _, exp = torch.frexp(a)
+    ulp = torch.ldexp(torch.ones_like(a), (exp - 1).clamp(min=-126) - 10)
+    r = torch.floor(a / ulp + 0.5) * ulp
+    out = torch.where(torch.isfinite(a), r, a).float()  # 2**128 -> inf
+    return torch.where(x.signbit(), -out, out)
+
+
+def _bits(*values) -> torch.Tensor:
+    return torch.tensor([v - (1 << 32) if v >= 1 << 31 else v for v in values], dtype=torch.int32).view(torch.float32)
+
+
+def test_tf32_round_bit_form_matches_round_to_nearest_ties_away():
+    from ptx_kernels import tf32_round_kernel
+
+    assert not precision.TF32_ROUND_ASM  # this process runs Triton's interpreter
+    g = torch.Generator().manual_seed(1)
+    random = torch.randn(4000, generator=g) * torch.exp2(torch.randint(-60, 60, (4000,), generator=g).float())
+    ties = _bits(0x3F801000, 0xBF801000, 0x3F803000, 0x3FFFF000, 0xBFFFF000, 0x00001000, 0x007FF000, 0x80003000)
+    specials = _bits(0x7F7FFFFF, 0xFF7FFFFF, 0x7F7FEFFF, 0x7F7FF000, 0x00000001, 0x80000FFF, 0x00400FFF, 0x0)
+    x = torch.cat([random, ties, specials, torch.tensor([-0.0, float("inf"), -float("inf"), 1.0, -1.5])])
+    y = torch.empty_like(x)
+    tf32_round_kernel[(triton_cdiv(x.numel(), 256),)](x, y, x.numel(), BLOCK=256,
+                                                        enable_fp_fusion=precision.ENABLE_FP_FUSION)
+    want = _tf32_reference(x)
+    assert torch.equal(y.view(torch.int32), want.view(torch.int32))
+    assert (y.view(torch.int32) & 0x1FFF).eq(0).all()
+    # ties go away from zero, a carry moves into the exponent, the largest finite fp32 overflows
+    assert y[len(random):len(random) + 5].tolist() == [1 + 2**-10, -(1 + 2**-10), 1 + 2**-9, 2.0, -2.0]
+    assert y[len(random) + len(ties)].item() == float("inf")
+
+
+def test_tf32_round_nan_keeps_the_top_bits():
+    """NaN: no rounding add, the low 13 bits cleared (what cvt.rna.tf32.f32 compiles to)."""
+    from ptx_kernels import tf32_round_kernel
+
+    x = _bits(0x7FC00000, 0xFFC00001, 0x7F802001)
+    y = torch.empty_like(x)
+    tf32_round_kernel[(1,)](x, y, 3, BLOCK=4)
+    assert y.view(torch.int32).tolist() == _bits(0x7FC00000, 0xFFC00000, 0x7F802000).view(torch.int32).tolist()
+    assert y.isnan().all()
+
+
+def test_inline_asm_does_not_run_in_the_interpreter():
+    """Why tf32_round needs its compile-time switch: the interpreter refuses inline asm."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def asm_kernel(x_ptr, y_ptr):
+        tl.store(y_ptr, precision.tf32_round_asm(tl.load(x_ptr)))
+
+    x = torch.ones(1)
+    with pytest.raises(Exception, match="inline_asm not supported"):
+        asm_kernel[(1,)](x, torch.empty_like(x))
+
+
+def test_fp_fusion_pin_is_todays_default(ptx):
+    """Compiled with ``enable_fp_fusion=ENABLE_FP_FUSION``: the same PTX as Triton 3.9's
+    default (an FMA); without fusion the multiply and the add stay apart."""
+    assert precision.ENABLE_FP_FUSION is True
+    assert ptx["fma-pinned"] == ptx["fma-default"]
+    assert "fma.rn.f32" in ptx["fma-pinned"]
+    assert "fma.rn.f32" not in ptx["fma-unfused"] and "mul.rn.f32" in ptx["fma-unfused"]
+
+
+def test_fp_fusion_keyword_is_ignored_by_the_interpreter():
+    from ptx_kernels import fma_kernel
+
+    x, y, z = (torch.randn(128) for _ in range(3))
+    out = torch.empty(128)
+    fma_kernel[(1,)](x, y, z, out, BLOCK=128, enable_fp_fusion=precision.ENABLE_FP_FUSION)
+    torch.testing.assert_close(out, x * y + z)
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
