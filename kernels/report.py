@@ -229,7 +229,7 @@ def _sweep_candidate(kind: str, dtype_name: str, block_h: int, warps: int, direc
 def _sweep_job(args):
     kind, dtype_name, block_h, direction = args
     tried = []
-    weight_bytes = resident.GATES[kind] * block_h * block_h * getattr(torch, dtype_name).itemsize
+    weight_bytes = resident.cell_of(kind).gates * block_h * block_h * getattr(torch, dtype_name).itemsize
     if weight_bytes > SHARED_LIMIT[fits.REFERENCE_ARCH]:
         return tried  # W_hh alone is larger than any SM's shared memory
     for warps in SWEEP_WARPS:
@@ -244,7 +244,7 @@ def sweep(jobs: int, only: list[str] | None = None) -> int:
     """Compile the candidates (or only the ``KIND,DTYPE,BLOCK_H`` entries of ``only``) and
     print the table rows they give."""
     wanted = {tuple(o.split(",")) for o in only} if only else None
-    keys = [(kind, d, bh, direction) for kind in resident.KIND_IDS for d in SWEEP_DTYPES
+    keys = [(kind, d, bh, direction) for kind in (c.name for c in resident.triton_cells()) for d in SWEEP_DTYPES
             for bh in SWEEP_BLOCK_H.get(d, SWEEP_BLOCK_H_DEFAULT) for direction in ("forward", "backward")
             if wanted is None or (kind, d, str(bh)) in wanted]
     with ProcessPoolExecutor(jobs) as pool:
@@ -259,7 +259,7 @@ def sweep(jobs: int, only: list[str] | None = None) -> int:
         if last is not None and last["clean"]:
             chosen[last["key"]] = last
     print("RESIDENT = {")
-    for kind in resident.KIND_IDS:
+    for kind in (c.name for c in resident.triton_cells()):
         for d in SWEEP_DTYPES:
             for bh in SWEEP_BLOCK_H.get(d, SWEEP_BLOCK_H_DEFAULT):
                 if wanted is not None and (kind, d, str(bh)) not in wanted:
