@@ -8,9 +8,10 @@ compiled metadata, and prints one row. The specialisations:
 
 - step tier (:func:`fastrnn.kernels.recurrent_step.specialisations`): cell kind x dtype /
   TF32 x SAVE or DM_GIVEN x block configuration;
-- resident tier (:func:`fastrnn.kernels.resident.specialisations`): every entry of
-  :data:`fastrnn.kernels.fits.RESIDENT` (cell kind x dtype x block configuration), forward
-  and backward, fp32 in both IEEE and TF32 precision;
+- resident tier (:func:`fastrnn.kernels.resident.specialisations`): every defined cell with
+  Triton functions x its entries of :data:`fastrnn.kernels.fits.RESIDENT` (dtype x block
+  configuration, :func:`fastrnn.kernels.fits.resident_entries`), forward and backward, fp32
+  in both IEEE and TF32 precision;
 - cooperative tier (:func:`fastrnn.kernels.cooperative.specialisations`): every entry of
   :data:`fastrnn.kernels.fits.COOPERATIVE` (the tiled kernels, ``coop-*``) and of
   :data:`fastrnn.kernels.fits.COOPERATIVE_REGISTERS` (the register variants,

@@ -318,19 +318,10 @@ def resident_backward_kernel(
         dx_ptrs = dxg_ptr + gate_offs
         zero = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
         dh_t = dh + tl.load(dy_ptr + seq_offs, mask=mask, other=0.0).to(ACC)
-        # What the cell backward reads; zero tiles for what this cell does not keep.
+        # What the cell backward reads (zero tiles for what this cell does not keep): the
+        # state before the step first, then this step's saved values.
         s0, s1, s2, s3 = zero, zero, zero, zero
         e, c_t, c_prev, h_t, h_prev = zero, zero, zero, zero, zero
-        if SAVES:
-            s0 = tl.load(g_ptrs, mask=mask, other=0.0).to(ACC)
-            if GATES > 1:
-                s1 = tl.load(g_ptrs + H, mask=mask, other=0.0).to(ACC)
-            if GATES > 2:
-                s2 = tl.load(g_ptrs + 2 * H, mask=mask, other=0.0).to(ACC)
-            if GATES > 3:
-                s3 = tl.load(g_ptrs + 3 * H, mask=mask, other=0.0).to(ACC)
-        if EXTRA:
-            e = tl.load(hn_seq_ptr + seq_offs, mask=mask, other=0.0).to(ACC)
         if HAS_C or BWD_H_PREV:
             # The state before step t: the previous processed step's rows for rows that
             # were active there, the initial state for the others (j == 0, or rows that
@@ -347,25 +338,36 @@ def resident_backward_kernel(
                 tl.load(c_seq_ptr + prev_offs, mask=mask & from_seq, other=0.0).to(ACC),
                 tl.load(c0_ptr + state_offs, mask=mask & (~from_seq), other=0.0).to(ACC),
             )
-            c_t = tl.load(c_seq_ptr + seq_offs, mask=mask, other=0.0).to(ACC)
         if BWD_H_PREV:
             h_prev = tl.where(
                 from_seq,
                 tl.load(y_ptr + prev_offs, mask=mask & from_seq, other=0.0).to(ACC),
                 tl.load(h0_ptr + state_offs, mask=mask & (~from_seq), other=0.0).to(ACC),
             )
+        if SAVES:
+            s0 = tl.load(g_ptrs, mask=mask, other=0.0).to(ACC)
+            if GATES > 1:
+                s1 = tl.load(g_ptrs + H, mask=mask, other=0.0).to(ACC)
+            if GATES > 2:
+                s2 = tl.load(g_ptrs + 2 * H, mask=mask, other=0.0).to(ACC)
+            if GATES > 3:
+                s3 = tl.load(g_ptrs + 3 * H, mask=mask, other=0.0).to(ACC)
+        if EXTRA:
+            e = tl.load(hn_seq_ptr + seq_offs, mask=mask, other=0.0).to(ACC)
+        if HAS_C:
+            c_t = tl.load(c_seq_ptr + seq_offs, mask=mask, other=0.0).to(ACC)
         if BWD_H:
             h_t = tl.load(y_ptr + seq_offs, mask=mask, other=0.0).to(ACC)
         dx0, dx1, dx2, dx3, dr0, dr1, dr2, dr3, dh_direct, dc_prev = CELL_BACKWARD(
             dh_t, dc, s0, s1, s2, s3, e, c_t, c_prev, h_t, h_prev)
         # The GEMM reads the gradients as stored (I/O dtype), like the step tier.
-        dx0, dx1, dx2, dx3 = dx0.to(ty), dx1.to(ty), dx2.to(ty), dx3.to(ty)
-        _store_gates(dx_ptrs, dx0, dx1, dx2, dx3, H, mask, GATES)
         if APART:
             dr0, dr1, dr2, dr3 = dr0.to(ty), dr1.to(ty), dr2.to(ty), dr3.to(ty)
+            _store_gates(dx_ptrs, dx0, dx1, dx2, dx3, H, mask, GATES)
             _store_gates(dhg_ptr + gate_offs, dr0, dr1, dr2, dr3, H, mask, GATES)
         else:
-            dr0, dr1, dr2, dr3 = dx0, dx1, dx2, dx3
+            dr0, dr1, dr2, dr3 = dx0.to(ty), dx1.to(ty), dx2.to(ty), dx3.to(ty)
+            _store_gates(dx_ptrs, dr0, dr1, dr2, dr3, H, mask, GATES)
         acc = zero
         if DIRECT:
             acc = dh_direct

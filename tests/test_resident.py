@@ -16,6 +16,9 @@ with NaN (``FILL_NAN``), so a store a kernel skips fails loudly.
 - Launch counts: one forward and one backward launch per layer-direction.
 - Module parity with torch.nn under ``FASTRNN_TIER=resident`` (a representative subset of
   tests/test_triton_modules.py; proj_size runs on the step tier, see tests/test_tiers.py).
+- A cell defined outside fastrnn (two gates, reads ``h_prev`` both ways, a direct gradient to
+  ``h_prev``): its report rows and table entries (those of its gate count), and its forward and
+  backward through the resident launchers against autograd on its torch functions.
 """
 
 from __future__ import annotations
