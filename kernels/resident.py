@@ -211,7 +211,9 @@ def resident_forward_kernel(
         seq_offs = off * H + state_offs
         hx = h.to(w0.dtype)  # the GEMM runs on I/O-dtype operands (tensor cores), fp32 result
         zero = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
-        # Gate k: r_k = h @ W_k^T (+ b_k), x_k from xg; slots k >= GATES stay zero.
+        # Gate k: r_k = h @ W_k^T (+ b_k), x_k from xg; slots k >= GATES stay zero. Each
+        # dot beside its load: all dots first compiled to 255 registers and a spill (GRU
+        # fp16 BLOCK_H 128, sm_90), this order to 196 and none.
         r0 = tl.dot(hx, w0, zero, input_precision=PRECISION)
         x0 = tl.load(x_ptrs, mask=mask, other=0.0).to(ACC)
         r1, r2, r3 = zero, zero, zero
@@ -360,7 +362,9 @@ def resident_backward_kernel(
             h_t = tl.load(y_ptr + seq_offs, mask=mask, other=0.0).to(ACC)
         dx0, dx1, dx2, dx3, dr0, dr1, dr2, dr3, dh_direct, dc_prev = CELL_BACKWARD(
             dh_t, dc, s0, s1, s2, s3, e, c_t, c_prev, h_t, h_prev)
-        # The GEMM reads the gradients as stored (I/O dtype), like the step tier.
+        # The GEMM reads the gradients as stored (I/O dtype), like the step tier. With APART
+        # dr_k is converted before any store: converting after the dxg stores spilled 8 B
+        # in the GRU fp16/bf16 BLOCK_H 128 backward on sm_90 (capped at 128 registers).
         if APART:
             dr0, dr1, dr2, dr3 = dr0.to(ty), dr1.to(ty), dr2.to(ty), dr3.to(ty)
             _store_gates(dx_ptrs, dx0, dx1, dx2, dx3, H, mask, GATES)
