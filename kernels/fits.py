@@ -15,7 +15,8 @@ memory; ``shared`` is the shared memory per block each arch's compile used (the 
 of forward and backward, of IEEE and TF32), which the report re-checks (compiled <=
 recorded). The tier choice runs an entry on a device only when ``shared`` (for that
 arch; the largest recorded value for another arch) fits the device's shared memory per
-block. Layers with ``proj_size`` use the step tier.
+block. Layers with ``proj_size`` use the step tier. A cell the table does not name (a user's
+own) uses the entries of the tabled cell it borrows from (:func:`resident_entries`).
 
 **Cooperative tier** (:data:`COOPERATIVE`): ``cdiv(H, 16)`` programs of 16 hidden units
 each (all their gates), at most one per SM, with a grid barrier per step; ``W_hh`` is
@@ -226,9 +227,31 @@ def resident_block_h(hidden: int) -> int:
     return max(MIN_BLOCK_H, 1 << max(0, hidden - 1).bit_length())
 
 
-def resident_fit(kind: str, dtype, hidden: int) -> ResidentFit | None:
-    """The resident-tier entry for ``(kind, dtype, hidden)``, or None when there is none."""
-    return RESIDENT.get((kind, dtype_name(dtype), resident_block_h(hidden)))
+def resident_entries(kind) -> dict[tuple[str, int], ResidentFit]:
+    """The :data:`RESIDENT` entries of cell ``kind`` (a name or a ``fastrnn.cells.Cell``),
+    keyed by ``(dtype name, BLOCK_H)``: its own where the table names the cell; else (a cell
+    defined outside fastrnn) those of the table's cell with the fewest gates at least the
+    cell's, the first in table order. What an entry measures, ``W_hh`` on chip beside the
+    pointwise work, grows with the gate count; the compile report checks the borrowed
+    entries for that cell all the same."""
+    name = getattr(kind, "name", kind)
+    own = {(d, bh): fit for (k, d, bh), fit in RESIDENT.items() if k == name}
+    if own:
+        return own
+    from ..cells import get  # the cell definitions (plain Python: no Triton)
+
+    gates = get(name).gates
+    tabled = [k for k in dict.fromkeys(k for (k, _, _) in RESIDENT) if get(k).gates >= gates]
+    if not tabled:
+        return {}
+    donor = min(tabled, key=lambda k: get(k).gates)
+    return {(d, bh): fit for (k, d, bh), fit in RESIDENT.items() if k == donor}
+
+
+def resident_fit(kind, dtype, hidden: int) -> ResidentFit | None:
+    """The resident-tier entry for ``(kind, dtype, hidden)`` (:func:`resident_entries`), or
+    None when there is none."""
+    return resident_entries(kind).get((dtype_name(dtype), resident_block_h(hidden)))
 
 
 def shared_needed(fit: ResidentFit, arch: int | None) -> int:

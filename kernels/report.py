@@ -8,9 +8,10 @@ compiled metadata, and prints one row. The specialisations:
 
 - step tier (:func:`fastrnn.kernels.recurrent_step.specialisations`): cell kind x dtype /
   TF32 x SAVE or DM_GIVEN x block configuration;
-- resident tier (:func:`fastrnn.kernels.resident.specialisations`): every entry of
-  :data:`fastrnn.kernels.fits.RESIDENT` (cell kind x dtype x block configuration), forward
-  and backward, fp32 in both IEEE and TF32 precision;
+- resident tier (:func:`fastrnn.kernels.resident.specialisations`): every defined cell with
+  Triton functions x its entries of :data:`fastrnn.kernels.fits.RESIDENT` (dtype x block
+  configuration, :func:`fastrnn.kernels.fits.resident_entries`), forward and backward, fp32
+  in both IEEE and TF32 precision;
 - cooperative tier (:func:`fastrnn.kernels.cooperative.specialisations`): every entry of
   :data:`fastrnn.kernels.fits.COOPERATIVE` (the tiled kernels, ``coop-*``) and of
   :data:`fastrnn.kernels.fits.COOPERATIVE_REGISTERS` (the register variants,
@@ -241,7 +242,7 @@ def _sweep_candidate(kind: str, dtype_name: str, block_h: int, warps: int, direc
 def _sweep_job(args):
     kind, dtype_name, block_h, direction = args
     tried = []
-    weight_bytes = resident.GATES[kind] * block_h * block_h * getattr(torch, dtype_name).itemsize
+    weight_bytes = resident.cell_of(kind).gates * block_h * block_h * getattr(torch, dtype_name).itemsize
     if weight_bytes > SHARED_LIMIT[fits.REFERENCE_ARCH]:
         return tried  # W_hh alone is larger than any SM's shared memory
     for warps in SWEEP_WARPS:
@@ -256,7 +257,7 @@ def sweep(jobs: int, only: list[str] | None = None) -> int:
     """Compile the candidates (or only the ``KIND,DTYPE,BLOCK_H`` entries of ``only``) and
     print the table rows they give."""
     wanted = {tuple(o.split(",")) for o in only} if only else None
-    keys = [(kind, d, bh, direction) for kind in resident.KIND_IDS for d in SWEEP_DTYPES
+    keys = [(kind, d, bh, direction) for kind in (c.name for c in resident.triton_cells()) for d in SWEEP_DTYPES
             for bh in SWEEP_BLOCK_H.get(d, SWEEP_BLOCK_H_DEFAULT) for direction in ("forward", "backward")
             if wanted is None or (kind, d, str(bh)) in wanted]
     with ProcessPoolExecutor(jobs) as pool:
@@ -271,7 +272,7 @@ def sweep(jobs: int, only: list[str] | None = None) -> int:
         if last is not None and last["clean"]:
             chosen[last["key"]] = last
     print("RESIDENT = {")
-    for kind in resident.KIND_IDS:
+    for kind in (c.name for c in resident.triton_cells()):
         for d in SWEEP_DTYPES:
             for bh in SWEEP_BLOCK_H.get(d, SWEEP_BLOCK_H_DEFAULT):
                 if wanted is not None and (kind, d, str(bh)) not in wanted:

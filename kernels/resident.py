@@ -6,11 +6,16 @@ registers), keeps the state in ``ACC`` registers (fp32; fp64 for fp64 I/O) for t
 sequence, and runs ``for t in range(T)`` inside the kernel. Programs never wait for each
 other (each owns its rows of the state), so Triton's interpreter runs them as they are.
 
+The cell is data: its compile-time arguments (:meth:`fastrnn.cells.Cell.kernel_constexprs`)
+give the pointwise functions ``CELL_FORWARD`` / ``CELL_BACKWARD``, the gate count ``GATES``
+and flags for what it carries, keeps and reads; the kernels hold the loop, the GEMMs and
+the memory traffic (the interface is described in :mod:`fastrnn.cells.base`).
+
 Forward (``resident_forward_kernel``), per step ``t`` in processing order::
 
-    pre = h.to(io) @ W_hh^T (+ b_hh for GRU) + xg[rows of t]     one tl.dot per gate
-    cell forward (kernels/cells.py) -> h_t, c_t                   fp32 state
-    y[rows of t] = h_t; gates / c_t / W_hn h + b_hn -> saved rows when ``save``
+    r_k = h.to(io) @ W_k^T (+ b_hk when APART), x_k = xg[rows of t, gate k]   one tl.dot per gate
+    h_t, c_t, s_0..3, e = CELL_FORWARD(x_0..3, r_0..3, h, c)      fp32 state
+    y[rows of t] = h_t; s_k (SAVES) / e (EXTRA) / c_t (HAS_C) -> saved rows when ``save``
     rows of the tile that are not active at t keep their state
 
 and at the end ``h_n``, ``c_n`` (each row's state after its last step).
@@ -19,8 +24,9 @@ Backward (``resident_backward_kernel``), per step in reverse processing order, w
 ``dh`` / ``dc`` the gradient state (initialised from ``dh_n`` / ``dc_n``)::
 
     dh_t = dh + dy[rows of t]
-    cell backward (kernels/cells.py) -> gate gradients -> dxg (and dhg for GRU)
-    dh = dgates.to(io) @ W_hh (+ dh_t * z for GRU); dc = dc_prev      active rows only
+    dx_k, dr_k, dh_direct, dc_prev = CELL_BACKWARD(dh_t, dc, saved s_k / e / c, h, h_prev)
+    dxg <- dx_k (and dhg <- dr_k when APART)
+    dh = sum_k dr_k.to(io) @ W_k (+ dh_direct when DIRECT); dc = dc_prev    active rows only
 
 and at the end ``dh0``, ``dc0``. The weight gradients are whole-sequence GEMMs in the
 engine, after the loop.
@@ -41,7 +47,7 @@ the triton backend uses the step tier (see :mod:`fastrnn.kernels.fits`).
 Offsets: each step's first row enters as a 64-bit scalar, the offsets inside a step
 are 32-bit (up to ``B * G * H``; the backend runs batches past 2^31 on the step tier).
 
-Compile-time choices: the cell kind, ``ACC``, ``PRECISION`` (TF32 or IEEE), ``BLOCK_B``,
+Compile-time choices: the cell, ``ACC``, ``PRECISION`` (TF32 or IEEE), ``BLOCK_B``,
 ``BLOCK_H`` and the warps, from :mod:`fastrnn.kernels.fits`. ``T``, ``B``, ``H``, the
 direction and ``save`` are runtime arguments (``do_not_specialize``): no shape, batch
 size or sequence length recompiles.
@@ -56,19 +62,10 @@ import triton
 import triton.language as tl
 
 
+from ..cells import Cell, defined
+from ..cells import get as cell_named
 from . import fits
-from .cells import (
-    KIND_IDS,
-    legacy_gru_backward as gru_backward,
-    legacy_gru_forward as gru_forward,
-    gru_hidden_bias,
-    legacy_lstm_backward as lstm_backward,
-    legacy_lstm_forward as lstm_forward,
-    legacy_rnn_relu_backward as rnn_relu_backward,
-    legacy_rnn_relu_forward as rnn_relu_forward,
-    legacy_rnn_tanh_backward as rnn_tanh_backward,
-    legacy_rnn_tanh_forward as rnn_tanh_forward,
-)
+from .cells import recurrent_bias
 from .launches import aligned_input  # noqa: F401 (used by the backend)
 from .launches import checked_pointers as _pointers
 from .launches import record
@@ -114,19 +111,34 @@ def _load_weight(w_ptr, units, ks, H, TRANSPOSED: tl.constexpr):
 
 
 @triton.jit
-def _load_weights(w_hh_ptr, cols, H, G: tl.constexpr, TRANSPOSED: tl.constexpr):
-    """``W_hh`` once: the ``G`` gate blocks as tiles of :func:`_load_weight` (gates a kind
-    lacks get the first tile again, never read)."""
+def _load_weights(w_hh_ptr, cols, H, GATES: tl.constexpr, TRANSPOSED: tl.constexpr):
+    """``W_hh`` once: the ``GATES`` gate blocks as tiles of :func:`_load_weight` (slots
+    ``>= GATES`` get the first tile again, never read)."""
     w0 = _load_weight(w_hh_ptr, cols, cols, H, TRANSPOSED)
     w1 = w0
     w2 = w0
     w3 = w0
-    if G > 1:
+    if GATES > 1:
         w1 = _load_weight(w_hh_ptr + H * H, cols, cols, H, TRANSPOSED)
+    if GATES > 2:
         w2 = _load_weight(w_hh_ptr + 2 * H * H, cols, cols, H, TRANSPOSED)
-    if G > 3:
+    if GATES > 3:
         w3 = _load_weight(w_hh_ptr + 3 * H * H, cols, cols, H, TRANSPOSED)
     return w0, w1, w2, w3
+
+
+@triton.jit
+def _store_gates(ptrs, v0, v1, v2, v3, H, mask, GATES: tl.constexpr):
+    """Slots ``0 .. GATES-1`` into a ``(rows, GATES*H)`` buffer (slot ``k`` at ``ptrs + k*H``),
+    converted to the buffer's dtype."""
+    ty = ptrs.dtype.element_ty
+    tl.store(ptrs, v0.to(ty), mask=mask)
+    if GATES > 1:
+        tl.store(ptrs + H, v1.to(ty), mask=mask)
+    if GATES > 2:
+        tl.store(ptrs + 2 * H, v2.to(ty), mask=mask)
+    if GATES > 3:
+        tl.store(ptrs + 3 * H, v3.to(ty), mask=mask)
 
 
 # --------------------------------------------------------------------------------------
@@ -138,43 +150,53 @@ def _load_weights(w_hh_ptr, cols, H, G: tl.constexpr, TRANSPOSED: tl.constexpr):
 def resident_forward_kernel(
     xg_ptr,  # (N, G*H) input projection, rows grouped by timestep
     w_hh_ptr,  # (G*H, H) recurrent weight
-    b_hh_ptr,  # (G*H,) recurrent bias (GRU only; zeros when the layer has none)
+    b_hh_ptr,  # (G*H,) recurrent bias when APART (zeros when the layer has none)
     h0_ptr,  # (B, H) initial hidden state
-    c0_ptr,  # (B, H) initial cell state (LSTM)
+    c0_ptr,  # (B, H) initial cell state (HAS_C)
     y_ptr,  # (N, H) out: hidden state of every step
     h_n_ptr,  # (B, H) out: final hidden state of each sequence
-    c_n_ptr,  # (B, H) out: final cell state (LSTM)
-    gates_ptr,  # (N, G*H) out when save: activations (LSTM i,f,g,o / GRU r,z,n)
-    c_seq_ptr,  # (N, H) ACC out when save: cell state of every step (LSTM)
-    hn_seq_ptr,  # (N, H) out when save: W_hn h + b_hn of every step (GRU)
+    c_n_ptr,  # (B, H) out: final cell state (HAS_C)
+    gates_ptr,  # (N, G*H) out when save and SAVES: the cell's s0 .. s{G-1}
+    c_seq_ptr,  # (N, H) ACC out when save and HAS_C: cell state of every step
+    hn_seq_ptr,  # (N, H) out when save and EXTRA: the cell's e of every step
     sizes_ptr,  # (T,) int32 active rows per step (packed; unused when uniform_b > 0)
     offsets_ptr,  # (T,) int32 first row per step (packed; unused when uniform_b > 0)
     T,  # timesteps
     B,  # sequences (rows of h0 / h_n)
     uniform_b,  # B for a padded batch (every step has B rows), 0 for a packed one
     reverse,  # 1: process t = T-1 .. 0
-    save,  # 1: write gates / c / hn for backward
+    save,  # 1: write what the backward reads (gates / e / c)
     H,  # hidden size (== size of h: no projection on this tier)
-    KIND: tl.constexpr,  # 0 LSTM, 1 GRU, 2 RNN tanh, 3 RNN relu
+    CELL_FORWARD: tl.constexpr,  # the cell's pointwise forward (fastrnn.cells)
+    CELL_BACKWARD: tl.constexpr,  # (the backward kernel's; both kernels take every cell constexpr)
+    GATES: tl.constexpr,  # stacked gate blocks G (1 to 4)
+    HAS_C: tl.constexpr,  # the cell carries c
+    APART: tl.constexpr,  # b_hh is added to h @ W_hh^T here (not folded into xg)
+    SAVES: tl.constexpr,  # save keeps s0 .. s{G-1}
+    EXTRA: tl.constexpr,  # save keeps e
+    FWD_H_PREV: tl.constexpr,  # (the forward always passes h_prev)
+    BWD_H: tl.constexpr,
+    BWD_H_PREV: tl.constexpr,
+    DIRECT: tl.constexpr,
     ACC: tl.constexpr,  # accumulation / state dtype: fp32, or fp64 for fp64 I/O
     PRECISION: tl.constexpr,  # tl.dot input precision: "ieee" or "tf32"
     BLOCK_B: tl.constexpr,  # batch rows per program
     BLOCK_H: tl.constexpr,  # H padded to a power of two >= 16
 ):
-    G: tl.constexpr = 4 if KIND == 0 else (3 if KIND == 1 else 1)
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     cols = tl.arange(0, BLOCK_H)
     col_mask = cols < H
     tile_mask = (rows < B)[:, None] & col_mask[None, :]
-    GH = G * H
+    GH = GATES * H
 
     # The recurrent weight, once: one transposed (H x H) tile per gate.
-    w0, w1, w2, w3 = _load_weights(w_hh_ptr, cols, H, G, True)
-    b_r, b_z, b_n = gru_hidden_bias(b_hh_ptr, cols, col_mask, H, KIND, ACC, BLOCK_H)
+    w0, w1, w2, w3 = _load_weights(w_hh_ptr, cols, H, GATES, True)
+    b0, b1, b2, b3 = recurrent_bias(b_hh_ptr, cols, col_mask, H, GATES, APART, ACC, BLOCK_H)
 
     state_offs = rows[:, None] * H + cols[None, :]
     h = tl.load(h0_ptr + state_offs, mask=tile_mask, other=0.0).to(ACC)
-    if KIND == 0:
+    c = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
+    if HAS_C:
         c = tl.load(c0_ptr + state_offs, mask=tile_mask, other=0.0).to(ACC)
 
     for j in range(T):
@@ -189,54 +211,39 @@ def resident_forward_kernel(
         seq_offs = off * H + state_offs
         hx = h.to(w0.dtype)  # the GEMM runs on I/O-dtype operands (tensor cores), fp32 result
         zero = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
-        a0 = tl.dot(hx, w0, zero, input_precision=PRECISION)
-        if G > 1:
-            a1 = tl.dot(hx, w1, zero, input_precision=PRECISION)
-            a2 = tl.dot(hx, w2, zero, input_precision=PRECISION)
-        if G > 3:
-            a3 = tl.dot(hx, w3, zero, input_precision=PRECISION)
-        if KIND == 0:
-            i, f, g, o, c_new, h_new = lstm_forward(
-                a0 + tl.load(x_ptrs, mask=mask, other=0.0).to(ACC),
-                a1 + tl.load(x_ptrs + H, mask=mask, other=0.0).to(ACC),
-                a2 + tl.load(x_ptrs + 2 * H, mask=mask, other=0.0).to(ACC),
-                a3 + tl.load(x_ptrs + 3 * H, mask=mask, other=0.0).to(ACC),
-                c,
-            )
+        # Gate k: r_k = h @ W_k^T (+ b_k), x_k from xg; slots k >= GATES stay zero. Each
+        # dot beside its load: all dots first compiled to 255 registers and a spill (GRU
+        # fp16 BLOCK_H 128, sm_90), this order to 196 and none.
+        r0 = tl.dot(hx, w0, zero, input_precision=PRECISION)
+        x0 = tl.load(x_ptrs, mask=mask, other=0.0).to(ACC)
+        r1, r2, r3 = zero, zero, zero
+        x1, x2, x3 = zero, zero, zero
+        if GATES > 1:
+            r1 = tl.dot(hx, w1, zero, input_precision=PRECISION)
+            x1 = tl.load(x_ptrs + H, mask=mask, other=0.0).to(ACC)
+        if GATES > 2:
+            r2 = tl.dot(hx, w2, zero, input_precision=PRECISION)
+            x2 = tl.load(x_ptrs + 2 * H, mask=mask, other=0.0).to(ACC)
+        if GATES > 3:
+            r3 = tl.dot(hx, w3, zero, input_precision=PRECISION)
+            x3 = tl.load(x_ptrs + 3 * H, mask=mask, other=0.0).to(ACC)
+        if APART:
+            r0, r1, r2, r3 = r0 + b0, r1 + b1, r2 + b2, r3 + b3
+        h_new, c_new, s0, s1, s2, s3, e = CELL_FORWARD(x0, x1, x2, x3, r0, r1, r2, r3, h, c)
+        if HAS_C:
             c = tl.where(mask, c_new, c)
-            if save:
-                ty = gates_ptr.dtype.element_ty
-                tl.store(gate_ptrs, i.to(ty), mask=mask)
-                tl.store(gate_ptrs + H, f.to(ty), mask=mask)
-                tl.store(gate_ptrs + 2 * H, g.to(ty), mask=mask)
-                tl.store(gate_ptrs + 3 * H, o.to(ty), mask=mask)
+        if save:
+            if SAVES:
+                _store_gates(gate_ptrs, s0, s1, s2, s3, H, mask, GATES)
+            if EXTRA:
+                tl.store(hn_seq_ptr + seq_offs, e.to(hn_seq_ptr.dtype.element_ty), mask=mask)
+            if HAS_C:
                 tl.store(c_seq_ptr + seq_offs, c_new.to(c_seq_ptr.dtype.element_ty), mask=mask)
-        elif KIND == 1:
-            hn = a2 + b_n
-            r, z, n, h_new = gru_forward(
-                tl.load(x_ptrs, mask=mask, other=0.0).to(ACC),
-                tl.load(x_ptrs + H, mask=mask, other=0.0).to(ACC),
-                tl.load(x_ptrs + 2 * H, mask=mask, other=0.0).to(ACC),
-                a0 + b_r,
-                a1 + b_z,
-                hn,
-                h,
-            )
-            if save:
-                ty = gates_ptr.dtype.element_ty
-                tl.store(gate_ptrs, r.to(ty), mask=mask)
-                tl.store(gate_ptrs + H, z.to(ty), mask=mask)
-                tl.store(gate_ptrs + 2 * H, n.to(ty), mask=mask)
-                tl.store(hn_seq_ptr + seq_offs, hn.to(hn_seq_ptr.dtype.element_ty), mask=mask)
-        elif KIND == 2:
-            h_new = rnn_tanh_forward(a0 + tl.load(x_ptrs, mask=mask, other=0.0).to(ACC))
-        else:
-            h_new = rnn_relu_forward(a0 + tl.load(x_ptrs, mask=mask, other=0.0).to(ACC))
         tl.store(y_ptr + seq_offs, h_new.to(y_ptr.dtype.element_ty), mask=mask)
         h = tl.where(mask, h_new, h)
 
     tl.store(h_n_ptr + state_offs, h.to(h_n_ptr.dtype.element_ty), mask=tile_mask)
-    if KIND == 0:
+    if HAS_C:
         tl.store(c_n_ptr + state_offs, c.to(c_n_ptr.dtype.element_ty), mask=tile_mask)
 
 
@@ -248,19 +255,19 @@ def resident_forward_kernel(
 @triton.jit(do_not_specialize=["T", "B", "uniform_b", "reverse", "H"])
 def resident_backward_kernel(
     w_hh_ptr,  # (G*H, H) recurrent weight
-    h0_ptr,  # (B, H) initial hidden state (GRU: the state before the first step)
-    c0_ptr,  # (B, H) initial cell state (LSTM)
-    y_ptr,  # (N, H) forward output (GRU: previous state; RNN: activation derivative)
+    h0_ptr,  # (B, H) initial hidden state (h_prev of a row's first step, BWD_H_PREV)
+    c0_ptr,  # (B, H) initial cell state (HAS_C)
+    y_ptr,  # (N, H) forward output: h of each step (BWD_H), h_prev of the next (BWD_H_PREV)
     dy_ptr,  # (N, H) gradient of y
     dh_n_ptr,  # (B, H) gradient of h_n
-    dc_n_ptr,  # (B, H) gradient of c_n (LSTM)
-    gates_ptr,  # (N, G*H) saved activations
-    c_seq_ptr,  # (N, H) ACC saved cell states (LSTM)
-    hn_seq_ptr,  # (N, H) saved W_hn h + b_hn (GRU)
-    dxg_ptr,  # (N, G*H) out: gradient of the input projection
-    dhg_ptr,  # (N, G*H) out: gradient of h @ W_hh^T + b_hh (GRU; else unused)
+    dc_n_ptr,  # (B, H) gradient of c_n (HAS_C)
+    gates_ptr,  # (N, G*H) saved s0 .. s{G-1} (SAVES)
+    c_seq_ptr,  # (N, H) ACC saved cell states (HAS_C)
+    hn_seq_ptr,  # (N, H) saved e (EXTRA)
+    dxg_ptr,  # (N, G*H) out: gradient of the input projection (dx_k)
+    dhg_ptr,  # (N, G*H) out when APART: gradient of h @ W_hh^T + b_hh (dr_k); else unused
     dh0_ptr,  # (B, H) out: gradient of h0
-    dc0_ptr,  # (B, H) out: gradient of c0 (LSTM)
+    dc0_ptr,  # (B, H) out: gradient of c0 (HAS_C)
     sizes_ptr,  # (T,) int32 active rows per step (packed; unused when uniform_b > 0)
     offsets_ptr,  # (T,) int32 first row per step (packed; unused when uniform_b > 0)
     T,  # timesteps
@@ -268,25 +275,35 @@ def resident_backward_kernel(
     uniform_b,  # B for a padded batch, 0 for a packed one
     reverse,  # 1: the forward pass processed t = T-1 .. 0
     H,  # hidden size
-    KIND: tl.constexpr,
+    CELL_FORWARD: tl.constexpr,  # (the forward kernel's; both kernels take every cell constexpr)
+    CELL_BACKWARD: tl.constexpr,  # the cell's pointwise backward (fastrnn.cells)
+    GATES: tl.constexpr,
+    HAS_C: tl.constexpr,
+    APART: tl.constexpr,  # dr_k differs from dx_k: stored in dhg, the GEMM reads dr_k
+    SAVES: tl.constexpr,
+    EXTRA: tl.constexpr,
+    FWD_H_PREV: tl.constexpr,
+    BWD_H: tl.constexpr,  # the cell backward reads h (this step's y)
+    BWD_H_PREV: tl.constexpr,  # the cell backward reads h_prev
+    DIRECT: tl.constexpr,  # dh_direct joins the gradient of h_prev outside the GEMM
     ACC: tl.constexpr,
     PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
-    G: tl.constexpr = 4 if KIND == 0 else (3 if KIND == 1 else 1)
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     cols = tl.arange(0, BLOCK_H)
     col_mask = cols < H
     tile_mask = (rows < B)[:, None] & col_mask[None, :]
-    GH = G * H
+    GH = GATES * H
 
-    # W_hh once, one (H x H) tile per gate, for dh_prev = sum_g dgates_g @ W_g.
-    w0, w1, w2, w3 = _load_weights(w_hh_ptr, cols, H, G, False)
+    # W_hh once, one (H x H) tile per gate, for dh_prev = sum_k dr_k @ W_k.
+    w0, w1, w2, w3 = _load_weights(w_hh_ptr, cols, H, GATES, False)
 
     state_offs = rows[:, None] * H + cols[None, :]
     dh = tl.load(dh_n_ptr + state_offs, mask=tile_mask, other=0.0).to(ACC)
-    if KIND == 0:
+    dc = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
+    if HAS_C:
         dc = tl.load(dc_n_ptr + state_offs, mask=tile_mask, other=0.0).to(ACC)
     ty = dxg_ptr.dtype.element_ty
 
@@ -303,7 +320,11 @@ def resident_backward_kernel(
         dx_ptrs = dxg_ptr + gate_offs
         zero = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
         dh_t = dh + tl.load(dy_ptr + seq_offs, mask=mask, other=0.0).to(ACC)
-        if KIND <= 1:
+        # What the cell backward reads (zero tiles for what this cell does not keep): the
+        # state before the step first, then this step's saved values.
+        s0, s1, s2, s3 = zero, zero, zero, zero
+        e, c_t, c_prev, h_t, h_prev = zero, zero, zero, zero, zero
+        if HAS_C or BWD_H_PREV:
             # The state before step t: the previous processed step's rows for rows that
             # were active there, the initial state for the others (j == 0, or rows that
             # start later in the reverse direction of a packed batch).
@@ -313,70 +334,60 @@ def resident_backward_kernel(
                 p_off, n_prev = _step_rows(_timestep(j - 1, T, reverse), sizes_ptr, offsets_ptr, uniform_b)
             from_seq = (rows < n_prev)[:, None]
             prev_offs = p_off * H + state_offs
-        if KIND == 0:
+        if HAS_C:
             c_prev = tl.where(
                 from_seq,
                 tl.load(c_seq_ptr + prev_offs, mask=mask & from_seq, other=0.0).to(ACC),
                 tl.load(c0_ptr + state_offs, mask=mask & (~from_seq), other=0.0).to(ACC),
             )
-            di, df, dg, do, dc_prev = lstm_backward(
-                dh_t,
-                dc,
-                tl.load(g_ptrs, mask=mask, other=0.0).to(ACC),
-                tl.load(g_ptrs + H, mask=mask, other=0.0).to(ACC),
-                tl.load(g_ptrs + 2 * H, mask=mask, other=0.0).to(ACC),
-                tl.load(g_ptrs + 3 * H, mask=mask, other=0.0).to(ACC),
-                tl.load(c_seq_ptr + seq_offs, mask=mask, other=0.0).to(ACC),
-                c_prev,
-            )
-            di, df, dg, do = di.to(ty), df.to(ty), dg.to(ty), do.to(ty)
-            tl.store(dx_ptrs, di, mask=mask)
-            tl.store(dx_ptrs + H, df, mask=mask)
-            tl.store(dx_ptrs + 2 * H, dg, mask=mask)
-            tl.store(dx_ptrs + 3 * H, do, mask=mask)
-            # The GEMM reads the gate gradients as stored (I/O dtype), like the step tier.
-            acc = tl.dot(di, w0, zero, input_precision=PRECISION)
-            acc = tl.dot(df, w1, acc, input_precision=PRECISION)
-            acc = tl.dot(dg, w2, acc, input_precision=PRECISION)
-            acc = tl.dot(do, w3, acc, input_precision=PRECISION)
-            dc = tl.where(mask, dc_prev, dc)
-        elif KIND == 1:
+        if BWD_H_PREV:
             h_prev = tl.where(
                 from_seq,
                 tl.load(y_ptr + prev_offs, mask=mask & from_seq, other=0.0).to(ACC),
                 tl.load(h0_ptr + state_offs, mask=mask & (~from_seq), other=0.0).to(ACC),
             )
-            dr, dz, dn, dhn, dh_direct = gru_backward(
-                dh_t,
-                tl.load(g_ptrs, mask=mask, other=0.0).to(ACC),
-                tl.load(g_ptrs + H, mask=mask, other=0.0).to(ACC),
-                tl.load(g_ptrs + 2 * H, mask=mask, other=0.0).to(ACC),
-                tl.load(hn_seq_ptr + seq_offs, mask=mask, other=0.0).to(ACC),
-                h_prev,
-            )
-            dr, dz, dhn = dr.to(ty), dz.to(ty), dhn.to(ty)
-            dhg_ptrs = dhg_ptr + gate_offs
-            tl.store(dx_ptrs, dr, mask=mask)
-            tl.store(dx_ptrs + H, dz, mask=mask)
-            tl.store(dx_ptrs + 2 * H, dn.to(ty), mask=mask)
-            tl.store(dhg_ptrs, dr, mask=mask)
-            tl.store(dhg_ptrs + H, dz, mask=mask)
-            tl.store(dhg_ptrs + 2 * H, dhn, mask=mask)
-            acc = tl.dot(dr, w0, dh_direct, input_precision=PRECISION)
-            acc = tl.dot(dz, w1, acc, input_precision=PRECISION)
-            acc = tl.dot(dhn, w2, acc, input_precision=PRECISION)
+        if SAVES:
+            s0 = tl.load(g_ptrs, mask=mask, other=0.0).to(ACC)
+            if GATES > 1:
+                s1 = tl.load(g_ptrs + H, mask=mask, other=0.0).to(ACC)
+            if GATES > 2:
+                s2 = tl.load(g_ptrs + 2 * H, mask=mask, other=0.0).to(ACC)
+            if GATES > 3:
+                s3 = tl.load(g_ptrs + 3 * H, mask=mask, other=0.0).to(ACC)
+        if EXTRA:
+            e = tl.load(hn_seq_ptr + seq_offs, mask=mask, other=0.0).to(ACC)
+        if HAS_C:
+            c_t = tl.load(c_seq_ptr + seq_offs, mask=mask, other=0.0).to(ACC)
+        if BWD_H:
+            h_t = tl.load(y_ptr + seq_offs, mask=mask, other=0.0).to(ACC)
+        dx0, dx1, dx2, dx3, dr0, dr1, dr2, dr3, dh_direct, dc_prev = CELL_BACKWARD(
+            dh_t, dc, s0, s1, s2, s3, e, c_t, c_prev, h_t, h_prev)
+        # The GEMM reads the gradients as stored (I/O dtype), like the step tier. With APART
+        # dr_k is converted before any store: converting after the dxg stores spilled 8 B
+        # in the GRU fp16/bf16 BLOCK_H 128 backward on sm_90 (capped at 128 registers).
+        if APART:
+            dr0, dr1, dr2, dr3 = dr0.to(ty), dr1.to(ty), dr2.to(ty), dr3.to(ty)
+            _store_gates(dx_ptrs, dx0, dx1, dx2, dx3, H, mask, GATES)
+            _store_gates(dhg_ptr + gate_offs, dr0, dr1, dr2, dr3, H, mask, GATES)
         else:
-            y = tl.load(y_ptr + seq_offs, mask=mask, other=0.0).to(ACC)
-            if KIND == 2:
-                dpre = rnn_tanh_backward(dh_t, y).to(ty)
-            else:
-                dpre = rnn_relu_backward(dh_t, y).to(ty)
-            tl.store(dx_ptrs, dpre, mask=mask)
-            acc = tl.dot(dpre, w0, zero, input_precision=PRECISION)
+            dr0, dr1, dr2, dr3 = dx0.to(ty), dx1.to(ty), dx2.to(ty), dx3.to(ty)
+            _store_gates(dx_ptrs, dr0, dr1, dr2, dr3, H, mask, GATES)
+        acc = zero
+        if DIRECT:
+            acc = dh_direct
+        acc = tl.dot(dr0, w0, acc, input_precision=PRECISION)
+        if GATES > 1:
+            acc = tl.dot(dr1, w1, acc, input_precision=PRECISION)
+        if GATES > 2:
+            acc = tl.dot(dr2, w2, acc, input_precision=PRECISION)
+        if GATES > 3:
+            acc = tl.dot(dr3, w3, acc, input_precision=PRECISION)
         dh = tl.where(mask, acc, dh)
+        if HAS_C:
+            dc = tl.where(mask, dc_prev, dc)
 
     tl.store(dh0_ptr + state_offs, dh.to(dh0_ptr.dtype.element_ty), mask=tile_mask)
-    if KIND == 0:
+    if HAS_C:
         tl.store(dc0_ptr + state_offs, dc.to(dc0_ptr.dtype.element_ty), mask=tile_mask)
 
 
@@ -394,10 +405,21 @@ def _acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def constexprs(kind: str, dtype: torch.dtype, tf32: bool, cfg: fits.KernelConfig) -> dict:
-    """Compile-time arguments of either resident kernel (the same names for both)."""
+def cell_of(kind) -> Cell:
+    """The cell definition ``kind`` names (a :class:`~fastrnn.cells.Cell` passes as it is)."""
+    return kind if isinstance(kind, Cell) else cell_named(kind)
+
+
+def triton_cells() -> tuple[Cell, ...]:
+    """Every defined cell with Triton functions (built-in ones first): the cells this tier compiles."""
+    return tuple(cell for cell in defined() if cell.runs_on_triton)
+
+
+def constexprs(kind, dtype: torch.dtype, tf32: bool, cfg: fits.KernelConfig) -> dict:
+    """Compile-time arguments of either resident kernel (the same names for both): the
+    cell's (:meth:`~fastrnn.cells.Cell.kernel_constexprs`) and the launch's."""
     return dict(
-        KIND=KIND_IDS[kind], ACC=_acc(dtype), PRECISION=_precision(dtype, tf32),
+        **cell_of(kind).kernel_constexprs(), ACC=_acc(dtype), PRECISION=_precision(dtype, tf32),
         BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
     )
 
@@ -424,7 +446,7 @@ class Specialisation(NamedTuple):
 
     kernel: object  # the @triton.jit function
     kernel_name: str  # "resident-forward" / "resident-backward"
-    kind: str
+    kind: str  # the cell's name
     dtype: torch.dtype
     label: str  # dtype / precision, for the report
     config: fits.KernelConfig
@@ -434,23 +456,36 @@ class Specialisation(NamedTuple):
     shared_limit: dict  # arch -> bytes this entry may use there (fits.py), None: not run there
 
 
+DIRECTIONS = ("forward", "backward")
+
+
+def kernel_of(direction: str) -> tuple:
+    """``(kernel, pointers, ints)`` of ``direction`` ("forward" or "backward"), the kernel
+    looked up when asked (so a test can stand in for it)."""
+    if direction == "forward":
+        return resident_forward_kernel, FORWARD_POINTERS, FORWARD_INTS
+    return resident_backward_kernel, BACKWARD_POINTERS, BACKWARD_INTS
+
+
 def specialisations(dtypes=None) -> list[Specialisation]:
-    """Every (kernel, kind, dtype, TF32, block configuration) of :data:`fits.RESIDENT`."""
+    """Every (kernel, cell, dtype, TF32, block configuration) a launch may choose: for each
+    cell of :func:`triton_cells`, its entries of :data:`fits.RESIDENT`
+    (:func:`fits.resident_entries`)."""
     out = []
-    for (kind, dtype_name, _), fit in fits.RESIDENT.items():
-        dtype = getattr(torch, dtype_name)
-        if dtypes is not None and dtype not in dtypes:
-            continue
-        for tf32 in ((False, True) if dtype == torch.float32 else (False,)):
-            label = dtype_name + ("-tf32" if tf32 else "")
-            for name, kernel, cfg, pointers, ints in (
-                ("resident-forward", resident_forward_kernel, fit.forward, FORWARD_POINTERS, FORWARD_INTS),
-                ("resident-backward", resident_backward_kernel, fit.backward, BACKWARD_POINTERS, BACKWARD_INTS),
-            ):
-                out.append(Specialisation(
-                    kernel, name, kind, dtype, label, cfg, constexprs(kind, dtype, tf32, cfg), pointers, ints,
-                    dict(fit.shared),
-                ))
+    for cell in triton_cells():
+        for (dtype_name, _), fit in fits.resident_entries(cell).items():
+            dtype = getattr(torch, dtype_name)
+            if dtypes is not None and dtype not in dtypes:
+                continue
+            for tf32 in ((False, True) if dtype == torch.float32 else (False,)):
+                label = dtype_name + ("-tf32" if tf32 else "")
+                for direction in DIRECTIONS:
+                    kernel, pointers, ints = kernel_of(direction)
+                    cfg = getattr(fit, direction)
+                    out.append(Specialisation(
+                        kernel, f"resident-{direction}", cell.name, dtype, label, cfg,
+                        constexprs(cell, dtype, tf32, cfg), pointers, ints, dict(fit.shared),
+                    ))
     return out
 
 
@@ -459,31 +494,30 @@ def specialisations(dtypes=None) -> list[Specialisation]:
 # --------------------------------------------------------------------------------------
 
 
-def launch_forward(kind: str, tensors: dict, ints: dict, *, fit: fits.ResidentFit, tf32: bool) -> None:
-    """One forward launch over the whole sequence.
+def launch(direction: str, kind, tensors: dict, ints: dict, *, fit: fits.ResidentFit, tf32: bool) -> None:
+    """One launch of ``direction``'s kernel over the whole sequence, for the cell ``kind``
+    (a :class:`~fastrnn.cells.Cell` or its name).
 
-    ``tensors`` maps each name of :data:`FORWARD_POINTERS` to a contiguous, 16-byte
-    aligned tensor (unused ones: any tensor of the right dtype); ``ints`` maps each
-    name of :data:`FORWARD_INTS` to a Python int. Grid: ``cdiv(B, BLOCK_B)`` programs.
+    ``tensors`` maps each name of the direction's pointers (:data:`FORWARD_POINTERS` /
+    :data:`BACKWARD_POINTERS`) to a contiguous, 16-byte aligned tensor (unused ones: any
+    tensor of the right dtype); ``ints`` maps each name of :data:`FORWARD_INTS` /
+    :data:`BACKWARD_INTS` to a Python int. Grid: ``cdiv(B, BLOCK_B)`` programs.
     """
-    cfg = fit.forward
-    pointers = _pointers(FORWARD_POINTERS, tensors)
+    kernel, pointers, int_names = kernel_of(direction)
+    cfg = getattr(fit, direction)
     grid = (triton.cdiv(ints["B"], cfg.block_b),)
-    resident_forward_kernel[grid](
-        *pointers, *(ints[k] for k in FORWARD_INTS),
-        **constexprs(kind, tensors["xg_ptr"].dtype, tf32, cfg), num_warps=cfg.num_warps,
+    kernel[grid](
+        *_pointers(pointers, tensors), *(ints[k] for k in int_names),
+        **constexprs(kind, tensors["w_hh_ptr"].dtype, tf32, cfg), num_warps=cfg.num_warps,
     )
-    record("resident", "forward")
+    record("resident", direction)
 
 
-def launch_backward(kind: str, tensors: dict, ints: dict, *, fit: fits.ResidentFit, tf32: bool) -> None:
-    """One backward launch over the whole sequence (names of :data:`BACKWARD_POINTERS` /
-    :data:`BACKWARD_INTS`)."""
-    cfg = fit.backward
-    pointers = _pointers(BACKWARD_POINTERS, tensors)
-    grid = (triton.cdiv(ints["B"], cfg.block_b),)
-    resident_backward_kernel[grid](
-        *pointers, *(ints[k] for k in BACKWARD_INTS),
-        **constexprs(kind, tensors["dxg_ptr"].dtype, tf32, cfg), num_warps=cfg.num_warps,
-    )
-    record("resident", "backward")
+def launch_forward(kind, tensors: dict, ints: dict, *, fit: fits.ResidentFit, tf32: bool) -> None:
+    """The forward launch (:func:`launch`)."""
+    launch("forward", kind, tensors, ints, fit=fit, tf32=tf32)
+
+
+def launch_backward(kind, tensors: dict, ints: dict, *, fit: fits.ResidentFit, tf32: bool) -> None:
+    """The backward launch (:func:`launch`)."""
+    launch("backward", kind, tensors, ints, fit=fit, tf32=tf32)

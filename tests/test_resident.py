@@ -16,6 +16,9 @@ with NaN (``FILL_NAN``), so a store a kernel skips fails loudly.
 - Launch counts: one forward and one backward launch per layer-direction.
 - Module parity with torch.nn under ``FASTRNN_TIER=resident`` (a representative subset of
   tests/test_triton_modules.py; proj_size runs on the step tier, see tests/test_tiers.py).
+- A cell defined outside fastrnn (two gates, reads ``h_prev`` both ways, a direct gradient to
+  ``h_prev``): its report rows and table entries (those of its gate count), and its forward and
+  backward through the resident launchers against autograd on its torch functions.
 """
 
 from __future__ import annotations
@@ -24,18 +27,23 @@ import itertools
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 from helpers import assert_parity, make_pair, pairwise
 from test_triton_backend import _TOL, _problem, _run, check_against_reference
 from test_triton_gradcheck import _inputs as gradcheck_inputs
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from fastrnn import cells
 from fastrnn.backends import triton_backend
+from fastrnn.cells import base as cell_base
 from fastrnn.functional import Schedule, recurrent_layer
-from fastrnn.kernels import fits
+from fastrnn.kernels import fits, resident
+from fastrnn.kernels.cells import sigmoid, tanh
 from fastrnn.kernels.recurrent_step import count_launches
 
-KINDS = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
-GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+KINDS = tuple(cell.name for cell in cells.BUILTIN)
+GATES = {cell.name: cell.gates for cell in cells.BUILTIN}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "fp64": torch.float64}
 
 
@@ -243,8 +251,6 @@ def test_cell_parity_resident(cls):
 def test_inference_saves_nothing_and_matches(monkeypatch):
     """Under no_grad the resident forward writes no saved tensors (save=0) and still
     returns y, h_n, c_n equal to the reference."""
-    from fastrnn.kernels import resident
-
     saves = []
     launch = resident.launch_forward
 
@@ -298,3 +304,112 @@ def test_inf_in_the_state_does_not_spread_through_the_padding(kind):
     for k, (a, e) in enumerate(zip(got, expected)):
         assert torch.equal(a.isnan(), e.isnan()) and torch.equal(a.isinf(), e.isinf()), k
         torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10, equal_nan=True)
+
+
+# --------------------------------------------------------------------------------------
+# A cell defined outside fastrnn: the kernels take it as data
+# --------------------------------------------------------------------------------------
+# Two gates (a count no built-in cell has), h_prev read by the forward and the backward, a
+# gradient to h_prev outside the GEMM, b_hh folded: f = sigmoid(x0 + r0),
+# n = tanh(x1 + r1), h = f * n + (1 - f) * h_prev; saves f, n.
+
+
+def _gated_forward(x0, x1, x2, x3, r0, r1, r2, r3, h_prev, c_prev):
+    f, n = torch.sigmoid(x0 + r0), torch.tanh(x1 + r1)
+    return f * n + (1 - f) * h_prev, None, f, n, None, None, None
+
+
+def _gated_backward(dh, dc, f, n, s2, s3, e, c, c_prev, h, h_prev):
+    df = dh * (n - h_prev) * f * (1 - f)
+    dn = dh * f * (1 - n * n)
+    return df, dn, None, None, df, dn, None, None, dh * (1 - f), None
+
+
+@triton.jit
+def _gated_forward_triton(x0, x1, x2, x3, r0, r1, r2, r3, h_prev, c_prev):
+    f = sigmoid(x0 + r0)
+    n = tanh(x1 + r1)
+    return f * n + (1.0 - f) * h_prev, c_prev, f, n, n, n, n
+
+
+@triton.jit
+def _gated_backward_triton(dh, dc, f, n, s2, s3, e, c, c_prev, h, h_prev):
+    df = dh * (n - h_prev) * f * (1.0 - f)
+    dn = dh * f * (1.0 - n * n)
+    return df, dn, dn, dn, df, dn, dn, dn, dh * (1.0 - f), dc
+
+
+@pytest.fixture
+def gated_cell(monkeypatch):
+    """The two-gate cell, defined for this test only (the registry is restored after it)."""
+    monkeypatch.setattr(cell_base, "_REGISTRY", dict(cell_base._REGISTRY))
+    return cells.Cell(
+        "TWO_GATE_TEST", 2, _gated_forward, _gated_backward, _gated_forward_triton, _gated_backward_triton,
+        forward_reads_h_prev=True, backward_reads_h_prev=True, direct_h_grad=True,
+    )
+
+
+def test_a_users_cell_is_compiled_with_the_entries_of_its_gate_count(gated_cell):
+    """A cell the table does not name borrows the entries of the tabled cell with the fewest
+    gates at least its own (GRU's for two gates) and gets its own rows in the report."""
+    gru = fits.resident_entries("GRU")
+    assert fits.resident_entries(gated_cell) == fits.resident_entries(gated_cell.name) == gru
+    assert fits.resident_fit(gated_cell.name, torch.float16, 100) == fits.resident_fit("GRU", torch.float16, 100)
+    specs = resident.specialisations()
+    mine = [(s.kernel_name, s.label, s.config) for s in specs if s.kind == gated_cell.name]
+    assert mine == [(s.kernel_name, s.label, s.config) for s in specs if s.kind == "GRU"]
+    assert all(s.constexprs["GATES"] == 2 and s.constexprs["CELL_FORWARD"] is _gated_forward_triton
+               for s in specs if s.kind == gated_cell.name)
+    assert {s.kind for s in specs} == set(KINDS) | {gated_cell.name}
+
+
+def _gated_reference(xg, w_hh, h0, dy, dh_n, steps, reverse):
+    """y, h_n and the gradients of xg and h0 from the torch functions, by autograd."""
+    xg, h0 = xg.clone().requires_grad_(), h0.clone().requires_grad_()
+    batch, hidden = h0.shape
+    zero = torch.zeros_like(h0)
+    h, ys = h0, [None] * steps
+    for t in (reversed(range(steps)) if reverse else range(steps)):
+        x = xg[t * batch:(t + 1) * batch]
+        xs = [x[:, k * hidden:(k + 1) * hidden] for k in range(2)]
+        rs = [h @ w_hh[k * hidden:(k + 1) * hidden].t() for k in range(2)]
+        h = _gated_forward(xs[0], xs[1], zero, zero, rs[0], rs[1], zero, zero, h, None)[0]
+        ys[t] = h
+    y = torch.cat(ys)
+    dxg, dh0 = torch.autograd.grad((y * dy).sum() + (h * dh_n).sum(), (xg, h0))
+    return y.detach(), h.detach(), dxg, dh0
+
+
+@pytest.mark.parametrize("reverse", [0, 1], ids=["forward", "reverse"])
+def test_a_users_cell_runs_on_the_resident_kernels(gated_cell, reverse):
+    """Forward (y, h_n) and backward (dxg, dh0) of the two-gate cell through the resident
+    launchers (fp64, 17 rows = two batch tiles, H = 5) against autograd on its torch functions."""
+    gen = torch.Generator().manual_seed(5)
+    steps, batch, hidden = 4, 17, 5
+    n_rows = steps * batch
+
+    def rnd(*shape, scale=1.0):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64) * scale
+
+    def nan(*shape):
+        return torch.full(shape, float("nan"), dtype=torch.float64)
+
+    xg, w_hh, h0 = rnd(n_rows, 2 * hidden), rnd(2 * hidden, hidden, scale=0.5), rnd(batch, hidden)
+    dy, dh_n = rnd(n_rows, hidden), rnd(batch, hidden)
+    io, i32 = torch.empty(8, dtype=torch.float64), torch.empty(8, dtype=torch.int32)
+    fit = fits.resident_fit(gated_cell, torch.float64, hidden)
+    ints = dict(T=steps, B=batch, uniform_b=batch, reverse=reverse, H=hidden)
+    y, h_n, gates = nan(n_rows, hidden), nan(batch, hidden), nan(n_rows, 2 * hidden)
+    resident.launch_forward(gated_cell, dict(
+        xg_ptr=xg, w_hh_ptr=w_hh, b_hh_ptr=io, h0_ptr=h0, c0_ptr=io, y_ptr=y, h_n_ptr=h_n, c_n_ptr=io,
+        gates_ptr=gates, c_seq_ptr=io, hn_seq_ptr=io, sizes_ptr=i32, offsets_ptr=i32,
+    ), dict(ints, save=1), fit=fit, tf32=False)
+    dxg, dh0 = nan(n_rows, 2 * hidden), nan(batch, hidden)
+    resident.launch_backward(gated_cell.name, dict(
+        w_hh_ptr=w_hh, h0_ptr=h0, c0_ptr=io, y_ptr=y, dy_ptr=dy, dh_n_ptr=dh_n, dc_n_ptr=io, gates_ptr=gates,
+        c_seq_ptr=io, hn_seq_ptr=io, dxg_ptr=dxg, dhg_ptr=dxg, dh0_ptr=dh0, dc0_ptr=io, sizes_ptr=i32,
+        offsets_ptr=i32,
+    ), ints, fit=fit, tf32=False)
+    expected = _gated_reference(xg, w_hh, h0, dy, dh_n, steps, bool(reverse))
+    for name, got, want in zip(("y", "h_n", "dxg", "dh0"), (y, h_n, dxg, dh0), expected):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10, msg=lambda m, n=name: f"{n}: {m}")

@@ -320,29 +320,28 @@ def _resident_forward(kind: CellKind, xg, w_hh, b_hh, h0, c0, schedule: Schedule
     prep = rs.aligned_input
     dtype, device = xg.dtype, xg.device
     acc = _acc_dtype(dtype)
-    gates_n = kind.gates
     hidden = w_hh.shape[1]
     n_rows, batch = xg.shape[0], schedule.batch
-    is_lstm = kind is CellKind.LSTM
-    save = save and gates_n > 1  # plain RNN backward only reads y
+    has_c = kind.has_cell_state
+    save = save and (kind.saves_gates or kind.saves_extra or has_c)  # plain RNN backward only reads y
     dummy_io, dummy_acc = _dummies(dtype, device)
 
     y = _new((n_rows, hidden), dtype, device)
     h_n = _new((batch, hidden), dtype, device)
-    c_n = _new((batch, hidden), dtype, device) if is_lstm else dummy_io
+    c_n = _new((batch, hidden), dtype, device) if has_c else dummy_io
     gates, hn_seq = _save_buffers(kind, n_rows, hidden, dtype, device, save, dummy_io)
-    c_seq = _new((n_rows, hidden), acc, device) if (save and is_lstm) else dummy_acc
+    c_seq = _new((n_rows, hidden), acc, device) if (save and has_c) else dummy_acc
     bias = _gru_bias(kind, b_hh, hidden, dtype, device, prep, dummy_io)
     uniform_b, sizes, offsets = _step_tables(schedule, device)
     tensors = dict(
         xg_ptr=prep(xg), w_hh_ptr=prep(w_hh), b_hh_ptr=bias, h0_ptr=prep(h0),
-        c0_ptr=prep(c0) if is_lstm else dummy_io, y_ptr=y, h_n_ptr=h_n, c_n_ptr=c_n, gates_ptr=gates,
+        c0_ptr=prep(c0) if has_c else dummy_io, y_ptr=y, h_n_ptr=h_n, c_n_ptr=c_n, gates_ptr=gates,
         c_seq_ptr=c_seq, hn_seq_ptr=hn_seq, sizes_ptr=sizes, offsets_ptr=offsets,
     )
     ints = dict(T=schedule.steps, B=batch, uniform_b=uniform_b, reverse=int(reverse), save=int(save), H=hidden)
-    rs.launch_forward(kind.value, tensors, ints, fit=fit, tf32=_tf32())
+    rs.launch_forward(kind, tensors, ints, fit=fit, tf32=_tf32())
     saved = _saved(kind, save, gates, c_seq, hn_seq)
-    return ForwardResult(y, h_n, c_n if is_lstm else None, saved)
+    return ForwardResult(y, h_n, c_n if has_c else None, saved)
 
 
 def _resident_backward(kind: CellKind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule: Schedule, reverse: bool, fit):
@@ -352,29 +351,29 @@ def _resident_backward(kind: CellKind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, s
     dtype, device = y.dtype, y.device
     hidden = w_hh.shape[1]
     n_rows, batch = y.shape[0], schedule.batch
-    is_lstm, is_gru = kind is CellKind.LSTM, kind is CellKind.GRU
+    has_c = kind.has_cell_state
     dummy_io, dummy_acc = _dummies(dtype, device)
     gates, c_seq, hn_seq = dummy_io, dummy_acc, dummy_io
-    if is_lstm:
+    if has_c:
         gates, c_seq = saved
-    elif is_gru:
+    elif saved:
         gates, hn_seq = saved
 
     dxg, dhg = _grad_buffers(kind, n_rows, hidden, dtype, device)
     dh0 = _new((batch, hidden), dtype, device)
-    dc0 = _new((batch, hidden), dtype, device) if is_lstm else dummy_io
-    if is_lstm and dc_n is None:
+    dc0 = _new((batch, hidden), dtype, device) if has_c else dummy_io
+    if has_c and dc_n is None:
         dc_n = torch.zeros(batch, hidden, dtype=dtype, device=device)
     uniform_b, sizes, offsets = _step_tables(schedule, device)
     tensors = dict(
-        w_hh_ptr=prep(w_hh), h0_ptr=prep(h0), c0_ptr=prep(c0) if is_lstm else dummy_io, y_ptr=prep(y),
-        dy_ptr=prep(dy), dh_n_ptr=prep(dh_n), dc_n_ptr=prep(dc_n) if is_lstm else dummy_io,
+        w_hh_ptr=prep(w_hh), h0_ptr=prep(h0), c0_ptr=prep(c0) if has_c else dummy_io, y_ptr=prep(y),
+        dy_ptr=prep(dy), dh_n_ptr=prep(dh_n), dc_n_ptr=prep(dc_n) if has_c else dummy_io,
         gates_ptr=prep(gates), c_seq_ptr=prep(c_seq), hn_seq_ptr=prep(hn_seq), dxg_ptr=dxg, dhg_ptr=dhg,
         dh0_ptr=dh0, dc0_ptr=dc0, sizes_ptr=sizes, offsets_ptr=offsets,
     )
     ints = dict(T=schedule.steps, B=batch, uniform_b=uniform_b, reverse=int(reverse), H=hidden)
-    rs.launch_backward(kind.value, tensors, ints, fit=fit, tf32=_tf32())
-    return BackwardResult(dxg, dhg, dh0, dc0 if is_lstm else None, None)
+    rs.launch_backward(kind, tensors, ints, fit=fit, tf32=_tf32())
+    return BackwardResult(dxg, dhg, dh0, dc0 if has_c else None, None)
 
 
 # --------------------------------------------------------------------------------------
