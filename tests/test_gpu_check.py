@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -153,3 +154,21 @@ def test_quick_grid_covers_every_pair_of_values():
         for j in range(i + 1, len(axes)):
             seen = {(axes[i](c), axes[j](c)) for c in cases}
             assert seen == {(a, b) for a in values[i] for b in values[j]}, (i, j)
+
+
+def test_sigterm_writes_what_was_gathered_and_says_incomplete(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", TRITON_INTERPRET="1")
+    cmd = [sys.executable, "-m", "fastrnn.gpu_check", "--out", str(tmp_path), "--dry-run", "--quick",
+           "--only", "cooperative/tiled"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines = []
+    for line in proc.stdout:  # the tiled case takes seconds in the interpreter: stop it there
+        lines.append(line)
+        if "--- correctness" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 3, "".join(lines) + rest
+    data = _load(tmp_path)
+    assert data["verdict"] == "INCOMPLETE" and "SIGTERM" in data["meta"]["interrupted"]
+    assert (tmp_path / "gpu-dry-run.md").read_text().startswith("# fastrnn GPU check: INCOMPLETE")

@@ -18,7 +18,8 @@ gathered is still written):
 2. Speed against cuDNN at the benchmark suite's CUDA anchors, ``auto`` and each tier forced,
    interleaved rounds (:mod:`.timing`).
 3. ``DIR/gpu-<device>.json``, ``.png`` and ``.md`` (:mod:`.report`). Exit status 1 on any
-   correctness failure, 2 when it cannot run here.
+   correctness failure, 2 when it cannot run here, 3 when stopped by SIGTERM / SIGINT before
+   the end with no failure so far (what was gathered is written either way).
 
 ``--dry-run`` walks the same code on the CPU in Triton's interpreter (tiny shapes, the
 reference backend standing in for cuDNN, timing rows marked as not measurements).

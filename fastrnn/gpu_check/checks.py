@@ -304,7 +304,8 @@ def _coop_rows(hidden: int, dtype, tf32: bool) -> tuple[int, ...]:
 # --------------------------------------------------------------------------------------
 
 
-def self_check_verdicts(kinds: list[str], precisions: list[str], hidden: int, env: Env) -> list[dict]:
+def self_check_verdicts(kinds: list[str], precisions: list[str], hidden: int, env: Env,
+                        out: list | None = None) -> list[dict]:
     """The first-use self-check of each persistent tier (forced, ``FASTRNN_SELF_CHECK=1``)
     for each kind and precision: ``pass`` (the tier agrees with the step tier on the check
     problem, through each of its launch variants), ``fail`` (with the check's message) or
@@ -312,7 +313,7 @@ def self_check_verdicts(kinds: list[str], precisions: list[str], hidden: int, en
     one the process keeps."""
     from fastrnn.backends.triton_backend import tier_for
 
-    out = []
+    out = [] if out is None else out  # filled in place: an interrupted run keeps what was done
     for tier in ("resident", "cooperative"):
         for kind in kinds:
             for prec in precisions:

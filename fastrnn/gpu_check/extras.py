@@ -168,15 +168,16 @@ def sanitizer(env: checks.Env, per_tool_s: float = 150.0) -> list[dict]:
     return out
 
 
-def run_all(env: checks.Env, quick: bool) -> list[dict]:
-    """Every extra check, in order, each skipped once the phase's time is spent."""
+def run_all(env: checks.Env, quick: bool, out: list | None = None) -> list[dict]:
+    """Every extra check, in order, each skipped once the phase's time is spent; appended to
+    ``out`` as they finish."""
     launches = (64 if quick else 256) if env.device.type == "cuda" else 3
     jobs = [
         ("barrier stress", lambda e: barrier_stress(e, launches)),
         ("torch.compile reduce-overhead", compile_check),
         ("model on cuda:1", second_device),
     ]
-    out = []
+    out = [] if out is None else out
     for name, fn in jobs:
         if env.left() <= 0:
             out.append(dict(check=name, status="not run", why="time budget spent"))

@@ -35,11 +35,20 @@ def _why(rec: dict) -> str:
     return ""
 
 
-def write_all(results: dict, out_dir: Path, slug: str) -> list[Path]:
+def write_json(results: dict, out_dir: Path, slug: str) -> Path:
+    """``gpu-<slug>.json``, written whole to a temporary name and then renamed (a run killed
+    while writing leaves the previous complete file)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"gpu-{slug}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=1, default=str, allow_nan=True))
+    tmp.replace(path)
+    return path
+
+
+def write_all(results: dict, out_dir: Path, slug: str) -> list[Path]:
     stem = out_dir / f"gpu-{slug}"
-    paths = [stem.with_suffix(".json"), stem.with_suffix(".png"), stem.with_suffix(".md")]
-    paths[0].write_text(json.dumps(results, indent=1, default=str, allow_nan=True))
+    paths = [write_json(results, out_dir, slug), stem.with_suffix(".png"), stem.with_suffix(".md")]
     write_plot(results, paths[1])
     paths[2].write_text(markdown(results))
     return paths
@@ -87,6 +96,22 @@ def write_plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def speed_summary(rows: list[dict]) -> list[str]:
+    """One line per (tier setting, pass): geometric mean of the median ratios, best and worst."""
+    groups = collections.defaultdict(list)
+    for r in rows:
+        if r.get("ratio_median"):
+            groups[(r["tier"], r["direction"])].append(r)
+    out = []
+    for (tier, direction), rs in sorted(groups.items()):
+        gmean = math.exp(sum(math.log(r["ratio_median"]) for r in rs) / len(rs))
+        best = min(rs, key=lambda r: r["ratio_median"])
+        worst = max(rs, key=lambda r: r["ratio_median"])
+        out.append(f"- {tier} {direction}: fastrnn / cuDNN time, geometric mean {gmean:.3g} over {len(rs)} cases "
+                   f"(best {best['ratio_median']:.3g} {best['case']}, worst {worst['ratio_median']:.3g} {worst['case']})")
+    return out or ["- no timing rows"]
+
+
 def _fmt(x, spec=".3g") -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
@@ -96,7 +121,7 @@ def _fmt(x, spec=".3g") -> str:
 def markdown(results: dict) -> str:
     meta = results["meta"]
     passed, reasons = verdict(results)
-    lines = [f"# fastrnn GPU check: {'PASS' if passed else 'FAIL'}", ""]
+    lines = [f"# fastrnn GPU check: {results.get('verdict') or ('PASS' if passed else 'FAIL')}", ""]
     if meta["dry_run"]:
         lines += ["**Dry run**: Triton's interpreter on the CPU, tiny shapes, the reference backend standing in "
                   "for cuDNN. Timing rows are not measurements.", ""]
@@ -107,6 +132,8 @@ def markdown(results: dict) -> str:
               f"command: `{meta['command']}`",
               f"- elapsed {meta['elapsed_s']:.0f} s of a {meta['budget_s']:.0f} s budget; "
               f"{meta['not_run']} planned items not run (budget)", ""]
+    if meta.get("interrupted"):
+        lines += [f"**Incomplete**: {meta['interrupted']}.", ""]
     if reasons:
         lines += ["## Failures", ""] + [f"- {r}" for r in reasons[:30]]
         if len(reasons) > 30:
@@ -145,7 +172,9 @@ def markdown(results: dict) -> str:
         if "errors" in r:
             detail = f"errors: {r['errors']}"
         lines.append(f"| {r['check']} | {r['status']} | {str(detail)[:100]} |")
-    lines += ["", "## Speed vs cuDNN" + (" (DRY RUN: not measurements)" if meta["dry_run"] else ""), "",
+    lines += ["", "## Speed vs cuDNN" + (" (DRY RUN: not measurements)" if meta["dry_run"] else ""), ""]
+    lines += speed_summary(results["speed"]) + [""]
+    lines += [
               "| case | tier ran | fastrnn ms | cuDNN ms | ratio (q1-q3) | us/step |", "|---|---|---|---|---|---|"]
     for r in results["speed"]:
         if r.get("ratio_median") is None:

@@ -7,6 +7,7 @@ import importlib.util
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -112,7 +113,7 @@ def main(argv=None) -> int:
     if not args.dry_run and not torch.cuda.is_available():
         print("gpu_check: no CUDA device here; run with --dry-run to walk the code on the CPU", file=sys.stderr)
         return 2
-    from . import checks, extras, plan, report, timing
+    from . import checks, plan, report
 
     budget = args.budget_s if args.budget_s is not None else (180.0 if args.quick else 420.0)
     start = time.monotonic()
@@ -146,13 +147,62 @@ def main(argv=None) -> int:
     custom = load_custom_cells(log)
     kinds = [c.name for c in cells.defined() if c.name in checks.BUILTIN or c.name in custom]
     log(f"cell kinds: {kinds}")
+    results: dict = dict(self_check=[], correctness=[], extras=[], speed=[])
+    commit, dirty = _git()
+    meta = dict(device=device_name, sms=sms, dry_run=args.dry_run, quick=args.quick, budget_s=budget,
+                command="python -m fastrnn.gpu_check " + " ".join(argv), versions=_versions(), git_commit=commit,
+                git_dirty=dirty, kinds=kinds, device_count=torch.cuda.device_count() if torch.cuda.is_available() else 0,
+                tolerances=dict(floor=plan.FLOOR, baseline_factor=plan.BASELINE_FACTOR, tol_scale=args.tol_scale),
+                interrupted=None)
+
+    def save_partial() -> None:
+        """The JSON so far, after every case: a run killed from outside still leaves it."""
+        results["meta"] = dict(meta, elapsed_s=time.monotonic() - start, partial=True, not_run=None)
+        report.write_json(results, args.out, slug)
+
+    def on_signal(signum, frame):
+        raise Interrupted(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        _phases(args, env, budget, results, kinds, save_partial)
+    except Interrupted as exc:
+        meta["interrupted"] = f"stopped by {exc} at {env.elapsed():.0f} s; the results so far are written"
+        log(meta["interrupted"])
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    not_run = sum(r["status"] == "not run" for k in ("correctness", "speed", "extras") for r in results[k])
+    results["meta"] = dict(meta, elapsed_s=time.monotonic() - start, partial=False, not_run=not_run)
+    passed, reasons = report.verdict(results)
+    results["verdict"] = "FAIL" if not passed else ("INCOMPLETE" if meta["interrupted"] else "PASS")
+    results["failures"] = reasons
+    paths = report.write_all(results, args.out, slug)
+    log(f"verdict {results['verdict']}: {len(reasons)} failures; wrote " + ", ".join(str(p) for p in paths))
+    return {"PASS": 0, "FAIL": 1, "INCOMPLETE": 3}[results["verdict"]]
+
+
+class Interrupted(BaseException):
+    """SIGTERM / SIGINT (e.g. from ``timeout``) during a phase: stop, write what was gathered.
+    A BaseException (like KeyboardInterrupt), so that no ``except Exception`` on the way, a
+    failed-check handler included, mistakes it for a failure of what was running."""
+
+
+def _not_run(rec: dict) -> dict:
+    return dict(rec, status="not run", why="time budget spent")
+
+
+def _phases(args, env, budget: float, results: dict, kinds: list[str], save_partial) -> None:
+    """Correctness (self-check verdicts, the case grid, the other checks), then speed; each
+    phase starts no new work after its share of the budget (:data:`PHASE_END`)."""
+    from . import checks, extras, plan, report, timing
+
     precisions = list(plan.PRECISIONS)
-    results = dict(self_check=[], correctness=[], extras=[], speed=[])
-    not_run = 0
 
     def phase(name: str) -> None:
-        env.deadline = start + PHASE_END[name] * budget
-        log(f"--- {name} (until {PHASE_END[name] * budget:.0f} s)")
+        env.deadline = env.start + PHASE_END[name] * budget
+        env.log(f"--- {name} (until {PHASE_END[name] * budget:.0f} s)")
 
     # 1. correctness: first-use self-check verdicts, the case grid, the other checks
     phase("self-check")
@@ -161,26 +211,26 @@ def main(argv=None) -> int:
     else:
         sc_kinds, sc_precs = (["LSTM", "GRU"], ["fp16"]) if args.quick else (kinds, precisions)
     if args.only is None:
-        results["self_check"] = checks.self_check_verdicts(sc_kinds, sc_precs, plan.SMALL.hidden, env)
+        checks.self_check_verdicts(sc_kinds, sc_precs, plan.SMALL.hidden, env, results["self_check"])
 
     phase("correctness")
     cases = plan.correctness_cases(kinds, precisions, args.quick, args.dry_run)
     if args.only:
         cases = [c for c in cases if args.only in c.name]
     for i, case in enumerate(cases):
+        save_partial()
         if env.left() <= 0:
-            results["correctness"].append(dict(case=case.name, kind=case.kind, tier=case.tier,
-                                               precision=case.precision, status="not run", why="time budget spent"))
-            not_run += 1
+            results["correctness"].append(_not_run(dict(case=case.name, kind=case.kind, tier=case.tier,
+                                                        precision=case.precision)))
             continue
         rec = checks.run_case(case, env)
         results["correctness"].append(rec)
-        log(f"case {i + 1}/{len(cases)} {case.name}: {rec['status']} {report._why(rec) if rec['status'] != 'ok' else ''}"
-            .rstrip())
+        why = report._why(rec) if rec["status"] != "ok" else ""
+        env.log(f"case {i + 1}/{len(cases)} {case.name}: {rec['status']} {why}".rstrip())
 
     phase("extras")
     if args.only is None:
-        results["extras"] = extras.run_all(env, args.quick)
+        extras.run_all(env, args.quick, results["extras"])
 
     # 2. speed
     phase("speed")
@@ -189,10 +239,10 @@ def main(argv=None) -> int:
         speed = [c for c in speed if args.only in c.name]
     warmup, rounds = (1, 1) if args.dry_run else (2, 5 if args.quick else 7)
     for i, case in enumerate(speed):
+        save_partial()
         if env.left() <= 0:
-            results["speed"].append(dict(case=case.name, kind=case.kind, direction=case.direction,
-                                         tier=case.tier, status="not run", why="time budget spent"))
-            not_run += 1
+            results["speed"].append(_not_run(dict(case=case.name, kind=case.kind, direction=case.direction,
+                                                  tier=case.tier)))
             continue
         try:
             rec = timing.run_speed(case, env, warmup, rounds)
@@ -201,21 +251,5 @@ def main(argv=None) -> int:
                        why=f"{type(exc).__name__}: {exc}")
         results["speed"].append(rec)
         ratio = rec.get("ratio_median")
-        log(f"speed {i + 1}/{len(speed)} {case.name}: {rec['status']}"
-            + (f" ratio {ratio:.3g}" if ratio is not None else f" {rec.get('why', '')}"))
-
-    # 3. results
-    commit, dirty = _git()
-    results["meta"] = dict(device=device_name, sms=sms, dry_run=args.dry_run, quick=args.quick, budget_s=budget,
-                           elapsed_s=time.monotonic() - start, command="python -m fastrnn.gpu_check " + " ".join(argv),
-                           versions=_versions(), git_commit=commit, git_dirty=dirty, kinds=kinds,
-                           device_count=torch.cuda.device_count() if torch.cuda.is_available() else 0,
-                           tolerances=dict(floor=plan.FLOOR, baseline_factor=plan.BASELINE_FACTOR,
-                                           tol_scale=args.tol_scale),
-                           not_run=not_run)
-    passed, reasons = report.verdict(results)
-    results["verdict"] = "PASS" if passed else "FAIL"
-    results["failures"] = reasons
-    paths = report.write_all(results, args.out, slug)
-    log(f"verdict {results['verdict']}: {len(reasons)} failures; wrote " + ", ".join(str(p) for p in paths))
-    return 0 if passed else 1
+        env.log(f"speed {i + 1}/{len(speed)} {case.name}: {rec['status']}"
+                + (f" ratio {ratio:.3g}" if ratio is not None else f" {rec.get('why', '')}"))
