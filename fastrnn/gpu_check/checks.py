@@ -197,8 +197,14 @@ def _tier_refusal(kind: str, case_tier: str, hidden: int, dtype, env: Env) -> tu
             tier_for(kind, hidden, 0, dtype, env.device)
     except RuntimeError as exc:
         msg = str(exc)
-        return ("n/a" if "cannot run" in msg else "fail"), msg
+        return ("n/a" if _refused(msg) else "fail"), msg
     return None
+
+
+def _refused(message: str) -> bool:
+    """A forced tier's RuntimeError says the tier cannot run the layer (a refusal by the tier
+    table), not that it failed (its first-use check)."""
+    return "cannot run" in message and "first-use check" not in message
 
 
 def ran_variants(counter) -> tuple[list, list]:
@@ -333,7 +339,7 @@ def self_check_verdicts(kinds: list[str], precisions: list[str], hidden: int, en
                     verdict, why = ("pass", "") if got == tier else ("fail", f"tier_for gave {got}")
                 except RuntimeError as exc:
                     msg = str(exc)
-                    verdict, why = ("n/a" if "cannot run" in msg else "fail"), msg
+                    verdict, why = ("n/a" if _refused(msg) else "fail"), msg
                 except Exception as exc:
                     verdict, why = "fail", f"{type(exc).__name__}: {exc}"
                 out.append(dict(rec, verdict=verdict, why=why, seconds=time.monotonic() - start))

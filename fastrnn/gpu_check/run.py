@@ -155,10 +155,16 @@ def main(argv=None) -> int:
                 tolerances=dict(floor=plan.FLOOR, baseline_factor=plan.BASELINE_FACTOR, tol_scale=args.tol_scale),
                 interrupted=None)
 
+    last_save = [0.0]
+
     def save_partial() -> None:
-        """The JSON so far, after every case: a run killed from outside still leaves it."""
+        """The JSON so far, between cases (at most every 10 s: it grows to megabytes): a run
+        killed from outside still leaves it."""
+        if time.monotonic() - last_save[0] < 10.0:
+            return
         results["meta"] = dict(meta, elapsed_s=time.monotonic() - start, partial=True, not_run=None)
         report.write_json(results, args.out, slug)
+        last_save[0] = time.monotonic()
 
     def on_signal(signum, frame):
         raise Interrupted(signal.Signals(signum).name)
