@@ -233,7 +233,8 @@ def run_case(case: plan.CorrCase, env: Env) -> dict:
     record["batch"] = batch
     if case.kind not in BUILTIN and getattr(fastrnn, "Recurrent", None) is None:
         return dict(record, status="n/a", why="fastrnn.Recurrent (modules of a custom cell) is not available")
-    refusal = _tier_refusal(case.kind, case.forced, s.hidden, dtype, env)
+    with precision(tf32):  # the tier choice (and its first-use check) see the case's TF32 setting
+        refusal = _tier_refusal(case.kind, case.forced, s.hidden, dtype, env)
     if refusal is not None:
         return dict(record, status=refusal[0], why=refusal[1])
     has_c = cell_of(case.kind).has_cell_state
@@ -278,7 +279,7 @@ def run_case(case: plan.CorrCase, env: Env) -> dict:
                 torch.cuda.synchronize(env.device)
     except Exception as exc:  # a case that raises is a failure, reported with its error
         return dict(record, status="error", why=f"{type(exc).__name__}: {exc}",
-                    traceback=traceback.format_exc(limit=6), seconds=time.monotonic() - start)
+                    traceback=traceback.format_exc(limit=-8), seconds=time.monotonic() - start)
     rows = compare(fast, base, truth, case.precision, env.tol_scale)
     tiers, variants = ran_variants(counter)
     notes = [base_error] if base_error else []

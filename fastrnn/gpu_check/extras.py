@@ -27,7 +27,7 @@ def _guard(name: str, fn, env: checks.Env) -> dict:
     try:
         out = fn(env)
     except Exception as exc:  # the check itself failed: an error row, never a silent pass
-        out = dict(status="error", why=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=6))
+        out = dict(status="error", why=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=-8))
     out = dict(check=name, **out)
     out["seconds"] = time.monotonic() - start
     env.log(f"{name}: {out['status']} {out.get('why', '')}".rstrip())

@@ -31,7 +31,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="a ~3-minute subset (fewer cases)")
     p.add_argument("--budget-s", type=float, default=None,
                    help="stop starting new work after this many seconds (default 420; 180 with --quick)")
-    p.add_argument("--only", default=None, help="run only the correctness / speed cases whose name contains this")
+    p.add_argument("--only", default=None,
+                   help="run only the correctness / speed cases whose name contains this (no self-check verdicts "
+                        "or other checks); e.g. to rerun one failing case")
     p.add_argument("--tol-scale", type=float, default=1.0,
                    help="multiply every correctness bound (0: any difference fails; for testing the verdict)")
     return p.parse_args(argv)
