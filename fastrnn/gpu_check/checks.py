@@ -321,9 +321,11 @@ def self_check_verdicts(kinds: list[str], precisions: list[str], hidden: int, en
     from fastrnn.backends.triton_backend import tier_for
 
     out = [] if out is None else out  # filled in place: an interrupted run keeps what was done
-    for tier in ("resident", "cooperative"):
+    # both tiers for a kind and precision before the next: a budget cut leaves each tier checked
+    order = sorted(precisions, key=lambda p: ("fp16", "fp32", "bf16", "tf32").index(p))
+    for prec in order:
         for kind in kinds:
-            for prec in precisions:
+            for tier in ("resident", "cooperative"):
                 dtype, tf32 = plan.PRECISIONS[prec]
                 rec = dict(tier=tier, kind=kind, precision=prec, hidden=hidden)
                 if env.left() <= 0:

@@ -84,7 +84,8 @@ def write_plot(results: dict, path: Path) -> None:
         ax.axvline(1.0, color="k", lw=0.8)
         ax.set_yticks(range(len(rs)), labels, fontsize=7)
         ax.set_xscale("log")
-        ax.set_title(f"{key[0]} {key[1]}: fastrnn / cuDNN time (< 1: fastrnn faster)", fontsize=9)
+        baseline = "reference backend (dry run)" if results["meta"]["dry_run"] else "cuDNN"
+        ax.set_title(f"{key[0]} {key[1]}: fastrnn / {baseline} time (< 1: fastrnn faster)", fontsize=9)
     meta = results["meta"]
     counts = collections.Counter(r["status"] for r in results["correctness"])
     title = f"fastrnn on {meta['device']} - correctness {dict(counts)}"

@@ -24,7 +24,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m fastrnn.gpu_check", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="python -m fastrnn.gpu_check",
+        description="Prove fastrnn on a GPU in one command: correctness against torch.nn (cuDNN) and a float64 "
+                    "run (every tier, cell kind and precision), then speed against cuDNN at the benchmark anchors, "
+                    "within a time budget. Writes OUT/gpu-<device>.json, .png and .md; exit status 1 on any "
+                    "correctness failure.")
     p.add_argument("--out", required=True, type=Path, help="folder for gpu-<device>.json/.png/.md")
     p.add_argument("--dry-run", action="store_true",
                    help="on the CPU in Triton's interpreter, tiny shapes, no speed claims (for CI)")
