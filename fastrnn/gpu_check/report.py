@@ -140,6 +140,10 @@ def markdown(results: dict) -> str:
         if len(reasons) > 30:
             lines.append(f"- ... and {len(reasons) - 30} more (see the JSON)")
         lines.append("")
+    speed_errors = [r for r in results["speed"] if r["status"] == "error"]
+    if speed_errors:
+        lines += ["## Errors in the speed phase (not in the verdict: see the correctness cases)", ""]
+        lines += [f"- {r['case']}: {str(r.get('why', ''))[:200]}" for r in speed_errors[:20]] + [""]
     lines += ["## Correctness (cases: ok / fail+error / n/a / not run)", "",
               "Each case: fastrnn vs torch.nn (cuDNN) vs a float64 run, every output and gradient; "
               "bounds in fastrnn/gpu_check/plan.py.", ""]
@@ -149,7 +153,9 @@ def markdown(results: dict) -> str:
     by = collections.defaultdict(collections.Counter)
     for r in results["correctness"]:
         by[(r["tier"], r["precision"])][r["status"]] += 1
-    for tier in sorted({r["tier"] for r in results["correctness"]}):
+    tier_order = ["step", "resident", "cooperative/R16", "cooperative/R64", "cooperative/tiled", "auto"]
+    for tier in sorted({r["tier"] for r in results["correctness"]},
+                       key=lambda t: (tier_order.index(t) if t in tier_order else len(tier_order), t)):
         cells = []
         for p in precs:
             c = by[(tier, p)]
