@@ -365,7 +365,9 @@ def test_torch_func_grad():
         return out.sin().sum() + h_n.cos().sum() + (c_n * c_n).sum()
 
     grads = torch.func.grad(loss)(params, x)
-    out, (h_n, c_n) = module(x)
+    zeros = torch.zeros(2, 2, 4, dtype=F64)
+    outs, h_n, c_n = plain_stack(module, list(x.unbind(1)), zeros, zeros)
+    out = torch.stack(outs, 1)
     expected = torch.autograd.grad(out.sin().sum() + h_n.cos().sum() + (c_n * c_n).sum(), list(module.parameters()))
     for (name, g), e in zip(grads.items(), expected):
         _close(g, e, f"grad {name}")
@@ -406,7 +408,7 @@ def test_native_backend_refuses_the_cell(monkeypatch):
 
 def test_onnx_export_refuses_the_cell(tmp_path):
     pytest.importorskip("onnx", reason="torch.onnx.export(dynamo=True) needs the onnx package")
-    module = fastrnn.Recurrent(CIFG, 3, 4, backend="reference")
+    module = fastrnn.Recurrent(CIFG, 3, 4, backend="reference").eval()
     with pytest.raises(Exception, match="cell 'CIFG' has no ONNX operator"):
         torch.onnx.export(module, (torch.randn(5, 2, 3),), tmp_path / "cifg.onnx", dynamo=True)
     assert not (tmp_path / "cifg.onnx").exists()
