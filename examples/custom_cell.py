@@ -66,6 +66,7 @@ def cifg_backward(dh, dc, i, g, o, s3, e, c, c_prev, h, h_prev):
 # ... and the same math as Triton functions (register tiles in the accumulation dtype).
 try:
     import triton
+    import triton.language as tl  # noqa: F401  (Triton's interpreter wants it among a jit function's globals)
 
     from fastrnn.kernels.cells import sigmoid, tanh
 except ImportError:  # no triton: the cell runs on the reference backend only
