@@ -35,6 +35,7 @@ from .kinds import CellKind
 #: torch's gate blocks in ONNX's order
 _ONNX_GATE_ORDER = {CellKind.LSTM: (0, 3, 1, 2), CellKind.GRU: (1, 0, 2)}
 _OP_TYPE = {CellKind.LSTM: "LSTM", CellKind.GRU: "GRU", CellKind.RNN_TANH: "RNN", CellKind.RNN_RELU: "RNN"}
+_TORCH_CELLS = frozenset(kind.name for kind in _OP_TYPE)
 #: ONNX opset version of these operators' current definitions
 _OPSET = 14
 
@@ -61,7 +62,7 @@ PACKED_REASON = "a PackedSequence input cannot be exported to ONNX; export the p
 
 def unsupported_reason(kind: CellKind, batch_sizes, w_hr, dtype) -> str | None:
     """Why a layer cannot be written as one ONNX recurrent node, or None."""
-    if kind not in _OP_TYPE:
+    if kind.name not in _TORCH_CELLS:
         return (f"cell {kind.name!r} has no ONNX operator (ONNX has LSTM, GRU and RNN nodes only, "
                 "torch's own cells)")
     if batch_sizes is not None:

@@ -392,6 +392,21 @@ def test_auto_runs_the_reference_backend():
     assert torch.equal(out, ref) and torch.equal(h_n, ref_h) and torch.equal(c_n, ref_c)
 
 
+def test_auto_on_a_gpu_runs_a_cell_without_triton_functions_on_reference(monkeypatch):
+    from fastrnn import backends
+    from fastrnn.cells import base as cell_base
+
+    monkeypatch.setattr(cell_base, "_REGISTRY", dict(cell_base._REGISTRY))  # other tests never see it
+    torch_only = fastrnn.Cell("TEST_TORCH_ONLY_CIFG", 3, EXAMPLE.cifg_forward, EXAMPLE.cifg_backward,
+                              has_cell_state=True)
+    monkeypatch.setattr(backends, "triton_unavailable_reason", lambda device: None)  # "a GPU with triton"
+    cuda = torch.device("cuda")
+    call = backends.Call(CIFG, torch.float32, False, False, True, False)
+    assert backends.resolve_name("auto", cuda, call) == "triton"
+    with pytest.warns(RuntimeWarning, match="cell 'TEST_TORCH_ONLY_CIFG' has no Triton functions"):
+        assert backends.resolve_name("auto", cuda, call._replace(kind=torch_only)) == "reference"
+
+
 def test_native_backend_refuses_the_cell(monkeypatch):
     module = fastrnn.Recurrent(CIFG, 3, 4, backend="native")
     monkeypatch.setattr(reference, "forward", None)  # no work may start

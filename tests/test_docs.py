@@ -6,9 +6,10 @@ import pytest
 
 import fastrnn.functional
 import fastrnn.modules
+import fastrnn.recurrent
 
 
-@pytest.mark.parametrize("module", [fastrnn.modules, fastrnn.functional], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [fastrnn.modules, fastrnn.recurrent, fastrnn.functional], ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     result = doctest.testmod(module)
     assert result.attempted > 0

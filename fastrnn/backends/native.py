@@ -92,14 +92,14 @@ def onednn_trains(kind: CellKind, dtype: torch.dtype, packed: bool, proj: bool) 
     return kind is CellKind.LSTM and dtype == torch.float32 and not packed and not proj and onednn_enabled()
 
 
-def runs_cell(kind: CellKind) -> bool:
-    """True for the cells torch has kernels for: LSTM, GRU, RNN_TANH, RNN_RELU."""
-    return kind in VF_OPS
+#: The cells torch's kernels implement, by name (a name test: TorchDynamo traces it, while
+#: a dict lookup keyed by a cell definition makes it hash the frozen dataclass's fields).
+TORCH_CELLS = frozenset(cell.name for cell in VF_OPS)
 
 
 def refuse_cell(kind: CellKind) -> None:
     """Raise, before any work, for a cell torch's kernels do not implement."""
-    if kind not in VF_OPS:
+    if kind.name not in TORCH_CELLS:
         raise RuntimeError(
             f"fastrnn: backend 'native' runs torch's own kernels, which only implement torch's cells "
             f"(LSTM, GRU, RNN_TANH, RNN_RELU), not {kind.name!r}; use backend='reference' or 'triton' "
@@ -139,7 +139,7 @@ def auto_cpu_backend(kind: CellKind, dtype: torch.dtype, *, packed: bool, proj: 
     Nothing here depends on ``T`` or ``B``, so a compiled program never recompiles for a new
     sequence length or batch size because of this choice.
     """
-    if kind not in VF_OPS:
+    if kind.name not in TORCH_CELLS:
         return "reference"
     if not needs_grad:
         return "native"
