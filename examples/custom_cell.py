@@ -119,9 +119,12 @@ def plain_cifg(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
 
 
 def check(steps: int = 6, batch: int = 3, input_size: int = 2, hidden: int = 5, device="cpu",
-          dtype=torch.float64, seed: int = 0) -> dict[str, float]:
+          dtype=None, seed: int = 0) -> dict[str, float]:
     """Largest absolute difference between ``fastrnn.Recurrent(CIFG, ...)`` and
-    :func:`plain_cifg`, per output and per gradient."""
+    :func:`plain_cifg`, per output and per gradient; in float64 on the CPU, float32 on a
+    GPU (whose kernel tiers are compiled for 32 bits and less) unless ``dtype`` is given."""
+    if dtype is None:
+        dtype = torch.float64 if torch.device(device).type == "cpu" else torch.float32
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     layer = fastrnn.Recurrent(CIFG, input_size, hidden, device=device, dtype=dtype)
@@ -229,7 +232,8 @@ if __name__ == "__main__":
     parser.add_argument("--out", default=str(DEFAULT_OUT))
     args = parser.parse_args()
     diffs, losses = main(steps=args.steps, out=args.out, seed=args.seed, device=args.device)
-    print(f"CIFG layer vs a plain loop of its equations (float64), largest difference: "
+    dtype = "float64" if torch.device(args.device).type == "cpu" else "float32"
+    print(f"CIFG layer vs a plain loop of its equations ({dtype}), largest difference: "
           f"{max(diffs.values()):.2e} ({max(diffs, key=diffs.get)})")
     tail = losses[-20:]
     print(f"training: first loss {losses[0]:.4f}, final loss {losses[-1]:.5f}, "

@@ -209,7 +209,7 @@ def test_layer_matches_a_plain_loop_of_the_equations(kwargs, form):
 
     batch_first = module.batch_first
     if form == "unbatched":
-        out, (h_n, c_n) = module(x[:, 0] if not batch_first else x[:, 0], (h0[:, 0], c0[:, 0]))
+        out, (h_n, c_n) = module(x[:, 0], (h0[:, 0], c0[:, 0]))
         assert out.shape == (steps, hidden * (2 if module.bidirectional else 1)) and h_n.dim() == 2
         seq_outs, h_n, c_n = [out], h_n.unsqueeze(1), c_n.unsqueeze(1)
     elif form == "packed":
