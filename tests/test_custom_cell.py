@@ -87,11 +87,11 @@ def _loop_layer(impl, cell, problem, reverse):
     layer = LoopLayer(impl)
     # the engine overwrites its input projection in place: each side gets its own inputs
     y, h_n, c_n, saved = layer.layer_forward(cell, x.clone(), schedule, h0, c0, *weights, reverse, True)
-    expected = layer.saved_layout(cell, schedule.rows, schedule.batch, x.shape[1], weights[1].shape[0] // cell.gates,
-                                  0, x.dtype, True)
-    if impl is generic:
-        proj = weights[4] is not None
-        expected = generic.saved_layout(cell, schedule.rows, weights[1].shape[0] // cell.gates, x.dtype, True, proj)
+    hidden = weights[1].shape[0] // cell.gates
+    if impl is generic:  # (the generic loop keeps the cell's output m too with a projection)
+        expected = generic.saved_layout(cell, schedule.rows, hidden, x.dtype, True, weights[4] is not None)
+    else:
+        expected = reference.saved_layout(cell, schedule.rows, hidden, x.dtype, True)
     assert [(tuple(s.shape), s.dtype) for s in saved] == [(tuple(shape), dtype) for shape, dtype in expected]
     grads = layer.layer_backward(cell, schedule, reverse, x, h0, c0, *weights, y, saved, dy, dh_n, dc_n, [True] * 8)
     return [y, h_n, c_n], list(grads)
