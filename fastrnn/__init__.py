@@ -1,11 +1,14 @@
 """fastrnn: drop-in ``torch.nn`` RNN, LSTM and GRU on a handwritten-backward engine.
 
 On CUDA the time loop runs in fused Triton kernels; on the CPU a pure-PyTorch reference
-path runs the same engine. See README.md.
+path runs the same engine. A cell of one's own is a :class:`Cell` (:mod:`fastrnn.cells`),
+run as a layer by :class:`Recurrent`. See README.md.
 """
 
-from . import functional
+from . import cells, functional
+from .cells import Cell
 from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+from .recurrent import Recurrent
 
-__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "functional"]
+__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "Recurrent", "Cell", "cells", "functional"]
 __version__ = "0.1.0"

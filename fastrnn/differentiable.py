@@ -10,13 +10,11 @@ recomputed forward with ``torch.autograd.grad`` inside the backward would be sho
 ``vmap`` over such a nested ``autograd.grad`` — what ``torch.func.jacrev`` does — is not
 reliable; explicit formulas are.)
 
-The equations (torch's gate order and torch's GRU rule, ``b_hn`` inside the reset product)::
-
-    LSTM  i, f, g, o = sigmoid, sigmoid, tanh, sigmoid of (x W_ih^T + b_ih + h W_hh^T + b_hh)
-          c' = f * c + i * g;   m = o * tanh(c');   h' = m W_hr^T  (no W_hr: h' = m)
-    GRU   r = sigmoid(x W_ir^T + b_ir + h W_hr^T + b_hr);  z likewise
-          n = tanh(x W_in^T + b_in + r * (h W_hn^T + b_hn));   h' = (1 - z) * n + z * h
-    RNN   h' = act(x W_ih^T + b_ih + h W_hh^T + b_hh),  act = tanh | relu
+The pointwise math is the cell's own (``cell.torch_forward`` / ``cell.torch_backward``,
+out-of-place torch ops: see :mod:`fastrnn.cells.base`), the same for torch's four cells
+and a user's; around it, each step's recurrent GEMM ``h W_hh^T`` (``+ b_hh`` when the cell
+keeps it apart, else folded into the input projection) and its transpose, and for LSTM
+with ``proj_size`` the projection ``h' = m W_hr^T`` of the cell's output ``m``.
 
 Packed sequences follow :mod:`fastrnn.schedule`: step ``t`` updates rows ``[:bs_t]`` of a
 ``(B, ·)`` state and leaves the others as they were.
@@ -29,7 +27,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .kinds import CellKind
+from .cells import MAX_GATES, Cell
 from .schedule import Schedule
 
 
@@ -39,101 +37,90 @@ class _Step(NamedTuple):
     t: int
     h_prev: torch.Tensor  # (bs, P)
     c_prev: torch.Tensor | None  # (bs, H)
-    gates: torch.Tensor  # activated gates: LSTM i,f,g,o; GRU r,z,n; RNN the output
-    extra: torch.Tensor | None  # LSTM tanh(c'); GRU W_hn h + b_hn
-    m: torch.Tensor | None  # LSTM with W_hr: o * tanh(c')
+    kept: tuple  # s0 .. s3 of the cell
+    extra: torch.Tensor | None  # e of the cell
+    h: torch.Tensor  # the cell's output (m, before the projection, with W_hr)
+    c: torch.Tensor | None  # (bs, H)
 
 
 def _update(state, new, bs):
     return new if bs == state.shape[0] else torch.cat([new, state[bs:]])
 
 
-def _forward(kind: CellKind, x, schedule: Schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+def _slots(block, hidden, gates, zero):
+    """``block (bs, G*H)`` as the four gate slots of the pointwise interface (zeros past G)."""
+    parts = list(block.split(hidden, 1)) if gates > 1 else [block]
+    return parts + [zero] * (MAX_GATES - gates)
+
+
+def _forward(cell: Cell, x, schedule: Schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
     """Run the layer; returns ``(y (N, P), h_n, c_n | None, steps)``."""
-    fold = b_ih is not None and not kind.recurrent_bias_inside
+    apart = cell.recurrent_apart
+    fold = b_ih is not None and not apart
     xg = F.linear(x, w_ih, (b_ih + b_hh) if fold else b_ih)
-    inner_bias = b_hh if kind.recurrent_bias_inside else None
-    h, c = h0, c0
+    inner_bias = b_hh if apart else None
+    gates = cell.gates
+    hidden = w_hh.shape[0] // gates
+    zero = xg.new_zeros(schedule.batch, hidden)
+    h, c = h0, (c0 if cell.has_cell_state else None)
     ys, steps = [None] * schedule.steps, []
     for t in schedule.order(reverse):
         lo, bs = schedule.offsets[t], schedule.batch_sizes[t]
         hp = h[:bs]
         cp = None if c is None else c[:bs]
-        hg = F.linear(hp, w_hh, inner_bias)
-        xs = xg[lo : lo + bs]
-        extra = m = None
-        if kind is CellKind.LSTM:
-            i, f, g, o = (xs + hg).chunk(4, 1)
-            i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
-            c_new = f * cp + i * g
-            extra = torch.tanh(c_new)
-            h_new = o * extra
-            if w_hr is not None:
-                m, h_new = h_new, F.linear(h_new, w_hr)
-            gates = torch.cat([i, f, g, o], 1)
-            c = _update(c, c_new, bs)
-        elif kind is CellKind.GRU:
-            xr, xz, xn = xs.chunk(3, 1)
-            hr, hz, extra = hg.chunk(3, 1)
-            r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
-            n = torch.tanh(xn + r * extra)
-            h_new = n + z * (hp - n)
-            gates = torch.cat([r, z, n], 1)
-        else:
-            pre = xs + hg
-            h_new = torch.tanh(pre) if kind is CellKind.RNN_TANH else torch.relu(pre)
-            gates = h_new
-        steps.append(_Step(t, hp, cp, gates, extra, m))
+        rec = F.linear(hp, w_hh, inner_bias)
+        z = zero[:bs]
+        out, c_new, *kept = cell.torch_forward(
+            *_slots(xg[lo : lo + bs], hidden, gates, z), *_slots(rec, hidden, gates, z), hp, cp
+        )
+        h_new = out if w_hr is None else F.linear(out, w_hr)
+        steps.append(_Step(t, hp, cp, tuple(kept[:MAX_GATES]), kept[MAX_GATES], out, c_new))
         ys[t] = h_new
         h = _update(h, h_new, bs)
+        if c is not None:
+            c = _update(c, c_new, bs)
     return torch.cat(ys), h, c, steps
 
 
-def layer(kind: CellKind, x, schedule: Schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse: bool):
+def layer(kind: Cell, x, schedule: Schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse: bool):
     """One layer-direction: ``(y (N, P), h_n (B, P), c_n (B, H) | None)``, differentiable."""
     y, h_n, c_n, _ = _forward(kind, x, schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
     return y, h_n, c_n
 
 
-def layer_backward(kind: CellKind, x, schedule: Schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse: bool,
+def layer_backward(kind: Cell, x, schedule: Schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse: bool,
                    dy, dh_n, dc_n):
     """Gradients of ``(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)`` (``None`` for an absent
     input) for output gradients ``dy (N, P)``, ``dh_n (B, P)``, ``dc_n (B, H) | None``,
     computed with differentiable torch ops from the inputs alone."""
-    _, _, _, steps = _forward(kind, x, schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
-    dh, dc = dh_n, dc_n
+    cell = kind
+    _, _, _, steps = _forward(cell, x, schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+    gates = cell.gates
+    apart = cell.recurrent_apart
+    dh, dc = dh_n, (dc_n if cell.has_cell_state else None)
     dxg, dhg, h_prevs, ms, dms = [None] * schedule.steps, [None] * schedule.steps, [], [], []
     for s in reversed(steps):
         lo, bs = schedule.offsets[s.t], schedule.batch_sizes[s.t]
         dh_t = dh[:bs] + dy[lo : lo + bs]  # everything that reaches h_t
-        if kind is CellKind.LSTM:
-            i, f, g, o = s.gates.chunk(4, 1)
-            dm = dh_t
-            if w_hr is not None:
-                dm = dh_t @ w_hr
-                ms.append(s.m)
-                dms.append(dh_t)
-            dc_t = dc[:bs] + dm * o * (1 - s.extra * s.extra)
-            dpre = torch.cat([dc_t * g * i * (1 - i), dc_t * s.c_prev * f * (1 - f), dc_t * i * (1 - g * g),
-                              dm * s.extra * o * (1 - o)], 1)
-            dc = _update(dc, dc_t * f, bs)
-            dx_t = dh_t_g = dpre
-            dh_prev = dpre @ w_hh
-        elif kind is CellKind.GRU:
-            r, z, n = s.gates.chunk(3, 1)
-            dn_pre = dh_t * (1 - z) * (1 - n * n)
-            dz_pre = dh_t * (s.h_prev - n) * z * (1 - z)
-            dr_pre = dn_pre * s.extra * r * (1 - r)
-            dx_t = torch.cat([dr_pre, dz_pre, dn_pre], 1)
-            dh_t_g = torch.cat([dr_pre, dz_pre, dn_pre * r], 1)
-            dh_prev = dh_t * z + dh_t_g @ w_hh
+        dm = dh_t
+        if w_hr is not None:
+            dm = dh_t @ w_hr
+            ms.append(s.h)
+            dms.append(dh_t)
+        grads = cell.torch_backward(
+            dm, None if dc is None else dc[:bs], *s.kept, s.extra, s.c, s.c_prev, s.h, s.h_prev
+        )
+        dx_t = torch.cat(grads[:gates], 1) if gates > 1 else grads[0]
+        if apart:
+            dr = grads[MAX_GATES : MAX_GATES + gates]
+            dh_t_g = torch.cat(dr, 1) if gates > 1 else dr[0]
         else:
-            if kind is CellKind.RNN_TANH:
-                dx_t = dh_t * (1 - s.gates * s.gates)
-            else:  # torch's relu' passes the gradient where the output is not <= 0 (NaN too)
-                dx_t = torch.where(s.gates <= 0, torch.zeros_like(dh_t), dh_t)
             dh_t_g = dx_t
-            dh_prev = dx_t @ w_hh
+        dh_prev = dh_t_g @ w_hh
+        if cell.direct_h_grad:
+            dh_prev = dh_prev + grads[2 * MAX_GATES]
+        if dc is not None:
+            dc = _update(dc, grads[2 * MAX_GATES + 1], bs)
         dxg[s.t], dhg[s.t] = dx_t, dh_t_g
         h_prevs.append(s.h_prev)
         dh = _update(dh, dh_prev, bs)
@@ -148,5 +135,4 @@ def layer_backward(kind: CellKind, x, schedule: Schedule, h0, c0, w_ih, w_hh, b_
     dw_hr = None
     if w_hr is not None:
         dw_hr = torch.cat(dms).t() @ torch.cat(ms)
-    dc0 = dc if kind is CellKind.LSTM else None
-    return dxg_all @ w_ih, dh, dc0, dxg_all.t() @ x, dw_hh, db_ih, db_hh, dw_hr
+    return dxg_all @ w_ih, dh, dc, dxg_all.t() @ x, dw_hh, db_ih, db_hh, dw_hr

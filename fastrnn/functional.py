@@ -125,11 +125,13 @@ def recurrent_layer(
     """One direction of one recurrent layer (no checks; see :func:`recurrent_stack`).
 
     Args:
-        kind: ``"LSTM"``, ``"GRU"``, ``"RNN_TANH"``, ``"RNN_RELU"`` or a :class:`CellKind`.
+        kind: a :class:`~fastrnn.cells.Cell` or the name of one (``"LSTM"``, ``"GRU"``,
+            ``"RNN_TANH"``, ``"RNN_RELU"``, or a user's cell).
         x: ``(N, I)`` flat input rows.
         schedule: batch sizes of the rows.
-        h0: ``(B, P)``; c0: ``(B, H)`` for LSTM, else None.
-        weights: ``(w_ih (G*H, I), w_hh (G*H, P), b_ih, b_hh, w_hr (P, H) | None)``.
+        h0: ``(B, P)``; c0: ``(B, H)`` for a cell with a cell state, else None.
+        weights: ``(w_ih (G*H, I), w_hh (G*H, P), b_ih, b_hh, w_hr (P, H) | None)``
+            (``w_hr``: LSTM only).
         reverse: run from the last timestep to the first.
 
     Returns:
@@ -138,6 +140,8 @@ def recurrent_layer(
     kind = _kind(kind)
     seq, batch_sizes = _sequence(x, schedule)
     name = backends.resolve_name(backend, x.device, _call(kind, x, batch_sizes, h0, c0, [weights]))
+    if name == "native":
+        backends.native.refuse_cell(kind)
     y, h_n, c_n = ops.layer(kind, name, seq, batch_sizes, h0, c0, weights, reverse)
     return y.reshape(x.shape[0], y.shape[-1]), h_n, c_n
 
@@ -207,6 +211,8 @@ def stack(
         ``D*P`` features.
     """
     kind = _kind(kind)
+    if weights[0][4] is not None and kind is not CellKind.LSTM:
+        raise ValueError(f"fastrnn: proj_size is only supported for LSTM, not for cell {kind.name!r}")
     if (x.shape[0] if batch_sizes is None else batch_sizes.shape[0]) == 0:
         raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
     cast = _autocast_dtype(x.device, kind, cell, x.dtype)
@@ -221,6 +227,8 @@ def stack(
     check_tensors(x, h0, c0, weights)
     call = _call(kind, x, batch_sizes, h0, c0, weights)
     name = backends.resolve_name(backend, x.device, call)
+    if name == "native":
+        backends.native.refuse_cell(kind)
     if name == "native" and not call.needs_grad and ops.eager_call(x):
         ops.refuse_forward_ad((x, h0, c0, *(w for layer in weights for w in layer)))
         # Inference on torch's own kernels, eagerly: the whole stack in the one call

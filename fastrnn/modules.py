@@ -24,6 +24,8 @@ Example::
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
@@ -36,6 +38,20 @@ from .functional import autocast_enabled, stack
 from .kinds import CellKind
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"]
+
+
+def _refuses_proj_size(init):
+    """torch.nn.RNN / GRU's refusal of ``proj_size`` (their ``(*args, **kwargs)`` constructors
+    raise it whenever the keyword is given), in front of a constructor whose signature
+    (what ``inspect.signature`` and ``help`` show) stays the explicit one."""
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        init(self, *args, **kwargs)
+
+    return __init__
 
 
 class _FastRNNBase:
@@ -229,6 +245,7 @@ class RNN(_FastRNNBase, nn.RNNBase):
 
     _input_dim_message = "{name}: Expected input to be 2D or 3D, got {dim}D tensor instead"
 
+    @_refuses_proj_size
     def __init__(
         self,
         input_size: int,
@@ -301,6 +318,7 @@ class LSTM(_FastRNNBase, nn.RNNBase):
 class GRU(_FastRNNBase, nn.RNNBase):
     """Drop-in ``torch.nn.GRU`` (torch's ``b_hn`` rule) running on the fastrnn engine."""
 
+    @_refuses_proj_size
     def __init__(
         self,
         input_size: int,

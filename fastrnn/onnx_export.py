@@ -8,8 +8,9 @@ dynamic dimension (``T`` only appears as a dimension of the input and output).
 
 What ONNX's operators can express: padded input (the ONNX ``sequence_lens`` input is not
 used), LSTM without ``proj_size`` (ONNX ``LSTM`` has no projection), GRU with torch's
-``b_hn`` rule (``linear_before_reset=1``), RNN with tanh or relu. Anything else is refused
-with an error before the export does any work.
+``b_hn`` rule (``linear_before_reset=1``), RNN with tanh or relu. Anything else (a cell
+other than torch's four among them) is refused with an error before the export does any
+work.
 
 Gate orders differ: torch stacks LSTM gates as ``i, f, g, o`` and GRU gates as ``r, z, n``;
 ONNX wants ``i, o, f, c`` and ``z, r, h``. The weights are reordered with torch ops, which
@@ -34,6 +35,7 @@ from .kinds import CellKind
 #: torch's gate blocks in ONNX's order
 _ONNX_GATE_ORDER = {CellKind.LSTM: (0, 3, 1, 2), CellKind.GRU: (1, 0, 2)}
 _OP_TYPE = {CellKind.LSTM: "LSTM", CellKind.GRU: "GRU", CellKind.RNN_TANH: "RNN", CellKind.RNN_RELU: "RNN"}
+_TORCH_CELLS = frozenset(kind.name for kind in _OP_TYPE)
 #: ONNX opset version of these operators' current definitions
 _OPSET = 14
 
@@ -60,6 +62,9 @@ PACKED_REASON = "a PackedSequence input cannot be exported to ONNX; export the p
 
 def unsupported_reason(kind: CellKind, batch_sizes, w_hr, dtype) -> str | None:
     """Why a layer cannot be written as one ONNX recurrent node, or None."""
+    if kind.name not in _TORCH_CELLS:
+        return (f"cell {kind.name!r} has no ONNX operator (ONNX has LSTM, GRU and RNN nodes only, "
+                "torch's own cells)")
     if batch_sizes is not None:
         return PACKED_REASON
     if w_hr is not None:

@@ -20,6 +20,7 @@ import torch
 
 import fastrnn.functional
 import fastrnn.modules
+import fastrnn.recurrent
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
@@ -27,7 +28,7 @@ COMPILE_REPORT = DOCS / "compile-report.md"
 PAGES = [REPO / "README.md", REPO / "CONTRIBUTING.md", *sorted(DOCS.glob("*.md"))]
 
 
-@pytest.mark.parametrize("module", [fastrnn.modules, fastrnn.functional], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [fastrnn.modules, fastrnn.recurrent, fastrnn.functional], ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     result = doctest.testmod(module)
     assert result.attempted > 0

@@ -109,14 +109,17 @@ def test_constructor_arguments_mean_what_they_mean_for_torch(name):
     assert repr(ours) == repr(theirs)[:-1] + ", backend='reference')"
 
 
-def test_proj_size_is_not_an_argument_of_rnn_and_gru():
-    # torch.nn raises ValueError from inside its (*args, **kwargs) constructor; fastrnn's
-    # signature has no such parameter (a documented difference).
+def test_proj_size_is_refused_by_rnn_and_gru_as_torch_does():
+    # torch.nn raises ValueError from inside its (*args, **kwargs) constructor whenever the
+    # keyword is given; fastrnn raises the same error, its signature unchanged.
+    message = "^proj_size argument is only supported for LSTM, not RNN or GRU$"
     for name in ("RNN", "GRU"):
-        with pytest.raises(ValueError, match="proj_size argument is only supported for LSTM"):
-            getattr(nn, name)(4, 5, proj_size=2)
-        with pytest.raises(TypeError, match="proj_size"):
-            getattr(fastrnn, name)(4, 5, proj_size=2)
+        for proj_size in (2, 0):
+            with pytest.raises(ValueError, match=message):
+                getattr(nn, name)(4, 5, proj_size=proj_size)
+            with pytest.raises(ValueError, match=message):
+                getattr(fastrnn, name)(4, 5, proj_size=proj_size)
+        assert "proj_size" not in inspect.signature(getattr(fastrnn, name)).parameters
 
 
 # --------------------------------------------------------------------------------------

@@ -104,6 +104,8 @@ def resolve_name(name: str | None, device: torch.device, call: Call | None = Non
                 tracing=call.tracing,
             )
         reason = triton_unavailable_reason(device)
+        if reason is None and call is not None and not call.kind.runs_on_triton:
+            reason = f"cell {call.kind.name!r} has no Triton functions"
         if reason is None:
             return "triton"
         # No silent slow paths: the reference loop on a GPU is correct but far slower.

@@ -20,7 +20,8 @@ This backend calls exactly those kernels, so its results are torch.nn's:
 - forward with ``save`` and backward: float32 LSTM, padded, no projection only (oneDNN's
   training kernels); ``saved = (workspace, c_n)``.
 
-What it cannot do, and :func:`auto_cpu_backend` therefore never asks of it: GRU / RNN /
+What it cannot do, and :func:`auto_cpu_backend` therefore never asks of it: any cell but
+torch's four (:func:`refuse_cell`: ``auto`` runs ``reference`` for those), GRU / RNN /
 packed / projected / non-float32 LSTM *with* gradients (torch.nn builds a per-step
 autograd graph there, which cannot live inside a custom op; fastrnn's own ``reference``
 engine is faster anyway), and training under tracing: the size of oneDNN's workspace is
@@ -91,6 +92,21 @@ def onednn_trains(kind: CellKind, dtype: torch.dtype, packed: bool, proj: bool) 
     return kind is CellKind.LSTM and dtype == torch.float32 and not packed and not proj and onednn_enabled()
 
 
+#: The cells torch's kernels implement, by name (a name test: TorchDynamo traces it, while
+#: a dict lookup keyed by a cell definition makes it hash the frozen dataclass's fields).
+TORCH_CELLS = frozenset(cell.name for cell in VF_OPS)
+
+
+def refuse_cell(kind: CellKind) -> None:
+    """Raise, before any work, for a cell torch's kernels do not implement."""
+    if kind.name not in TORCH_CELLS:
+        raise RuntimeError(
+            f"fastrnn: backend 'native' runs torch's own kernels, which only implement torch's cells "
+            f"(LSTM, GRU, RNN_TANH, RNN_RELU), not {kind.name!r}; use backend='reference' or 'triton' "
+            "(or 'auto')"
+        )
+
+
 def auto_cpu_backend(kind: CellKind, dtype: torch.dtype, *, packed: bool, proj: bool, needs_grad: bool,
                      tracing: bool) -> str:
     """The backend ``auto`` runs on the CPU for one call: ``"native"`` or ``"reference"``.
@@ -107,6 +123,7 @@ def auto_cpu_backend(kind: CellKind, dtype: torch.dtype, *, packed: bool, proj: 
 
     The rule (measured on the CPU grid, see the README):
 
+    0. A cell other than torch's four: ``reference`` (torch has no kernel for it).
     1. Without gradients: ``native`` — torch's own inference kernels (oneDNN's LSTM, the
        C++ loop for GRU and RNN), the same kernels and results as ``torch.nn``; fastrnn's
        Python time loop took 1.0-8x their time at inference (issue 11's table).
@@ -122,6 +139,8 @@ def auto_cpu_backend(kind: CellKind, dtype: torch.dtype, *, packed: bool, proj: 
     Nothing here depends on ``T`` or ``B``, so a compiled program never recompiles for a new
     sequence length or batch size because of this choice.
     """
+    if kind.name not in TORCH_CELLS:
+        return "reference"
     if not needs_grad:
         return "native"
     if not tracing and onednn_trains(kind, dtype, packed, proj):
@@ -169,6 +188,7 @@ def _reversal_index(batch_sizes: tuple[int, ...]) -> torch.Tensor:
 
 def _check(kind: CellKind, x: torch.Tensor, schedule: Schedule, w_hr, save: bool) -> None:
     """Refuse what this backend cannot run, before any work."""
+    refuse_cell(kind)
     if not x.is_cpu:
         raise RuntimeError(f"fastrnn: backend 'native' runs CPU tensors only, got {x.device}")
     if save and not onednn_trains(kind, x.dtype, not schedule.is_uniform, w_hr is not None):

@@ -6,6 +6,9 @@ that does not depend on the recurrence (activation derivatives, ``tanh(c)``) is 
 for the whole sequence in one op before the backward loop, so each step is a handful of
 kernels around one GEMM.
 
+Every cell other than torch's four runs the generic loop of
+:mod:`fastrnn.backends.generic`, driven by the cell's torch pointwise functions.
+
 See :mod:`fastrnn.backends.base` for the interface and the state-buffer model of packed
 sequences.
 """
@@ -16,6 +19,7 @@ import torch
 
 from ..kinds import CellKind
 from ..schedule import Schedule
+from . import generic
 from .base import BackwardResult, ForwardResult
 
 name = "reference"
@@ -309,12 +313,21 @@ def saved_layout(kind, rows, hidden, dtype, save):
 
     LSTM: gates ``(N, 4H)`` (i, f, g, o), ``c`` and ``tanh(c)`` ``(N, H)``; GRU: gates
     ``(N, 3H)`` (r, z, n) and ``W_hn h + b_hn`` ``(N, H)``; plain RNN: nothing (backward
-    reads ``y``).
+    reads ``y``); any other cell: :func:`fastrnn.backends.generic.saved_layout`.
     """
-    if not save or kind.gates == 1:
+    if kind is CellKind.LSTM or kind is CellKind.GRU:
+        if not save:
+            return []
+        extra = 2 if kind is CellKind.LSTM else 1
+        return [((rows, kind.gates * hidden), dtype)] + [((rows, hidden), dtype)] * extra
+    if kind is CellKind.RNN_TANH or kind is CellKind.RNN_RELU:
         return []
-    extra = 2 if kind is CellKind.LSTM else 1
-    return [((rows, kind.gates * hidden), dtype)] + [((rows, hidden), dtype)] * extra
+    return generic.saved_layout(kind, rows, hidden, dtype, save)
+
+
+def _refuse_projection(kind, w_hr):
+    if w_hr is not None:
+        raise ValueError(f"fastrnn: proj_size is only supported for LSTM, not for cell {kind.name!r}")
 
 
 def forward(kind, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save):
@@ -323,7 +336,10 @@ def forward(kind, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save):
         return _lstm_forward(xg, w_hh, w_hr, h0, c0, schedule, reverse, save)
     if kind is CellKind.GRU:
         return _gru_forward(xg, w_hh, b_hh, h0, schedule, reverse, save)
-    return _rnn_forward(kind, xg, w_hh, h0, schedule, reverse)
+    if kind is CellKind.RNN_TANH or kind is CellKind.RNN_RELU:
+        return _rnn_forward(kind, xg, w_hh, h0, schedule, reverse)
+    _refuse_projection(kind, w_hr)
+    return generic.forward(kind, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save)
 
 
 def backward(kind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reverse):
@@ -332,4 +348,7 @@ def backward(kind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule,
         return _lstm_backward(saved, w_hh, w_hr, c0, dy, dh_n, dc_n, schedule, reverse)
     if kind is CellKind.GRU:
         return _gru_backward(saved, w_hh, h0, y, dy, dh_n, schedule, reverse)
-    return _rnn_backward(kind, w_hh, y, dy, dh_n, schedule, reverse)
+    if kind is CellKind.RNN_TANH or kind is CellKind.RNN_RELU:
+        return _rnn_backward(kind, w_hh, y, dy, dh_n, schedule, reverse)
+    _refuse_projection(kind, w_hr)
+    return generic.backward(kind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reverse)
