@@ -35,18 +35,23 @@ import warnings
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 from helpers import pairwise
 from threaded_interpreter import threaded_programs
 
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from fastrnn import cells
+from fastrnn.cells import base as cells_base
 from fastrnn.backends import triton_backend
 from fastrnn.functional import Schedule, recurrent_layer, recurrent_stack
+from fastrnn.kernels import cells as kernel_cells
 from fastrnn.kernels import cooperative, fits
 from fastrnn.kernels.launches import count_launches
 
-KINDS = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
-GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+KINDS = tuple(cell.name for cell in cells.BUILTIN)
+GATES = {cell.name: cell.gates for cell in cells.BUILTIN}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "fp64": torch.float64}
 TOL = {
     torch.float64: dict(rtol=1e-10, atol=1e-10),
@@ -638,3 +643,99 @@ def test_first_use_check_catches_a_wrong_register_variant(coop, monkeypatch):
     found = [w for w in records if "disagrees with the step tier" in str(w.message)]
     assert len(found) == 1, [str(w.message) for w in records]
     assert "y differs" in str(found[0].message) and "(R8-H4-K16-w4s1)" in str(found[0].message)
+
+
+# --------------------------------------------------------------------------------------
+# A cell defined outside fastrnn runs on the cooperative tier with no kernel edit
+# --------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _two_gate_forward(x0, x1, x2, x3, r0, r1, r2, r3, h_prev, c_prev):
+    """A 2-gate cell for these tests: ``z = sigmoid(x0 + r0)``, ``n = tanh(x1 + r1)``,
+    ``h = n + z * (h_prev - n)``; keeps ``z, n``."""
+    z = 1.0 / (1.0 + tl.exp(-(x0 + r0)))
+    n = kernel_cells.tanh(x1 + r1)
+    return n + z * (h_prev - n), c_prev, z, n, n, n, n
+
+
+@triton.jit
+def _two_gate_backward(dh, dc, z, n, s2, s3, e, c, c_prev, h, h_prev):
+    dn = dh * (1.0 - z) * (1.0 - n * n)
+    dz = dh * (h_prev - n) * z * (1.0 - z)
+    return dz, dn, dn, dn, dz, dn, dn, dn, dh * z, dc
+
+
+def _two_gate_torch_forward(x0, x1, x2, x3, r0, r1, r2, r3, h_prev, c_prev):
+    z, n = torch.sigmoid(x0 + r0), torch.tanh(x1 + r1)
+    return n + z * (h_prev - n), None, z, n, None, None, None
+
+
+def _two_gate_torch_backward(dh, dc, z, n, s2, s3, e, c, c_prev, h, h_prev):
+    dn = dh * (1 - z) * (1 - n * n)
+    dz = dh * (h_prev - n) * z * (1 - z)
+    return dz, dn, None, None, dz, dn, None, None, dh * z, None
+
+
+@pytest.fixture
+def two_gate_cell(monkeypatch):
+    """The 2-gate cell, registered only for the test (the registry is restored after it)."""
+    monkeypatch.setattr(cells_base, "_REGISTRY", dict(cells_base._REGISTRY))
+    return cells.Cell("COOP_TEST_TWO_GATE", 2, _two_gate_torch_forward, _two_gate_torch_backward,
+                      _two_gate_forward, _two_gate_backward, forward_reads_h_prev=True,
+                      backward_reads_h_prev=True, direct_h_grad=True)
+
+
+def test_a_user_cell_is_in_the_compile_report(two_gate_cell):
+    """Every configuration, both directions, for the new cell too: the report lists it
+    without an edit (and a cell without Triton functions is left out)."""
+    cells.Cell("COOP_TEST_REFERENCE_ONLY", 1, _two_gate_torch_forward, _two_gate_torch_backward)
+    specs = cooperative.specialisations()
+    mine = [s for s in specs if s.kind == two_gate_cell.name]
+    assert len(mine) == len([s for s in specs if s.kind == "LSTM"]) > 0
+    assert all(s.constexprs["CELL_FORWARD"] is _two_gate_forward and s.constexprs["GATES"] == 2 for s in mine)
+    assert "COOP_TEST_REFERENCE_ONLY" not in {s.kind for s in specs}
+
+
+@pytest.mark.parametrize("state", ["registers", "tiled"])
+@pytest.mark.parametrize("slab", [False, True], ids=["stream", "slab"])
+def test_a_user_cell_matches_its_torch_functions(coop, two_gate_cell, slab, state):
+    """The cooperative forward and backward of the 2-gate cell (gate slots 2 and 3 unused,
+    h_prev read in both directions, the direct path of dh) against a torch loop over the
+    cell's own torch functions and autograd: y, h_n, the saved gates, dxg and dh0."""
+    coop(slab, registers=REGISTER_ROWS if state == "registers" else ())
+    cell, hidden, batch, steps = two_gate_cell, 40, 5 if state == "registers" else 17, 4
+    gen = torch.Generator().manual_seed(5)
+    xg = torch.randn(steps * batch, 2 * hidden, generator=gen, dtype=torch.float64)
+    w_hh = torch.randn(2 * hidden, hidden, generator=gen, dtype=torch.float64) / math.sqrt(hidden)
+    h0 = torch.randn(batch, hidden, generator=gen, dtype=torch.float64)
+    dy = torch.randn(steps * batch, hidden, generator=gen, dtype=torch.float64)
+    dh_n = torch.randn(batch, hidden, generator=gen, dtype=torch.float64)
+    schedule = Schedule.uniform(steps, batch)
+
+    with count_launches() as n:
+        fwd = triton_backend._cooperative_forward(cell, xg, w_hh, None, h0, None, schedule, False, True)
+        bwd = triton_backend._cooperative_backward(cell, fwd.saved, w_hh, h0, None, fwd.y, dy, dh_n, None,
+                                                   schedule, False)
+    assert ran(n) == {("forward", state == "registers", 8), ("backward", state == "registers", 8)}
+
+    x_ref, h_ref = xg.clone().requires_grad_(), h0.clone().requires_grad_()
+    h, ys, gates = h_ref, [], []
+    zero = torch.zeros(batch, hidden, dtype=torch.float64)
+    for t in range(steps):
+        x0, x1 = x_ref[t * batch : (t + 1) * batch].split(hidden, dim=1)
+        r0, r1 = (h @ w_hh.t()).split(hidden, dim=1)
+        h, _, z, g, *_ = cell.torch_forward(x0, x1, zero, zero, r0, r1, zero, zero, h, None)
+        ys.append(h)
+        gates.append(torch.cat([z, g], dim=1))
+    y = torch.cat(ys)
+    dx_ref, dh0_ref = torch.autograd.grad((y * dy).sum() + (h * dh_n).sum(), (x_ref, h_ref))
+    tol = TOL[torch.float64]
+    torch.testing.assert_close(fwd.y, y.detach(), **tol)
+    torch.testing.assert_close(fwd.h_n, h.detach(), **tol)
+    assert fwd.c_n is None
+    torch.testing.assert_close(fwd.saved[0], torch.cat(gates).detach(), **tol)
+    torch.testing.assert_close(bwd.dxg, dx_ref, **tol)
+    torch.testing.assert_close(bwd.dhg, dx_ref, **tol)  # not recurrent_apart: one buffer
+    torch.testing.assert_close(bwd.dh0, dh0_ref, **tol)
+    assert bwd.dc0 is None

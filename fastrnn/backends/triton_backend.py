@@ -424,7 +424,7 @@ def _cooperative_forward(kind: CellKind, xg, w_hh, b_hh, h0, c0, schedule: Sched
     hidden = w_hh.shape[0] // gates_n
     n_rows, batch = xg.shape[0], schedule.batch
     cfg = cfg or _coop_launch_config(hidden, batch, dtype, device)
-    is_lstm = kind is CellKind.LSTM
+    has_c = kind.has_cell_state
     save = save and gates_n > 1  # plain RNN backward only reads y
 
     xg, w_hh, h0 = prep(xg), prep(w_hh), prep(h0)
@@ -432,7 +432,7 @@ def _cooperative_forward(kind: CellKind, xg, w_hh, b_hh, h0, c0, schedule: Sched
     y = _new((n_rows, hidden), dtype, device)
     gates, hn = _save_buffers(kind, n_rows, hidden, dtype, device, save, dummy_io)
     bias = _gru_bias(kind, b_hh, hidden, dtype, device, prep, dummy_io)
-    if is_lstm:
+    if has_c:
         c0 = prep(c0.to(acc))  # (B, H): read in the accumulation dtype, like c itself
         # With save, every step's c; without, (B, H): the tiled kernel's state buffer, or
         # the final c the register kernel writes once.
@@ -447,10 +447,10 @@ def _cooperative_forward(kind: CellKind, xg, w_hh, b_hh, h0, c0, schedule: Sched
         sync_ptr=torch.zeros(1 + schedule.steps, dtype=torch.int32, device=device),
     )
     ints = dict(T=schedule.steps, B=batch, H=hidden, reverse=int(reverse), packed=packed, save=int(save))
-    coop.launch_forward(kind.value, tensors, ints, cfg, _tf32(), _sm_count(device))
+    coop.launch_forward(kind, tensors, ints, cfg, _tf32(), _sm_count(device))
 
     c_n = None
-    if is_lstm:
+    if has_c:
         c_n = (schedule.final(c_buf, reverse) if save else c_buf).to(dtype)
     saved = _saved(kind, save, gates, c_buf, hn)
     return ForwardResult(y, schedule.final(y, reverse), c_n, saved)
@@ -469,21 +469,20 @@ def _cooperative_backward(kind: CellKind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n
     hidden = w_hh.shape[0] // gates_n
     n_rows = y.shape[0]
     cfg = cfg or _coop_launch_config(hidden, dh_n.shape[0], dtype, device)
-    is_lstm, is_gru = kind is CellKind.LSTM, kind is CellKind.GRU
+    has_c = kind.has_cell_state
     dummy_io, dummy_acc = _dummies(dtype, device)
 
     w_hh, y, dy, h0 = prep(w_hh), prep(y), prep(dy), prep(h0)
     gates, hn, c_seq = dummy_io, dummy_io, dummy_acc
-    c0 = prep(c0.to(acc)) if is_lstm else dummy_acc
-    if is_lstm:
-        gates, c_seq = (prep(t) for t in saved)
-    elif is_gru:
-        gates, hn = (prep(t) for t in saved)
+    c0 = prep(c0.to(acc)) if has_c else dummy_acc
+    if saved:  # (gates, c) or (gates, e): see saved_layout
+        gates, second = (prep(t) for t in saved)
+        c_seq, hn = (second, hn) if has_c else (c_seq, second)
     dxg, dhg = _grad_buffers(kind, n_rows, hidden, dtype, device)
     dh = dh_n.to(acc, copy=True).contiguous()  # dh_n in, dh0 out (state buffer of the tiled kernel)
-    if is_lstm and dc_n is None:
+    if has_c and dc_n is None:
         dc_n = torch.zeros(dh_n.shape[0], hidden, dtype=dtype, device=device)
-    dc = dc_n.to(acc, copy=True).contiguous() if is_lstm else dummy_acc
+    dc = dc_n.to(acc, copy=True).contiguous() if has_c else dummy_acc
     uniform_b, sizes, offsets = _step_tables(schedule, device)
     packed = int(uniform_b == 0)
     tensors = dict(
@@ -492,8 +491,8 @@ def _cooperative_backward(kind: CellKind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n
         sync_ptr=torch.zeros(1 + schedule.steps, dtype=torch.int32, device=device),
     )
     ints = dict(T=schedule.steps, B=dh.shape[0], H=hidden, reverse=int(reverse), packed=packed)
-    coop.launch_backward(kind.value, tensors, ints, cfg, _tf32(), _sm_count(device))
-    return BackwardResult(dxg, dhg, dh.to(dtype), dc.to(dtype) if is_lstm else None, None)
+    coop.launch_backward(kind, tensors, ints, cfg, _tf32(), _sm_count(device))
+    return BackwardResult(dxg, dhg, dh.to(dtype), dc.to(dtype) if has_c else None, None)
 
 
 # --------------------------------------------------------------------------------------

@@ -1,0 +1,298 @@
+"""Tile helpers of the cooperative kernels (:mod:`fastrnn.kernels.cooperative`).
+
+The tiled and the register variants of each kernel call the same helpers, so they differ
+only in where the state lives: the schedule of a step (:func:`step_rows`,
+:func:`backward_steps`), where a row's previous state is (:func:`state_rows`), the GEMMs
+against ``W_hh`` (:func:`load_slab`, :func:`forward_gemm`, :func:`backward_gemm`) and
+one tile's cell update (:func:`forward_cell`, :func:`backward_cell`), which calls the
+cell's pointwise functions (``CELL_FORWARD`` / ``CELL_BACKWARD``, see
+:mod:`fastrnn.cells.base`) and reads and writes the saved layout the cell's flags name.
+Up to four gate slots: slot ``k`` exists when ``k < GATES``; the others carry zero tiles
+(or, as arguments a cell does not read, any tile of the right shape).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def step_rows(sizes_ptr, offsets_ptr, t, B, packed):
+    """``(first row, active rows)`` of timestep ``t``, both int64.
+
+    Packed: read from the schedule's int32 tables; padded (``packed == 0``): ``t * B``
+    and ``B``, with no memory access.
+    """
+    is_packed = packed != 0
+    bs = tl.load(sizes_ptr + t, mask=is_packed, other=B).to(tl.int64)
+    off = tl.load(offsets_ptr + t, mask=is_packed, other=0).to(tl.int64)
+    return tl.where(is_packed, off, t.to(tl.int64) * B), bs
+
+
+@triton.jit
+def timestep(j, T, reverse):
+    """Timestep processed ``j``-th: ``j``, or ``T - 1 - j`` for the reverse direction."""
+    return j + reverse * (T - 1 - 2 * j)
+
+
+@triton.jit
+def state_rows(seq_ptr, seq_off, n_seq, init_ptr, rows, width):
+    """Pointer to the start of each row's state before a step (``seq`` and ``init`` have
+    one dtype).
+
+    Row ``r < n_seq`` continues from ``seq[seq_off + r]`` (the previous step's rows); other
+    rows start from ``init[r]`` (the first step, or a sequence that starts later in the
+    reverse direction of a packed batch). One pointer per row, so a tile is one load.
+    """
+    return tl.where(rows < n_seq, seq_ptr + (seq_off + rows) * width, init_ptr + rows * width)
+
+
+@triton.jit
+def backward_steps(sizes_ptr, offsets_ptr, j, T, B, reverse, packed):
+    """``(q_off, q_bs, s_off, s_bs, p_off, p_bs)`` of backward iteration ``j``: ``q`` the
+    step whose gate backward runs (processing index ``j``; none when ``j == -1``), ``s``
+    the step processed after it in forward (its gate gradients feed the GEMM), ``p`` the
+    one processed before it. Processing indices are clamped into ``[0, T)`` before
+    reading the schedule; a step that does not exist gets 0 rows."""
+    zero = (B * 0).to(tl.int64)
+    q_off, q_bs = step_rows(sizes_ptr, offsets_ptr, timestep(tl.maximum(j, 0), T, reverse), B, packed)
+    s_off, s_bs = step_rows(sizes_ptr, offsets_ptr, timestep(tl.minimum(j + 1, T - 1), T, reverse), B, packed)
+    p_off, p_bs = step_rows(sizes_ptr, offsets_ptr, timestep(tl.maximum(j - 1, 0), T, reverse), B, packed)
+    q_bs = tl.where(j >= 0, q_bs, zero)
+    s_bs = tl.where(j + 1 < T, s_bs, zero)
+    p_bs = tl.where(j >= 1, p_bs, zero)
+    return q_off, q_bs, s_off, s_bs, p_off, p_bs
+
+
+@triton.jit
+def load_slab(w_hh_ptr, cols, col_mask, H, GATES: tl.constexpr, ACC: tl.constexpr, SLAB_K: tl.constexpr,
+              FORWARD: tl.constexpr):
+    """This program's ``W_hh`` slab, once: ``GATES`` tiles of ``SLAB_K x BLOCK_H`` (padding zero).
+
+    ``FORWARD``: tile ``[k, u] = W_hh[g*H + u, k]`` (the GEMM ``h @ W_hh^T``); else
+    ``[k, u] = W_hh[g*H + k, u]`` (the GEMM ``dgates @ W_hh``). Slots past ``GATES`` get
+    the first tile again (never read). ``SLAB_K == 0`` (W_hh streamed): ``(1, 1)``
+    placeholders, never read.
+    """
+    w0 = tl.zeros((1, 1), dtype=ACC)
+    w1 = w0
+    w2 = w0
+    w3 = w0
+    if SLAB_K > 0:
+        kk = tl.arange(0, SLAB_K)
+        if FORWARD:
+            w_ptrs = w_hh_ptr + cols[None, :] * H + kk[:, None]
+        else:
+            w_ptrs = w_hh_ptr + kk[:, None] * H + cols[None, :]
+        w_mask = (kk < H)[:, None] & col_mask[None, :]
+        w0 = tl.load(w_ptrs, mask=w_mask, other=0.0)
+        w1 = w0
+        w2 = w0
+        w3 = w0
+        if GATES > 1:
+            w1 = tl.load(w_ptrs + H * H, mask=w_mask, other=0.0)
+        if GATES > 2:
+            w2 = tl.load(w_ptrs + 2 * H * H, mask=w_mask, other=0.0)
+        if GATES > 3:
+            w3 = tl.load(w_ptrs + 3 * H * H, mask=w_mask, other=0.0)
+    return w0, w1, w2, w3
+
+
+@triton.jit
+def forward_gemm(h_rows, row_mask, w_hh_ptr, cols, col_mask, w0, w1, w2, w3, H,
+                 GATES: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
+                 BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, SLAB_K: tl.constexpr):
+    """``h_{t-1} @ W_hh[g*H + units]^T`` for each gate ``g``: four ``BLOCK_B x BLOCK_H`` ACC
+    tiles (zero past ``GATES``). ``h_rows``: a pointer to each row's ``h_{t-1}``
+    (:func:`state_rows`); ``w0..w3``: the slab (``SLAB_K > 0``), else streamed here."""
+    acc0 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
+    acc1 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
+    acc2 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
+    acc3 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
+    if SLAB_K > 0:
+        kk = tl.arange(0, SLAB_K)
+        h = tl.load(h_rows[:, None] + kk[None, :], mask=row_mask[:, None] & (kk < H)[None, :], other=0.0)
+        acc0 = tl.dot(h, w0, acc0, input_precision=PRECISION)
+        if GATES > 1:
+            acc1 = tl.dot(h, w1, acc1, input_precision=PRECISION)
+        if GATES > 2:
+            acc2 = tl.dot(h, w2, acc2, input_precision=PRECISION)
+        if GATES > 3:
+            acc3 = tl.dot(h, w3, acc3, input_precision=PRECISION)
+    else:
+        for k0 in range(0, H, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            k_in = ks < H
+            h = tl.load(h_rows[:, None] + ks[None, :], mask=row_mask[:, None] & k_in[None, :], other=0.0)
+            # W_hh^T chunk of gate g: [k, u] = W_hh[g*H + u, k].
+            w_ptrs = w_hh_ptr + cols[None, :] * H + ks[:, None]
+            w_mask = k_in[:, None] & col_mask[None, :]
+            acc0 = tl.dot(h, tl.load(w_ptrs, mask=w_mask, other=0.0), acc0, input_precision=PRECISION)
+            if GATES > 1:
+                w = tl.load(w_ptrs + H * H, mask=w_mask, other=0.0)
+                acc1 = tl.dot(h, w, acc1, input_precision=PRECISION)
+            if GATES > 2:
+                w = tl.load(w_ptrs + 2 * H * H, mask=w_mask, other=0.0)
+                acc2 = tl.dot(h, w, acc2, input_precision=PRECISION)
+            if GATES > 3:
+                w = tl.load(w_ptrs + 3 * H * H, mask=w_mask, other=0.0)
+                acc3 = tl.dot(h, w, acc3, input_precision=PRECISION)
+    return acc0, acc1, acc2, acc3
+
+
+@triton.jit
+def forward_cell(xg_ptr, y_ptr, gates_ptr, hn_ptr, off, rows, cols, mask, acc0, acc1, acc2, acc3,
+                 b0, b1, b2, b3, c_prev, h_prev, H, save, CELL_FORWARD: tl.constexpr, GATES: tl.constexpr,
+                 APART: tl.constexpr, SAVES: tl.constexpr, EXTRA: tl.constexpr, ACC: tl.constexpr):
+    """The cell update of one tile from its recurrent GEMM ``acc0..acc3``: writes ``y``
+    (and, with ``save``, what the cell keeps for the backward: ``s0..s{GATES-1}`` to the
+    gates buffer when ``SAVES``, ``e`` to ``hn`` when ``EXTRA``) of the rows of ``mask``;
+    returns ``(h_t, c_t)``. ``b0..b3``: ``b_hh`` of each gate (added when ``APART``);
+    ``c_prev`` / ``h_prev``: this tile's state before the step in ACC (read by the cell
+    only when it has a cell state / reads ``h_prev``)."""
+    GH = GATES * H
+    row_offs = (off + rows)[:, None]
+    x_ptrs = xg_ptr + row_offs * GH + cols[None, :]
+    # Slots past GATES take the GEMM's zero tiles.
+    x0 = tl.load(x_ptrs, mask=mask, other=0.0).to(ACC)
+    x1 = acc1
+    x2 = acc2
+    x3 = acc3
+    if GATES > 1:
+        x1 = tl.load(x_ptrs + H, mask=mask, other=0.0).to(ACC)
+    if GATES > 2:
+        x2 = tl.load(x_ptrs + 2 * H, mask=mask, other=0.0).to(ACC)
+    if GATES > 3:
+        x3 = tl.load(x_ptrs + 3 * H, mask=mask, other=0.0).to(ACC)
+    r0 = acc0
+    r1 = acc1
+    r2 = acc2
+    r3 = acc3
+    if APART:
+        r0 = acc0 + b0
+        r1 = acc1 + b1
+        r2 = acc2 + b2
+        r3 = acc3 + b3
+    h, c, s0, s1, s2, s3, e = CELL_FORWARD(x0, x1, x2, x3, r0, r1, r2, r3, h_prev, c_prev)
+    if SAVES:
+        if save != 0:
+            ty = gates_ptr.dtype.element_ty
+            g_ptrs = gates_ptr + row_offs * GH + cols[None, :]
+            tl.store(g_ptrs, s0.to(ty), mask=mask)
+            if GATES > 1:
+                tl.store(g_ptrs + H, s1.to(ty), mask=mask)
+            if GATES > 2:
+                tl.store(g_ptrs + 2 * H, s2.to(ty), mask=mask)
+            if GATES > 3:
+                tl.store(g_ptrs + 3 * H, s3.to(ty), mask=mask)
+    if EXTRA:
+        if save != 0:
+            tl.store(hn_ptr + row_offs * H + cols[None, :], e.to(hn_ptr.dtype.element_ty), mask=mask)
+    tl.store(y_ptr + row_offs * H + cols[None, :], h.to(y_ptr.dtype.element_ty), mask=mask)
+    return h, c
+
+
+@triton.jit
+def backward_gemm(dhg_ptr, s_off, rows, s_rows, w_hh_ptr, cols, col_mask, w0, w1, w2, w3, H,
+                  GATES: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
+                  BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, SLAB_K: tl.constexpr):
+    """``dhg_s @ W_hh[:, units]`` for the rows active at step ``s`` (first row ``s_off``;
+    zero for the others): one ``BLOCK_B x BLOCK_H`` ACC tile. ``w0..w3``: the slab
+    (``SLAB_K > 0``), else streamed here."""
+    GH = GATES * H
+    acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
+    dg_ptrs = dhg_ptr + (s_off + rows)[:, None] * GH
+    if SLAB_K > 0:
+        kk = tl.arange(0, SLAB_K)
+        a_mask = s_rows[:, None] & (kk < H)[None, :]
+        acc = tl.dot(tl.load(dg_ptrs + kk[None, :], mask=a_mask, other=0.0), w0, acc, input_precision=PRECISION)
+        if GATES > 1:
+            a = tl.load(dg_ptrs + H + kk[None, :], mask=a_mask, other=0.0)
+            acc = tl.dot(a, w1, acc, input_precision=PRECISION)
+        if GATES > 2:
+            a = tl.load(dg_ptrs + 2 * H + kk[None, :], mask=a_mask, other=0.0)
+            acc = tl.dot(a, w2, acc, input_precision=PRECISION)
+        if GATES > 3:
+            a = tl.load(dg_ptrs + 3 * H + kk[None, :], mask=a_mask, other=0.0)
+            acc = tl.dot(a, w3, acc, input_precision=PRECISION)
+    else:
+        for k0 in range(0, H, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            k_in = ks < H
+            a_mask = s_rows[:, None] & k_in[None, :]
+            # W_hh chunk of gate g: [k, u] = W_hh[g*H + k, u].
+            w_ptrs = w_hh_ptr + ks[:, None] * H + cols[None, :]
+            w_mask = k_in[:, None] & col_mask[None, :]
+            for gate in tl.static_range(GATES):
+                a = tl.load(dg_ptrs + gate * H + ks[None, :], mask=a_mask, other=0.0)
+                w = tl.load(w_ptrs + gate * H * H, mask=w_mask, other=0.0)
+                acc = tl.dot(a, w, acc, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
+def backward_cell(dh_q, dc, q_off, p_off, p_bs, rows, cols, q_mask, dxg_ptr, dhg_ptr, gates_ptr, c_ptr, c0_ptr,
+                  hn_ptr, y_ptr, h0_ptr, H, CELL_BACKWARD: tl.constexpr, GATES: tl.constexpr, HAS_C: tl.constexpr,
+                  APART: tl.constexpr, SAVES: tl.constexpr, EXTRA: tl.constexpr, BWD_H: tl.constexpr,
+                  BWD_H_PREV: tl.constexpr, ACC: tl.constexpr):
+    """Cell backward of step ``q`` for one tile, from ``dh_q`` (the total gradient reaching
+    ``h_q``) and ``dc`` (reaching ``c_q``, when ``HAS_C``): reads what the cell's flags say
+    it needs (saved gates, ``e``, ``c_q`` and ``c_{q-1}``, ``h_q``, ``h_{q-1}``), writes
+    ``dx_k`` to ``dxg`` (and ``dr_k`` to ``dhg`` when ``APART``) of the rows of ``q_mask``;
+    returns ``(dc_prev, dh_direct)`` (used when ``HAS_C`` / ``DIRECT``). ``p``: the step
+    processed before ``q`` (``p_bs`` 0: every row starts from the initial state)."""
+    GH = GATES * H
+    q_rows = (q_off + rows)[:, None]
+    # Tiles the cell does not read: any ACC tile of the shape.
+    s0 = dh_q
+    s1 = dh_q
+    s2 = dh_q
+    s3 = dh_q
+    e = dh_q
+    c = dh_q
+    c_prev = dh_q
+    h = dh_q
+    h_prev = dh_q
+    if HAS_C:
+        c_rows = state_rows(c_ptr, p_off, p_bs, c0_ptr, rows, H)
+        c_prev = tl.load(c_rows[:, None] + cols[None, :], mask=q_mask, other=0.0).to(ACC)
+    if BWD_H_PREV:
+        h_rows = state_rows(y_ptr, p_off, p_bs, h0_ptr, rows, H)
+        h_prev = tl.load(h_rows[:, None] + cols[None, :], mask=q_mask, other=0.0).to(ACC)
+    if SAVES:
+        g_ptrs = gates_ptr + q_rows * GH + cols[None, :]
+        s0 = tl.load(g_ptrs, mask=q_mask, other=0.0).to(ACC)
+        if GATES > 1:
+            s1 = tl.load(g_ptrs + H, mask=q_mask, other=0.0).to(ACC)
+        if GATES > 2:
+            s2 = tl.load(g_ptrs + 2 * H, mask=q_mask, other=0.0).to(ACC)
+        if GATES > 3:
+            s3 = tl.load(g_ptrs + 3 * H, mask=q_mask, other=0.0).to(ACC)
+    if HAS_C:
+        c = tl.load(c_ptr + q_rows * H + cols[None, :], mask=q_mask, other=0.0).to(ACC)
+    if EXTRA:
+        e = tl.load(hn_ptr + q_rows * H + cols[None, :], mask=q_mask, other=0.0).to(ACC)
+    if BWD_H:
+        h = tl.load(y_ptr + q_rows * H + cols[None, :], mask=q_mask, other=0.0).to(ACC)
+    dx0, dx1, dx2, dx3, dr0, dr1, dr2, dr3, dh_direct, dc_prev = CELL_BACKWARD(
+        dh_q, dc, s0, s1, s2, s3, e, c, c_prev, h, h_prev)
+    ty = dxg_ptr.dtype.element_ty
+    dx_ptrs = dxg_ptr + q_rows * GH + cols[None, :]
+    tl.store(dx_ptrs, dx0.to(ty), mask=q_mask)
+    if GATES > 1:
+        tl.store(dx_ptrs + H, dx1.to(ty), mask=q_mask)
+    if GATES > 2:
+        tl.store(dx_ptrs + 2 * H, dx2.to(ty), mask=q_mask)
+    if GATES > 3:
+        tl.store(dx_ptrs + 3 * H, dx3.to(ty), mask=q_mask)
+    if APART:
+        dr_ptrs = dhg_ptr + q_rows * GH + cols[None, :]
+        tl.store(dr_ptrs, dr0.to(ty), mask=q_mask)
+        if GATES > 1:
+            tl.store(dr_ptrs + H, dr1.to(ty), mask=q_mask)
+        if GATES > 2:
+            tl.store(dr_ptrs + 2 * H, dr2.to(ty), mask=q_mask)
+        if GATES > 3:
+            tl.store(dr_ptrs + 3 * H, dr3.to(ty), mask=q_mask)
+    return dc_prev, dh_direct
