@@ -1,23 +1,32 @@
-"""Step kernels: one launch per timestep of one layer-direction, every cell kind.
+"""Step kernels: one launch per timestep of one layer-direction, any cell.
+
+The cell (:class:`fastrnn.cells.Cell`) arrives as compile-time arguments
+(``cell.kernel_constexprs()``): its pointwise functions ``CELL_FORWARD`` /
+``CELL_BACKWARD``, its gate count ``GATES`` and the flags saying which states and saved
+values it uses. The kernels hold the GEMMs, the loops and the memory traffic, never a gate
+equation.
 
 Forward (``recurrent_step_forward_kernel``), one launch per step ``t``::
 
-    gates = h_{t-1} @ W_hh^T (+ b_hh for GRU) + xg[t rows]      fp32 accumulation
-    activations and state update                                 fp32 cell state
-    h_t -> the output rows of step t; gates / c / W_hn h + b_hn -> saved rows when SAVE
+    r_k = h_{t-1} @ W_hh[k]^T (+ b_hh[k] when APART)    fp32 accumulation, k < GATES
+    h, c, s_*, e = CELL_FORWARD(x_k from xg[t rows], r_k, h_{t-1}, c_{t-1})
+    h -> the output rows of step t; c -> the cell-state buffer (HAS_C);
+    s_0..s_{GATES-1} (SAVES) / e (EXTRA) -> saved rows when SAVE
 
 Backward (``recurrent_step_backward_kernel``), one launch per backward step: the
-recurrent GEMM of the step ``s`` processed just before (``dh = dgates_s @ W_hh``, plus
-``dh_s * z_s`` for GRU) fused with the pointwise gate backward of the next step ``q``
-(the step processed before ``s`` in the forward pass). The first backward launch has no
-step ``s`` (``k_len = 0``) and is pointwise only.
+recurrent GEMM of the step ``s`` processed just before (``dh = dr_s @ W_hh``) fused with
+the pointwise backward of the next step ``q`` (the step processed before ``s`` in the
+forward pass). The first backward launch has no step ``s`` (``k_len = 0``) and is
+pointwise only. For a cell with a path from ``h_{t-1}`` to ``h_t`` outside the GEMM
+(``DIRECT``, GRU's ``dh * z``), the launch of ``q`` leaves ``dh_direct`` of ``q`` in the
+rows of ``q`` of the ``dh`` state buffer, and the next launch adds it to its GEMM result.
 
 Grid: ``(cdiv(rows, BLOCK_B), cdiv(H, BLOCK_H))``. A program owns a ``BLOCK_B x BLOCK_H``
-tile of the hidden state and computes that tile of every gate (G accumulators), looping
-over the reduction dimension in ``BLOCK_K`` chunks. No program reads what another
+tile of the hidden state and computes that tile of every gate (GATES accumulators),
+looping over the reduction dimension in ``BLOCK_K`` chunks. No program reads what another
 program of the same launch writes: the previous hidden state is read from the previous
 step's output rows (or ``h0``) and written to the current step's rows (ping-pong over the
-output sequence); the backward GEMM reads the gate gradients of step ``s`` and writes
+output sequence); the backward GEMM reads the recurrent gradients of step ``s`` and writes
 those of step ``q``; the ``dh`` / ``dc`` / no-save ``c`` state buffers are only touched
 pointwise, each element by the one program that owns it.
 
@@ -27,8 +36,8 @@ step's first row and row count (``prev_off``, ``n_prev``) are runtime scalars; r
 initial state (the reverse direction of a packed batch, whose active batch grows).
 
 Runtime integers are never specialised (``do_not_specialize``), so no shape, step or
-batch size triggers a recompile; the only compile-time choices are the cell kind, SAVE,
-the dtype, TF32, and the block configuration picked from ``H`` (:func:`step_config`).
+batch size triggers a recompile; the only compile-time choices are the cell, SAVE, the
+dtype, TF32, and the block configuration picked from ``H`` (:func:`step_config`).
 :func:`specialisations` lists every combination, for the ahead-of-time compile report.
 Pointers are assumed 16-byte aligned (the launchers copy a misaligned tensor), which the
 report compiles with.
@@ -44,18 +53,7 @@ import triton.language as tl
 
 from .launches import LaunchCounter, aligned_input, count_launches, record  # noqa: F401 (re-exported)
 from .launches import checked_pointers as _pointers
-from .cells import (
-    GATES,
-    KIND_IDS,
-    legacy_gru_backward as gru_backward,
-    legacy_gru_forward as gru_forward,
-    legacy_lstm_backward as lstm_backward,
-    legacy_lstm_forward as lstm_forward,
-    legacy_rnn_relu_backward as rnn_relu_backward,
-    legacy_rnn_relu_forward as rnn_relu_forward,
-    legacy_rnn_tanh_backward as rnn_tanh_backward,
-    legacy_rnn_tanh_forward as rnn_tanh_forward,
-)
+from .cells import recurrent_bias
 
 # --------------------------------------------------------------------------------------
 # Device helpers
@@ -75,6 +73,30 @@ def _load_state(seq_ptr, seq_off, n_seq, init_ptr, rows, cols, width, mask, ACC:
     return tl.where(from_seq, seq.to(ACC), init.to(ACC))
 
 
+@triton.jit
+def _load_gate(ptrs, k: tl.constexpr, H, mask, GATES: tl.constexpr, ACC: tl.constexpr, BLOCK_B: tl.constexpr,
+               BLOCK_H: tl.constexpr):
+    """Gate block ``k`` of a ``(rows, GATES*H)`` buffer (``ptrs``: its block 0), in ``ACC``;
+    a zero tile for a slot ``k >= GATES``."""
+    if k < GATES:
+        return tl.load(ptrs + k * H, mask=mask, other=0.0).to(ACC)
+    else:
+        return tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
+
+
+@triton.jit
+def _store_gates(ptrs, H, v0, v1, v2, v3, mask, GATES: tl.constexpr):
+    """Store gate blocks ``0 .. GATES-1`` of a ``(rows, GATES*H)`` buffer (``ptrs``: block 0)."""
+    ty = ptrs.dtype.element_ty
+    tl.store(ptrs, v0.to(ty), mask=mask)
+    if GATES > 1:
+        tl.store(ptrs + H, v1.to(ty), mask=mask)
+    if GATES > 2:
+        tl.store(ptrs + 2 * H, v2.to(ty), mask=mask)
+    if GATES > 3:
+        tl.store(ptrs + 3 * H, v3.to(ty), mask=mask)
+
+
 # --------------------------------------------------------------------------------------
 # Forward step
 # --------------------------------------------------------------------------------------
@@ -82,17 +104,17 @@ def _load_state(seq_ptr, seq_off, n_seq, init_ptr, rows, cols, width, mask, ACC:
 
 @triton.jit(do_not_specialize=["off", "bs", "prev_off", "n_prev", "out_off", "c_prev_off", "c_out_off", "H", "P"])
 def recurrent_step_forward_kernel(
-    xg_ptr,  # (N, G*H) input projection; rows [off, off + bs) are this step's
-    w_hh_ptr,  # (G*H, P) recurrent weight
-    b_hh_ptr,  # (G*H,) recurrent bias (GRU only; zeros when the layer has none)
+    xg_ptr,  # (N, GATES*H) input projection; rows [off, off + bs) are this step's
+    w_hh_ptr,  # (GATES*H, P) recurrent weight
+    b_hh_ptr,  # (GATES*H,) recurrent bias (APART only; zeros when the layer has none)
     h_seq_ptr,  # (N, P) output sequence y: read at the previous step's rows
     h0_ptr,  # (B, P) initial hidden state
     out_ptr,  # (*, H) where h_t is written: y itself, or the (B, H) LSTM m buffer with proj_size
-    c_prev_ptr,  # (*, H) ACC: cell state of the previous step (LSTM)
-    c_init_ptr,  # (B, H) initial cell state c0 (LSTM)
-    c_out_ptr,  # (*, H) ACC: where c_t is written (LSTM)
-    gates_ptr,  # (N, G*H) saved gate activations (SAVE; LSTM i,f,g,o / GRU r,z,n)
-    hn_ptr,  # (N, H) saved W_hn h + b_hn (SAVE; GRU)
+    c_prev_ptr,  # (*, H) ACC: cell state of the previous step (HAS_C)
+    c_init_ptr,  # (B, H) initial cell state c0 (HAS_C)
+    c_out_ptr,  # (*, H) ACC: where c_t is written (HAS_C)
+    gates_ptr,  # (N, GATES*H) saved s_0 .. s_{GATES-1} (SAVE and SAVES)
+    extra_ptr,  # (N, H) saved e (SAVE and EXTRA)
     off,  # first row of this step in xg / y
     bs,  # active rows of this step
     prev_off,  # first row of the previous step in y
@@ -102,7 +124,17 @@ def recurrent_step_forward_kernel(
     c_out_off,  # row of c_out_ptr that row 0 of this step is written to
     H,  # hidden size
     P,  # size of the recurrent state h (proj_size, or H)
-    KIND: tl.constexpr,  # 0 LSTM, 1 GRU, 2 RNN tanh, 3 RNN relu
+    CELL_FORWARD: tl.constexpr,  # the cell (fastrnn.cells.Cell.kernel_constexprs)
+    CELL_BACKWARD: tl.constexpr,
+    GATES: tl.constexpr,
+    HAS_C: tl.constexpr,
+    APART: tl.constexpr,
+    SAVES: tl.constexpr,
+    EXTRA: tl.constexpr,
+    FWD_H_PREV: tl.constexpr,
+    BWD_H: tl.constexpr,
+    BWD_H_PREV: tl.constexpr,
+    DIRECT: tl.constexpr,
     SAVE: tl.constexpr,  # keep what backward needs
     ACC: tl.constexpr,  # accumulation dtype: fp32, or fp64 for fp64 I/O
     PRECISION: tl.constexpr,  # tl.dot input precision: "ieee" or "tf32"
@@ -110,7 +142,6 @@ def recurrent_step_forward_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    G: tl.constexpr = 4 if KIND == 0 else (3 if KIND == 1 else 1)
     rows = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
     cols = (tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)).to(tl.int64)
     off = off.to(tl.int64)
@@ -118,9 +149,10 @@ def recurrent_step_forward_kernel(
     row_mask = rows < bs
     col_mask = cols < H
     mask = row_mask[:, None] & col_mask[None, :]
-    GH = G * H
+    GH = GATES * H.to(tl.int64)
+    HP = H.to(tl.int64) * P  # one gate block of W_hh: a product of sizes, so 64-bit
 
-    # h_{t-1} @ W_hh^T, one accumulator per gate; W_hh^T tile of gate g is rows g*H + cols.
+    # h_{t-1} @ W_hh^T, one accumulator per gate; W_hh^T tile of gate k is rows k*H + cols.
     acc0 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
     acc1 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
     acc2 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
@@ -137,59 +169,47 @@ def recurrent_step_forward_kernel(
         w_mask = k_mask[:, None] & col_mask[None, :]
         w = tl.load(w_hh_ptr + w_offs, mask=w_mask, other=0.0)
         acc0 = tl.dot(h, w, acc0, input_precision=PRECISION)
-        if G > 1:
-            w = tl.load(w_hh_ptr + H * P + w_offs, mask=w_mask, other=0.0)
+        if GATES > 1:
+            w = tl.load(w_hh_ptr + HP + w_offs, mask=w_mask, other=0.0)
             acc1 = tl.dot(h, w, acc1, input_precision=PRECISION)
-            w = tl.load(w_hh_ptr + 2 * H * P + w_offs, mask=w_mask, other=0.0)
+        if GATES > 2:
+            w = tl.load(w_hh_ptr + 2 * HP + w_offs, mask=w_mask, other=0.0)
             acc2 = tl.dot(h, w, acc2, input_precision=PRECISION)
-        if G > 3:
-            w = tl.load(w_hh_ptr + 3 * H * P + w_offs, mask=w_mask, other=0.0)
+        if GATES > 3:
+            w = tl.load(w_hh_ptr + 3 * HP + w_offs, mask=w_mask, other=0.0)
             acc3 = tl.dot(h, w, acc3, input_precision=PRECISION)
+    if APART:
+        # b_hh belongs to the recurrent pre-activation (it cannot be folded into xg)
+        b0, b1, b2, b3 = recurrent_bias(b_hh_ptr, cols, col_mask, H, GATES, APART, ACC, BLOCK_H)
+        acc0 += b0
+        acc1 += b1
+        acc2 += b2
+        acc3 += b3
 
-    x_ptrs = xg_ptr + (off + rows)[:, None] * GH + cols[None, :]
-    out_ptrs = out_ptr + (out_off + rows)[:, None] * H + cols[None, :]
-    gate_ptrs = gates_ptr + (off + rows)[:, None] * GH + cols[None, :]
-    if KIND == 0:
+    zero = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
+    h_prev = zero
+    if FWD_H_PREV:
+        h_prev = _load_state(h_seq_ptr, prev_off, n_prev, h0_ptr, rows, cols, P, mask, ACC)
+    c_prev = zero
+    if HAS_C:
         c_prev = _load_state(c_prev_ptr, c_prev_off.to(tl.int64), n_prev, c_init_ptr, rows, cols, H, mask, ACC)
-        i, f, g, o, c, h_new = lstm_forward(
-            acc0 + tl.load(x_ptrs, mask=mask, other=0.0).to(ACC),
-            acc1 + tl.load(x_ptrs + H, mask=mask, other=0.0).to(ACC),
-            acc2 + tl.load(x_ptrs + 2 * H, mask=mask, other=0.0).to(ACC),
-            acc3 + tl.load(x_ptrs + 3 * H, mask=mask, other=0.0).to(ACC),
-            c_prev,
-        )
+    x_ptrs = xg_ptr + (off + rows)[:, None] * GH + cols[None, :]
+    h_new, c, s0, s1, s2, s3, e = CELL_FORWARD(
+        _load_gate(x_ptrs, 0, H, mask, GATES, ACC, BLOCK_B, BLOCK_H),
+        _load_gate(x_ptrs, 1, H, mask, GATES, ACC, BLOCK_B, BLOCK_H),
+        _load_gate(x_ptrs, 2, H, mask, GATES, ACC, BLOCK_B, BLOCK_H),
+        _load_gate(x_ptrs, 3, H, mask, GATES, ACC, BLOCK_B, BLOCK_H),
+        acc0, acc1, acc2, acc3, h_prev, c_prev,
+    )
+    if HAS_C:
         c_out = c_out_ptr + (c_out_off + rows)[:, None] * H + cols[None, :]
         tl.store(c_out, c.to(c_out_ptr.dtype.element_ty), mask=mask)
-        if SAVE:
-            ty = gates_ptr.dtype.element_ty
-            tl.store(gate_ptrs, i.to(ty), mask=mask)
-            tl.store(gate_ptrs + H, f.to(ty), mask=mask)
-            tl.store(gate_ptrs + 2 * H, g.to(ty), mask=mask)
-            tl.store(gate_ptrs + 3 * H, o.to(ty), mask=mask)
-    elif KIND == 1:
-        # torch's GRU: b_hn is inside the reset gate's product, so all of b_hh is added here.
-        b_ptrs = b_hh_ptr + cols
-        hn = acc2 + tl.load(b_ptrs + 2 * H, mask=col_mask, other=0.0).to(ACC)[None, :]
-        h_prev = _load_state(h_seq_ptr, prev_off, n_prev, h0_ptr, rows, cols, P, mask, ACC)
-        r, z, n, h_new = gru_forward(
-            tl.load(x_ptrs, mask=mask, other=0.0).to(ACC),
-            tl.load(x_ptrs + H, mask=mask, other=0.0).to(ACC),
-            tl.load(x_ptrs + 2 * H, mask=mask, other=0.0).to(ACC),
-            acc0 + tl.load(b_ptrs, mask=col_mask, other=0.0).to(ACC)[None, :],
-            acc1 + tl.load(b_ptrs + H, mask=col_mask, other=0.0).to(ACC)[None, :],
-            hn,
-            h_prev,
-        )
-        if SAVE:
-            ty = gates_ptr.dtype.element_ty
-            tl.store(gate_ptrs, r.to(ty), mask=mask)
-            tl.store(gate_ptrs + H, z.to(ty), mask=mask)
-            tl.store(gate_ptrs + 2 * H, n.to(ty), mask=mask)
-            tl.store(hn_ptr + (off + rows)[:, None] * H + cols[None, :], hn.to(hn_ptr.dtype.element_ty), mask=mask)
-    elif KIND == 2:
-        h_new = rnn_tanh_forward(acc0 + tl.load(x_ptrs, mask=mask, other=0.0).to(ACC))
-    else:
-        h_new = rnn_relu_forward(acc0 + tl.load(x_ptrs, mask=mask, other=0.0).to(ACC))
+    if SAVE:
+        if SAVES:
+            _store_gates(gates_ptr + (off + rows)[:, None] * GH + cols[None, :], H, s0, s1, s2, s3, mask, GATES)
+        if EXTRA:
+            tl.store(extra_ptr + (off + rows)[:, None] * H + cols[None, :], e.to(extra_ptr.dtype.element_ty), mask=mask)
+    out_ptrs = out_ptr + (out_off + rows)[:, None] * H + cols[None, :]
     tl.store(out_ptrs, h_new.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -200,30 +220,40 @@ def recurrent_step_forward_kernel(
 
 @triton.jit(do_not_specialize=["s_off", "s_bs", "k_len", "q_off", "q_bs", "q_prev_off", "q_n_prev", "H", "P"])
 def recurrent_step_backward_kernel(
-    dg_ptr,  # (N, G*H) gradient of h @ W_hh^T (+ b_hh) at step s: the GEMM operand
-    w_hh_ptr,  # (G*H, P) recurrent weight
-    dxg_ptr,  # (N, G*H) out: gradient of the input projection at step q
-    dhg_ptr,  # (N, G*H) out: gradient of h @ W_hh^T + b_hh at step q (GRU; else unused)
+    dr_ptr,  # (N, GATES*H) dr at step s, the GEMM operand (dhg when APART, else dxg)
+    w_hh_ptr,  # (GATES*H, P) recurrent weight
+    dxg_ptr,  # (N, GATES*H) out: dx, gradient of the input projection at step q
+    dhg_ptr,  # (N, GATES*H) out: dr, gradient of the recurrent pre-activation at step q (APART)
     dy_ptr,  # (N, P) gradient of the output sequence
     dh_ptr,  # (B, P) ACC state buffer: dh reaching each sequence's state; updated in place
-    dc_ptr,  # (B, H) ACC state buffer: dc (LSTM); updated in place
+    dc_ptr,  # (B, H) ACC state buffer: dc (HAS_C); updated in place
     dm_ptr,  # (B, H) gradient of m at step q, computed outside (LSTM with proj_size; DM_GIVEN)
-    gates_ptr,  # (N, G*H) saved activations
-    c_seq_ptr,  # (N, H) ACC saved cell states (LSTM)
-    c0_ptr,  # (B, H) initial cell state (LSTM)
-    hn_ptr,  # (N, H) saved W_hn h + b_hn (GRU)
-    h_seq_ptr,  # (N, P) output sequence y (GRU: previous state; RNN: activation derivative)
-    h0_ptr,  # (B, P) initial hidden state (GRU)
+    gates_ptr,  # (N, GATES*H) saved s_0 .. s_{GATES-1} (SAVES)
+    c_seq_ptr,  # (N, H) ACC saved cell states (HAS_C)
+    c0_ptr,  # (B, H) initial cell state (HAS_C)
+    extra_ptr,  # (N, H) saved e (EXTRA)
+    h_seq_ptr,  # (N, P) output sequence y: h of step q (BWD_H), h_prev of q (BWD_H_PREV)
+    h0_ptr,  # (B, P) initial hidden state (BWD_H_PREV)
     s_off,  # first row of step s
     s_bs,  # rows of step s (0: no step s)
-    k_len,  # reduction length of the GEMM: G*H, or 0 to skip it
+    k_len,  # reduction length of the GEMM: GATES*H, or 0 to skip it
     q_off,  # first row of step q
     q_bs,  # rows of step q
     q_prev_off,  # first row of the step before q (in processing order)
     q_n_prev,  # its row count (0 when q is the first processed step)
     H,  # hidden size
     P,  # size of h (== H unless DM_GIVEN)
-    KIND: tl.constexpr,  # 0 LSTM, 1 GRU, 2 RNN tanh, 3 RNN relu
+    CELL_FORWARD: tl.constexpr,  # the cell (fastrnn.cells.Cell.kernel_constexprs)
+    CELL_BACKWARD: tl.constexpr,
+    GATES: tl.constexpr,
+    HAS_C: tl.constexpr,
+    APART: tl.constexpr,
+    SAVES: tl.constexpr,
+    EXTRA: tl.constexpr,
+    FWD_H_PREV: tl.constexpr,
+    BWD_H: tl.constexpr,
+    BWD_H_PREV: tl.constexpr,
+    DIRECT: tl.constexpr,
     DM_GIVEN: tl.constexpr,  # LSTM with proj_size: dm read from dm_ptr, no GEMM here
     ACC: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -231,89 +261,83 @@ def recurrent_step_backward_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    G: tl.constexpr = 4 if KIND == 0 else (3 if KIND == 1 else 1)
     rows = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
     cols = (tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)).to(tl.int64)
     s_off = s_off.to(tl.int64)
     q_off = q_off.to(tl.int64)
-    GH = G * H
+    GH = GATES * H.to(tl.int64)
     col_mask = cols < H
     s_rows = rows < s_bs
     q_rows = rows < q_bs
     q_mask = q_rows[:, None] & col_mask[None, :]
+    any_mask = (s_rows | q_rows)[:, None] & col_mask[None, :]
+    dh_ptrs = dh_ptr + rows[:, None] * P + cols[None, :]
 
     if DM_GIVEN:
         dh = tl.load(dm_ptr + rows[:, None] * H + cols[None, :], mask=q_mask, other=0.0).to(ACC)
     else:
-        # dh_{s-1} = dgates_s @ W_hh (+ dh_s * z_s for GRU) for the rows of step s; rows
-        # beyond keep what the state buffer holds (dh_n, or a finished dh0 row).
-        any_mask = (s_rows | q_rows)[:, None] & col_mask[None, :]
-        dh_ptrs = dh_ptr + rows[:, None] * P + cols[None, :]
+        # dh_{s-1} = dr_s @ W_hh for the rows of step s (plus, when DIRECT, the dh_direct of
+        # step s the previous launch left in those rows); rows beyond keep what the state
+        # buffer holds (dh_n, or a finished dh0 row).
         dh_old = tl.load(dh_ptrs, mask=any_mask, other=0.0)
         acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
         for k0 in range(0, k_len, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
             k_mask = ks < k_len
             a_mask = s_rows[:, None] & k_mask[None, :]
-            a = tl.load(dg_ptr + (s_off + rows)[:, None] * GH + ks[None, :], mask=a_mask, other=0.0)
+            a = tl.load(dr_ptr + (s_off + rows)[:, None] * GH + ks[None, :], mask=a_mask, other=0.0)
             w_mask = k_mask[:, None] & col_mask[None, :]
             w = tl.load(w_hh_ptr + ks[:, None] * P + cols[None, :], mask=w_mask, other=0.0)
             acc = tl.dot(a, w, acc, input_precision=PRECISION)
-        if KIND == 1:
-            z_ptrs = gates_ptr + (s_off + rows)[:, None] * GH + H + cols[None, :]
-            z_s = tl.load(z_ptrs, mask=s_rows[:, None] & col_mask[None, :], other=0.0)
-            acc += dh_old * z_s.to(ACC)
+        if DIRECT:
+            acc += dh_old
         dh = tl.where(s_rows[:, None], acc, dh_old)
         dh += tl.load(dy_ptr + (q_off + rows)[:, None] * P + cols[None, :], mask=q_mask, other=0.0).to(ACC)
-        tl.store(dh_ptrs, dh, mask=any_mask)
+        if not DIRECT:
+            tl.store(dh_ptrs, dh, mask=any_mask)
 
-    # Pointwise gate backward of step q, with dh the total gradient reaching h_q.
+    # Pointwise backward of step q, with dh the total gradient reaching h_q.
+    zero = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
     g_ptrs = gates_ptr + (q_off + rows)[:, None] * GH + cols[None, :]
-    dx_ptrs = dxg_ptr + (q_off + rows)[:, None] * GH + cols[None, :]
-    ty = dxg_ptr.dtype.element_ty
-    if KIND == 0:
+    s0 = zero
+    s1 = zero
+    s2 = zero
+    s3 = zero
+    if SAVES:
+        s0 = _load_gate(g_ptrs, 0, H, q_mask, GATES, ACC, BLOCK_B, BLOCK_H)
+        s1 = _load_gate(g_ptrs, 1, H, q_mask, GATES, ACC, BLOCK_B, BLOCK_H)
+        s2 = _load_gate(g_ptrs, 2, H, q_mask, GATES, ACC, BLOCK_B, BLOCK_H)
+        s3 = _load_gate(g_ptrs, 3, H, q_mask, GATES, ACC, BLOCK_B, BLOCK_H)
+    e = zero
+    if EXTRA:
+        e = tl.load(extra_ptr + (q_off + rows)[:, None] * H + cols[None, :], mask=q_mask, other=0.0).to(ACC)
+    c = zero
+    c_prev = zero
+    dc = zero
+    dc_ptrs = dc_ptr + rows[:, None] * H + cols[None, :]
+    if HAS_C:
         c_prev = _load_state(c_seq_ptr, q_prev_off.to(tl.int64), q_n_prev, c0_ptr, rows, cols, H, q_mask, ACC)
-        dc_ptrs = dc_ptr + rows[:, None] * H + cols[None, :]
-        di, df, dg, do, dc_prev = lstm_backward(
-            dh,
-            tl.load(dc_ptrs, mask=q_mask, other=0.0).to(ACC),
-            tl.load(g_ptrs, mask=q_mask, other=0.0).to(ACC),
-            tl.load(g_ptrs + H, mask=q_mask, other=0.0).to(ACC),
-            tl.load(g_ptrs + 2 * H, mask=q_mask, other=0.0).to(ACC),
-            tl.load(g_ptrs + 3 * H, mask=q_mask, other=0.0).to(ACC),
-            tl.load(c_seq_ptr + (q_off + rows)[:, None] * H + cols[None, :], mask=q_mask, other=0.0).to(ACC),
-            c_prev,
-        )
-        tl.store(dx_ptrs, di.to(ty), mask=q_mask)
-        tl.store(dx_ptrs + H, df.to(ty), mask=q_mask)
-        tl.store(dx_ptrs + 2 * H, dg.to(ty), mask=q_mask)
-        tl.store(dx_ptrs + 3 * H, do.to(ty), mask=q_mask)
-        tl.store(dc_ptrs, dc_prev, mask=q_mask)
-    elif KIND == 1:
+        dc = tl.load(dc_ptrs, mask=q_mask, other=0.0).to(ACC)
+        c = tl.load(c_seq_ptr + (q_off + rows)[:, None] * H + cols[None, :], mask=q_mask, other=0.0).to(ACC)
+    h = zero
+    if BWD_H:
+        h = tl.load(h_seq_ptr + (q_off + rows)[:, None] * P + cols[None, :], mask=q_mask, other=0.0).to(ACC)
+    h_prev = zero
+    if BWD_H_PREV:
         h_prev = _load_state(h_seq_ptr, q_prev_off.to(tl.int64), q_n_prev, h0_ptr, rows, cols, P, q_mask, ACC)
-        # dh * z (the path to h_prev outside the GEMM) is added by the launch of the step
-        # before, which holds z_s next to its GEMM; unused here.
-        dr, dz, dn, dhn, _ = gru_backward(
-            dh,
-            tl.load(g_ptrs, mask=q_mask, other=0.0).to(ACC),
-            tl.load(g_ptrs + H, mask=q_mask, other=0.0).to(ACC),
-            tl.load(g_ptrs + 2 * H, mask=q_mask, other=0.0).to(ACC),
-            tl.load(hn_ptr + (q_off + rows)[:, None] * H + cols[None, :], mask=q_mask, other=0.0).to(ACC),
-            h_prev,
-        )
-        dh_ptrs_g = dhg_ptr + (q_off + rows)[:, None] * GH + cols[None, :]
-        tl.store(dx_ptrs, dr.to(ty), mask=q_mask)
-        tl.store(dx_ptrs + H, dz.to(ty), mask=q_mask)
-        tl.store(dx_ptrs + 2 * H, dn.to(ty), mask=q_mask)
-        tl.store(dh_ptrs_g, dr.to(ty), mask=q_mask)
-        tl.store(dh_ptrs_g + H, dz.to(ty), mask=q_mask)
-        tl.store(dh_ptrs_g + 2 * H, dhn.to(ty), mask=q_mask)
-    elif KIND == 2:
-        y = tl.load(h_seq_ptr + (q_off + rows)[:, None] * P + cols[None, :], mask=q_mask, other=0.0).to(ACC)
-        tl.store(dx_ptrs, rnn_tanh_backward(dh, y).to(ty), mask=q_mask)
-    else:
-        y = tl.load(h_seq_ptr + (q_off + rows)[:, None] * P + cols[None, :], mask=q_mask, other=0.0).to(ACC)
-        tl.store(dx_ptrs, rnn_relu_backward(dh, y).to(ty), mask=q_mask)
+    dx0, dx1, dx2, dx3, dr0, dr1, dr2, dr3, dh_direct, dc_prev = CELL_BACKWARD(
+        dh, dc, s0, s1, s2, s3, e, c, c_prev, h, h_prev
+    )
+    _store_gates(dxg_ptr + (q_off + rows)[:, None] * GH + cols[None, :], H, dx0, dx1, dx2, dx3, q_mask, GATES)
+    if APART:
+        _store_gates(dhg_ptr + (q_off + rows)[:, None] * GH + cols[None, :], H, dr0, dr1, dr2, dr3, q_mask, GATES)
+    if HAS_C:
+        tl.store(dc_ptrs, dc_prev, mask=q_mask)
+    if DIRECT:
+        if not DM_GIVEN:
+            # rows of q: dh_direct, which the next launch adds to its GEMM result; rows of s
+            # only (a sequence that started at s): their finished dh0
+            tl.store(dh_ptrs, tl.where(q_rows[:, None], dh_direct, dh), mask=any_mask)
 
 
 # --------------------------------------------------------------------------------------
@@ -356,18 +380,39 @@ def _acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def forward_constexprs(kind: str, save: bool, dtype: torch.dtype, tf32: bool, cfg: StepConfig) -> dict:
-    """Compile-time arguments of the forward kernel (plain RNNs save nothing: SAVE False)."""
+def _cell(cell):
+    """The :class:`fastrnn.cells.Cell` for ``cell`` (a definition or its name)."""
+    from fastrnn.cells import Cell, get
+
+    return cell if isinstance(cell, Cell) else get(cell)
+
+
+def _saves_something(cell) -> bool:
+    # what a saving forward keeps: gates, e, or every step's cell state (plain RNNs: nothing,
+    # their backward reads y)
+    return cell.saves_gates or cell.saves_extra or cell.has_cell_state
+
+
+def _has_projection(cell) -> bool:
+    # proj_size (the host computes dm = dh @ W_hr and the kernel reads it) exists for LSTM only
+    return cell.has_cell_state and cell.name == "LSTM"
+
+
+def forward_constexprs(cell, save: bool, dtype: torch.dtype, tf32: bool, cfg: StepConfig) -> dict:
+    """Compile-time arguments of the forward kernel for ``cell`` (a Cell or its name);
+    SAVE only for a cell that keeps something."""
+    cell = _cell(cell)
     return dict(
-        KIND=KIND_IDS[kind], SAVE=bool(save) and GATES[kind] > 1, ACC=_acc(dtype),
+        **cell.kernel_constexprs(), SAVE=bool(save) and _saves_something(cell), ACC=_acc(dtype),
         PRECISION=_precision(dtype, tf32), BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k,
     )
 
 
-def backward_constexprs(kind: str, dm_given: bool, dtype: torch.dtype, tf32: bool, cfg: StepConfig) -> dict:
-    """Compile-time arguments of the backward kernel (DM_GIVEN only for LSTM)."""
+def backward_constexprs(cell, dm_given: bool, dtype: torch.dtype, tf32: bool, cfg: StepConfig) -> dict:
+    """Compile-time arguments of the backward kernel for ``cell`` (DM_GIVEN only for LSTM)."""
+    cell = _cell(cell)
     return dict(
-        KIND=KIND_IDS[kind], DM_GIVEN=bool(dm_given) and kind == "LSTM", ACC=_acc(dtype),
+        **cell.kernel_constexprs(), DM_GIVEN=bool(dm_given) and _has_projection(cell), ACC=_acc(dtype),
         PRECISION=_precision(dtype, tf32), BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k,
     )
 
@@ -377,13 +422,13 @@ def backward_constexprs(kind: str, dm_given: bool, dtype: torch.dtype, tf32: boo
 FORWARD_POINTERS = (
     ("xg_ptr", "io"), ("w_hh_ptr", "io"), ("b_hh_ptr", "io"), ("h_seq_ptr", "io"), ("h0_ptr", "io"),
     ("out_ptr", "io"), ("c_prev_ptr", "acc"), ("c_init_ptr", "io"), ("c_out_ptr", "acc"),
-    ("gates_ptr", "io"), ("hn_ptr", "io"),
+    ("gates_ptr", "io"), ("extra_ptr", "io"),
 )
 FORWARD_INTS = ("off", "bs", "prev_off", "n_prev", "out_off", "c_prev_off", "c_out_off", "H", "P")
 BACKWARD_POINTERS = (
-    ("dg_ptr", "io"), ("w_hh_ptr", "io"), ("dxg_ptr", "io"), ("dhg_ptr", "io"), ("dy_ptr", "io"),
+    ("dr_ptr", "io"), ("w_hh_ptr", "io"), ("dxg_ptr", "io"), ("dhg_ptr", "io"), ("dy_ptr", "io"),
     ("dh_ptr", "acc"), ("dc_ptr", "acc"), ("dm_ptr", "acc"), ("gates_ptr", "io"), ("c_seq_ptr", "acc"),
-    ("c0_ptr", "io"), ("hn_ptr", "io"), ("h_seq_ptr", "io"), ("h0_ptr", "io"),
+    ("c0_ptr", "io"), ("extra_ptr", "io"), ("h_seq_ptr", "io"), ("h0_ptr", "io"),
 )
 BACKWARD_INTS = ("s_off", "s_bs", "k_len", "q_off", "q_bs", "q_prev_off", "q_n_prev", "H", "P")
 
@@ -393,7 +438,7 @@ class Specialisation(NamedTuple):
 
     kernel: object  # the @triton.jit function
     kernel_name: str
-    kind: str
+    kind: str  # the cell's name
     dtype: torch.dtype
     label: str  # dtype / precision / flags, for the report
     config: StepConfig
@@ -403,24 +448,27 @@ class Specialisation(NamedTuple):
 
 
 def specialisations(dtypes=(torch.float32, torch.float16, torch.bfloat16)) -> list[Specialisation]:
-    """Every (kernel, kind, dtype, TF32, SAVE / DM_GIVEN, config) the launchers can pick."""
+    """Every (kernel, cell, dtype, TF32, SAVE / DM_GIVEN, config) the launchers can pick:
+    every cell defined so far that has Triton functions (a user's cell included)."""
+    from fastrnn import cells
+
     out = []
     for dtype in dtypes:
         for tf32 in ((False, True) if dtype == torch.float32 else (False,)):
-            for kind in KIND_IDS:
+            for cell in (c for c in cells.defined() if c.runs_on_triton):
                 for cfg in CONFIGS:
                     name = str(dtype).replace("torch.", "") + ("-tf32" if tf32 else "")
-                    for save in ((False, True) if GATES[kind] > 1 else (False,)):
+                    for save in ((False, True) if _saves_something(cell) else (False,)):
                         out.append(Specialisation(
-                            recurrent_step_forward_kernel, "forward", kind, dtype,
+                            recurrent_step_forward_kernel, "forward", cell.name, dtype,
                             name + ("-save" if save else ""), cfg,
-                            forward_constexprs(kind, save, dtype, tf32, cfg), FORWARD_POINTERS, FORWARD_INTS,
+                            forward_constexprs(cell, save, dtype, tf32, cfg), FORWARD_POINTERS, FORWARD_INTS,
                         ))
-                    for dm_given in ((False, True) if kind == "LSTM" else (False,)):
+                    for dm_given in ((False, True) if _has_projection(cell) else (False,)):
                         out.append(Specialisation(
-                            recurrent_step_backward_kernel, "backward", kind, dtype,
+                            recurrent_step_backward_kernel, "backward", cell.name, dtype,
                             name + ("-dm" if dm_given else ""), cfg,
-                            backward_constexprs(kind, dm_given, dtype, tf32, cfg), BACKWARD_POINTERS, BACKWARD_INTS,
+                            backward_constexprs(cell, dm_given, dtype, tf32, cfg), BACKWARD_POINTERS, BACKWARD_INTS,
                         ))
     return out
 
@@ -430,8 +478,9 @@ def specialisations(dtypes=(torch.float32, torch.float16, torch.bfloat16)) -> li
 # --------------------------------------------------------------------------------------
 
 
-def forward_stepper(kind: str, tensors: dict, *, hidden: int, save: bool, tf32: bool):
-    """Prepare the forward steps of one time loop; returns ``launch(ints)``, one step each.
+def forward_stepper(cell, tensors: dict, *, hidden: int, save: bool, tf32: bool):
+    """Prepare the forward steps of one time loop of ``cell`` (a :class:`fastrnn.cells.Cell`
+    or its name); returns ``launch(ints)``, one step each.
 
     ``tensors`` maps each name of :data:`FORWARD_POINTERS` to a contiguous, 16-byte
     aligned tensor (unused ones: any tensor of the right dtype); they are checked and the
@@ -440,7 +489,7 @@ def forward_stepper(kind: str, tensors: dict, *, hidden: int, save: bool, tf32: 
     """
     cfg = step_config(hidden)
     pointers = _pointers(FORWARD_POINTERS, tensors)
-    constexprs = forward_constexprs(kind, save, tensors["xg_ptr"].dtype, tf32, cfg)
+    constexprs = forward_constexprs(cell, save, tensors["xg_ptr"].dtype, tf32, cfg)
     blocks_h = triton.cdiv(hidden, cfg.block_h)
 
     def launch(ints: dict) -> None:
@@ -453,13 +502,13 @@ def forward_stepper(kind: str, tensors: dict, *, hidden: int, save: bool, tf32: 
     return launch
 
 
-def backward_stepper(kind: str, tensors: dict, *, hidden: int, dm_given: bool, tf32: bool):
+def backward_stepper(cell, tensors: dict, *, hidden: int, dm_given: bool, tf32: bool):
     """As :func:`forward_stepper` for the backward steps (names of
     :data:`BACKWARD_POINTERS` / :data:`BACKWARD_INTS`); a launch's grid covers
     ``max(s_bs, q_bs)`` rows."""
     cfg = step_config(hidden)
     pointers = _pointers(BACKWARD_POINTERS, tensors)
-    constexprs = backward_constexprs(kind, dm_given, tensors["dxg_ptr"].dtype, tf32, cfg)
+    constexprs = backward_constexprs(cell, dm_given, tensors["dxg_ptr"].dtype, tf32, cfg)
     blocks_h = triton.cdiv(hidden, cfg.block_h)
 
     def launch(ints: dict) -> None:

@@ -174,11 +174,10 @@ def _step_forward(kind: CellKind, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedu
     prep = ks.aligned_input
     dtype, device = xg.dtype, xg.device
     acc = _acc_dtype(dtype)
-    gates_n = kind.gates
-    hidden, state = w_hh.shape[0] // gates_n, w_hh.shape[1]
+    hidden, state = w_hh.shape[0] // kind.gates, w_hh.shape[1]
     n_rows, batch = xg.shape[0], schedule.batch
-    is_lstm = kind is CellKind.LSTM
-    save = save and gates_n > 1  # plain RNN backward only reads y
+    has_c = kind.has_cell_state
+    save = save and (kind.saves_gates or kind.saves_extra or has_c)  # plain RNN backward only reads y
     proj = w_hr is not None
 
     xg, w_hh, h0 = prep(xg), prep(w_hh), prep(h0)
@@ -186,7 +185,7 @@ def _step_forward(kind: CellKind, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedu
     y = _new((n_rows, state), dtype, device)
     gates, hn = _save_buffers(kind, n_rows, hidden, dtype, device, save, dummy_io)
     bias = _gru_bias(kind, b_hh, hidden, dtype, device, prep, dummy_io)
-    if is_lstm:
+    if has_c:
         c0 = prep(c0)
         # With save, every step's c is kept; without, one (B, H) buffer updated in place
         # (rows < n_prev read it, new rows read c0; each row is written by its own program).
@@ -198,10 +197,10 @@ def _step_forward(kind: CellKind, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedu
 
     tensors = dict(
         xg_ptr=xg, w_hh_ptr=w_hh, b_hh_ptr=bias, h_seq_ptr=y, h0_ptr=h0, out_ptr=m_buf if proj else y,
-        c_prev_ptr=c_buf, c_init_ptr=c0, c_out_ptr=c_buf, gates_ptr=gates, hn_ptr=hn,
+        c_prev_ptr=c_buf, c_init_ptr=c0, c_out_ptr=c_buf, gates_ptr=gates, extra_ptr=hn,
     )
     prev_off, n_prev = 0, 0
-    launch = ks.forward_stepper(kind.value, tensors, hidden=hidden, save=save, tf32=_tf32())
+    launch = ks.forward_stepper(kind, tensors, hidden=hidden, save=save, tf32=_tf32())
     for t in schedule.order(reverse):
         off, bs = schedule.offsets[t], schedule.batch_sizes[t]
         ints = dict(
@@ -214,7 +213,7 @@ def _step_forward(kind: CellKind, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedu
         prev_off, n_prev = off, bs
 
     c_n = None
-    if is_lstm:
+    if has_c:
         c_n = (schedule.final(c_buf, reverse) if save else c_buf).to(dtype)
     saved = _saved(kind, save, gates, c_buf, hn)
     return ForwardResult(y, schedule.final(y, reverse), c_n, saved)
@@ -230,36 +229,36 @@ def _step_backward(kind: CellKind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n,
     gates_n = kind.gates
     hidden, state = w_hh.shape[0] // gates_n, w_hh.shape[1]
     n_rows = y.shape[0]
-    is_lstm, is_gru = kind is CellKind.LSTM, kind is CellKind.GRU
+    has_c = kind.has_cell_state
     proj = w_hr is not None
     dummy_io, dummy_acc = _dummies(dtype, device)
 
     w_hh, y, dy, h0 = prep(w_hh), prep(y), prep(dy), prep(h0)
     # Unused pointer arguments get dummies of the dtype the kernel signature expects.
     gates, hn, c_seq = dummy_io, dummy_io, dummy_acc
-    if is_lstm:
+    if has_c:
         gates, c_seq = saved
         c0 = prep(c0)
     else:
         c0 = dummy_io
-        if is_gru:
+        if saved:  # (gates, e): e a placeholder unless the cell saves it
             gates, hn = saved
 
     dxg, dhg = _grad_buffers(kind, n_rows, hidden, dtype, device)
     dh = dh_n.to(acc, copy=True).contiguous()  # (B, P) state buffer, becomes dh0
-    dc = dc_n.to(acc, copy=True).contiguous() if is_lstm else dummy_acc
+    dc = dc_n.to(acc, copy=True).contiguous() if has_c else dummy_acc
     dm = _new((dh.shape[0], hidden), acc, device) if proj else dummy_acc
     dh_seq = _new((n_rows, state), acc, device) if proj else None
     w_hh_acc = w_hh.to(acc)
     w_hr_acc = w_hr.to(acc) if proj else None
 
     tensors = dict(
-        dg_ptr=dhg, w_hh_ptr=w_hh, dxg_ptr=dxg, dhg_ptr=dhg, dy_ptr=dy, dh_ptr=dh, dc_ptr=dc, dm_ptr=dm,
-        gates_ptr=gates, c_seq_ptr=c_seq, c0_ptr=c0, hn_ptr=hn, h_seq_ptr=y, h0_ptr=h0,
+        dr_ptr=dhg, w_hh_ptr=w_hh, dxg_ptr=dxg, dhg_ptr=dhg, dy_ptr=dy, dh_ptr=dh, dc_ptr=dc, dm_ptr=dm,
+        gates_ptr=gates, c_seq_ptr=c_seq, c0_ptr=c0, extra_ptr=hn, h_seq_ptr=y, h0_ptr=h0,
     )
     order = list(schedule.order(reverse))  # forward processing order
     offsets, sizes = schedule.offsets, schedule.batch_sizes
-    launch = ks.backward_stepper(kind.value, tensors, hidden=hidden, dm_given=proj, tf32=_tf32())
+    launch = ks.backward_stepper(kind, tensors, hidden=hidden, dm_given=proj, tf32=_tf32())
     for j in range(len(order) - 1, -1, -1):
         q = order[j]  # the step whose gate backward runs now
         s = order[j + 1] if j + 1 < len(order) else None  # the step processed after q
@@ -282,19 +281,20 @@ def _step_backward(kind: CellKind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n,
         launch(ints)
 
     # dh0: the recurrent GEMM of the first processed step (rows of sequences that started
-    # later in a packed reverse pass were finished by the kernels already).
+    # later in a packed reverse pass were finished by the kernels already), plus the
+    # dh_direct the last launch left in its rows.
     lo, bs = offsets[order[0]], sizes[order[0]]
-    first = dh[:bs].clone()
+    direct = dh[:bs].clone() if kind.direct_h_grad else None
     dh[:bs] = dhg[lo : lo + bs].to(acc) @ w_hh_acc
-    if is_gru:
-        dh[:bs] += first * gates[lo : lo + bs, hidden : 2 * hidden].to(acc)
+    if direct is not None:
+        dh[:bs] += direct
 
     dw_hr = None
     if proj:
         o = gates[:, 3 * hidden :].to(acc)
         dw_hr = (dh_seq.t() @ (o * torch.tanh(c_seq))).to(dtype)
     return BackwardResult(
-        dxg, dhg, dh.to(dtype), dc.to(dtype) if is_lstm else None, dw_hr,
+        dxg, dhg, dh.to(dtype), dc.to(dtype) if has_c else None, dw_hr,
     )
 
 
