@@ -149,7 +149,7 @@ def recurrent_step_forward_kernel(
     row_mask = rows < bs
     col_mask = cols < H
     mask = row_mask[:, None] & col_mask[None, :]
-    GH = GATES * H.to(tl.int64)
+    GH = GATES * H
     HP = H.to(tl.int64) * P  # one gate block of W_hh: a product of sizes, so 64-bit
 
     # h_{t-1} @ W_hh^T, one accumulator per gate; W_hh^T tile of gate k is rows k*H + cols.
@@ -265,7 +265,7 @@ def recurrent_step_backward_kernel(
     cols = (tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)).to(tl.int64)
     s_off = s_off.to(tl.int64)
     q_off = q_off.to(tl.int64)
-    GH = GATES * H.to(tl.int64)
+    GH = GATES * H
     col_mask = cols < H
     s_rows = rows < s_bs
     q_rows = rows < q_bs
@@ -298,6 +298,15 @@ def recurrent_step_backward_kernel(
 
     # Pointwise backward of step q, with dh the total gradient reaching h_q.
     zero = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
+    h_prev = zero
+    if BWD_H_PREV:
+        h_prev = _load_state(h_seq_ptr, q_prev_off.to(tl.int64), q_n_prev, h0_ptr, rows, cols, P, q_mask, ACC)
+    c_prev = zero
+    dc = zero
+    dc_ptrs = dc_ptr + rows[:, None] * H + cols[None, :]
+    if HAS_C:
+        c_prev = _load_state(c_seq_ptr, q_prev_off.to(tl.int64), q_n_prev, c0_ptr, rows, cols, H, q_mask, ACC)
+        dc = tl.load(dc_ptrs, mask=q_mask, other=0.0).to(ACC)
     g_ptrs = gates_ptr + (q_off + rows)[:, None] * GH + cols[None, :]
     s0 = zero
     s1 = zero
@@ -312,19 +321,11 @@ def recurrent_step_backward_kernel(
     if EXTRA:
         e = tl.load(extra_ptr + (q_off + rows)[:, None] * H + cols[None, :], mask=q_mask, other=0.0).to(ACC)
     c = zero
-    c_prev = zero
-    dc = zero
-    dc_ptrs = dc_ptr + rows[:, None] * H + cols[None, :]
     if HAS_C:
-        c_prev = _load_state(c_seq_ptr, q_prev_off.to(tl.int64), q_n_prev, c0_ptr, rows, cols, H, q_mask, ACC)
-        dc = tl.load(dc_ptrs, mask=q_mask, other=0.0).to(ACC)
         c = tl.load(c_seq_ptr + (q_off + rows)[:, None] * H + cols[None, :], mask=q_mask, other=0.0).to(ACC)
     h = zero
     if BWD_H:
         h = tl.load(h_seq_ptr + (q_off + rows)[:, None] * P + cols[None, :], mask=q_mask, other=0.0).to(ACC)
-    h_prev = zero
-    if BWD_H_PREV:
-        h_prev = _load_state(h_seq_ptr, q_prev_off.to(tl.int64), q_n_prev, h0_ptr, rows, cols, P, q_mask, ACC)
     dx0, dx1, dx2, dx3, dr0, dr1, dr2, dr3, dh_direct, dc_prev = CELL_BACKWARD(
         dh, dc, s0, s1, s2, s3, e, c, c_prev, h, h_prev
     )
