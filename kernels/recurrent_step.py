@@ -208,7 +208,8 @@ def recurrent_step_forward_kernel(
         if SAVES:
             _store_gates(gates_ptr + (off + rows)[:, None] * GH + cols[None, :], H, s0, s1, s2, s3, mask, GATES)
         if EXTRA:
-            tl.store(extra_ptr + (off + rows)[:, None] * H + cols[None, :], e.to(extra_ptr.dtype.element_ty), mask=mask)
+            e_ptrs = extra_ptr + (off + rows)[:, None] * H + cols[None, :]
+            tl.store(e_ptrs, e.to(extra_ptr.dtype.element_ty), mask=mask)
     out_ptrs = out_ptr + (out_off + rows)[:, None] * H + cols[None, :]
     tl.store(out_ptrs, h_new.to(out_ptr.dtype.element_ty), mask=mask)
 

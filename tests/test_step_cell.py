@@ -14,7 +14,6 @@ from __future__ import annotations
 import pytest
 import torch
 import triton
-import triton.language as tl
 
 from fastrnn.backends import triton_backend
 from fastrnn.cells import base as cell_base
