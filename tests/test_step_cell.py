@@ -14,6 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 import triton
+import triton.language as tl  # noqa: F401 (the interpreter wants it in a jitted function's module)
 
 from fastrnn.backends import triton_backend
 from fastrnn.cells import base as cell_base
