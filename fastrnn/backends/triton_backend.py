@@ -120,15 +120,15 @@ def _tf32() -> bool:
 def saved_layout(kind: CellKind, rows, hidden, dtype, save):
     """Shapes and dtypes of the ``saved`` tuple :func:`forward` returns (from sizes alone).
 
-    The same for every kernel tier: LSTM gates ``(N, 4H)`` and ``c`` ``(N, H)`` in the
-    accumulation dtype; GRU gates ``(N, 3H)`` and ``W_hn h + b_hn`` ``(N, H)``; plain RNN
-    nothing.
+    The same for every kernel tier: the gates ``(N, G*H)``, then for a cell with a cell
+    state (LSTM) ``c`` ``(N, H)`` in the accumulation dtype, else ``e`` ``(N, H)`` (GRU's
+    ``W_hn h + b_hn``; a placeholder for a cell that saves none); plain RNN nothing.
     """
     if not save or kind.gates == 1:
         return []
-    if kind is CellKind.LSTM:
-        return [((rows, 4 * hidden), dtype), ((rows, hidden), _acc_dtype(dtype))]
-    return [((rows, 3 * hidden), dtype), ((rows, hidden), dtype)]
+    if kind.has_cell_state:
+        return [((rows, kind.gates * hidden), dtype), ((rows, hidden), _acc_dtype(dtype))]
+    return [((rows, kind.gates * hidden), dtype), ((rows, hidden), dtype)]
 
 
 def _dummies(dtype: torch.dtype, device):
@@ -138,11 +138,12 @@ def _dummies(dtype: torch.dtype, device):
 
 
 def _gru_bias(kind: CellKind, b_hh, hidden: int, dtype, device, prep, dummy):
-    """The recurrent bias the GRU kernels add inside the step (zeros for a layer without
-    bias); a placeholder for the other kinds (their ``b_hh`` is folded into ``xg``)."""
-    if kind is not CellKind.GRU:
+    """The recurrent bias the kernels add inside the step for a cell that keeps it apart
+    (GRU; zeros for a layer without bias); a placeholder for the other cells (their
+    ``b_hh`` is folded into ``xg``)."""
+    if not kind.recurrent_apart:
         return dummy
-    return prep(b_hh) if b_hh is not None else torch.zeros(3 * hidden, dtype=dtype, device=device)
+    return prep(b_hh) if b_hh is not None else torch.zeros(kind.gates * hidden, dtype=dtype, device=device)
 
 
 def _save_buffers(kind: CellKind, n_rows: int, hidden: int, dtype, device, save: bool, dummy):
@@ -150,7 +151,7 @@ def _save_buffers(kind: CellKind, n_rows: int, hidden: int, dtype, device, save:
     GRU's ``W_hn h + b_hn`` ``(N, H)`` (placeholders otherwise). The LSTM cell-state
     buffer is tier-specific."""
     gates = _new((n_rows, kind.gates * hidden), dtype, device) if save else dummy
-    hn = _new((n_rows, hidden), dtype, device) if (save and kind is CellKind.GRU) else dummy
+    hn = _new((n_rows, hidden), dtype, device) if (save and kind.saves_extra) else dummy
     return gates, hn
 
 
@@ -158,14 +159,14 @@ def _saved(kind: CellKind, save: bool, gates, c_seq, hn) -> tuple:
     """The ``saved`` tuple of every tier (:func:`saved_layout`)."""
     if not save or kind.gates == 1:
         return ()
-    return (gates, c_seq) if kind is CellKind.LSTM else (gates, hn)
+    return (gates, c_seq) if kind.has_cell_state else (gates, hn)
 
 
 def _grad_buffers(kind: CellKind, n_rows: int, hidden: int, dtype, device):
     """``(dxg, dhg)`` the backward kernels fill; one buffer unless GRU (whose recurrent-gate
     gradient differs from the input-projection one)."""
     dxg = _new((n_rows, kind.gates * hidden), dtype, device)
-    return dxg, (_new((n_rows, kind.gates * hidden), dtype, device) if kind is CellKind.GRU else dxg)
+    return dxg, (_new((n_rows, kind.gates * hidden), dtype, device) if kind.recurrent_apart else dxg)
 
 
 def _step_forward(kind: CellKind, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: bool, save: bool):
