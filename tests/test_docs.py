@@ -111,7 +111,7 @@ def _ranges(values: list[int]) -> str:
 
 def resident_table() -> str:
     """The table of docs/kernels.md: where ``auto`` runs the resident tier (sm_90)."""
-    from fastrnn.backends.triton_backend import tier_for
+    from fastrnn.backends.triton import tier_for
 
     lines = ["| cell | " + " | ".join(_DTYPES) + " |", "|---|" + "---|" * len(_DTYPES)]
     for kind in _KINDS:

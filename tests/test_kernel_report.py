@@ -91,7 +91,7 @@ def test_resident_choice_is_always_a_reported_entry(monkeypatch):
     """Wherever the tier choice says "resident", the configuration it launches is in the report."""
     import torch
 
-    from fastrnn.backends.triton_backend import tier_for
+    from fastrnn.backends.triton import tier_for
 
     monkeypatch.delenv("FASTRNN_TIER", raising=False)
     reported = {(s.kind, s.dtype, s.config) for s in resident.specialisations()}
@@ -125,7 +125,7 @@ def test_launcher_choices_are_all_in_the_report(monkeypatch, tf32):
     import torch
 
     from fastrnn.functional import Schedule, recurrent_layer
-    from fastrnn.backends import triton_backend
+    from fastrnn.backends import triton as triton_backend
     from fastrnn.kernels import recurrent_step
 
     seen = set()
@@ -174,7 +174,7 @@ def test_resident_launcher_choices_are_all_in_the_report(monkeypatch, tf32):
     import torch
 
     from fastrnn.functional import Schedule, recurrent_layer
-    from fastrnn.backends import triton_backend
+    from fastrnn.backends import triton as triton_backend
 
     seen = set()
     monkeypatch.setattr(triton_backend, "_interpreted", lambda: True)  # the recorders are no interpreter objects
@@ -294,7 +294,8 @@ def test_cooperative_launcher_choices_are_all_in_the_report(monkeypatch, tf32):
     and 200 (the tiled kernel)."""
     import torch
 
-    from fastrnn.backends import triton_backend
+    from fastrnn.backends import triton as triton_backend
+    from fastrnn.backends.triton import cooperative as coop_launcher
     from fastrnn.functional import Schedule, recurrent_layer
 
     seen = set()
@@ -302,7 +303,7 @@ def test_cooperative_launcher_choices_are_all_in_the_report(monkeypatch, tf32):
     for name in ("forward", "backward"):
         monkeypatch.setattr(cooperative, f"cooperative_{name}_kernel", _CoopRecorder(f"coop-{name}", seen))
         monkeypatch.setattr(cooperative, f"cooperative_{name}_registers_kernel", _CoopRecorder(f"coop-reg-{name}", seen))
-    monkeypatch.setattr(triton_backend, "_sm_count", lambda device: 12)
+    monkeypatch.setattr(coop_launcher, "sm_count", lambda device: 12)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
     monkeypatch.setenv("FASTRNN_TIER", "cooperative")
     for kind, gates in (("LSTM", 4), ("GRU", 3), ("RNN_TANH", 1), ("RNN_RELU", 1)):

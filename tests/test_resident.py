@@ -35,7 +35,7 @@ from test_triton_gradcheck import _inputs as gradcheck_inputs
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from fastrnn import cells
-from fastrnn.backends import triton_backend
+from fastrnn.backends.triton import buffers
 from fastrnn.cells import base as cell_base
 from fastrnn.functional import Schedule, recurrent_layer
 from fastrnn.kernels import fits, resident
@@ -60,7 +60,7 @@ INTERPRETER_ONLY = {
 
 @pytest.fixture(autouse=True)
 def _resident(monkeypatch):
-    monkeypatch.setattr(triton_backend, "FILL_NAN", True)
+    monkeypatch.setattr(buffers, "FILL_NAN", True)
     monkeypatch.setenv("FASTRNN_TIER", "resident")
     assert not set(INTERPRETER_ONLY) & set(fits.RESIDENT), "the table has these now: drop them here"
     monkeypatch.setattr(fits, "RESIDENT", {**fits.RESIDENT, **INTERPRETER_ONLY})
