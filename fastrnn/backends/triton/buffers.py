@@ -44,8 +44,11 @@ def saved_layout(cell, rows, hidden, dtype, save):
     """Shapes and dtypes of the ``saved`` tuple (from sizes alone: fake tensors use it)."""
     if not saves(cell, save):
         return []
-    second = acc_dtype(dtype) if cell.has_cell_state else dtype
-    return [((rows, cell.gates * hidden), dtype), ((rows, hidden), second)]
+    if cell.has_cell_state:
+        second = ((rows, hidden), acc_dtype(dtype))
+    else:  # e, or the placeholder :func:`dummies` gives a cell that keeps none
+        second = ((rows, hidden) if cell.saves_extra else (8,), dtype)
+    return [((rows, cell.gates * hidden), dtype), second]
 
 
 def dummies(dtype: torch.dtype, device):
