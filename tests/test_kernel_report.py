@@ -44,10 +44,10 @@ def test_specialisations_cover_the_launch_choices():
 
 
 def test_resident_specialisations_are_the_fits_table():
-    """Forward + backward of every fits.RESIDENT entry, fp32 twice (IEEE and TF32), and
-    every kind has resident entries in fp32, fp16 and bf16."""
+    """Forward (with and without H_ALIGNED) + backward of every fits.RESIDENT entry, fp32
+    twice (IEEE and TF32), and every kind has resident entries in fp32, fp16 and bf16."""
     specs = resident.specialisations()
-    per_entry = {name: 2 * (2 if name == "float32" else 1) for name in ("float32", "float16", "bfloat16", "float64")}
+    per_entry = {name: 3 * (2 if name == "float32" else 1) for name in ("float32", "float16", "bfloat16", "float64")}
     assert len(specs) == sum(per_entry[d] for (_, d, _) in fits.RESIDENT)
     assert len({(s.kernel_name, s.kind, s.label, s.config) for s in specs}) == len(specs)
     for kind in KINDS:
@@ -114,7 +114,9 @@ class _Recorder:
 
     def __getitem__(self, grid):
         def launch(*args, num_warps, **constexprs):
-            self.seen.add((self.kernel_name, tuple(sorted(constexprs.items(), key=lambda kv: kv[0])), num_warps))
+            options = tuple(sorted((k, constexprs.pop(k)) for k in ("enable_fp_fusion",) if k in constexprs))
+            self.seen.add((self.kernel_name, tuple(sorted(constexprs.items(), key=lambda kv: kv[0])), num_warps,
+                           options))
 
         return launch
 
@@ -149,22 +151,21 @@ def test_launcher_choices_are_all_in_the_report(monkeypatch, tf32):
                     y.float().sum().backward()
                     with torch.no_grad():
                         recurrent_layer(kind, x, Schedule.uniform(2, 2), h0, c0, tuple(w), backend="triton")
-    listed = {
-        (s.kernel_name, tuple(sorted(s.constexprs.items(), key=lambda kv: kv[0])), s.config.num_warps)
-        for s in specialisations()
-    }
+    listed = {_key(s) for s in specialisations()}
     assert seen <= listed, seen - listed
     # ...and these calls reach every fp32 (this TF32 setting) and fp16 specialisation.
     wanted = {
-        (s.kernel_name, tuple(sorted(s.constexprs.items(), key=lambda kv: kv[0])), s.config.num_warps)
-        for s in specialisations()
+        _key(s) for s in specialisations()
         if s.dtype == torch.float16 or (s.dtype == torch.float32 and s.label.startswith("float32-tf32") == tf32)
     }
     assert seen == wanted, wanted - seen
 
 
 def _key(s):
-    return (s.kernel_name, tuple(sorted(s.constexprs.items(), key=lambda kv: kv[0])), s.config.num_warps)
+    """What a launch records (:class:`_Recorder`): kernel, compile-time arguments, warps and
+    the compile options the launch passes besides them."""
+    options = tuple(sorted((getattr(s, "options", None) or {}).items()))
+    return (s.kernel_name, tuple(sorted(s.constexprs.items(), key=lambda kv: kv[0])), s.config.num_warps, options)
 
 
 @pytest.mark.parametrize("tf32", [False, True], ids=["ieee", "tf32"])
@@ -187,8 +188,9 @@ def test_resident_launcher_choices_are_all_in_the_report(monkeypatch, tf32):
     block_sizes = sorted({bh for (_, _, bh) in fits.RESIDENT})
     for kind, gates in (("LSTM", 4), ("GRU", 3), ("RNN_TANH", 1), ("RNN_RELU", 1)):
         for dtype in dtypes:
-            for block_h in block_sizes:
-                hidden = block_h // 2 + 1  # the smallest hidden size of that block size
+            # the smallest hidden size of each block size, and one that is a multiple of 8
+            # (the forward's H_ALIGNED specialisation)
+            for hidden in [h for block_h in block_sizes for h in (block_h // 2 + 1, block_h // 2 + 8)]:
                 if triton_backend.tier_for(kind, hidden, 0, dtype, "cpu") != "resident":
                     continue
                 x = torch.randn(4, 2, dtype=dtype, requires_grad=True)
