@@ -389,12 +389,12 @@ class StepConfig(NamedTuple):
 
 
 # tl.dot needs every block dimension >= 16 when compiled. Small hidden sizes get 16-wide
-# tiles (less masked work) and one warp: a 16x16 dot is one warp's MMA tile, and with two
-# warps the forward's dots compiled to warpsPerCTA [2, 1], both warps computing the same
-# tile. Everything else gets 32-wide tiles with 4 warps (warpsPerCTA [1, 4]: a 16x8 tile
-# each): a step kernel's grid is small (B/16 x H/32 programs), so wider tiles would leave
-# SMs idle.
-SMALL_CONFIG = StepConfig(16, 16, 16, 1)
+# tiles (less masked work), everything else 32-wide tiles with 4 warps (warpsPerCTA
+# [1, 4]: a 16x8 MMA tile each): a step kernel's grid is small (B/16 x H/32 programs), so
+# wider tiles would leave SMs idle. The 16-wide forward's MMA dots compile to warpsPerCTA
+# [2, 1], both warps on the same 16x16 tile; one warp would end that, but the fp32 IEEE
+# GRU forward with SAVE then spills (255 registers, 8-72 B), so it keeps two.
+SMALL_CONFIG = StepConfig(16, 16, 16, 2)
 DEFAULT_CONFIG = StepConfig(16, 32, 32, 4)
 CONFIGS = (SMALL_CONFIG, DEFAULT_CONFIG)
 
