@@ -54,10 +54,32 @@ import triton.language as tl
 from .launches import LaunchCounter, aligned_input, count_launches, record  # noqa: F401 (re-exported)
 from .launches import checked_pointers as _pointers
 from .cells import recurrent_bias
+from .precision import ENABLE_FP_FUSION, tf32_round
 
 # --------------------------------------------------------------------------------------
 # Device helpers
 # --------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _aligned(n, ALIGNED: tl.constexpr):
+    """``n``, known to the compiler as a multiple of 8 when ``ALIGNED`` (the launcher's
+    promise): ``(n // 8) * 8`` is ``n`` then, and its divisibility makes rows of 16-bit
+    elements 16-byte vector loads (``H`` / ``P`` are not specialised, so nothing else tells it)."""
+    if ALIGNED:
+        return (n // 8) * 8
+    else:
+        return n
+
+
+@triton.jit
+def _dot_operand(x, PRECISION: tl.constexpr):
+    """``x`` as a ``tl.dot`` operand: rounded to TF32 (nearest, as cuDNN) for a TF32 dot,
+    which would otherwise truncate the fp32 bits; unchanged otherwise."""
+    if PRECISION == "tf32":
+        return tf32_round(x)
+    else:
+        return x
 
 
 @triton.jit
@@ -141,7 +163,10 @@ def recurrent_step_forward_kernel(
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    H_ALIGNED: tl.constexpr,  # the launcher guarantees H % 8 == 0 and P % 8 == 0 (16-byte rows)
 ):
+    H = _aligned(H, H_ALIGNED)
+    P = _aligned(P, H_ALIGNED)
     rows = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
     cols = (tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)).to(tl.int64)
     off = off.to(tl.int64)
@@ -164,19 +189,19 @@ def recurrent_step_forward_kernel(
         h_mask = row_mask[:, None] & k_mask[None, :]
         h_seq = tl.load(h_seq_ptr + (prev_off + rows)[:, None] * P + ks[None, :], mask=h_mask & from_seq, other=0.0)
         h_init = tl.load(h0_ptr + rows[:, None] * P + ks[None, :], mask=h_mask & (~from_seq), other=0.0)
-        h = tl.where(from_seq, h_seq, h_init)
+        h = _dot_operand(tl.where(from_seq, h_seq, h_init), PRECISION)
         w_offs = cols[None, :] * P + ks[:, None]
         w_mask = k_mask[:, None] & col_mask[None, :]
-        w = tl.load(w_hh_ptr + w_offs, mask=w_mask, other=0.0)
+        w = _dot_operand(tl.load(w_hh_ptr + w_offs, mask=w_mask, other=0.0), PRECISION)
         acc0 = tl.dot(h, w, acc0, input_precision=PRECISION)
         if GATES > 1:
-            w = tl.load(w_hh_ptr + HP + w_offs, mask=w_mask, other=0.0)
+            w = _dot_operand(tl.load(w_hh_ptr + HP + w_offs, mask=w_mask, other=0.0), PRECISION)
             acc1 = tl.dot(h, w, acc1, input_precision=PRECISION)
         if GATES > 2:
-            w = tl.load(w_hh_ptr + 2 * HP + w_offs, mask=w_mask, other=0.0)
+            w = _dot_operand(tl.load(w_hh_ptr + 2 * HP + w_offs, mask=w_mask, other=0.0), PRECISION)
             acc2 = tl.dot(h, w, acc2, input_precision=PRECISION)
         if GATES > 3:
-            w = tl.load(w_hh_ptr + 3 * HP + w_offs, mask=w_mask, other=0.0)
+            w = _dot_operand(tl.load(w_hh_ptr + 3 * HP + w_offs, mask=w_mask, other=0.0), PRECISION)
             acc3 = tl.dot(h, w, acc3, input_precision=PRECISION)
     if APART:
         # b_hh belongs to the recurrent pre-activation (it cannot be folded into xg)
@@ -261,7 +286,10 @@ def recurrent_step_backward_kernel(
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    H_ALIGNED: tl.constexpr,  # the launcher guarantees H % 8 == 0 and P % 8 == 0 (16-byte rows)
 ):
+    H = _aligned(H, H_ALIGNED)
+    P = _aligned(P, H_ALIGNED)
     rows = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
     cols = (tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)).to(tl.int64)
     s_off = s_off.to(tl.int64)
@@ -289,7 +317,7 @@ def recurrent_step_backward_kernel(
             a = tl.load(dr_ptr + (s_off + rows)[:, None] * GH + ks[None, :], mask=a_mask, other=0.0)
             w_mask = k_mask[:, None] & col_mask[None, :]
             w = tl.load(w_hh_ptr + ks[:, None] * P + cols[None, :], mask=w_mask, other=0.0)
-            acc = tl.dot(a, w, acc, input_precision=PRECISION)
+            acc = tl.dot(_dot_operand(a, PRECISION), _dot_operand(w, PRECISION), acc, input_precision=PRECISION)
         if DIRECT:
             acc += dh_old
         dh = tl.where(s_rows[:, None], acc, dh_old)
@@ -361,8 +389,11 @@ class StepConfig(NamedTuple):
 
 
 # tl.dot needs every block dimension >= 16 when compiled. Small hidden sizes get 16-wide
-# tiles (less masked work), everything else 32-wide tiles with 4 warps: a step kernel's
-# grid is small (B/16 x H/32 programs), so wider tiles would leave SMs idle.
+# tiles (less masked work), everything else 32-wide tiles with 4 warps (warpsPerCTA
+# [1, 4]: a 16x8 MMA tile each): a step kernel's grid is small (B/16 x H/32 programs), so
+# wider tiles would leave SMs idle. The 16-wide forward's MMA dots compile to warpsPerCTA
+# [2, 1], both warps on the same 16x16 tile; one warp would end that, but the fp32 IEEE
+# GRU forward with SAVE then spills (255 registers, 8-72 B), so it keeps two.
 SMALL_CONFIG = StepConfig(16, 16, 16, 2)
 DEFAULT_CONFIG = StepConfig(16, 32, 32, 4)
 CONFIGS = (SMALL_CONFIG, DEFAULT_CONFIG)
@@ -400,22 +431,36 @@ def _has_projection(cell) -> bool:
     return cell.has_cell_state and cell.name == "LSTM"
 
 
-def forward_constexprs(cell, save: bool, dtype: torch.dtype, tf32: bool, cfg: StepConfig) -> dict:
+def sizes_aligned(*sizes: int) -> bool:
+    """Whether a launch runs the ``H_ALIGNED`` specialisation: every one of ``sizes`` (``H``
+    and ``P``) a multiple of 8, so rows of 16-bit elements are 16-byte vector loads."""
+    return all(n % 8 == 0 for n in sizes)
+
+
+#: Compile options of every step launch (and of the report's compiles).
+OPTIONS = dict(enable_fp_fusion=ENABLE_FP_FUSION)
+
+
+def forward_constexprs(cell, save: bool, dtype: torch.dtype, tf32: bool, cfg: StepConfig,
+                       aligned: bool = False) -> dict:
     """Compile-time arguments of the forward kernel for ``cell`` (a Cell or its name);
     SAVE only for a cell that keeps something."""
     cell = _cell(cell)
     return dict(
         **cell.kernel_constexprs(), SAVE=bool(save) and _saves_something(cell), ACC=_acc(dtype),
         PRECISION=_precision(dtype, tf32), BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k,
+        H_ALIGNED=bool(aligned),
     )
 
 
-def backward_constexprs(cell, dm_given: bool, dtype: torch.dtype, tf32: bool, cfg: StepConfig) -> dict:
+def backward_constexprs(cell, dm_given: bool, dtype: torch.dtype, tf32: bool, cfg: StepConfig,
+                        aligned: bool = False) -> dict:
     """Compile-time arguments of the backward kernel for ``cell`` (DM_GIVEN only for LSTM)."""
     cell = _cell(cell)
     return dict(
         **cell.kernel_constexprs(), DM_GIVEN=bool(dm_given) and _has_projection(cell), ACC=_acc(dtype),
         PRECISION=_precision(dtype, tf32), BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k,
+        H_ALIGNED=bool(aligned),
     )
 
 
@@ -447,6 +492,7 @@ class Specialisation(NamedTuple):
     constexprs: dict
     pointers: tuple  # ((name, "io" | "acc"), ...)
     ints: tuple
+    options: dict = OPTIONS  # compile options besides num_warps
 
 
 def specialisations(dtypes=(torch.float32, torch.float16, torch.bfloat16)) -> list[Specialisation]:
@@ -458,19 +504,20 @@ def specialisations(dtypes=(torch.float32, torch.float16, torch.bfloat16)) -> li
     for dtype in dtypes:
         for tf32 in ((False, True) if dtype == torch.float32 else (False,)):
             for cell in (c for c in cells.defined() if c.runs_on_triton):
-                for cfg in CONFIGS:
-                    name = str(dtype).replace("torch.", "") + ("-tf32" if tf32 else "")
+                for cfg, aligned in ((cfg, aligned) for cfg in CONFIGS for aligned in (False, True)):
+                    name = str(dtype).replace("torch.", "") + ("-tf32" if tf32 else "") + ("-a8" if aligned else "")
                     for save in ((False, True) if _saves_something(cell) else (False,)):
                         out.append(Specialisation(
                             recurrent_step_forward_kernel, "forward", cell.name, dtype,
                             name + ("-save" if save else ""), cfg,
-                            forward_constexprs(cell, save, dtype, tf32, cfg), FORWARD_POINTERS, FORWARD_INTS,
+                            forward_constexprs(cell, save, dtype, tf32, cfg, aligned), FORWARD_POINTERS, FORWARD_INTS,
                         ))
                     for dm_given in ((False, True) if _has_projection(cell) else (False,)):
                         out.append(Specialisation(
                             recurrent_step_backward_kernel, "backward", cell.name, dtype,
                             name + ("-dm" if dm_given else ""), cfg,
-                            backward_constexprs(cell, dm_given, dtype, tf32, cfg), BACKWARD_POINTERS, BACKWARD_INTS,
+                            backward_constexprs(cell, dm_given, dtype, tf32, cfg, aligned), BACKWARD_POINTERS,
+                            BACKWARD_INTS,
                         ))
     return out
 
@@ -491,13 +538,15 @@ def forward_stepper(cell, tensors: dict, *, hidden: int, save: bool, tf32: bool)
     """
     cfg = step_config(hidden)
     pointers = _pointers(FORWARD_POINTERS, tensors)
-    constexprs = forward_constexprs(cell, save, tensors["xg_ptr"].dtype, tf32, cfg)
+    constexprs = {aligned: forward_constexprs(cell, save, tensors["xg_ptr"].dtype, tf32, cfg, aligned)
+                  for aligned in (False, True)}
     blocks_h = triton.cdiv(hidden, cfg.block_h)
 
     def launch(ints: dict) -> None:
         grid = (triton.cdiv(ints["bs"], cfg.block_b), blocks_h)
         recurrent_step_forward_kernel[grid](
-            *pointers, *(ints[k] for k in FORWARD_INTS), **constexprs, num_warps=cfg.num_warps
+            *pointers, *(ints[k] for k in FORWARD_INTS), **constexprs[sizes_aligned(ints["H"], ints["P"])],
+            num_warps=cfg.num_warps, **OPTIONS,
         )
         record("step", "forward")
 
@@ -510,13 +559,15 @@ def backward_stepper(cell, tensors: dict, *, hidden: int, dm_given: bool, tf32: 
     ``max(s_bs, q_bs)`` rows."""
     cfg = step_config(hidden)
     pointers = _pointers(BACKWARD_POINTERS, tensors)
-    constexprs = backward_constexprs(cell, dm_given, tensors["dxg_ptr"].dtype, tf32, cfg)
+    constexprs = {aligned: backward_constexprs(cell, dm_given, tensors["dxg_ptr"].dtype, tf32, cfg, aligned)
+                  for aligned in (False, True)}
     blocks_h = triton.cdiv(hidden, cfg.block_h)
 
     def launch(ints: dict) -> None:
         grid = (triton.cdiv(max(ints["s_bs"], ints["q_bs"]), cfg.block_b), blocks_h)
         recurrent_step_backward_kernel[grid](
-            *pointers, *(ints[k] for k in BACKWARD_INTS), **constexprs, num_warps=cfg.num_warps
+            *pointers, *(ints[k] for k in BACKWARD_INTS), **constexprs[sizes_aligned(ints["H"], ints["P"])],
+            num_warps=cfg.num_warps, **OPTIONS,
         )
         record("step", "backward")
 

@@ -48,7 +48,10 @@ Offsets: each step's first row enters as a 64-bit scalar, the offsets inside a s
 are 32-bit (up to ``B * G * H``; the backend runs batches past 2^31 on the step tier).
 
 Compile-time choices: the cell, ``ACC``, ``PRECISION`` (TF32 or IEEE), ``BLOCK_B``,
-``BLOCK_H`` and the warps, from :mod:`fastrnn.kernels.fits`. ``T``, ``B``, ``H``, the
+``BLOCK_H`` and the warps, from :mod:`fastrnn.kernels.fits`, and ``H_ALIGNED`` (a forward
+launch with ``H % 8 == 0``: vector loads of its rows). TF32 dots get operands rounded to
+nearest (:func:`fastrnn.kernels.precision.tf32_round`; ``W_hh`` once, before the loop), and
+every launch pins FP fusion (:data:`fastrnn.kernels.precision.ENABLE_FP_FUSION`). ``T``, ``B``, ``H``, the
 direction and ``save`` are runtime arguments (``do_not_specialize``): no shape, batch
 size or sequence length recompiles.
 """
@@ -69,6 +72,7 @@ from .cells import recurrent_bias
 from .launches import aligned_input  # noqa: F401 (used by the backend)
 from .launches import checked_pointers as _pointers
 from .launches import record
+from .precision import ENABLE_FP_FUSION, tf32_round
 
 # --------------------------------------------------------------------------------------
 # Device helpers
@@ -86,6 +90,27 @@ def _step_rows(t, sizes_ptr, offsets_ptr, uniform_b):
         off = tl.load(offsets_ptr + t).to(tl.int64)
         bs = tl.load(sizes_ptr + t)
     return off, bs
+
+
+@triton.jit
+def _aligned(H, H_ALIGNED: tl.constexpr):
+    """``H``, known to the compiler as a multiple of 8 when ``H_ALIGNED`` (the launcher's
+    promise): ``(H // 8) * 8`` is ``H`` then, and its divisibility makes every row of 16-bit
+    elements a 16-byte vector load (``H`` is not specialised, so nothing else tells it)."""
+    if H_ALIGNED:
+        return (H // 8) * 8
+    else:
+        return H
+
+
+@triton.jit
+def _dot_operand(x, PRECISION: tl.constexpr):
+    """``x`` as a ``tl.dot`` operand: rounded to TF32 (nearest, as cuDNN) for a TF32 dot,
+    which would otherwise truncate the fp32 bits; unchanged otherwise."""
+    if PRECISION == "tf32":
+        return tf32_round(x)
+    else:
+        return x
 
 
 @triton.jit
@@ -182,15 +207,19 @@ def resident_forward_kernel(
     PRECISION: tl.constexpr,  # tl.dot input precision: "ieee" or "tf32"
     BLOCK_B: tl.constexpr,  # batch rows per program
     BLOCK_H: tl.constexpr,  # H padded to a power of two >= 16
+    H_ALIGNED: tl.constexpr,  # the launcher guarantees H % 8 == 0 (16-byte rows of 16-bit data)
 ):
+    H = _aligned(H, H_ALIGNED)
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     cols = tl.arange(0, BLOCK_H)
     col_mask = cols < H
     tile_mask = (rows < B)[:, None] & col_mask[None, :]
     GH = GATES * H
 
-    # The recurrent weight, once: one transposed (H x H) tile per gate.
+    # The recurrent weight, once: one transposed (H x H) tile per gate (TF32-rounded once).
     w0, w1, w2, w3 = _load_weights(w_hh_ptr, cols, H, GATES, True)
+    w0, w1 = _dot_operand(w0, PRECISION), _dot_operand(w1, PRECISION)
+    w2, w3 = _dot_operand(w2, PRECISION), _dot_operand(w3, PRECISION)
     b0, b1, b2, b3 = recurrent_bias(b_hh_ptr, cols, col_mask, H, GATES, APART, ACC, BLOCK_H)
 
     state_offs = rows[:, None] * H + cols[None, :]
@@ -209,7 +238,7 @@ def resident_forward_kernel(
         x_ptrs = xg_ptr + off * GH + (rows[:, None] * GH + cols[None, :])
         gate_ptrs = gates_ptr + off * GH + (rows[:, None] * GH + cols[None, :])
         seq_offs = off * H + state_offs
-        hx = h.to(w0.dtype)  # the GEMM runs on I/O-dtype operands (tensor cores), fp32 result
+        hx = _dot_operand(h.to(w0.dtype), PRECISION)  # I/O-dtype operands (tensor cores), fp32 result
         zero = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
         # Gate k: r_k = h @ W_k^T (+ b_k), x_k from xg; slots k >= GATES stay zero. Each
         # dot beside its load: all dots first compiled to 255 registers and a spill (GRU
@@ -290,15 +319,19 @@ def resident_backward_kernel(
     PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
+    H_ALIGNED: tl.constexpr,
 ):
+    H = _aligned(H, H_ALIGNED)
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     cols = tl.arange(0, BLOCK_H)
     col_mask = cols < H
     tile_mask = (rows < B)[:, None] & col_mask[None, :]
     GH = GATES * H
 
-    # W_hh once, one (H x H) tile per gate, for dh_prev = sum_k dr_k @ W_k.
+    # W_hh once, one (H x H) tile per gate, for dh_prev = sum_k dr_k @ W_k (TF32-rounded once).
     w0, w1, w2, w3 = _load_weights(w_hh_ptr, cols, H, GATES, False)
+    w0, w1 = _dot_operand(w0, PRECISION), _dot_operand(w1, PRECISION)
+    w2, w3 = _dot_operand(w2, PRECISION), _dot_operand(w3, PRECISION)
 
     state_offs = rows[:, None] * H + cols[None, :]
     dh = tl.load(dh_n_ptr + state_offs, mask=tile_mask, other=0.0).to(ACC)
@@ -375,13 +408,13 @@ def resident_backward_kernel(
         acc = zero
         if DIRECT:
             acc = dh_direct
-        acc = tl.dot(dr0, w0, acc, input_precision=PRECISION)
+        acc = tl.dot(_dot_operand(dr0, PRECISION), w0, acc, input_precision=PRECISION)
         if GATES > 1:
-            acc = tl.dot(dr1, w1, acc, input_precision=PRECISION)
+            acc = tl.dot(_dot_operand(dr1, PRECISION), w1, acc, input_precision=PRECISION)
         if GATES > 2:
-            acc = tl.dot(dr2, w2, acc, input_precision=PRECISION)
+            acc = tl.dot(_dot_operand(dr2, PRECISION), w2, acc, input_precision=PRECISION)
         if GATES > 3:
-            acc = tl.dot(dr3, w3, acc, input_precision=PRECISION)
+            acc = tl.dot(_dot_operand(dr3, PRECISION), w3, acc, input_precision=PRECISION)
         dh = tl.where(mask, acc, dh)
         if HAS_C:
             dc = tl.where(mask, dc_prev, dc)
@@ -415,13 +448,27 @@ def triton_cells() -> tuple[Cell, ...]:
     return tuple(cell for cell in defined() if cell.runs_on_triton)
 
 
-def constexprs(kind, dtype: torch.dtype, tf32: bool, cfg: fits.KernelConfig) -> dict:
+def h_aligned(direction: str, hidden: int) -> bool:
+    """Whether a launch of ``direction`` for hidden size ``hidden`` runs the ``H_ALIGNED``
+    specialisation: forward launches with ``H % 8 == 0`` (rows of 8 elements, 16 bytes in
+    fp16/bf16, load as vectors; the LSTM bf16 ``BLOCK_H`` 64 forward drops from 176 scalar
+    16-bit loads and 254 registers to none and 128 on sm_80). The backward keeps scalar
+    loads: aligned, the compiler stages its loads through shared memory (LSTM bf16
+    ``BLOCK_H`` 64: 76 KB instead of 53 KB, and an 8 B spill on sm_80)."""
+    return direction == "forward" and hidden % 8 == 0
+
+
+def constexprs(kind, dtype: torch.dtype, tf32: bool, cfg: fits.KernelConfig, aligned: bool = False) -> dict:
     """Compile-time arguments of either resident kernel (the same names for both): the
     cell's (:meth:`~fastrnn.cells.Cell.kernel_constexprs`) and the launch's."""
     return dict(
         **cell_of(kind).kernel_constexprs(), ACC=_acc(dtype), PRECISION=_precision(dtype, tf32),
-        BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
+        BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, H_ALIGNED=bool(aligned),
     )
+
+
+#: Compile options of every resident launch (and of the report's compiles).
+OPTIONS = dict(enable_fp_fusion=ENABLE_FP_FUSION)
 
 
 # Pointer arguments in order, with the dtype each holds: "io" (the layer's dtype), "acc"
@@ -454,6 +501,7 @@ class Specialisation(NamedTuple):
     pointers: tuple  # ((name, "io" | "acc" | "i32"), ...)
     ints: tuple
     shared_limit: dict  # arch -> bytes this entry may use there (fits.py), None: not run there
+    options: dict = OPTIONS  # compile options besides num_warps
 
 
 DIRECTIONS = ("forward", "backward")
@@ -468,9 +516,9 @@ def kernel_of(direction: str) -> tuple:
 
 
 def specialisations(dtypes=None) -> list[Specialisation]:
-    """Every (kernel, cell, dtype, TF32, block configuration) a launch may choose: for each
-    cell of :func:`triton_cells`, its entries of :data:`fits.RESIDENT`
-    (:func:`fits.resident_entries`)."""
+    """Every (kernel, cell, dtype, TF32, ``H_ALIGNED``, block configuration) a launch may
+    choose: for each cell of :func:`triton_cells`, its entries of :data:`fits.RESIDENT`
+    (:func:`fits.resident_entries`); the forward also with ``H_ALIGNED`` (:func:`h_aligned`)."""
     out = []
     for cell in triton_cells():
         for (dtype_name, _), fit in fits.resident_entries(cell).items():
@@ -478,14 +526,17 @@ def specialisations(dtypes=None) -> list[Specialisation]:
             if dtypes is not None and dtype not in dtypes:
                 continue
             for tf32 in ((False, True) if dtype == torch.float32 else (False,)):
-                label = dtype_name + ("-tf32" if tf32 else "")
-                for direction in DIRECTIONS:
-                    kernel, pointers, ints = kernel_of(direction)
-                    cfg = getattr(fit, direction)
-                    out.append(Specialisation(
-                        kernel, f"resident-{direction}", cell.name, dtype, label, cfg,
-                        constexprs(cell, dtype, tf32, cfg), pointers, ints, dict(fit.shared),
-                    ))
+                for aligned in (False, True):
+                    label = dtype_name + ("-tf32" if tf32 else "") + ("-a8" if aligned else "")
+                    for direction in DIRECTIONS:
+                        if aligned and not h_aligned(direction, 8):
+                            continue
+                        kernel, pointers, ints = kernel_of(direction)
+                        cfg = getattr(fit, direction)
+                        out.append(Specialisation(
+                            kernel, f"resident-{direction}", cell.name, dtype, label, cfg,
+                            constexprs(cell, dtype, tf32, cfg, aligned), pointers, ints, dict(fit.shared),
+                        ))
     return out
 
 
@@ -508,7 +559,8 @@ def launch(direction: str, kind, tensors: dict, ints: dict, *, fit: fits.Residen
     grid = (triton.cdiv(ints["B"], cfg.block_b),)
     kernel[grid](
         *_pointers(pointers, tensors), *(ints[k] for k in int_names),
-        **constexprs(kind, tensors["w_hh_ptr"].dtype, tf32, cfg), num_warps=cfg.num_warps,
+        **constexprs(kind, tensors["w_hh_ptr"].dtype, tf32, cfg, h_aligned(direction, ints["H"])),
+        num_warps=cfg.num_warps, **OPTIONS,
     )
     record("resident", direction)
 

@@ -27,3 +27,11 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _ieee_fp32(monkeypatch):
+    """fp32 runs in IEEE precision unless a test turns TF32 on: the kernels round TF32 dot
+    operands to nearest (in the interpreter too), which the fp32 tolerances of the parity
+    tests do not allow; the TF32 tests set ``allow_tf32`` themselves."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)

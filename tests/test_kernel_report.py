@@ -39,15 +39,15 @@ def test_specialisations_cover_the_launch_choices():
     # forward: LSTM/GRU x SAVE + 2 RNNs; backward: LSTM x DM_GIVEN + 3 -> 11 per dtype-config,
     # dtypes fp32, fp32-tf32, fp16, bf16 (torch's cells; a cell defined beside them adds its rows).
     assert {s.kind for s in specs} == {c.name for c in cells.defined() if c.runs_on_triton} >= set(KINDS)
-    assert len([s for s in specs if s.kind in KINDS]) == 11 * len(CONFIGS) * 4
+    assert len([s for s in specs if s.kind in KINDS]) == 11 * len(CONFIGS) * 4 * 2  # H_ALIGNED or not
     assert len({(s.kernel_name, s.kind, s.label, s.config) for s in specs}) == len(specs)
 
 
 def test_resident_specialisations_are_the_fits_table():
-    """Forward + backward of every fits.RESIDENT entry, fp32 twice (IEEE and TF32), and
-    every kind has resident entries in fp32, fp16 and bf16."""
+    """Forward (with and without H_ALIGNED) + backward of every fits.RESIDENT entry, fp32
+    twice (IEEE and TF32), and every kind has resident entries in fp32, fp16 and bf16."""
     specs = resident.specialisations()
-    per_entry = {name: 2 * (2 if name == "float32" else 1) for name in ("float32", "float16", "bfloat16", "float64")}
+    per_entry = {name: 3 * (2 if name == "float32" else 1) for name in ("float32", "float16", "bfloat16", "float64")}
     assert len(specs) == sum(per_entry[d] for (_, d, _) in fits.RESIDENT)
     assert len({(s.kernel_name, s.kind, s.label, s.config) for s in specs}) == len(specs)
     for kind in KINDS:
@@ -114,7 +114,9 @@ class _Recorder:
 
     def __getitem__(self, grid):
         def launch(*args, num_warps, **constexprs):
-            self.seen.add((self.kernel_name, tuple(sorted(constexprs.items(), key=lambda kv: kv[0])), num_warps))
+            options = tuple(sorted((k, constexprs.pop(k)) for k in ("enable_fp_fusion",) if k in constexprs))
+            self.seen.add((self.kernel_name, tuple(sorted(constexprs.items(), key=lambda kv: kv[0])), num_warps,
+                           options))
 
         return launch
 
@@ -136,8 +138,8 @@ def test_launcher_choices_are_all_in_the_report(monkeypatch, tf32):
     monkeypatch.setenv("FASTRNN_TIER", "step")
     for kind, gates in (("LSTM", 4), ("GRU", 3), ("RNN_TANH", 1), ("RNN_RELU", 1)):
         for dtype in (torch.float32, torch.float16):
-            for hidden in (3, 40):
-                for proj in ((0, 2) if kind == "LSTM" else (0,)):
+            for hidden in (3, 16, 33, 40):  # both block configurations, with H (and P) % 8 == 0 and not
+                for proj in ((0, 2, 8)[: 3 if hidden > 8 else 2] if kind == "LSTM" else (0,)):
                     state = proj or hidden
                     x = torch.randn(4, 2, dtype=dtype, requires_grad=True)
                     w = [torch.randn(gates * hidden, 2, dtype=dtype), torch.randn(gates * hidden, state, dtype=dtype),
@@ -149,16 +151,12 @@ def test_launcher_choices_are_all_in_the_report(monkeypatch, tf32):
                     y.float().sum().backward()
                     with torch.no_grad():
                         recurrent_layer(kind, x, Schedule.uniform(2, 2), h0, c0, tuple(w), backend="triton")
-    listed = {
-        (s.kernel_name, tuple(sorted(s.constexprs.items(), key=lambda kv: kv[0])), s.config.num_warps)
-        for s in specialisations()
-    }
+    listed = {_key(s) for s in specialisations()}
     assert seen <= listed, seen - listed
     # ...and these calls reach every fp32 (this TF32 setting) and fp16 specialisation of
     # torch's cells (a cell another test module defined has rows too, never launched here).
     wanted = {
-        (s.kernel_name, tuple(sorted(s.constexprs.items(), key=lambda kv: kv[0])), s.config.num_warps)
-        for s in specialisations()
+        _key(s) for s in specialisations()
         if s.kind in KINDS
         and (s.dtype == torch.float16 or (s.dtype == torch.float32 and s.label.startswith("float32-tf32") == tf32))
     }
@@ -166,7 +164,10 @@ def test_launcher_choices_are_all_in_the_report(monkeypatch, tf32):
 
 
 def _key(s):
-    return (s.kernel_name, tuple(sorted(s.constexprs.items(), key=lambda kv: kv[0])), s.config.num_warps)
+    """What a launch records (:class:`_Recorder`): kernel, compile-time arguments, warps and
+    the compile options the launch passes besides them."""
+    options = tuple(sorted((getattr(s, "options", None) or {}).items()))
+    return (s.kernel_name, tuple(sorted(s.constexprs.items(), key=lambda kv: kv[0])), s.config.num_warps, options)
 
 
 @pytest.mark.parametrize("tf32", [False, True], ids=["ieee", "tf32"])
@@ -189,8 +190,9 @@ def test_resident_launcher_choices_are_all_in_the_report(monkeypatch, tf32):
     block_sizes = sorted({bh for (_, _, bh) in fits.RESIDENT})
     for kind, gates in (("LSTM", 4), ("GRU", 3), ("RNN_TANH", 1), ("RNN_RELU", 1)):
         for dtype in dtypes:
-            for block_h in block_sizes:
-                hidden = block_h // 2 + 1  # the smallest hidden size of that block size
+            # the smallest hidden size of each block size, and one that is a multiple of 8
+            # (the forward's H_ALIGNED specialisation)
+            for hidden in [h for block_h in block_sizes for h in (block_h // 2 + 1, block_h // 2 + 8)]:
                 if triton_backend.tier_for(kind, hidden, 0, dtype, "cpu") != "resident":
                     continue
                 x = torch.randn(4, 2, dtype=dtype, requires_grad=True)
@@ -205,7 +207,7 @@ def test_resident_launcher_choices_are_all_in_the_report(monkeypatch, tf32):
     assert seen <= listed, seen - listed
     wanted = {
         _key(s) for s in resident.specialisations()
-        if s.dtype in (torch.float16, torch.float64) or (s.dtype == torch.float32 and s.label.endswith("-tf32") == tf32)
+        if s.dtype in (torch.float16, torch.float64) or (s.dtype == torch.float32 and ("-tf32" in s.label) == tf32)
     }
     assert seen == wanted, wanted - seen
 

@@ -142,6 +142,29 @@ def test_resident_matches_reference_full(kind, dtype, batch, steps, hidden, bidi
     _check(kind, dtype, batch, steps, hidden, bidirectional, packed, monkeypatch)
 
 
+@pytest.mark.parametrize("tier", ["resident", "step"])
+@pytest.mark.parametrize("hidden", [33, 40], ids=["H33", "H40-aligned"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_tf32_rounds_dot_operands(kind, hidden, tier, monkeypatch):
+    """fp32 with ``allow_tf32``: the dots run on operands rounded to TF32 (10-bit mantissa),
+    so every output and gradient moves off the IEEE run by TF32 rounding but stays within
+    TF32 error of the fp64 reference (H40: the aligned forward specialisation)."""
+    monkeypatch.setenv("FASTRNN_TIER", tier)
+    problem = _problem(kind, 5, 7, hidden, False, True)
+    with count_launches() as n:
+        ieee_out, ieee_grad = _run(kind, "triton", torch.float32, problem, False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    tf32_out, tf32_grad = _run(kind, "triton", torch.float32, problem, False)
+    ref_out, ref_grad = _run(kind, "reference", torch.float64, problem, False)
+    assert n.tiers[tier, "forward"] >= 2 and n.tiers[tier, "backward"] >= 2, dict(n.tiers)
+    moved = 0.0
+    for k, (a, i, e) in enumerate(zip(tf32_out + tf32_grad, ieee_out + ieee_grad, ref_out + ref_grad)):
+        assert a is not None and i is not None and e is not None, k
+        torch.testing.assert_close(a.double(), e, rtol=1e-2, atol=5e-3, msg=lambda m: f"tensor {k}: {m}")
+        moved = max(moved, (a - i).abs().max().item())
+    assert moved > 1e-5, "TF32 results equal IEEE ones: the operands were not rounded"
+
+
 def test_quick_selection_covers_the_issue_grid():
     """The quick run exercises every value of every factor (and every pair of them)."""
     for name, values in FACTORS.items():
