@@ -96,7 +96,7 @@ def analyse(spec, asm: dict) -> dict:
         if unrounded:
             failures["tf32_rounded"] = f"{len(unrounded)} TF32 dot operands not rounded (cvt.rna)"
     if tier == "cooperative":
-        problems = ptx.barrier_problems(code)
+        problems = ptx.barrier_problems(code) if profiles else ["no kernel (.entry) in the PTX"]
         if problems:
             failures["barrier"] = "; ".join(problems)
     return dict(ld_bytes=loads, w_bytes=static["w_bytes"], mma=mma, bar_sync=bars, grid_barriers=releases,
