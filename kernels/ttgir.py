@@ -284,11 +284,12 @@ def time_loop_accesses(ttgir: str, argument: str = "w_hh_ptr", whole_kernel: boo
         if m:
             constants[m.group(1)] = int(m.group(2))
     tainted = {f"%{argument}"}
-    # Forward data flow to a fixed point (loop-carried values: init -> block argument,
-    # yield -> block argument and results).
+    # Forward data flow to a fixed point. Loop-carried values: an init reaches its block
+    # argument; scf.yield reaches the results and the (before-region) block arguments;
+    # scf.condition reaches the results and the "do" region's block arguments (^bb0).
     for _ in range(8):
         before = len(tainted)
-        stack = []
+        stack: list = []  # [results, block arguments, condition indices tainted]
         for line in lines:
             if not line or line.startswith(("#", "//", "module", "tt.func")):
                 continue
@@ -296,31 +297,38 @@ def time_loop_accesses(ttgir: str, argument: str = "w_hh_ptr", whole_kernel: boo
                 if stack and not re.search(r"\b(do|else)\b", line):
                     stack.pop()
                 continue
+            if line.startswith("^bb") and stack:
+                for i, name in enumerate(_NAME.findall(line.split(")")[0])):
+                    if i in stack[-1][2]:
+                        tainted.add(name)
+                continue
             m = _RESULT.match(line)
-            names, op, rest = ([], *line.partition(" ")[::2]) if not m else (
-                [f"{m.group(1)}#{i}" for i in range(int(m.group(2)))] if m.group(2) else [m.group(1)],
-                m.group(3), m.group(4))
+            if m:
+                names = [f"{m.group(1)}#{i}" for i in range(int(m.group(2)))] if m.group(2) else [m.group(1)]
+                op, rest = m.group(3), m.group(4)
+            else:
+                names, (op, _, rest) = [], line.partition(" ")
+            frame = [names, [], set()]
             if op in ("scf.for", "scf.while"):
                 pairs = re.findall(r"(%[\w$.-]+)\s*=\s*(%[\w$.-]+)", rest.split("iter_args", 1)[-1]
                                    if op == "scf.for" else rest.split(")", 1)[0])
-                for a, i in pairs:
-                    if i in tainted:
-                        tainted.add(a)
-                frame = (names, [a for a, _ in pairs])
-            else:
-                frame = (names, [])
+                tainted.update(a for a, i in pairs if i in tainted)
+                frame[1] = [a for a, _ in pairs]
+            elif op == "scf.yield" or op.startswith("scf.condition"):
                 used = _NAME.findall(rest.split(" : ")[0])
-                if op in ("scf.yield", "scf.condition") or op.startswith("scf.condition"):
-                    if stack:
-                        results, block_args = stack[-1]
-                        for i, v in enumerate(used[1:] if op.startswith("scf.condition") else used):
-                            if v in tainted:
-                                for target in (results, block_args):
-                                    if i < len(target):
-                                        tainted.add(target[i])
-                elif op not in ("tt.load",) and "copy_global_to_local" not in op and any(u in tainted for u in used):
-                    tainted.update(names)
-                    tainted.update(n.split("#")[0] for n in names)
+                if stack:
+                    results, block_args, cond = stack[-1]
+                    for i, v in enumerate(used):
+                        if v in tainted:
+                            if i < len(results):
+                                tainted.add(results[i])
+                            if op == "scf.yield" and i < len(block_args):
+                                tainted.add(block_args[i])
+                            if op != "scf.yield":
+                                cond.add(i)
+            elif op != "tt.load" and "copy_global_to_local" not in op and \
+                    any(u in tainted for u in _NAME.findall(rest.split(" : ")[0])):
+                tainted.update(names)
             if line.endswith("{"):
                 stack.append(frame)
         if len(tainted) == before:
