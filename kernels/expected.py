@@ -122,7 +122,7 @@ GPU_ARCH = {"A100": 80, "H100": 90}
 def launch_choice(kind: str, batch: int, hidden: int, dtype_name: str, tf32: bool, gpu: GPU) -> tuple:
     """``(tier, forward kernel name, backward kernel name, config label, rows per program,
     on chip)`` the tier choice makes on ``gpu`` (:mod:`fastrnn.kernels.fits`, as
-    :func:`fastrnn.backends.triton_backend.tier_for` reads it, first-use check aside)."""
+    :func:`fastrnn.backends.triton.tier_for` reads it, first-use check aside)."""
     import torch
 
     from . import fits
