@@ -32,10 +32,13 @@ from . import ptx, ttgir
 
 ASSERTIONS = ("on_chip", "no_scalar16", "tf32_rounded", "barrier")
 
-#: tier -> the assertions that fail a row of that tier (the others are reported as open).
+#: tier -> the assertions that fail a row of that tier (False: reported as open). Today's
+#: kernels have scalar 16-bit loads (every fp16/bf16 row of the step tier, and more) and
+#: unrounded TF32 operands: turn those on per tier as the kernels are fixed. ``barrier``
+#: applies to the cooperative tier only.
 ENFORCED = {
-    "step": {"on_chip": True, "no_scalar16": False, "tf32_rounded": False, "barrier": True},
-    "resident": {"on_chip": True, "no_scalar16": False, "tf32_rounded": False, "barrier": True},
+    "step": {"on_chip": True, "no_scalar16": False, "tf32_rounded": False},
+    "resident": {"on_chip": True, "no_scalar16": False, "tf32_rounded": False},
     "cooperative": {"on_chip": True, "no_scalar16": False, "tf32_rounded": False, "barrier": True},
 }
 
