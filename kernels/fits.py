@@ -57,7 +57,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 #: Largest shared memory one block may use (opt-in maximum), bytes, per compute capability.
-SHARED_LIMIT = {80: 166912, 90: 232448}
+SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448, 100: 232448}  # CUDA C++ Programming Guide,
+# "Compute Capabilities": 163 KB (8.0), 99 KB (8.6, 8.9), 227 KB (9.0, 10.0) per block
 #: The device the tier choice assumes where there is none to ask (Triton's interpreter).
 REFERENCE_ARCH = 90
 #: Smallest ``BLOCK_H`` of the resident tier.

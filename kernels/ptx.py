@@ -145,7 +145,24 @@ def _profile_key(ins: Instr) -> str | None:
         return "mma.sync"
     if ins.opcode.startswith("wgmma.mma_async"):
         return "wgmma"
+    if p[0] == "tcgen05" and len(p) > 1 and p[1] == "mma":
+        return "tcgen05.mma"
     return None
+
+
+_MMA_SHAPE = re.compile(r"\.m(\d+)n(\d+)k(\d+)\b")
+
+
+def _mma_flops(ins: Instr, threads: int) -> int:
+    """Floating-point operations of one execution of an MMA instruction by ``threads``
+    threads: ``2*m*n*k`` per warp (``mma.sync``) or per warpgroup of 128 threads
+    (``wgmma``); 0 where the shape is not in the opcode (``tcgen05.mma`` reads it from a
+    descriptor)."""
+    m = _MMA_SHAPE.search(ins.opcode)
+    if m is None:
+        return 0
+    group = 128 if ins.opcode.startswith("wgmma") else 32
+    return 2 * int(m.group(1)) * int(m.group(2)) * int(m.group(3)) * max(1, -(-threads // group))
 
 
 def static_profile(ptx: str) -> dict:
@@ -154,21 +171,39 @@ def static_profile(ptx: str) -> dict:
 
     Keys: ``ld.global.<n>B`` / ``st.global.<n>B`` (``n``: bytes per thread and instruction,
     vector width included), ``cp.async.<n>B`` (asynchronous copies from global memory),
-    ``mma.sync``, ``wgmma``, ``bar.sync``, ``release`` (grid-barrier arrivals). "inside" is
-    the time loop of :func:`time_loop` (nested loops included). Counts are static: an
-    instruction in a loop counts once.
+    ``mma.sync``, ``wgmma``, ``tcgen05.mma``, ``bar.sync``, ``release`` (grid-barrier
+    arrivals). "inside" is the time loop of :func:`time_loop` (nested loops included).
+    Counts are static: an instruction in a loop counts once.
+
+    ``load_bytes`` (``{"inside": n, "outside": n}``): bytes the program's threads load from
+    global memory, each load instruction counted once with the threads that may run it
+    (vector width included; ``cp.async`` by its copy size); ``mma_flops``: ``2*m*n*k`` of
+    each ``mma.sync`` per warp and ``wgmma`` per warpgroup that runs it (work duplicated
+    across warps counts each time; ``tcgen05.mma`` carries no shape and counts 0).
     """
     out = {}
     for k in parse(ptx):
         threads, (header, body) = Threads(k), time_loop(k)
         inside, outside = Counter(), Counter()
+        amounts = {"inside": Counter(), "outside": Counter()}
         for ins in k.instrs:
             key = _profile_key(ins)
-            if key and threads.of(ins):
-                (inside if ins.block in body else outside)[key] += 1
+            mask = threads.of(ins) if key else 0
+            if not mask:
+                continue
+            where = "inside" if ins.block in body else "outside"
+            (inside if where == "inside" else outside)[key] += 1
+            if key.startswith(("ld.global", "cp.async")) and key != "cp.async.bulk":
+                per_thread = width_bytes(ins) if key.startswith("ld") else immediate(ins.operands[2]) or 0 \
+                    if len(ins.operands) > 2 else 0
+                amounts[where]["load_bytes"] += per_thread * mask.bit_count()
+            elif key in ("mma.sync", "wgmma"):
+                amounts[where]["mma_flops"] += _mma_flops(ins, mask.bit_count())
         label = k.instrs[k.blocks[header][0]] if header is not None else None
         out[k.name] = {"loop": label.operands[0] if label is not None and label.opcode == "label" else None,
-                       "inside": inside, "outside": outside}
+                       "inside": inside, "outside": outside,
+                       "load_bytes": {w: amounts[w]["load_bytes"] for w in amounts},
+                       "mma_flops": {w: amounts[w]["mma_flops"] for w in amounts}}
     return out
 
 

@@ -1,7 +1,8 @@
 """Ahead-of-time compile report of every kernel specialisation, no GPU needed.
 
 Run as ``python -m fastrnn.kernels.report [--jobs N]``. For each specialisation the
-launchers can choose and each of sm_80 and sm_90, it compiles the kernel with
+launchers can choose and each arch of :data:`ARCHS` (sm_80, sm_86, sm_89, sm_90, sm_100),
+it compiles the kernel with
 ``triton.compile`` for that target, reads registers and spills (``LOCAL`` / ``STACK``)
 from the cubin with ``cuobjdump --dump-resource-usage`` and the shared memory from the
 compiled metadata, and prints one row. The specialisations:
@@ -16,15 +17,24 @@ compiled metadata, and prints one row. The specialisations:
   :data:`fastrnn.kernels.fits.COOPERATIVE` (the tiled kernels, ``coop-*``) and of
   :data:`fastrnn.kernels.fits.COOPERATIVE_REGISTERS` (the register variants,
   ``coop-reg-*``) x cell kind, forward and backward, compiled with
-  ``launch_cooperative_grid`` and ``H`` a multiple of 16, as launched. A cooperative
-  row also fails when its PTX lacks any part of the grid barrier (a GPU-scope release
-  add, a ``%globaltimer``-bounded poll, a GPU-scope acquire, ``bar.sync``).
+  ``launch_cooperative_grid`` and ``H`` a multiple of 16, as launched.
 
-Exit status 1 when any compile fails, anything spills, registers pass 255, or shared
+Each row also carries a static profile of one time step and four assertions
+(:mod:`fastrnn.kernels.report_checks`: W_hh not loaded from global memory in the time loop
+where the specialisation keeps it on chip, no scalar 16-bit global loads in fp16/bf16
+kernels, TF32 dot operands rounded, the grid barrier right by control flow); which of them
+fail a row is switched per tier there (:data:`~fastrnn.kernels.report_checks.ENFORCED`),
+the others are listed in the row's ``open`` column. The report ends with the expected
+time per step of the benchmark anchor shapes (:mod:`fastrnn.kernels.expected`).
+
+Exit status 1 when any compile fails, anything spills, registers pass 255, shared
 memory passes the per-block limit of the arch (the compiler does not fail on that by
-itself: the launch would). A resident row also fails when it needs more shared memory
-than :mod:`fastrnn.kernels.fits` records for that arch (the tier choice reads that
-number to decide whether an entry runs on a device).
+itself: the launch would), or an enforced assertion fails. A resident row also fails when
+it needs more shared memory than :mod:`fastrnn.kernels.fits` records for that arch (the
+tier choice reads that number to decide whether an entry runs on a device). A resident
+row the tier choice never launches on an arch (the shared memory fits.py records for it
+passes the arch's limit) is compiled and shown, marked "not launched on this arch", and
+fails nothing.
 
 ``--write PATH`` also writes the table and its summary as Markdown (the repository keeps
 ``docs/compile-report.md``), headed by a fingerprint of what it was made from: the list of
@@ -63,11 +73,13 @@ import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from . import cooperative, fits, recurrent_step, resident
+from . import cooperative, expected, fits, recurrent_step, report_checks, resident
 
 #: Largest shared memory one block may use (opt-in maximum), bytes.
 SHARED_LIMIT = fits.SHARED_LIMIT
-ARCHS = (80, 90)
+#: sm_100: Triton 3.9 compiles every kernel of this tree for it with ``mma.sync`` (16-row
+#: dots), and the cuobjdump it ships reads its cubins.
+ARCHS = (80, 86, 89, 90, 100)
 MAX_REGISTERS = 255
 
 _TYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
@@ -154,7 +166,19 @@ def _warm_up(arch: int) -> None:
 def _row(spec, arch: int) -> dict:
     kind = getattr(spec.kind, "name", spec.kind)  # a cell kind's name, or the name itself
     return dict(kernel=f"{spec.kernel_name}:{kind}", dtype=spec.label, config=spec.config.label,
-                arch=f"sm_{arch}", regs=-1, spills=-1, shared=-1, ok=False, error="")
+                arch=f"sm_{arch}", regs=-1, spills=-1, shared=-1, ok=False, error="", launched=True,
+                ld_bytes=-1, w_bytes=-1, mma=-1, bar_sync=-1, grid_barriers=-1, open="")
+
+
+def launched_on(spec, arch: int) -> bool:
+    """Whether the tier choice may launch ``spec`` on a device of ``arch``: a resident
+    entry only where the shared memory fits.py records for it (for an arch it does not
+    record: the largest recorded value, :func:`fits.shared_needed`) fits the arch's limit;
+    step and cooperative kernels everywhere (their choice reads no shared memory)."""
+    recorded = getattr(spec, "shared_limit", None)
+    if recorded is None:
+        return True
+    return fits.shared_needed(fits.ResidentFit(spec.config, spec.config, recorded), arch) <= SHARED_LIMIT[arch]
 
 
 def _compile_child(spec, arch: int, send) -> None:
@@ -188,15 +212,22 @@ def _compile_in_process(spec, arch: int) -> dict:
             problems.append(f"{regs} registers")
         if shared > SHARED_LIMIT[arch]:
             problems.append(f"shared {shared} > {SHARED_LIMIT[arch]}")
-        if options.get("launch_cooperative_grid"):
-            if not compiled.metadata.launch_cooperative_grid:
-                problems.append("not compiled for a cooperative launch")
-            problems += [f"barrier: {p}" for p in cooperative.barrier_ptx_problems(compiled.asm["ptx"])]
+        if options.get("launch_cooperative_grid") and not compiled.metadata.launch_cooperative_grid:
+            problems.append("not compiled for a cooperative launch")
         recorded = getattr(spec, "shared_limit", None)
-        if recorded is not None and shared > recorded[arch]:
-            problems.append(f"shared {shared} > {recorded[arch]} recorded in fits.py")
+        if recorded is not None:
+            need = fits.shared_needed(fits.ResidentFit(spec.config, spec.config, recorded), arch)
+            if shared > need:
+                problems.append(f"shared {shared} > {need} recorded in fits.py")
+        analysis = report_checks.analyse(spec, compiled.asm)
+        failed, open_ = report_checks.verdict(spec, analysis)
+        problems += failed
+        row.update({k: analysis[k] for k in ("ld_bytes", "w_bytes", "mma", "bar_sync", "grid_barriers",
+                                              "ptx_mma_flops", "accesses", "on_chip")})
+        row["open"] = "; ".join(open_)
+        row["launched"] = launched_on(spec, arch)
         row["error"] = "; ".join(problems)
-        row["ok"] = not problems
+        row["ok"] = not problems or not row["launched"]
     except Exception as exc:  # a compile failure is a report row, not a crash
         row["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
     return row
@@ -215,6 +246,8 @@ SWEEP_DTYPES = ("float32", "float16", "bfloat16", "float64")
 SWEEP_BLOCK_H = {"float64": (32, 64)}
 SWEEP_BLOCK_H_DEFAULT = (32, 64, 128)
 SWEEP_WARPS = (4, 8, 16)
+#: The archs fits.RESIDENT records shared memory for (others use the largest of them).
+SWEEP_ARCHS = (80, 90)
 
 
 def _sweep_candidate(kind: str, dtype_name: str, block_h: int, warps: int, direction: str) -> dict:
@@ -230,8 +263,8 @@ def _sweep_candidate(kind: str, dtype_name: str, block_h: int, warps: int, direc
     for tf32 in ((False, True) if dtype == torch.float32 else (False,)):
         spec = resident.Specialisation(kernel, f"resident-{direction}", kind, dtype, dtype_name, cfg,
                                        resident.constexprs(kind, dtype, tf32, cfg), pointers, ints, None)
-        rows += [compile_spec(spec, arch) for arch in ARCHS]
-    shared = {arch: max(r["shared"] for r in rows if r["arch"] == f"sm_{arch}") for arch in ARCHS}
+        rows += [compile_spec(spec, arch) for arch in SWEEP_ARCHS]
+    shared = {arch: max(r["shared"] for r in rows if r["arch"] == f"sm_{arch}") for arch in SWEEP_ARCHS}
     # Clean: compiled with no spill on every arch and fits the reference arch; an entry
     # that needs more shared memory than an older arch has simply never runs there.
     clean = all(r["regs"] > 0 and r["spills"] == 0 for r in rows) and 0 < shared[fits.REFERENCE_ARCH] <= SHARED_LIMIT[
@@ -281,7 +314,7 @@ def sweep(jobs: int, only: list[str] | None = None) -> int:
                 if fwd is None or bwd is None:
                     print(f"    # {kind} {d} {bh}: no clean configuration")
                     continue
-                shared = {a: max(fwd["shared"][a], bwd["shared"][a]) for a in ARCHS}
+                shared = {a: max(fwd["shared"][a], bwd["shared"][a]) for a in SWEEP_ARCHS}
                 print(f"    ({kind!r}, {d!r}, {bh}): _fit({bh}, {fwd['warps']}, {bwd['warps']}, "
                       f"{shared[80]}, {shared[90]}),")
     print("}")
@@ -372,19 +405,46 @@ def command(fp: dict, path: str) -> str:
     return " ".join(parts + [f"--write {path}"])
 
 
-_HEADER = ("kernel", "dtype", "config", "arch", "regs", "spills", "shared", "result")
+_HEADER = ("kernel", "dtype", "config", "arch", "regs", "spills", "shared", "ld B/step", "W_hh B/step", "mma",
+           "bar.sync", "grid barriers", "open", "result")
+NOT_LAUNCHED = "not launched on this arch"
+
+
+def result_of(r: dict) -> str:
+    """``pass``, ``not launched on this arch`` (with what would be wrong, if anything) or
+    ``FAIL <problems>``."""
+    if not r["launched"] and r["regs"] >= 0:
+        return NOT_LAUNCHED + (f" ({r['error']})" if r["error"] else "")
+    return "pass" if r["ok"] else f"FAIL {r['error']}"
 
 
 def _table_line(r: dict) -> str:
-    result = "pass" if r["ok"] else f"FAIL {r['error']}"
-    return (f"{r['kernel']:<27} {r['dtype']:<18} {r['config']:<18} {r['arch']:<6} {r['regs']:>5} "
-            f"{r['spills']:>6} {r['shared']:>7}  {result}")
+    line = (f"{r['kernel']:<27} {r['dtype']:<18} {r['config']:<18} {r['arch']:<6} {r['regs']:>5} "
+            f"{r['spills']:>6} {r['shared']:>7} {r['ld_bytes']:>8} {r['w_bytes']:>7} {r['mma']:>4} "
+            f"{r['bar_sync']:>4} {r['grid_barriers']:>3}  {result_of(r)}")
+    return line + (f"  [open: {r['open']}]" if r["open"] else "")
+
+
+def assertion_failures(rows: list) -> dict:
+    """Assertion name -> the rows (``kernel dtype config arch``) where it fails, enforced
+    (in ``error``) or open."""
+    out = {name: [] for name in report_checks.ASSERTIONS}
+    for r in rows:
+        for part in (r["error"] + "; " + r["open"]).split("; "):
+            name = part.split(":", 1)[0]
+            if name in out:
+                out[name].append(f"{r['kernel']} {r['dtype']} {r['config']} {r['arch']}")
+    return out
 
 
 def summary(rows: list, specs: int) -> str:
     failed = sum(not r["ok"] for r in rows)
-    return (f"{len(rows)} rows ({specs} specialisations x {len(ARCHS)} archs), {failed} failed, "
-            f"max registers {max(r['regs'] for r in rows)}, max shared {max(r['shared'] for r in rows)} B")
+    idle = sum(not r["launched"] for r in rows)
+    opened = {name: len(v) for name, v in assertion_failures(rows).items() if v}
+    return (f"{len(rows)} rows ({specs} specialisations x {len(ARCHS)} archs), {failed} failed, {idle} not launched "
+            f"on their arch, max registers {max(r['regs'] for r in rows)}, max shared "
+            f"{max(r['shared'] for r in rows)} B; assertion failures (enforced or open): "
+            + (", ".join(f"{k} {v} rows" for k, v in opened.items()) or "none"))
 
 
 def markdown(rows: list, specs: int, fp: dict, path: str) -> str:
@@ -415,12 +475,30 @@ def markdown(rows: list, specs: int, fp: dict, path: str) -> str:
         lines.append(f"| `{kernel}` | {len(group)} | {sum(not r['ok'] for r in group)} | "
                      f"{max(r['regs'] for r in group)} | {max(r['spills'] for r in group)} | "
                      f"{max(r['shared'] for r in group)} |")
+    lines += ["", "## Assertions", "",
+              "Which rows fail each assertion of `fastrnn.kernels.report_checks` (enforced per tier by its "
+              "`ENFORCED` table: an enforced failure fails the row, an open one is listed in the row's `open` "
+              "column).", "", "| assertion | enforced for | rows failing | kernels |", "|---|---|---|---|"]
+    for name, failing in assertion_failures(rows).items():
+        tiers = ", ".join(t for t, on in report_checks.ENFORCED.items() if on.get(name)) or "none"
+        kernels = sorted({f.split()[0] for f in failing})
+        lines.append(f"| `{name}` | {tiers} | {len(failing)} | {', '.join(f'`{k}`' for k in kernels) or '—'} |")
+    lines += ["", "## Expected time per step (an expectation, not a measurement)", "",
+              "From each anchor's compiled rows (sm_80 for A100, sm_90 for H100) by "
+              "`fastrnn.kernels.expected` (its constants and their sources are in that module): "
+              "max(L2 + shared-memory traffic, MMA work) + grid barriers x an assumed latency. "
+              "No GPU has run these kernels; latency is not modelled, so these are lower bounds.", "",
+              expected.anchor_table(rows)]
     header = " | ".join(_HEADER)
-    lines += ["", "## Every row", "", f"| {header} |", "|" + "---|" * len(_HEADER)]
+    lines += ["", "## Every row", "",
+              "Per program and time step, static (each instruction of the time loop once, nested loops once; "
+              "a step-tier kernel is one step): global bytes loaded (PTX), of which W_hh (TTGIR data flow), "
+              "MMA instructions, `bar.sync`, grid-barrier releases.", "",
+              f"| {header} |", "|" + "---|" * len(_HEADER)]
     for r in rows:
-        result = "pass" if r["ok"] else f"FAIL {r['error']}"
         lines.append(f"| {r['kernel']} | {r['dtype']} | {r['config']} | {r['arch']} | {r['regs']} | "
-                     f"{r['spills']} | {r['shared']} | {result} |")
+                     f"{r['spills']} | {r['shared']} | {r['ld_bytes']} | {r['w_bytes']} | {r['mma']} | "
+                     f"{r['bar_sync']} | {r['grid_barriers']} | {r['open'] or '—'} | {result_of(r)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -454,12 +532,19 @@ def main(argv=None) -> int:
     else:
         rows = [compile_one(*job) for job in jobs]
     header = (f"{'kernel':<27} {'dtype':<18} {'config':<18} {'arch':<6} {'regs':>5} {'spills':>6} "
-              f"{'shared':>7}  result")
+              f"{'shared':>7} {'ldB':>8} {'W_hhB':>7} {'mma':>4} {'bar':>4} {'gb':>3}  result")
     print(header)
     print("-" * len(header))
     for r in rows:
         print(_table_line(r))
+    for name, failing in assertion_failures(rows).items():
+        if failing:
+            print(f"\n{name} fails on {len(failing)} rows:")
+            print("\n".join(f"  {f}" for f in failing))
     print(f"\n{summary(rows, len(specs))}, {time.time() - start:.1f} s")
+    if args.tier == "all":
+        print("\nExpected time per step (an expectation from the static profile, not a measurement):")
+        print(expected.anchor_table(rows))
     if args.write:
         Path(args.write).write_text(markdown(rows, len(specs), fp, args.write))
         print(f"wrote {args.write}")

@@ -229,3 +229,183 @@ def tf32_dot_unrounded(ttgir: str) -> list:
                 problems.append(f"operand {which} ({name}) of `{dot.text.split(' : ')[0]}` is not rounded by "
                                 f"cvt.rna.tf32.f32")
     return problems
+
+
+# --------------------------------------------------------------------------------------
+# Loads and dots of the time loop
+# --------------------------------------------------------------------------------------
+
+_FOR = re.compile(r"scf\.for\s+%[\w$.-]+\s*=\s*(%[\w$.-]+)\s+to\s+(%[\w$.-]+)\s+step\s+(%[\w$.-]+)")
+_CONST_INT = re.compile(r"^(%[\w$.-]+)\s*=\s*arith\.constant\s+(-?\d+)\s*:\s*i\d+")
+_PTR_TENSOR = re.compile(r"tensor<((?:\d+x)+)!tt\.ptr<(\w+)>")
+_PTR_SCALAR = re.compile(r"!tt\.ptr<(\w+)>")
+_SHAPE = re.compile(r"(?:tensor|memdesc)<((?:\d+x)+)(\w+)")
+_ELEMENT_BYTES = {"f64": 8, "i64": 8, "f32": 4, "i32": 4, "f16": 2, "bf16": 2, "i16": 2, "i8": 1, "i1": 1}
+
+
+@dataclass
+class Access:
+    """A global load (``tt.load`` / ``ttg.async_copy_global_to_local``) or a dot of the time loop."""
+
+    op: str
+    amount: int  # bytes per program and execution (loads), or flops (dots: 2*M*N*K)
+    trips: tuple  # ((kernel argument, step), ...): enclosing loops inside the time loop, cdiv(arg, step) each
+    from_argument: bool  # the pointer derives from the argument asked about (loads)
+    text: str
+
+
+def _elements(dims: str) -> int:
+    n = 1
+    for d in dims.rstrip("x").split("x"):
+        n *= int(d)
+    return n
+
+
+def time_loop_accesses(ttgir: str, argument: str = "w_hh_ptr", whole_kernel: bool = False) -> list:
+    """The global loads and dots inside the time loop of a TTGIR module, in order.
+
+    The time loop is the largest outermost ``scf.for`` / ``scf.while`` of the function
+    (``whole_kernel``: the whole function is one step, as in a one-launch-per-step kernel;
+    no loop is then needed). A load's pointer "derives from" ``%<argument>`` when it is
+    computed from it by any chain of operations, loop-carried values included (forward data
+    flow, stopped at loads: a loaded value is data, not a pointer). ``trips`` lists the
+    loops between the access and the time loop whose bounds read ``0 to %arg step c`` with
+    ``%arg`` a kernel argument (e.g. the ``BLOCK_K`` chunks of ``H``); any other nested
+    loop (bounds computed at run time) counts once and is listed as ``("?", 1)``.
+    """
+    lines = [_LOC.sub("", raw).strip() for raw in ttgir.splitlines()]
+    args = set()
+    for line in lines:
+        if line.startswith("tt.func"):
+            args |= set(re.findall(r"(%[\w$.-]+):", line))
+    constants = {}
+    for line in lines:
+        m = _CONST_INT.match(line)
+        if m:
+            constants[m.group(1)] = int(m.group(2))
+    tainted = {f"%{argument}"}
+    # Forward data flow to a fixed point. Loop-carried values: an init reaches its block
+    # argument; scf.yield reaches the results and the (before-region) block arguments;
+    # scf.condition reaches the results and the "do" region's block arguments (^bb0).
+    for _ in range(8):
+        before = len(tainted)
+        stack: list = []  # [results, block arguments, condition indices tainted]
+        for line in lines:
+            if not line or line.startswith(("#", "//", "module", "tt.func")):
+                continue
+            if line.startswith("}"):
+                if stack and not re.search(r"\b(do|else)\b", line):
+                    stack.pop()
+                continue
+            if line.startswith("^bb") and stack:
+                for i, name in enumerate(_NAME.findall(line.split(")")[0])):
+                    if i in stack[-1][2]:
+                        tainted.add(name)
+                continue
+            m = _RESULT.match(line)
+            if m:
+                names = [f"{m.group(1)}#{i}" for i in range(int(m.group(2)))] if m.group(2) else [m.group(1)]
+                op, rest = m.group(3), m.group(4)
+            else:
+                names, (op, _, rest) = [], line.partition(" ")
+            frame = [names, [], set()]
+            if op in ("scf.for", "scf.while"):
+                pairs = re.findall(r"(%[\w$.-]+)\s*=\s*(%[\w$.-]+)", rest.split("iter_args", 1)[-1]
+                                   if op == "scf.for" else rest.split(")", 1)[0])
+                tainted.update(a for a, i in pairs if i in tainted)
+                frame[1] = [a for a, _ in pairs]
+            elif op == "scf.yield" or op.startswith("scf.condition"):
+                used = _NAME.findall(rest.split(" : ")[0])
+                if stack:
+                    results, block_args, cond = stack[-1]
+                    for i, v in enumerate(used):
+                        if v in tainted:
+                            if i < len(results):
+                                tainted.add(results[i])
+                            if op == "scf.yield" and i < len(block_args):
+                                tainted.add(block_args[i])
+                            if op != "scf.yield":
+                                cond.add(i)
+            elif op != "tt.load" and "copy_global_to_local" not in op and \
+                    any(u in tainted for u in _NAME.findall(rest.split(" : ")[0])):
+                tainted.update(names)
+            if line.endswith("{"):
+                stack.append(frame)
+        if len(tainted) == before:
+            break
+    # The accesses, with their loop nesting.
+    out, stack, loops, largest = [], [], [], None
+    depth_lines: list = []
+    for index, line in enumerate(lines):
+        if not line:
+            continue
+        if line.startswith("}"):
+            if stack and not re.search(r"\b(do|else)\b", line):
+                kind, start = stack.pop()
+                if kind in ("scf.for", "scf.while") and not any(k in ("scf.for", "scf.while") for k, _ in stack):
+                    if largest is None or index - start > largest[1] - largest[0]:
+                        largest = (start, index)
+            continue
+        m = _RESULT.match(line)
+        op = m.group(3) if m else line.partition(" ")[0]
+        if line.endswith("{"):
+            stack.append((op, index))
+        depth_lines.append((index, line, op, [s for s in stack if s[0] in ("scf.for", "scf.while")]))
+    for index, line, op, enclosing in depth_lines:
+        in_loop = whole_kernel or (largest is not None and largest[0] < index < largest[1])
+        if not in_loop:
+            continue
+        is_load = op == "tt.load" or "copy_global_to_local" in op
+        is_dot = op in ("tt.dot", "ttng.warp_group_dot", "ttng.tc_gen5_mma")
+        if not (is_load or is_dot):
+            continue
+        trips = []
+        for kind, start in enclosing:
+            if largest is not None and start == largest[0] and not whole_kernel:
+                continue
+            f = _FOR.search(lines[start])
+            if kind == "scf.for" and f and constants.get(f.group(1)) == 0 and f.group(2) in args \
+                    and f.group(3) in constants:
+                trips.append((f.group(2)[1:], constants[f.group(3)]))
+            else:
+                trips.append(("?", 1))
+        if is_load:
+            body = line.split("=", 1)[-1]
+            operands = _NAME.findall(body.split(" : ")[0])
+            types = body.split(" : ", 1)[-1] if " : " in body else ""
+            t = _PTR_TENSOR.search(types)
+            s = _PTR_SCALAR.search(types)
+            amount = (_elements(t.group(1)) * _ELEMENT_BYTES.get(t.group(2), 4) if t else
+                      _ELEMENT_BYTES.get(s.group(1), 4) if s else 0)
+            derived = bool(operands) and operands[0] in tainted
+            out.append(Access("load", amount, tuple(trips), derived, line))
+        else:
+            shapes = _SHAPE.findall(line.split(" : ", 1)[-1])
+            amount = 0
+            if len(shapes) >= 2:
+                (a, _), (b, _) = shapes[0], shapes[1]
+                m_, k = (int(x) for x in a.rstrip("x").split("x")[-2:])
+                n = int(b.rstrip("x").split("x")[-1])
+                amount = 2 * m_ * n * k
+            out.append(Access("dot", amount, tuple(trips), False, line))
+    return out
+
+
+def per_step(accesses: list, values: dict | None = None) -> dict:
+    """Totals of :func:`time_loop_accesses` for one time step: ``load_bytes``,
+    ``w_bytes`` (the loads from the argument asked about), ``dot_flops``. ``values`` maps
+    kernel arguments to their values (e.g. ``{"H": 768}``) to count each nested loop's
+    trips; without them (or for loops with run-time bounds) every loop counts once."""
+    values = values or {}
+    totals = {"load_bytes": 0, "w_bytes": 0, "dot_flops": 0}
+    for a in accesses:
+        times = 1
+        for arg, step in a.trips:
+            if arg in values:
+                times *= -(-values[arg] // step)
+        if a.op == "load":
+            totals["load_bytes"] += a.amount * times
+            totals["w_bytes"] += a.amount * times if a.from_argument else 0
+        else:
+            totals["dot_flops"] += a.amount * times
+    return totals

@@ -1,12 +1,15 @@
 """The ahead-of-time compile report: every specialisation of the step, resident and
-cooperative tiers compiles for sm_80 and sm_90 with no spills and shared memory within the
-per-block limit (and, for the resident tier, within what kernels/fits.py records, which
-the tier choice reads; for the cooperative tier, tiled kernels and register variants, with
-launch_cooperative_grid and a release/acquire grid barrier in the PTX).
+cooperative tiers compiles for sm_80, sm_86, sm_89, sm_90 and sm_100 with no spills and
+shared memory within the per-block limit (and, for the resident tier, within what
+kernels/fits.py records, which the tier choice reads; a resident entry the tier choice
+never launches on an arch is marked so; for the cooperative tier, tiled kernels and
+register variants, with launch_cooperative_grid and a grid barrier that is right by
+control flow), and the enforced assertions of kernels/report_checks.py hold.
 
 The report compiles real GPU code, which needs Triton's interpreter off: it runs in a
 subprocess whose environment drops the interpreter switch that tests/conftest.py sets.
-About 1-2 s per compile (2 processes) on a cold Triton cache.
+About 1-2 s per compile (2 processes) on a cold Triton cache. The assertions themselves
+are shown to fail and pass in tests/test_ptx.py (compiled and synthetic code).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ KINDS = tuple(c.name for c in cells.BUILTIN)
 
 ROW = re.compile(
     r"^((?:resident-|coop-reg-|coop-)?(?:forward|backward)):(\S+)\s+(\S+)\s+(\S+)\s+(sm_\d+)\s+(-?\d+)\s+(-?\d+)"
-    r"\s+(-?\d+)\s+(.*)$"
+    r"\s+(-?\d+)\s+(-?\d+)\s+(-?\d+)\s+(-?\d+)\s+(-?\d+)\s+(-?\d+)\s+(.*)$"
 )
 
 
@@ -60,7 +63,7 @@ def test_resident_specialisations_are_the_fits_table():
 def test_kernel_report_all_rows_pass():
     out = subprocess.run(
         [sys.executable, "-m", "fastrnn.kernels.report"], env=_env_without_interpreter(),
-        capture_output=True, text=True, timeout=900,
+        capture_output=True, text=True, timeout=3000,
     )
     rows = [m for m in (ROW.match(line) for line in out.stdout.splitlines()) if m]
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -69,11 +72,17 @@ def test_kernel_report_all_rows_pass():
                                           "coop-forward", "coop-backward", "coop-reg-forward", "coop-reg-backward"}
     for m in rows:
         regs, spills, shared = int(m.group(6)), int(m.group(7)), int(m.group(8))
-        assert m.group(9) == "pass", m.group(0)
+        result = m.group(14)
         assert 0 < regs <= report.MAX_REGISTERS, m.group(0)
+        if result.startswith(report.NOT_LAUNCHED):
+            assert m.group(1).startswith("resident-"), m.group(0)  # only the resident choice reads shared memory
+            continue
+        assert result.split("  [open:")[0] == "pass", m.group(0)
         assert spills == 0, m.group(0)
         assert 0 <= shared <= report.SHARED_LIMIT[int(m.group(5)[3:])], m.group(0)
-    assert {m.group(5) for m in rows} == {"sm_80", "sm_90"}
+        if m.group(1).startswith("coop"):
+            assert int(m.group(13)) == 1, m.group(0)  # one grid barrier per step
+    assert {m.group(5) for m in rows} == {f"sm_{a}" for a in report.ARCHS} >= {"sm_80", "sm_86", "sm_89", "sm_90"}
 
 
 def test_report_refuses_under_interpreter():
@@ -248,26 +257,76 @@ def test_cooperative_specialisations_are_the_fits_table():
     assert attrs[(len(specs[0].pointers) + specs[0].ints.index("H"),)] == [["tt.divisibility", 16]]
 
 
-def test_barrier_ptx_check_needs_every_part():
-    """The PTX check of the report, on the barrier lines of the compiled kernels (sm_80 and
-    sm_90 forms): complete -> no problem; each part removed -> that problem."""
-    parts = {
-        "red.global.gpu.release.add.u32 [ %rd7 + 0 ], %r9;": "release",
-        "mov.u64 %rd2, %globaltimer;": "globaltimer",
-        "fence.acq_rel.gpu;": "acquire",
-        "bar.sync 0;": "bar.sync",
-    }
-    ptx = "\n".join(parts)
-    assert cooperative.barrier_ptx_problems(ptx) == []
-    assert cooperative.barrier_ptx_problems(ptx.replace("fence.acq_rel.gpu", "fence.acquire.gpu")) == []
-    for line, what in parts.items():
-        problems = cooperative.barrier_ptx_problems(ptx.replace(line, ""))
-        assert len(problems) == 1 and what in problems[0], (line, problems)
-    no_release = ["no gpu-scope release atomic add"]
-    assert cooperative.barrier_ptx_problems(ptx.replace(".release.", ".relaxed.")) == no_release
-    assert cooperative.barrier_ptx_problems(ptx.replace("acq_rel.gpu", "acq_rel.cta")) == [
-        "no gpu-scope acquire after the poll"
-    ]
+def test_shared_memory_limits_per_arch():
+    """Per-block limits of the CUDA C++ Programming Guide: 163 KB (8.0), 99 KB (8.6, 8.9),
+    227 KB (9.0, 10.0); every reported arch has one."""
+    assert {a: fits.SHARED_LIMIT[a] for a in report.ARCHS} == {
+        80: 166912, 86: 101376, 89: 101376, 90: 232448, 100: 232448}
+
+
+def test_resident_rows_not_launched_where_the_tier_choice_refuses_them():
+    """A resident entry whose recorded shared memory passes an arch's limit is never chosen
+    there (fits.resident_refusal): its rows there are "not launched", not failed; the step
+    and cooperative tiers are launched everywhere."""
+    import torch
+
+    specs = report.specialisations()
+    for spec in specs:
+        for arch in report.ARCHS:
+            launched = report.launched_on(spec, arch)
+            if spec.kernel_name.startswith("resident-"):
+                refusal = fits.resident_refusal(spec.kind, spec.config.block_h, 0, spec.dtype, arch,
+                                                fits.SHARED_LIMIT[arch])
+                assert launched == (refusal is None), (spec.kind, spec.label, spec.config, arch, refusal)
+            else:
+                assert launched
+    big = [s for s in specs if s.kernel_name.startswith("resident-") and max(s.shared_limit.values()) > 101376]
+    assert big and all(not report.launched_on(s, 86) and report.launched_on(s, 90) for s in big)
+    assert any(s.dtype == torch.float16 for s in big)
+
+
+def test_result_and_assertion_columns():
+    row = report._row(specialisations()[0], 80)
+    row.update(regs=90, spills=0, shared=1024, ok=True, open="no_scalar16: 2 scalar 16-bit global loads")
+    assert report.result_of(row) == "pass"
+    assert report.assertion_failures([row])["no_scalar16"] == [f"{row['kernel']} {row['dtype']} {row['config']} sm_80"]
+    row.update(ok=False, error="tf32_rounded: 2 TF32 dot operands not rounded (cvt.rna)")
+    assert report.result_of(row).startswith("FAIL tf32_rounded")
+    row.update(launched=False, error="shared 106496 > 101376")
+    assert report.result_of(row) == "not launched on this arch (shared 106496 > 101376)"
+    assert ROW.match(report._table_line(dict(row, ld_bytes=10, w_bytes=0, mma=4, bar_sync=3, grid_barriers=0)))
+
+
+def test_expected_step_time_from_a_profile():
+    """The model by hand: 132 SMs; 1 MB through L2 at 9.37 TB/s / 132; 1 GFLOP fp16 at
+    989.4 TFLOPS / 132; one barrier at the assumed latency."""
+    from fastrnn.kernels import expected
+
+    h100 = expected.H100
+    profile = dict(global_bytes=1 << 20, flops=1e9, precision="fp16", grid_barriers=1)
+    t = expected.expected_step_us(profile, h100)
+    l2 = (1 << 20) / (5120 * 1.83e9 / 132) * 1e6
+    mma = 1e9 / (989.4e12 / 132) * 1e6
+    assert t["l2_us"] == pytest.approx(l2) and t["mma_us"] == pytest.approx(mma)
+    assert t["step_us"] == pytest.approx(max(l2, mma) + expected.GRID_BARRIER_US)
+    slower = expected.expected_step_us(dict(profile, precision="tf32"), h100)
+    assert slower["mma_us"] == pytest.approx(2 * t["mma_us"])
+    assert expected.expected_step_us(profile, expected.A100)["step_us"] > t["step_us"]
+
+
+def test_anchor_choices_are_rows_of_the_report():
+    """Every anchor shape's tier choice names a configuration the report compiles."""
+    from fastrnn.kernels import expected
+
+    keys = {(f"{s.kernel_name}:{s.kind}", s.label, s.config.label) for s in report.specialisations()}
+    for kind in expected.ANCHOR_KINDS:
+        for batch, _, hidden in expected.ANCHORS:
+            for label, (name, tf32) in expected.ANCHOR_DTYPES.items():
+                for gpu in expected.GPUS:
+                    tier, fwd, bwd, configs, _, _ = expected.launch_choice(kind, batch, hidden, name, tf32, gpu)
+                    assert tier in ("resident", "cooperative")
+                    assert (f"{fwd}:{kind}", label, configs[0]) in keys, (kind, batch, hidden, label, gpu.name)
+                    assert (f"{bwd}:{kind}", label, configs[1]) in keys, (kind, batch, hidden, label, gpu.name)
 
 
 class _CoopRecorder:

@@ -314,3 +314,161 @@ def test_fp_fusion_keyword_is_ignored_by_the_interpreter():
 
 def triton_cdiv(a: int, b: int) -> int:
     return -(-a // b)
+
+
+# --------------------------------------------------------------------------------------
+# The compile report's assertions (fastrnn.kernels.report_checks) on compiled and synthetic code
+# --------------------------------------------------------------------------------------
+
+
+class _Spec:
+    """The fields of a tier's Specialisation that the report's checks read."""
+
+    def __init__(self, kernel_name="coop-forward", dtype=torch.float16, label="float16", slab_k=0, **extra):
+        from fastrnn.kernels.fits import CoopConfig
+
+        self.kernel_name, self.dtype, self.label = kernel_name, dtype, label
+        self.config = CoopConfig(16, 16, 32, 4, 3, slab_k)
+        for k, v in extra.items():
+            setattr(self, k, v)
+
+
+_EMPTY_TTGIR = "module {\n  tt.func public @k() {\n    tt.return\n  }\n}\n"
+
+
+def _failures(spec, code, ir=_EMPTY_TTGIR):
+    from fastrnn.kernels import report_checks
+
+    return report_checks.analyse(spec, {"ptx": code, "ttgir": ir})["failures"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_report_barrier_assertion(ptx, arch):
+    """The report's barrier assertion is the control-flow check: the correct ring barrier
+    passes, the three broken variants fail it."""
+    spec = _Spec(dtype=torch.float32, label="float32")
+    assert "barrier" not in _failures(spec, ptx[f"ring-correct-{arch}"])
+    fence = "fence.acquire.gpu" if arch == "sm90" else "fence.acq_rel.gpu"
+    broken = {
+        "release by every thread": ptx[f"ring-release_by_every_thread-{arch}"],
+        "no bar.sync before the release": _lines_removed(ptx[f"ring-correct-{arch}"], "st.global",
+                                                          "red.global.gpu.release"),
+        "no bar.sync after the acquire": _lines_removed(ptx[f"ring-correct-{arch}"], fence, None),
+    }
+    for what, code in broken.items():
+        assert "barrier" in _failures(spec, code), what
+    assert _failures(spec, "") == {"barrier": "no kernel (.entry) in the PTX"}
+    # not a cooperative kernel: no barrier asked for
+    assert "barrier" not in _failures(_Spec("resident-forward", torch.float32, "float32"), ptx[f"ring-correct-{arch}"])
+
+
+def test_report_scalar16_assertion():
+    code = """
+.visible .entry k(.param .u64 k_param_0)
+{
+\tld.param.b64 %rd1, [k_param_0];
+\tld.global.b16 { %rs1 }, [ %rd1 + 0 ];
+\tld.global.v4.b16 { %rs3, %rs4, %rs5, %rs6 }, [ %rd1 + 8 ];
+\tret;
+}
+"""
+    vector = code.replace("\tld.global.b16 { %rs1 }, [ %rd1 + 0 ];\n", "")
+    assert "no_scalar16" in _failures(_Spec("resident-forward", torch.float16, "float16"), code)
+    assert "no_scalar16" in _failures(_Spec("resident-forward", torch.bfloat16, "bfloat16"), code)
+    assert "no_scalar16" not in _failures(_Spec("resident-forward", torch.float16, "float16"), vector)
+    assert "no_scalar16" not in _failures(_Spec("resident-forward", torch.float32, "float32"), code)  # 32-bit kernel
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_report_tf32_assertion(ptx, arch):
+    spec = _Spec("resident-forward", torch.float32, "float32-tf32")
+    raw, rounded = ptx[f"tf32-raw-m16-{arch}"], ptx[f"tf32-rounded-m16-{arch}"]
+    assert "tf32_rounded" in _failures(spec, raw, ptx[f"tf32-raw-m16-{arch}:ttgir"])
+    assert "tf32_rounded" not in _failures(spec, rounded, ptx[f"tf32-rounded-m16-{arch}:ttgir"])
+    ieee = _Spec("resident-forward", torch.float32, "float32")
+    assert "tf32_rounded" not in _failures(ieee, raw, ptx[f"tf32-raw-m16-{arch}:ttgir"])  # no TF32 asked for
+
+
+_W_LOOP_TTGIR = """module {
+  tt.func public @k(%w_hh_ptr: !tt.ptr<f16> {tt.divisibility = 16 : i32}, %x_ptr: !tt.ptr<f16>, %T: i32, %H: i32) {
+    %c0_i32 = arith.constant 0 : i32
+    %c1_i32 = arith.constant 1 : i32
+    %c32_i32 = arith.constant 32 : i32
+    %w = tt.splat %w_hh_ptr : !tt.ptr<f16> -> tensor<64x32x!tt.ptr<f16>, #blocked>
+    %x = tt.splat %x_ptr : !tt.ptr<f16> -> tensor<16x32x!tt.ptr<f16>, #blocked>
+    %w0 = tt.load %w : tensor<64x32x!tt.ptr<f16>, #blocked>
+    %r:2 = scf.for %t = %c0_i32 to %T step %c1_i32 iter_args(%p = %w, %q = %x) -> (tensor<64x32x!tt.ptr<f16>, #blocked>, tensor<16x32x!tt.ptr<f16>, #blocked>)  : i32 {
+      %xt = tt.load %q : tensor<16x32x!tt.ptr<f16>, #blocked>
+      scf.for %k = %c0_i32 to %H step %c32_i32  : i32 {
+        %wk = tt.load %p : tensor<64x32x!tt.ptr<f16>, #blocked>
+      }
+      %p2 = tt.addptr %p, %c1_i32 : tensor<64x32x!tt.ptr<f16>, #blocked>, i32
+      scf.yield %p2, %q : tensor<64x32x!tt.ptr<f16>, #blocked>, tensor<16x32x!tt.ptr<f16>, #blocked>
+    }
+    tt.return
+  }
+}
+"""
+
+
+def test_time_loop_accesses_follow_w_hh_ptr():
+    """Data flow from %w_hh_ptr through a loop-carried pointer into a load of a nested
+    loop (bounds 0 to %H step 32): that load is W_hh, the x load is not, the load before
+    the loop is outside the time loop."""
+    from fastrnn.kernels.ttgir import per_step, time_loop_accesses
+
+    accesses = time_loop_accesses(_W_LOOP_TTGIR)
+    loads = [(a.amount, a.trips, a.from_argument) for a in accesses if a.op == "load"]
+    assert loads == [(16 * 32 * 2, (), False), (64 * 32 * 2, (("H", 32),), True)], accesses
+    assert per_step(accesses) == {"load_bytes": 1024 + 4096, "w_bytes": 4096, "dot_flops": 0}
+    assert per_step(accesses, {"H": 96}) == {"load_bytes": 1024 + 3 * 4096, "w_bytes": 3 * 4096, "dot_flops": 0}
+
+
+def test_report_on_chip_assertion():
+    """A row that claims W_hh on chip fails when W_hh is loaded in the time loop; a row that
+    streams it (no claim) does not; the claim comes from the tier or the spec's own
+    ``w_hh_on_chip``."""
+    from fastrnn.kernels import report_checks
+
+    hoisted = _W_LOOP_TTGIR.replace("%wk = tt.load %p", "%wk = tt.addptr %p, %c1_i32")
+    empty_ptx = ".visible .entry k()\n{\n\tret;\n}\n"
+    slab, stream = _Spec(slab_k=128), _Spec(slab_k=0)
+    assert report_checks.w_hh_on_chip(slab) and not report_checks.w_hh_on_chip(stream)
+    assert report_checks.w_hh_on_chip(_Spec("resident-forward"))
+    assert not report_checks.w_hh_on_chip(_Spec("forward"))
+    assert report_checks.w_hh_on_chip(_Spec(slab_k=0, w_hh_on_chip=True))
+    assert "on_chip" in _failures(slab, empty_ptx, _W_LOOP_TTGIR)
+    assert "on_chip" in _failures(_Spec("resident-forward"), empty_ptx, _W_LOOP_TTGIR)
+    assert "on_chip" not in _failures(slab, empty_ptx, hoisted)
+    assert "on_chip" not in _failures(stream, empty_ptx, _W_LOOP_TTGIR)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_report_on_chip_assertion_on_compiled_cooperative_kernels(ptx, arch):
+    """The streamed cooperative kernel of this tree loads W_hh in its time loop: claimed on
+    chip, the row fails; as it is (streamed), it passes."""
+    code, ir = ptx[f"coop-forward-float16-{arch}"], ptx[f"coop-forward-float16-{arch}:ttgir"]
+    assert "on_chip" in _failures(_Spec(w_hh_on_chip=True), code, ir)
+    assert "on_chip" not in _failures(_Spec(), code, ir)
+
+
+def test_enforced_switches_move_a_failure_between_fail_and_open(monkeypatch):
+    from fastrnn.kernels import report_checks
+
+    analysis = {"failures": {"no_scalar16": "3 scalar 16-bit global loads"}}
+    spec = _Spec("resident-forward")
+    monkeypatch.setitem(report_checks.ENFORCED, "resident", dict(report_checks.ENFORCED["resident"], no_scalar16=True))
+    assert report_checks.verdict(spec, analysis) == (["no_scalar16: 3 scalar 16-bit global loads"], [])
+    monkeypatch.setitem(report_checks.ENFORCED, "resident", dict(report_checks.ENFORCED["resident"], no_scalar16=False))
+    assert report_checks.verdict(spec, analysis) == ([], ["no_scalar16: 3 scalar 16-bit global loads"])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_substring_check_is_fooled_where_control_flow_is_not(ptx, arch):
+    """Why the report checks the barrier by control flow: with the bar.sync between the
+    step's stores and the release deleted, every instruction a substring search looks for
+    is still in the PTX (``bar.sync`` ~29 times from layout conversions)."""
+    from fastrnn.kernels.barrier import barrier_ptx_problems
+
+    broken = _lines_removed(ptx[f"ring-correct-{arch}"], "st.global", "red.global.gpu.release")
+    assert barrier_ptx_problems(broken) == [] and barrier_problems(broken) != []

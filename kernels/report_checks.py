@@ -1,0 +1,118 @@
+"""What the compile report reads from each compiled kernel besides its resources: a static
+profile of one time step and four assertions (see :mod:`fastrnn.kernels.report`).
+
+Profile (per program, one time step, static: each instruction of the time loop once,
+nested loops once): ``ld_bytes`` global bytes loaded (PTX, :func:`fastrnn.kernels.ptx.
+static_profile`), ``w_bytes`` the part whose pointer derives from ``w_hh_ptr`` (TTGIR data
+flow, :func:`fastrnn.kernels.ttgir.time_loop_accesses`), ``mma`` MMA instructions,
+``bar_sync`` CTA barriers and ``grid_barriers`` grid-barrier releases. A step-tier kernel
+is one step (one launch per step): the whole kernel counts.
+
+Assertions (:data:`ASSERTIONS`), each run on every row it applies to:
+
+- ``on_chip``: a row whose specialisation keeps W_hh on chip (:func:`w_hh_on_chip`) has no
+  global load of W_hh inside its time loop;
+- ``no_scalar16``: an fp16/bf16 kernel has no scalar 16-bit global load (2-byte loads:
+  what a row of unknown alignment compiles to);
+- ``tf32_rounded``: every operand of a TF32 dot is rounded by ``cvt.rna.tf32.f32``
+  (:func:`fastrnn.kernels.ttgir.tf32_dot_unrounded`);
+- ``barrier``: the cooperative grid barrier is right by control flow
+  (:func:`fastrnn.kernels.ptx.barrier_problems`).
+
+:data:`ENFORCED` says, per tier, which of them fail a row; a failing assertion that is not
+enforced is listed in the row's ``open`` column instead. Turn one on for a tier when its
+kernels satisfy it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import ptx, ttgir
+
+ASSERTIONS = ("on_chip", "no_scalar16", "tf32_rounded", "barrier")
+
+#: tier -> the assertions that fail a row of that tier (False: reported as open). Today's
+#: kernels have scalar 16-bit loads (every fp16/bf16 row of the step tier, and more) and
+#: unrounded TF32 operands: turn those on per tier as the kernels are fixed. ``barrier``
+#: applies to the cooperative tier only.
+ENFORCED = {
+    "step": {"on_chip": True, "no_scalar16": False, "tf32_rounded": False},
+    "resident": {"on_chip": True, "no_scalar16": False, "tf32_rounded": False},
+    "cooperative": {"on_chip": True, "no_scalar16": False, "tf32_rounded": False, "barrier": True},
+}
+
+
+def tier_of(spec) -> str:
+    name = spec.kernel_name
+    return "cooperative" if name.startswith("coop") else "resident" if name.startswith("resident") else "step"
+
+
+def w_hh_on_chip(spec) -> bool:
+    """Whether ``spec`` claims to keep W_hh on chip for the whole time loop: its own
+    ``w_hh_on_chip`` attribute when it has one, else what the tier does: the resident
+    tier loads W_hh once before its loop (registers / shared memory); the cooperative tier
+    does where its configuration has an on-chip slab (``slab_k > 0``, :mod:`fits`), and
+    streams it from L2 each step otherwise; the step tier is one launch per step (W_hh is
+    read every step)."""
+    claim = getattr(spec, "w_hh_on_chip", None)
+    if claim is not None:
+        return bool(claim)
+    tier = tier_of(spec)
+    if tier == "resident":
+        return True
+    if tier == "cooperative":
+        return bool(spec.config.slab_k)
+    return False
+
+
+def analyse(spec, asm: dict) -> dict:
+    """The profile and assertion results of one compiled kernel (``asm``: Triton's
+    ``compiled.asm`` with ``ptx`` and ``ttgir``): a dict of plain values (it travels
+    through a pipe)."""
+    code, ir = asm["ptx"], asm["ttgir"]
+    tier = tier_of(spec)
+    whole = tier == "step"
+    profiles = list(ptx.static_profile(code).values())
+    loads = mma = bars = releases = flops = 0
+    for p in profiles:
+        parts = (p["inside"], p["outside"]) if whole else (p["inside"],)
+        for c in parts:
+            mma += c["mma.sync"] + c["wgmma"] + c["tcgen05.mma"]
+            bars += c["bar.sync"]
+            releases += c["release"]
+        loads += p["load_bytes"]["inside"] + (p["load_bytes"]["outside"] if whole else 0)
+        flops += p["mma_flops"]["inside"] + (p["mma_flops"]["outside"] if whole else 0)
+    accesses = ttgir.time_loop_accesses(ir, "w_hh_ptr", whole_kernel=whole)
+    static = ttgir.per_step(accesses)
+    failures = {}
+    if w_hh_on_chip(spec):
+        w_loads = [a for a in accesses if a.op == "load" and a.from_argument]
+        if w_loads:
+            failures["on_chip"] = f"{len(w_loads)} global loads of W_hh in the time loop ({static['w_bytes']} B)"
+    if spec.dtype in (torch.float16, torch.bfloat16):
+        scalar = ptx.scalar_16bit_global_loads(code)
+        if scalar:
+            failures["no_scalar16"] = f"{scalar} scalar 16-bit global loads"
+    if "tf32" in spec.label:
+        unrounded = ttgir.tf32_dot_unrounded(ir)
+        if unrounded:
+            failures["tf32_rounded"] = f"{len(unrounded)} TF32 dot operands not rounded (cvt.rna)"
+    if tier == "cooperative":
+        problems = ptx.barrier_problems(code) if profiles else ["no kernel (.entry) in the PTX"]
+        if problems:
+            failures["barrier"] = "; ".join(problems)
+    return dict(ld_bytes=loads, w_bytes=static["w_bytes"], mma=mma, bar_sync=bars, grid_barriers=releases,
+                ptx_mma_flops=flops, on_chip=w_hh_on_chip(spec), failures=failures,
+                accesses=[(a.op, a.amount, a.trips, a.from_argument, "") for a in accesses])
+
+
+def verdict(spec, analysis: dict) -> tuple[list, list]:
+    """``(problems, open)``: the failed assertions that fail the row (:data:`ENFORCED`), and
+    those that do not, as ``name: detail`` strings."""
+    enforced = ENFORCED[tier_of(spec)]
+    problems, open_ = [], []
+    for name in ASSERTIONS:
+        if name in analysis["failures"]:
+            (problems if enforced.get(name, True) else open_).append(f"{name}: {analysis['failures'][name]}")
+    return problems, open_
