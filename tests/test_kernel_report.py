@@ -33,6 +33,16 @@ ROW = re.compile(
 )
 
 
+@pytest.fixture(autouse=True)
+def _torch_cells_only(monkeypatch):
+    """The report a fresh process writes lists torch's cells (and the cells it is told to
+    import); a cell another test module defined stays registered in this process, so these
+    tests see the registry of a fresh process."""
+    from fastrnn.cells import base
+
+    monkeypatch.setattr(base, "_REGISTRY", {c.name: c for c in cells.BUILTIN})
+
+
 def _env_without_interpreter():
     return {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
 
@@ -60,7 +70,11 @@ def test_resident_specialisations_are_the_fits_table():
     assert len(report.specialisations()) == len(specialisations()) + len(specs) + len(cooperative.specialisations())
 
 
+@pytest.mark.slow
 def test_kernel_report_all_rows_pass():
+    """Compiles every row again (several minutes on two cores): a full-grid test. Every run
+    checks the written report instead (tests/test_docs.py: docs/compile-report.md matches the
+    current sources and specialisations, and every row in it passes)."""
     out = subprocess.run(
         [sys.executable, "-m", "fastrnn.kernels.report"], env=_env_without_interpreter(),
         capture_output=True, text=True, timeout=3000,
