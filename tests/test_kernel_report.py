@@ -1,5 +1,5 @@
 """The ahead-of-time compile report: every specialisation of the step, resident and
-cooperative tiers compiles for sm_80, sm_86, sm_89, sm_90 and sm_100 with no spills and
+cooperative tiers compiles for sm_80, sm_86, sm_89 and sm_90 with no spills and
 shared memory within the per-block limit (and, for the resident tier, within what
 kernels/fits.py records, which the tier choice reads; a resident entry the tier choice
 never launches on an arch is marked so; for the cooperative tier, tiled kernels and
