@@ -145,10 +145,19 @@ class CoopConfig(NamedTuple):
     num_stages: int  # software-pipelining depth of the streamed chunk loop
     slab_k: int  # 0: stream W_hh from L2 each step; else its on-chip slab, padded to slab_k >= H
     registers: bool = False  # True: one tile of block_b rows per program, state in registers
+    backward_streams: bool = False  # True: the backward streams W_hh while the forward keeps the slab
+
+    @property
+    def backward_slab_k(self) -> int:
+        """``SLAB_K`` of the backward kernel: ``slab_k``, or 0 (``W_hh`` streamed in
+        ``block_k`` chunks) when ``backward_streams``."""
+        return 0 if self.backward_streams else self.slab_k
 
     @property
     def label(self) -> str:
         where = f"S{self.slab_k}" if self.slab_k else f"K{self.block_k}"
+        if self.slab_k and not self.backward_slab_k:
+            where += f"-bK{self.block_k}"  # the backward streams
         rows = f"R{self.block_b}" if self.registers else f"B{self.block_b}"
         return f"{rows}-H{self.block_h}-{where}-w{self.num_warps}s{self.num_stages}"
 
@@ -180,8 +189,10 @@ COOPERATIVE: dict[tuple[str, str, int], CoopConfig] = {
     ("float32", "tf32", 0): CoopConfig(16, COOP_BLOCK_H, 16, 4, 3, 0),
     ("float16", "ieee", 0): CoopConfig(16, COOP_BLOCK_H, 32, 4, 3, 0),
     ("bfloat16", "ieee", 0): CoopConfig(16, COOP_BLOCK_H, 32, 4, 3, 0),
-    ("float16", "ieee", 128): CoopConfig(16, COOP_BLOCK_H, 32, 8, 1, 128),
-    ("bfloat16", "ieee", 128): CoopConfig(16, COOP_BLOCK_H, 32, 8, 1, 128),
+    **{(name, "ieee", slab): CoopConfig(16, COOP_BLOCK_H, 32, 8, 1, slab, False, slab > 128)
+       for name in ("float16", "bfloat16") for slab in (128, 256, 512, 1024)},
+    **{("float32", "tf32", slab): CoopConfig(16, COOP_BLOCK_H, 16, 8, 1, slab, False, True) for slab in (128, 256)},
+    **{("float32", "ieee", slab): CoopConfig(16, COOP_BLOCK_H, 16, 8, 1, slab, False, True) for slab in (128, 256, 512)},
     # Triton's interpreter only (tests); never compiled, never chosen on a GPU.
     ("float64", "ieee", 0): CoopConfig(16, COOP_BLOCK_H, 16, 4, 1, 0),
 }
@@ -207,9 +218,10 @@ COOPERATIVE_REGISTERS: dict[tuple[str, str, int, int], CoopConfig] = {
     ("float16", "ieee", 0, 64): CoopConfig(64, COOP_BLOCK_H, 32, 4, 3, 0, True),
     ("bfloat16", "ieee", 0, 16): CoopConfig(16, COOP_BLOCK_H, 32, 4, 3, 0, True),
     ("bfloat16", "ieee", 0, 64): CoopConfig(64, COOP_BLOCK_H, 32, 4, 3, 0, True),
-    ("float16", "ieee", 128, 16): CoopConfig(16, COOP_BLOCK_H, 32, 8, 1, 128, True),
+    # The slab entries' 16-row variants (64 rows with a slab: only where it stays clean).
+    **{(name, precision, slab, 16): cfg._replace(block_b=16, registers=True)
+       for (name, precision, slab), cfg in COOPERATIVE.items() if slab},
     ("float16", "ieee", 128, 64): CoopConfig(64, COOP_BLOCK_H, 32, 8, 1, 128, True),
-    ("bfloat16", "ieee", 128, 16): CoopConfig(16, COOP_BLOCK_H, 32, 8, 1, 128, True),
     ("bfloat16", "ieee", 128, 64): CoopConfig(64, COOP_BLOCK_H, 32, 8, 1, 128, True),
     # Triton's interpreter only (tests); never compiled, never chosen on a GPU.
     ("float64", "ieee", 0, 16): CoopConfig(16, COOP_BLOCK_H, 16, 4, 1, 0, True),
