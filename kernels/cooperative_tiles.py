@@ -86,10 +86,13 @@ def load_slab(w_hh_ptr, H, GATES: tl.constexpr, PRECISION: tl.constexpr, BLOCK_H
     """This program's ``W_hh`` slab, loaded once before the time loop, with every gate stacked
     into one dot operand (zero in padding rows, columns and gate slots):
 
-    - ``FORWARD``: ``[SLOTS * BLOCK_H, SLAB_K]``, row ``g * BLOCK_H + u`` is ``W_hh[g*H +
-      unit u]`` (the GEMM ``W_hh[units] @ h^T``; one dot with M = ``SLOTS * BLOCK_H``);
-    - backward: ``[BLOCK_H, SLOTS * SLAB_K]``, column ``g * SLAB_K + k`` of row ``u`` is
-      ``W_hh[g*H + k, unit u]`` (the GEMM ``W_hh[:, units]^T @ dgates^T``, K = every gate).
+    ``[SLOTS * BLOCK_H, SLAB_K]``, row ``g * BLOCK_H + u``, column ``k``:
+
+    - ``FORWARD``: ``W_hh[g*H + unit u, k]`` (the GEMM ``W_hh[g*H + units] @ h^T``);
+    - backward: ``W_hh[g*H + k, unit u]`` (the GEMM ``W_hh[g*H : g*H + H, units]^T @ dgates_g^T``).
+
+    One dot operand with M = ``SLOTS * BLOCK_H`` (64 for 3-4 gates), which sm_90's wgmma
+    reads from shared memory.
 
     ``SLOTS``: ``GATES`` padded to a power of two. TF32 dots get the slab rounded once. ``SLAB_K == 0`` (W_hh
     streamed): a ``(1, 1)`` placeholder, never read.
@@ -97,22 +100,18 @@ def load_slab(w_hh_ptr, H, GATES: tl.constexpr, PRECISION: tl.constexpr, BLOCK_H
     SLOTS: tl.constexpr = GATES + (GATES == 3)  # gate slots: GATES padded to 1, 2 or 4
     w = tl.zeros((1, 1), dtype=w_hh_ptr.dtype.element_ty)
     if SLAB_K > 0:
+        r = tl.arange(0, SLOTS * BLOCK_H)
+        gate = r // BLOCK_H
+        unit = tl.program_id(0) * BLOCK_H + r % BLOCK_H
+        kk = tl.arange(0, SLAB_K)
         if FORWARD:
-            r = tl.arange(0, SLOTS * BLOCK_H)
-            gate = r // BLOCK_H
-            unit = tl.program_id(0) * BLOCK_H + r % BLOCK_H
-            kk = tl.arange(0, SLAB_K)
             w_rows = (gate * H + unit).to(tl.int64)
             w_mask = ((gate < GATES) & (unit < H))[:, None] & (kk < H)[None, :]
             w = tl.load(w_hh_ptr + w_rows[:, None] * H + kk[None, :], mask=w_mask, other=0.0)
         else:
-            unit = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
-            c = tl.arange(0, SLOTS * SLAB_K)
-            gate = c // SLAB_K
-            k = c % SLAB_K
-            w_rows = (gate * H + k).to(tl.int64)
-            w_mask = (unit < H)[:, None] & ((gate < GATES) & (k < H))[None, :]
-            w = tl.load(w_hh_ptr + w_rows[None, :] * H + unit[:, None], mask=w_mask, other=0.0)
+            w_rows = (gate * H)[:, None] + kk[None, :]  # W_hh row g*H + k of slab row (g, u), column k
+            w_mask = ((gate < GATES) & (unit < H))[:, None] & (kk < H)[None, :]
+            w = tl.load(w_hh_ptr + w_rows.to(tl.int64) * H + unit[:, None], mask=w_mask, other=0.0)
         w = tf32_operand(w, PRECISION)
     return w
 
@@ -238,20 +237,30 @@ def backward_gemm(dhg_ptr, s_off, rows, s_rows, w_hh_ptr, cols, col_mask, w_slab
                   BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, SLAB_K: tl.constexpr):
     """``dhg_s @ W_hh[:, units]`` for the rows active at step ``s`` (first row ``s_off``;
     zero for the others): one ``BLOCK_B x BLOCK_H`` ACC tile. ``w_slab``: the stacked slab
-    (``SLAB_K > 0``, :func:`load_slab`), one dot ``w_slab @ dhg^T`` over every gate; else
-    ``W_hh`` streamed here."""
+    (``SLAB_K > 0``, :func:`load_slab`), one dot for every gate; else ``W_hh`` streamed
+    here."""
     GH = GATES * H
     acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
     dg_rows = dhg_ptr + (s_off + rows) * GH
     if SLAB_K > 0:
+        # One dot for every gate: the operand holds gate g's dgates in columns g*B ..
+        # (g+1)*B - 1, so block (g, g') of the result is slab gate g times dgates of gate g';
+        # only the diagonal blocks are kept (the rest is MMA work an idle tensor core does
+        # instead of a dot with M = BLOCK_H = 16 per gate).
         SLOTS: tl.constexpr = GATES + (GATES == 3)  # gate slots: GATES padded to 1, 2 or 4
-        c = tl.arange(0, SLOTS * SLAB_K)
-        gate = c // SLAB_K
-        k = c % SLAB_K
-        a_mask = ((gate < GATES) & (k < H))[:, None] & s_rows[None, :]
-        a_t = tl.load(dg_rows[None, :] + (gate * H + k)[:, None], mask=a_mask, other=0.0)
+        kk = tl.arange(0, SLAB_K)
+        slot = tl.arange(0, SLOTS)
+        a_ptrs = dg_rows[None, None, :] + (slot * H)[None, :, None] + kk[:, None, None]
+        a_mask = (kk < H)[:, None, None] & (slot < GATES)[None, :, None] & s_rows[None, None, :]
+        a_t = tl.reshape(tl.load(a_ptrs, mask=a_mask, other=0.0), (SLAB_K, SLOTS * BLOCK_B))
         a_t = tf32_operand(a_t, PRECISION)
-        acc = tl.trans(tl.dot(w_slab, a_t, input_precision=PRECISION, out_dtype=ACC))
+        r = tl.dot(w_slab, a_t, input_precision=PRECISION, out_dtype=ACC)  # [SLOTS*BLOCK_H, SLOTS*BLOCK_B]
+        if SLOTS == 1:
+            acc = tl.trans(r)
+        else:
+            r = tl.reshape(r, (SLOTS, BLOCK_H, SLOTS, BLOCK_B))
+            diagonal = (slot[:, None, None, None] == slot[None, None, :, None])
+            acc = tl.trans(tl.sum(tl.sum(tl.where(diagonal, r, 0.0), axis=2), axis=0))
     else:
         dg_ptrs = dg_rows[:, None]
         for k0 in range(0, H, BLOCK_K):

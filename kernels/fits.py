@@ -189,7 +189,7 @@ COOPERATIVE: dict[tuple[str, str, int], CoopConfig] = {
     ("float32", "tf32", 0): CoopConfig(16, COOP_BLOCK_H, 16, 4, 3, 0),
     ("float16", "ieee", 0): CoopConfig(16, COOP_BLOCK_H, 32, 4, 3, 0),
     ("bfloat16", "ieee", 0): CoopConfig(16, COOP_BLOCK_H, 32, 4, 3, 0),
-    **{(name, "ieee", slab): CoopConfig(16, COOP_BLOCK_H, 32, 8, 1, slab, False, slab > 128)
+    **{(name, "ieee", slab): CoopConfig(16, COOP_BLOCK_H, 32, 8, 1, slab, False, slab > 256)
        for name in ("float16", "bfloat16") for slab in (128, 256, 512, 1024)},
     **{("float32", "tf32", slab): CoopConfig(16, COOP_BLOCK_H, 16, 8, 1, slab, False, True) for slab in (128, 256)},
     **{("float32", "ieee", slab): CoopConfig(16, COOP_BLOCK_H, 16, 8, 1, slab, False, True) for slab in (128, 256, 512)},

@@ -541,8 +541,8 @@ def test_forcing_cooperative_where_it_cannot_run_is_an_error(on_a_gpu, monkeypat
 def test_config_table_choices():
     """What fits.COOPERATIVE gives: the forward keeps W_hh on chip for fp16/bf16 with H in
     (64, 1024], fp32 TF32 (64, 256], fp32 IEEE (64, 512]; the backward keeps it only for
-    fp16/bf16 up to 128; everything else streams."""
-    for dtype, tf32, largest, backward in ((torch.bfloat16, False, 1024, 128), (torch.float16, False, 1024, 128),
+    fp16/bf16 up to 256; everything else streams."""
+    for dtype, tf32, largest, backward in ((torch.bfloat16, False, 1024, 256), (torch.float16, False, 1024, 256),
                                            (torch.float32, True, 256, 0), (torch.float32, False, 512, 0)):
         assert fits.cooperative_config(dtype, 64, tf32).slab_k == 0
         for hidden in (80, 128, 200, 256, 384, 512, 768, 1024, 1040):
