@@ -48,13 +48,15 @@ Backward, per step ``q`` in reverse processing order (``s`` is the step processe
     CELL_BACKWARD -> dxg (and dhg, APART) of q, dc               its units
     grid barrier: every program's dhg_q is written before the GEMM of the next step
 
-and one more GEMM after the loop gives ``dh0``. The GEMMs are ``GATES`` dots of
-``(BLOCK_B x K) @ (K x BLOCK_H)``, one per gate (all gates of the program's units).
+and one more GEMM after the loop gives ``dh0``.
 
-Where ``W_hh`` lives (``SLAB_K``, from :data:`fastrnn.kernels.fits.COOPERATIVE`): ``SLAB_K >
-0``: the program's ``GATES`` blocks of ``BLOCK_H x H`` (padded to ``SLAB_K`` >= H) are
-loaded once and stay on chip for the whole launch; ``SLAB_K == 0``: streamed from L2 in
-``BLOCK_K`` chunks inside each step (once per batch tile; once per step in the register
+Where ``W_hh`` lives (``SLAB_K``, :data:`fastrnn.kernels.fits.COOPERATIVE`; the backward's:
+``CoopConfig.backward_slab_k``): ``SLAB_K > 0``: every gate's rows of the program's units
+stacked into one ``[SLOTS * BLOCK_H, SLAB_K]`` operand (``SLOTS``: ``GATES`` padded to 1, 2
+or 4), loaded once and kept in shared memory; each step is one dot with M = ``SLOTS *
+BLOCK_H`` (64 for 3-4 gates: no warp repeats another's rows; sm_90's wgmma reads the slab
+from shared memory). ``SLAB_K == 0``: streamed from L2 in ``BLOCK_K`` chunks inside each
+step, one dot per gate (once per batch tile; once per step in the register
 variant). A grid barrier that timed out ends the launch with
 :class:`~fastrnn.kernels.barrier.BarrierTimeout` (budget :data:`BARRIER_TIMEOUT_US`).
 
@@ -434,8 +436,7 @@ def choose_config(configs, hidden: int, batch: int, max_programs: int) -> CoopCo
 
 
 def _precision(dtype: torch.dtype, tf32: bool) -> str:
-    # TF32 only for fp32 and only when the user allowed it (cuDNN's rule for nn.LSTM).
-    return fits.dot_precision(dtype, tf32)
+    return fits.dot_precision(dtype, tf32)  # TF32 only for fp32 when allowed (cuDNN's rule)
 
 
 def _acc(dtype: torch.dtype):
