@@ -152,7 +152,7 @@ def fastrnn_tier(case: Case, device: torch.device, backend: str) -> str | None:
     tier then)."""
     if device.type != "cuda" or backend != "triton":
         return None
-    from fastrnn.backends import triton_backend
+    from fastrnn.backends import triton as triton_backend
 
     tier_for = getattr(triton_backend, "tier_for", None)
     if tier_for is None:

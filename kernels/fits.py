@@ -1,7 +1,7 @@
 """Which (cell kind, dtype, H, proj size, block configuration) each kernel tier can run.
 
 One table per persistent tier, read by both the tier choice
-(:func:`fastrnn.backends.triton_backend.tier_for`) and the ahead-of-time compile report
+(:func:`fastrnn.backends.triton.tier_for`) and the ahead-of-time compile report
 (``python -m fastrnn.kernels.report``), so what a launch may pick is exactly what the
 report compiles and checks. Plain Python: importing it needs no Triton.
 

@@ -1,9 +1,10 @@
-"""What every kernel tier's launchers share: launch counting and pointer checks."""
+"""What every kernel tier's launchers share: launch counting, the device guard, pointer checks."""
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import threading
 
 import torch
 
@@ -14,7 +15,8 @@ class LaunchCounter:
     ``forward`` / ``backward`` count the launches of every tier; ``tiers`` counts them
     per ``(tier, "forward" | "backward")``; ``configs`` per ``(tier, direction, launch
     configuration)`` for the launches that record one (the cooperative tier: its
-    :class:`~fastrnn.kernels.fits.CoopConfig`, whose ``registers`` says which variant ran).
+    :class:`~fastrnn.kernels.fits.CoopConfig`, whose ``registers`` says which variant ran);
+    ``devices`` per device the launch was made under (:func:`device_guard`; None outside one).
     """
 
     def __init__(self):
@@ -22,6 +24,7 @@ class LaunchCounter:
         self.backward = 0
         self.tiers = collections.Counter()
         self.configs = collections.Counter()
+        self.devices = collections.Counter()
 
 
 _counters: list[LaunchCounter] = []
@@ -51,8 +54,39 @@ def record(tier: str, direction: str, config=None) -> None:
     for counter in _counters:
         setattr(counter, direction, getattr(counter, direction) + 1)
         counter.tiers[tier, direction] += 1
+        counter.devices[launch_device()] += 1
         if config is not None:
             counter.configs[tier, direction, config] += 1
+
+
+_guard = threading.local()
+
+
+@contextlib.contextmanager
+def device_guard(device):
+    """Make ``device`` the one kernels launch on inside the ``with`` block.
+
+    Triton launches on the *current* CUDA device and its current stream, not on the device
+    of the tensors it is given: a layer on ``cuda:1`` while ``cuda:0`` is current would pass
+    device-1 pointers to a launch on device 0. Every launch of the triton backend runs
+    inside this guard of its tensors' device; :func:`launch_device` tells which.
+    """
+    device = torch.device(device)
+    previous = getattr(_guard, "device", None)
+    _guard.device = device
+    try:
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                yield
+        else:
+            yield
+    finally:
+        _guard.device = previous
+
+
+def launch_device():
+    """The device of the innermost :func:`device_guard` of this thread, or None."""
+    return getattr(_guard, "device", None)
 
 
 def aligned_input(t: torch.Tensor) -> torch.Tensor:

@@ -44,7 +44,9 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from fastrnn import cells
 from fastrnn.cells import base as cells_base
-from fastrnn.backends import triton_backend
+from fastrnn.backends import triton as triton_backend
+from fastrnn.backends.triton import buffers, policy, selfcheck
+from fastrnn.backends.triton import cooperative as coop_launcher
 from fastrnn.functional import Schedule, recurrent_layer, recurrent_stack
 from fastrnn.kernels import cells as kernel_cells
 from fastrnn.kernels import cooperative, fits
@@ -92,10 +94,10 @@ def triton_next_pow2(n: int) -> int:
 def coop(monkeypatch):
     """Force the cooperative tier, run launches threaded; yields a setter for the config."""
     monkeypatch.setenv("FASTRNN_TIER", "cooperative")
-    monkeypatch.setattr(triton_backend, "FILL_NAN", True)
+    monkeypatch.setattr(buffers, "FILL_NAN", True)
     monkeypatch.setattr(cooperative, "BARRIER_TIMEOUT_US", INTERPRETER_TIMEOUT_US)
     # 8 "SMs": H=16/40/64 (4/3/4 hidden slices) also get 2 groups of batch tiles.
-    monkeypatch.setattr(triton_backend, "_sm_count", lambda device: SMS)
+    monkeypatch.setattr(coop_launcher, "sm_count", lambda device: SMS)
     # fp32 GEMMs in IEEE precision (TF32 rounds the operands, also in the interpreter:
     # test_tf32_rounds_the_operands covers it).
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
@@ -496,9 +498,9 @@ GPU = torch.device("cuda")  # only named: the device queries below are replaced
 @pytest.fixture
 def on_a_gpu(monkeypatch):
     """The tier choice as on an sm_90 GPU with 132 SMs (no kernel runs)."""
-    monkeypatch.setattr(triton_backend, "device_limits", lambda device: (90, fits.SHARED_LIMIT[90]))
-    monkeypatch.setattr(triton_backend, "_sm_count", lambda device: 132)
-    monkeypatch.setattr(triton_backend, "_checked", {})
+    monkeypatch.setattr(policy, "device_limits", lambda device: (90, fits.SHARED_LIMIT[90]))
+    monkeypatch.setattr(coop_launcher, "sm_count", lambda device: 132)
+    monkeypatch.setattr(selfcheck, "checked", {})
     monkeypatch.delenv("FASTRNN_TIER", raising=False)
     monkeypatch.setenv("FASTRNN_SELF_CHECK", "0")
 
@@ -605,7 +607,7 @@ def test_the_variant_that_runs_is_the_one_the_batch_fits(coop, batch, registers,
 def _auto_picks_cooperative(monkeypatch):
     """Make auto choose the cooperative tier on CPU tensors (it never does by itself there)."""
     monkeypatch.delenv("FASTRNN_TIER", raising=False)
-    monkeypatch.setattr(triton_backend, "_chosen_tier", lambda *args: ("cooperative", False))
+    monkeypatch.setattr(policy, "chosen_tier", lambda *args: ("cooperative", False))
 
 
 def test_barrier_timeout_under_auto_reruns_on_the_step_tier_with_one_warning(coop, monkeypatch):
@@ -613,7 +615,7 @@ def test_barrier_timeout_under_auto_reruns_on_the_step_tier_with_one_warning(coo
     rerun on the step tier (right results), with one warning, and later calls of that
     layer go to the step tier directly."""
     coop(False)
-    monkeypatch.setattr(triton_backend, "_checked", {})
+    monkeypatch.setattr(selfcheck, "checked", {})
     _auto_picks_cooperative(monkeypatch)
     monkeypatch.setattr(cooperative, "BARRIER_TIMEOUT_US", 500_000)
     monkeypatch.setattr(cooperative, "ABSENT_PROGRAM", 1)
@@ -641,7 +643,7 @@ def test_first_use_check_covers_the_cooperative_tier(coop, monkeypatch):
     every variant of this tier (here the tiled one and registers of 8 rows) and the step
     tier (silently, they agree); a timed-out check falls back."""
     coop(False, registers=(8,))
-    monkeypatch.setattr(triton_backend, "_checked", {})
+    monkeypatch.setattr(selfcheck, "checked", {})
     monkeypatch.setenv("FASTRNN_SELF_CHECK", "1")
     with warnings.catch_warnings(record=True) as records:
         warnings.simplefilter("always")
@@ -653,7 +655,7 @@ def test_first_use_check_covers_the_cooperative_tier(coop, monkeypatch):
     variants = small_configs(16, False, registers=(8,))
     assert set(n.configs) == {("cooperative", d, cfg) for d in ("forward", "backward") for cfg in variants}
     assert all(count == (4 if d == "forward" else 2) for (_, d, _), count in n.configs.items())
-    assert list(triton_backend._checked.values()) == [True]
+    assert list(selfcheck.checked.values()) == [True]
     # A check whose launch never completes a barrier (program 1 absent): under auto the
     # layer falls back to the step tier with one warning.
     monkeypatch.setattr(cooperative, "BARRIER_TIMEOUT_US", 300_000)
@@ -672,7 +674,7 @@ def test_first_use_check_catches_a_wrong_register_variant(coop, monkeypatch):
     tiled one is right) makes the layer fall back to the step tier with one warning that
     names the register configuration."""
     coop(False, registers=(8,))
-    monkeypatch.setattr(triton_backend, "_checked", {})
+    monkeypatch.setattr(selfcheck, "checked", {})
     monkeypatch.setenv("FASTRNN_SELF_CHECK", "1")
     _auto_picks_cooperative(monkeypatch)
     launch = cooperative.launch_forward
@@ -761,8 +763,8 @@ def test_a_user_cell_matches_its_torch_functions(coop, two_gate_cell, slab, stat
     schedule = Schedule.uniform(steps, batch)
 
     with count_launches() as n:
-        fwd = triton_backend._cooperative_forward(cell, xg, w_hh, None, h0, None, schedule, False, True)
-        bwd = triton_backend._cooperative_backward(cell, fwd.saved, w_hh, h0, None, fwd.y, dy, dh_n, None,
+        fwd = coop_launcher.forward(cell, xg, w_hh, None, None, h0, None, schedule, False, True)
+        bwd = coop_launcher.backward(cell, fwd.saved, w_hh, None, None, h0, None, fwd.y, dy, dh_n, None,
                                                    schedule, False)
     assert ran(n) == {("forward", state == "registers", 8), ("backward", state == "registers", 8)}
 

@@ -480,12 +480,13 @@ TIERS = ("step", "resident", "cooperative")
 def tier(request, monkeypatch):
     """Force the tier ``request.param``; the cooperative one runs every program in its own
     thread with small launch configurations (as tests/test_cooperative.py does)."""
-    from fastrnn.backends import triton_backend
+    from fastrnn.backends.triton import buffers
+    from fastrnn.backends.triton import cooperative as coop_launcher
     from fastrnn.kernels import fits
 
     name = request.param
     monkeypatch.setenv("FASTRNN_TIER", name)
-    monkeypatch.setattr(triton_backend, "FILL_NAN", True)
+    monkeypatch.setattr(buffers, "FILL_NAN", True)
     if name == "resident":
         # fp64 resident entries for the CIFG, as tests/test_resident.py adds for torch's cells
         # (fp64 exists for gradcheck; the GPU table is compiled for fp16 / bf16 / fp32)
@@ -502,7 +503,7 @@ def tier(request, monkeypatch):
     from fastrnn.kernels import cooperative
 
     monkeypatch.setattr(cooperative, "BARRIER_TIMEOUT_US", INTERPRETER_TIMEOUT_US)
-    monkeypatch.setattr(triton_backend, "_sm_count", lambda device: SMS)
+    monkeypatch.setattr(coop_launcher, "sm_count", lambda device: SMS)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # TF32 rounds fp32 operands
     monkeypatch.setattr(cooperative, "cooperative_configs",
                         lambda dtype, hidden, tf32=False: small_configs(hidden, slab=False))

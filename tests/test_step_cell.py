@@ -16,7 +16,8 @@ import torch
 import triton
 import triton.language as tl  # noqa: F401 (the interpreter wants it in a jitted function's module)
 
-from fastrnn.backends import triton_backend
+from fastrnn.backends.triton import buffers
+from fastrnn.backends.triton import step as step_launcher
 from fastrnn.cells import base as cell_base
 from fastrnn.cells import Cell
 from fastrnn.functional import Schedule
@@ -54,7 +55,7 @@ def mgu(monkeypatch):
     """The user's cell, defined in a registry of its own (other tests see only torch's cells)."""
     monkeypatch.setattr(cell_base, "_REGISTRY", dict(cell_base._REGISTRY))
     monkeypatch.setenv("FASTRNN_TIER", "step")
-    monkeypatch.setattr(triton_backend, "FILL_NAN", True)
+    monkeypatch.setattr(buffers, "FILL_NAN", True)
     return Cell("TEST_MGU", 2, mgu_forward, mgu_backward, mgu_forward_tl, mgu_backward_tl,
                 forward_reads_h_prev=True, backward_reads_h_prev=True, direct_h_grad=True)
 
@@ -98,8 +99,8 @@ def test_user_cell_on_the_step_tier(mgu, schedule, reverse, dtype, hidden):
 
     xg_t, w_t, h0_t = (t.to(dtype) for t in (xg, w_hh, h0))
     with recurrent_step.count_launches() as launches:
-        fwd = triton_backend._step_forward(mgu, xg_t, w_t, None, None, h0_t, None, schedule, reverse, True)
-        bwd = triton_backend._step_backward(mgu, fwd.saved, w_t, None, None, h0_t, None, fwd.y, dy.to(dtype),
+        fwd = step_launcher.forward(mgu, xg_t, w_t, None, None, h0_t, None, schedule, reverse, True)
+        bwd = step_launcher.backward(mgu, fwd.saved, w_t, None, None, h0_t, None, fwd.y, dy.to(dtype),
                                             dh_n.to(dtype), None, schedule, reverse)
     tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-4, atol=2e-5)
     torch.testing.assert_close(fwd.y.double(), y_ref.detach(), **tol)

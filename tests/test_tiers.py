@@ -19,8 +19,9 @@ import warnings
 import pytest
 import torch
 
-from fastrnn.backends import triton_backend
-from fastrnn.backends.triton_backend import tier_for
+from fastrnn.backends import triton as triton_backend
+from fastrnn.backends.triton import buffers, policy, selfcheck
+from fastrnn.backends.triton import tier_for
 from fastrnn.functional import Schedule, recurrent_layer
 from fastrnn.kernels import fits, resident
 from fastrnn.kernels.recurrent_step import count_launches
@@ -32,8 +33,8 @@ f16, f32, f64, bf16 = torch.float16, torch.float32, torch.float64, torch.bfloat1
 
 @pytest.fixture(autouse=True)
 def _clean(monkeypatch):
-    monkeypatch.setattr(triton_backend, "FILL_NAN", True)
-    monkeypatch.setattr(triton_backend, "_checked", {})
+    monkeypatch.setattr(buffers, "FILL_NAN", True)
+    monkeypatch.setattr(selfcheck, "checked", {})
     monkeypatch.delenv("FASTRNN_TIER", raising=False)
     monkeypatch.delenv("FASTRNN_SELF_CHECK", raising=False)
 
@@ -111,15 +112,15 @@ def test_choice_reads_the_fits_table_and_the_device(monkeypatch):
     for (kind, dtype_name, block_h), fit in fits.RESIDENT.items():
         dtype = getattr(torch, dtype_name)
         for arch, limit in ((80, fits.SHARED_LIMIT[80]), (90, fits.SHARED_LIMIT[90]), (86, 101376), (75, 65536)):
-            monkeypatch.setattr(triton_backend, "device_limits", lambda device, a=arch, s=limit: (a, s))
+            monkeypatch.setattr(policy, "device_limits", lambda device, a=arch, s=limit: (a, s))
             expected = "resident" if fits.shared_needed(fit, arch) <= limit else "step"
             assert tier_for(kind, block_h, 0, dtype, CPU) == expected, (kind, dtype_name, block_h, arch)
-    monkeypatch.setattr(triton_backend, "device_limits", lambda device: (90, 0))
+    monkeypatch.setattr(policy, "device_limits", lambda device: (90, 0))
     assert tier_for("LSTM", 8, 0, f32, CPU) == "step"
 
 
 def test_interpreter_is_treated_as_sm90():
-    assert triton_backend.device_limits(CPU) == (90, fits.SHARED_LIMIT[90])
+    assert policy.device_limits(CPU) == (90, fits.SHARED_LIMIT[90])
 
 
 @pytest.mark.parametrize("kind", list(GATES))
@@ -173,7 +174,7 @@ def test_forcing_resident_where_it_cannot_run_is_an_error_before_any_work(monkey
 
 def test_forcing_resident_over_the_device_shared_memory_is_an_error(monkeypatch):
     monkeypatch.setenv("FASTRNN_TIER", "resident")
-    monkeypatch.setattr(triton_backend, "device_limits", lambda device: (75, 1024))
+    monkeypatch.setattr(policy, "device_limits", lambda device: (75, 1024))
     with pytest.raises(RuntimeError, match="shared memory"):
         tier_for("RNN_TANH", 8, 0, f32, CPU)
 
@@ -277,7 +278,7 @@ def test_self_check_passes_silently_for_a_correct_tier(monkeypatch):
         warnings.simplefilter("always")
         assert tier_for("GRU", 5, 0, f32, CPU) == "resident"
     assert not _disagreements(records)
-    assert list(triton_backend._checked.values()) == [True]
+    assert list(selfcheck.checked.values()) == [True]
 
 
 def test_self_check_is_off_by_default_in_the_interpreter():
@@ -285,7 +286,7 @@ def test_self_check_is_off_by_default_in_the_interpreter():
     with count_launches() as n:
         _run("LSTM", problem)
     assert dict(n.tiers) == {("resident", "forward"): 1, ("resident", "backward"): 1}
-    assert triton_backend._checked == {}
+    assert selfcheck.checked == {}
 
 
 def test_forced_mismatch_falls_back_with_exactly_one_warning(monkeypatch):
@@ -334,7 +335,7 @@ def test_self_check_off_runs_the_tier_unchecked(monkeypatch):
     with warnings.catch_warnings(record=True) as records:
         warnings.simplefilter("always")
         assert tier_for("LSTM", 5, 0, f64, CPU) == "resident"
-    assert not _disagreements(records) and triton_backend._checked == {}
+    assert not _disagreements(records) and selfcheck.checked == {}
 
 
 def test_forced_tier_with_a_failed_check_is_an_error(monkeypatch):
@@ -354,7 +355,7 @@ def test_self_check_setting_is_validated(monkeypatch):
 def test_batches_past_32_bit_step_offsets_run_on_the_step_tier(monkeypatch):
     """The resident kernels' in-step offsets are 32-bit (B*G*H < 2^31); a larger batch runs
     the step tier (shown with the limit lowered to 2*4*4: B=3 passes it, B=2 does not)."""
-    monkeypatch.setattr(triton_backend, "RESIDENT_MAX_OFFSET", 2 * 4 * 4 + 1)
+    monkeypatch.setattr(policy, "RESIDENT_MAX_OFFSET", 2 * 4 * 4 + 1)
     for batch, tier in ((2, "resident"), (3, "step")):
         problem = _layer("LSTM", hidden=4, steps=5, batch=batch, packed=False)
         with count_launches() as n:

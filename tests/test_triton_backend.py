@@ -31,7 +31,8 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from fastrnn.backends import triton_backend
+from fastrnn.backends import triton as triton_backend
+from fastrnn.backends.triton import buffers
 from fastrnn.functional import Schedule, recurrent_stack
 
 KINDS = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
@@ -47,7 +48,7 @@ INPUT = 3
 
 @pytest.fixture(autouse=True)
 def _nan_fill(monkeypatch):
-    monkeypatch.setattr(triton_backend, "FILL_NAN", True)
+    monkeypatch.setattr(buffers, "FILL_NAN", True)
 
 
 @pytest.fixture(autouse=True)
@@ -198,8 +199,8 @@ def test_lstm_proj_size_matches_reference():
 
 def test_nan_fill_is_active():
     """The fixture really makes fresh buffers NaN (so the checks above can catch skipped stores)."""
-    assert triton_backend.FILL_NAN
-    assert torch.isnan(triton_backend._new((2, 3), torch.float32, torch.device("cpu"))).all()
+    assert buffers.FILL_NAN
+    assert torch.isnan(buffers.new((2, 3), torch.float32, torch.device("cpu"))).all()
 
 
 def test_triton_available_on_cpu_under_interpreter():

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastrnn.backends import triton_backend
+from fastrnn.backends.triton import buffers
 from fastrnn.functional import Schedule, recurrent_layer
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
@@ -21,7 +21,7 @@ GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 
 @pytest.fixture(autouse=True)
 def _nan_fill(monkeypatch):
-    monkeypatch.setattr(triton_backend, "FILL_NAN", True)
+    monkeypatch.setattr(buffers, "FILL_NAN", True)
 
 
 @pytest.fixture(autouse=True)

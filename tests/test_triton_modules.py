@@ -14,7 +14,8 @@ import torch
 from helpers import assert_parity, make_pair
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from fastrnn.backends import triton_backend
+from fastrnn.backends import triton as triton_backend
+from fastrnn.backends.triton import buffers
 from fastrnn.functional import Schedule, recurrent_layer
 from fastrnn.kernels.recurrent_step import count_launches
 
@@ -23,7 +24,7 @@ GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 
 @pytest.fixture(autouse=True)
 def _nan_fill(monkeypatch):
-    monkeypatch.setattr(triton_backend, "FILL_NAN", True)
+    monkeypatch.setattr(buffers, "FILL_NAN", True)
 
 
 @pytest.fixture(autouse=True)

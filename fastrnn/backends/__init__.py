@@ -51,9 +51,9 @@ def validate_backend_name(name: str | None) -> str | None:
 
 def _triton_backend():
     """The triton backend module, or an ImportError that says why it cannot load."""
-    from . import triton_backend  # imports triton and fastrnn.kernels lazily
+    from . import triton  # imports triton and fastrnn.kernels lazily
 
-    return triton_backend
+    return triton
 
 
 def triton_unavailable_reason(device: torch.device) -> str | None:
@@ -124,7 +124,7 @@ def resolve_name(name: str | None, device: torch.device, call: Call | None = Non
 
 
 def resolve(name: str | None, device: torch.device):
-    """Time-loop backend module (``reference`` or ``triton_backend``) for a call on ``device``
+    """Time-loop backend module (``reference`` or ``triton``) for a call on ``device``
     (``native`` has no time loop of its own: not a name this accepts)."""
     if name == "native":
         raise ValueError("fastrnn: 'native' is a layer implementation, not a time-loop backend")

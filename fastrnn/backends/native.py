@@ -126,7 +126,7 @@ def auto_cpu_backend(kind: CellKind, dtype: torch.dtype, *, packed: bool, proj: 
     0. A cell other than torch's four: ``reference`` (torch has no kernel for it).
     1. Without gradients: ``native`` — torch's own inference kernels (oneDNN's LSTM, the
        C++ loop for GRU and RNN), the same kernels and results as ``torch.nn``; fastrnn's
-       Python time loop took 1.0-8x their time at inference (issue 11's table).
+       Python time loop took 1.0-8x their time at inference on the CPU benchmark grid.
     2. With gradients, float32 LSTM on padded input without ``proj_size``, not tracing:
        ``native`` — oneDNN's fused training forward and backward, what ``torch.nn`` runs;
        the reference LSTM took 3-5x its time at B <= 8.

@@ -188,7 +188,7 @@ def compare(fast: dict, base: dict, truth: dict, precision_name: str, tol_scale:
 def _tier_refusal(kind: str, case_tier: str, hidden: int, dtype, env: Env) -> tuple[str, str] | None:
     """``("n/a", why)`` when the forced tier cannot run the case, ``("fail", why)`` when asking
     for it fails otherwise (e.g. its first-use check), None when it will run."""
-    from fastrnn.backends.triton_backend import tier_for
+    from fastrnn.backends.triton import tier_for
 
     if env.dry_run and dtype == torch.bfloat16:
         return "n/a", "Triton's interpreter computes bfloat16 tl.dot wrongly; bf16 runs on a GPU only"
@@ -319,7 +319,7 @@ def self_check_verdicts(kinds: list[str], precisions: list[str], hidden: int, en
     problem, through each of its launch variants), ``fail`` (with the check's message) or
     ``n/a`` (the tier cannot run that layer). Runs before the cases, so the verdict is the
     one the process keeps."""
-    from fastrnn.backends.triton_backend import tier_for
+    from fastrnn.backends.triton import tier_for
 
     out = [] if out is None else out  # filled in place: an interrupted run keeps what was done
     # both tiers for a kind and precision before the next: a budget cut leaves each tier checked

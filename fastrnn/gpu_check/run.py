@@ -49,7 +49,7 @@ def _ensure_interpreter(argv) -> None:
     reads it then): set it, or, if a kernel module is already loaded, start again with it set."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         return
-    loaded = [m for m in sys.modules if m.startswith("fastrnn.kernels.") or m == "fastrnn.backends.triton_backend"]
+    loaded = [m for m in sys.modules if m.startswith("fastrnn.kernels.") or m.startswith("fastrnn.backends.triton")]
     os.environ["TRITON_INTERPRET"] = "1"
     if loaded:
         os.execv(sys.executable, [sys.executable, "-m", "fastrnn.gpu_check", *argv])

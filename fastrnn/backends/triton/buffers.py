@@ -1,0 +1,107 @@
+"""What every tier's launcher allocates and how the ``saved`` tuple is laid out.
+
+Precision: fp32 accumulation (fp64 for fp64 I/O); a cell state and the ``dh`` / ``dc``
+state of backward are kept in that accumulation dtype whatever the I/O dtype; gates are
+saved in the I/O dtype. fp32 GEMMs use TF32 only when ``torch.backends.cudnn.allow_tf32``
+is on (cuDNN's rule for ``nn.LSTM``).
+
+Saved for backward (one layout whatever tier ran, so every tier's backward reads every
+tier's forward): the gates ``(N, G*H)``, then the cell state ``c`` ``(N, H)`` in the
+accumulation dtype for a cell that has one, else ``e`` ``(N, H)`` (what a cell such as
+GRU keeps besides its gates; a placeholder for a cell that keeps none); nothing for a
+cell that saves nothing (plain RNNs: their backward reads ``y``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: Tests switch this on to allocate every buffer the kernels write filled with NaN, so a
+#: store a kernel skips shows up as NaN instead of stale memory.
+FILL_NAN = False
+
+
+def new(shape, dtype, device) -> torch.Tensor:
+    if FILL_NAN:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def tf32() -> bool:
+    return bool(torch.backends.cudnn.allow_tf32)
+
+
+def saves(cell, save: bool) -> bool:
+    """Whether a forward that was asked to ``save`` keeps anything for this cell."""
+    return save and (cell.saves_gates or cell.saves_extra or cell.has_cell_state)
+
+
+def saved_layout(cell, rows, hidden, dtype, save):
+    """Shapes and dtypes of the ``saved`` tuple (from sizes alone: fake tensors use it)."""
+    if not saves(cell, save):
+        return []
+    if cell.has_cell_state:
+        second = ((rows, hidden), acc_dtype(dtype))
+    else:  # e, or the placeholder :func:`dummies` gives a cell that keeps none
+        second = ((rows, hidden) if cell.saves_extra else (8,), dtype)
+    return [((rows, cell.gates * hidden), dtype), second]
+
+
+def dummies(dtype: torch.dtype, device):
+    """Placeholders for the pointer arguments a specialisation does not read, in the dtypes
+    its signature expects: ``(I/O dtype, accumulation dtype)``."""
+    return torch.empty(8, dtype=dtype, device=device), torch.empty(8, dtype=acc_dtype(dtype), device=device)
+
+
+def recurrent_bias(cell, b_hh, hidden: int, dtype, device, prep, dummy):
+    """The recurrent bias the kernels add inside the step for a cell that keeps it apart
+    (zeros for a layer without bias); a placeholder for the other cells (their ``b_hh`` is
+    folded into ``xg``)."""
+    if not cell.recurrent_apart:
+        return dummy
+    return prep(b_hh) if b_hh is not None else torch.zeros(cell.gates * hidden, dtype=dtype, device=device)
+
+
+def save_buffers(cell, n_rows: int, hidden: int, dtype, device, save: bool, dummy):
+    """``(gates, e)`` the forward kernels fill when saving (placeholders otherwise); the
+    cell-state buffer is tier-specific."""
+    gates = new((n_rows, cell.gates * hidden), dtype, device) if save else dummy
+    extra = new((n_rows, hidden), dtype, device) if (save and cell.saves_extra) else dummy
+    return gates, extra
+
+
+def saved(cell, save: bool, gates, c_seq, extra) -> tuple:
+    """The ``saved`` tuple of every tier (:func:`saved_layout`)."""
+    if not save:
+        return ()
+    return (gates, c_seq) if cell.has_cell_state else (gates, extra)
+
+
+def unpack_saved(cell, saved_tuple, dummy_io, dummy_acc) -> tuple:
+    """``(gates, e, c_seq)`` from a ``saved`` tuple, placeholders where the cell has none."""
+    if not saved_tuple:
+        return dummy_io, dummy_io, dummy_acc
+    gates, second = saved_tuple
+    return (gates, dummy_io, second) if cell.has_cell_state else (gates, second, dummy_acc)
+
+
+def grad_buffers(cell, n_rows: int, hidden: int, dtype, device):
+    """``(dxg, dhg)`` the backward kernels fill; one buffer unless the cell keeps the
+    recurrent pre-activation apart (its recurrent gradient differs from the input one)."""
+    dxg = new((n_rows, cell.gates * hidden), dtype, device)
+    return dxg, (new((n_rows, cell.gates * hidden), dtype, device) if cell.recurrent_apart else dxg)
+
+
+def step_tables(schedule, device):
+    """``(uniform_b, sizes, offsets)`` for the persistent kernels: a padded batch passes its
+    ``B`` and placeholder tensors (no host-to-device copy), a packed one its per-step
+    batch sizes and first rows as int32 device tensors (made once per schedule)."""
+    if schedule.is_uniform:
+        dummy = torch.empty(8, dtype=torch.int32, device=device)
+        return schedule.batch, dummy, dummy
+    sizes, offsets = schedule.device_tables(device)
+    return 0, sizes, offsets

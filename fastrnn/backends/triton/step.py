@@ -1,0 +1,150 @@
+"""Step tier launcher: one kernel launch per timestep (:mod:`fastrnn.kernels.recurrent_step`).
+
+Forward: each launch fuses the recurrent GEMM, the input projection, the cell and the
+state update; ``h_t`` is written straight into the output rows of its step. Backward:
+each launch fuses the recurrent GEMM of one step with the pointwise cell backward of the
+step before it; the last ``dh0 = dr_first @ W_hh`` is a torch GEMM.
+
+LSTM with ``proj_size`` runs only here: the projection ``h_t = m_t @ W_hr^T`` is a torch
+``mm`` per step after the step kernel (which writes ``m_t`` to a ``(B, H)`` buffer), and
+in backward ``dh`` / ``dm = dh @ W_hr`` are torch ops per step before a pointwise step
+kernel; the launch count per step stays one, but each step also runs these torch ops.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ...schedule import Schedule
+from ..base import BackwardResult, ForwardResult
+from . import buffers
+
+
+def _kernels():
+    from ...kernels import recurrent_step  # imports triton
+
+    return recurrent_step
+
+
+def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: bool, save: bool, config=None):
+    """The forward time loop on the step tier (``config`` is unused: the block sizes follow
+    ``H``)."""
+    ks = _kernels()
+    prep = ks.aligned_input
+    dtype, device = xg.dtype, xg.device
+    acc = buffers.acc_dtype(dtype)
+    hidden, state = w_hh.shape[0] // cell.gates, w_hh.shape[1]
+    n_rows, batch = xg.shape[0], schedule.batch
+    has_c = cell.has_cell_state
+    save = buffers.saves(cell, save)
+    proj = w_hr is not None
+
+    xg, w_hh, h0 = prep(xg), prep(w_hh), prep(h0)
+    dummy_io, dummy_acc = buffers.dummies(dtype, device)
+    y = buffers.new((n_rows, state), dtype, device)
+    gates, extra = buffers.save_buffers(cell, n_rows, hidden, dtype, device, save, dummy_io)
+    bias = buffers.recurrent_bias(cell, b_hh, hidden, dtype, device, prep, dummy_io)
+    if has_c:
+        c0 = prep(c0)
+        # With save, every step's c is kept; without, one (B, H) buffer updated in place
+        # (rows < n_prev read it, new rows read c0; each row is written by its own program).
+        c_buf = buffers.new((n_rows, hidden) if save else (batch, hidden), acc, device)
+    else:
+        c0, c_buf = dummy_io, dummy_acc
+    m_buf = buffers.new((batch, hidden), dtype, device) if proj else None
+    w_hr_t = w_hr.t() if proj else None
+
+    tensors = dict(
+        xg_ptr=xg, w_hh_ptr=w_hh, b_hh_ptr=bias, h_seq_ptr=y, h0_ptr=h0, out_ptr=m_buf if proj else y,
+        c_prev_ptr=c_buf, c_init_ptr=c0, c_out_ptr=c_buf, gates_ptr=gates, extra_ptr=extra,
+    )
+    prev_off, n_prev = 0, 0
+    launch = ks.forward_stepper(cell, tensors, hidden=hidden, save=save, tf32=buffers.tf32())
+    for t in schedule.order(reverse):
+        off, bs = schedule.offsets[t], schedule.batch_sizes[t]
+        ints = dict(
+            off=off, bs=bs, prev_off=prev_off, n_prev=n_prev, out_off=0 if proj else off,
+            c_prev_off=prev_off if save else 0, c_out_off=off if save else 0, H=hidden, P=state,
+        )
+        launch(ints)
+        if proj:
+            torch.mm(m_buf[:bs], w_hr_t, out=y[off : off + bs])
+        prev_off, n_prev = off, bs
+
+    c_n = None
+    if has_c:
+        c_n = (schedule.final(c_buf, reverse) if save else c_buf).to(dtype)
+    saved = buffers.saved(cell, save, gates, c_buf, extra)
+    return ForwardResult(y, schedule.final(y, reverse), c_n, saved)
+
+
+def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule: Schedule, reverse: bool,
+             config=None):
+    """The backward time loop on the step tier."""
+    ks = _kernels()
+    prep = ks.aligned_input
+    dtype, device = y.dtype, y.device
+    acc = buffers.acc_dtype(dtype)
+    gates_n = cell.gates
+    hidden, state = w_hh.shape[0] // gates_n, w_hh.shape[1]
+    n_rows = y.shape[0]
+    has_c = cell.has_cell_state
+    proj = w_hr is not None
+    dummy_io, dummy_acc = buffers.dummies(dtype, device)
+
+    w_hh, y, dy, h0 = prep(w_hh), prep(y), prep(dy), prep(h0)
+    # Unused pointer arguments get dummies of the dtype the kernel signature expects.
+    gates, extra, c_seq = buffers.unpack_saved(cell, saved, dummy_io, dummy_acc)
+    c0 = prep(c0) if has_c else dummy_io
+
+    dxg, dhg = buffers.grad_buffers(cell, n_rows, hidden, dtype, device)
+    dh = dh_n.to(acc, copy=True).contiguous()  # (B, P) state buffer, becomes dh0
+    dc = dc_n.to(acc, copy=True).contiguous() if has_c else dummy_acc
+    dm = buffers.new((dh.shape[0], hidden), acc, device) if proj else dummy_acc
+    dh_seq = buffers.new((n_rows, state), acc, device) if proj else None
+    w_hh_acc = w_hh.to(acc)
+    w_hr_acc = w_hr.to(acc) if proj else None
+
+    tensors = dict(
+        dr_ptr=dhg, w_hh_ptr=w_hh, dxg_ptr=dxg, dhg_ptr=dhg, dy_ptr=dy, dh_ptr=dh, dc_ptr=dc, dm_ptr=dm,
+        gates_ptr=gates, c_seq_ptr=c_seq, c0_ptr=c0, extra_ptr=extra, h_seq_ptr=y, h0_ptr=h0,
+    )
+    order = list(schedule.order(reverse))  # forward processing order
+    offsets, sizes = schedule.offsets, schedule.batch_sizes
+    launch = ks.backward_stepper(cell, tensors, hidden=hidden, dm_given=proj, tf32=buffers.tf32())
+    for j in range(len(order) - 1, -1, -1):
+        q = order[j]  # the step whose gate backward runs now
+        s = order[j + 1] if j + 1 < len(order) else None  # the step processed after q
+        p = order[j - 1] if j > 0 else None  # the step processed before q
+        q_off, q_bs = offsets[q], sizes[q]
+        s_off, s_bs = (offsets[s], sizes[s]) if s is not None else (0, 0)
+        if proj:
+            # dh (P wide) and dm = dh @ W_hr (H wide) are torch ops here; the kernel is
+            # then pointwise only (DM_GIVEN).
+            if s is not None:
+                dh[:s_bs] = dxg[s_off : s_off + s_bs].to(acc) @ w_hh_acc
+            dh[:q_bs] += dy[q_off : q_off + q_bs]
+            dh_seq[q_off : q_off + q_bs] = dh[:q_bs]
+            torch.mm(dh[:q_bs], w_hr_acc, out=dm[:q_bs])
+        ints = dict(
+            s_off=s_off, s_bs=s_bs, k_len=0 if (s is None or proj) else gates_n * hidden,
+            q_off=q_off, q_bs=q_bs, q_prev_off=offsets[p] if p is not None else 0,
+            q_n_prev=sizes[p] if p is not None else 0, H=hidden, P=state,
+        )
+        launch(ints)
+
+    # dh0: the recurrent GEMM of the first processed step (rows of sequences that started
+    # later in a packed reverse pass were finished by the kernels already), plus the
+    # dh_direct the last launch left in its rows.
+    lo, bs = offsets[order[0]], sizes[order[0]]
+    direct = dh[:bs].clone() if cell.direct_h_grad else None
+    dh[:bs] = dhg[lo : lo + bs].to(acc) @ w_hh_acc
+    if direct is not None:
+        dh[:bs] += direct
+
+    dw_hr = None
+    if proj:
+        # m = o * tanh(c): the projection exists only for torch's LSTM (gate o is slot 3)
+        o = gates[:, 3 * hidden :].to(acc)
+        dw_hr = (dh_seq.t() @ (o * torch.tanh(c_seq))).to(dtype)
+    return BackwardResult(dxg, dhg, dh.to(dtype), dc.to(dtype) if has_c else None, dw_hr)
