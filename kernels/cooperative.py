@@ -48,13 +48,15 @@ Backward, per step ``q`` in reverse processing order (``s`` is the step processe
     CELL_BACKWARD -> dxg (and dhg, APART) of q, dc               its units
     grid barrier: every program's dhg_q is written before the GEMM of the next step
 
-and one more GEMM after the loop gives ``dh0``. The GEMMs are ``GATES`` dots of
-``(BLOCK_B x K) @ (K x BLOCK_H)``, one per gate (all gates of the program's units).
+and one more GEMM after the loop gives ``dh0``.
 
-Where ``W_hh`` lives (``SLAB_K``, from :data:`fastrnn.kernels.fits.COOPERATIVE`): ``SLAB_K >
-0``: the program's ``GATES`` blocks of ``BLOCK_H x H`` (padded to ``SLAB_K`` >= H) are
-loaded once and stay on chip for the whole launch; ``SLAB_K == 0``: streamed from L2 in
-``BLOCK_K`` chunks inside each step (once per batch tile; once per step in the register
+Where ``W_hh`` lives (``SLAB_K``, :data:`fastrnn.kernels.fits.COOPERATIVE`; the backward's:
+``CoopConfig.backward_slab_k``): ``SLAB_K > 0``: every gate's rows of the program's units
+stacked into one ``[SLOTS * BLOCK_H, SLAB_K]`` operand (``SLOTS``: ``GATES`` padded to 1, 2
+or 4), loaded once and kept in shared memory; each step is one dot with M = ``SLOTS *
+BLOCK_H`` (64 for 3-4 gates: no warp repeats another's rows; sm_90's wgmma reads the slab
+from shared memory). ``SLAB_K == 0``: streamed from L2 in ``BLOCK_K`` chunks inside each
+step, one dot per gate (once per batch tile; once per step in the register
 variant). A grid barrier that timed out ends the launch with
 :class:`~fastrnn.kernels.barrier.BarrierTimeout` (budget :data:`BARRIER_TIMEOUT_US`).
 
@@ -104,6 +106,7 @@ from .fits import CoopConfig
 from .launches import aligned_input  # noqa: F401 (used by the backend)
 from .launches import checked_pointers as _pointers
 from .launches import record
+from .precision import ENABLE_FP_FUSION
 
 #: Time budget of one grid barrier, microseconds. A healthy step takes microseconds; the
 #: budget only bounds how long a broken launch (a program that never arrives) runs.
@@ -161,7 +164,7 @@ def cooperative_forward_kernel(
     state buffer without ``save``)."""
     cols = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
     col_mask = cols < H
-    w0, w1, w2, w3 = load_slab(w_hh_ptr, cols, col_mask, H, GATES, ACC, SLAB_K, True)
+    w_slab = load_slab(w_hh_ptr, H, GATES, PRECISION, BLOCK_H, SLAB_K, True)
     b0, b1, b2, b3 = recurrent_bias(b_hh_ptr, cols, col_mask, H, GATES, APART, ACC, BLOCK_H)
 
     prev_off = (B * 0).to(tl.int64)  # first row of the previous step
@@ -177,7 +180,7 @@ def cooperative_forward_kernel(
             row_mask = rows < bs
             mask = row_mask[:, None] & col_mask[None, :]
             h_rows = state_rows(y_ptr, prev_off, n_prev, h0_ptr, rows, H)
-            acc0, acc1, acc2, acc3 = forward_gemm(h_rows, row_mask, w_hh_ptr, cols, col_mask, w0, w1, w2, w3, H,
+            acc0, acc1, acc2, acc3 = forward_gemm(h_rows, row_mask, w_hh_ptr, cols, col_mask, w_slab, H,
                                                   GATES, ACC, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K, SLAB_K)
             c_prev = acc0  # placeholders for what the cell does not read
             h_prev = acc0
@@ -219,7 +222,7 @@ def cooperative_forward_registers_kernel(
     units stays in ACC registers across the time loop."""
     cols = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
     col_mask = cols < H
-    w0, w1, w2, w3 = load_slab(w_hh_ptr, cols, col_mask, H, GATES, ACC, SLAB_K, True)
+    w_slab = load_slab(w_hh_ptr, H, GATES, PRECISION, BLOCK_H, SLAB_K, True)
     b0, b1, b2, b3 = recurrent_bias(b_hh_ptr, cols, col_mask, H, GATES, APART, ACC, BLOCK_H)
 
     first = tl.program_id(1) * BLOCK_B
@@ -245,7 +248,7 @@ def cooperative_forward_registers_kernel(
             row_mask = rows < bs
             mask = row_mask[:, None] & col_mask[None, :]
             h_rows = state_rows(y_ptr, prev_off, n_prev, h0_ptr, rows, H)
-            acc0, acc1, acc2, acc3 = forward_gemm(h_rows, row_mask, w_hh_ptr, cols, col_mask, w0, w1, w2, w3, H,
+            acc0, acc1, acc2, acc3 = forward_gemm(h_rows, row_mask, w_hh_ptr, cols, col_mask, w_slab, H,
                                                   GATES, ACC, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K, SLAB_K)
             h_new, c_new = forward_cell(xg_ptr, y_ptr, gates_ptr, hn_ptr, off, rows, cols, mask, acc0, acc1, acc2,
                                         acc3, b0, b1, b2, b3, c, h, H, save, CELL_FORWARD, GATES, APART, SAVES,
@@ -309,7 +312,7 @@ def cooperative_backward_kernel(
     each step; ``dh`` and ``dc`` go through the ``(B, H)`` buffers ``dh_ptr`` / ``dc_ptr``."""
     cols = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
     col_mask = cols < H
-    w0, w1, w2, w3 = load_slab(w_hh_ptr, cols, col_mask, H, GATES, ACC, SLAB_K, False)
+    w_slab = load_slab(w_hh_ptr, H, GATES, PRECISION, BLOCK_H, SLAB_K, False)
 
     ok = T >= 0
     j = T - 1  # processing index of step q; j == -1: only the final GEMM (dh0)
@@ -325,7 +328,7 @@ def cooperative_backward_kernel(
             dh_ptrs = dh_ptr + rows[:, None] * H + cols[None, :]
             # dh_n (a sequence's last step), the direct path dh_direct_s, or a finished dh0.
             dh_old = tl.load(dh_ptrs, mask=any_mask, other=0.0)
-            acc = backward_gemm(dhg_ptr, s_off, rows, s_rows, w_hh_ptr, cols, col_mask, w0, w1, w2, w3, H,
+            acc = backward_gemm(dhg_ptr, s_off, rows, s_rows, w_hh_ptr, cols, col_mask, w_slab, H,
                                 GATES, ACC, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K, SLAB_K)
             if DIRECT:
                 acc += dh_old
@@ -370,7 +373,7 @@ def cooperative_backward_registers_kernel(
     ``dh`` and ``dc`` of its rows and units stay in ACC registers across the time loop."""
     cols = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
     col_mask = cols < H
-    w0, w1, w2, w3 = load_slab(w_hh_ptr, cols, col_mask, H, GATES, ACC, SLAB_K, False)
+    w_slab = load_slab(w_hh_ptr, H, GATES, PRECISION, BLOCK_H, SLAB_K, False)
 
     first = tl.program_id(1) * BLOCK_B
     rows = first + tl.arange(0, BLOCK_B).to(tl.int64)
@@ -393,7 +396,7 @@ def cooperative_backward_registers_kernel(
             q_rows = rows < q_bs
             s_mask = s_rows[:, None] & col_mask[None, :]
             q_mask = q_rows[:, None] & col_mask[None, :]
-            acc = backward_gemm(dhg_ptr, s_off, rows, s_rows, w_hh_ptr, cols, col_mask, w0, w1, w2, w3, H,
+            acc = backward_gemm(dhg_ptr, s_off, rows, s_rows, w_hh_ptr, cols, col_mask, w_slab, H,
                                 GATES, ACC, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K, SLAB_K)
             if DIRECT:
                 acc += dh
@@ -433,8 +436,7 @@ def choose_config(configs, hidden: int, batch: int, max_programs: int) -> CoopCo
 
 
 def _precision(dtype: torch.dtype, tf32: bool) -> str:
-    # TF32 only for fp32 and only when the user allowed it (cuDNN's rule for nn.LSTM).
-    return fits.dot_precision(dtype, tf32)
+    return fits.dot_precision(dtype, tf32)  # TF32 only for fp32 when allowed (cuDNN's rule)
 
 
 def _acc(dtype: torch.dtype):
@@ -446,12 +448,14 @@ def cell_of(cell) -> Cell:
     return cell if isinstance(cell, Cell) else get_cell(cell)
 
 
-def constexprs(cell, dtype: torch.dtype, tf32: bool, cfg: CoopConfig) -> dict:
-    """Compile-time arguments of every cooperative kernel: the cell's
-    (:meth:`fastrnn.cells.Cell.kernel_constexprs`), then the dtype, precision and blocks."""
+def constexprs(cell, dtype: torch.dtype, tf32: bool, cfg: CoopConfig, forward: bool = True) -> dict:
+    """Compile-time arguments of a cooperative kernel (``forward`` or backward): the cell's
+    (:meth:`fastrnn.cells.Cell.kernel_constexprs`), then the dtype, precision and blocks
+    (the backward's slab: :attr:`~fastrnn.kernels.fits.CoopConfig.backward_slab_k`)."""
     return dict(
         **cell_of(cell).kernel_constexprs(), ACC=_acc(dtype), PRECISION=_precision(dtype, tf32),
-        BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k, SLAB_K=cfg.slab_k,
+        BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k,
+        SLAB_K=cfg.slab_k if forward else cfg.backward_slab_k,
     )
 
 
@@ -525,10 +529,11 @@ def specialisations(dtypes=(torch.float32, torch.float16, torch.bfloat16)) -> li
                     continue
                 for cfg in configs_for(dtype, tf32):
                     ce = constexprs(cell, dtype, tf32, cfg)
-                    options = dict(LAUNCH_OPTIONS, num_stages=cfg.num_stages)
+                    options = dict(LAUNCH_OPTIONS, num_stages=cfg.num_stages, enable_fp_fusion=ENABLE_FP_FUSION)
                     (fwd, bwd), (fwd_name, bwd_name) = kernels_for(cfg), kernel_names(cfg)
                     out.append(Specialisation(fwd, fwd_name, cell.name, dtype, name, cfg, ce,
                                               FORWARD_POINTERS, FORWARD_INTS, options, ("H",)))
+                    ce = constexprs(cell, dtype, tf32, cfg, forward=False)
                     out.append(Specialisation(bwd, bwd_name, cell.name, dtype, name, cfg, ce,
                                               BACKWARD_POINTERS, BACKWARD_INTS, options, ("H",)))
     return out
@@ -588,8 +593,8 @@ def _launch(direction: str, cell, tensors: dict, ints: dict, cfg: CoopConfig, tf
     ints = dict(ints, timeout_us=timeout_us, absent=ABSENT_PROGRAM)
     kernel = kernels_for(cfg)[0 if forward else 1]
     kernel[grid(ints["H"], ints["B"], cfg, max_programs)](
-        *_pointers(names, tensors), *(ints[k] for k in int_names), **constexprs(cell, io_dtype, tf32, cfg),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **LAUNCH_OPTIONS,
+        *_pointers(names, tensors), *(ints[k] for k in int_names), **constexprs(cell, io_dtype, tf32, cfg, forward),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, enable_fp_fusion=ENABLE_FP_FUSION, **LAUNCH_OPTIONS,
     )
     record("cooperative", direction, cfg)
     check_sync(tensors["sync_ptr"], direction, timeout_us)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .precision import tf32_round
+
 
 @triton.jit
 def step_rows(sizes_ptr, offsets_ptr, t, B, packed):
@@ -45,7 +47,11 @@ def state_rows(seq_ptr, seq_off, n_seq, init_ptr, rows, width):
     rows start from ``init[r]`` (the first step, or a sequence that starts later in the
     reverse direction of a packed batch). One pointer per row, so a tile is one load.
     """
-    return tl.where(rows < n_seq, seq_ptr + (seq_off + rows) * width, init_ptr + rows * width)
+    # The choice of base pointer hides their alignment from the compiler; both are 16-byte
+    # aligned and ``width`` (H) is a multiple of 16 wherever this is compiled, so the hint is
+    # true and restores vector loads.
+    ptrs = tl.where(rows < n_seq, seq_ptr + (seq_off + rows) * width, init_ptr + rows * width)
+    return tl.multiple_of(ptrs, 16)
 
 
 @triton.jit
@@ -66,77 +72,109 @@ def backward_steps(sizes_ptr, offsets_ptr, j, T, B, reverse, packed):
 
 
 @triton.jit
-def load_slab(w_hh_ptr, cols, col_mask, H, GATES: tl.constexpr, ACC: tl.constexpr, SLAB_K: tl.constexpr,
-              FORWARD: tl.constexpr):
-    """This program's ``W_hh`` slab, once: ``GATES`` tiles of ``SLAB_K x BLOCK_H`` (padding zero).
-
-    ``FORWARD``: tile ``[k, u] = W_hh[g*H + u, k]`` (the GEMM ``h @ W_hh^T``); else
-    ``[k, u] = W_hh[g*H + k, u]`` (the GEMM ``dgates @ W_hh``). Slots past ``GATES`` get
-    the first tile again (never read). ``SLAB_K == 0`` (W_hh streamed): ``(1, 1)``
-    placeholders, never read.
-    """
-    w0 = tl.zeros((1, 1), dtype=ACC)
-    w1 = w0
-    w2 = w0
-    w3 = w0
-    if SLAB_K > 0:
-        kk = tl.arange(0, SLAB_K)
-        if FORWARD:
-            w_ptrs = w_hh_ptr + cols[None, :] * H + kk[:, None]
-        else:
-            w_ptrs = w_hh_ptr + kk[:, None] * H + cols[None, :]
-        w_mask = (kk < H)[:, None] & col_mask[None, :]
-        w0 = tl.load(w_ptrs, mask=w_mask, other=0.0)
-        w1 = w0
-        w2 = w0
-        w3 = w0
-        if GATES > 1:
-            w1 = tl.load(w_ptrs + H * H, mask=w_mask, other=0.0)
-        if GATES > 2:
-            w2 = tl.load(w_ptrs + 2 * H * H, mask=w_mask, other=0.0)
-        if GATES > 3:
-            w3 = tl.load(w_ptrs + 3 * H * H, mask=w_mask, other=0.0)
-    return w0, w1, w2, w3
+def tf32_operand(x, PRECISION: tl.constexpr):
+    """``x`` rounded to TF32 when the dot it feeds runs in TF32 (as cuDNN does), else ``x``."""
+    if PRECISION == "tf32":
+        return tf32_round(x)
+    else:
+        return x
 
 
 @triton.jit
-def forward_gemm(h_rows, row_mask, w_hh_ptr, cols, col_mask, w0, w1, w2, w3, H,
+def load_slab(w_hh_ptr, H, GATES: tl.constexpr, PRECISION: tl.constexpr, BLOCK_H: tl.constexpr,
+              SLAB_K: tl.constexpr, FORWARD: tl.constexpr):
+    """This program's ``W_hh`` slab, loaded once before the time loop, with every gate stacked
+    into one dot operand (zero in padding rows, columns and gate slots):
+
+    ``[SLOTS * BLOCK_H, SLAB_K]``, row ``g * BLOCK_H + u``, column ``k``:
+
+    - ``FORWARD``: ``W_hh[g*H + unit u, k]`` (the GEMM ``W_hh[g*H + units] @ h^T``);
+    - backward: ``W_hh[g*H + k, unit u]`` (the GEMM ``W_hh[g*H : g*H + H, units]^T @ dgates_g^T``).
+
+    One dot operand with M = ``SLOTS * BLOCK_H`` (64 for 3-4 gates), which sm_90's wgmma
+    reads from shared memory.
+
+    ``SLOTS``: ``GATES`` padded to a power of two. TF32 dots get the slab rounded once. ``SLAB_K == 0`` (W_hh
+    streamed): a ``(1, 1)`` placeholder, never read.
+    """
+    SLOTS: tl.constexpr = GATES + (GATES == 3)  # gate slots: GATES padded to 1, 2 or 4
+    w = tl.zeros((1, 1), dtype=w_hh_ptr.dtype.element_ty)
+    if SLAB_K > 0:
+        r = tl.arange(0, SLOTS * BLOCK_H)
+        gate = r // BLOCK_H
+        unit = tl.program_id(0) * BLOCK_H + r % BLOCK_H
+        kk = tl.arange(0, SLAB_K)
+        if FORWARD:
+            w_rows = (gate * H + unit).to(tl.int64)
+            w_mask = ((gate < GATES) & (unit < H))[:, None] & (kk < H)[None, :]
+            w = tl.load(w_hh_ptr + w_rows[:, None] * H + kk[None, :], mask=w_mask, other=0.0)
+        else:
+            w_rows = (gate * H)[:, None] + kk[None, :]  # W_hh row g*H + k of slab row (g, u), column k
+            w_mask = ((gate < GATES) & (unit < H))[:, None] & (kk < H)[None, :]
+            w = tl.load(w_hh_ptr + w_rows.to(tl.int64) * H + unit[:, None], mask=w_mask, other=0.0)
+        w = tf32_operand(w, PRECISION)
+    return w
+
+
+@triton.jit
+def split_gates(acc, GATES: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """The ``[SLOTS * BLOCK_H, BLOCK_B]`` result of a stacked dot as four ``[BLOCK_B, BLOCK_H]``
+    gate tiles (slot ``g`` from rows ``g * BLOCK_H ...``; zero tiles past the slots)."""
+    SLOTS: tl.constexpr = GATES + (GATES == 3)  # gate slots: GATES padded to 1, 2 or 4
+    a = tl.trans(acc)  # [BLOCK_B, SLOTS * BLOCK_H]
+    zero = tl.zeros((BLOCK_B, BLOCK_H), dtype=acc.dtype)
+    if SLOTS == 1:
+        return a, zero, zero, zero
+    elif SLOTS == 2:
+        a = tl.permute(tl.reshape(a, (BLOCK_B, 2, BLOCK_H)), (0, 2, 1))
+        g0, g1 = tl.split(a)
+        return g0, g1, zero, zero
+    else:
+        # Slot g = 2 * i + j of [B, u, i, j]: split j, then i.
+        a = tl.permute(tl.reshape(a, (BLOCK_B, 2, 2, BLOCK_H)), (0, 3, 1, 2))
+        even, odd = tl.split(a)
+        g0, g2 = tl.split(even)
+        g1, g3 = tl.split(odd)
+        return g0, g1, g2, g3
+
+
+@triton.jit
+def forward_gemm(h_rows, row_mask, w_hh_ptr, cols, col_mask, w_slab, H,
                  GATES: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
                  BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, SLAB_K: tl.constexpr):
     """``h_{t-1} @ W_hh[g*H + units]^T`` for each gate ``g``: four ``BLOCK_B x BLOCK_H`` ACC
     tiles (zero past ``GATES``). ``h_rows``: a pointer to each row's ``h_{t-1}``
-    (:func:`state_rows`); ``w0..w3``: the slab (``SLAB_K > 0``), else streamed here."""
+    (:func:`state_rows`); ``w_slab``: the stacked slab (``SLAB_K > 0``, :func:`load_slab`),
+    one dot ``w_slab @ h^T``; else ``W_hh`` streamed here."""
     acc0 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
     acc1 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
     acc2 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
     acc3 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
     if SLAB_K > 0:
         kk = tl.arange(0, SLAB_K)
-        h = tl.load(h_rows[:, None] + kk[None, :], mask=row_mask[:, None] & (kk < H)[None, :], other=0.0)
-        acc0 = tl.dot(h, w0, acc0, input_precision=PRECISION)
-        if GATES > 1:
-            acc1 = tl.dot(h, w1, acc1, input_precision=PRECISION)
-        if GATES > 2:
-            acc2 = tl.dot(h, w2, acc2, input_precision=PRECISION)
-        if GATES > 3:
-            acc3 = tl.dot(h, w3, acc3, input_precision=PRECISION)
+        h_t = tl.load(h_rows[None, :] + kk[:, None], mask=(kk < H)[:, None] & row_mask[None, :], other=0.0)
+        h_t = tf32_operand(h_t, PRECISION)
+        acc = tl.dot(w_slab, h_t, input_precision=PRECISION, out_dtype=ACC)
+        acc0, acc1, acc2, acc3 = split_gates(acc, GATES, BLOCK_B, BLOCK_H)
     else:
         for k0 in range(0, H, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
             k_in = ks < H
             h = tl.load(h_rows[:, None] + ks[None, :], mask=row_mask[:, None] & k_in[None, :], other=0.0)
+            h = tf32_operand(h, PRECISION)
             # W_hh^T chunk of gate g: [k, u] = W_hh[g*H + u, k].
             w_ptrs = w_hh_ptr + cols[None, :] * H + ks[:, None]
             w_mask = k_in[:, None] & col_mask[None, :]
-            acc0 = tl.dot(h, tl.load(w_ptrs, mask=w_mask, other=0.0), acc0, input_precision=PRECISION)
+            w = tf32_operand(tl.load(w_ptrs, mask=w_mask, other=0.0), PRECISION)
+            acc0 = tl.dot(h, w, acc0, input_precision=PRECISION)
             if GATES > 1:
-                w = tl.load(w_ptrs + H * H, mask=w_mask, other=0.0)
+                w = tf32_operand(tl.load(w_ptrs + H * H, mask=w_mask, other=0.0), PRECISION)
                 acc1 = tl.dot(h, w, acc1, input_precision=PRECISION)
             if GATES > 2:
-                w = tl.load(w_ptrs + 2 * H * H, mask=w_mask, other=0.0)
+                w = tf32_operand(tl.load(w_ptrs + 2 * H * H, mask=w_mask, other=0.0), PRECISION)
                 acc2 = tl.dot(h, w, acc2, input_precision=PRECISION)
             if GATES > 3:
-                w = tl.load(w_ptrs + 3 * H * H, mask=w_mask, other=0.0)
+                w = tf32_operand(tl.load(w_ptrs + 3 * H * H, mask=w_mask, other=0.0), PRECISION)
                 acc3 = tl.dot(h, w, acc3, input_precision=PRECISION)
     return acc0, acc1, acc2, acc3
 
@@ -194,29 +232,37 @@ def forward_cell(xg_ptr, y_ptr, gates_ptr, hn_ptr, off, rows, cols, mask, acc0, 
 
 
 @triton.jit
-def backward_gemm(dhg_ptr, s_off, rows, s_rows, w_hh_ptr, cols, col_mask, w0, w1, w2, w3, H,
+def backward_gemm(dhg_ptr, s_off, rows, s_rows, w_hh_ptr, cols, col_mask, w_slab, H,
                   GATES: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
                   BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, SLAB_K: tl.constexpr):
     """``dhg_s @ W_hh[:, units]`` for the rows active at step ``s`` (first row ``s_off``;
-    zero for the others): one ``BLOCK_B x BLOCK_H`` ACC tile. ``w0..w3``: the slab
-    (``SLAB_K > 0``), else streamed here."""
+    zero for the others): one ``BLOCK_B x BLOCK_H`` ACC tile. ``w_slab``: the stacked slab
+    (``SLAB_K > 0``, :func:`load_slab`), one dot for every gate; else ``W_hh`` streamed
+    here."""
     GH = GATES * H
     acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
-    dg_ptrs = dhg_ptr + (s_off + rows)[:, None] * GH
+    dg_rows = dhg_ptr + (s_off + rows) * GH
     if SLAB_K > 0:
+        # One dot for every gate: the operand holds gate g's dgates in columns g*B ..
+        # (g+1)*B - 1, so block (g, g') of the result is slab gate g times dgates of gate g';
+        # only the diagonal blocks are kept (the rest is MMA work an idle tensor core does
+        # instead of a dot with M = BLOCK_H = 16 per gate).
+        SLOTS: tl.constexpr = GATES + (GATES == 3)  # gate slots: GATES padded to 1, 2 or 4
         kk = tl.arange(0, SLAB_K)
-        a_mask = s_rows[:, None] & (kk < H)[None, :]
-        acc = tl.dot(tl.load(dg_ptrs + kk[None, :], mask=a_mask, other=0.0), w0, acc, input_precision=PRECISION)
-        if GATES > 1:
-            a = tl.load(dg_ptrs + H + kk[None, :], mask=a_mask, other=0.0)
-            acc = tl.dot(a, w1, acc, input_precision=PRECISION)
-        if GATES > 2:
-            a = tl.load(dg_ptrs + 2 * H + kk[None, :], mask=a_mask, other=0.0)
-            acc = tl.dot(a, w2, acc, input_precision=PRECISION)
-        if GATES > 3:
-            a = tl.load(dg_ptrs + 3 * H + kk[None, :], mask=a_mask, other=0.0)
-            acc = tl.dot(a, w3, acc, input_precision=PRECISION)
+        slot = tl.arange(0, SLOTS)
+        a_ptrs = dg_rows[None, None, :] + (slot * H)[None, :, None] + kk[:, None, None]
+        a_mask = (kk < H)[:, None, None] & (slot < GATES)[None, :, None] & s_rows[None, None, :]
+        a_t = tl.reshape(tl.load(a_ptrs, mask=a_mask, other=0.0), (SLAB_K, SLOTS * BLOCK_B))
+        a_t = tf32_operand(a_t, PRECISION)
+        r = tl.dot(w_slab, a_t, input_precision=PRECISION, out_dtype=ACC)  # [SLOTS*BLOCK_H, SLOTS*BLOCK_B]
+        if SLOTS == 1:
+            acc = tl.trans(r)
+        else:
+            r = tl.reshape(r, (SLOTS, BLOCK_H, SLOTS, BLOCK_B))
+            diagonal = (slot[:, None, None, None] == slot[None, None, :, None])
+            acc = tl.trans(tl.sum(tl.sum(tl.where(diagonal, r, 0.0), axis=2), axis=0))
     else:
+        dg_ptrs = dg_rows[:, None]
         for k0 in range(0, H, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
             k_in = ks < H
@@ -225,8 +271,8 @@ def backward_gemm(dhg_ptr, s_off, rows, s_rows, w_hh_ptr, cols, col_mask, w0, w1
             w_ptrs = w_hh_ptr + ks[:, None] * H + cols[None, :]
             w_mask = k_in[:, None] & col_mask[None, :]
             for gate in tl.static_range(GATES):
-                a = tl.load(dg_ptrs + gate * H + ks[None, :], mask=a_mask, other=0.0)
-                w = tl.load(w_ptrs + gate * H * H, mask=w_mask, other=0.0)
+                a = tf32_operand(tl.load(dg_ptrs + gate * H + ks[None, :], mask=a_mask, other=0.0), PRECISION)
+                w = tf32_operand(tl.load(w_ptrs + gate * H * H, mask=w_mask, other=0.0), PRECISION)
                 acc = tl.dot(a, w, acc, input_precision=PRECISION)
     return acc
 

@@ -21,9 +21,10 @@ own) uses the entries of the tabled cell it borrows from (:func:`resident_entrie
 **Cooperative tier** (:data:`COOPERATIVE`): ``cdiv(H, 16)`` programs of 16 hidden units
 each (all their gates), at most one per SM, with a grid barrier per step; ``W_hh`` is
 streamed from L2 in ``BLOCK_K`` chunks each step, or, where that compiles clean, kept on
-chip for the whole loop (``slab_k > 0``). One configuration per (dtype, dot precision,
+chip for the whole loop (``slab_k > 0``; the backward may still stream,
+``CoopConfig.backward_streams``). One configuration per (dtype, dot precision,
 ``slab_k``), the same for every kind, plus its register variants
-(:data:`COOPERATIVE_REGISTERS`, 16 and 64 rows per program): a launch whose batch fits
+(:data:`COOPERATIVE_REGISTERS`, 16 and, where they fit, 64 rows per program): a launch whose batch fits
 one tile of rows per program (:func:`cooperative_variant`) keeps the cell state and
 ``dh`` / ``dc`` in registers; a larger batch runs the tiled configuration. The report
 compiles every configuration for every kind and both directions. On a GPU the tier runs layers with ``H % 16 == 0`` (the launches specialise
@@ -154,10 +155,19 @@ class CoopConfig(NamedTuple):
     num_stages: int  # software-pipelining depth of the streamed chunk loop
     slab_k: int  # 0: stream W_hh from L2 each step; else its on-chip slab, padded to slab_k >= H
     registers: bool = False  # True: one tile of block_b rows per program, state in registers
+    backward_streams: bool = False  # True: the backward streams W_hh while the forward keeps the slab
+
+    @property
+    def backward_slab_k(self) -> int:
+        """``SLAB_K`` of the backward kernel: ``slab_k``, or 0 (``W_hh`` streamed in
+        ``block_k`` chunks) when ``backward_streams``."""
+        return 0 if self.backward_streams else self.slab_k
 
     @property
     def label(self) -> str:
         where = f"S{self.slab_k}" if self.slab_k else f"K{self.block_k}"
+        if self.slab_k and not self.backward_slab_k:
+            where += f"-bK{self.block_k}"  # the backward streams
         rows = f"R{self.block_b}" if self.registers else f"B{self.block_b}"
         return f"{rows}-H{self.block_h}-{where}-w{self.num_warps}s{self.num_stages}"
 
@@ -175,22 +185,27 @@ REFERENCE_SMS = 132
 # re-checks each. Every launch also passes maxnreg=255 (one program per SM leaves registers
 # to spare; without it ptxas capped some kernels at 128 registers and spilled).
 # Rejected, with their spills: fp32 IEEE (an FMA dot) with 2-3 stages, 8-24 B, so it runs
-# unpipelined; fp32 TF32 at BLOCK_K 32, 8-32 B; bf16 at BLOCK_K 64, 32 B; on-chip slabs of
-# 256 (bf16 forward 40-48 B at 8 warps, up to 392 B at 4) and fp32 slabs of 128 (TF32,
-# 16-40 B). So only fp16/bf16 keep W_hh on chip, for 64 < H <= 128.
-# A later sweep (LSTM and GRU, sm_80 and sm_90, 8 and 16 warps, 1 stage) of larger slabs
-# with both variants: clean only bf16 slab 256 at 16 warps (tiled, 16 rows) and fp32 slab
-# 256 / 512 at 16 rows; every slab of 512 or 1024 in bf16 spills 16-1384 B somewhere (at
-# 1024 the slab goes to shared memory, 164 KB, and the rest still spills), and 64-row
-# variants with a slab spill everywhere. Triton holds the slab as a dot operand in
-# registers: keeping W_hh on chip at large H needs explicit shared-memory residency.
+# unpipelined; fp32 TF32 at BLOCK_K 32, 8-32 B; bf16 at BLOCK_K 64, 32 B.
+# On-chip slabs (the gate-stacked form of fastrnn.kernels.cooperative, 8 warps, 1 stage;
+# H = next power of two up to the slab): the forward is clean at every slab whose
+# operands fit sm_80's shared memory: fp16/bf16 up to 1024 (164 KB), fp32 IEEE up to 512
+# (164 KB); fp32 TF32 up to 256 (TF32 512: 240 B of spill on sm_90). The backward's
+# stacked dot carries the dgates of every gate ([SLAB_K, SLOTS * BLOCK_B]) beside the
+# slab: clean for fp16/bf16 up to 256 (bf16 LSTM 512: 24-56 B of spill); fp32 TF32 at 256
+# spills 32-544 B, so fp32 backwards stream (``backward_streams``), as fp32 IEEE, whose
+# FMA dot at 128 spills 1.5 KB. 64-row register variants beside a slab only at 128
+# (fp16/bf16): at 1024 their [SLAB_K, 64] operand leaves no shared memory (256 KB).
 COOPERATIVE: dict[tuple[str, str, int], CoopConfig] = {
     ("float32", "ieee", 0): CoopConfig(16, COOP_BLOCK_H, 16, 4, 1, 0),
     ("float32", "tf32", 0): CoopConfig(16, COOP_BLOCK_H, 16, 4, 3, 0),
     ("float16", "ieee", 0): CoopConfig(16, COOP_BLOCK_H, 32, 4, 3, 0),
     ("bfloat16", "ieee", 0): CoopConfig(16, COOP_BLOCK_H, 32, 4, 3, 0),
-    ("float16", "ieee", 128): CoopConfig(16, COOP_BLOCK_H, 32, 8, 1, 128),
-    ("bfloat16", "ieee", 128): CoopConfig(16, COOP_BLOCK_H, 32, 8, 1, 128),
+    **{(name, "ieee", slab): CoopConfig(16, COOP_BLOCK_H, 32, 8, 1, slab, False, slab > 256)
+       for name in ("float16", "bfloat16") for slab in (128, 256, 512, 1024)},
+    **{("float32", "tf32", slab): CoopConfig(16, COOP_BLOCK_H, 16, 8, 1, slab, False, True)
+       for slab in (128, 256)},
+    **{("float32", "ieee", slab): CoopConfig(16, COOP_BLOCK_H, 16, 8, 1, slab, False, True)
+       for slab in (128, 256, 512)},
     # Triton's interpreter only (tests); never compiled, never chosen on a GPU.
     ("float64", "ieee", 0): CoopConfig(16, COOP_BLOCK_H, 16, 4, 1, 0),
 }
@@ -216,9 +231,10 @@ COOPERATIVE_REGISTERS: dict[tuple[str, str, int, int], CoopConfig] = {
     ("float16", "ieee", 0, 64): CoopConfig(64, COOP_BLOCK_H, 32, 4, 3, 0, True),
     ("bfloat16", "ieee", 0, 16): CoopConfig(16, COOP_BLOCK_H, 32, 4, 3, 0, True),
     ("bfloat16", "ieee", 0, 64): CoopConfig(64, COOP_BLOCK_H, 32, 4, 3, 0, True),
-    ("float16", "ieee", 128, 16): CoopConfig(16, COOP_BLOCK_H, 32, 8, 1, 128, True),
+    # The slab entries' 16-row variants (64 rows with a slab: only where it stays clean).
+    **{(name, precision, slab, 16): cfg._replace(block_b=16, registers=True)
+       for (name, precision, slab), cfg in COOPERATIVE.items() if slab},
     ("float16", "ieee", 128, 64): CoopConfig(64, COOP_BLOCK_H, 32, 8, 1, 128, True),
-    ("bfloat16", "ieee", 128, 16): CoopConfig(16, COOP_BLOCK_H, 32, 8, 1, 128, True),
     ("bfloat16", "ieee", 128, 64): CoopConfig(64, COOP_BLOCK_H, 32, 8, 1, 128, True),
     # Triton's interpreter only (tests); never compiled, never chosen on a GPU.
     ("float64", "ieee", 0, 16): CoopConfig(16, COOP_BLOCK_H, 16, 4, 1, 0, True),

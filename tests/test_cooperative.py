@@ -69,13 +69,15 @@ INTERPRETER_TIMEOUT_US = 30_000_000
 REGISTER_ROWS = (8, 16)
 
 
-def small_configs(hidden: int, slab: bool, block_h: int | None = None, registers=REGISTER_ROWS) -> tuple:
+def small_configs(hidden: int, slab: bool, block_h: int | None = None, registers=REGISTER_ROWS,
+                  backward_streams: bool = False) -> tuple:
     """Configurations that split ``hidden`` over at least 3 programs: the tiled one (8-row
-    tiles), then register variants of ``registers`` rows per program."""
+    tiles), then register variants of ``registers`` rows per program. ``backward_streams``:
+    the forward keeps the slab, the backward streams ``W_hh`` (as the table's large slabs)."""
     block_h = block_h or (4 if hidden <= 16 else 16)
     slab_k = triton_next_pow2(hidden) if slab else 0
-    tiled = cooperative.CoopConfig(8, block_h, 16, 4, 1, slab_k)
-    return (tiled, *(cooperative.CoopConfig(rows, block_h, 16, 4, 1, slab_k, True) for rows in registers))
+    tiled = cooperative.CoopConfig(8, block_h, 16, 4, 1, slab_k, False, backward_streams)
+    return (tiled, *(tiled._replace(block_b=rows, registers=True) for rows in registers))
 
 
 def ran(counter) -> set:
@@ -96,11 +98,14 @@ def coop(monkeypatch):
     monkeypatch.setattr(cooperative, "BARRIER_TIMEOUT_US", INTERPRETER_TIMEOUT_US)
     # 8 "SMs": H=16/40/64 (4/3/4 hidden slices) also get 2 groups of batch tiles.
     monkeypatch.setattr(coop_launcher, "sm_count", lambda device: SMS)
+    # fp32 GEMMs in IEEE precision (TF32 rounds the operands, also in the interpreter:
+    # test_tf32_rounds_the_operands covers it).
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     chosen = {}
 
-    def use(slab: bool, block_h: int | None = None, registers=REGISTER_ROWS):
+    def use(slab: bool, block_h: int | None = None, registers=REGISTER_ROWS, backward_streams: bool = False):
         def configs(dtype, hidden, tf32=False):
-            chosen[hidden] = small_configs(hidden, slab, block_h, registers)
+            chosen[hidden] = small_configs(hidden, slab, block_h, registers, backward_streams)
             return chosen[hidden]
 
         monkeypatch.setattr(cooperative, "cooperative_configs", configs)
@@ -241,6 +246,36 @@ def _check_case(coop, kind, dtype, hidden, batch, steps, packed, bidirectional, 
 @pytest.mark.parametrize(", ".join(FACTORS), QUICK)
 def test_cooperative_matches_reference(coop, kind, dtype, hidden, batch, steps, packed, bidirectional, slab, state):
     _check_case(coop, kind, dtype, hidden, batch, steps, packed, bidirectional, slab, state)
+
+
+@pytest.mark.parametrize("state", ["registers", "tiled"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_slab_forward_with_streamed_backward(coop, kind, state):
+    """The table's large slabs: the forward keeps W_hh on chip, the backward streams it
+    (``backward_streams``); every output and gradient as the reference (fp32, packed, both
+    directions)."""
+    chosen = coop(True, registers=REGISTER_ROWS if state == "registers" else (), backward_streams=True)
+    with count_launches() as n:
+        check_against_reference(kind, torch.float32, 5, 6, 40, True, True)
+    assert ran(n) == _expected_launches(5, state)
+    assert {(cfg.slab_k, cfg.backward_slab_k) for cfg in chosen[40]} == {(64, 0)}
+
+
+@pytest.mark.parametrize("slab", [False, True], ids=["stream", "slab"])
+def test_tf32_rounds_the_operands(coop, monkeypatch, slab):
+    """fp32 with TF32 allowed: the GEMM operands are rounded to TF32 (the interpreter runs the
+    same rounding as the compiled ``cvt.rna.tf32.f32``), so the run differs from the IEEE one
+    by TF32 rounding (~2^-11 relative per operand), not by more, and not by nothing."""
+    coop(slab)
+    problem = _problem("LSTM", 5, 6, 40, True, True)
+    ieee_out, ieee_grad = _run("LSTM", "triton", torch.float32, problem, True)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    tf32_out, tf32_grad = _run("LSTM", "triton", torch.float32, problem, True)
+    largest = 0.0
+    for a, e in zip(tf32_out + tf32_grad, ieee_out + ieee_grad):
+        torch.testing.assert_close(a, e, rtol=2e-2, atol=2e-2)
+        largest = max(largest, (a - e).abs().max().item())
+    assert largest > 1e-6  # the rounding happened
 
 
 @pytest.mark.parametrize(", ".join(FACTORS), FULL)
@@ -506,12 +541,17 @@ def test_forcing_cooperative_where_it_cannot_run_is_an_error(on_a_gpu, monkeypat
 
 
 def test_config_table_choices():
-    """What fits.COOPERATIVE gives: the on-chip slab only for fp16/bf16 with H in (64, 128]."""
-    assert fits.cooperative_config(torch.bfloat16, 128, False).slab_k == 128
-    assert fits.cooperative_config(torch.float16, 80, False).slab_k == 128
-    assert fits.cooperative_config(torch.bfloat16, 64, False).slab_k == 0
-    assert fits.cooperative_config(torch.bfloat16, 768, False).slab_k == 0
-    assert fits.cooperative_config(torch.float32, 128, True).slab_k == 0
+    """What fits.COOPERATIVE gives: the forward keeps W_hh on chip for fp16/bf16 with H in
+    (64, 1024], fp32 TF32 (64, 256], fp32 IEEE (64, 512]; the backward keeps it only for
+    fp16/bf16 up to 256; everything else streams."""
+    for dtype, tf32, largest, backward in ((torch.bfloat16, False, 1024, 256), (torch.float16, False, 1024, 256),
+                                           (torch.float32, True, 256, 0), (torch.float32, False, 512, 0)):
+        assert fits.cooperative_config(dtype, 64, tf32).slab_k == 0
+        for hidden in (80, 128, 200, 256, 384, 512, 768, 1024, 1040):
+            cfg = fits.cooperative_config(dtype, hidden, tf32)
+            slab = triton_next_pow2(hidden) if hidden <= largest else 0
+            assert cfg.slab_k == slab, (dtype, tf32, hidden)
+            assert cfg.backward_slab_k == (slab if slab <= backward else 0), (dtype, tf32, hidden)
     assert fits.cooperative_config(torch.float32, 768, True).num_stages > 1  # the TF32 stream is pipelined
     assert fits.cooperative_max_hidden(108) == 1728 and fits.cooperative_max_hidden(132) == 2112
 
@@ -526,23 +566,30 @@ def test_register_variants_of_the_table(dtype, tf32, hidden):
     configs = fits.cooperative_configs(dtype, hidden, tf32)
     tiled, *registers = configs
     assert tiled == fits.cooperative_config(dtype, hidden, tf32) and not tiled.registers
-    assert [(c.registers, c.block_b, c.slab_k, c.block_h) for c in registers] == [
-        (True, 16, tiled.slab_k, 16), (True, 64, tiled.slab_k, 16)]
+    # 64 rows per program beside a slab only for fp16/bf16 at 128 (larger slabs leave no
+    # shared memory for a [SLAB_K, 64] operand).
+    rows = (16, 64) if tiled.slab_k == 0 or (tiled.slab_k == 128 and dtype != torch.float32) else (16,)
+    assert [(c.registers, c.block_b, c.slab_k, c.backward_slab_k, c.block_h) for c in registers] == [
+        (True, r, tiled.slab_k, tiled.backward_slab_k, 16) for r in rows]
     groups = 132 // (hidden // 16)  # H=96: 6 slices, 22 groups; H=768: 48 slices, 2 groups
-    expected = {1: registers[0], 16 * groups: registers[0], 16 * groups + 1: registers[1],
-                64 * groups: registers[1], 64 * groups + 1: tiled}
+    expected = {1: registers[0], 16 * groups: registers[0]}
+    if len(rows) == 2:
+        expected.update({16 * groups + 1: registers[1], 64 * groups: registers[1], 64 * groups + 1: tiled})
+    else:
+        expected.update({16 * groups + 1: tiled})
     for batch, cfg in expected.items():
         assert fits.cooperative_variant(configs, hidden, batch, 132) == cfg, batch
-    assert fits.cooperative_max_register_batch(dtype, hidden, 132, tf32) == 64 * groups
+    assert fits.cooperative_max_register_batch(dtype, hidden, 132, tf32) == rows[-1] * groups
 
 
 def test_register_limits_on_common_gpus():
-    """The largest batch that runs the register variant (README table): 64 rows x the
-    groups left next to cdiv(H, 16) slices."""
+    """The largest batch that runs the register variant: the rows of its largest register
+    variant x the groups left next to cdiv(H, 16) slices; bf16 with an on-chip slab (H in
+    (128, 1024]) has 16-row variants only, the streamed H = 2048 64-row ones."""
     limits = {(sms, h): fits.cooperative_max_register_batch(torch.bfloat16, h, sms)
               for sms in (108, 132) for h in (256, 512, 768, 1024, 2048)}
-    assert limits == {(108, 256): 384, (108, 512): 192, (108, 768): 128, (108, 1024): 64, (108, 2048): 0,
-                      (132, 256): 512, (132, 512): 256, (132, 768): 128, (132, 1024): 128, (132, 2048): 64}
+    assert limits == {(108, 256): 96, (108, 512): 48, (108, 768): 32, (108, 1024): 16, (108, 2048): 0,
+                      (132, 256): 128, (132, 512): 64, (132, 768): 32, (132, 1024): 32, (132, 2048): 64}
 
 
 @pytest.mark.parametrize("batch, registers, rows", [(5, True, 8), (17, True, 16), (40, False, 8)])

@@ -135,7 +135,7 @@ def test_coop_batch_reaches_the_variant_the_tier_choice_picks(sms, hidden, tf32)
         rows = tuple(sorted(c.block_b for c in configs if c.registers))
         for variant in plan.COOP_VARIANTS:
             batch = plan.coop_batch(variant, hidden, sms, rows, fits.COOP_BLOCK_H)
-            if -(-hidden // fits.COOP_BLOCK_H) > sms:
+            if -(-hidden // fits.COOP_BLOCK_H) > sms or variant not in [f"R{r}" for r in rows] + ["tiled"]:
                 assert batch is None
                 continue
             cfg = fits.cooperative_variant(configs, hidden, batch, sms)

@@ -23,6 +23,7 @@ import pytest
 
 from fastrnn import cells
 from fastrnn.kernels import cooperative, fits, report, resident
+from fastrnn.kernels.precision import ENABLE_FP_FUSION
 from fastrnn.kernels.recurrent_step import CONFIGS, specialisations
 
 KINDS = tuple(c.name for c in cells.BUILTIN)
@@ -248,8 +249,8 @@ def test_cooperative_specialisations_are_the_fits_table():
     specs = cooperative.specialisations()
     gpu_entries = [key for key in fits.COOPERATIVE if key[0] != "float64"]
     gpu_registers = [key for key in fits.COOPERATIVE_REGISTERS if key[0] != "float64"]
-    assert len(gpu_registers) == 2 * len(gpu_entries)  # 16 and 64 rows per program, each entry
-    assert len(specs) == len(KINDS) * 2 * (len(gpu_entries) + len(gpu_registers)) == 144
+    assert {rows for *_, rows in gpu_registers} == {16, 64}  # rows per program of the register variants
+    assert len(specs) == len(KINDS) * 2 * (len(gpu_entries) + len(gpu_registers))
     assert {(fits.dtype_name(s.dtype), s.constexprs["PRECISION"], s.config) for s in specs} == {
         (name, precision, fits.COOPERATIVE[name, precision, slab]) for name, precision, slab in gpu_entries
     } | {(name, precision, fits.COOPERATIVE_REGISTERS[name, precision, slab, rows])
@@ -343,6 +344,7 @@ def test_anchor_choices_are_rows_of_the_report():
                     assert (f"{bwd}:{kind}", label, configs[1]) in keys, (kind, batch, hidden, label, gpu.name)
 
 
+
 class _CoopRecorder:
     """Stands in for a cooperative kernel: records the compile-time choices of each launch."""
 
@@ -350,8 +352,8 @@ class _CoopRecorder:
         self.kernel_name, self.seen = kernel_name, seen
 
     def __getitem__(self, grid):
-        def launch(*args, num_warps, num_stages, launch_cooperative_grid, maxnreg, **constexprs):
-            assert launch_cooperative_grid and maxnreg == 255
+        def launch(*args, num_warps, num_stages, launch_cooperative_grid, maxnreg, enable_fp_fusion, **constexprs):
+            assert launch_cooperative_grid and maxnreg == 255 and enable_fp_fusion == ENABLE_FP_FUSION
             pointers, ints = ((cooperative.FORWARD_POINTERS, cooperative.FORWARD_INTS) if "forward" in self.kernel_name
                               else (cooperative.BACKWARD_POINTERS, cooperative.BACKWARD_INTS))
             assert len(args) == len(pointers) + len(ints)
@@ -366,9 +368,10 @@ class _CoopRecorder:
 def test_cooperative_launcher_choices_are_all_in_the_report(monkeypatch, tf32):
     """Every (kernel, constexprs, warps, stages) a cooperative call launches on a GPU (here:
     a CPU call given the GPU's tier choice, on 12 SMs) is a listed specialisation, and these
-    calls reach every fp32 (this TF32 setting) and fp16 one: batches of 2 (the register
-    variant of 16 rows), 40 (of 64 rows: at H=96 / 160, 6 / 10 slices leave 2 / 1 groups)
-    and 200 (the tiled kernel)."""
+    calls reach every fp32 (this TF32 setting) and fp16 one: one hidden size per slab of the
+    table and one past them (streamed), each on twice as many SMs as it has slices: batches
+    of 2 (the register variant of 16 rows), 40 (of 64 rows where there is one: 1 group) and
+    200 (the tiled kernel)."""
     import torch
 
     from fastrnn.backends import triton as triton_backend
@@ -380,12 +383,12 @@ def test_cooperative_launcher_choices_are_all_in_the_report(monkeypatch, tf32):
     for name in ("forward", "backward"):
         monkeypatch.setattr(cooperative, f"cooperative_{name}_kernel", _CoopRecorder(f"coop-{name}", seen))
         monkeypatch.setattr(cooperative, f"cooperative_{name}_registers_kernel", _CoopRecorder(f"coop-reg-{name}", seen))
-    monkeypatch.setattr(coop_launcher, "sm_count", lambda device: 12)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
     monkeypatch.setenv("FASTRNN_TIER", "cooperative")
     for kind, gates in (("LSTM", 4), ("GRU", 3), ("RNN_TANH", 1), ("RNN_RELU", 1)):
         for dtype in (torch.float32, torch.float16):
-            for hidden in (96, 160):  # fp16: the on-chip slab (H <= 128) and the stream
+            for hidden in (96, 160, 288, 544, 1040):  # slabs 128 .. 1024, then the stream
+                monkeypatch.setattr(coop_launcher, "sm_count", lambda device, h=hidden: 2 * -(-h // 16))
                 for batch in (2, 40, 200):
                     x = torch.randn(2 * batch, 2, dtype=dtype, requires_grad=True)
                     w = [torch.randn(gates * hidden, 2, dtype=dtype),

@@ -228,8 +228,9 @@ def run_case(case: plan.CorrCase, env: Env) -> dict:
         rows = _coop_rows(s.hidden, dtype, tf32)
         batch = plan.coop_batch(case.variant, s.hidden, env.sms, rows, small=s.batch)
         if batch is None:
-            return dict(record, batch=None, status="n/a",
-                        why=f"H={s.hidden} needs more programs than the {env.sms} SMs")
+            why = (f"H={s.hidden} needs more programs than the {env.sms} SMs" if -(-s.hidden // 16) > env.sms
+                   else f"no {case.variant} variant for H={s.hidden} (register rows {rows})")
+            return dict(record, batch=None, status="n/a", why=why)
     record["batch"] = batch
     if case.kind not in BUILTIN and getattr(fastrnn, "Recurrent", None) is None:
         return dict(record, status="n/a", why="fastrnn.Recurrent (modules of a custom cell) is not available")

@@ -118,8 +118,8 @@ def coop_batch(variant: str, hidden: int, sms: int, register_rows=(16, 64), bloc
     """
     programs = -(-hidden // block_h)
     groups = sms // programs
-    if groups < 1:
-        return None
+    if groups < 1 or variant not in {f"R{r}" for r in register_rows} | {"tiled"}:
+        return None  # too many programs, or no such variant for this configuration
     lo, hi = min(register_rows), max(register_rows)
     if variant == f"R{lo}":
         return min(small, lo * groups)
