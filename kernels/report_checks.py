@@ -52,8 +52,8 @@ def w_hh_on_chip(spec) -> bool:
     """Whether ``spec`` claims to keep W_hh on chip for the whole time loop: its own
     ``w_hh_on_chip`` attribute when it has one, else what the tier does: the resident
     tier loads W_hh once before its loop (registers / shared memory); the cooperative tier
-    does where its configuration has an on-chip slab (``slab_k > 0``, :mod:`fits`), and
-    streams it from L2 each step otherwise; the step tier is one launch per step (W_hh is
+    does where its configuration has an on-chip slab for that direction (``slab_k`` forward,
+    ``backward_slab_k`` backward, :mod:`fits`), and streams it from L2 each step otherwise; the step tier is one launch per step (W_hh is
     read every step)."""
     claim = getattr(spec, "w_hh_on_chip", None)
     if claim is not None:
@@ -62,7 +62,8 @@ def w_hh_on_chip(spec) -> bool:
     if tier == "resident":
         return True
     if tier == "cooperative":
-        return bool(spec.config.slab_k)
+        backward = "backward" in spec.kernel_name
+        return bool(spec.config.backward_slab_k if backward else spec.config.slab_k)
     return False
 
 

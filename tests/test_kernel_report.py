@@ -1,5 +1,5 @@
 """The ahead-of-time compile report: every specialisation of the step, resident and
-cooperative tiers compiles for sm_80, sm_86, sm_89 and sm_90 with no spills and
+cooperative tiers compiles for sm_80 and sm_90 with no spills and
 shared memory within the per-block limit (and, for the resident tier, within what
 kernels/fits.py records, which the tier choice reads; a resident entry the tier choice
 never launches on an arch is marked so; for the cooperative tier, tiled kernels and
@@ -97,7 +97,7 @@ def test_kernel_report_all_rows_pass():
         assert 0 <= shared <= report.SHARED_LIMIT[int(m.group(5)[3:])], m.group(0)
         if m.group(1).startswith("coop"):
             assert int(m.group(13)) == 1, m.group(0)  # one grid barrier per step
-    assert {m.group(5) for m in rows} == {f"sm_{a}" for a in report.ARCHS} >= {"sm_80", "sm_86", "sm_89", "sm_90"}
+    assert {m.group(5) for m in rows} == {f"sm_{a}" for a in report.ARCHS} >= {"sm_80", "sm_90"}
 
 
 def test_report_refuses_under_interpreter():
