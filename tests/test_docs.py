@@ -79,6 +79,8 @@ def test_compile_report_rows_all_pass():
     """Every row of torch's cells passes, or is a row the tier choice never launches on its
     arch (a resident entry whose shared memory passes that arch's limit); no launched row
     spills. (The example cell's rows are the report's verdict on a user's code.)"""
+    from fastrnn import cells
+
     torch_cells = tuple(f":{c.name}" for c in cells.BUILTIN)
     rows = [row for row in _report_rows(COMPILE_REPORT.read_text()) if row[0].endswith(torch_cells)]
     launched = [row for row in rows if not row[-1].startswith("not launched on this arch")]
