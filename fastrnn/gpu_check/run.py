@@ -44,15 +44,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _ensure_interpreter(argv) -> None:
-    """Triton's interpreter must be on before any kernel module is imported (``@triton.jit``
-    reads it then): set it, or, if a kernel module is already loaded, start again with it set."""
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return
-    loaded = [m for m in sys.modules if m.startswith("fastrnn.kernels.") or m.startswith("fastrnn.backends.triton")]
-    os.environ["TRITON_INTERPRET"] = "1"
-    if loaded:
-        os.execv(sys.executable, [sys.executable, "-m", "fastrnn.gpu_check", *argv])
+def _interpreted() -> bool:
+    """Whether fastrnn's kernels were built for Triton's interpreter (the caller switched it
+    on before starting this process, as the dry run needs; docs/environment.md)."""
+    from fastrnn.backends import triton as triton_backend
+
+    return triton_backend._interpreted()
 
 
 def _git() -> tuple[str | None, bool | None]:
@@ -110,10 +107,13 @@ def load_custom_cells(log) -> list[str]:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    if args.dry_run:
-        _ensure_interpreter(argv)
-    elif os.environ.get("TRITON_INTERPRET") == "1":
-        print("gpu_check: TRITON_INTERPRET=1 is set; unset it for a GPU run (or pass --dry-run)", file=sys.stderr)
+    if args.dry_run and not _interpreted():
+        print("gpu_check: --dry-run runs the kernels in Triton's interpreter: switch it on for this process "
+              "(docs/environment.md)", file=sys.stderr)
+        return 2
+    if not args.dry_run and _interpreted():
+        print("gpu_check: Triton's interpreter is on in this process; switch it off for a GPU run (or pass "
+              "--dry-run)", file=sys.stderr)
         return 2
     import torch
 
