@@ -81,6 +81,18 @@ def saved(cell, save: bool, gates, c_seq, extra) -> tuple:
     return (gates, c_seq) if cell.has_cell_state else (gates, extra)
 
 
+def forward_result(cell, save: bool, y, c_buf, gates, extra, schedule, reverse: bool):
+    """The :class:`~fastrnn.backends.base.ForwardResult` of a tier that writes every step's
+    ``y`` (and, with ``save``, every step's ``c``; else the final ``(B, H)`` ``c``) in
+    schedule order: ``h_n`` / ``c_n`` are read from the rows of each sequence's last step."""
+    from ..base import ForwardResult
+
+    c_n = None
+    if cell.has_cell_state:
+        c_n = (schedule.final(c_buf, reverse) if save else c_buf).to(y.dtype)
+    return ForwardResult(y, schedule.final(y, reverse), c_n, saved(cell, save, gates, c_buf, extra))
+
+
 def unpack_saved(cell, saved_tuple, dummy_io, dummy_acc) -> tuple:
     """``(gates, e, c_seq)`` from a ``saved`` tuple, placeholders where the cell has none."""
     if not saved_tuple:

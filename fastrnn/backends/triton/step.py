@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from ...schedule import Schedule
-from ..base import BackwardResult, ForwardResult
+from ..base import BackwardResult
 from . import buffers
 
 
@@ -71,11 +71,7 @@ def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: boo
             torch.mm(m_buf[:bs], w_hr_t, out=y[off : off + bs])
         prev_off, n_prev = off, bs
 
-    c_n = None
-    if has_c:
-        c_n = (schedule.final(c_buf, reverse) if save else c_buf).to(dtype)
-    saved = buffers.saved(cell, save, gates, c_buf, extra)
-    return ForwardResult(y, schedule.final(y, reverse), c_n, saved)
+    return buffers.forward_result(cell, save, y, c_buf, gates, extra, schedule, reverse)
 
 
 def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule: Schedule, reverse: bool,
