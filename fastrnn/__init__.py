@@ -7,8 +7,12 @@ run as a layer by :class:`Recurrent`. See README.md.
 
 from . import cells, functional
 from .cells import Cell
+from .layer_norm import LayerNormGRU, LayerNormGRUCell, LayerNormLSTM, LayerNormLSTMCell
 from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 from .recurrent import Recurrent
 
-__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "Recurrent", "Cell", "cells", "functional"]
+__all__ = [
+    "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "Recurrent", "Cell", "cells", "functional",
+    "LayerNormLSTM", "LayerNormGRU", "LayerNormLSTMCell", "LayerNormGRUCell",
+]
 __version__ = "0.1.0"

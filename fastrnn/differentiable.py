@@ -41,6 +41,7 @@ class _Step(NamedTuple):
     extra: torch.Tensor | None  # e of the cell
     h: torch.Tensor  # the cell's output (m, before the projection, with W_hr)
     c: torch.Tensor | None  # (bs, H)
+    cut: torch.Tensor | None  # (bs, 1) bool: the state entering this step was zeroed
 
 
 def _update(state, new, bs):
@@ -53,12 +54,29 @@ def _slots(block, hidden, gates, zero):
     return parts + [zero] * (MAX_GATES - gates)
 
 
-def _forward(cell: Cell, x, schedule: Schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
-    """Run the layer; returns ``(y (N, P), h_n, c_n | None, steps)``."""
+def _zeroed(state, cut):
+    return state if (cut is None or state is None) else torch.where(cut, 0, state)
+
+
+def _forward(cell: Cell, x, schedule: Schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, params=None,
+             resets=None):
+    """Run the layer; returns ``(y (N, P), h_n, c_n | None, steps)``.
+
+    ``x`` is the input projection itself when ``w_ih`` is None; ``params`` the cell's
+    ``p``; ``resets`` ``(N,)`` bool (see :mod:`fastrnn.engine`).
+    """
     apart = cell.recurrent_apart
-    fold = b_ih is not None and not apart
-    xg = F.linear(x, w_ih, (b_ih + b_hh) if fold else b_ih)
+    fold = b_hh is not None and not apart
+    bias = b_ih
+    if fold:
+        bias = b_hh if b_ih is None else b_ih + b_hh
+    if w_ih is None:
+        xg = x if bias is None else x + bias
+    else:
+        xg = F.linear(x, w_ih, bias)
     inner_bias = b_hh if apart else None
+    p = () if params is None else (params,)
+    entering = None if resets is None else schedule.entering_resets(resets, reverse).unsqueeze(1)
     gates = cell.gates
     hidden = w_hh.shape[0] // gates
     zero = xg.new_zeros(schedule.batch, hidden)
@@ -66,15 +84,16 @@ def _forward(cell: Cell, x, schedule: Schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, 
     ys, steps = [None] * schedule.steps, []
     for t in schedule.order(reverse):
         lo, bs = schedule.offsets[t], schedule.batch_sizes[t]
-        hp = h[:bs]
-        cp = None if c is None else c[:bs]
+        cut = None if entering is None else entering[lo : lo + bs]
+        hp = _zeroed(h[:bs], cut)
+        cp = None if c is None else _zeroed(c[:bs], cut)
         rec = F.linear(hp, w_hh, inner_bias)
         z = zero[:bs]
         out, c_new, *kept = cell.torch_forward(
-            *_slots(xg[lo : lo + bs], hidden, gates, z), *_slots(rec, hidden, gates, z), hp, cp
+            *_slots(xg[lo : lo + bs], hidden, gates, z), *_slots(rec, hidden, gates, z), hp, cp, *p
         )
         h_new = out if w_hr is None else F.linear(out, w_hr)
-        steps.append(_Step(t, hp, cp, tuple(kept[:MAX_GATES]), kept[MAX_GATES], out, c_new))
+        steps.append(_Step(t, hp, cp, tuple(kept[:MAX_GATES]), kept[MAX_GATES], out, c_new, cut))
         ys[t] = h_new
         h = _update(h, h_new, bs)
         if c is not None:
@@ -82,19 +101,22 @@ def _forward(cell: Cell, x, schedule: Schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, 
     return torch.cat(ys), h, c, steps
 
 
-def layer(kind: Cell, x, schedule: Schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse: bool):
+def layer(kind: Cell, x, schedule: Schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse: bool, params=None,
+          resets=None):
     """One layer-direction: ``(y (N, P), h_n (B, P), c_n (B, H) | None)``, differentiable."""
-    y, h_n, c_n, _ = _forward(kind, x, schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+    y, h_n, c_n, _ = _forward(kind, x, schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, params, resets)
     return y, h_n, c_n
 
 
 def layer_backward(kind: Cell, x, schedule: Schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse: bool,
-                   dy, dh_n, dc_n):
-    """Gradients of ``(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)`` (``None`` for an absent
-    input) for output gradients ``dy (N, P)``, ``dh_n (B, P)``, ``dc_n (B, H) | None``,
+                   dy, dh_n, dc_n, params=None, resets=None):
+    """Gradients of ``(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params)`` (``None`` for an
+    absent input) for output gradients ``dy (N, P)``, ``dh_n (B, P)``, ``dc_n (B, H) | None``,
     computed with differentiable torch ops from the inputs alone."""
     cell = kind
-    _, _, _, steps = _forward(cell, x, schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+    _, _, _, steps = _forward(cell, x, schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, params, resets)
+    p = () if params is None else (params,)
+    dparams = None
     gates = cell.gates
     apart = cell.recurrent_apart
     dh, dc = dh_n, (dc_n if cell.has_cell_state else None)
@@ -108,8 +130,10 @@ def layer_backward(kind: Cell, x, schedule: Schedule, h0, c0, w_ih, w_hh, b_ih, 
             ms.append(s.h)
             dms.append(dh_t)
         grads = cell.torch_backward(
-            dm, None if dc is None else dc[:bs], *s.kept, s.extra, s.c, s.c_prev, s.h, s.h_prev
+            dm, None if dc is None else dc[:bs], *s.kept, s.extra, s.c, s.c_prev, s.h, s.h_prev, *p
         )
+        if params is not None:
+            dparams = grads[2 * MAX_GATES + 2] if dparams is None else dparams + grads[2 * MAX_GATES + 2]
         dx_t = torch.cat(grads[:gates], 1) if gates > 1 else grads[0]
         if apart:
             dr = grads[MAX_GATES : MAX_GATES + gates]
@@ -119,8 +143,9 @@ def layer_backward(kind: Cell, x, schedule: Schedule, h0, c0, w_ih, w_hh, b_ih, 
         dh_prev = dh_t_g @ w_hh
         if cell.direct_h_grad:
             dh_prev = dh_prev + grads[2 * MAX_GATES]
+        dh_prev = _zeroed(dh_prev, s.cut)  # (no gradient crosses a reset)
         if dc is not None:
-            dc = _update(dc, grads[2 * MAX_GATES + 1], bs)
+            dc = _update(dc, _zeroed(grads[2 * MAX_GATES + 1], s.cut), bs)
         dxg[s.t], dhg[s.t] = dx_t, dh_t_g
         h_prevs.append(s.h_prev)
         dh = _update(dh, dh_prev, bs)
@@ -128,11 +153,11 @@ def layer_backward(kind: Cell, x, schedule: Schedule, h0, c0, w_ih, w_hh, b_ih, 
     # dW_hh pairs each step's recurrent-gate gradient with the state it read.
     dhg_steps = torch.cat([dhg[s.t] for s in reversed(steps)])
     dw_hh = dhg_steps.t() @ torch.cat(h_prevs)
-    db_ih = db_hh = None
-    if b_ih is not None:
-        db_ih = dxg_all.sum(0)
-        db_hh = dhg_steps.sum(0)
+    db_ih = dxg_all.sum(0) if b_ih is not None else None
+    db_hh = dhg_steps.sum(0) if b_hh is not None else None
     dw_hr = None
     if w_hr is not None:
         dw_hr = torch.cat(dms).t() @ torch.cat(ms)
-    return dxg_all @ w_ih, dh, dc, dxg_all.t() @ x, dw_hh, db_ih, db_hh, dw_hr
+    if w_ih is None:
+        return dxg_all, dh, dc, None, dw_hh, db_ih, db_hh, dw_hr, dparams
+    return dxg_all @ w_ih, dh, dc, dxg_all.t() @ x, dw_hh, db_ih, db_hh, dw_hr, dparams

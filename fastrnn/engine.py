@@ -4,11 +4,17 @@ A time-loop backend (``reference``, ``triton``; interface in :mod:`fastrnn.backe
 only runs the recurrence over a precomputed input projection. :class:`LoopLayer` turns it
 into a *layer implementation*, the three functions :mod:`fastrnn.ops` calls:
 
-Forward:  ``xg = x @ W_ih^T + b`` for all ``N`` rows in one GEMM, then the backend's
-          forward time loop, which saves only what its backward loop needs.
+Forward:  ``xg = x @ W_ih^T + b`` for all ``N`` rows in one GEMM (``x`` is ``xg`` already
+          when ``w_ih`` is None: the caller projected and normalised it), then the
+          backend's forward time loop, which saves only what its backward loop needs.
 Backward: the backend's reverse time loop gives the gate gradients of every step and
           ``dh0`` / ``dc0``; ``dx``, ``dW_ih``, ``dW_hh`` and the biases are then
           whole-sequence GEMMs and reductions here.
+
+Two optional inputs reach the time loop: ``params``, the cell's per-unit parameters
+``(param_rows, H)`` (peepholes, LayerNorm gains), and ``resets``, one bool per row: the
+row's sequence starts a new episode at that step. The loop receives ``resets`` for its own
+direction (:meth:`Schedule.entering_resets`): the state *entering* a row's step is zero.
 
 No autograd graph is built by any of this: :mod:`fastrnn.ops` registers the backward.
 """
@@ -34,6 +40,7 @@ class LayerGrads(NamedTuple):
     b_ih: torch.Tensor | None
     b_hh: torch.Tensor | None
     w_hr: torch.Tensor | None
+    params: torch.Tensor | None = None
 
 
 class LoopLayer:
@@ -48,45 +55,76 @@ class LoopLayer:
         self.backend = backend
         self.name = backend.name
 
+    @staticmethod
+    def _extras(schedule, reverse, params, resets) -> dict:
+        """The optional time-loop arguments, given to the backend only when present."""
+        extras = {}
+        if params is not None:
+            extras["params"] = params
+        if resets is not None:
+            extras["resets"] = schedule.entering_resets(resets, reverse)
+        return extras
+
     def layer_forward(self, kind: CellKind, x, schedule: Schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                      reverse: bool, save: bool):
+                      reverse: bool, save: bool, params=None, resets=None):
         """``(y (N, P), h_n (B, P), c_n (B, H) | None, saved)`` of one layer-direction.
 
-        ``x`` is ``(N, I)`` flat rows ordered by ``schedule``; ``saved`` is the backend's
-        private tuple for :meth:`layer_backward` (empty unless ``save``).
+        ``x`` is ``(N, I)`` flat rows ordered by ``schedule`` (``(N, G*H)``, the input
+        projection itself, when ``w_ih`` is None); ``saved`` is the backend's private tuple
+        for :meth:`layer_backward` (empty unless ``save``); ``resets`` ``(N,)`` bool or None.
         """
-        fold_bias = b_ih is not None and not kind.recurrent_bias_inside
-        if b_ih is None:
+        fold_bias = b_hh is not None and not kind.recurrent_bias_inside
+        bias = b_ih
+        if fold_bias:
+            bias = b_hh if b_ih is None else b_ih + b_hh
+        if w_ih is None:
+            xg = x.clone() if bias is None else x + bias  # (the backend may overwrite xg)
+        elif bias is None:
             xg = x @ w_ih.t()
         else:
-            xg = torch.addmm(b_ih + b_hh if fold_bias else b_ih, x, w_ih.t())
+            xg = torch.addmm(bias, x, w_ih.t())
         inner_bias = b_hh if (b_hh is not None and kind.recurrent_bias_inside) else None
-        res = self.backend.forward(kind, xg, w_hh, inner_bias, w_hr, h0, c0, schedule, reverse, save)
+        res = self.backend.forward(kind, xg, w_hh, inner_bias, w_hr, h0, c0, schedule, reverse, save,
+                                   **self._extras(schedule, reverse, params, resets))
         return res.y, res.h_n, res.c_n, tuple(res.saved)
 
     def layer_backward(self, kind: CellKind, schedule: Schedule, reverse: bool, x, h0, c0, w_ih, w_hh,
-                       b_ih, b_hh, w_hr, y, saved, dy, dh_n, dc_n, needs) -> LayerGrads:
-        """Gradients of ``(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)``, None where ``needs`` is False."""
+                       b_ih, b_hh, w_hr, y, saved, dy, dh_n, dc_n, needs, params=None, resets=None) -> LayerGrads:
+        """Gradients of ``(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params)``, None where
+        ``needs`` is False (``needs`` may leave out ``params``)."""
         inner_bias = b_hh if (b_hh is not None and kind.recurrent_bias_inside) else None
+        extras = self._extras(schedule, reverse, params, resets)
         res = self.backend.backward(
             kind, tuple(saved), w_hh, inner_bias, w_hr, h0, c0, y,
             dy.contiguous(), dh_n.contiguous(), dc_n.contiguous() if dc_n is not None else None,
-            schedule, reverse,
+            schedule, reverse, **extras,
         )
-        need_x, need_h0, need_c0, need_w_ih, need_w_hh, need_b_ih, need_b_hh, need_w_hr = needs
-        has_bias = b_ih is not None
-        dx = res.dxg @ w_ih if need_x else None
-        dw_ih = res.dxg.t() @ x if need_w_ih else None
-        dw_hh = schedule.previous_product(res.dhg, y, h0, reverse) if need_w_hh else None
-        db_ih = res.dxg.sum(0) if (has_bias and need_b_ih) else None
+        need_x, need_h0, need_c0, need_w_ih, need_w_hh, need_b_ih, need_b_hh, need_w_hr, *need_p = needs
+        if w_ih is None:
+            dx = res.dxg if need_x else None
+            dw_ih = None
+        else:
+            dx = res.dxg @ w_ih if need_x else None
+            dw_ih = res.dxg.t() @ x if need_w_ih else None
+        dw_hh = None
+        if need_w_hh:
+            if resets is None:
+                dw_hh = schedule.previous_product(res.dhg, y, h0, reverse)
+            else:
+                prev = schedule.previous(y, h0, reverse)
+                dw_hh = res.dhg.t() @ torch.where(extras["resets"].unsqueeze(1), 0, prev)
+        db_ih = res.dxg.sum(0) if (b_ih is not None and need_b_ih) else None
         db_hh = None
-        if has_bias and need_b_hh:
+        if b_hh is not None and need_b_hh:
             db_hh = db_ih.clone() if (res.dhg is res.dxg and db_ih is not None) else res.dhg.sum(0)
+        dparams = res.dparams if (params is not None and need_p and need_p[0]) else None
         return LayerGrads(
             dx, res.dh0 if need_h0 else None, res.dc0 if need_c0 else None, dw_ih, dw_hh, db_ih, db_hh,
-            res.dw_hr if need_w_hr else None,
+            res.dw_hr if need_w_hr else None, dparams,
         )
 
-    def saved_layout(self, kind: CellKind, rows, batch, input_size, hidden, proj, dtype, save):
+    def saved_layout(self, kind: CellKind, rows, batch, input_size, hidden, proj, dtype, save, resets=False):
         """``[(shape, dtype), ...]`` of ``saved`` from sizes alone (for fake tensors)."""
+        if resets:
+            return self.backend.saved_layout(kind, rows, hidden, dtype, save, resets=True, proj=bool(proj))
         return self.backend.saved_layout(kind, rows, hidden, dtype, save)

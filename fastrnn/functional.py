@@ -19,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import torch
@@ -111,6 +112,31 @@ def _sequence(x: torch.Tensor, schedule: Schedule):
     return x, torch.tensor(schedule.batch_sizes, dtype=torch.int64)
 
 
+def _with_resets(name: str, backend: str | None, device: torch.device) -> str:
+    """The backend that runs a call with ``resets``: torch's kernels have no resets, so
+    ``auto`` runs ``reference`` where it would have run them; asking for them is an error."""
+    requested = backend if backend is not None else (backends.env_backend() or "auto")
+    if name == "native":
+        if requested == "native":
+            raise RuntimeError(
+                "fastrnn: backend 'native' runs torch's own kernels, which cannot reset the state inside a "
+                "sequence; use backend='reference' or 'auto' for resets"
+            )
+        return "reference"
+    if name == "triton":
+        reason = backends.triton_refuses_resets()
+        if reason is not None:
+            if requested == "triton":
+                raise RuntimeError(f"fastrnn: backend='triton' cannot run resets: {reason}")
+            warnings.warn(
+                f"fastrnn: the triton backend cannot run resets ({reason}); using the reference backend, "
+                "a step-by-step PyTorch loop. Pass backend='reference' to silence this warning.",
+                RuntimeWarning, stacklevel=4,
+            )
+            return "reference"
+    return name
+
+
 def recurrent_layer(
     kind,
     x: torch.Tensor,
@@ -199,12 +225,21 @@ def stack(
     training: bool = False,
     backend: str | None = None,
     cell: bool = False,
+    params: Sequence[torch.Tensor] | None = None,
+    input_norm: tuple | None = None,
+    resets: torch.Tensor | None = None,
 ):
     """:func:`recurrent_stack` on the ops' sequence form, what the modules call.
 
     ``x`` is ``(T, B, I)`` padded (``batch_sizes`` None) or ``(N, I)`` packed rows with the
     ``PackedSequence``'s ``batch_sizes``. No Python value here depends on ``T``, so
     ``torch.compile`` traces it once for every sequence length.
+
+    ``params``: the cell's per-unit parameters of each layer-direction (``(param_rows, H)``).
+    ``input_norm``: ``(weights, biases, eps)``, a LayerNorm over the ``G*H`` features of each
+    layer-direction's input projection (LayerNorm cells), applied before its time loop.
+    ``resets``: bool, ``(T, B)`` padded or ``(N,)`` packed, True where a sequence starts a
+    new episode; every layer and direction restarts there from a zero state.
 
     Returns:
         ``(y, h_n (L*D, B, P), c_n (L*D, B, H) | None)``, ``y`` shaped like ``x`` with
@@ -224,11 +259,20 @@ def stack(
 
         x, h0, c0 = to(x), to(h0), to(c0)
         weights = [tuple(to(w) for w in layer) for layer in weights]
+        params = None if params is None else [to(p) for p in params]
+        if input_norm is not None:
+            input_norm = ([to(w) for w in input_norm[0]], [to(b) for b in input_norm[1]], input_norm[2])
     check_tensors(x, h0, c0, weights)
     call = _call(kind, x, batch_sizes, h0, c0, weights)
+    if params is not None or input_norm is not None:
+        extra = list(params or ()) + (list(input_norm[0]) + list(input_norm[1]) if input_norm else [])
+        needs_grad = call.needs_grad or (torch.is_grad_enabled() and any(t.requires_grad for t in extra))
+        call = call._replace(needs_grad=needs_grad)
     name = backends.resolve_name(backend, x.device, call)
     if name == "native":
         backends.native.refuse_cell(kind)
+    if resets is not None:
+        name = _with_resets(name, backend, x.device)
     if name == "native" and not call.needs_grad and ops.eager_call(x):
         ops.refuse_forward_ad((x, h0, c0, *(w for layer in weights for w in layer)))
         # Inference on torch's own kernels, eagerly: the whole stack in the one call
@@ -244,8 +288,15 @@ def stack(
         outputs = []
         for d in range(directions):
             idx = layer * directions + d
+            layer_x, layer_weights = x, weights[idx]
+            if input_norm is not None:
+                w_ih, w_hh, b_ih, b_hh, w_hr = layer_weights
+                proj = F.linear(x, w_ih, b_ih)
+                layer_x = F.layer_norm(proj, (proj.shape[-1],), input_norm[0][idx], input_norm[1][idx], input_norm[2])
+                layer_weights = (None, w_hh, None, b_hh, w_hr)
             y, h, c = ops.layer(
-                kind, name, x, batch_sizes, h0[idx], None if c0 is None else c0[idx], weights[idx], d == 1
+                kind, name, layer_x, batch_sizes, h0[idx], None if c0 is None else c0[idx], layer_weights, d == 1,
+                None if params is None else params[idx], resets,
             )
             outputs.append(y)
             h_n.append(h)

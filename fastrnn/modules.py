@@ -11,7 +11,10 @@ of a model holding a fastrnn layer must work. ``isinstance(m, torch.nn.RNNBase)`
 The cells subclass their ``torch.nn`` namesakes directly.
 
 One extra keyword, ``backend`` (``"auto"``, ``"reference"``, ``"triton"``, ``"native"``,
-or None to follow ``FASTRNN_BACKEND``).
+or None to follow ``FASTRNN_BACKEND``); ``LSTM`` and ``LSTMCell`` take ``peephole=True``
+(per-unit peephole weights ``weight_ci/cf/co``, ONNX LSTM's ``P``), and the layers'
+``forward`` takes ``resets`` (bool flags where a sequence starts a new episode: the state
+entering that step is zero, in every layer and direction).
 
 Example::
 
@@ -25,6 +28,7 @@ Example::
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 from torch import nn
@@ -34,8 +38,12 @@ from . import onnx_export, ops
 from ._docs import with_torch_docs
 from ._quantization import warns_when_quantized
 from .backends import env_backend, native, validate_backend_name
-from .functional import autocast_enabled, stack
+from .cell_modules import GRUCell, LSTMCell, RNNCell
+from .cells.variants import LSTM_PEEPHOLE, PEEPHOLE_WEIGHTS as _PEEPHOLES
+from .functional import stack
 from .kinds import CellKind
+
+_TORCH_KINDS = tuple(CellKind)
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"]
 
@@ -66,6 +74,78 @@ class _FastRNNBase:
     def extra_repr(self) -> str:
         s = super().extra_repr()
         return s if self.backend is None else f"{s}, backend={self.backend!r}"
+
+    # The cell's own parameters beyond torch's weights (none for torch's cells): per
+    # layer-direction name stems, e.g. ``weight_ci`` -> ``weight_ci_l0``, ``weight_ci_l0_reverse``.
+    _unit_params: tuple[str, ...] = ()
+
+    def _extra_name(self, stem: str, idx: int) -> str:
+        directions = 2 if self.bidirectional else 1
+        return f"{stem}_l{idx // directions}{'_reverse' if idx % directions else ''}"
+
+    def _register_unit_params(self, shapes: dict, device, dtype) -> None:
+        """One parameter per stem and layer-direction (``shapes``: stem -> shape)."""
+        self._unit_params = tuple(shapes)
+        for idx in range(self.num_layers * (2 if self.bidirectional else 1)):
+            for stem, shape in shapes.items():
+                self.register_parameter(self._extra_name(stem, idx),
+                                        nn.Parameter(torch.empty(shape, device=device, dtype=dtype)))
+
+    def _unit_param(self, stem: str, idx: int) -> torch.Tensor:
+        return getattr(self, self._extra_name(stem, idx))
+
+    def reset_parameters(self) -> None:
+        """torch's init of the weights (the same draws as the ``torch.nn`` module), then the
+        cell's own parameters: gains (``*_weight``) 1, everything else 0."""
+        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
+        for weight in (getattr(self, n) for n in self._flat_weights_names):
+            nn.init.uniform_(weight, -stdv, stdv)
+        self._init_unit_params()
+
+    def _init_unit_params(self) -> None:
+        for idx in range(self.num_layers * (2 if self.bidirectional else 1)) if self._unit_params else ():
+            for stem in self._unit_params:
+                nn.init.constant_(self._unit_param(stem, idx), 1.0 if stem.endswith("_weight") else 0.0)
+
+    def _cell_params(self):
+        """The cell's ``p`` of each layer-direction, or None (torch's cells)."""
+        return None
+
+    def _input_norm(self):
+        """``(weights, biases, eps)`` of a LayerNorm over each input projection, or None."""
+        return None
+
+    def _resets(self, resets, input, data, packed, is_batched, batch_sizes, sorted_indices):
+        """``resets`` checked and in the engine's layout (``(T, B)`` padded, ``(N,)`` packed),
+        before any work; torch's kind of error (RuntimeError) for a wrong argument."""
+        name = type(self).__name__
+        if packed:
+            if not isinstance(resets, PackedSequence):
+                raise RuntimeError(f"{name}: with a PackedSequence input, resets must be a PackedSequence of "
+                                   f"bools with the same batch_sizes, got {type(resets).__name__}")
+            same_order = (resets.sorted_indices is None) == (sorted_indices is None) and (
+                sorted_indices is None or torch.equal(resets.sorted_indices, sorted_indices))
+            if not torch.equal(resets.batch_sizes, batch_sizes) or not same_order:
+                raise RuntimeError(f"{name}: resets must be packed like the input (same batch_sizes and "
+                                   "sorted_indices: pack them with the same lengths and enforce_sorted)")
+            flags, expected = resets.data, (data.shape[0],)
+        else:
+            if not isinstance(resets, torch.Tensor):
+                raise RuntimeError(f"{name}: resets must be a bool tensor, got {type(resets).__name__}")
+            flags, expected = resets, tuple(input.shape[:-1]) if is_batched else (input.shape[1 if self.batch_first else 0],)
+        if flags.dtype != torch.bool:
+            raise RuntimeError(f"{name}: resets must be a bool tensor, got dtype {flags.dtype}")
+        if flags.device != data.device:
+            raise RuntimeError(f"{name}: resets must be on the input's device ({data.device}), got {flags.device}")
+        if tuple(flags.shape) != expected:
+            layout = "(B, T)" if self.batch_first else "(T, B)"
+            raise RuntimeError(f"{name}: resets must have the input's shape without its feature dimension, "
+                               f"{layout} batched or (T,) unbatched: expected {list(expected)}, got {list(flags.shape)}")
+        if packed:
+            return flags
+        if not is_batched:
+            return flags.unsqueeze(1)
+        return flags.t() if self.batch_first else flags
 
     def __prepare_scriptable__(self):
         # torch.jit.script calls this before compiling a module: refuse with the reason.
@@ -111,6 +191,8 @@ class _FastRNNBase:
         """
         # Cheapest tests first: this runs on every call, and at T=10, B=1 each microsecond
         # is 1 % of the call.
+        if self._unit_params or self._kind not in _TORCH_KINDS:
+            return False  # (a cell of fastrnn's own: torch has no kernel for it)
         if torch.autograd.forward_ad._current_level >= 0:
             return False  # (the engine path refuses forward-mode AD with a clear message)
         name = self.backend if self.backend is not None else (env_backend() or "auto")
@@ -169,9 +251,17 @@ class _FastRNNBase:
             return result[0], (result[1], result[2])
         return result[0], result[1]
 
-    def forward(self, input, hx=None):
-        """Run the recurrence; same arguments and results as the ``torch.nn`` module."""
-        if self._runs_torch_forward(input, hx):
+    def forward(self, input, hx=None, *, resets=None):
+        """Run the recurrence; same arguments and results as the ``torch.nn`` module.
+
+        ``resets`` (optional): bool, shaped like ``input`` without its feature dimension
+        (``(T, B)``, ``(B, T)`` with ``batch_first``, ``(T,)`` unbatched; a ``PackedSequence``
+        of bools packed like a packed input). ``True`` at ``[t, b]``: sequence ``b`` starts a
+        new episode at step ``t``; every layer and direction computes that episode as if it
+        were a sequence of its own, from a zero state (the first one from ``hx``), and no
+        gradient crosses the boundary.
+        """
+        if resets is None and self._runs_torch_forward(input, hx):
             return self._native_forward(input, hx)
         kind = self._kind
         lstm = kind.has_cell_state
@@ -202,13 +292,15 @@ class _FastRNNBase:
             h0 = self._zeros(data, batch, out_size)
             hx = (h0, self._zeros(data, batch, self.hidden_size)) if lstm else h0
         self.check_forward_args(data, hx, batch_sizes)
+        if resets is not None:
+            resets = self._resets(resets, input, data, packed, is_batched, batch_sizes, sorted_indices)
 
         seq = data if packed else (input.transpose(0, 1) if self.batch_first else input)
         h0, c0 = hx if lstm else (hx, None)
         y, h_n, c_n = stack(
             kind, seq, batch_sizes, h0, c0, self._layer_weights(),
             bidirectional=self.bidirectional, dropout=self.dropout, training=self.training,
-            backend=self.backend,
+            backend=self.backend, params=self._cell_params(), input_norm=self._input_norm(), resets=resets,
         )
         hidden = (h_n, c_n) if lstm else h_n
         if packed:
@@ -282,6 +374,9 @@ class LSTM(_FastRNNBase, nn.RNNBase):
     """Drop-in ``torch.nn.LSTM`` (with ``proj_size``) running on the fastrnn engine.
 
     Returns ``(output, (h_n, c_n))`` with ``h_n`` ``(L*D, B, P)`` and ``c_n`` ``(L*D, B, H)``.
+    ``peephole=True`` adds ``weight_ci_l{k}``, ``weight_cf_l{k}``, ``weight_co_l{k}`` (``H``
+    each, ``_reverse`` likewise, initialised to zero): ``i = sigmoid(... + w_ci * c_{t-1})``,
+    ``f = sigmoid(... + w_cf * c_{t-1})``, ``o = sigmoid(... + w_co * c_t)``.
     """
 
     def __init__(
@@ -298,12 +393,30 @@ class LSTM(_FastRNNBase, nn.RNNBase):
         dtype=None,
         *,
         backend: str | None = None,
+        peephole: bool = False,
     ) -> None:
+        if peephole and proj_size > 0:
+            raise ValueError("fastrnn.LSTM: peephole=True is not supported with proj_size > 0")
         nn.RNNBase.__init__(
             self, "LSTM", input_size, hidden_size, num_layers, bias=bias, batch_first=batch_first,
             dropout=dropout, bidirectional=bidirectional, proj_size=proj_size, device=device, dtype=dtype,
         )
+        self.peephole = bool(peephole)
+        if self.peephole:
+            self._kind = LSTM_PEEPHOLE
+            self._register_unit_params({stem: (hidden_size,) for stem in _PEEPHOLES}, device, dtype)
+            self._init_unit_params()
         self._init_backend(backend)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return f"{s}, peephole=True" if self.peephole else s
+
+    def _cell_params(self):
+        if not self.peephole:
+            return None
+        count = self.num_layers * (2 if self.bidirectional else 1)
+        return [torch.stack([self._unit_param(stem, idx) for stem in _PEEPHOLES]) for idx in range(count)]
 
     # torch.nn.LSTM's own methods: the (h, c) checks and permutation.
     get_expected_cell_size = nn.LSTM.get_expected_cell_size
@@ -343,138 +456,3 @@ class GRU(_FastRNNBase, nn.RNNBase):
     _kind = CellKind.GRU
 
 
-# --------------------------------------------------------------------------------------
-# Cells: one timestep through the same engine (T = 1)
-# --------------------------------------------------------------------------------------
-
-
-class _FastCellBase:
-    def _init_backend(self, backend):
-        self.backend = validate_backend_name(backend)
-
-    __prepare_scriptable__ = _FastRNNBase.__prepare_scriptable__
-
-    def extra_repr(self) -> str:
-        s = super().extra_repr()
-        return s if self.backend is None else f"{s}, backend={self.backend!r}"
-
-    def _check_states(self, input, states):
-        # torch's checks (aten check_rnn_cell_forward_input / _hidden), same wording
-        if input.size(1) != self.input_size:
-            raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} expected {self.input_size}")
-        for i, h in enumerate(states):
-            if input.size(0) != h.size(0):
-                raise RuntimeError(f"Input batch size {input.size(0)} doesn't match hidden{i} batch size {h.size(0)}")
-            if h.size(1) != self.hidden_size:
-                raise RuntimeError(f"hidden{i} has inconsistent hidden_size: got {h.size(1)}, expected {self.hidden_size}")
-
-    def _step(self, kind, input, states):
-        """Check, run one step, return ``(h', c' | None)`` batched."""
-        if input.dtype != self.weight_ih.dtype and not autocast_enabled(input.device.type):
-            raise RuntimeError(
-                f"mat1 and mat2 must have the same dtype, but got {input.dtype} and {self.weight_ih.dtype}"
-            )
-        self._check_states(input, states)
-        h0 = states[0].unsqueeze(0)
-        c0 = states[1].unsqueeze(0) if len(states) > 1 else None
-        weights = [(self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, None)]
-        _, h_n, c_n = stack(kind, input.unsqueeze(0), None, h0, c0, weights, backend=self.backend, cell=True)
-        return h_n[0], (c_n[0] if c_n is not None else None)
-
-    def _prepare(self, input, hx, n_states):
-        name = type(self).__name__
-        if input.dim() not in (1, 2):
-            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
-        if hx is not None:
-            states = tuple(hx) if n_states == 2 else (hx,)
-            for i, value in enumerate(states):
-                if value.dim() not in (1, 2):
-                    what = f"hx[{i}]" if n_states == 2 else "hidden"
-                    raise ValueError(f"{name}: Expected {what} to be 1D or 2D, got {value.dim()}D instead")
-        is_batched = input.dim() == 2
-        if not is_batched:
-            input = input.unsqueeze(0)
-        if hx is None:
-            zeros = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
-            states = (zeros,) * n_states
-        elif not is_batched:
-            states = tuple(s.unsqueeze(0) for s in states)
-        return input, states, is_batched
-
-
-@with_torch_docs
-@warns_when_quantized
-class RNNCell(_FastCellBase, nn.RNNCell):
-    """Drop-in ``torch.nn.RNNCell``: ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``.
-
-    Input ``(B, I)`` or ``(I,)``; ``hx`` ``(B, H)`` or ``(H,)``; returns ``h'``.
-    """
-
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        bias: bool = True,
-        nonlinearity: str = "tanh",
-        device=None,
-        dtype=None,
-        *,
-        backend: str | None = None,
-    ) -> None:
-        super().__init__(input_size, hidden_size, bias=bias, nonlinearity=nonlinearity, device=device, dtype=dtype)
-        self._init_backend(backend)
-
-    def forward(self, input, hx=None):
-        input, states, is_batched = self._prepare(input, hx, 1)
-        if self.nonlinearity not in ("tanh", "relu"):
-            raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
-        h, _ = self._step(CellKind.from_mode("RNN", self.nonlinearity), input, states)
-        return h if is_batched else h.squeeze(0)
-
-
-@with_torch_docs
-@warns_when_quantized
-class LSTMCell(_FastCellBase, nn.LSTMCell):
-    """Drop-in ``torch.nn.LSTMCell``; returns ``(h', c')``."""
-
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        bias: bool = True,
-        device=None,
-        dtype=None,
-        *,
-        backend: str | None = None,
-    ) -> None:
-        super().__init__(input_size, hidden_size, bias=bias, device=device, dtype=dtype)
-        self._init_backend(backend)
-
-    def forward(self, input, hx=None):
-        input, states, is_batched = self._prepare(input, hx, 2)
-        h, c = self._step(CellKind.LSTM, input, states)
-        return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))
-
-
-@with_torch_docs
-@warns_when_quantized
-class GRUCell(_FastCellBase, nn.GRUCell):
-    """Drop-in ``torch.nn.GRUCell``; returns ``h'``."""
-
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        bias: bool = True,
-        device=None,
-        dtype=None,
-        *,
-        backend: str | None = None,
-    ) -> None:
-        super().__init__(input_size, hidden_size, bias=bias, device=device, dtype=dtype)
-        self._init_backend(backend)
-
-    def forward(self, input, hx=None):
-        input, states, is_batched = self._prepare(input, hx, 1)
-        h, _ = self._step(CellKind.GRU, input, states)
-        return h if is_batched else h.squeeze(0)

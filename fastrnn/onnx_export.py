@@ -7,10 +7,11 @@ standard recurrent operator that every ONNX runtime implements, with the sequenc
 dynamic dimension (``T`` only appears as a dimension of the input and output).
 
 What ONNX's operators can express: padded input (the ONNX ``sequence_lens`` input is not
-used), LSTM without ``proj_size`` (ONNX ``LSTM`` has no projection), GRU with torch's
+used), LSTM without ``proj_size`` (ONNX ``LSTM`` has no projection), peephole LSTM (the
+``P`` input, peepholes in ONNX's ``i, o, f`` order), GRU with torch's
 ``b_hn`` rule (``linear_before_reset=1``), RNN with tanh or relu. Anything else (a cell
 other than torch's four among them) is refused with an error before the export does any
-work.
+work, as are resets inside a sequence (no ONNX recurrent operator resets its state).
 
 Gate orders differ: torch stacks LSTM gates as ``i, f, g, o`` and GRU gates as ``r, z, n``;
 ONNX wants ``i, o, f, c`` and ``z, r, h``. The weights are reordered with torch ops, which
@@ -30,12 +31,14 @@ try:  # the TorchScript-based exporter's flag, what torch.onnx.is_in_onnx_export
 except ImportError:  # pragma: no cover
     _ts_globals = None
 
+from .cells.variants import LSTM_PEEPHOLE
 from .kinds import CellKind
 
 #: torch's gate blocks in ONNX's order
-_ONNX_GATE_ORDER = {CellKind.LSTM: (0, 3, 1, 2), CellKind.GRU: (1, 0, 2)}
-_OP_TYPE = {CellKind.LSTM: "LSTM", CellKind.GRU: "GRU", CellKind.RNN_TANH: "RNN", CellKind.RNN_RELU: "RNN"}
-_TORCH_CELLS = frozenset(kind.name for kind in _OP_TYPE)
+_ONNX_GATE_ORDER = {CellKind.LSTM: (0, 3, 1, 2), LSTM_PEEPHOLE: (0, 3, 1, 2), CellKind.GRU: (1, 0, 2)}
+_OP_TYPE = {CellKind.LSTM: "LSTM", LSTM_PEEPHOLE: "LSTM", CellKind.GRU: "GRU", CellKind.RNN_TANH: "RNN",
+            CellKind.RNN_RELU: "RNN"}
+_TORCH_CELLS = frozenset(kind.name for kind in _OP_TYPE)  # (the cells an ONNX node runs)
 #: ONNX opset version of these operators' current definitions
 _OPSET = 14
 
@@ -60,11 +63,13 @@ def exporting() -> bool:
 PACKED_REASON = "a PackedSequence input cannot be exported to ONNX; export the padded model instead"
 
 
-def unsupported_reason(kind: CellKind, batch_sizes, w_hr, dtype) -> str | None:
+def unsupported_reason(kind: CellKind, batch_sizes, w_hr, dtype, resets=None) -> str | None:
     """Why a layer cannot be written as one ONNX recurrent node, or None."""
     if kind.name not in _TORCH_CELLS:
-        return (f"cell {kind.name!r} has no ONNX operator (ONNX has LSTM, GRU and RNN nodes only, "
-                "torch's own cells)")
+        return (f"cell {kind.name!r} has no ONNX operator (ONNX has LSTM, GRU and RNN nodes only: torch's "
+                "own cells and the peephole LSTM)")
+    if resets is not None:
+        return "resets inside a sequence have no ONNX operator (ONNX's recurrent nodes never reset their state)"
     if batch_sizes is not None:
         return PACKED_REASON
     if w_hr is not None:
@@ -82,10 +87,10 @@ def _onnx_gates(kind: CellKind, w: torch.Tensor) -> torch.Tensor:
     return torch.cat([blocks[i] for i in order], 0)
 
 
-def layer(kind: CellKind, x, batch_sizes, h0, c0, weights, reverse: bool):
+def layer(kind: CellKind, x, batch_sizes, h0, c0, weights, reverse: bool, params=None, resets=None):
     """One layer-direction as one ONNX node; returns ``(y (T, B, H), h_n (B, H), c_n | None)``."""
     w_ih, w_hh, b_ih, b_hh, w_hr = weights
-    reason = unsupported_reason(kind, batch_sizes, w_hr, x.dtype)
+    reason = unsupported_reason(kind, batch_sizes, w_hr, x.dtype, resets)
     if reason is not None:
         raise RuntimeError(f"fastrnn: ONNX export: {reason}")
     if torch.jit.is_tracing():
@@ -107,12 +112,15 @@ def layer(kind: CellKind, x, batch_sizes, h0, c0, weights, reverse: bool):
     if kind in (CellKind.RNN_TANH, CellKind.RNN_RELU):
         attrs["activations"] = ["Tanh" if kind is CellKind.RNN_TANH else "Relu"]
     shapes = [(steps, 1, batch, hidden), (1, batch, hidden)]
-    if kind is CellKind.LSTM:
+    lstm = kind.has_cell_state
+    if lstm:
         inputs.append(c0.unsqueeze(0))
         shapes.append((1, batch, hidden))
+    if kind is LSTM_PEEPHOLE:
+        inputs.append(torch.cat([params[0], params[2], params[1]]).unsqueeze(0))  # ONNX's P: i, o, f
     outs = torch.onnx.ops.symbolic_multi_out(
         _OP_TYPE[kind], inputs, attrs, dtypes=[x.dtype] * len(shapes), shapes=shapes, version=_OPSET
     )
     y, h_n = outs[0].squeeze(1), outs[1].squeeze(0)
-    c_n = outs[2].squeeze(0) if kind is CellKind.LSTM else None
+    c_n = outs[2].squeeze(0) if lstm else None
     return y, h_n, c_n

@@ -21,6 +21,11 @@ Sequences: padded input is ``x (T, B, I)`` with ``batch_sizes=None`` (then ``y``
 ``batch_sizes`` (CPU int64), and ``y`` is ``(N, P)``. ``T`` is never a Python int in the
 traced program: it is a (symbolic) dimension of ``x``.
 
+Two optional inputs follow the weights: ``params``, the cell's per-unit parameters
+``(param_rows, H)`` (a gradient input like the weights), and ``resets``, bool, shaped like
+``x`` without its features: True where a sequence starts a new episode (see
+:mod:`fastrnn.engine`). ``w_ih`` may be None: ``x`` is then the input projection itself.
+
 The op's outputs are ``(y, h_n, c_n, s0, s1, s2)``: ``c_n`` is an empty tensor for cells
 without a cell state, and ``s0..s2`` hold what the backward needs (the backend's ``saved``
 tuple, padded with empty tensors; all empty unless ``save``).
@@ -44,14 +49,19 @@ _functorch = torch._C._functorch
 #: Number of ``saved`` outputs of ``layer_forward`` (the most any backend keeps).
 SAVED_SLOTS = 3
 #: The inputs of ``layer_forward`` that can receive a gradient, in the order of ``needs``.
-GRAD_INPUTS = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr")
+GRAD_INPUTS = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr", "params")
 # Their positions among layer_forward's arguments.
-_GRAD_POSITIONS = (2, 4, 5, 6, 7, 8, 9, 10)
+_GRAD_POSITIONS = (2, 4, 5, 6, 7, 8, 9, 10, 11)
 
 
 @functools.lru_cache(maxsize=64)
 def _uniform(steps: int, batch: int) -> Schedule:
     return Schedule.uniform(steps, batch)
+
+
+def _flat_resets(resets: Tensor | None) -> Tensor | None:
+    """``resets`` as one bool per flat row (``(T, B)`` padded or ``(N,)`` packed)."""
+    return None if resets is None else resets.reshape(-1)
 
 
 def _flat(x: Tensor, batch_sizes: Tensor | None) -> tuple[Tensor, Schedule]:
@@ -85,11 +95,12 @@ def _rows(x: Tensor, batch_sizes: Tensor | None):
     return x.shape[0] * x.shape[1] if batch_sizes is None else x.shape[0]
 
 
-def _layout(kind: CellKind, backend: str, x, batch_sizes, h0, w_ih, w_hh, w_hr, save: bool):
+def _layout(kind: CellKind, backend: str, x, batch_sizes, h0, w_ih, w_hh, w_hr, save: bool, resets=None):
     hidden = w_hh.shape[0] // kind.gates
     proj = w_hr.shape[0] if w_hr is not None else 0
+    extra = {} if resets is None else {"resets": True}
     return backends.layer_impl(backend).saved_layout(
-        kind, _rows(x, batch_sizes), h0.shape[0], w_ih.shape[1], hidden, proj, x.dtype, save
+        kind, _rows(x, batch_sizes), h0.shape[0], x.shape[-1], hidden, proj, x.dtype, save, **extra
     )
 
 
@@ -112,27 +123,41 @@ def layer_forward(
     batch_sizes: Optional[Tensor],
     h0: Tensor,
     c0: Optional[Tensor],
-    w_ih: Tensor,
+    w_ih: Optional[Tensor],
     w_hh: Tensor,
     b_ih: Optional[Tensor],
     b_hh: Optional[Tensor],
     w_hr: Optional[Tensor],
+    params: Optional[Tensor],
+    resets: Optional[Tensor],
     reverse: bool,
     save: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """One layer-direction; see the module docstring for shapes and outputs."""
     y, h_n, c_n, saved = _forward_impl(kind, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                       reverse, save)
+                                       params, resets, reverse, save)
     return (y, h_n, c_n if c_n is not None else x.new_empty(0), *_padded_saved(saved, x))
 
 
-def _forward_impl(kind, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save):
+def _loop_extras(params, resets) -> dict:
+    """The optional time-loop keywords of a layer implementation, only when present."""
+    extras = {}
+    if params is not None:
+        extras["params"] = params
+    if resets is not None:
+        extras["resets"] = _flat_resets(resets)
+    return extras
+
+
+def _forward_impl(kind, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params, resets, reverse,
+                  save):
     """The work of ``layer_forward``: ``(y, h_n, c_n | None, saved)``, ``y`` shaped like ``x``."""
     cell = CellKind(kind)
     flat, schedule = _flat(x, batch_sizes)
     with no_autocast(x.device.type):
         y, h_n, c_n, saved = backends.layer_impl(backend).layer_forward(
-            cell, flat, schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save
+            cell, flat, schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save,
+            **_loop_extras(params, resets)
         )
     if batch_sizes is None:
         y = _owned(y.view(x.shape[0], x.shape[1], y.shape[1]))
@@ -140,12 +165,13 @@ def _forward_impl(kind, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh,
 
 
 @layer_forward.register_fake
-def _layer_forward_fake(kind, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save):
+def _layer_forward_fake(kind, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params, resets, reverse,
+                        save):
     cell = CellKind(kind)
     state = w_hh.shape[1]
     y = x.new_empty(x.shape[0], x.shape[1], state) if batch_sizes is None else x.new_empty(x.shape[0], state)
     c_n = c0.new_empty(c0.shape) if cell.has_cell_state else x.new_empty(0)
-    layout = _layout(cell, backend, x, batch_sizes, h0, w_ih, w_hh, w_hr, save)
+    layout = _layout(cell, backend, x, batch_sizes, h0, w_ih, w_hh, w_hr, save, resets)
     saved = [x.new_empty(shape, dtype=dtype) for shape, dtype in layout]
     return (y, h0.new_empty(h0.shape), c_n, *_padded_saved(saved, x))
 
@@ -163,11 +189,13 @@ def layer_backward(
     batch_sizes: Optional[Tensor],
     h0: Tensor,
     c0: Optional[Tensor],
-    w_ih: Tensor,
+    w_ih: Optional[Tensor],
     w_hh: Tensor,
     b_ih: Optional[Tensor],
     b_hh: Optional[Tensor],
     w_hr: Optional[Tensor],
+    params: Optional[Tensor],
+    resets: Optional[Tensor],
     reverse: bool,
     y: Tensor,
     s0: Tensor,
@@ -177,19 +205,21 @@ def layer_backward(
     dh_n: Tensor,
     dc_n: Optional[Tensor],
     needs: list[bool],
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of ``(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)``; an empty tensor where
-    ``needs`` is False (or the input is None)."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of ``(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params)``; an empty tensor
+    where ``needs`` is False (or the input is None)."""
     cell = CellKind(kind)
     flat, schedule = _flat(x, batch_sizes)
-    n_saved = len(_layout(cell, backend, x, batch_sizes, h0, w_ih, w_hh, w_hr, True))
+    n_saved = len(_layout(cell, backend, x, batch_sizes, h0, w_ih, w_hh, w_hr, True, resets))
     y_flat = y.reshape(flat.shape[0], y.shape[-1])
     dy_flat = dy.reshape(flat.shape[0], dy.shape[-1])
     with no_autocast(x.device.type):
         grads = backends.layer_impl(backend).layer_backward(
             cell, schedule, reverse, flat, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y_flat,
             (s0, s1, s2)[:n_saved], dy_flat, dh_n, dc_n if cell.has_cell_state else None, tuple(needs),
+            **_loop_extras(params, resets)
         )
+    grads = list(grads) + [None] * (len(GRAD_INPUTS) - len(grads))
     out = []
     for grad, name in zip(grads, GRAD_INPUTS):
         if grad is None:
@@ -202,9 +232,9 @@ def layer_backward(
 
 
 @layer_backward.register_fake
-def _layer_backward_fake(kind, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
-                         y, s0, s1, s2, dy, dh_n, dc_n, needs):
-    inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+def _layer_backward_fake(kind, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params, resets,
+                         reverse, y, s0, s1, s2, dy, dh_n, dc_n, needs):
+    inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params)
     return tuple(
         t.new_empty(t.shape) if (need and t is not None) else x.new_empty(0) for t, need in zip(inputs, needs)
     )
@@ -216,32 +246,32 @@ def _layer_backward_fake(kind, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih
 
 
 def _setup_context(ctx, inputs, output):
-    kind, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save = inputs
+    kind, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params, resets, reverse, save = inputs
     y, _, _, s0, s1, s2 = output
     ctx.kind, ctx.backend, ctx.reverse, ctx.saved_all = kind, backend, reverse, save
-    ctx.save_for_backward(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, s0, s1, s2)
+    ctx.save_for_backward(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params, resets, y, s0, s1, s2)
     ctx.mark_non_differentiable(s0, s1, s2)
     # Gradients of unused outputs stay None: no zero (N, G*H) tensors for the saved slots.
     ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, dy, dh_n, dc_n, *_saved_grads):
-    x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, s0, s1, s2 = ctx.saved_tensors
+    x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params, resets, y, s0, s1, s2 = ctx.saved_tensors
     cell = CellKind(ctx.kind)
     needs = [ctx.needs_input_grad[i] for i in _GRAD_POSITIONS]
-    if not ctx.saved_all and not _graph_needed((x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr), (dy, dh_n, dc_n)):
+    inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params)
+    if not ctx.saved_all and not _graph_needed(inputs, (dy, dh_n, dc_n)):
         raise RuntimeError(
             "fastrnn: layer_forward ran with save=False, so it kept nothing for backward; "
             "call it through fastrnn.ops.layer (which sets save when a gradient is needed)"
         )
-    n_saved = len(_layout(cell, ctx.backend, x, batch_sizes, h0, w_ih, w_hh, w_hr, True))
-    grads = _grads(cell, ctx.backend, ctx.reverse, x, batch_sizes, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr),
-                   y, (s0, s1, s2)[:n_saved], (dy, dh_n, dc_n), needs)
-    gx, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh, gw_hr = grads
-    return None, None, gx, None, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh, gw_hr, None, None
+    n_saved = len(_layout(cell, ctx.backend, x, batch_sizes, h0, w_ih, w_hh, w_hr, True, resets))
+    grads = _grads(cell, ctx.backend, ctx.reverse, x, batch_sizes, inputs, y, (s0, s1, s2)[:n_saved],
+                   (dy, dh_n, dc_n), needs, resets=resets)
+    return (None, None, grads[0], None, *grads[1:], None, None, None)
 
 
-def _grads(cell, backend, reverse, x, batch_sizes, inputs, y, saved, grad_outputs, needs, direct=None):
+def _grads(cell, backend, reverse, x, batch_sizes, inputs, y, saved, grad_outputs, needs, direct=None, resets=None):
     """The backward rule of a layer-direction, shared by the op's registered autograd
     (:func:`_backward`) and the eager fast path (:class:`_EagerLayer`).
 
@@ -260,7 +290,7 @@ def _grads(cell, backend, reverse, x, batch_sizes, inputs, y, saved, grad_output
     elif dc_n is None:
         dc_n = torch.zeros_like(c0)
     if _graph_needed(inputs, (dy, dh_n, dc_n)):
-        return _differentiable_grads(cell, reverse, x, batch_sizes, inputs, (dy, dh_n, dc_n), needs)
+        return _differentiable_grads(cell, reverse, x, batch_sizes, inputs, (dy, dh_n, dc_n), needs, resets)
     vmapped = torch._C._are_functorch_transforms_active() or any(
         g is not None and _functorch.is_legacy_batchedtensor(g) for g in (dy, dh_n, dc_n)
     )
@@ -268,7 +298,7 @@ def _grads(cell, backend, reverse, x, batch_sizes, inputs, y, saved, grad_output
         # (vmap over this backward, from torch.func or gradcheck's batched grad: the op has
         # the batching rule; the legacy vmap falls back to a per-slice loop)
         raw = torch.ops.fastrnn.layer_backward(
-            cell.value, backend, x, batch_sizes, *inputs[1:], reverse, y, *_padded_saved(saved, x),
+            cell.value, backend, x, batch_sizes, *inputs[1:], resets, reverse, y, *_padded_saved(saved, x),
             dy, dh_n, dc_n, list(needs),
         )
         return [g if need else None for g, need in zip(raw, needs)]
@@ -276,9 +306,11 @@ def _grads(cell, backend, reverse, x, batch_sizes, inputs, y, saved, grad_output
     rows = schedule.rows
     with no_autocast(x.device.type):
         grads = impl.layer_backward(
-            cell, schedule, reverse, x.reshape(rows, x.shape[-1]), *inputs[1:], y.reshape(rows, y.shape[-1]),
+            cell, schedule, reverse, x.reshape(rows, x.shape[-1]), *inputs[1:8], y.reshape(rows, y.shape[-1]),
             tuple(saved), dy.reshape(rows, dy.shape[-1]), dh_n, dc_n, tuple(needs),
+            **_loop_extras(inputs[8], resets)
         )
+    grads = list(grads) + [None] * (len(needs) - len(grads))
     return [grads[0].view(x.shape) if grads[0] is not None else None, *grads[1:]]
 
 
@@ -290,16 +322,16 @@ def _graph_needed(inputs, grad_outputs) -> bool:
     return any(t is not None and t.requires_grad for t in (*inputs, *grad_outputs))
 
 
-def _differentiable_grads(cell, reverse, x, batch_sizes, inputs, grad_outputs, needs):
+def _differentiable_grads(cell, reverse, x, batch_sizes, inputs, grad_outputs, needs, resets=None):
     """First derivatives as a differentiable function of the inputs and ``grad_outputs``
     (:func:`fastrnn.differentiable.layer_backward`)."""
     flat, schedule = _flat(x, batch_sizes)
-    _, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = inputs
+    _, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params = inputs
     dy, dh_n, dc_n = grad_outputs
     with no_autocast(x.device.type):
         grads = differentiable.layer_backward(
             cell, flat, schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
-            dy.reshape(flat.shape[0], dy.shape[-1]), dh_n, dc_n,
+            dy.reshape(flat.shape[0], dy.shape[-1]), dh_n, dc_n, params, _flat_resets(resets),
         )
     grads = (grads[0].view(x.shape),) + tuple(grads[1:])
     return [g if need else None for g, need in zip(grads, needs)]
@@ -348,13 +380,13 @@ class _EagerLayer(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, kind, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+    def forward(ctx, kind, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params, resets, reverse):
         impl = backends.layer_impl(backend)
         flat, schedule = _flat(x, batch_sizes)
         with no_autocast(x.device.type):
             y, h_n, c_n, saved = impl.layer_forward(kind, flat, schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                                    reverse, True)
-        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, *saved)
+                                                    reverse, True, **_loop_extras(params, resets))
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params, resets, y, *saved)
         ctx.layer = (kind, backend, impl, schedule, reverse, batch_sizes)
         ctx.set_materialize_grads(False)
         y_out = y if batch_sizes is not None else _owned(y.view(x.shape[0], x.shape[1], y.shape[1]))
@@ -362,14 +394,13 @@ class _EagerLayer(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dh_n, dc_n=None):
-        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, *saved = ctx.saved_tensors
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params, resets, y, *saved = ctx.saved_tensors
         kind, backend, impl, schedule, reverse, batch_sizes = ctx.layer
         need = ctx.needs_input_grad
         needs = [need[i] for i in _GRAD_POSITIONS]
-        grads = _grads(kind, backend, reverse, x, batch_sizes, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr), y, saved,
-                       (dy, dh_n, dc_n), needs, direct=(impl, schedule))
-        gx, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh, gw_hr = grads
-        return None, None, gx, None, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh, gw_hr, None
+        grads = _grads(kind, backend, reverse, x, batch_sizes, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params), y,
+                       saved, (dy, dh_n, dc_n), needs, direct=(impl, schedule), resets=resets)
+        return (None, None, grads[0], None, *grads[1:], None, None)
 
 
 def eager_call(x: Tensor) -> bool:
@@ -439,7 +470,8 @@ def refuse_forward_ad(tensors) -> None:
 
 
 def layer(kind: CellKind, backend: str, x: Tensor, batch_sizes: Tensor | None, h0: Tensor, c0: Tensor | None,
-          weights: Sequence[Tensor | None], reverse: bool):
+          weights: Sequence[Tensor | None], reverse: bool, params: Tensor | None = None,
+          resets: Tensor | None = None):
     """Run one layer-direction through ``torch.ops.fastrnn.layer_forward``.
 
     Args:
@@ -448,30 +480,34 @@ def layer(kind: CellKind, backend: str, x: Tensor, batch_sizes: Tensor | None, h
         x: ``(T, B, I)`` padded input (``batch_sizes`` None) or ``(N, I)`` packed rows.
         batch_sizes: the ``PackedSequence``'s batch sizes, or None.
         h0: ``(B, P)``; c0: ``(B, H)`` for LSTM, else None.
-        weights: ``(w_ih, w_hh, b_ih, b_hh, w_hr)``, torch's shapes, None where absent.
+        weights: ``(w_ih, w_hh, b_ih, b_hh, w_hr)``, torch's shapes, None where absent
+            (``w_ih`` None: ``x`` is the input projection ``(·, G*H)`` itself).
         reverse: run from the last timestep to the first.
+        params: the cell's per-unit parameters ``(param_rows, H)``, or None.
+        resets: bool, ``(T, B)`` padded or ``(N,)`` packed: where a sequence starts anew.
 
     Returns:
         ``(y, h_n, c_n | None)``, ``y`` shaped like ``x`` with ``P`` features.
     """
     if onnx_export.exporting():
-        return onnx_export.layer(kind, x, batch_sizes, h0, c0, weights, reverse)
+        return onnx_export.layer(kind, x, batch_sizes, h0, c0, weights, reverse, params, resets)
     eager = eager_call(x)  # (not tracing: the test below only runs when not eager)
     if not eager and (torch.jit.is_tracing() or torch.jit.is_scripting()):
         raise RuntimeError(TORCHSCRIPT_MESSAGE)
     w_ih, w_hh, b_ih, b_hh, w_hr = weights
     if not torch.compiler.is_compiling():
-        refuse_forward_ad((x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr))
+        refuse_forward_ad((x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params))
     # Keep what backward needs only when autograd will record this call (the test the op's
     # autograd kernel itself makes): nothing is saved under no_grad / inference_mode.
     save = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+        t is not None and t.requires_grad for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params)
     )
-    args = (kind.value, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save)
+    args = (kind.value, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params, resets, reverse, save)
     if eager:
         # Plain eager call: the op's work without the dispatcher (see _EagerLayer).
         if save:
-            out = _EagerLayer.apply(kind, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+            out = _EagerLayer.apply(kind, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params,
+                                    resets, reverse)
             return out[0], out[1], (out[2] if kind.has_cell_state else None)
         y, h_n, c_n, _ = _forward_impl(*args)
         return y, h_n, (c_n if kind.has_cell_state else None)

@@ -127,6 +127,26 @@ class Schedule:
         index = self._prev_index_reverse if reverse else self._prev_index_forward
         return torch.cat([init, seq]).index_select(0, index.to(seq.device))
 
+    def entering_resets(self, resets: torch.Tensor, reverse: bool) -> torch.Tensor:
+        """Where the state entering each row's step is zero, for one direction.
+
+        Args:
+            resets: ``(N,)`` bool, True where a sequence starts a new episode at that row.
+            reverse: processing direction.
+
+        Returns:
+            ``(N,)`` bool. Going forward that is ``resets`` itself. The reverse direction
+            enters step ``t`` with the state it computed at ``t + 1``, which ends an episode
+            (so is dropped) when ``t + 1`` starts one; the first step it processes for a
+            sequence starts from ``h0`` unless nothing follows.
+        """
+        if not reverse or self.rows == 0:
+            return resets
+        b = self.batch
+        if self.is_uniform:
+            return torch.cat([resets[b:], resets.new_zeros(b)])
+        return torch.cat([resets.new_zeros(b), resets]).index_select(0, self._prev_index_reverse.to(resets.device))
+
     def previous_product(self, grad: torch.Tensor, seq: torch.Tensor, init: torch.Tensor, reverse: bool) -> torch.Tensor:
         """``grad^T @ previous(seq, init, reverse)`` without building the previous states.
 

@@ -40,7 +40,7 @@ def _forward_args(kind, packed, proj, bias, backend="reference", reverse=False):
     return (
         kind, backend, x, batch_sizes, rnd(3, state), rnd(3, hidden) if kind == "LSTM" else None,
         rnd(g * hidden, inp), rnd(g * hidden, state), rnd(g * hidden) if bias else None,
-        rnd(g * hidden) if bias else None, rnd(state, hidden) if proj else None, reverse, True,
+        rnd(g * hidden) if bias else None, rnd(state, hidden) if proj else None, None, None, reverse, True,
     )
 
 
@@ -55,9 +55,9 @@ def test_opcheck_layer_backward(kind, packed, proj, bias):
     args = _forward_args(kind, packed, proj, bias)
     with torch.no_grad():
         y, h_n, c_n, s0, s1, s2 = torch.ops.fastrnn.layer_forward(*args)
-    detached = [a.detach() if torch.is_tensor(a) else a for a in args[:12]]
+    detached = [a.detach() if torch.is_tensor(a) else a for a in args[:14]]
     dc_n = torch.randn_like(c_n) if kind == "LSTM" else None
-    needs = [True, True, kind == "LSTM", True, True, bias, bias, bool(proj)]
+    needs = [True, True, kind == "LSTM", True, True, bias, bias, bool(proj), False]
     backward_args = (*detached, y, s0, s1, s2, torch.randn_like(y), torch.randn_like(h_n), dc_n, needs)
     torch.library.opcheck(torch.ops.fastrnn.layer_backward.default, backward_args)
 

@@ -105,7 +105,7 @@ def resolve_name(name: str | None, device: torch.device, call: Call | None = Non
             )
         reason = triton_unavailable_reason(device)
         if reason is None and call is not None and not call.kind.runs_on_triton:
-            reason = f"cell {call.kind.name!r} has no Triton functions"
+            reason = call.kind.why_not_triton()
         if reason is None:
             return "triton"
         # No silent slow paths: the reference loop on a GPU is correct but far slower.
@@ -121,6 +121,11 @@ def resolve_name(name: str | None, device: torch.device, call: Call | None = Non
     if reason is not None:
         raise RuntimeError(f"fastrnn: backend='triton' cannot run on {device}: {reason}")
     return "triton"
+
+
+def triton_refuses_resets() -> str | None:
+    """Why the triton backend cannot run a call with ``resets`` (None when it can)."""
+    return getattr(_triton_backend(), "RESETS_REFUSAL", None)
 
 
 def resolve(name: str | None, device: torch.device):

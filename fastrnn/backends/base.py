@@ -17,6 +17,12 @@ after the backward loop. A backend only runs the two time loops:
     ``dy`` ``(N, P)``, ``dh_n`` ``(B, P)``, ``dc_n`` ``(B, H)`` or None.
     Returns a :class:`BackwardResult`.
 
+Both take two keywords, passed only when the call has them: ``params``, the cell's
+per-unit parameters ``(param_rows, H)`` (its pointwise functions' ``p``; the backward
+returns their gradient as ``dparams``), and ``resets``, ``(N,)`` bool: True where the
+state entering that row's step is zero (h and c); the gradient reaching the state
+before such a step is then zero too, and the cell's backward reads the zeroed state.
+
 Sequences where a step has fewer active rows than ``B`` (packed input) keep the state of
 their inactive rows untouched: think of one state buffer ``S`` of ``B`` rows that step
 ``t`` reads and rewrites in rows ``[:batch_sizes[t]]``; its final content is ``h_n``.
@@ -42,3 +48,4 @@ class BackwardResult(NamedTuple):
     dh0: torch.Tensor  #: (B, P)
     dc0: torch.Tensor | None  #: (B, H) or None
     dw_hr: torch.Tensor | None  #: (P, H) projection weight gradient, or None
+    dparams: torch.Tensor | None = None  #: (param_rows, H) gradient of the cell's parameters

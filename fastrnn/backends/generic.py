@@ -11,13 +11,16 @@ step is the recurrent GEMM plus the cell's own pointwise ops.
 Saved layout (:func:`saved_layout`), in this order, each present only when needed:
 
 - ``gates (N, G*H)``: ``s0 .. s{G-1}`` of every step, when ``cell.saves_gates``;
-- ``extra (N, H)``: ``e`` of every step, when ``cell.saves_extra``;
+- ``extra (N, extra_width * H)``: ``e`` of every step, when ``cell.saves_extra``;
 - ``c (N, H)``: the cell state after every step, when ``cell.has_cell_state``;
 - ``m (N, H)``: the cell's output before the projection, with ``w_hr`` (LSTM's
   ``proj_size``; a state of ``P`` features is then ``y = m W_hr^T``).
 
 Backward reads the previous states (``h_prev``, ``c_prev``) back from ``y`` / ``c`` and
 ``h0`` / ``c0`` (:meth:`Schedule.previous`), so nothing else is kept.
+
+``params`` (the cell's ``p``) is passed to both pointwise functions; ``resets`` zeroes the
+state entering the rows it marks (and, in the backward, the gradient leaving them).
 """
 
 from __future__ import annotations
@@ -41,7 +44,9 @@ def saved_layout(cell, rows, hidden, dtype, save, proj: bool = False):
     layout = []
     if cell.saves_gates:
         layout.append(((rows, cell.gates * hidden), dtype))
-    layout += [((rows, hidden), dtype)] * (int(cell.saves_extra) + int(cell.has_cell_state) + int(proj))
+    if cell.saves_extra:
+        layout.append(((rows, cell.extra_width * hidden), dtype))
+    layout += [((rows, hidden), dtype)] * (int(cell.has_cell_state) + int(proj))
     if len(layout) > MAX_SAVED:
         raise ValueError(f"fastrnn: cell {cell.name!r} would keep {len(layout)} tensors per layer; at most "
                          f"{MAX_SAVED} fit (saves_gates, saves_extra, a cell state and proj_size together)")
@@ -66,34 +71,42 @@ def _slots(block, hidden, gates, zero):
     return parts + [zero] * (MAX_GATES - gates)
 
 
-def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse, save):
+def _zeroed(state, resets, lo, hi):
+    """``state`` with the rows whose step starts an episode set to zero."""
+    if resets is None or state is None:
+        return state
+    return torch.where(resets[lo:hi].unsqueeze(1), 0, state)
+
+
+def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse, save, params=None, resets=None):
     """Run the forward time loop; see :mod:`fastrnn.backends.base`."""
     with torch.no_grad():
-        return _forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save)
+        return _forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save, params, resets)
 
 
-def _forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save):
+def _forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save, params, resets):
     rows, gates = xg.shape[0], cell.gates
     hidden = xg.shape[1] // gates
     has_c = cell.has_cell_state
     y = xg.new_empty(rows, h0.shape[1])
     c_seq = xg.new_empty(rows, hidden) if has_c else None
     gate_seq = xg.new_empty(rows, gates * hidden) if save and cell.saves_gates else None
-    extra_seq = xg.new_empty(rows, hidden) if save and cell.saves_extra else None
+    extra_seq = xg.new_empty(rows, cell.extra_width * hidden) if save and cell.saves_extra else None
     m_seq = xg.new_empty(rows, hidden) if w_hr is not None else None
     zero = xg.new_zeros(schedule.batch, hidden)
     w_hh_t = w_hh.t().contiguous()  # one copy per call; the per-step GEMMs run faster on it
     w_hr_t = w_hr.t() if w_hr is not None else None
+    p = () if params is None else (params,)
     prev = None
     for t in schedule.order(reverse):
         lo, bs = schedule.offsets[t], schedule.batch_sizes[t]
         hi = lo + bs
-        h_prev = _previous_rows(y, h0, prev, bs)
-        c_prev = _previous_rows(c_seq, c0, prev, bs) if has_c else None
+        h_prev = _zeroed(_previous_rows(y, h0, prev, bs), resets, lo, hi)
+        c_prev = _zeroed(_previous_rows(c_seq, c0, prev, bs), resets, lo, hi) if has_c else None
         rec = h_prev @ w_hh_t if b_hh is None else torch.addmm(b_hh, h_prev, w_hh_t)
         z = zero[:bs]
         h, c, *kept = cell.torch_forward(
-            *_slots(xg[lo:hi], hidden, gates, z), *_slots(rec, hidden, gates, z), h_prev, c_prev
+            *_slots(xg[lo:hi], hidden, gates, z), *_slots(rec, hidden, gates, z), h_prev, c_prev, *p
         )
         if w_hr is None:
             y[lo:hi].copy_(h)
@@ -113,13 +126,14 @@ def _forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save):
     return ForwardResult(y, schedule.final(y, reverse), c_n, saved)
 
 
-def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule: Schedule, reverse):
+def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule: Schedule, reverse, params=None,
+             resets=None):
     """Run the backward time loop; see :mod:`fastrnn.backends.base`."""
     with torch.no_grad():
-        return _backward(cell, saved, w_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reverse)
+        return _backward(cell, saved, w_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reverse, params, resets)
 
 
-def _backward(cell, saved, w_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reverse):
+def _backward(cell, saved, w_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reverse, params, resets):
     saved = list(saved)
     gate_seq = saved.pop(0) if cell.saves_gates else None
     extra_seq = saved.pop(0) if cell.saves_extra else None
@@ -130,6 +144,10 @@ def _backward(cell, saved, w_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reve
     apart = cell.recurrent_apart
     h_prev_seq = schedule.previous(y, h0, reverse) if cell.backward_reads_h_prev else None
     c_prev_seq = schedule.previous(c_seq, c0, reverse) if c_seq is not None else None
+    h_prev_seq = _zeroed(h_prev_seq, resets, 0, dy.shape[0])
+    c_prev_seq = _zeroed(c_prev_seq, resets, 0, dy.shape[0])
+    p = () if params is None else (params,)
+    dparams = None if params is None else torch.zeros_like(params)
     h_seq = (y if w_hr is None else m_seq) if cell.backward_reads_h else None
     dxg = dy.new_empty(dy.shape[0], gates * hidden)
     dhg = dy.new_empty(dxg.shape) if apart else dxg
@@ -153,8 +171,10 @@ def _backward(cell, saved, w_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reve
         kept = none4 if gate_seq is None else list(gate_seq[lo:hi].split(hidden, 1)) + none4[gates:]
         grads = cell.torch_backward(
             dm, dc[:bs] if dc is not None else None, *kept, rows(extra_seq, lo, hi), rows(c_seq, lo, hi),
-            rows(c_prev_seq, lo, hi), rows(h_seq, lo, hi), rows(h_prev_seq, lo, hi),
+            rows(c_prev_seq, lo, hi), rows(h_seq, lo, hi), rows(h_prev_seq, lo, hi), *p,
         )
+        if dparams is not None:
+            dparams.add_(grads[2 * MAX_GATES + 2])
         for k in range(gates):
             dxg[lo:hi, k * hidden : (k + 1) * hidden].copy_(grads[k])
             if apart:
@@ -164,5 +184,11 @@ def _backward(cell, saved, w_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reve
             dh[:bs].add_(grads[2 * MAX_GATES])
         if dc is not None:
             dc[:bs].copy_(grads[2 * MAX_GATES + 1])
+        if resets is not None:
+            # no gradient crosses into the state before a reset
+            cut = resets[lo:hi].unsqueeze(1)
+            dh[:bs].masked_fill_(cut, 0)
+            if dc is not None:
+                dc[:bs].masked_fill_(cut, 0)
     dw_hr = dh_seq.t() @ m_seq if w_hr is not None else None
-    return BackwardResult(dxg, dhg, dh, dc, dw_hr)
+    return BackwardResult(dxg, dhg, dh, dc, dw_hr, dparams)

@@ -308,13 +308,16 @@ def _rnn_backward(kind, w_hh, y, dy, dh_n, schedule, reverse):
 # --------------------------------------------------------------------------------------
 
 
-def saved_layout(kind, rows, hidden, dtype, save):
+def saved_layout(kind, rows, hidden, dtype, save, resets=False, proj=False):
     """Shapes and dtypes of the ``saved`` tuple :func:`forward` returns (from sizes alone).
 
     LSTM: gates ``(N, 4H)`` (i, f, g, o), ``c`` and ``tanh(c)`` ``(N, H)``; GRU: gates
     ``(N, 3H)`` (r, z, n) and ``W_hn h + b_hn`` ``(N, H)``; plain RNN: nothing (backward
-    reads ``y``); any other cell: :func:`fastrnn.backends.generic.saved_layout`.
+    reads ``y``); any other cell, and a call with ``resets``:
+    :func:`fastrnn.backends.generic.saved_layout`.
     """
+    if resets:
+        return generic.saved_layout(kind, rows, hidden, dtype, save, proj)
     if kind is CellKind.LSTM or kind is CellKind.GRU:
         if not save:
             return []
@@ -330,25 +333,35 @@ def _refuse_projection(kind, w_hr):
         raise ValueError(f"fastrnn: proj_size is only supported for LSTM, not for cell {kind.name!r}")
 
 
-def forward(kind, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save):
-    """Run the forward time loop; see :mod:`fastrnn.backends.base`."""
-    if kind is CellKind.LSTM:
-        return _lstm_forward(xg, w_hh, w_hr, h0, c0, schedule, reverse, save)
-    if kind is CellKind.GRU:
-        return _gru_forward(xg, w_hh, b_hh, h0, schedule, reverse, save)
-    if kind is CellKind.RNN_TANH or kind is CellKind.RNN_RELU:
-        return _rnn_forward(kind, xg, w_hh, h0, schedule, reverse)
-    _refuse_projection(kind, w_hr)
-    return generic.forward(kind, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save)
+def forward(kind, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save, params=None, resets=None):
+    """Run the forward time loop; see :mod:`fastrnn.backends.base`.
+
+    torch's four cells run their own loops; ``resets`` and every other cell run the
+    generic one.
+    """
+    if resets is None:
+        if kind is CellKind.LSTM:
+            return _lstm_forward(xg, w_hh, w_hr, h0, c0, schedule, reverse, save)
+        if kind is CellKind.GRU:
+            return _gru_forward(xg, w_hh, b_hh, h0, schedule, reverse, save)
+        if kind is CellKind.RNN_TANH or kind is CellKind.RNN_RELU:
+            return _rnn_forward(kind, xg, w_hh, h0, schedule, reverse)
+    if kind is not CellKind.LSTM:
+        _refuse_projection(kind, w_hr)
+    return generic.forward(kind, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save, params, resets)
 
 
-def backward(kind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reverse):
+def backward(kind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reverse, params=None,
+             resets=None):
     """Run the backward time loop; see :mod:`fastrnn.backends.base`."""
-    if kind is CellKind.LSTM:
-        return _lstm_backward(saved, w_hh, w_hr, c0, dy, dh_n, dc_n, schedule, reverse)
-    if kind is CellKind.GRU:
-        return _gru_backward(saved, w_hh, h0, y, dy, dh_n, schedule, reverse)
-    if kind is CellKind.RNN_TANH or kind is CellKind.RNN_RELU:
-        return _rnn_backward(kind, w_hh, y, dy, dh_n, schedule, reverse)
-    _refuse_projection(kind, w_hr)
-    return generic.backward(kind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reverse)
+    if resets is None:
+        if kind is CellKind.LSTM:
+            return _lstm_backward(saved, w_hh, w_hr, c0, dy, dh_n, dc_n, schedule, reverse)
+        if kind is CellKind.GRU:
+            return _gru_backward(saved, w_hh, h0, y, dy, dh_n, schedule, reverse)
+        if kind is CellKind.RNN_TANH or kind is CellKind.RNN_RELU:
+            return _rnn_backward(kind, w_hh, y, dy, dh_n, schedule, reverse)
+    if kind is not CellKind.LSTM:
+        _refuse_projection(kind, w_hr)
+    return generic.backward(kind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reverse, params,
+                            resets)

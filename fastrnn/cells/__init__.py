@@ -7,5 +7,7 @@ tier reads it from there.
 
 from .base import MAX_GATES, Cell, defined, get
 from .builtin import BUILTIN, GRU, LSTM, RNN_RELU, RNN_TANH
+from .variants import LSTM_PEEPHOLE, layer_norm_gru, layer_norm_lstm
 
-__all__ = ["Cell", "get", "defined", "BUILTIN", "LSTM", "GRU", "RNN_TANH", "RNN_RELU", "MAX_GATES"]
+__all__ = ["Cell", "get", "defined", "BUILTIN", "LSTM", "GRU", "RNN_TANH", "RNN_RELU", "MAX_GATES",
+           "LSTM_PEEPHOLE", "layer_norm_lstm", "layer_norm_gru"]

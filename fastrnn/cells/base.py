@@ -24,8 +24,17 @@ their results are ignored, as are ``c`` / ``dc_prev`` for a cell without a cell 
 ``recurrent_apart``), ``dh_direct`` the gradient reaching ``h_prev`` outside that GEMM
 (used when ``direct_h_grad``). In torch, unused results may be ``None``.
 
+A cell with per-unit parameters of its own (``param_rows > 0``: peepholes, LayerNorm gains
+and biases) receives them as one more argument ``p`` of shape ``(param_rows, H)``, the last
+of both functions, and its backward returns one more result, ``dp`` ``(param_rows, H)``:
+the gradient of ``p`` summed over the step's rows. ``e`` may be wider than ``H``
+(``extra_width`` blocks of ``H``), for a cell whose backward needs a whole row of its own
+(a LayerNorm's input).
+
 A definition is registered by name when it is made (:func:`get` finds it again): the name
-is what crosses the ``torch.library`` op boundary.
+is what crosses the ``torch.library`` op boundary. A family of definitions that differ by a
+constant (a LayerNorm's ``eps``) registers a factory (:func:`register_family`): ``get``
+makes ``"Family(eps=1e-05)"`` on first use, in any process.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from typing import Callable
 MAX_GATES = 4
 
 _REGISTRY: dict[str, "Cell"] = {}
+_FAMILIES: dict[str, Callable] = {}
 
 
 def _resolve(fn):
@@ -69,6 +79,9 @@ class Cell:
         backward_reads_h: the backward reads ``h``, the step's output (plain RNNs).
         backward_reads_h_prev: the backward reads ``h_prev``.
         direct_h_grad: ``dh_direct`` is added to the gradient of ``h_prev``.
+        param_rows: rows of the per-unit parameter ``p`` ``(param_rows, H)`` the
+            pointwise functions take (0: none).
+        extra_width: ``e`` has ``extra_width * H`` features.
     """
 
     name: str
@@ -85,6 +98,8 @@ class Cell:
     backward_reads_h: bool = False
     backward_reads_h_prev: bool = False
     direct_h_grad: bool = False
+    param_rows: int = 0
+    extra_width: int = 1
     _kernel: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -92,6 +107,11 @@ class Cell:
             raise ValueError(f"fastrnn.Cell: name must be a non-empty string, got {self.name!r}")
         if not isinstance(self.gates, int) or not 1 <= self.gates <= MAX_GATES:
             raise ValueError(f"fastrnn.Cell {self.name!r}: gates must be an int from 1 to {MAX_GATES}, got {self.gates!r}")
+        for what in ("param_rows", "extra_width"):
+            value = getattr(self, what)
+            if not isinstance(value, int) or value < (1 if what == "extra_width" else 0):
+                raise ValueError(f"fastrnn.Cell {self.name!r}: {what} must be an int >= "
+                                 f"{1 if what == 'extra_width' else 0}, got {value!r}")
         known = _REGISTRY.get(self.name)
         if known is not None and known._identity() != self._identity():
             raise ValueError(f"fastrnn.Cell: a different cell named {self.name!r} is already defined")
@@ -120,13 +140,24 @@ class Cell:
 
     @property
     def runs_on_triton(self) -> bool:
-        return self.triton_forward is not None and self.triton_backward is not None
+        # (the kernels' pointwise interface has no per-unit parameters and an H-wide e)
+        return (self.triton_forward is not None and self.triton_backward is not None
+                and self.param_rows == 0 and self.extra_width == 1)
+
+    def why_not_triton(self) -> str:
+        """Why the triton backend cannot run this cell ("" when it can)."""
+        if self.runs_on_triton:
+            return ""
+        if self.param_rows or self.extra_width != 1:
+            return (f"cell {self.name!r} has per-unit parameters or a wide saved row, which the Triton "
+                    "kernels' pointwise interface does not carry yet")
+        return f"cell {self.name!r} has no Triton functions"
 
     def kernel_constexprs(self) -> dict:
         """The compile-time arguments every kernel tier takes for this cell."""
         if not self._kernel:
             if not self.runs_on_triton:
-                raise RuntimeError(f"fastrnn: cell {self.name!r} has no Triton functions; run it on backend='reference'")
+                raise RuntimeError(f"fastrnn: {self.why_not_triton()}; run it on backend='reference'")
             self._kernel.update(
                 CELL_FORWARD=_resolve(self.triton_forward),
                 CELL_BACKWARD=_resolve(self.triton_backward),
@@ -150,12 +181,33 @@ class Cell:
         return (get, (self.name,))
 
 
+def register_family(prefix: str, factory: Callable) -> None:
+    """Let :func:`get` make ``"prefix(key=value, ...)"`` by calling ``factory(key=value, ...)``
+    (float values), which must return a cell of exactly that name."""
+    _FAMILIES[prefix] = factory
+
+
+def _from_family(name: str) -> "Cell | None":
+    prefix, paren, rest = name.partition("(")
+    factory = _FAMILIES.get(prefix)
+    if factory is None or not paren or not rest.endswith(")"):
+        return None
+    try:
+        kwargs = {k.strip(): float(v) for k, v in (item.split("=") for item in rest[:-1].split(","))}
+        cell = factory(**kwargs)
+    except (ValueError, TypeError):
+        return None
+    return cell if cell.name == name else None
+
+
 def get(name: str) -> Cell:
     """The cell defined under ``name``."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"fastrnn: no cell named {name!r} is defined (known: {sorted(_REGISTRY)})") from None
+    cell = _REGISTRY.get(name)
+    if cell is None:
+        cell = _from_family(name) if isinstance(name, str) else None
+        if cell is None:
+            raise ValueError(f"fastrnn: no cell named {name!r} is defined (known: {sorted(_REGISTRY)})")
+    return cell
 
 
 def defined() -> tuple[Cell, ...]:

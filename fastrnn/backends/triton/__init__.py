@@ -56,9 +56,13 @@ def unavailable_reason(device: torch.device) -> str | None:
     return f"no Triton kernels for device type {device.type!r}"
 
 
+#: Why a call with ``resets`` cannot run here (the kernels do not read reset flags yet).
+RESETS_REFUSAL = "the Triton kernels do not read reset flags yet"
+
+
 def _refuse(cell, dtype) -> None:
     if not cell.runs_on_triton:
-        raise RuntimeError(f"fastrnn: cell {cell.name!r} has no Triton functions; run it with backend='reference'")
+        raise RuntimeError(f"fastrnn: {cell.why_not_triton()}; run it with backend='reference'")
     if dtype == torch.bfloat16 and _interpreted():
         # Measured: the interpreter's tl.dot on bfloat16 operands returns wrong values.
         raise RuntimeError(
