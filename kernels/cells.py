@@ -123,3 +123,28 @@ def recurrent_bias(b_hh_ptr, cols, col_mask, H, GATES: tl.constexpr, APART: tl.c
         if GATES > 3:
             b3 = tl.load(b_hh_ptr + 3 * H + cols, mask=col_mask, other=0.0).to(ACC)[None, :]
     return b0, b1, b2, b3
+
+
+@triton.jit
+def peephole_forward(x0, x1, x2, x3, r0, r1, r2, r3, h_prev, c_prev, p0, p1, p2):
+    """Peephole LSTM (``p0, p1, p2 = w_ci, w_cf, w_co``, per-unit rows): ``(h, c, i, f, g, o, unused)``."""
+    i = sigmoid(x0 + r0 + p0 * c_prev)
+    f = sigmoid(x1 + r1 + p1 * c_prev)
+    g = tanh(x2 + r2)
+    c = f * c_prev + i * g
+    o = sigmoid(x3 + r3 + p2 * c)
+    h = o * tanh(c)
+    return h, c, i, f, g, o, h
+
+
+@triton.jit
+def peephole_backward(dh, dc, i, f, g, o, e, c, c_prev, h, h_prev, p0, p1, p2):
+    """Peephole LSTM backward: ``dx == dr``; the peephole weights' own gradients are reductions
+    of ``dx`` with ``c`` over rows and steps, made after the loop (``Cell.torch_param_grad``)."""
+    tc = tanh(c)
+    do = dh * tc * o * (1.0 - o)
+    dc_total = dc + dh * o * (1.0 - tc * tc) + do * p2
+    di = dc_total * g * i * (1.0 - i)
+    df = dc_total * c_prev * f * (1.0 - f)
+    dg = dc_total * i * (1.0 - g * g)
+    return di, df, dg, do, di, df, dg, do, dh, dc_total * f + di * p0 + df * p1

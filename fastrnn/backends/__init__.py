@@ -104,8 +104,8 @@ def resolve_name(name: str | None, device: torch.device, call: Call | None = Non
                 tracing=call.tracing,
             )
         reason = triton_unavailable_reason(device)
-        if reason is None and call is not None and not call.kind.runs_on_triton:
-            reason = call.kind.why_not_triton()
+        if reason is None and call is not None:
+            reason = _triton_backend().refuses_cell(call.kind)
         if reason is None:
             return "triton"
         # No silent slow paths: the reference loop on a GPU is correct but far slower.
@@ -125,7 +125,7 @@ def resolve_name(name: str | None, device: torch.device, call: Call | None = Non
 
 def triton_refuses_resets() -> str | None:
     """Why the triton backend cannot run a call with ``resets`` (None when it can)."""
-    return getattr(_triton_backend(), "RESETS_REFUSAL", None)
+    return _triton_backend().refuses_resets()
 
 
 def resolve(name: str | None, device: torch.device):

@@ -45,6 +45,8 @@ from typing import Callable
 
 #: Gate slots of the pointwise interface (the kernels pass four, LSTM uses all of them).
 MAX_GATES = 4
+#: The most rows of per-unit parameters the kernels pass a cell (as ``p0, p1, p2``).
+MAX_KERNEL_PARAMS = 3
 
 _REGISTRY: dict[str, "Cell"] = {}
 _FAMILIES: dict[str, Callable] = {}
@@ -80,7 +82,14 @@ class Cell:
         backward_reads_h_prev: the backward reads ``h_prev``.
         direct_h_grad: ``dh_direct`` is added to the gradient of ``h_prev``.
         param_rows: rows of the per-unit parameter ``p`` ``(param_rows, H)`` the
-            pointwise functions take (0: none).
+            pointwise functions take (0: none). The Triton functions take them as
+            ``p0, p1, p2`` (per-unit rows, broadcast over the tile's rows; at most
+            ``MAX_KERNEL_PARAMS``) after ``c_prev`` / ``h_prev``, and return no ``dp``.
+        torch_param_grad: for a cell with ``param_rows`` that runs on Triton, the gradient
+            of ``p`` from whole-sequence tensors after the backward loop:
+            ``torch_param_grad(dx (N, G*H), dr (N, G*H), c, c_prev, h, h_prev, p) -> (param_rows, H)``
+            (``c``, ``c_prev`` ``(N, H)`` in the accumulation dtype for a cell with a cell state;
+            ``h``, ``h_prev`` ``(N, H)`` the cell's output and the state it read).
         extra_width: ``e`` has ``extra_width * H`` features.
     """
 
@@ -99,6 +108,7 @@ class Cell:
     backward_reads_h_prev: bool = False
     direct_h_grad: bool = False
     param_rows: int = 0
+    torch_param_grad: Callable | None = None
     extra_width: int = 1
     _kernel: dict = field(default_factory=dict, repr=False)
 
@@ -141,17 +151,23 @@ class Cell:
     @property
     def runs_on_triton(self) -> bool:
         # (the kernels' pointwise interface has no per-unit parameters and an H-wide e)
-        return (self.triton_forward is not None and self.triton_backward is not None
-                and self.param_rows == 0 and self.extra_width == 1)
+        return self.triton_forward is not None and self.triton_backward is not None and not self._kernel_limits()
+
+    def _kernel_limits(self) -> str:
+        if self.extra_width != 1:
+            return "an e wider than H, which the kernels do not save"
+        if self.param_rows > MAX_KERNEL_PARAMS:
+            return f"{self.param_rows} rows of per-unit parameters (the kernels pass at most {MAX_KERNEL_PARAMS})"
+        if self.param_rows and self.torch_param_grad is None:
+            return "per-unit parameters without torch_param_grad"
+        return ""
 
     def why_not_triton(self) -> str:
         """Why the triton backend cannot run this cell ("" when it can)."""
-        if self.runs_on_triton:
-            return ""
-        if self.param_rows or self.extra_width != 1:
-            return (f"cell {self.name!r} has per-unit parameters or a wide saved row, which the Triton "
-                    "kernels' pointwise interface does not carry yet")
-        return f"cell {self.name!r} has no Triton functions"
+        if self.triton_forward is None or self.triton_backward is None:
+            return f"cell {self.name!r} has no Triton functions"
+        limit = self._kernel_limits()
+        return f"cell {self.name!r} has {limit}" if limit else ""
 
     def kernel_constexprs(self) -> dict:
         """The compile-time arguments every kernel tier takes for this cell."""
@@ -171,6 +187,9 @@ class Cell:
                 BWD_H_PREV=self.backward_reads_h_prev,
                 DIRECT=self.direct_h_grad,
             )
+            if self.param_rows:
+                # (only then: a tier's kernels take PARAMS once they pass per-unit rows)
+                self._kernel["PARAMS"] = self.param_rows
         return dict(self._kernel)
 
     def __repr__(self) -> str:

@@ -19,8 +19,9 @@ parameters, ``(param_rows, H)``):
 
 LN is ``torch.nn.functional.layer_norm``'s: biased variance, ``eps`` inside the square root.
 The LayerNorm cells keep ``r`` (``e``, ``G*H`` wide) for the backward, which recomputes the
-row statistics from it and from the saved ``c``. These cells run on the reference backend
-(and its differentiable form); their Triton functions are not written yet.
+row statistics from it and from the saved ``c``; they run on the reference backend (and its
+differentiable form): a Triton form needs a kernel that holds whole rows, not written yet.
+The peephole cell has Triton functions (:mod:`fastrnn.kernels.cells`).
 """
 
 from __future__ import annotations
@@ -75,8 +76,17 @@ def peephole_backward(dh, dc, i, f, g, o, e, c, c_prev, h, h_prev, p):
 #: The peephole parameters' names (``torch.nn``-style stems), in the order of ``p``'s rows.
 PEEPHOLE_WEIGHTS = ("weight_ci", "weight_cf", "weight_co")
 
+def peephole_param_grad(dx, dr, c, c_prev, h, h_prev, p):
+    """The peephole weights' gradient over a whole sequence (the Triton tiers' form)."""
+    hidden = c.shape[1]
+    di, df, do = dx[:, :hidden], dx[:, hidden : 2 * hidden], dx[:, 3 * hidden :]
+    return torch.stack(((di * c_prev).sum(0), (df * c_prev).sum(0), (do * c).sum(0))).to(p.dtype)
+
+
 LSTM_PEEPHOLE = Cell(
-    "LSTM_PEEPHOLE", 4, peephole_forward, peephole_backward, has_cell_state=True, param_rows=3,
+    "LSTM_PEEPHOLE", 4, peephole_forward, peephole_backward, "fastrnn.kernels.cells:peephole_forward",
+    "fastrnn.kernels.cells:peephole_backward", has_cell_state=True, param_rows=3,
+    torch_param_grad=peephole_param_grad,
 )
 
 

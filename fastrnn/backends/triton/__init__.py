@@ -56,13 +56,54 @@ def unavailable_reason(device: torch.device) -> str | None:
     return f"no Triton kernels for device type {device.type!r}"
 
 
-#: Why a call with ``resets`` cannot run here (the kernels do not read reset flags yet).
-RESETS_REFUSAL = "the Triton kernels do not read reset flags yet"
+def _tier_refusal(tier: str, wants: tuple) -> str | None:
+    """Why ``tier`` cannot run a call with these optional inputs (``"params"``, ``"resets"``),
+    or None; a launcher module lists what it reads in ``EXTRAS``."""
+    missing = [w for w in wants if w not in getattr(LAUNCHERS[tier], "EXTRAS", ())]
+    if not missing:
+        return None
+    what = {"params": "a cell's per-unit parameters", "resets": "reset flags"}
+    return f"the {tier} tier's kernels do not read {' or '.join(what[m] for m in missing)} yet"
+
+
+def refuses_resets() -> str | None:
+    """Why a call with ``resets`` cannot run on this backend (None when the step tier, where
+    every call can go, reads them)."""
+    return _tier_refusal("step", ("resets",))
+
+
+def refuses_cell(cell) -> str | None:
+    """Why this backend cannot run ``cell`` (None when it can)."""
+    reason = cell.why_not_triton()
+    if not reason and cell.param_rows:
+        reason = _tier_refusal("step", ("params",))
+    return reason or None
+
+
+def _extras(params, resets) -> dict:
+    extras = {}
+    if params is not None:
+        extras["params"] = params
+    if resets is not None:
+        extras["resets"] = resets
+    return extras
+
+
+def _tier_with(tier: str, extras: dict) -> str:
+    """``tier``, or the step tier when ``tier`` cannot read the call's optional inputs;
+    an error before any work when neither can."""
+    if not extras or _tier_refusal(tier, tuple(extras)) is None:
+        return tier
+    reason = _tier_refusal("step", tuple(extras))
+    if reason is not None:
+        raise RuntimeError(f"fastrnn: backend='triton': {reason}; use backend='reference'")
+    return "step"
 
 
 def _refuse(cell, dtype) -> None:
-    if not cell.runs_on_triton:
-        raise RuntimeError(f"fastrnn: {cell.why_not_triton()}; run it with backend='reference'")
+    reason = refuses_cell(cell)
+    if reason:
+        raise RuntimeError(f"fastrnn: backend='triton': {reason}; run it with backend='reference'")
     if dtype == torch.bfloat16 and _interpreted():
         # Measured: the interpreter's tl.dot on bfloat16 operands returns wrong values.
         raise RuntimeError(
@@ -77,32 +118,58 @@ def _fallible():
     return BarrierTimeout, cooperative.LaunchRefused
 
 
-def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: bool, save: bool):
+def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: bool, save: bool, params=None,
+            resets=None):
     """Run the forward time loop on the tier :func:`tier_for` picks; see :mod:`fastrnn.backends.base`."""
     _refuse(cell, xg.dtype)
     from ...kernels.launches import device_guard
 
+    extras = _extras(params, resets)
     with device_guard(xg.device):
-        tier = policy.layer_tier(cell, w_hh, w_hr, xg.dtype, xg.device, schedule)
+        tier = _tier_with(policy.layer_tier(cell, w_hh, w_hr, xg.dtype, xg.device, schedule), extras)
         if tier != "step":
             try:
-                return LAUNCHERS[tier].forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save)
+                return LAUNCHERS[tier].forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save,
+                                               **extras)
             except _fallible() as exc:  # nothing the failed launch wrote is used
                 selfcheck.cooperative_failed(exc, cell, w_hh.shape[1], xg.dtype, xg.device)
-        return step.forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save)
+        return step.forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save, **extras)
 
 
-def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule: Schedule, reverse: bool):
+def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule: Schedule, reverse: bool,
+             params=None, resets=None):
     """Run the backward time loop on the tier :func:`tier_for` picks (every tier reads the
     ``saved`` tuple of every other); see :mod:`fastrnn.backends.base`."""
     from ...kernels.launches import device_guard
 
+    extras = _extras(params, resets)
     with device_guard(y.device):
-        tier = policy.layer_tier(cell, w_hh, w_hr, y.dtype, y.device, schedule)
+        tier = _tier_with(policy.layer_tier(cell, w_hh, w_hr, y.dtype, y.device, schedule), extras)
+        res = None
         if tier != "step":
             try:
-                return LAUNCHERS[tier].backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule,
-                                                reverse)
+                res = LAUNCHERS[tier].backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule,
+                                               reverse, **extras)
             except _fallible() as exc:
                 selfcheck.cooperative_failed(exc, cell, w_hh.shape[1], y.dtype, y.device)
-        return step.backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reverse)
+        if res is None:
+            res = step.backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reverse,
+                                **extras)
+    if params is None:
+        return res
+    return res._replace(dparams=_param_grad(cell, saved, res, h0, c0, y, schedule, reverse, params, resets))
+
+
+def _param_grad(cell, saved, res, h0, c0, y, schedule, reverse, params, resets):
+    """The gradient of the cell's per-unit parameters from whole-sequence tensors
+    (``cell.torch_param_grad``), after the backward loop."""
+    c_seq = c_prev = None
+    if cell.has_cell_state:
+        c_seq = saved[1]
+        c_prev = schedule.previous(c_seq, c0.to(c_seq.dtype), reverse)
+    h_prev = schedule.previous(y, h0, reverse)
+    if resets is not None:
+        cut = resets.unsqueeze(1)
+        h_prev = torch.where(cut, 0, h_prev)
+        c_prev = None if c_prev is None else torch.where(cut, 0, c_prev)
+    return cell.torch_param_grad(res.dxg, res.dhg, c_seq, c_prev, y, h_prev, params)
