@@ -106,6 +106,7 @@ def signature_of(spec) -> tuple[dict, dict, dict]:
         "io": "*" + _TYPE[spec.dtype],
         "acc": "*" + _TYPE[torch.float64 if spec.dtype == torch.float64 else torch.float32],
         "i32": "*i32",
+        "u8": "*u8",
     }
     signature, attrs = {}, {}
     for index, (name, role) in enumerate(spec.pointers):
