@@ -42,10 +42,11 @@ def _grads(loss, m, leaves):
     return torch.autograd.grad(loss, [*leaves, *params], allow_unused=False)
 
 
-def _compare(kind, m, form, with_h0, dtype, backend="reference", resets_at=()):
-    """Run ``m`` on a batch in ``form`` and the oracle sequence by sequence; compare all."""
+def _compare(kind, m, form, with_h0, dtype, backend="reference", resets_at=(), lstm=None):
+    """Run ``m`` on a batch in ``form`` and the oracle sequence by sequence; compare all
+    (``kind``: the oracle's equations; ``lstm``: whether ``m`` carries a cell state)."""
     gen = torch.Generator().manual_seed(1)
-    lstm = LAYERS[kind][1]
+    lstm = LAYERS[kind][1] if lstm is None else lstm
     layers_dir = m.num_layers * (2 if m.bidirectional else 1)
     lengths = [4, 6, 3] if form == "packed" else ([5] if form == "unbatched" else [5, 5])
     seqs = [torch.randn(n, m.input_size, generator=gen, dtype=dtype) for n in lengths]
