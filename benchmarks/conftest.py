@@ -131,12 +131,15 @@ def pytest_runtest_makereport(item, call):
         return
     bench = item.funcargs.get("benchmark")
     info = getattr(bench, "extra_info", None) or {}
-    if "paired_ratio" not in info:
+    if "paired_ratio" not in info and "variant_ratio" not in info:
         return
     state.done += 1
     tr = item.config.pluginmanager.get_plugin("terminalreporter")
     if tr is not None and item.config.getoption("verbose") <= 0:
-        tr.write_line(ratio_report.progress_line(state.done, state.to_time, _case(bench)))
+        if "variant_ratio" in info:
+            tr.write_line(ratio_report.variant_progress_line(state.done, state.to_time, _variant_case(bench)))
+        else:
+            tr.write_line(ratio_report.progress_line(state.done, state.to_time, _case(bench)))
 
 
 def _load() -> list[float] | None:
@@ -175,6 +178,20 @@ def _case(bench) -> dict:
     return case
 
 
+def _variant_case(bench) -> dict:
+    """One row of the variant table (``test_variants.py``) from a case's benchmark entry."""
+    info = bench.extra_info
+    stats, ratio, scale = info["stats"], info["variant_ratio"], info.get("scale_ratio")
+    return {
+        "case": bench.group, "variant": info["variant"], "kind": info["kind"], "pass": info["pass"],
+        "shape": info["shape"], "dtype": info["dtype"], "backend": info["backend"], "baseline": info["baseline"],
+        "target": info["target"], "rounds": info["rounds"],
+        "baseline_median_ms": stats["baseline"]["median_ms"], "fastrnn_median_ms": stats["fastrnn"]["median_ms"],
+        "ratio_median": ratio["median"], "ratio_q1": ratio["q1"], "ratio_q3": ratio["q3"],
+        "ratio_of_mins": ratio["of_mins"], "scale_ratio_median": scale["median"] if scale else None,
+    }
+
+
 def build_run(config) -> dict:
     """The run as a plain dict (see ratio_report): device, versions, threads, cases, skips."""
     session = getattr(config, "_benchmarksession", None)
@@ -187,6 +204,8 @@ def build_run(config) -> dict:
         "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "load": {"start": state.load_start, "end": _load()},
         "cases": cases,
+        "variant_cases": [_variant_case(bench) for bench in (session.benchmarks if session is not None else ())
+                          if "variant_ratio" in bench.extra_info],
         "skipped": [{"reason": reason, "count": len(ids)} for reason, ids in state.skipped.items()],
     }
 
@@ -201,13 +220,17 @@ def pytest_terminal_summary(terminalreporter, config):
     if run["cases"]:
         for line in ratio_report.format_table(run):
             write(line)
-    else:
+    elif not run["variant_cases"]:
         write(ratio_report.header_line(run))
         write("no timings collected (benchmarks disabled, deselected, skipped or failed)")
+    if run["variant_cases"]:
+        terminalreporter.section("variants: fastrnn time / baseline time, interleaved in the same run (target: at most the 'target' column)")
+        for line in ratio_report.format_variant_table(run):
+            write(line)
     for skip in run["skipped"]:
         write(f"skipped {skip['count']} case{'s' if skip['count'] != 1 else ''}: {skip['reason']}")
     prefix = config.getoption("bench_out")
-    if prefix and run["cases"]:
+    if prefix and (run["cases"] or run["variant_cases"]):
         json_path, png_path = Path(f"{prefix}.json"), Path(f"{prefix}.png")
         ratio_report.write_json(run, json_path)
         ratio_report.plot(run, png_path)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 #: One letter per arm in the recorded round order (``"tf"``: torch first, then fastrnn).
-LETTERS = {"torch": "t", "fastrnn": "f", "torch_aa": "a"}
+LETTERS = {"torch": "t", "fastrnn": "f", "torch_aa": "a", "baseline": "b", "scale": "s"}
 
 
 @dataclass

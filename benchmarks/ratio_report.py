@@ -66,6 +66,34 @@ def progress_line(done: int, total: int, case: dict) -> str:
     )
 
 
+def variant_progress_line(done: int, total: int, case: dict) -> str:
+    return (
+        f"[{done:>3}/{total}] {case['case']:<34} {case['backend']:<9} baseline {case['baseline_median_ms']:9.3f} ms  "
+        f"fastrnn {case['fastrnn_median_ms']:9.3f} ms  ratio {case['ratio_median']:.3f} (target <= {case['target']})  "
+        f"({case['rounds']} rounds)"
+    )
+
+
+def format_variant_table(run: dict) -> list[str]:
+    """The variant cases: fastrnn / their baseline (paired ratio), the target, and for the
+    LayerNorm layers fastrnn / torch.nn's layer without LayerNorm (scale)."""
+    cases = run["variant_cases"]
+    width = max([len("case")] + [len(c["case"]) for c in cases])
+    head = (f"{'case':<{width}}  {'backend':<9}  {'baseline':<31}  {'base ms':>8}  {'fastrnn ms':>10}  "
+            f"{'ratio':>6} {'IQR':>11}  {'target':>6}  {'met':>3}  {'vs torch.nn':>11}")
+    lines = [head, "-" * len(head)]
+    for c in cases:
+        scale = _fmt(c.get("scale_ratio_median"), 11, 3)
+        met = "yes" if c["ratio_median"] <= c["target"] else "NO"
+        lines.append(f"{c['case']:<{width}}  {c['backend']:<9}  {c['baseline']:<31}  {c['baseline_median_ms']:8.3f}  "
+                     f"{c['fastrnn_median_ms']:10.3f}  {c['ratio_median']:6.3f} {_iqr(c, 'ratio'):>11}  "
+                     f"{c['target']:6.2f}  {met:>3}  {scale}")
+    missed = [c for c in cases if c["ratio_median"] > c["target"]]
+    lines += ["", f"{len(cases) - len(missed)} of {len(cases)} cases meet their target"
+              + (f"; missed: {', '.join(c['case'] for c in missed)}" if missed else "")]
+    return lines
+
+
 def _fmt(v, w, p=2):
     return f"{v:{w}.{p}f}" if v is not None else f"{'-':>{w}}"
 

@@ -68,6 +68,12 @@ class Recurrent(_FastRNNBase, nn.RNNBase):
         proj_size: int = 0,
     ) -> None:
         cell = CellKind(cell)
+        if cell.param_rows:
+            raise ValueError(
+                f"fastrnn.Recurrent: cell {cell.name!r} has per-unit parameters of its own, which Recurrent "
+                "does not create; use the layer made for it (fastrnn.LSTM(peephole=True), fastrnn.LayerNormLSTM, "
+                "fastrnn.LayerNormGRU)"
+            )
         if proj_size != 0 and cell is not LSTM:
             raise ValueError(
                 f"fastrnn.Recurrent: proj_size is only supported for the LSTM cell, not for {cell.name!r}"

@@ -289,3 +289,18 @@ def test_gradcheck_and_gradgradcheck(kind):
     inputs = (x, h0, c0, *params)
     assert torch.autograd.gradcheck(f, inputs)
     assert torch.autograd.gradgradcheck(f, inputs)
+
+
+def test_recurrent_refuses_cells_with_their_own_parameters():
+    with pytest.raises(ValueError, match="has per-unit parameters of its own"):
+        fastrnn.Recurrent(fastrnn.cells.LSTM_PEEPHOLE, 3, 4)
+    with pytest.raises(ValueError, match="has per-unit parameters of its own"):
+        fastrnn.Recurrent("LayerNormGRU(eps=1e-05)", 3, 4)
+
+
+def test_layer_norm_cells_are_found_by_name_in_any_process():
+    """The op carries the cell's name; a LayerNorm cell of any eps is made from it."""
+    cell = fastrnn.cells.get("LayerNormLSTM(eps=0.25)")
+    assert cell is fastrnn.cells.layer_norm_lstm(0.25) and cell.param_rows == 10
+    with pytest.raises(ValueError, match="no cell named"):
+        fastrnn.cells.get("LayerNormLSTM(eps=oops)")
