@@ -103,6 +103,11 @@ def test_dry_run_self_check_extras_and_speed_rows(quick_run):
     assert extras["barrier stress"]["status"] == "ok"
     assert extras["barrier stress"]["max_difference_between_launches"] == 0.0
     assert extras["torch.compile reduce-overhead"]["status"] == "ok"
+    variant_rows = extras["variant layers and resets per tier"]
+    assert variant_rows["status"] == "ok", variant_rows
+    assert {(r["model"], r["tier"]) for r in variant_rows["rows"]} == {
+        (m, t) for m in ("LSTM-peephole+resets", "GRU+resets", "LayerNormLSTM", "LayerNormGRU")
+        for t in ("step", "resident", "cooperative")}
     assert extras["model on cuda:1"]["status"] == "skipped"
     assert {extras[f"compute-sanitizer {t}"]["status"] for t in ("racecheck", "synccheck")} == {"skipped"}
     speed = data["speed"]

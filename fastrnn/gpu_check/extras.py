@@ -1,4 +1,5 @@
-"""Checks beyond the case grid: barrier stress, torch.compile, a second device, compute-sanitizer.
+"""Checks beyond the case grid: barrier stress, torch.compile, the variant layers, a second
+device, compute-sanitizer.
 
 Each returns a dict with ``check``, ``status`` (ok / fail / error / skipped) and details.
 """
@@ -19,7 +20,7 @@ import torch
 
 import fastrnn
 
-from . import checks, plan
+from . import checks, plan, variants
 
 
 def _guard(name: str, fn, env: checks.Env) -> dict:
@@ -175,6 +176,7 @@ def run_all(env: checks.Env, quick: bool, out: list | None = None) -> list[dict]
     jobs = [
         ("barrier stress", lambda e: barrier_stress(e, launches)),
         ("torch.compile reduce-overhead", compile_check),
+        ("variant layers and resets per tier", variants.variants_check),
         ("model on cuda:1", second_device),
     ]
     out = [] if out is None else out
