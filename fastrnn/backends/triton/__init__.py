@@ -62,14 +62,15 @@ def _tier_refusal(tier: str, wants: tuple) -> str | None:
     missing = [w for w in wants if w not in getattr(LAUNCHERS[tier], "EXTRAS", ())]
     if not missing:
         return None
-    what = {"params": "a cell's per-unit parameters", "resets": "reset flags"}
+    what = {"params": "a cell's per-unit parameters", "resets": "reset flags", "zoneout": "zoneout masks",
+            "recurrent_scale": "a recurrent-dropout scale"}
     return f"the {tier} tier's kernels do not read {' or '.join(what[m] for m in missing)} yet"
 
 
-def refuses_resets() -> str | None:
-    """Why a call with ``resets`` cannot run on this backend (None when the step tier, where
-    every call can go, reads them)."""
-    return _tier_refusal("step", ("resets",))
+def refuses_loop_inputs(wants: tuple) -> str | None:
+    """Why a call whose time loop takes ``wants`` cannot run on this backend (None when the
+    step tier, where every call can go, reads them)."""
+    return _tier_refusal("step", tuple(wants))
 
 
 def refuses_cell(cell) -> str | None:
