@@ -65,9 +65,15 @@ schedule's int32 device tables (:meth:`fastrnn.schedule.Schedule.device_tables`,
 per schedule); a padded batch passes ``packed = 0`` and the kernel computes ``B`` and
 ``t * B`` itself (no host-to-device copy, CUDA-graph friendly).
 
-Compile-time choices: the variant, the cell, ``ACC``, ``PRECISION`` (TF32 or IEEE), the
-block sizes and ``SLAB_K``; ``T``, ``B``, the direction, ``packed``, ``save`` and the barrier
-arguments are runtime values (``do_not_specialize``). ``H`` is a runtime value too, but
+Optional inputs (:mod:`fastrnn.backends.base`): reset flags, uint8 per flat row, read only
+when ``has_resets`` is set: a flagged row's step starts from a zero state (its GEMM rows,
+``h_{t-1}`` and ``c_{t-1}`` are zeroed before the cell), and in backward the gradient
+reaching that state (``dh`` after the GEMM and ``dh_direct``, ``dc_prev``) is zeroed;
+a cell's per-unit parameters (``p_ptr``, ``PARAMS`` rows, loaded once per program).
+
+Compile-time choices: the variant, the cell (with ``PARAMS``), ``ACC``, ``PRECISION`` (TF32
+or IEEE), the block sizes and ``SLAB_K``; ``T``, ``B``, the direction, ``packed``, ``save``,
+``has_resets`` and the barrier arguments are runtime values (``do_not_specialize``). ``H`` is a runtime value too, but
 Triton specialises it on divisibility by 16: with ``H % 16 == 0`` the rows of ``W_hh``,
 ``y`` and ``xg`` are known 16-byte aligned, so loads vectorise and the streamed ``W_hh``
 chunks are software-pipelined (measured: otherwise every bf16 load was a scalar

@@ -341,8 +341,9 @@ def backward_cell(dh_q, dc, q_off, p_off, p_bs, rows, q_rows_mask, cols, q_mask,
     processed before ``q`` (``p_bs`` 0: every row starts from the initial state);
     ``p0..p2``: as in :func:`forward_cell`. A row of ``q`` flagged in ``resets_ptr``
     (``has_resets``) started from a zero state: the cell reads zero ``c_{q-1}`` /
-    ``h_{q-1}``, and ``dc_prev`` / ``dh_direct`` of the row are zero (no gradient crosses a
-    reset; the kernels zero the GEMM path, :func:`reset_cut`)."""
+    ``h_{q-1}``, and ``dc_prev`` of the row is zero (no gradient crosses a reset; the
+    kernels zero the gradient reaching ``h_{q-1}``, GEMM and ``dh_direct`` together, at the
+    next iteration: :func:`reset_cut`)."""
     GH = GATES * H
     q_rows = (q_off + rows)[:, None]
     # Tiles the cell does not read: any ACC tile of the shape.
@@ -389,7 +390,6 @@ def backward_cell(dh_q, dc, q_off, p_off, p_bs, rows, q_rows_mask, cols, q_mask,
             dh_q, dc, s0, s1, s2, s3, e, c, c_prev, h, h_prev)
     if has_resets != 0:
         dc_prev = tl.where(cut[:, None], 0.0, dc_prev)
-        dh_direct = tl.where(cut[:, None], 0.0, dh_direct)
     ty = dxg_ptr.dtype.element_ty
     dx_ptrs = dxg_ptr + q_rows * GH + cols[None, :]
     tl.store(dx_ptrs, dx0.to(ty), mask=q_mask)
