@@ -89,8 +89,9 @@ def _module(kind, layers, bidirectional, seed=0):
 
 def _problem(kind, steps, batch, layers, bidirectional, packed, with_resets, seed=0):
     """``(x (T, B, I), lengths or None, resets (T, B) or None, h0, c0 or None)``, float64.
-    Resets: some at step 0, some inside each sequence, at most one row per step unflagged
-    pattern so that every sequence has at least two episodes where it is long enough."""
+    Resets: random (about a third of the steps), plus one at step 0 (the forward direction
+    starts from zero there), one in the middle of a sequence and one at the last step of
+    the longest (the reverse direction's first step)."""
     gen = torch.Generator().manual_seed(seed + 1)
     x = torch.randn(steps, batch, INPUT, generator=gen, dtype=torch.float64)
     lengths = None
