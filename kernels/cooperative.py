@@ -74,9 +74,8 @@ a cell's per-unit parameters (``p_ptr``, ``PARAMS`` rows, loaded once per progra
 Compile-time choices: the variant, the cell (with ``PARAMS``), ``ACC``, ``PRECISION`` (TF32
 or IEEE), the block sizes and ``SLAB_K``; ``T``, ``B``, the direction, ``packed``, ``save``,
 ``has_resets`` and the barrier arguments are runtime values (``do_not_specialize``). ``H``
-is a runtime value too, but
-Triton specialises it on divisibility by 16: with ``H % 16 == 0`` the rows of ``W_hh``,
-``y`` and ``xg`` are known 16-byte aligned, so loads vectorise and the streamed ``W_hh``
+is a runtime value too, but Triton specialises it on divisibility by 16: with
+``H % 16 == 0`` the rows of ``W_hh``, ``y`` and ``xg`` are known 16-byte aligned, so loads vectorise and the streamed ``W_hh``
 chunks are software-pipelined (measured: otherwise every bf16 load was a scalar
 ``ld.global.b16`` and nothing was pipelined). On a GPU the tier therefore runs only
 ``H % 16 == 0`` (:func:`fastrnn.kernels.fits.cooperative_refusal`), the specialisation the
