@@ -254,3 +254,32 @@ def test_specialisations_pass_the_extras():
         assert "has_resets" in spec.ints and "has_resets" not in spec.constexprs
         assert spec.constexprs["PARAMS"] == (3 if spec.kind == "LSTM_PEEPHOLE" else 0)
     assert {s.kernel_name for s in specs if s.kind == "LSTM_PEEPHOLE"} == {"forward", "backward"}
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_peephole_cell_without_params_reads_zeros(reverse):
+    """A call of the step launcher for the peephole cell without ``params`` (the first-use
+    check's problem) runs with zero peepholes, i.e. as torch's LSTM, never reading past a
+    placeholder; the same call with ``params`` given differs."""
+    from fastrnn.functional import Schedule
+
+    gen = torch.Generator().manual_seed(5)
+    hidden, schedule = 12, Schedule.from_batch_sizes([3, 3, 2, 1])
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+    xg, w_hh, h0, c0 = rnd(schedule.rows, 4 * hidden), rnd(4 * hidden, hidden) * 0.5, rnd(3, hidden), rnd(3, hidden)
+    dy, dh_n, dc_n = rnd(schedule.rows, hidden), rnd(3, hidden), rnd(3, hidden)
+
+    def run(cell, **extras):
+        fwd = step_launcher.forward(cell, xg, w_hh, None, None, h0, c0, schedule, reverse, True, **extras)
+        bwd = step_launcher.backward(cell, fwd.saved, w_hh, None, None, h0, c0, fwd.y, dy, dh_n, dc_n, schedule,
+                                     reverse, **extras)
+        return [fwd.y, fwd.h_n, fwd.c_n, bwd.dxg, bwd.dh0, bwd.dc0]
+
+    plain = run(fastrnn.cells.LSTM)
+    for a, e in zip(run(fastrnn.cells.LSTM_PEEPHOLE), plain):
+        torch.testing.assert_close(a, e, **TOL[torch.float64])
+    with_params = run(fastrnn.cells.LSTM_PEEPHOLE, params=rnd(3, hidden))
+    assert not torch.allclose(with_params[0], plain[0])

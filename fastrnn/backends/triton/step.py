@@ -28,11 +28,14 @@ from . import buffers
 EXTRAS = ("params", "resets")
 
 
-def _extra_tensors(params, resets, dummy_io, prep) -> tuple[dict, int]:
-    """The kernels' ``p_ptr`` / ``rst_ptr`` tensors (placeholders for what the call lacks) and
-    ``has_resets``; the bool flags are passed as their uint8 bytes."""
-    rst = prep(resets.view(torch.uint8)) if resets is not None else torch.zeros(16, dtype=torch.uint8,
-                                                                               device=dummy_io.device)
+def _extra_tensors(cell, hidden, params, resets, dummy_io, prep) -> tuple[dict, int]:
+    """The kernels' ``p_ptr`` / ``rst_ptr`` tensors and ``has_resets``; the bool flags are
+    passed as their uint8 bytes. A cell with per-unit parameters called without them (the
+    first-use check's problem) reads zeros, never past a placeholder."""
+    device = dummy_io.device
+    if params is None and cell.param_rows:
+        params = torch.zeros(cell.param_rows, hidden, dtype=dummy_io.dtype, device=device)
+    rst = prep(resets.view(torch.uint8)) if resets is not None else torch.zeros(16, dtype=torch.uint8, device=device)
     return dict(p_ptr=prep(params) if params is not None else dummy_io, rst_ptr=rst), int(resets is not None)
 
 
@@ -75,7 +78,7 @@ def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: boo
         xg_ptr=xg, w_hh_ptr=w_hh, b_hh_ptr=bias, h_seq_ptr=y, h0_ptr=h0, out_ptr=m_buf if proj else y,
         c_prev_ptr=c_buf, c_init_ptr=c0, c_out_ptr=c_buf, gates_ptr=gates, extra_ptr=extra,
     )
-    extras, has_resets = _extra_tensors(params, resets, dummy_io, prep)
+    extras, has_resets = _extra_tensors(cell, hidden, params, resets, dummy_io, prep)
     tensors.update(extras)
     prev_off, n_prev = 0, 0
     launch = ks.forward_stepper(cell, tensors, hidden=hidden, save=save, tf32=buffers.tf32())
@@ -125,7 +128,7 @@ def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule:
         dr_ptr=dhg, w_hh_ptr=w_hh, dxg_ptr=dxg, dhg_ptr=dhg, dy_ptr=dy, dh_ptr=dh, dc_ptr=dc, dm_ptr=dm,
         gates_ptr=gates, c_seq_ptr=c_seq, c0_ptr=c0, extra_ptr=extra, h_seq_ptr=y, h0_ptr=h0,
     )
-    extras, has_resets = _extra_tensors(params, resets, dummy_io, prep)
+    extras, has_resets = _extra_tensors(cell, hidden, params, resets, dummy_io, prep)
     tensors.update(extras)
     order = list(schedule.order(reverse))  # forward processing order
     offsets, sizes = schedule.offsets, schedule.batch_sizes
