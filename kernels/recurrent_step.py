@@ -160,15 +160,17 @@ def recurrent_step_forward_kernel(
     c_prev = zero
     if HAS_C:
         c_prev = _load_state(c_prev_ptr, c_prev_off.to(tl.int64), n_prev, c_init_ptr, rows, cols, H, mask, ACC)
-    if has_resets:
-        # a row that starts an episode reads a zero state: h_prev, c_prev and its GEMM rows
-        cut = reset_rows(rst_ptr, off, rows, row_mask)[:, None]
-        acc0 = tl.where(cut, 0.0, acc0)
-        acc1 = tl.where(cut, 0.0, acc1)
-        acc2 = tl.where(cut, 0.0, acc2)
-        acc3 = tl.where(cut, 0.0, acc3)
-        h_prev = tl.where(cut, 0.0, h_prev)
-        c_prev = tl.where(cut, 0.0, c_prev)
+    # A row that starts an episode reads a zero state: h_prev, c_prev and its GEMM rows.
+    # Branch-free (without has_resets no flag is loaded: rows < bs * 0 masks them all, and
+    # every select keeps its value): a scalar `if has_resets` here gave some fp32
+    # specialisations a ptxas stack frame.
+    cut = reset_rows(rst_ptr, off, rows, rows < bs * has_resets)[:, None]
+    acc0 = tl.where(cut, 0.0, acc0)
+    acc1 = tl.where(cut, 0.0, acc1)
+    acc2 = tl.where(cut, 0.0, acc2)
+    acc3 = tl.where(cut, 0.0, acc3)
+    h_prev = tl.where(cut, 0.0, h_prev)
+    c_prev = tl.where(cut, 0.0, c_prev)
     if APART:
         # b_hh belongs to the recurrent pre-activation (it cannot be folded into xg)
         b0, b1, b2, b3 = recurrent_bias(b_hh_ptr, cols, col_mask, H, GATES, APART, ACC, BLOCK_H)
