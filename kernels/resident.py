@@ -488,9 +488,12 @@ def specialisations(dtypes=None) -> list[Specialisation]:
                             continue
                         kernel, pointers, ints = kernel_of(direction)
                         cfg = getattr(fit, direction)
+                        # PARAMS as a launch binds it: its default, 0, for a cell without rows
+                        fixed = {**constexprs(cell, dtype, tf32, cfg, aligned)}
+                        fixed.setdefault("PARAMS", 0)
                         out.append(Specialisation(
-                            kernel, f"resident-{direction}", cell.name, dtype, label, cfg,
-                            constexprs(cell, dtype, tf32, cfg, aligned), pointers, ints, dict(fit.shared),
+                            kernel, f"resident-{direction}", cell.name, dtype, label, cfg, fixed, pointers, ints,
+                            dict(fit.shared),
                         ))
     return out
 
