@@ -27,14 +27,15 @@ def fit_for(cell, hidden: int, dtype):
     return fits.resident_fit(cell.name, dtype, hidden)
 
 
-def _extras(cell, params, resets, hidden: int, dtype, device, prep) -> tuple[dict, int]:
+def _extras(cell, params, resets, hidden: int, dummy_io, prep) -> tuple[dict, int]:
     """``(pointer tensors, has_resets)`` of the optional inputs: the cell's per-unit parameters
-    (zeros for a cell that has rows but a call that passes none: a check of the kernels alone)
-    and the reset flags as uint8 (a placeholder and 0 without)."""
+    (a placeholder for a cell without; zeros for a cell with rows but a call without them, as
+    the first-use check makes) and the reset flags as uint8 (a placeholder and 0 without)."""
     if params is None:
-        params = torch.zeros(max(cell.param_rows, 1), hidden, dtype=dtype, device=device)
+        params = dummy_io.new_zeros(cell.param_rows, hidden) if cell.param_rows else dummy_io
+    device = dummy_io.device
     flags = torch.empty(16, dtype=torch.uint8, device=device) if resets is None else resets.view(torch.uint8)
-    return dict(p_ptr=prep(params.to(dtype)), resets_ptr=prep(flags)), int(resets is not None)
+    return dict(p_ptr=prep(params.to(dummy_io.dtype)), resets_ptr=prep(flags)), int(resets is not None)
 
 
 def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: bool, save: bool, config=None,
@@ -64,7 +65,7 @@ def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: boo
         c0_ptr=prep(c0) if has_c else dummy_io, y_ptr=y, h_n_ptr=h_n, c_n_ptr=c_n, gates_ptr=gates,
         c_seq_ptr=c_seq, hn_seq_ptr=extra, sizes_ptr=sizes, offsets_ptr=offsets,
     )
-    optional, has_resets = _extras(cell, params, resets, hidden, dtype, device, prep)
+    optional, has_resets = _extras(cell, params, resets, hidden, dummy_io, prep)
     tensors.update(optional)
     ints = dict(T=schedule.steps, B=batch, uniform_b=uniform_b, reverse=int(reverse), save=int(save), H=hidden,
                 has_resets=has_resets)
@@ -98,7 +99,7 @@ def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule:
         gates_ptr=prep(gates), c_seq_ptr=prep(c_seq), hn_seq_ptr=prep(extra), dxg_ptr=dxg, dhg_ptr=dhg,
         dh0_ptr=dh0, dc0_ptr=dc0, sizes_ptr=sizes, offsets_ptr=offsets,
     )
-    optional, has_resets = _extras(cell, params, resets, hidden, dtype, device, prep)
+    optional, has_resets = _extras(cell, params, resets, hidden, dummy_io, prep)
     tensors.update(optional)
     ints = dict(T=schedule.steps, B=batch, uniform_b=uniform_b, reverse=int(reverse), H=hidden, has_resets=has_resets)
     rs.launch_backward(cell, tensors, ints, fit=fit, tf32=buffers.tf32())
