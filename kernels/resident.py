@@ -415,11 +415,15 @@ def h_aligned(direction: str, hidden: int) -> bool:
 
 def constexprs(kind, dtype: torch.dtype, tf32: bool, cfg: fits.KernelConfig, aligned: bool = False) -> dict:
     """Compile-time arguments of either resident kernel (the same names for both): the
-    cell's (:meth:`~fastrnn.cells.Cell.kernel_constexprs`) and the launch's."""
-    return dict(
+    cell's (:meth:`~fastrnn.cells.Cell.kernel_constexprs`; ``PARAMS`` 0 for a cell without
+    per-unit parameters, the kernels' default, named so the report's signature has it) and
+    the launch's."""
+    out = dict(
         **cell_of(kind).kernel_constexprs(), ACC=_acc(dtype), PRECISION=_precision(dtype, tf32),
         BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, H_ALIGNED=bool(aligned),
     )
+    out.setdefault("PARAMS", 0)
+    return out
 
 
 #: Compile options of every resident launch (and of the report's compiles).
@@ -488,12 +492,9 @@ def specialisations(dtypes=None) -> list[Specialisation]:
                             continue
                         kernel, pointers, ints = kernel_of(direction)
                         cfg = getattr(fit, direction)
-                        # PARAMS as a launch binds it: its default, 0, for a cell without rows
-                        fixed = {**constexprs(cell, dtype, tf32, cfg, aligned)}
-                        fixed.setdefault("PARAMS", 0)
                         out.append(Specialisation(
-                            kernel, f"resident-{direction}", cell.name, dtype, label, cfg, fixed, pointers, ints,
-                            dict(fit.shared),
+                            kernel, f"resident-{direction}", cell.name, dtype, label, cfg,
+                            constexprs(cell, dtype, tf32, cfg, aligned), pointers, ints, dict(fit.shared),
                         ))
     return out
 
