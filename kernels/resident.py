@@ -511,10 +511,17 @@ def launch(direction: str, kind, tensors: dict, ints: dict, *, fit: fits.Residen
     ``tensors`` maps each name of the direction's pointers (:data:`FORWARD_POINTERS` /
     :data:`BACKWARD_POINTERS`) to a contiguous, 16-byte aligned tensor (unused ones: any
     tensor of the right dtype); ``ints`` maps each name of :data:`FORWARD_INTS` /
-    :data:`BACKWARD_INTS` to a Python int. Grid: ``cdiv(B, BLOCK_B)`` programs.
+    :data:`BACKWARD_INTS` to a Python int. Grid: ``cdiv(B, BLOCK_B)`` programs. The optional
+    inputs may be left out: ``resets_ptr`` / ``has_resets`` (no resets), and ``p_ptr`` for a
+    cell without per-unit parameters.
     """
     kernel, pointers, int_names = kernel_of(direction)
     cfg = getattr(fit, direction)
+    if "p_ptr" not in tensors and cell_of(kind).param_rows:
+        raise ValueError(f"fastrnn.kernels: cell {cell_of(kind).name!r} needs its per-unit parameters (p_ptr)")
+    w = tensors["w_hh_ptr"]
+    tensors = {"p_ptr": w.new_empty(8), "resets_ptr": w.new_empty(16, dtype=torch.uint8), **tensors}
+    ints = {"has_resets": 0, **ints}
     grid = (triton.cdiv(ints["B"], cfg.block_b),)
     kernel[grid](
         *_pointers(pointers, tensors), *(ints[k] for k in int_names),
