@@ -159,7 +159,7 @@ def resident_forward_kernel(
         mask = (rows < bs)[:, None] & col_mask[None, :]
         if has_resets:
             # A reset row starts from zero (it is active: the step overwrites its state).
-            cut = reset_rows(resets_ptr, off, rows, bs)
+            cut = reset_rows(resets_ptr, off, rows, bs)[:, None]
             h = tl.where(cut, 0.0, h)
             if HAS_C:
                 c = tl.where(cut, 0.0, c)
@@ -284,6 +284,15 @@ def resident_backward_kernel(
         # Active rows, real columns: padding columns of the state stay 0 (an inf in the
         # state times a zero-padded weight is NaN there, which the next GEMM would spread).
         mask = (rows < bs)[:, None] & col_mask[None, :]
+        # keep: active rows whose step did not start from a reset. A reset row's step read a
+        # zero state (masked out of the loads of c_prev / h_prev below), and no gradient
+        # crosses the reset (its dh / dc become 0 after the step). Folded into masks rather
+        # than a where on each tile after a flag load: measured, that spilled (GRU fp16
+        # BLOCK_H 32 backward, sm_80; peephole LSTM fp16/bf16 BLOCK_H 64 and TF32, sm_90).
+        live = rows < bs
+        if has_resets:
+            live = live & ~reset_rows(resets_ptr, off, rows, bs)
+        keep = live[:, None] & col_mask[None, :]
         gate_offs = off * GH + (rows[:, None] * GH + cols[None, :])  # 64-bit base, 32-bit tile
         seq_offs = off * H + state_offs
         g_ptrs = gates_ptr + gate_offs
@@ -307,22 +316,15 @@ def resident_backward_kernel(
         if HAS_C:
             c_prev = tl.where(
                 from_seq,
-                tl.load(c_seq_ptr + prev_offs, mask=mask & from_seq, other=0.0).to(ACC),
-                tl.load(c0_ptr + state_offs, mask=mask & (~from_seq), other=0.0).to(ACC),
+                tl.load(c_seq_ptr + prev_offs, mask=keep & from_seq, other=0.0).to(ACC),
+                tl.load(c0_ptr + state_offs, mask=keep & (~from_seq), other=0.0).to(ACC),
             )
         if BWD_H_PREV:
             h_prev = tl.where(
                 from_seq,
-                tl.load(y_ptr + prev_offs, mask=mask & from_seq, other=0.0).to(ACC),
-                tl.load(h0_ptr + state_offs, mask=mask & (~from_seq), other=0.0).to(ACC),
+                tl.load(y_ptr + prev_offs, mask=keep & from_seq, other=0.0).to(ACC),
+                tl.load(h0_ptr + state_offs, mask=keep & (~from_seq), other=0.0).to(ACC),
             )
-        if has_resets:
-            # A reset row's step read a zero state.
-            cut = reset_rows(resets_ptr, off, rows, bs)
-            if HAS_C:
-                c_prev = tl.where(cut, 0.0, c_prev)
-            if BWD_H_PREV:
-                h_prev = tl.where(cut, 0.0, h_prev)
         if SAVES:
             s0 = tl.load(g_ptrs, mask=mask, other=0.0).to(ACC)
             if GATES > 1:
@@ -363,16 +365,9 @@ def resident_backward_kernel(
             acc = tl.dot(dot_operand(dr2, PRECISION), w2, acc, input_precision=PRECISION)
         if GATES > 3:
             acc = tl.dot(dot_operand(dr3, PRECISION), w3, acc, input_precision=PRECISION)
-        dh = tl.where(mask, acc, dh)
+        dh = tl.where(mask, tl.where(keep, acc, 0.0), dh)
         if HAS_C:
-            dc = tl.where(mask, dc_prev, dc)
-        if has_resets:
-            # No gradient crosses a reset into the state before it (flags loaded again: cheaper
-            # than keeping them live across the GEMM).
-            cut = reset_rows(resets_ptr, off, rows, bs)
-            dh = tl.where(cut, 0.0, dh)
-            if HAS_C:
-                dc = tl.where(cut, 0.0, dc)
+            dc = tl.where(mask, tl.where(keep, dc_prev, 0.0), dc)
 
     tl.store(dh0_ptr + state_offs, dh.to(dh0_ptr.dtype.element_ty), mask=tile_mask)
     if HAS_C:

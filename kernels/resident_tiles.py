@@ -116,7 +116,7 @@ def load_params(p_ptr, cols, col_mask, H, PARAMS: tl.constexpr, ACC: tl.constexp
 
 @triton.jit
 def reset_rows(resets_ptr, off, rows, bs):
-    """``(BLOCK_B, 1)``: which of the step's rows (first flat row ``off``, ``bs`` active)
+    """``(BLOCK_B,)``: which of the step's rows (first flat row ``off``, ``bs`` active)
     start from a zero state (the call's uint8 reset flags; False for inactive rows)."""
     flags = tl.load(resets_ptr + off + rows, mask=rows < bs, other=0)
-    return (flags != 0)[:, None]
+    return flags != 0
