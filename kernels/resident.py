@@ -365,9 +365,11 @@ def resident_backward_kernel(
             acc = tl.dot(dot_operand(dr2, PRECISION), w2, acc, input_precision=PRECISION)
         if GATES > 3:
             acc = tl.dot(dot_operand(dr3, PRECISION), w3, acc, input_precision=PRECISION)
-        dh = tl.where(mask, tl.where(keep, acc, 0.0), dh)
+        # (this nesting of the selects: the other one crashed LLVM's SLP vectorizer, LSTM
+        # fp32 backward on sm_90)
+        dh = tl.where(keep, acc, tl.where(mask, 0.0, dh))
         if HAS_C:
-            dc = tl.where(mask, tl.where(keep, dc_prev, 0.0), dc)
+            dc = tl.where(keep, dc_prev, tl.where(mask, 0.0, dc))
 
     tl.store(dh0_ptr + state_offs, dh.to(dh0_ptr.dtype.element_ty), mask=tile_mask)
     if HAS_C:
