@@ -31,6 +31,13 @@ Backward (``resident_backward_kernel``), per step in reverse processing order, w
 and at the end ``dh0``, ``dc0``. The weight gradients are whole-sequence GEMMs in the
 engine, after the loop.
 
+Optional inputs of a call: a cell with per-unit parameters (``PARAMS`` rows, a compile-time
+argument only such cells pass) gets them as three ``(1, BLOCK_H)`` rows, loaded once, after
+the other arguments of ``CELL_FORWARD`` / ``CELL_BACKWARD``. Reset flags (``has_resets``, a
+runtime int: no second specialisation) zero the state entering a flagged row's step in the
+forward; the backward gives the cell that zero ``h_prev`` / ``c_prev`` and stops ``dh`` /
+``dc`` at the row, so no gradient crosses a reset (``dh0`` / ``dc0`` included).
+
 Packed sequences: each step's active batch size and first row come from two int32
 device tensors (``sizes_ptr``, ``offsets_ptr``); a padded batch passes
 ``uniform_b = B`` instead and the kernel computes ``B`` and ``t * B`` itself, so a padded
@@ -72,106 +79,17 @@ from .cells import recurrent_bias
 from .launches import aligned_input  # noqa: F401 (used by the backend)
 from .launches import checked_pointers as _pointers
 from .launches import record
-from .precision import ENABLE_FP_FUSION, tf32_round
-
-# --------------------------------------------------------------------------------------
-# Device helpers
-# --------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _step_rows(t, sizes_ptr, offsets_ptr, uniform_b):
-    """``(first row, active rows)`` of timestep ``t``: computed for a padded batch
-    (``uniform_b > 0``), read from the schedule's device tensors for a packed one."""
-    if uniform_b > 0:
-        off = t.to(tl.int64) * uniform_b
-        bs = uniform_b
-    else:
-        off = tl.load(offsets_ptr + t).to(tl.int64)
-        bs = tl.load(sizes_ptr + t)
-    return off, bs
-
-
-@triton.jit
-def _aligned(H, H_ALIGNED: tl.constexpr):
-    """``H``, known to the compiler as a multiple of 8 when ``H_ALIGNED`` (the launcher's
-    promise): ``(H // 8) * 8`` is ``H`` then, and its divisibility makes every row of 16-bit
-    elements a 16-byte vector load (``H`` is not specialised, so nothing else tells it)."""
-    if H_ALIGNED:
-        return (H // 8) * 8
-    else:
-        return H
-
-
-@triton.jit
-def _dot_operand(x, PRECISION: tl.constexpr):
-    """``x`` as a ``tl.dot`` operand: rounded to TF32 (nearest, as cuDNN) for a TF32 dot,
-    which would otherwise truncate the fp32 bits; unchanged otherwise."""
-    if PRECISION == "tf32":
-        return tf32_round(x)
-    else:
-        return x
-
-
-@triton.jit
-def _timestep(j, T, reverse):
-    """Timestep processed ``j``-th: ``j`` forward, ``T - 1 - j`` for the reverse direction."""
-    return j + reverse * (T - 1 - 2 * j)
-
-
-@triton.jit
-def _load_weight(w_ptr, units, ks, H, TRANSPOSED: tl.constexpr):
-    """One gate block of ``W_hh`` (``H x H`` from ``w_ptr``) as a ``BLOCK_H x BLOCK_H`` tile.
-
-    ``TRANSPOSED``: tile ``[k, j] = W[j, k]`` (the forward GEMM ``h @ W^T``); else
-    ``[j, k] = W[j, k]`` (the backward GEMM ``dgates @ W``). Padding is zero.
-    """
-    if TRANSPOSED:
-        offs = units[None, :] * H + ks[:, None]
-        mask = (ks < H)[:, None] & (units < H)[None, :]
-    else:
-        offs = units[:, None] * H + ks[None, :]
-        mask = (units < H)[:, None] & (ks < H)[None, :]
-    return tl.load(w_ptr + offs, mask=mask, other=0.0)
-
-
-@triton.jit
-def _load_weights(w_hh_ptr, cols, H, GATES: tl.constexpr, TRANSPOSED: tl.constexpr):
-    """``W_hh`` once: the ``GATES`` gate blocks as tiles of :func:`_load_weight` (slots
-    ``>= GATES`` get the first tile again, never read)."""
-    w0 = _load_weight(w_hh_ptr, cols, cols, H, TRANSPOSED)
-    w1 = w0
-    w2 = w0
-    w3 = w0
-    if GATES > 1:
-        w1 = _load_weight(w_hh_ptr + H * H, cols, cols, H, TRANSPOSED)
-    if GATES > 2:
-        w2 = _load_weight(w_hh_ptr + 2 * H * H, cols, cols, H, TRANSPOSED)
-    if GATES > 3:
-        w3 = _load_weight(w_hh_ptr + 3 * H * H, cols, cols, H, TRANSPOSED)
-    return w0, w1, w2, w3
-
-
-@triton.jit
-def _store_gates(ptrs, v0, v1, v2, v3, H, mask, GATES: tl.constexpr):
-    """Slots ``0 .. GATES-1`` into a ``(rows, GATES*H)`` buffer (slot ``k`` at ``ptrs + k*H``),
-    converted to the buffer's dtype."""
-    ty = ptrs.dtype.element_ty
-    tl.store(ptrs, v0.to(ty), mask=mask)
-    if GATES > 1:
-        tl.store(ptrs + H, v1.to(ty), mask=mask)
-    if GATES > 2:
-        tl.store(ptrs + 2 * H, v2.to(ty), mask=mask)
-    if GATES > 3:
-        tl.store(ptrs + 3 * H, v3.to(ty), mask=mask)
-
+from .precision import ENABLE_FP_FUSION
+from .resident_tiles import (
+    aligned, dot_operand, load_params, load_weights, reset_rows, step_rows, store_gates, timestep,
+)
 
 # --------------------------------------------------------------------------------------
 # Forward
 # --------------------------------------------------------------------------------------
 
 
-@triton.jit(do_not_specialize=["T", "B", "uniform_b", "reverse", "save", "H"])
+@triton.jit(do_not_specialize=["T", "B", "uniform_b", "reverse", "save", "H", "has_resets"])
 def resident_forward_kernel(
     xg_ptr,  # (N, G*H) input projection, rows grouped by timestep
     w_hh_ptr,  # (G*H, H) recurrent weight
@@ -186,12 +104,15 @@ def resident_forward_kernel(
     hn_seq_ptr,  # (N, H) out when save and EXTRA: the cell's e of every step
     sizes_ptr,  # (T,) int32 active rows per step (packed; unused when uniform_b > 0)
     offsets_ptr,  # (T,) int32 first row per step (packed; unused when uniform_b > 0)
+    p_ptr,  # (PARAMS, H) the cell's per-unit parameters (PARAMS > 0)
+    resets_ptr,  # (N,) uint8: 1 where the state entering the row's step is zero (has_resets)
     T,  # timesteps
     B,  # sequences (rows of h0 / h_n)
     uniform_b,  # B for a padded batch (every step has B rows), 0 for a packed one
     reverse,  # 1: process t = T-1 .. 0
     save,  # 1: write what the backward reads (gates / e / c)
     H,  # hidden size (== size of h: no projection on this tier)
+    has_resets,  # 1: read resets_ptr
     CELL_FORWARD: tl.constexpr,  # the cell's pointwise forward (fastrnn.cells)
     CELL_BACKWARD: tl.constexpr,  # (the backward kernel's; both kernels take every cell constexpr)
     GATES: tl.constexpr,  # stacked gate blocks G (1 to 4)
@@ -208,8 +129,9 @@ def resident_forward_kernel(
     BLOCK_B: tl.constexpr,  # batch rows per program
     BLOCK_H: tl.constexpr,  # H padded to a power of two >= 16
     H_ALIGNED: tl.constexpr,  # the launcher guarantees H % 8 == 0 (16-byte rows of 16-bit data)
+    PARAMS: tl.constexpr = 0,  # rows of the cell's per-unit parameters (0: the cell has none)
 ):
-    H = _aligned(H, H_ALIGNED)
+    H = aligned(H, H_ALIGNED)
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     cols = tl.arange(0, BLOCK_H)
     col_mask = cols < H
@@ -217,10 +139,11 @@ def resident_forward_kernel(
     GH = GATES * H
 
     # The recurrent weight, once: one transposed (H x H) tile per gate (TF32-rounded once).
-    w0, w1, w2, w3 = _load_weights(w_hh_ptr, cols, H, GATES, True)
-    w0, w1 = _dot_operand(w0, PRECISION), _dot_operand(w1, PRECISION)
-    w2, w3 = _dot_operand(w2, PRECISION), _dot_operand(w3, PRECISION)
+    w0, w1, w2, w3 = load_weights(w_hh_ptr, cols, H, GATES, True)
+    w0, w1 = dot_operand(w0, PRECISION), dot_operand(w1, PRECISION)
+    w2, w3 = dot_operand(w2, PRECISION), dot_operand(w3, PRECISION)
     b0, b1, b2, b3 = recurrent_bias(b_hh_ptr, cols, col_mask, H, GATES, APART, ACC, BLOCK_H)
+    p0, p1, p2 = load_params(p_ptr, cols, col_mask, H, PARAMS, ACC, BLOCK_H)
 
     state_offs = rows[:, None] * H + cols[None, :]
     h = tl.load(h0_ptr + state_offs, mask=tile_mask, other=0.0).to(ACC)
@@ -229,16 +152,22 @@ def resident_forward_kernel(
         c = tl.load(c0_ptr + state_offs, mask=tile_mask, other=0.0).to(ACC)
 
     for j in range(T):
-        t = _timestep(j, T, reverse)
-        off, bs = _step_rows(t, sizes_ptr, offsets_ptr, uniform_b)
+        t = timestep(j, T, reverse)
+        off, bs = step_rows(t, sizes_ptr, offsets_ptr, uniform_b)
         # Active rows, real columns: padding columns of the state stay 0 (an inf in the
         # state times a zero-padded weight is NaN there, which the next GEMM would spread).
         mask = (rows < bs)[:, None] & col_mask[None, :]
+        if has_resets:
+            # A reset row starts from zero (it is active: the step overwrites its state).
+            cut = reset_rows(resets_ptr, off, rows, bs)[:, None]
+            h = tl.where(cut, 0.0, h)
+            if HAS_C:
+                c = tl.where(cut, 0.0, c)
         # 64-bit scalar base of the step, 32-bit offsets inside the tile (B*G*H < 2^31).
         x_ptrs = xg_ptr + off * GH + (rows[:, None] * GH + cols[None, :])
         gate_ptrs = gates_ptr + off * GH + (rows[:, None] * GH + cols[None, :])
         seq_offs = off * H + state_offs
-        hx = _dot_operand(h.to(w0.dtype), PRECISION)  # I/O-dtype operands (tensor cores), fp32 result
+        hx = dot_operand(h.to(w0.dtype), PRECISION)  # I/O-dtype operands (tensor cores), fp32 result
         zero = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
         # Gate k: r_k = h @ W_k^T (+ b_k), x_k from xg; slots k >= GATES stay zero. Each
         # dot beside its load: all dots first compiled to 255 registers and a spill (GRU
@@ -258,12 +187,15 @@ def resident_forward_kernel(
             x3 = tl.load(x_ptrs + 3 * H, mask=mask, other=0.0).to(ACC)
         if APART:
             r0, r1, r2, r3 = r0 + b0, r1 + b1, r2 + b2, r3 + b3
-        h_new, c_new, s0, s1, s2, s3, e = CELL_FORWARD(x0, x1, x2, x3, r0, r1, r2, r3, h, c)
+        if PARAMS > 0:
+            h_new, c_new, s0, s1, s2, s3, e = CELL_FORWARD(x0, x1, x2, x3, r0, r1, r2, r3, h, c, p0, p1, p2)
+        else:
+            h_new, c_new, s0, s1, s2, s3, e = CELL_FORWARD(x0, x1, x2, x3, r0, r1, r2, r3, h, c)
         if HAS_C:
             c = tl.where(mask, c_new, c)
         if save:
             if SAVES:
-                _store_gates(gate_ptrs, s0, s1, s2, s3, H, mask, GATES)
+                store_gates(gate_ptrs, s0, s1, s2, s3, H, mask, GATES)
             if EXTRA:
                 tl.store(hn_seq_ptr + seq_offs, e.to(hn_seq_ptr.dtype.element_ty), mask=mask)
             if HAS_C:
@@ -281,7 +213,7 @@ def resident_forward_kernel(
 # --------------------------------------------------------------------------------------
 
 
-@triton.jit(do_not_specialize=["T", "B", "uniform_b", "reverse", "H"])
+@triton.jit(do_not_specialize=["T", "B", "uniform_b", "reverse", "H", "has_resets"])
 def resident_backward_kernel(
     w_hh_ptr,  # (G*H, H) recurrent weight
     h0_ptr,  # (B, H) initial hidden state (h_prev of a row's first step, BWD_H_PREV)
@@ -299,11 +231,14 @@ def resident_backward_kernel(
     dc0_ptr,  # (B, H) out: gradient of c0 (HAS_C)
     sizes_ptr,  # (T,) int32 active rows per step (packed; unused when uniform_b > 0)
     offsets_ptr,  # (T,) int32 first row per step (packed; unused when uniform_b > 0)
+    p_ptr,  # (PARAMS, H) the cell's per-unit parameters (PARAMS > 0)
+    resets_ptr,  # (N,) uint8: 1 where the state entering the row's step is zero (has_resets)
     T,  # timesteps
     B,  # sequences
     uniform_b,  # B for a padded batch, 0 for a packed one
     reverse,  # 1: the forward pass processed t = T-1 .. 0
     H,  # hidden size
+    has_resets,  # 1: read resets_ptr
     CELL_FORWARD: tl.constexpr,  # (the forward kernel's; both kernels take every cell constexpr)
     CELL_BACKWARD: tl.constexpr,  # the cell's pointwise backward (fastrnn.cells)
     GATES: tl.constexpr,
@@ -320,8 +255,9 @@ def resident_backward_kernel(
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     H_ALIGNED: tl.constexpr,
+    PARAMS: tl.constexpr = 0,
 ):
-    H = _aligned(H, H_ALIGNED)
+    H = aligned(H, H_ALIGNED)
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     cols = tl.arange(0, BLOCK_H)
     col_mask = cols < H
@@ -329,9 +265,10 @@ def resident_backward_kernel(
     GH = GATES * H
 
     # W_hh once, one (H x H) tile per gate, for dh_prev = sum_k dr_k @ W_k (TF32-rounded once).
-    w0, w1, w2, w3 = _load_weights(w_hh_ptr, cols, H, GATES, False)
-    w0, w1 = _dot_operand(w0, PRECISION), _dot_operand(w1, PRECISION)
-    w2, w3 = _dot_operand(w2, PRECISION), _dot_operand(w3, PRECISION)
+    w0, w1, w2, w3 = load_weights(w_hh_ptr, cols, H, GATES, False)
+    w0, w1 = dot_operand(w0, PRECISION), dot_operand(w1, PRECISION)
+    w2, w3 = dot_operand(w2, PRECISION), dot_operand(w3, PRECISION)
+    p0, p1, p2 = load_params(p_ptr, cols, col_mask, H, PARAMS, ACC, BLOCK_H)
 
     state_offs = rows[:, None] * H + cols[None, :]
     dh = tl.load(dh_n_ptr + state_offs, mask=tile_mask, other=0.0).to(ACC)
@@ -342,11 +279,20 @@ def resident_backward_kernel(
 
     for jj in range(T):
         j = T - 1 - jj  # processing index of this step in the forward pass
-        t = _timestep(j, T, reverse)
-        off, bs = _step_rows(t, sizes_ptr, offsets_ptr, uniform_b)
+        t = timestep(j, T, reverse)
+        off, bs = step_rows(t, sizes_ptr, offsets_ptr, uniform_b)
         # Active rows, real columns: padding columns of the state stay 0 (an inf in the
         # state times a zero-padded weight is NaN there, which the next GEMM would spread).
         mask = (rows < bs)[:, None] & col_mask[None, :]
+        # keep: active rows whose step did not start from a reset. A reset row's step read a
+        # zero state (masked out of the loads of c_prev / h_prev below), and no gradient
+        # crosses the reset (its dh / dc become 0 after the step). Folded into masks rather
+        # than a where on each tile after a flag load: measured, that spilled (GRU fp16
+        # BLOCK_H 32 backward, sm_80; peephole LSTM fp16/bf16 BLOCK_H 64 and TF32, sm_90).
+        live = rows < bs
+        if has_resets:
+            live = live & ~reset_rows(resets_ptr, off, rows, bs)
+        keep = live[:, None] & col_mask[None, :]
         gate_offs = off * GH + (rows[:, None] * GH + cols[None, :])  # 64-bit base, 32-bit tile
         seq_offs = off * H + state_offs
         g_ptrs = gates_ptr + gate_offs
@@ -364,20 +310,20 @@ def resident_backward_kernel(
             p_off = off * 0
             n_prev = bs * 0
             if j > 0:
-                p_off, n_prev = _step_rows(_timestep(j - 1, T, reverse), sizes_ptr, offsets_ptr, uniform_b)
+                p_off, n_prev = step_rows(timestep(j - 1, T, reverse), sizes_ptr, offsets_ptr, uniform_b)
             from_seq = (rows < n_prev)[:, None]
             prev_offs = p_off * H + state_offs
         if HAS_C:
             c_prev = tl.where(
                 from_seq,
-                tl.load(c_seq_ptr + prev_offs, mask=mask & from_seq, other=0.0).to(ACC),
-                tl.load(c0_ptr + state_offs, mask=mask & (~from_seq), other=0.0).to(ACC),
+                tl.load(c_seq_ptr + prev_offs, mask=keep & from_seq, other=0.0).to(ACC),
+                tl.load(c0_ptr + state_offs, mask=keep & (~from_seq), other=0.0).to(ACC),
             )
         if BWD_H_PREV:
             h_prev = tl.where(
                 from_seq,
-                tl.load(y_ptr + prev_offs, mask=mask & from_seq, other=0.0).to(ACC),
-                tl.load(h0_ptr + state_offs, mask=mask & (~from_seq), other=0.0).to(ACC),
+                tl.load(y_ptr + prev_offs, mask=keep & from_seq, other=0.0).to(ACC),
+                tl.load(h0_ptr + state_offs, mask=keep & (~from_seq), other=0.0).to(ACC),
             )
         if SAVES:
             s0 = tl.load(g_ptrs, mask=mask, other=0.0).to(ACC)
@@ -393,31 +339,37 @@ def resident_backward_kernel(
             c_t = tl.load(c_seq_ptr + seq_offs, mask=mask, other=0.0).to(ACC)
         if BWD_H:
             h_t = tl.load(y_ptr + seq_offs, mask=mask, other=0.0).to(ACC)
-        dx0, dx1, dx2, dx3, dr0, dr1, dr2, dr3, dh_direct, dc_prev = CELL_BACKWARD(
-            dh_t, dc, s0, s1, s2, s3, e, c_t, c_prev, h_t, h_prev)
+        if PARAMS > 0:
+            dx0, dx1, dx2, dx3, dr0, dr1, dr2, dr3, dh_direct, dc_prev = CELL_BACKWARD(
+                dh_t, dc, s0, s1, s2, s3, e, c_t, c_prev, h_t, h_prev, p0, p1, p2)
+        else:
+            dx0, dx1, dx2, dx3, dr0, dr1, dr2, dr3, dh_direct, dc_prev = CELL_BACKWARD(
+                dh_t, dc, s0, s1, s2, s3, e, c_t, c_prev, h_t, h_prev)
         # The GEMM reads the gradients as stored (I/O dtype), like the step tier. With APART
         # dr_k is converted before any store: converting after the dxg stores spilled 8 B
         # in the GRU fp16/bf16 BLOCK_H 128 backward on sm_90 (capped at 128 registers).
         if APART:
             dr0, dr1, dr2, dr3 = dr0.to(ty), dr1.to(ty), dr2.to(ty), dr3.to(ty)
-            _store_gates(dx_ptrs, dx0, dx1, dx2, dx3, H, mask, GATES)
-            _store_gates(dhg_ptr + gate_offs, dr0, dr1, dr2, dr3, H, mask, GATES)
+            store_gates(dx_ptrs, dx0, dx1, dx2, dx3, H, mask, GATES)
+            store_gates(dhg_ptr + gate_offs, dr0, dr1, dr2, dr3, H, mask, GATES)
         else:
             dr0, dr1, dr2, dr3 = dx0.to(ty), dx1.to(ty), dx2.to(ty), dx3.to(ty)
-            _store_gates(dx_ptrs, dr0, dr1, dr2, dr3, H, mask, GATES)
+            store_gates(dx_ptrs, dr0, dr1, dr2, dr3, H, mask, GATES)
         acc = zero
         if DIRECT:
             acc = dh_direct
-        acc = tl.dot(_dot_operand(dr0, PRECISION), w0, acc, input_precision=PRECISION)
+        acc = tl.dot(dot_operand(dr0, PRECISION), w0, acc, input_precision=PRECISION)
         if GATES > 1:
-            acc = tl.dot(_dot_operand(dr1, PRECISION), w1, acc, input_precision=PRECISION)
+            acc = tl.dot(dot_operand(dr1, PRECISION), w1, acc, input_precision=PRECISION)
         if GATES > 2:
-            acc = tl.dot(_dot_operand(dr2, PRECISION), w2, acc, input_precision=PRECISION)
+            acc = tl.dot(dot_operand(dr2, PRECISION), w2, acc, input_precision=PRECISION)
         if GATES > 3:
-            acc = tl.dot(_dot_operand(dr3, PRECISION), w3, acc, input_precision=PRECISION)
-        dh = tl.where(mask, acc, dh)
+            acc = tl.dot(dot_operand(dr3, PRECISION), w3, acc, input_precision=PRECISION)
+        # (this nesting of the selects: the other one crashed LLVM's SLP vectorizer, LSTM
+        # fp32 backward on sm_90)
+        dh = tl.where(keep, acc, tl.where(mask, 0.0, dh))
         if HAS_C:
-            dc = tl.where(mask, dc_prev, dc)
+            dc = tl.where(keep, dc_prev, tl.where(mask, 0.0, dc))
 
     tl.store(dh0_ptr + state_offs, dh.to(dh0_ptr.dtype.element_ty), mask=tile_mask)
     if HAS_C:
@@ -460,11 +412,15 @@ def h_aligned(direction: str, hidden: int) -> bool:
 
 def constexprs(kind, dtype: torch.dtype, tf32: bool, cfg: fits.KernelConfig, aligned: bool = False) -> dict:
     """Compile-time arguments of either resident kernel (the same names for both): the
-    cell's (:meth:`~fastrnn.cells.Cell.kernel_constexprs`) and the launch's."""
-    return dict(
+    cell's (:meth:`~fastrnn.cells.Cell.kernel_constexprs`; ``PARAMS`` 0 for a cell without
+    per-unit parameters, the kernels' default, named so the report's signature has it) and
+    the launch's."""
+    out = dict(
         **cell_of(kind).kernel_constexprs(), ACC=_acc(dtype), PRECISION=_precision(dtype, tf32),
         BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, H_ALIGNED=bool(aligned),
     )
+    out.setdefault("PARAMS", 0)
+    return out
 
 
 #: Compile options of every resident launch (and of the report's compiles).
@@ -472,20 +428,20 @@ OPTIONS = dict(enable_fp_fusion=ENABLE_FP_FUSION)
 
 
 # Pointer arguments in order, with the dtype each holds: "io" (the layer's dtype), "acc"
-# (fp32; fp64 for fp64 I/O) or "i32". The launchers pass tensors of exactly these dtypes.
+# (fp32; fp64 for fp64 I/O), "i32" or "u8" (reset flags). The launchers pass tensors of exactly these dtypes.
 FORWARD_POINTERS = (
     ("xg_ptr", "io"), ("w_hh_ptr", "io"), ("b_hh_ptr", "io"), ("h0_ptr", "io"), ("c0_ptr", "io"),
     ("y_ptr", "io"), ("h_n_ptr", "io"), ("c_n_ptr", "io"), ("gates_ptr", "io"), ("c_seq_ptr", "acc"),
-    ("hn_seq_ptr", "io"), ("sizes_ptr", "i32"), ("offsets_ptr", "i32"),
+    ("hn_seq_ptr", "io"), ("sizes_ptr", "i32"), ("offsets_ptr", "i32"), ("p_ptr", "io"), ("resets_ptr", "u8"),
 )
-FORWARD_INTS = ("T", "B", "uniform_b", "reverse", "save", "H")
+FORWARD_INTS = ("T", "B", "uniform_b", "reverse", "save", "H", "has_resets")
 BACKWARD_POINTERS = (
     ("w_hh_ptr", "io"), ("h0_ptr", "io"), ("c0_ptr", "io"), ("y_ptr", "io"), ("dy_ptr", "io"),
     ("dh_n_ptr", "io"), ("dc_n_ptr", "io"), ("gates_ptr", "io"), ("c_seq_ptr", "acc"), ("hn_seq_ptr", "io"),
     ("dxg_ptr", "io"), ("dhg_ptr", "io"), ("dh0_ptr", "io"), ("dc0_ptr", "io"), ("sizes_ptr", "i32"),
-    ("offsets_ptr", "i32"),
+    ("offsets_ptr", "i32"), ("p_ptr", "io"), ("resets_ptr", "u8"),
 )
-BACKWARD_INTS = ("T", "B", "uniform_b", "reverse", "H")
+BACKWARD_INTS = ("T", "B", "uniform_b", "reverse", "H", "has_resets")
 
 
 class Specialisation(NamedTuple):
@@ -552,10 +508,17 @@ def launch(direction: str, kind, tensors: dict, ints: dict, *, fit: fits.Residen
     ``tensors`` maps each name of the direction's pointers (:data:`FORWARD_POINTERS` /
     :data:`BACKWARD_POINTERS`) to a contiguous, 16-byte aligned tensor (unused ones: any
     tensor of the right dtype); ``ints`` maps each name of :data:`FORWARD_INTS` /
-    :data:`BACKWARD_INTS` to a Python int. Grid: ``cdiv(B, BLOCK_B)`` programs.
+    :data:`BACKWARD_INTS` to a Python int. Grid: ``cdiv(B, BLOCK_B)`` programs. The optional
+    inputs may be left out: ``resets_ptr`` / ``has_resets`` (no resets), and ``p_ptr`` for a
+    cell without per-unit parameters.
     """
     kernel, pointers, int_names = kernel_of(direction)
     cfg = getattr(fit, direction)
+    if "p_ptr" not in tensors and cell_of(kind).param_rows:
+        raise ValueError(f"fastrnn.kernels: cell {cell_of(kind).name!r} needs its per-unit parameters (p_ptr)")
+    w = tensors["w_hh_ptr"]
+    tensors = {"p_ptr": w.new_empty(8), "resets_ptr": w.new_empty(16, dtype=torch.uint8), **tensors}
+    ints = {"has_resets": 0, **ints}
     grid = (triton.cdiv(ints["B"], cfg.block_b),)
     kernel[grid](
         *_pointers(pointers, tensors), *(ints[k] for k in int_names),

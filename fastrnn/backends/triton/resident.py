@@ -10,6 +10,9 @@ from ...schedule import Schedule
 from ..base import BackwardResult, ForwardResult
 from . import buffers
 
+#: The optional inputs these kernels read (the backend passes them only to such a launcher).
+EXTRAS = ("params", "resets")
+
 
 def _kernels():
     from ...kernels import resident  # imports triton
@@ -24,9 +27,21 @@ def fit_for(cell, hidden: int, dtype):
     return fits.resident_fit(cell.name, dtype, hidden)
 
 
-def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: bool, save: bool, config=None):
+def _extras(cell, params, resets, hidden: int, dummy_io, prep) -> tuple[dict, int]:
+    """``(pointer tensors, has_resets)`` of the optional inputs: the cell's per-unit parameters
+    (a placeholder for a cell without; zeros for a cell with rows but a call without them, as
+    the first-use check makes) and the reset flags as uint8 (a placeholder and 0 without)."""
+    if params is None:
+        params = dummy_io.new_zeros(cell.param_rows, hidden) if cell.param_rows else dummy_io
+    device = dummy_io.device
+    flags = torch.empty(16, dtype=torch.uint8, device=device) if resets is None else resets.view(torch.uint8)
+    return dict(p_ptr=prep(params.to(dummy_io.dtype)), resets_ptr=prep(flags)), int(resets is not None)
+
+
+def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: bool, save: bool, config=None,
+            params=None, resets=None):
     """The forward time loop on the resident tier (``config``: the block configuration,
-    None for :func:`fit_for`'s)."""
+    None for :func:`fit_for`'s; ``params`` / ``resets``: see :mod:`fastrnn.backends.base`)."""
     rs = _kernels()
     prep = rs.aligned_input
     dtype, device = xg.dtype, xg.device
@@ -50,14 +65,17 @@ def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: boo
         c0_ptr=prep(c0) if has_c else dummy_io, y_ptr=y, h_n_ptr=h_n, c_n_ptr=c_n, gates_ptr=gates,
         c_seq_ptr=c_seq, hn_seq_ptr=extra, sizes_ptr=sizes, offsets_ptr=offsets,
     )
-    ints = dict(T=schedule.steps, B=batch, uniform_b=uniform_b, reverse=int(reverse), save=int(save), H=hidden)
+    optional, has_resets = _extras(cell, params, resets, hidden, dummy_io, prep)
+    tensors.update(optional)
+    ints = dict(T=schedule.steps, B=batch, uniform_b=uniform_b, reverse=int(reverse), save=int(save), H=hidden,
+                has_resets=has_resets)
     rs.launch_forward(cell, tensors, ints, fit=fit, tf32=buffers.tf32())
     saved = buffers.saved(cell, save, gates, c_seq, extra)
     return ForwardResult(y, h_n, c_n if has_c else None, saved)
 
 
 def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule: Schedule, reverse: bool,
-             config=None):
+             config=None, params=None, resets=None):
     """The backward time loop on the resident tier."""
     rs = _kernels()
     prep = rs.aligned_input
@@ -81,6 +99,8 @@ def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule:
         gates_ptr=prep(gates), c_seq_ptr=prep(c_seq), hn_seq_ptr=prep(extra), dxg_ptr=dxg, dhg_ptr=dhg,
         dh0_ptr=dh0, dc0_ptr=dc0, sizes_ptr=sizes, offsets_ptr=offsets,
     )
-    ints = dict(T=schedule.steps, B=batch, uniform_b=uniform_b, reverse=int(reverse), H=hidden)
+    optional, has_resets = _extras(cell, params, resets, hidden, dummy_io, prep)
+    tensors.update(optional)
+    ints = dict(T=schedule.steps, B=batch, uniform_b=uniform_b, reverse=int(reverse), H=hidden, has_resets=has_resets)
     rs.launch_backward(cell, tensors, ints, fit=fit, tf32=buffers.tf32())
     return BackwardResult(dxg, dhg, dh0, dc0 if has_c else None, None)

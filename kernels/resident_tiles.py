@@ -1,0 +1,122 @@
+"""Device helpers of the resident kernels (:mod:`fastrnn.kernels.resident`): the schedule of
+a step, ``W_hh`` as on-chip tiles, the gate stores, and the optional inputs a call may bring
+(a cell's per-unit parameters, reset flags)."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .precision import tf32_round
+
+
+@triton.jit
+def step_rows(t, sizes_ptr, offsets_ptr, uniform_b):
+    """``(first row, active rows)`` of timestep ``t``: computed for a padded batch
+    (``uniform_b > 0``), read from the schedule's device tensors for a packed one."""
+    if uniform_b > 0:
+        off = t.to(tl.int64) * uniform_b
+        bs = uniform_b
+    else:
+        off = tl.load(offsets_ptr + t).to(tl.int64)
+        bs = tl.load(sizes_ptr + t)
+    return off, bs
+
+
+@triton.jit
+def aligned(H, H_ALIGNED: tl.constexpr):
+    """``H``, known to the compiler as a multiple of 8 when ``H_ALIGNED`` (the launcher's
+    promise): ``(H // 8) * 8`` is ``H`` then, and its divisibility makes every row of 16-bit
+    elements a 16-byte vector load (``H`` is not specialised, so nothing else tells it)."""
+    if H_ALIGNED:
+        return (H // 8) * 8
+    else:
+        return H
+
+
+@triton.jit
+def dot_operand(x, PRECISION: tl.constexpr):
+    """``x`` as a ``tl.dot`` operand: rounded to TF32 (nearest, as cuDNN) for a TF32 dot,
+    which would otherwise truncate the fp32 bits; unchanged otherwise."""
+    if PRECISION == "tf32":
+        return tf32_round(x)
+    else:
+        return x
+
+
+@triton.jit
+def timestep(j, T, reverse):
+    """Timestep processed ``j``-th: ``j`` forward, ``T - 1 - j`` for the reverse direction."""
+    return j + reverse * (T - 1 - 2 * j)
+
+
+@triton.jit
+def _load_weight(w_ptr, units, ks, H, TRANSPOSED: tl.constexpr):
+    """One gate block of ``W_hh`` (``H x H`` from ``w_ptr``) as a ``BLOCK_H x BLOCK_H`` tile.
+
+    ``TRANSPOSED``: tile ``[k, j] = W[j, k]`` (the forward GEMM ``h @ W^T``); else
+    ``[j, k] = W[j, k]`` (the backward GEMM ``dgates @ W``). Padding is zero.
+    """
+    if TRANSPOSED:
+        offs = units[None, :] * H + ks[:, None]
+        mask = (ks < H)[:, None] & (units < H)[None, :]
+    else:
+        offs = units[:, None] * H + ks[None, :]
+        mask = (units < H)[:, None] & (ks < H)[None, :]
+    return tl.load(w_ptr + offs, mask=mask, other=0.0)
+
+
+@triton.jit
+def load_weights(w_hh_ptr, cols, H, GATES: tl.constexpr, TRANSPOSED: tl.constexpr):
+    """``W_hh`` once: the ``GATES`` gate blocks as tiles of :func:`_load_weight` (slots
+    ``>= GATES`` get the first tile again, never read)."""
+    w0 = _load_weight(w_hh_ptr, cols, cols, H, TRANSPOSED)
+    w1 = w0
+    w2 = w0
+    w3 = w0
+    if GATES > 1:
+        w1 = _load_weight(w_hh_ptr + H * H, cols, cols, H, TRANSPOSED)
+    if GATES > 2:
+        w2 = _load_weight(w_hh_ptr + 2 * H * H, cols, cols, H, TRANSPOSED)
+    if GATES > 3:
+        w3 = _load_weight(w_hh_ptr + 3 * H * H, cols, cols, H, TRANSPOSED)
+    return w0, w1, w2, w3
+
+
+@triton.jit
+def store_gates(ptrs, v0, v1, v2, v3, H, mask, GATES: tl.constexpr):
+    """Slots ``0 .. GATES-1`` into a ``(rows, GATES*H)`` buffer (slot ``k`` at ``ptrs + k*H``),
+    converted to the buffer's dtype."""
+    ty = ptrs.dtype.element_ty
+    tl.store(ptrs, v0.to(ty), mask=mask)
+    if GATES > 1:
+        tl.store(ptrs + H, v1.to(ty), mask=mask)
+    if GATES > 2:
+        tl.store(ptrs + 2 * H, v2.to(ty), mask=mask)
+    if GATES > 3:
+        tl.store(ptrs + 3 * H, v3.to(ty), mask=mask)
+
+
+@triton.jit
+def load_params(p_ptr, cols, col_mask, H, PARAMS: tl.constexpr, ACC: tl.constexpr, BLOCK_H: tl.constexpr):
+    """Rows ``0 .. PARAMS-1`` of the cell's ``(PARAMS, H)`` per-unit parameters for the hidden
+    units ``cols``, as three ``(1, BLOCK_H)`` rows in ``ACC`` (zeros for rows the cell has not),
+    broadcast over the batch rows by the cell's functions."""
+    p0 = tl.zeros((1, BLOCK_H), dtype=ACC)
+    p1 = p0
+    p2 = p0
+    if PARAMS > 0:
+        p0 = tl.load(p_ptr + cols, mask=col_mask, other=0.0).to(ACC)[None, :]
+    if PARAMS > 1:
+        p1 = tl.load(p_ptr + H + cols, mask=col_mask, other=0.0).to(ACC)[None, :]
+    if PARAMS > 2:
+        p2 = tl.load(p_ptr + 2 * H + cols, mask=col_mask, other=0.0).to(ACC)[None, :]
+    return p0, p1, p2
+
+
+@triton.jit
+def reset_rows(resets_ptr, off, rows, bs):
+    """``(BLOCK_B,)``: which of the step's rows (first flat row ``off``, ``bs`` active)
+    start from a zero state (the call's uint8 reset flags; False for inactive rows)."""
+    flags = tl.load(resets_ptr + off + rows, mask=rows < bs, other=0)
+    return flags != 0
