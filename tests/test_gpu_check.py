@@ -106,7 +106,8 @@ def test_dry_run_self_check_extras_and_speed_rows(quick_run):
     variant_rows = extras["variant layers and resets per tier"]
     assert variant_rows["status"] == "ok", variant_rows
     assert {(r["model"], r["tier"]) for r in variant_rows["rows"]} == {
-        (m, t) for m in ("LSTM-peephole+resets", "GRU+resets", "LayerNormLSTM", "LayerNormGRU")
+        (m, t) for m in ("LSTM-peephole+resets", "GRU+resets", "LayerNormLSTM", "LayerNormGRU", "LSTM-zoneout+rdrop",
+                         "GRU-zoneout+rdrop+resets")
         for t in ("step", "resident", "cooperative")}
     assert extras["model on cuda:1"]["status"] == "skipped"
     assert {extras[f"compute-sanitizer {t}"]["status"] for t in ("racecheck", "synccheck")} == {"skipped"}

@@ -1,6 +1,7 @@
-"""The variant layers on the device: peephole LSTM, LayerNorm-LSTM / -GRU, and resets inside
-a sequence, on each kernel tier forced in turn, against the reference backend on the same
-device (float32, IEEE: TF32 off), outputs and every gradient.
+"""The variant layers on the device: peephole LSTM, LayerNorm-LSTM / -GRU, resets inside a
+sequence, zoneout and recurrent dropout (training, the same masks on both sides: the seed
+is set before each run), on each kernel tier forced in turn, against the reference backend
+on the same device (float32, IEEE: TF32 off), outputs and every gradient.
 
 A variant a tier cannot run goes where the backend sends it (the step tier, or the
 reference backend with its warning); the record says where each ran.
@@ -22,6 +23,10 @@ MODELS = {
     "GRU+resets": (lambda i, h, **k: fastrnn.GRU(i, h, **k), False, True),
     "LayerNormLSTM": (lambda i, h, **k: fastrnn.LayerNormLSTM(i, h, **k), True, False),
     "LayerNormGRU": (lambda i, h, **k: fastrnn.LayerNormGRU(i, h, **k), False, False),
+    "LSTM-zoneout+rdrop": (lambda i, h, **k: fastrnn.LSTM(i, h, zoneout=(0.2, 0.3), recurrent_dropout=0.3, **k),
+                           True, False),
+    "GRU-zoneout+rdrop+resets": (lambda i, h, **k: fastrnn.GRU(i, h, zoneout=0.2, recurrent_dropout=0.3, **k),
+                                 False, True),
 }
 TIERS = ("step", "resident", "cooperative")
 #: fp32 IEEE on both sides, T <= 12: a few ulps per step in different orders of summation
@@ -29,6 +34,7 @@ BOUND = 1e-4
 
 
 def _run(model, x, hx, resets, grad_seed: int):
+    torch.manual_seed(grad_seed)  # the same regulariser masks on both sides
     x = x.detach().clone().requires_grad_()
     out, hidden = model(x, hx, resets=resets)
     leaves = [out, *(hidden if isinstance(hidden, tuple) else (hidden,))]
