@@ -139,6 +139,14 @@ def _ln_lstm_forward(xg, w_hh, b_hh, h0, c0, schedule, reverse, save, params, cu
     width = 4 * hidden
     sizes = schedule.batch_sizes
     w_r, b_r, w_c, b_c = params[0:4].reshape(-1), params[4:8].reshape(-1), params[8], params[9]
+    # One activation op per step: tanh(a) = 2 sigmoid(2a) - 1, so the g block's input and
+    # LayerNorm gain and bias are doubled and all four gates take one sigmoid; c then reads
+    # s = sigmoid(2a) as i * g = 2 i s - i, and the saved g is 2 s - 1 after the loop.
+    g_cols = slice(2 * hidden, 3 * hidden)
+    w_r, b_r = w_r.clone(), b_r.clone()
+    w_r[g_cols].mul_(2)
+    b_r[g_cols].mul_(2)
+    xg[:, g_cols].mul_(2)
     y = xg.new_empty(rows, hidden)
     r_seq = xg.new_empty(rows if save else schedule.batch, width)
     # With `save` every step writes its own rows of c; without, one (B, H) buffer is
@@ -148,8 +156,8 @@ def _ln_lstm_forward(xg, w_hh, b_hh, h0, c0, schedule, reverse, save, params, cu
     # Each step's rows, as views made once; the gates overwrite the input projection in
     # place (xg belongs to the call).
     gate_rows, y_rows = xg.split_with_sizes(sizes), y.split_with_sizes(sizes)
-    if_rows, i_rows, f_rows, g_rows, o_rows = (xg[:, a * hidden : b * hidden].split_with_sizes(sizes)
-                                               for a, b in ((0, 2), (0, 1), (1, 2), (2, 3), (3, 4)))
+    i_rows, f_rows, s_rows, o_rows = (xg[:, a * hidden : b * hidden].split_with_sizes(sizes)
+                                      for a, b in ((0, 1), (1, 2), (2, 3), (3, 4)))
     r_rows = r_seq.split_with_sizes(sizes) if save else None
     c_rows = c_seq.split_with_sizes(sizes) if save else None
     zero_h = torch.zeros_like(h0) if cuts is not None else None
@@ -166,10 +174,7 @@ def _ln_lstm_forward(xg, w_hh, b_hh, h0, c0, schedule, reverse, save, params, cu
             torch.mm(hs, w_hh_t, out=r)
         else:
             torch.addmm(b_hh, hs, w_hh_t, out=r)
-        gate_rows[t].add_(torch.layer_norm(r, (width,), w_r, b_r, eps))
-        if_rows[t].sigmoid_()
-        g_rows[t].tanh_()
-        o_rows[t].sigmoid_()
+        gate_rows[t].add_(torch.layer_norm(r, (width,), w_r, b_r, eps)).sigmoid_()
         if save:
             cp = c0[:bs] if c is None else ref._state_rows(c, c0, bs)
             if cut is not None:
@@ -182,9 +187,11 @@ def _ln_lstm_forward(xg, w_hh, b_hh, h0, c0, schedule, reverse, save, params, cu
             elif cut is not None:
                 c.masked_fill_(cut, 0)
             c.mul_(f_rows[t])
-        c.addcmul_(i_rows[t], g_rows[t])
+        c.addcmul_(i_rows[t], s_rows[t], value=2).sub_(i_rows[t])  # + i * g
         h = torch.mul(torch.layer_norm(c, (hidden,), w_c, b_c, eps).tanh_(), o_rows[t], out=y_rows[t])
     c_n = schedule.final(c_seq, reverse) if save else c_seq
+    if save:
+        xg[:, g_cols].mul_(2).sub_(1)  # g = 2 s - 1
     saved = (xg, r_seq, c_seq) if save else ()
     return ForwardResult(y, schedule.final(y, reverse), c_n, saved)
 
@@ -283,7 +290,7 @@ def _ln_gru_forward(xg, w_hh, b_hh, h0, c0, schedule, reverse, save, params, cut
         b_rz, b_n = torch.layer_norm(r, (width,), w_r, b_r, eps).split_with_sizes(split, 1)
         rz_rows[t].add_(b_rz).sigmoid_()
         n = n_rows[t].addcmul_(rg_rows[t], b_n).tanh_()
-        h = torch.sub(hs, n, out=y_rows[t]).mul_(z_rows[t]).add_(n)  # n + z * (h - n)
+        h = torch.lerp(n, hs, z_rows[t], out=y_rows[t])  # n + z * (h - n)
     saved = (xg, r_seq) if save else ()
     return ForwardResult(y, schedule.final(y, reverse), None, saved)
 
