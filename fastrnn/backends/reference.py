@@ -170,8 +170,13 @@ def _lstm_forward(xg, w_hh, w_hr, h0, c0, schedule, reverse, save, cuts):
     # batch keep their final value).
     c_seq = xg.new_empty(n_rows, hidden) if save else c0.clone()
     # tanh(c) is computed anyway for h; keeping it saves backward a pass of tanh over N*H.
-    tanh_c_seq = xg.new_empty(n_rows, hidden) if save else None
-    m_buf = xg.new_empty(batch, hidden) if w_hr is not None else None
+    # A call with resets keeps the generic loop's layout instead (gates, c and, with a
+    # projection, m): the layout of a call with loop inputs is the same whichever loop runs.
+    generic_layout = save and cuts is not None
+    tanh_c_seq = xg.new_empty(n_rows, hidden) if save and not generic_layout else None
+    tanh_buf = xg.new_empty(batch, hidden) if generic_layout else None
+    m_seq = xg.new_empty(n_rows, hidden) if generic_layout and w_hr is not None else None
+    m_buf = xg.new_empty(batch, hidden) if w_hr is not None and m_seq is None else None
     w_hh_t = w_hh.t().contiguous()  # one copy per call; the per-step GEMMs run faster on it
     w_hr_t = w_hr.t() if w_hr is not None else None
     zero_c = torch.zeros_like(c0) if save and cuts is not None else None
@@ -203,21 +208,33 @@ def _lstm_forward(xg, w_hh, w_hr, h0, c0, schedule, reverse, save, cuts):
                 cs.masked_fill_(cut, 0)
             cs.mul_(f)
         cs.addcmul_(i, g)
-        h_out = y[lo:hi] if w_hr is None else m_buf[:bs]
+        h_out = y[lo:hi] if w_hr is None else m_buf[:bs] if m_seq is None else m_seq[lo:hi]
         if save:
-            torch.mul(torch.tanh(cs, out=tanh_c_seq[lo:hi]), o, out=h_out)
+            tanh_out = tanh_buf[:bs] if generic_layout else tanh_c_seq[lo:hi]
+            torch.mul(torch.tanh(cs, out=tanh_out), o, out=h_out)
         else:
             torch.tanh(cs, out=h_out).mul_(o)
         if w_hr is not None:
             torch.mm(h_out, w_hr_t, out=y[lo:hi])
         prev = (lo, hi)
     c_n = schedule.final(c_seq, reverse) if save else c_seq
-    saved = (xg, c_seq, tanh_c_seq) if save else ()
+    if not save:
+        saved = ()
+    elif generic_layout:
+        saved = (xg, c_seq) if m_seq is None else (xg, c_seq, m_seq)
+    else:
+        saved = (xg, c_seq, tanh_c_seq)
     return ForwardResult(y, schedule.final(y, reverse), c_n, saved)
 
 
 def _lstm_backward(saved, w_hh, w_hr, c0, dy, dh_n, dc_n, schedule, reverse, resets, cuts):
-    gates_seq, c_seq, tanh_c = saved
+    m_seq = None
+    if cuts is None:
+        gates_seq, c_seq, tanh_c = saved
+    else:  # (the generic loop's layout: see _lstm_forward)
+        gates_seq, c_seq, *kept = saved
+        tanh_c = torch.tanh(c_seq)
+        m_seq = kept[0] if kept else None
     hidden = c_seq.shape[1]
     i, f, g, o = gates_seq.chunk(4, 1)
     # Whole-sequence factors: dgates_pre = [dc*i', dc*f', dc*g', dm*o'] with
@@ -256,7 +273,7 @@ def _lstm_backward(saved, w_hh, w_hr, c0, dy, dh_n, dc_n, schedule, reverse, res
             cut_recurrent_grad(dh, dgates[lo:hi], w_hh, dy_next, cut, dc=dc)
     dw_hr = None
     if w_hr is not None:
-        dw_hr = dh_seq.t() @ (o * tanh_c)
+        dw_hr = dh_seq.t() @ (o * tanh_c if m_seq is None else m_seq)
     return BackwardResult(dgates, dgates, dh, dc, dw_hr)
 
 
@@ -403,9 +420,12 @@ def saved_layout(kind, rows, hidden, dtype, save, resets=False, proj=False):
     LSTM: gates ``(N, 4H)`` (i, f, g, o), ``c`` and ``tanh(c)`` ``(N, H)``; GRU: gates
     ``(N, 3H)`` (r, z, n) and ``W_hn h + b_hn`` ``(N, H)``; plain RNN: nothing (backward
     reads ``y``); the variant cells with a loop of their own:
-    :func:`fastrnn.backends.reference_norm.saved_layout`; any other cell:
-    :func:`fastrnn.backends.generic.saved_layout`. ``resets`` changes none of them.
+    :func:`fastrnn.backends.reference_norm.saved_layout`; any other cell, and every call
+    with ``resets`` (whichever loop runs it: the tuned loops keep the generic one's tensors
+    then): :func:`fastrnn.backends.generic.saved_layout`.
     """
+    if resets:
+        return generic.saved_layout(kind, rows, hidden, dtype, save, proj)
     if kind is CellKind.LSTM or kind is CellKind.GRU:
         if not save:
             return []

@@ -14,7 +14,8 @@ Per step, the two means of every row are one batched product ``dy (bs, 1, D) @ K
 (``K = [w / D, w x_hat / D]``, made for the whole sequence from the saved input) and the
 correction one more, ``[m0, m1] @ L`` with ``L = [-rstd, -rstd x_hat]``.
 
-Saved layout (:func:`saved_layout`, the generic loop's for the same cells):
+Saved layout (:func:`saved_layout`, the generic loop's for the same cells, so that a call
+has the same layout whichever loop runs it):
 
 - LayerNorm-LSTM: gates ``(N, 4H)`` (``sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)``), the
   recurrent pre-activation ``r = h_prev W_hh^T + b_hh`` ``(N, 4H)``, ``c`` ``(N, H)``;

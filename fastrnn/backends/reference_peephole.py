@@ -10,7 +10,8 @@ The backward folds the peepholes into whole-sequence factors, so each step is as
 as the LSTM's: ``dc_total = dc + dh * (o (1 - tanh(c')^2) + w_co tanh(c') o (1 - o))`` and
 ``dc_prev = dc_total * (f + w_ci i' + w_cf f')`` (``i'``, ``f'`` the gates' factors).
 
-Saved layout (:func:`layout`): gates ``(N, 4H)`` (i, f, g, o), ``c`` and ``tanh(c)`` ``(N, H)``.
+Saved layout (:func:`layout`, the generic loop's for this cell): gates ``(N, 4H)``
+(i, f, g, o) and ``c`` ``(N, H)``; the backward recomputes ``tanh(c)`` in one op.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from .base import BackwardResult, ForwardResult
 
 
 def layout(rows, hidden, dtype):
-    return [((rows, 4 * hidden), dtype), ((rows, hidden), dtype), ((rows, hidden), dtype)]
+    return [((rows, 4 * hidden), dtype), ((rows, hidden), dtype)]
 
 
 def forward(xg, w_hh, b_hh, h0, c0, schedule, reverse, save, params, cuts):
@@ -33,7 +34,6 @@ def forward(xg, w_hh, b_hh, h0, c0, schedule, reverse, save, params, cuts):
     # With `save`, c of every step is kept for backward; without, one (B, H) cell-state
     # buffer is updated in place (rows beyond the active batch keep their final value).
     c_seq = xg.new_empty(rows, hidden) if save else c0.clone()
-    tanh_c = xg.new_empty(rows, hidden) if save else None
     w_hh_t = w_hh.t().contiguous()  # one copy per call; the per-step GEMMs run faster on it
     # Each step's rows, as views made once; the gates overwrite the input projection in
     # place (xg belongs to the call).
@@ -42,7 +42,6 @@ def forward(xg, w_hh, b_hh, h0, c0, schedule, reverse, save, params, cuts):
     if_rows, i_rows, f_rows, g_rows, o_rows = (xg[:, a * hidden : b * hidden].split_with_sizes(sizes)
                                                for a, b in ((0, 2), (0, 1), (1, 2), (2, 3), (3, 4)))
     c_rows = c_seq.split_with_sizes(sizes) if save else None
-    tc_rows = tanh_c.split_with_sizes(sizes) if save else None
     zero_c = torch.zeros_like(c0) if cuts is not None and save else None
     h = c = None
     for t in schedule.order(reverse):
@@ -69,18 +68,16 @@ def forward(xg, w_hh, b_hh, h0, c0, schedule, reverse, save, params, cuts):
         c = torch.mul(f_rows[t], cp, out=c_rows[t]) if save else cp.mul_(f_rows[t])
         c.addcmul_(i_rows[t], g_rows[t])
         o = o_rows[t].addcmul_(c, w_co).sigmoid_()
-        if save:
-            h = torch.mul(torch.tanh(c, out=tc_rows[t]), o, out=y_rows[t])
-        else:
-            h = torch.tanh(c, out=y_rows[t]).mul_(o)
+        h = torch.tanh(c, out=y_rows[t]).mul_(o)
     c_n = schedule.final(c_seq, reverse) if save else c_seq
-    saved = (xg, c_seq, tanh_c) if save else ()
+    saved = (xg, c_seq) if save else ()
     return ForwardResult(y, schedule.final(y, reverse), c_n, saved)
 
 
 def backward(saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, reverse, params, resets, cuts):
-    gates_seq, c_seq, tanh_c = saved
+    gates_seq, c_seq = saved
     rows, hidden = c_seq.shape
+    tanh_c = torch.tanh(c_seq)
     sizes = schedule.batch_sizes
     w_ci, w_cf, w_co = params[0], params[1], params[2]
     i, f, g, o = gates_seq.chunk(4, 1)
