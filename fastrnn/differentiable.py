@@ -42,6 +42,7 @@ class _Step(NamedTuple):
     h: torch.Tensor  # the cell's output (m, before the projection, with W_hr)
     c: torch.Tensor | None  # (bs, H)
     cut: torch.Tensor | None  # (bs, 1) bool: the state entering this step was zeroed
+    state: torch.Tensor  # (bs, P) the state entering the step (h_prev is what entered W_hh)
 
 
 def _update(state, new, bs):
@@ -59,11 +60,12 @@ def _zeroed(state, cut):
 
 
 def _forward(cell: Cell, x, schedule: Schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, params=None,
-             resets=None):
+             resets=None, zoneout=None, rscale=None):
     """Run the layer; returns ``(y (N, P), h_n, c_n | None, steps)``.
 
     ``x`` is the input projection itself when ``w_ih`` is None; ``params`` the cell's
-    ``p``; ``resets`` ``(N,)`` bool (see :mod:`fastrnn.engine`).
+    ``p``; ``resets`` ``(N,)`` bool (see :mod:`fastrnn.engine`); ``zoneout`` a
+    :class:`~fastrnn.regularisers.Zoneout`, ``rscale`` ``(B, H)`` the recurrent-dropout scale.
     """
     apart = cell.recurrent_apart
     fold = b_hh is not None and not apart
@@ -87,13 +89,17 @@ def _forward(cell: Cell, x, schedule: Schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, 
         cut = None if entering is None else entering[lo : lo + bs]
         hp = _zeroed(h[:bs], cut)
         cp = None if c is None else _zeroed(c[:bs], cut)
-        rec = F.linear(hp, w_hh, inner_bias)
+        h_in = hp if rscale is None else hp * rscale[:bs]
+        rec = F.linear(h_in, w_hh, inner_bias)
         z = zero[:bs]
         out, c_new, *kept = cell.torch_forward(
             *_slots(xg[lo : lo + bs], hidden, gates, z), *_slots(rec, hidden, gates, z), hp, cp, *p
         )
+        steps.append(_Step(t, h_in, cp, tuple(kept[:MAX_GATES]), kept[MAX_GATES], out, c_new, cut, hp))
+        if zoneout is not None:
+            out = zoneout.blend("h", hp, out, lo, lo + bs)
+            c_new = zoneout.blend("c", cp, c_new, lo, lo + bs) if c_new is not None else None
         h_new = out if w_hr is None else F.linear(out, w_hr)
-        steps.append(_Step(t, hp, cp, tuple(kept[:MAX_GATES]), kept[MAX_GATES], out, c_new, cut))
         ys[t] = h_new
         h = _update(h, h_new, bs)
         if c is not None:
@@ -102,19 +108,21 @@ def _forward(cell: Cell, x, schedule: Schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, 
 
 
 def layer(kind: Cell, x, schedule: Schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse: bool, params=None,
-          resets=None):
+          resets=None, zoneout=None, rscale=None):
     """One layer-direction: ``(y (N, P), h_n (B, P), c_n (B, H) | None)``, differentiable."""
-    y, h_n, c_n, _ = _forward(kind, x, schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, params, resets)
+    y, h_n, c_n, _ = _forward(kind, x, schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, params, resets,
+                              zoneout, rscale)
     return y, h_n, c_n
 
 
 def layer_backward(kind: Cell, x, schedule: Schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse: bool,
-                   dy, dh_n, dc_n, params=None, resets=None):
+                   dy, dh_n, dc_n, params=None, resets=None, zoneout=None, rscale=None):
     """Gradients of ``(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params)`` (``None`` for an
     absent input) for output gradients ``dy (N, P)``, ``dh_n (B, P)``, ``dc_n (B, H) | None``,
     computed with differentiable torch ops from the inputs alone."""
     cell = kind
-    _, _, _, steps = _forward(cell, x, schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, params, resets)
+    _, _, _, steps = _forward(cell, x, schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, params, resets,
+                              zoneout, rscale)
     p = () if params is None else (params,)
     dparams = None
     gates = cell.gates
@@ -124,14 +132,18 @@ def layer_backward(kind: Cell, x, schedule: Schedule, h0, c0, w_ih, w_hh, b_ih, 
     for s in reversed(steps):
         lo, bs = schedule.offsets[s.t], schedule.batch_sizes[s.t]
         dh_t = dh[:bs] + dy[lo : lo + bs]  # everything that reaches h_t
+        dc_t = None if dc is None else dc[:bs]
+        keep_dh = keep_dc = None
+        if zoneout is not None:  # (with a projection, zoneout is refused before any work)
+            dh_t, keep_dh = zoneout.split("h", dh_t, lo, lo + bs)
+            if dc_t is not None:
+                dc_t, keep_dc = zoneout.split("c", dc_t, lo, lo + bs)
         dm = dh_t
         if w_hr is not None:
             dm = dh_t @ w_hr
             ms.append(s.h)
             dms.append(dh_t)
-        grads = cell.torch_backward(
-            dm, None if dc is None else dc[:bs], *s.kept, s.extra, s.c, s.c_prev, s.h, s.h_prev, *p
-        )
+        grads = cell.torch_backward(dm, dc_t, *s.kept, s.extra, s.c, s.c_prev, s.h, s.state, *p)
         if params is not None:
             dparams = grads[2 * MAX_GATES + 2] if dparams is None else dparams + grads[2 * MAX_GATES + 2]
         dx_t = torch.cat(grads[:gates], 1) if gates > 1 else grads[0]
@@ -141,11 +153,16 @@ def layer_backward(kind: Cell, x, schedule: Schedule, h0, c0, w_ih, w_hh, b_ih, 
         else:
             dh_t_g = dx_t
         dh_prev = dh_t_g @ w_hh
+        if rscale is not None:
+            dh_prev = dh_prev * rscale[:bs]
         if cell.direct_h_grad:
             dh_prev = dh_prev + grads[2 * MAX_GATES]
+        if keep_dh is not None:
+            dh_prev = dh_prev + keep_dh
         dh_prev = _zeroed(dh_prev, s.cut)  # (no gradient crosses a reset)
         if dc is not None:
-            dc = _update(dc, _zeroed(grads[2 * MAX_GATES + 1], s.cut), bs)
+            dc_prev = grads[2 * MAX_GATES + 1] if keep_dc is None else grads[2 * MAX_GATES + 1] + keep_dc
+            dc = _update(dc, _zeroed(dc_prev, s.cut), bs)
         dxg[s.t], dhg[s.t] = dx_t, dh_t_g
         h_prevs.append(s.h_prev)
         dh = _update(dh, dh_prev, bs)

@@ -56,17 +56,21 @@ class LoopLayer:
         self.name = backend.name
 
     @staticmethod
-    def _extras(schedule, reverse, params, resets) -> dict:
+    def _extras(schedule, reverse, params, resets, zoneout=None, recurrent_scale=None) -> dict:
         """The optional time-loop arguments, given to the backend only when present."""
         extras = {}
         if params is not None:
             extras["params"] = params
         if resets is not None:
             extras["resets"] = schedule.entering_resets(resets, reverse)
+        if zoneout is not None:
+            extras["zoneout"] = zoneout
+        if recurrent_scale is not None:
+            extras["recurrent_scale"] = recurrent_scale
         return extras
 
     def layer_forward(self, kind: CellKind, x, schedule: Schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                      reverse: bool, save: bool, params=None, resets=None):
+                      reverse: bool, save: bool, params=None, resets=None, zoneout=None, recurrent_scale=None):
         """``(y (N, P), h_n (B, P), c_n (B, H) | None, saved)`` of one layer-direction.
 
         ``x`` is ``(N, I)`` flat rows ordered by ``schedule`` (``(N, G*H)``, the input
@@ -85,15 +89,16 @@ class LoopLayer:
             xg = torch.addmm(bias, x, w_ih.t())
         inner_bias = b_hh if (b_hh is not None and kind.recurrent_bias_inside) else None
         res = self.backend.forward(kind, xg, w_hh, inner_bias, w_hr, h0, c0, schedule, reverse, save,
-                                   **self._extras(schedule, reverse, params, resets))
+                                   **self._extras(schedule, reverse, params, resets, zoneout, recurrent_scale))
         return res.y, res.h_n, res.c_n, tuple(res.saved)
 
     def layer_backward(self, kind: CellKind, schedule: Schedule, reverse: bool, x, h0, c0, w_ih, w_hh,
-                       b_ih, b_hh, w_hr, y, saved, dy, dh_n, dc_n, needs, params=None, resets=None) -> LayerGrads:
+                       b_ih, b_hh, w_hr, y, saved, dy, dh_n, dc_n, needs, params=None, resets=None, zoneout=None,
+                       recurrent_scale=None) -> LayerGrads:
         """Gradients of ``(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params)``, None where
         ``needs`` is False (``needs`` may leave out ``params``)."""
         inner_bias = b_hh if (b_hh is not None and kind.recurrent_bias_inside) else None
-        extras = self._extras(schedule, reverse, params, resets)
+        extras = self._extras(schedule, reverse, params, resets, zoneout, recurrent_scale)
         res = self.backend.backward(
             kind, tuple(saved), w_hh, inner_bias, w_hr, h0, c0, y,
             dy.contiguous(), dh_n.contiguous(), dc_n.contiguous() if dc_n is not None else None,
@@ -108,11 +113,15 @@ class LoopLayer:
             dw_ih = res.dxg.t() @ x if need_w_ih else None
         dw_hh = None
         if need_w_hh:
-            if resets is None:
+            if resets is None and recurrent_scale is None:
                 dw_hh = schedule.previous_product(res.dhg, y, h0, reverse)
-            else:
+            else:  # the state as it entered W_hh: zero after a reset, scaled by recurrent dropout
                 prev = schedule.previous(y, h0, reverse)
-                dw_hh = res.dhg.t() @ torch.where(extras["resets"].unsqueeze(1), 0, prev)
+                if resets is not None:
+                    prev = torch.where(extras["resets"].unsqueeze(1), 0, prev)
+                if recurrent_scale is not None:
+                    prev = prev * schedule.batch_rows(recurrent_scale)
+                dw_hh = res.dhg.t() @ prev
         db_ih = res.dxg.sum(0) if (b_ih is not None and need_b_ih) else None
         db_hh = None
         if b_hh is not None and need_b_hh:
@@ -123,8 +132,12 @@ class LoopLayer:
             res.dw_hr if need_w_hr else None, dparams,
         )
 
-    def saved_layout(self, kind: CellKind, rows, batch, input_size, hidden, proj, dtype, save, resets=False):
-        """``[(shape, dtype), ...]`` of ``saved`` from sizes alone (for fake tensors)."""
+    def saved_layout(self, kind: CellKind, rows, batch, input_size, hidden, proj, dtype, save, resets=False,
+                     zoneout=None):
+        """``[(shape, dtype), ...]`` of ``saved`` from sizes alone (for fake tensors);
+        ``resets``: the call has loop inputs (resets, zoneout, recurrent dropout);
+        ``zoneout``: ``(on_h, on_c)`` or None."""
         if resets:
-            return self.backend.saved_layout(kind, rows, hidden, dtype, save, resets=True, proj=bool(proj))
+            return self.backend.saved_layout(kind, rows, hidden, dtype, save, resets=True, proj=bool(proj),
+                                             zoneout=zoneout)
         return self.backend.saved_layout(kind, rows, hidden, dtype, save)

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from . import backends, ops
+from .regularisers import draw_recurrent_scale, draw_zoneout, drop_connect
 from .kinds import CellKind
 from .schedule import Schedule
 
@@ -112,29 +113,48 @@ def _sequence(x: torch.Tensor, schedule: Schedule):
     return x, torch.tensor(schedule.batch_sizes, dtype=torch.int64)
 
 
-def _with_resets(name: str, backend: str | None, device: torch.device) -> str:
-    """The backend that runs a call with ``resets``: torch's kernels have no resets, so
-    ``auto`` runs ``reference`` where it would have run them; asking for them is an error."""
+_LOOP_WORDS = {"resets": "resets inside a sequence", "zoneout": "zoneout", "recurrent_scale": "recurrent dropout"}
+
+
+def _with_loop_inputs(name: str, backend: str | None, device: torch.device, wants: tuple) -> str:
+    """The backend that runs a call whose time loop takes ``wants`` (``"resets"``,
+    ``"zoneout"``, ``"recurrent_scale"``): torch's kernels have none of them, so ``auto`` runs
+    ``reference`` where it would have run them; asking for them is an error."""
+    if not wants:
+        return name
+    what = " and ".join(_LOOP_WORDS[w] for w in wants)
     requested = backend if backend is not None else (backends.env_backend() or "auto")
     if name == "native":
         if requested == "native":
             raise RuntimeError(
-                "fastrnn: backend 'native' runs torch's own kernels, which cannot reset the state inside a "
-                "sequence; use backend='reference' or 'auto' for resets"
+                f"fastrnn: backend 'native' runs torch's own kernels, which have no {what}; use "
+                "backend='reference' or 'auto'"
             )
         return "reference"
     if name == "triton":
-        reason = backends.triton_refuses_resets()
+        reason = backends.triton_refuses(wants)
         if reason is not None:
             if requested == "triton":
-                raise RuntimeError(f"fastrnn: backend='triton' cannot run resets: {reason}")
+                raise RuntimeError(f"fastrnn: backend='triton' cannot run {what}: {reason}")
             warnings.warn(
-                f"fastrnn: the triton backend cannot run resets ({reason}); using the reference backend, "
+                f"fastrnn: the triton backend cannot run {what} ({reason}); using the reference backend, "
                 "a step-by-step PyTorch loop. Pass backend='reference' to silence this warning.",
                 RuntimeWarning, stacklevel=4,
             )
             return "reference"
     return name
+
+
+def _zoneout_inputs(zoneout, training: bool, x, hidden: int, has_c: bool):
+    """``(mask_h, mask_c, probabilities)`` for one layer-direction: fresh masks shaped like
+    its output in training, the probabilities in eval."""
+    p_h, p_c = zoneout if has_c else (zoneout[0], 0.0)
+    if not training:
+        return None, None, [p_h, p_c]
+    rows = x.shape[:-1]
+    mask_h, mask_c = draw_zoneout(rows.numel(), hidden, p_h, p_c, x.device)
+    shape = (*rows, hidden)
+    return (None if mask_h is None else mask_h.view(shape), None if mask_c is None else mask_c.view(shape), [])
 
 
 def recurrent_layer(
@@ -228,6 +248,9 @@ def stack(
     params: Sequence[torch.Tensor] | None = None,
     input_norm: tuple | None = None,
     resets: torch.Tensor | None = None,
+    zoneout: tuple[float, float] = (0.0, 0.0),
+    recurrent_dropout: float = 0.0,
+    weight_drop: float = 0.0,
 ):
     """:func:`recurrent_stack` on the ops' sequence form, what the modules call.
 
@@ -240,6 +263,9 @@ def stack(
     layer-direction's input projection (LayerNorm cells), applied before its time loop.
     ``resets``: bool, ``(T, B)`` padded or ``(N,)`` packed, True where a sequence starts a
     new episode; every layer and direction restarts there from a zero state.
+    ``zoneout`` ``(p_h, p_c)``, ``recurrent_dropout``, ``weight_drop``: the regularisers of
+    :mod:`fastrnn.regularisers`, their masks drawn here for each layer-direction (zoneout
+    also acts in eval, as its expectation; the other two only in training).
 
     Returns:
         ``(y, h_n (L*D, B, P), c_n (L*D, B, H) | None)``, ``y`` shaped like ``x`` with
@@ -271,8 +297,12 @@ def stack(
     name = backends.resolve_name(backend, x.device, call)
     if name == "native":
         backends.native.refuse_cell(kind)
-    if resets is not None:
-        name = _with_resets(name, backend, x.device)
+    p_h, p_c = zoneout
+    zoneout_on = p_h > 0 or (p_c > 0 and kind.has_cell_state)
+    rd_on = recurrent_dropout > 0 and training
+    wants = tuple(w for w, on in (("resets", resets is not None), ("zoneout", zoneout_on),
+                                  ("recurrent_scale", rd_on)) if on)
+    name = _with_loop_inputs(name, backend, x.device, wants)
     if name == "native" and not call.needs_grad and ops.eager_call(x):
         ops.refuse_forward_ad((x, h0, c0, *(w for layer in weights for w in layer)))
         # Inference on torch's own kernels, eagerly: the whole stack in the one call
@@ -289,6 +319,8 @@ def stack(
         for d in range(directions):
             idx = layer * directions + d
             layer_x, layer_weights = x, weights[idx]
+            if weight_drop > 0 and training:
+                layer_weights = (layer_weights[0], drop_connect(layer_weights[1], weight_drop), *layer_weights[2:])
             if input_norm is not None:
                 w_ih, w_hh, b_ih, b_hh, w_hr = layer_weights
                 proj = F.linear(x, w_ih, b_ih)
@@ -297,6 +329,9 @@ def stack(
             y, h, c = ops.layer(
                 kind, name, layer_x, batch_sizes, h0[idx], None if c0 is None else c0[idx], layer_weights, d == 1,
                 None if params is None else params[idx], resets,
+                _zoneout_inputs(zoneout, training, x, h0.shape[-1], kind.has_cell_state) if zoneout_on else None,
+                draw_recurrent_scale(h0.shape[1], h0.shape[-1], recurrent_dropout, x.dtype, x.device)
+                if rd_on else None,
             )
             outputs.append(y)
             h_n.append(h)

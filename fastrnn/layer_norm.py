@@ -74,7 +74,7 @@ class _LayerNormBase(_FastRNNBase, nn.RNNBase):
     _kind = None  # (the cell of this eps, set by the constructor)
 
     def _setup(self, mode, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-               device, dtype, eps, backend):
+               device, dtype, eps, backend, regularisers):
         nn.RNNBase.__init__(
             self, mode, input_size, hidden_size, num_layers, bias=bias, batch_first=batch_first,
             dropout=dropout, bidirectional=bidirectional, device=device, dtype=dtype,
@@ -84,6 +84,7 @@ class _LayerNormBase(_FastRNNBase, nn.RNNBase):
         self._register_unit_params(_stems(self._lstm, self._kind.gates, hidden_size), device, dtype)
         self._init_unit_params()  # (the weights keep the draws torch.nn's constructor made)
         self._init_backend(backend)
+        self._init_regularisers(*regularisers)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, eps={self.eps}"
@@ -129,9 +130,12 @@ class LayerNormLSTM(_LayerNormBase):
         *,
         eps: float = 1e-5,
         backend: str | None = None,
+        zoneout=0.0,
+        recurrent_dropout: float = 0.0,
+        weight_drop: float = 0.0,
     ) -> None:
         self._setup("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                    device, dtype, eps, backend)
+                    device, dtype, eps, backend, (zoneout, recurrent_dropout, weight_drop))
 
     get_expected_cell_size = nn.LSTM.get_expected_cell_size
     check_forward_args = nn.LSTM.check_forward_args
@@ -159,9 +163,12 @@ class LayerNormGRU(_LayerNormBase):
         *,
         eps: float = 1e-5,
         backend: str | None = None,
+        zoneout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        weight_drop: float = 0.0,
     ) -> None:
         self._setup("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                    device, dtype, eps, backend)
+                    device, dtype, eps, backend, (zoneout, recurrent_dropout, weight_drop))
 
 
 class _LayerNormCellBase(_FastCellBase, nn.RNNCellBase):

@@ -41,6 +41,7 @@ from .backends import env_backend, native, validate_backend_name
 from .cell_modules import GRUCell, LSTMCell, RNNCell
 from .cells.variants import LSTM_PEEPHOLE, PEEPHOLE_WEIGHTS as _PEEPHOLES
 from .functional import stack
+from .regularisers import check_probability, zoneout_pair
 from .kinds import CellKind
 
 _TORCH_KINDS = tuple(CellKind)
@@ -72,8 +73,32 @@ class _FastRNNBase:
         self.backend = validate_backend_name(backend)
 
     def extra_repr(self) -> str:
-        s = super().extra_repr()
+        s = super().extra_repr() + self._regulariser_repr()
         return s if self.backend is None else f"{s}, backend={self.backend!r}"
+
+    # Regularisers inside the recurrence (fastrnn.regularisers); off unless the constructor
+    # was given them.
+    _zoneout_pair = (0.0, 0.0)
+    recurrent_dropout = 0.0
+    weight_drop = 0.0
+
+    def _init_regularisers(self, zoneout, recurrent_dropout, weight_drop) -> None:
+        """Check and keep the regulariser probabilities (ValueError outside [0, 1), as torch's dropout)."""
+        self._zoneout_pair = zoneout_pair(zoneout, self._kind.has_cell_state)
+        self.zoneout = zoneout
+        self.recurrent_dropout = check_probability("recurrent_dropout", recurrent_dropout)
+        self.weight_drop = check_probability("weight_drop", weight_drop)
+        if (any(self._zoneout_pair) or self.recurrent_dropout) and self.proj_size > 0:
+            raise ValueError("fastrnn: zoneout and recurrent_dropout are not supported with proj_size > 0")
+
+    @property
+    def _regularised(self) -> bool:
+        return bool(any(self._zoneout_pair) or self.recurrent_dropout or self.weight_drop)
+
+    def _regulariser_repr(self) -> str:
+        parts = [f"{name}={value}" for name, value in (("zoneout", getattr(self, "zoneout", 0.0)),
+                 ("recurrent_dropout", self.recurrent_dropout), ("weight_drop", self.weight_drop)) if value]
+        return "".join(f", {p}" for p in parts)
 
     # The cell's own parameters beyond torch's weights (none for torch's cells): per
     # layer-direction name stems, e.g. ``weight_ci`` -> ``weight_ci_l0``, ``weight_ci_l0_reverse``.
@@ -191,8 +216,8 @@ class _FastRNNBase:
         """
         # Cheapest tests first: this runs on every call, and at T=10, B=1 each microsecond
         # is 1 % of the call.
-        if self._unit_params or self._kind not in _TORCH_KINDS:
-            return False  # (a cell of fastrnn's own: torch has no kernel for it)
+        if self._unit_params or self._kind not in _TORCH_KINDS or self._regularised:
+            return False  # (a cell of fastrnn's own, or a regulariser: torch has no kernel for it)
         if torch.autograd.forward_ad._current_level >= 0:
             return False  # (the engine path refuses forward-mode AD with a clear message)
         name = self.backend if self.backend is not None else (env_backend() or "auto")
@@ -301,6 +326,7 @@ class _FastRNNBase:
             kind, seq, batch_sizes, h0, c0, self._layer_weights(),
             bidirectional=self.bidirectional, dropout=self.dropout, training=self.training,
             backend=self.backend, params=self._cell_params(), input_norm=self._input_norm(), resets=resets,
+            zoneout=self._zoneout_pair, recurrent_dropout=self.recurrent_dropout, weight_drop=self.weight_drop,
         )
         hidden = (h_n, c_n) if lstm else h_n
         if packed:
@@ -352,6 +378,9 @@ class RNN(_FastRNNBase, nn.RNNBase):
         dtype=None,
         *,
         backend: str | None = None,
+        zoneout=0.0,
+        recurrent_dropout: float = 0.0,
+        weight_drop: float = 0.0,
     ) -> None:
         # torch.nn.RNN.__init__'s checks (its own `super()` call needs an instance of
         # torch.nn.RNN, which this class is not: see the module docstring).
@@ -364,6 +393,7 @@ class RNN(_FastRNNBase, nn.RNNBase):
             dropout=dropout, bidirectional=bidirectional, device=device, dtype=dtype,
         )
         self._init_backend(backend)
+        self._init_regularisers(zoneout, recurrent_dropout, weight_drop)
 
     _torch_forward = nn.RNN.forward  # torch.nn's own (see _runs_torch_forward)
 
@@ -394,6 +424,9 @@ class LSTM(_FastRNNBase, nn.RNNBase):
         *,
         backend: str | None = None,
         peephole: bool = False,
+        zoneout=0.0,
+        recurrent_dropout: float = 0.0,
+        weight_drop: float = 0.0,
     ) -> None:
         if peephole and proj_size > 0:
             raise ValueError("fastrnn.LSTM: peephole=True is not supported with proj_size > 0")
@@ -407,6 +440,7 @@ class LSTM(_FastRNNBase, nn.RNNBase):
             self._register_unit_params({stem: (hidden_size,) for stem in _PEEPHOLES}, device, dtype)
             self._init_unit_params()
         self._init_backend(backend)
+        self._init_regularisers(zoneout, recurrent_dropout, weight_drop)
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
@@ -445,12 +479,16 @@ class GRU(_FastRNNBase, nn.RNNBase):
         dtype=None,
         *,
         backend: str | None = None,
+        zoneout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        weight_drop: float = 0.0,
     ) -> None:
         nn.RNNBase.__init__(
             self, "GRU", input_size, hidden_size, num_layers, bias=bias, batch_first=batch_first,
             dropout=dropout, bidirectional=bidirectional, device=device, dtype=dtype,
         )
         self._init_backend(backend)
+        self._init_regularisers(zoneout, recurrent_dropout, weight_drop)
 
     _torch_forward = nn.GRU.forward  # torch.nn's own (see _runs_torch_forward)
     _kind = CellKind.GRU

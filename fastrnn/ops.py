@@ -21,13 +21,17 @@ Sequences: padded input is ``x (T, B, I)`` with ``batch_sizes=None`` (then ``y``
 ``batch_sizes`` (CPU int64), and ``y`` is ``(N, P)``. ``T`` is never a Python int in the
 traced program: it is a (symbolic) dimension of ``x``.
 
-Two optional inputs follow the weights: ``params``, the cell's per-unit parameters
-``(param_rows, H)`` (a gradient input like the weights), and ``resets``, bool, shaped like
-``x`` without its features: True where a sequence starts a new episode (see
-:mod:`fastrnn.engine`). ``w_ih`` may be None: ``x`` is then the input projection itself.
+Optional inputs follow the weights: ``params``, the cell's per-unit parameters
+``(param_rows, H)`` (a gradient input like the weights); then the time loop's inputs that
+take no gradient (:data:`LOOP_INPUTS`): ``resets``, bool, shaped like ``x`` without its
+features, True where a sequence starts a new episode (see :mod:`fastrnn.engine`);
+``zoneout_h`` / ``zoneout_c``, bool masks shaped like ``y`` (training zoneout), and
+``zoneout_p`` ``[p_h, p_c]`` (eval zoneout, or ``[]``); ``recurrent_scale`` ``(B, H)``, the
+recurrent-dropout scale of the state entering ``W_hh`` (:mod:`fastrnn.regularisers`).
+``w_ih`` may be None: ``x`` is then the input projection itself.
 
-The op's outputs are ``(y, h_n, c_n, s0, s1, s2)``: ``c_n`` is an empty tensor for cells
-without a cell state, and ``s0..s2`` hold what the backward needs (the backend's ``saved``
+The op's outputs are ``(y, h_n, c_n, s0, s1, s2, s3)``: ``c_n`` is an empty tensor for cells
+without a cell state, and ``s0..s3`` hold what the backward needs (the backend's ``saved``
 tuple, padded with empty tensors; all empty unless ``save``).
 """
 
@@ -47,7 +51,10 @@ from .schedule import Schedule
 _functorch = torch._C._functorch
 
 #: Number of ``saved`` outputs of ``layer_forward`` (the most any backend keeps).
-SAVED_SLOTS = 3
+SAVED_SLOTS = 4
+#: The time loop's optional inputs that take no gradient, after ``params`` among the op's arguments.
+LOOP_INPUTS = ("resets", "zoneout_h", "zoneout_c", "zoneout_p", "recurrent_scale")
+NO_LOOP = (None, None, None, [], None)
 #: The inputs of ``layer_forward`` that can receive a gradient, in the order of ``needs``.
 GRAD_INPUTS = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr", "params")
 # Their positions among layer_forward's arguments.
@@ -62,6 +69,36 @@ def _uniform(steps: int, batch: int) -> Schedule:
 def _flat_resets(resets: Tensor | None) -> Tensor | None:
     """``resets`` as one bool per flat row (``(T, B)`` padded or ``(N,)`` packed)."""
     return None if resets is None else resets.reshape(-1)
+
+
+def _zoneout(loop):
+    """The :class:`~fastrnn.regularisers.Zoneout` of a call's loop inputs, or None."""
+    _, mask_h, mask_c, probs, _ = loop
+    p_h, p_c = (list(probs) + [0.0, 0.0])[:2]
+    if mask_h is None and mask_c is None and not (p_h or p_c):
+        return None
+    from .regularisers import Zoneout
+
+    def flat(m):
+        return None if m is None else m.reshape(-1, m.shape[-1])
+
+    return Zoneout(flat(mask_h), flat(mask_c), float(p_h), float(p_c))
+
+
+def _loop_extras(params, loop) -> dict:
+    """The optional time-loop keywords of a layer implementation, only when present."""
+    resets, _, _, _, scale = loop
+    extras = {}
+    if params is not None:
+        extras["params"] = params
+    if resets is not None:
+        extras["resets"] = _flat_resets(resets)
+    zoneout = _zoneout(loop)
+    if zoneout is not None:
+        extras["zoneout"] = zoneout
+    if scale is not None:
+        extras["recurrent_scale"] = scale
+    return extras
 
 
 def _flat(x: Tensor, batch_sizes: Tensor | None) -> tuple[Tensor, Schedule]:
@@ -95,10 +132,13 @@ def _rows(x: Tensor, batch_sizes: Tensor | None):
     return x.shape[0] * x.shape[1] if batch_sizes is None else x.shape[0]
 
 
-def _layout(kind: CellKind, backend: str, x, batch_sizes, h0, w_ih, w_hh, w_hr, save: bool, resets=None):
+def _layout(kind: CellKind, backend: str, x, batch_sizes, h0, w_ih, w_hh, w_hr, save: bool, loop=NO_LOOP):
     hidden = w_hh.shape[0] // kind.gates
     proj = w_hr.shape[0] if w_hr is not None else 0
-    extra = {} if resets is None else {"resets": True}
+    extra = {}
+    if any(v is not None for v in (loop[0], loop[4])) or _zoneout(loop) is not None:
+        zoneout = _zoneout(loop)
+        extra = {"resets": True, "zoneout": None if zoneout is None else (zoneout.on_h, zoneout.on_c)}
     return backends.layer_impl(backend).saved_layout(
         kind, _rows(x, batch_sizes), h0.shape[0], x.shape[-1], hidden, proj, x.dtype, save, **extra
     )
@@ -130,26 +170,21 @@ def layer_forward(
     w_hr: Optional[Tensor],
     params: Optional[Tensor],
     resets: Optional[Tensor],
+    zoneout_h: Optional[Tensor],
+    zoneout_c: Optional[Tensor],
+    zoneout_p: list[float],
+    recurrent_scale: Optional[Tensor],
     reverse: bool,
     save: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """One layer-direction; see the module docstring for shapes and outputs."""
+    loop = (resets, zoneout_h, zoneout_c, zoneout_p, recurrent_scale)
     y, h_n, c_n, saved = _forward_impl(kind, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                       params, resets, reverse, save)
+                                       params, loop, reverse, save)
     return (y, h_n, c_n if c_n is not None else x.new_empty(0), *_padded_saved(saved, x))
 
 
-def _loop_extras(params, resets) -> dict:
-    """The optional time-loop keywords of a layer implementation, only when present."""
-    extras = {}
-    if params is not None:
-        extras["params"] = params
-    if resets is not None:
-        extras["resets"] = _flat_resets(resets)
-    return extras
-
-
-def _forward_impl(kind, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params, resets, reverse,
+def _forward_impl(kind, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params, loop, reverse,
                   save):
     """The work of ``layer_forward``: ``(y, h_n, c_n | None, saved)``, ``y`` shaped like ``x``."""
     cell = CellKind(kind)
@@ -157,7 +192,7 @@ def _forward_impl(kind, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh,
     with no_autocast(x.device.type):
         y, h_n, c_n, saved = backends.layer_impl(backend).layer_forward(
             cell, flat, schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save,
-            **_loop_extras(params, resets)
+            **_loop_extras(params, loop)
         )
     if batch_sizes is None:
         y = _owned(y.view(x.shape[0], x.shape[1], y.shape[1]))
@@ -165,13 +200,14 @@ def _forward_impl(kind, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh,
 
 
 @layer_forward.register_fake
-def _layer_forward_fake(kind, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params, resets, reverse,
-                        save):
+def _layer_forward_fake(kind, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params, resets,
+                        zoneout_h, zoneout_c, zoneout_p, recurrent_scale, reverse, save):
     cell = CellKind(kind)
     state = w_hh.shape[1]
     y = x.new_empty(x.shape[0], x.shape[1], state) if batch_sizes is None else x.new_empty(x.shape[0], state)
     c_n = c0.new_empty(c0.shape) if cell.has_cell_state else x.new_empty(0)
-    layout = _layout(cell, backend, x, batch_sizes, h0, w_ih, w_hh, w_hr, save, resets)
+    loop = (resets, zoneout_h, zoneout_c, zoneout_p, recurrent_scale)
+    layout = _layout(cell, backend, x, batch_sizes, h0, w_ih, w_hh, w_hr, save, loop)
     saved = [x.new_empty(shape, dtype=dtype) for shape, dtype in layout]
     return (y, h0.new_empty(h0.shape), c_n, *_padded_saved(saved, x))
 
@@ -196,11 +232,16 @@ def layer_backward(
     w_hr: Optional[Tensor],
     params: Optional[Tensor],
     resets: Optional[Tensor],
+    zoneout_h: Optional[Tensor],
+    zoneout_c: Optional[Tensor],
+    zoneout_p: list[float],
+    recurrent_scale: Optional[Tensor],
     reverse: bool,
     y: Tensor,
     s0: Tensor,
     s1: Tensor,
     s2: Tensor,
+    s3: Tensor,
     dy: Tensor,
     dh_n: Tensor,
     dc_n: Optional[Tensor],
@@ -210,14 +251,15 @@ def layer_backward(
     where ``needs`` is False (or the input is None)."""
     cell = CellKind(kind)
     flat, schedule = _flat(x, batch_sizes)
-    n_saved = len(_layout(cell, backend, x, batch_sizes, h0, w_ih, w_hh, w_hr, True, resets))
+    loop = (resets, zoneout_h, zoneout_c, zoneout_p, recurrent_scale)
+    n_saved = len(_layout(cell, backend, x, batch_sizes, h0, w_ih, w_hh, w_hr, True, loop))
     y_flat = y.reshape(flat.shape[0], y.shape[-1])
     dy_flat = dy.reshape(flat.shape[0], dy.shape[-1])
     with no_autocast(x.device.type):
         grads = backends.layer_impl(backend).layer_backward(
             cell, schedule, reverse, flat, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y_flat,
-            (s0, s1, s2)[:n_saved], dy_flat, dh_n, dc_n if cell.has_cell_state else None, tuple(needs),
-            **_loop_extras(params, resets)
+            (s0, s1, s2, s3)[:n_saved], dy_flat, dh_n, dc_n if cell.has_cell_state else None, tuple(needs),
+            **_loop_extras(params, loop)
         )
     grads = list(grads) + [None] * (len(GRAD_INPUTS) - len(grads))
     out = []
@@ -233,7 +275,8 @@ def layer_backward(
 
 @layer_backward.register_fake
 def _layer_backward_fake(kind, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params, resets,
-                         reverse, y, s0, s1, s2, dy, dh_n, dc_n, needs):
+                         zoneout_h, zoneout_c, zoneout_p, recurrent_scale, reverse, y, s0, s1, s2, s3, dy, dh_n, dc_n,
+                         needs):
     inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params)
     return tuple(
         t.new_empty(t.shape) if (need and t is not None) else x.new_empty(0) for t, need in zip(inputs, needs)
@@ -246,17 +289,21 @@ def _layer_backward_fake(kind, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih
 
 
 def _setup_context(ctx, inputs, output):
-    kind, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params, resets, reverse, save = inputs
-    y, _, _, s0, s1, s2 = output
-    ctx.kind, ctx.backend, ctx.reverse, ctx.saved_all = kind, backend, reverse, save
-    ctx.save_for_backward(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params, resets, y, s0, s1, s2)
-    ctx.mark_non_differentiable(s0, s1, s2)
+    (kind, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params, resets, zoneout_h, zoneout_c,
+     zoneout_p, recurrent_scale, reverse, save) = inputs
+    y, _, _, *saved = output
+    ctx.kind, ctx.backend, ctx.reverse, ctx.saved_all, ctx.zoneout_p = kind, backend, reverse, save, list(zoneout_p)
+    ctx.save_for_backward(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params, resets, zoneout_h, zoneout_c,
+                          recurrent_scale, y, *saved)
+    ctx.mark_non_differentiable(*saved)
     # Gradients of unused outputs stay None: no zero (N, G*H) tensors for the saved slots.
     ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, dy, dh_n, dc_n, *_saved_grads):
-    x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params, resets, y, s0, s1, s2 = ctx.saved_tensors
+    (x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params, resets, zoneout_h, zoneout_c, scale, y,
+     *saved) = ctx.saved_tensors
+    loop = (resets, zoneout_h, zoneout_c, ctx.zoneout_p, scale)
     cell = CellKind(ctx.kind)
     needs = [ctx.needs_input_grad[i] for i in _GRAD_POSITIONS]
     inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params)
@@ -265,13 +312,13 @@ def _backward(ctx, dy, dh_n, dc_n, *_saved_grads):
             "fastrnn: layer_forward ran with save=False, so it kept nothing for backward; "
             "call it through fastrnn.ops.layer (which sets save when a gradient is needed)"
         )
-    n_saved = len(_layout(cell, ctx.backend, x, batch_sizes, h0, w_ih, w_hh, w_hr, True, resets))
-    grads = _grads(cell, ctx.backend, ctx.reverse, x, batch_sizes, inputs, y, (s0, s1, s2)[:n_saved],
-                   (dy, dh_n, dc_n), needs, resets=resets)
-    return (None, None, grads[0], None, *grads[1:], None, None, None)
+    n_saved = len(_layout(cell, ctx.backend, x, batch_sizes, h0, w_ih, w_hh, w_hr, True, loop))
+    grads = _grads(cell, ctx.backend, ctx.reverse, x, batch_sizes, inputs, y, saved[:n_saved],
+                   (dy, dh_n, dc_n), needs, loop=loop)
+    return (None, None, grads[0], None, *grads[1:], *(None,) * len(LOOP_INPUTS), None, None)
 
 
-def _grads(cell, backend, reverse, x, batch_sizes, inputs, y, saved, grad_outputs, needs, direct=None, resets=None):
+def _grads(cell, backend, reverse, x, batch_sizes, inputs, y, saved, grad_outputs, needs, direct=None, loop=NO_LOOP):
     """The backward rule of a layer-direction, shared by the op's registered autograd
     (:func:`_backward`) and the eager fast path (:class:`_EagerLayer`).
 
@@ -290,7 +337,7 @@ def _grads(cell, backend, reverse, x, batch_sizes, inputs, y, saved, grad_output
     elif dc_n is None:
         dc_n = torch.zeros_like(c0)
     if _graph_needed(inputs, (dy, dh_n, dc_n)):
-        return _differentiable_grads(cell, reverse, x, batch_sizes, inputs, (dy, dh_n, dc_n), needs, resets)
+        return _differentiable_grads(cell, reverse, x, batch_sizes, inputs, (dy, dh_n, dc_n), needs, loop)
     vmapped = torch._C._are_functorch_transforms_active() or any(
         g is not None and _functorch.is_legacy_batchedtensor(g) for g in (dy, dh_n, dc_n)
     )
@@ -298,7 +345,7 @@ def _grads(cell, backend, reverse, x, batch_sizes, inputs, y, saved, grad_output
         # (vmap over this backward, from torch.func or gradcheck's batched grad: the op has
         # the batching rule; the legacy vmap falls back to a per-slice loop)
         raw = torch.ops.fastrnn.layer_backward(
-            cell.value, backend, x, batch_sizes, *inputs[1:], resets, reverse, y, *_padded_saved(saved, x),
+            cell.value, backend, x, batch_sizes, *inputs[1:], *loop, reverse, y, *_padded_saved(saved, x),
             dy, dh_n, dc_n, list(needs),
         )
         return [g if need else None for g, need in zip(raw, needs)]
@@ -308,7 +355,7 @@ def _grads(cell, backend, reverse, x, batch_sizes, inputs, y, saved, grad_output
         grads = impl.layer_backward(
             cell, schedule, reverse, x.reshape(rows, x.shape[-1]), *inputs[1:8], y.reshape(rows, y.shape[-1]),
             tuple(saved), dy.reshape(rows, dy.shape[-1]), dh_n, dc_n, tuple(needs),
-            **_loop_extras(inputs[8], resets)
+            **_loop_extras(inputs[8], loop)
         )
     grads = list(grads) + [None] * (len(needs) - len(grads))
     return [grads[0].view(x.shape) if grads[0] is not None else None, *grads[1:]]
@@ -322,7 +369,7 @@ def _graph_needed(inputs, grad_outputs) -> bool:
     return any(t is not None and t.requires_grad for t in (*inputs, *grad_outputs))
 
 
-def _differentiable_grads(cell, reverse, x, batch_sizes, inputs, grad_outputs, needs, resets=None):
+def _differentiable_grads(cell, reverse, x, batch_sizes, inputs, grad_outputs, needs, loop=NO_LOOP):
     """First derivatives as a differentiable function of the inputs and ``grad_outputs``
     (:func:`fastrnn.differentiable.layer_backward`)."""
     flat, schedule = _flat(x, batch_sizes)
@@ -331,7 +378,8 @@ def _differentiable_grads(cell, reverse, x, batch_sizes, inputs, grad_outputs, n
     with no_autocast(x.device.type):
         grads = differentiable.layer_backward(
             cell, flat, schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
-            dy.reshape(flat.shape[0], dy.shape[-1]), dh_n, dc_n, params, _flat_resets(resets),
+            dy.reshape(flat.shape[0], dy.shape[-1]), dh_n, dc_n, params, _flat_resets(loop[0]), _zoneout(loop),
+            loop[4],
         )
     grads = (grads[0].view(x.shape),) + tuple(grads[1:])
     return [g if need else None for g, need in zip(grads, needs)]
@@ -380,13 +428,14 @@ class _EagerLayer(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, kind, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params, resets, reverse):
+    def forward(ctx, kind, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params, loop, reverse):
         impl = backends.layer_impl(backend)
         flat, schedule = _flat(x, batch_sizes)
         with no_autocast(x.device.type):
             y, h_n, c_n, saved = impl.layer_forward(kind, flat, schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                                    reverse, True, **_loop_extras(params, resets))
-        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params, resets, y, *saved)
+                                                    reverse, True, **_loop_extras(params, loop))
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params, y, *saved)
+        ctx.loop = loop
         ctx.layer = (kind, backend, impl, schedule, reverse, batch_sizes)
         ctx.set_materialize_grads(False)
         y_out = y if batch_sizes is not None else _owned(y.view(x.shape[0], x.shape[1], y.shape[1]))
@@ -394,12 +443,12 @@ class _EagerLayer(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dh_n, dc_n=None):
-        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params, resets, y, *saved = ctx.saved_tensors
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params, y, *saved = ctx.saved_tensors
         kind, backend, impl, schedule, reverse, batch_sizes = ctx.layer
         need = ctx.needs_input_grad
         needs = [need[i] for i in _GRAD_POSITIONS]
         grads = _grads(kind, backend, reverse, x, batch_sizes, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params), y,
-                       saved, (dy, dh_n, dc_n), needs, direct=(impl, schedule), resets=resets)
+                       saved, (dy, dh_n, dc_n), needs, direct=(impl, schedule), loop=ctx.loop)
         return (None, None, grads[0], None, *grads[1:], None, None)
 
 
@@ -471,7 +520,7 @@ def refuse_forward_ad(tensors) -> None:
 
 def layer(kind: CellKind, backend: str, x: Tensor, batch_sizes: Tensor | None, h0: Tensor, c0: Tensor | None,
           weights: Sequence[Tensor | None], reverse: bool, params: Tensor | None = None,
-          resets: Tensor | None = None):
+          resets: Tensor | None = None, zoneout: tuple | None = None, recurrent_scale: Tensor | None = None):
     """Run one layer-direction through ``torch.ops.fastrnn.layer_forward``.
 
     Args:
@@ -485,11 +534,17 @@ def layer(kind: CellKind, backend: str, x: Tensor, batch_sizes: Tensor | None, h
         reverse: run from the last timestep to the first.
         params: the cell's per-unit parameters ``(param_rows, H)``, or None.
         resets: bool, ``(T, B)`` padded or ``(N,)`` packed: where a sequence starts anew.
+        zoneout: ``(mask_h, mask_c, [p_h, p_c])``: bool masks shaped like ``y`` (training) or
+            None, and the eval probabilities (``[]`` in training); None: no zoneout.
+        recurrent_scale: ``(B, H)`` scale of the state entering ``W_hh`` (recurrent dropout).
 
     Returns:
         ``(y, h_n, c_n | None)``, ``y`` shaped like ``x`` with ``P`` features.
     """
     if onnx_export.exporting():
+        if zoneout is not None or recurrent_scale is not None:
+            raise RuntimeError("fastrnn: ONNX export: zoneout and recurrent dropout have no ONNX operator "
+                               "(export the model in eval mode without zoneout)")
         return onnx_export.layer(kind, x, batch_sizes, h0, c0, weights, reverse, params, resets)
     eager = eager_call(x)  # (not tracing: the test below only runs when not eager)
     if not eager and (torch.jit.is_tracing() or torch.jit.is_scripting()):
@@ -502,14 +557,17 @@ def layer(kind: CellKind, backend: str, x: Tensor, batch_sizes: Tensor | None, h
     save = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params)
     )
-    args = (kind.value, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params, resets, reverse, save)
+    zoneout_h, zoneout_c, zoneout_p = zoneout if zoneout is not None else (None, None, [])
+    loop = (resets, zoneout_h, zoneout_c, list(zoneout_p), recurrent_scale)
+    args = (kind.value, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params, *loop, reverse, save)
     if eager:
         # Plain eager call: the op's work without the dispatcher (see _EagerLayer).
         if save:
             out = _EagerLayer.apply(kind, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params,
-                                    resets, reverse)
+                                    loop, reverse)
             return out[0], out[1], (out[2] if kind.has_cell_state else None)
-        y, h_n, c_n, _ = _forward_impl(*args)
+        y, h_n, c_n, _ = _forward_impl(kind.value, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                       params, loop, reverse, save)
         return y, h_n, (c_n if kind.has_cell_state else None)
     if torch.compiler.is_compiling():
         # torch.compile / torch.export: the op itself (with its registered autograd), so the

@@ -127,6 +127,13 @@ class Schedule:
         index = self._prev_index_reverse if reverse else self._prev_index_forward
         return torch.cat([init, seq]).index_select(0, index.to(seq.device))
 
+    def batch_rows(self, per_sequence: torch.Tensor) -> torch.Tensor:
+        """``(N, F)``: each flat row gets its sequence's row of ``per_sequence`` ``(B, F)``
+        (step ``t``'s rows are sequences ``0 .. batch_sizes[t] - 1``)."""
+        if self.is_uniform:
+            return per_sequence.repeat(self.steps, 1)
+        return torch.cat([per_sequence[:bs] for bs in self.batch_sizes])
+
     def entering_resets(self, resets: torch.Tensor, reverse: bool) -> torch.Tensor:
         """Where the state entering each row's step is zero, for one direction.
 

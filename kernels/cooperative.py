@@ -65,11 +65,17 @@ schedule's int32 device tables (:meth:`fastrnn.schedule.Schedule.device_tables`,
 per schedule); a padded batch passes ``packed = 0`` and the kernel computes ``B`` and
 ``t * B`` itself (no host-to-device copy, CUDA-graph friendly).
 
-Compile-time choices: the variant, the cell, ``ACC``, ``PRECISION`` (TF32 or IEEE), the
-block sizes and ``SLAB_K``; ``T``, ``B``, the direction, ``packed``, ``save`` and the barrier
-arguments are runtime values (``do_not_specialize``). ``H`` is a runtime value too, but
-Triton specialises it on divisibility by 16: with ``H % 16 == 0`` the rows of ``W_hh``,
-``y`` and ``xg`` are known 16-byte aligned, so loads vectorise and the streamed ``W_hh``
+Optional inputs (:mod:`fastrnn.backends.base`): reset flags, uint8 per flat row, read only
+when ``has_resets`` is set: a flagged row's step starts from a zero state (its GEMM rows,
+``h_{t-1}`` and ``c_{t-1}`` are zeroed before the cell), and in backward the gradient
+reaching that state (``dh`` after the GEMM and ``dh_direct``, ``dc_prev``) is zeroed;
+a cell's per-unit parameters (``p_ptr``, ``PARAMS`` rows, loaded once per program).
+
+Compile-time choices: the variant, the cell (with ``PARAMS``), ``ACC``, ``PRECISION`` (TF32
+or IEEE), the block sizes and ``SLAB_K``; ``T``, ``B``, the direction, ``packed``, ``save``,
+``has_resets`` and the barrier arguments are runtime values (``do_not_specialize``). ``H``
+is a runtime value too, but Triton specialises it on divisibility by 16: with
+``H % 16 == 0`` the rows of ``W_hh``, ``y`` and ``xg`` are known 16-byte aligned, so loads vectorise and the streamed ``W_hh``
 chunks are software-pipelined (measured: otherwise every bf16 load was a scalar
 ``ld.global.b16`` and nothing was pipelined). On a GPU the tier therefore runs only
 ``H % 16 == 0`` (:func:`fastrnn.kernels.fits.cooperative_refusal`), the specialisation the
@@ -80,17 +86,26 @@ Triton functions.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 import triton
 import triton.language as tl
 
-from ..cells import Cell, defined
-from ..cells import get as get_cell
+from ..cells import defined
 from . import fits
 from .barrier import BarrierTimeout, barrier_ptx_problems, check_sync, grid_barrier  # noqa: F401 (re-exported)
 from .cells import recurrent_bias
+from .cooperative_args import (  # noqa: F401 (re-exported: the launcher, the report and tests read them here)
+    BACKWARD_INTS,
+    BACKWARD_POINTERS,
+    FORWARD_INTS,
+    FORWARD_POINTERS,
+    LAUNCH_OPTIONS,
+    Specialisation,
+    cell_of,
+    configs_for,
+    constexprs,
+    kernel_names,
+)
 from .cooperative_tiles import (
     backward_cell,
     backward_gemm,
@@ -98,9 +113,11 @@ from .cooperative_tiles import (
     forward_cell,
     forward_gemm,
     load_slab,
+    reset_cut,
     state_rows,
     step_rows,
     timestep,
+    unit_params,
 )
 from .fits import CoopConfig
 from .launches import aligned_input  # noqa: F401 (used by the backend)
@@ -121,7 +138,7 @@ ABSENT_PROGRAM = -1
 # --------------------------------------------------------------------------------------
 
 
-@triton.jit(do_not_specialize=["T", "B", "reverse", "packed", "save", "timeout_us", "absent"])
+@triton.jit(do_not_specialize=["T", "B", "reverse", "packed", "save", "has_resets", "timeout_us", "absent"])
 def cooperative_forward_kernel(
     xg_ptr,  # (N, GATES*H) input projection, rows grouped by timestep
     w_hh_ptr,  # (GATES*H, H) recurrent weight
@@ -135,12 +152,15 @@ def cooperative_forward_kernel(
     sizes_ptr,  # (T,) int32 active rows of each step (packed only)
     offsets_ptr,  # (T,) int32 first row of each step (packed only)
     sync_ptr,  # (1 + T,) int32, zero at launch: failure flag, one counter per barrier
+    resets_ptr,  # (N,) uint8: 1 where the state entering the row's step is zero (has_resets)
+    p_ptr,  # (PARAMS, H) the cell's per-unit parameters (PARAMS > 0)
     T,  # timesteps
     B,  # batch size (rows of h0)
     H,  # hidden size
     reverse,  # 1: process t = T-1 .. 0
     packed,  # 1: per-step rows from sizes_ptr / offsets_ptr; 0: every step has B rows
     save,  # 1: write what the backward reads (gates / e / c of every step)
+    has_resets,  # 1: read resets_ptr
     timeout_us,  # time budget of each grid barrier, microseconds
     absent,  # test switch: this program never arrives at a barrier (-1: none)
     CELL_FORWARD: tl.constexpr,  # the cell (Cell.kernel_constexprs): its pointwise forward,
@@ -158,6 +178,7 @@ def cooperative_forward_kernel(
     BLOCK_H: tl.constexpr,  # hidden units per program
     BLOCK_K: tl.constexpr,  # reduction chunk when streaming W_hh (SLAB_K == 0)
     SLAB_K: tl.constexpr,  # > 0: W_hh slab loaded once, padded to SLAB_K >= H
+    PARAMS: tl.constexpr = 0,  # rows of p_ptr (the cell's; 0: none)
 ):
     """The tiled forward: program ``(p, g)`` loops over the batch tiles ``g, g + groups, ...``
     each step; the cell state goes through ``c_ptr`` (the saved sequence, or a ``(B, H)``
@@ -166,6 +187,7 @@ def cooperative_forward_kernel(
     col_mask = cols < H
     w_slab = load_slab(w_hh_ptr, H, GATES, PRECISION, BLOCK_H, SLAB_K, True)
     b0, b1, b2, b3 = recurrent_bias(b_hh_ptr, cols, col_mask, H, GATES, APART, ACC, BLOCK_H)
+    p0, p1, p2 = unit_params(p_ptr, cols, col_mask, H, PARAMS, ACC, BLOCK_H)
 
     prev_off = (B * 0).to(tl.int64)  # first row of the previous step
     n_prev = (B * 0).to(tl.int64)  # its active rows (0: every row starts from h0)
@@ -189,9 +211,9 @@ def cooperative_forward_kernel(
                 c_prev = tl.load(c_rows[:, None] + cols[None, :], mask=mask, other=0.0)
             if FWD_H_PREV:
                 h_prev = tl.load(h_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(ACC)
-            h_new, c = forward_cell(xg_ptr, y_ptr, gates_ptr, hn_ptr, off, rows, cols, mask, acc0, acc1, acc2, acc3,
-                                    b0, b1, b2, b3, c_prev, h_prev, H, save, CELL_FORWARD, GATES, APART, SAVES, EXTRA,
-                                    ACC)
+            h_new, c = forward_cell(xg_ptr, y_ptr, gates_ptr, hn_ptr, resets_ptr, off, rows, row_mask, cols, mask,
+                                    acc0, acc1, acc2, acc3, b0, b1, b2, b3, c_prev, h_prev, p0, p1, p2, H, save,
+                                    has_resets, CELL_FORWARD, GATES, APART, SAVES, EXTRA, ACC, PARAMS)
             if HAS_C:
                 c_ptrs = c_ptr + (c_out_off + rows)[:, None] * H + cols[None, :]
                 tl.store(c_ptrs, c.to(c_ptr.dtype.element_ty), mask=mask)
@@ -203,18 +225,18 @@ def cooperative_forward_kernel(
         j += 1
 
 
-@triton.jit(do_not_specialize=["T", "B", "reverse", "packed", "save", "timeout_us", "absent"])
+@triton.jit(do_not_specialize=["T", "B", "reverse", "packed", "save", "has_resets", "timeout_us", "absent"])
 def cooperative_forward_registers_kernel(
     xg_ptr, w_hh_ptr, b_hh_ptr, h0_ptr, c0_ptr, y_ptr,
     c_ptr,  # ACC out, HAS_C: (N, H) c of every step with save, else (B, H): c_n, written once at the end
-    gates_ptr, hn_ptr, sizes_ptr, offsets_ptr, sync_ptr,
-    T, B, H, reverse, packed, save, timeout_us, absent,
+    gates_ptr, hn_ptr, sizes_ptr, offsets_ptr, sync_ptr, resets_ptr, p_ptr,
+    T, B, H, reverse, packed, save, has_resets, timeout_us, absent,
     CELL_FORWARD: tl.constexpr, CELL_BACKWARD: tl.constexpr, GATES: tl.constexpr, HAS_C: tl.constexpr,
     APART: tl.constexpr, SAVES: tl.constexpr, EXTRA: tl.constexpr, FWD_H_PREV: tl.constexpr, BWD_H: tl.constexpr,
     BWD_H_PREV: tl.constexpr, DIRECT: tl.constexpr,
     ACC: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr,  # rows per program: all the rows of its group (B <= groups * BLOCK_B)
-    BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, SLAB_K: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, SLAB_K: tl.constexpr, PARAMS: tl.constexpr = 0,
 ):
     """The register forward (arguments as :func:`cooperative_forward_kernel`): program
     ``(p, g)`` owns rows ``[g * BLOCK_B, (g + 1) * BLOCK_B)`` for the whole launch, so
@@ -224,6 +246,7 @@ def cooperative_forward_registers_kernel(
     col_mask = cols < H
     w_slab = load_slab(w_hh_ptr, H, GATES, PRECISION, BLOCK_H, SLAB_K, True)
     b0, b1, b2, b3 = recurrent_bias(b_hh_ptr, cols, col_mask, H, GATES, APART, ACC, BLOCK_H)
+    p0, p1, p2 = unit_params(p_ptr, cols, col_mask, H, PARAMS, ACC, BLOCK_H)
 
     first = tl.program_id(1) * BLOCK_B
     rows = first + tl.arange(0, BLOCK_B).to(tl.int64)
@@ -250,9 +273,9 @@ def cooperative_forward_registers_kernel(
             h_rows = state_rows(y_ptr, prev_off, n_prev, h0_ptr, rows, H)
             acc0, acc1, acc2, acc3 = forward_gemm(h_rows, row_mask, w_hh_ptr, cols, col_mask, w_slab, H,
                                                   GATES, ACC, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K, SLAB_K)
-            h_new, c_new = forward_cell(xg_ptr, y_ptr, gates_ptr, hn_ptr, off, rows, cols, mask, acc0, acc1, acc2,
-                                        acc3, b0, b1, b2, b3, c, h, H, save, CELL_FORWARD, GATES, APART, SAVES,
-                                        EXTRA, ACC)
+            h_new, c_new = forward_cell(xg_ptr, y_ptr, gates_ptr, hn_ptr, resets_ptr, off, rows, row_mask, cols,
+                                        mask, acc0, acc1, acc2, acc3, b0, b1, b2, b3, c, h, p0, p1, p2, H, save,
+                                        has_resets, CELL_FORWARD, GATES, APART, SAVES, EXTRA, ACC, PARAMS)
             if HAS_C:
                 c = tl.where(mask, c_new, c)
                 if save != 0:
@@ -276,7 +299,7 @@ def cooperative_forward_registers_kernel(
 # --------------------------------------------------------------------------------------
 
 
-@triton.jit(do_not_specialize=["T", "B", "reverse", "packed", "timeout_us", "absent"])
+@triton.jit(do_not_specialize=["T", "B", "reverse", "packed", "has_resets", "timeout_us", "absent"])
 def cooperative_backward_kernel(
     w_hh_ptr,  # (GATES*H, H) recurrent weight
     dxg_ptr,  # (N, GATES*H) out: gradient of the input projection
@@ -293,7 +316,8 @@ def cooperative_backward_kernel(
     sizes_ptr,  # (T,) int32 active rows of each step (packed only)
     offsets_ptr,  # (T,) int32 first row of each step (packed only)
     sync_ptr,  # (1 + T,) int32, zero at launch: failure flag, one counter per barrier
-    T, B, H, reverse, packed, timeout_us, absent,  # as in cooperative_forward_kernel
+    resets_ptr, p_ptr,  # as in cooperative_forward_kernel: no gradient leaves a reset row into the step before
+    T, B, H, reverse, packed, has_resets, timeout_us, absent,  # as in cooperative_forward_kernel
     CELL_FORWARD: tl.constexpr,  # the cell, as in cooperative_forward_kernel
     CELL_BACKWARD: tl.constexpr,
     GATES: tl.constexpr,
@@ -306,13 +330,14 @@ def cooperative_backward_kernel(
     BWD_H_PREV: tl.constexpr,  # ... reads h of the step before
     DIRECT: tl.constexpr,  # dh_direct joins the gradient of h_prev outside the GEMM
     ACC: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-    BLOCK_K: tl.constexpr, SLAB_K: tl.constexpr,
+    BLOCK_K: tl.constexpr, SLAB_K: tl.constexpr, PARAMS: tl.constexpr = 0,
 ):
     """The tiled backward: program ``(p, g)`` loops over the batch tiles ``g, g + groups, ...``
     each step; ``dh`` and ``dc`` go through the ``(B, H)`` buffers ``dh_ptr`` / ``dc_ptr``."""
     cols = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
     col_mask = cols < H
     w_slab = load_slab(w_hh_ptr, H, GATES, PRECISION, BLOCK_H, SLAB_K, False)
+    p0, p1, p2 = unit_params(p_ptr, cols, col_mask, H, PARAMS, ACC, BLOCK_H)
 
     ok = T >= 0
     j = T - 1  # processing index of step q; j == -1: only the final GEMM (dh0)
@@ -332,15 +357,16 @@ def cooperative_backward_kernel(
                                 GATES, ACC, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K, SLAB_K)
             if DIRECT:
                 acc += dh_old
-            dh = tl.where(s_rows[:, None], acc, dh_old)
+            dh = reset_cut(tl.where(s_rows[:, None], acc, dh_old), resets_ptr, s_off, rows, s_rows, has_resets)
             dh_q = dh + tl.load(dy_ptr + (q_off + rows)[:, None] * H + cols[None, :], mask=q_mask, other=0.0).to(ACC)
             dc = dh_q
             dc_ptrs = dc_ptr + rows[:, None] * H + cols[None, :]
             if HAS_C:
                 dc = tl.load(dc_ptrs, mask=q_mask, other=0.0).to(ACC)
-            dc_prev, dh_direct = backward_cell(dh_q, dc, q_off, p_off, p_bs, rows, cols, q_mask, dxg_ptr, dhg_ptr,
-                                               gates_ptr, c_ptr, c0_ptr, hn_ptr, y_ptr, h0_ptr, H, CELL_BACKWARD,
-                                               GATES, HAS_C, APART, SAVES, EXTRA, BWD_H, BWD_H_PREV, ACC)
+            dc_prev, dh_direct = backward_cell(dh_q, dc, q_off, p_off, p_bs, rows, q_rows, cols, q_mask, dxg_ptr,
+                                               dhg_ptr, gates_ptr, c_ptr, c0_ptr, hn_ptr, y_ptr, h0_ptr, resets_ptr,
+                                               p0, p1, p2, H, has_resets, CELL_BACKWARD, GATES, HAS_C, APART, SAVES,
+                                               EXTRA, BWD_H, BWD_H_PREV, ACC, PARAMS)
             if HAS_C:
                 tl.store(dc_ptrs, dc_prev.to(dc_ptr.dtype.element_ty), mask=q_mask)
             dh_keep = dh
@@ -354,19 +380,19 @@ def cooperative_backward_kernel(
         j -= 1
 
 
-@triton.jit(do_not_specialize=["T", "B", "reverse", "packed", "timeout_us", "absent"])
+@triton.jit(do_not_specialize=["T", "B", "reverse", "packed", "has_resets", "timeout_us", "absent"])
 def cooperative_backward_registers_kernel(
     w_hh_ptr, dxg_ptr, dhg_ptr, dy_ptr,
     dh_ptr,  # (B, H) ACC: dh_n in, dh0 out (read once before the loop, written once after it)
     dc_ptr,  # (B, H) ACC: dc_n in, dc0 out (HAS_C; likewise)
-    gates_ptr, c_ptr, c0_ptr, hn_ptr, y_ptr, h0_ptr, sizes_ptr, offsets_ptr, sync_ptr,
-    T, B, H, reverse, packed, timeout_us, absent,
+    gates_ptr, c_ptr, c0_ptr, hn_ptr, y_ptr, h0_ptr, sizes_ptr, offsets_ptr, sync_ptr, resets_ptr, p_ptr,
+    T, B, H, reverse, packed, has_resets, timeout_us, absent,
     CELL_FORWARD: tl.constexpr, CELL_BACKWARD: tl.constexpr, GATES: tl.constexpr, HAS_C: tl.constexpr,
     APART: tl.constexpr, SAVES: tl.constexpr, EXTRA: tl.constexpr, FWD_H_PREV: tl.constexpr, BWD_H: tl.constexpr,
     BWD_H_PREV: tl.constexpr, DIRECT: tl.constexpr,
     ACC: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr,  # rows per program: all the rows of its group (B <= groups * BLOCK_B)
-    BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, SLAB_K: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, SLAB_K: tl.constexpr, PARAMS: tl.constexpr = 0,
 ):
     """The register backward (arguments as :func:`cooperative_backward_kernel`): program
     ``(p, g)`` owns rows ``[g * BLOCK_B, (g + 1) * BLOCK_B)`` for the whole launch, so
@@ -374,6 +400,7 @@ def cooperative_backward_registers_kernel(
     cols = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
     col_mask = cols < H
     w_slab = load_slab(w_hh_ptr, H, GATES, PRECISION, BLOCK_H, SLAB_K, False)
+    p0, p1, p2 = unit_params(p_ptr, cols, col_mask, H, PARAMS, ACC, BLOCK_H)
 
     first = tl.program_id(1) * BLOCK_B
     rows = first + tl.arange(0, BLOCK_B).to(tl.int64)
@@ -400,11 +427,12 @@ def cooperative_backward_registers_kernel(
                                 GATES, ACC, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K, SLAB_K)
             if DIRECT:
                 acc += dh
-            dh = tl.where(s_mask, acc, dh)
+            dh = reset_cut(tl.where(s_mask, acc, dh), resets_ptr, s_off, rows, s_rows, has_resets)
             dh_q = dh + tl.load(dy_ptr + (q_off + rows)[:, None] * H + cols[None, :], mask=q_mask, other=0.0).to(ACC)
-            dc_prev, dh_direct = backward_cell(dh_q, dc, q_off, p_off, p_bs, rows, cols, q_mask, dxg_ptr, dhg_ptr,
-                                               gates_ptr, c_ptr, c0_ptr, hn_ptr, y_ptr, h0_ptr, H, CELL_BACKWARD,
-                                               GATES, HAS_C, APART, SAVES, EXTRA, BWD_H, BWD_H_PREV, ACC)
+            dc_prev, dh_direct = backward_cell(dh_q, dc, q_off, p_off, p_bs, rows, q_rows, cols, q_mask, dxg_ptr,
+                                               dhg_ptr, gates_ptr, c_ptr, c0_ptr, hn_ptr, y_ptr, h0_ptr, resets_ptr,
+                                               p0, p1, p2, H, has_resets, CELL_BACKWARD, GATES, HAS_C, APART, SAVES,
+                                               EXTRA, BWD_H, BWD_H_PREV, ACC, PARAMS)
             if HAS_C:
                 dc = tl.where(q_mask, dc_prev, dc)
             if DIRECT:
@@ -420,7 +448,7 @@ def cooperative_backward_registers_kernel(
 
 
 # --------------------------------------------------------------------------------------
-# Launch choices (shared with the compile report so the two cannot drift)
+# Launch choices (the arguments themselves: :mod:`fastrnn.kernels.cooperative_args`)
 # --------------------------------------------------------------------------------------
 
 
@@ -435,86 +463,12 @@ def choose_config(configs, hidden: int, batch: int, max_programs: int) -> CoopCo
     return fits.cooperative_variant(configs, hidden, batch, max_programs)
 
 
-def _precision(dtype: torch.dtype, tf32: bool) -> str:
-    return fits.dot_precision(dtype, tf32)  # TF32 only for fp32 when allowed (cuDNN's rule)
-
-
-def _acc(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-def cell_of(cell) -> Cell:
-    """The :class:`~fastrnn.cells.Cell` of ``cell``: a definition, or its name."""
-    return cell if isinstance(cell, Cell) else get_cell(cell)
-
-
-def constexprs(cell, dtype: torch.dtype, tf32: bool, cfg: CoopConfig, forward: bool = True) -> dict:
-    """Compile-time arguments of a cooperative kernel (``forward`` or backward): the cell's
-    (:meth:`fastrnn.cells.Cell.kernel_constexprs`), then the dtype, precision and blocks
-    (the backward's slab: :attr:`~fastrnn.kernels.fits.CoopConfig.backward_slab_k`)."""
-    return dict(
-        **cell_of(cell).kernel_constexprs(), ACC=_acc(dtype), PRECISION=_precision(dtype, tf32),
-        BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k,
-        SLAB_K=cfg.slab_k if forward else cfg.backward_slab_k,
-    )
-
-
-# Pointer arguments in order, with what each holds: "io" (the layer's dtype), "acc" (fp32;
-# fp64 for fp64 I/O) or "i32". Runtime integers are int32.
-FORWARD_POINTERS = (
-    ("xg_ptr", "io"), ("w_hh_ptr", "io"), ("b_hh_ptr", "io"), ("h0_ptr", "io"), ("c0_ptr", "acc"),
-    ("y_ptr", "io"), ("c_ptr", "acc"), ("gates_ptr", "io"), ("hn_ptr", "io"), ("sizes_ptr", "i32"),
-    ("offsets_ptr", "i32"), ("sync_ptr", "i32"),
-)
-FORWARD_INTS = ("T", "B", "H", "reverse", "packed", "save", "timeout_us", "absent")  # all int32
-BACKWARD_POINTERS = (
-    ("w_hh_ptr", "io"), ("dxg_ptr", "io"), ("dhg_ptr", "io"), ("dy_ptr", "io"), ("dh_ptr", "acc"),
-    ("dc_ptr", "acc"), ("gates_ptr", "io"), ("c_ptr", "acc"), ("c0_ptr", "acc"), ("hn_ptr", "io"),
-    ("y_ptr", "io"), ("h0_ptr", "io"), ("sizes_ptr", "i32"), ("offsets_ptr", "i32"), ("sync_ptr", "i32"),
-)
-BACKWARD_INTS = ("T", "B", "H", "reverse", "packed", "timeout_us", "absent")  # all int32
-#: Options every cooperative launch (and every compile of the report) uses.
-LAUNCH_OPTIONS = dict(launch_cooperative_grid=True, maxnreg=255)
-
-
-class Specialisation(NamedTuple):
-    """One compiled variant the launcher can choose: what the compile report compiles."""
-
-    kernel: object
-    kernel_name: str
-    kind: str  # the cell's name
-    dtype: torch.dtype
-    label: str
-    config: CoopConfig
-    constexprs: dict
-    pointers: tuple  # ((name, "io" | "acc" | "i32"), ...)
-    ints: tuple  # names of the int32 arguments
-    options: dict  # compile options besides num_warps (num_stages, cooperative launch, maxnreg)
-    divisible_by_16: tuple  # ints the launches specialise as multiples of 16
-
-
-def configs_for(dtype: torch.dtype, tf32: bool) -> list[CoopConfig]:
-    """Every configuration of :data:`fastrnn.kernels.fits.COOPERATIVE` and
-    :data:`~fastrnn.kernels.fits.COOPERATIVE_REGISTERS` for ``dtype`` / ``tf32``."""
-    key = (fits.dtype_name(dtype), _precision(dtype, tf32))
-    tiled = [cfg for (name, precision, _), cfg in sorted(fits.COOPERATIVE.items()) if (name, precision) == key]
-    registers = [cfg for (name, precision, *_), cfg in sorted(fits.COOPERATIVE_REGISTERS.items())
-                 if (name, precision) == key]
-    return tiled + registers
-
-
 def kernels_for(cfg: CoopConfig) -> tuple:
     """``(forward kernel, backward kernel)`` of a configuration: the register kernels
     when ``cfg.registers``, else the tiled ones (one signature for both)."""
     if cfg.registers:
         return cooperative_forward_registers_kernel, cooperative_backward_registers_kernel
     return cooperative_forward_kernel, cooperative_backward_kernel
-
-
-def kernel_names(cfg: CoopConfig) -> tuple[str, str]:
-    """The report's names of :func:`kernels_for`."""
-    prefix = "coop-reg" if cfg.registers else "coop"
-    return f"{prefix}-forward", f"{prefix}-backward"
 
 
 def specialisations(dtypes=(torch.float32, torch.float16, torch.bfloat16)) -> list[Specialisation]:

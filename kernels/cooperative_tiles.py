@@ -9,6 +9,12 @@ cell's pointwise functions (``CELL_FORWARD`` / ``CELL_BACKWARD``, see
 :mod:`fastrnn.cells.base`) and reads and writes the saved layout the cell's flags name.
 Up to four gate slots: slot ``k`` exists when ``k < GATES``; the others carry zero tiles
 (or, as arguments a cell does not read, any tile of the right shape).
+
+Optional inputs of a call: reset flags (``resets_ptr``, uint8, one per flat row, read only
+when the runtime flag ``has_resets`` is set: the state entering a flagged row's step is
+zero, and no gradient leaves that row into the step before) and a cell's per-unit
+parameters (``PARAMS`` rows, :func:`unit_params`, passed as three trailing tiles to the
+cell's functions when ``PARAMS > 0``).
 """
 
 from __future__ import annotations
@@ -36,6 +42,32 @@ def step_rows(sizes_ptr, offsets_ptr, t, B, packed):
 def timestep(j, T, reverse):
     """Timestep processed ``j``-th: ``j``, or ``T - 1 - j`` for the reverse direction."""
     return j + reverse * (T - 1 - 2 * j)
+
+
+@triton.jit
+def unit_params(p_ptr, cols, col_mask, H, PARAMS: tl.constexpr, ACC: tl.constexpr, BLOCK_H: tl.constexpr):
+    """Rows ``0 .. PARAMS-1`` of the cell's per-unit parameters ``(PARAMS, H)`` for the units
+    ``cols``, as three ``(1, BLOCK_H)`` ACC rows (zeros for the rows past ``PARAMS``)."""
+    p0 = tl.zeros((1, BLOCK_H), dtype=ACC)
+    p1 = p0
+    p2 = p0
+    if PARAMS > 0:
+        p0 = tl.load(p_ptr + cols, mask=col_mask, other=0.0).to(ACC)[None, :]
+    if PARAMS > 1:
+        p1 = tl.load(p_ptr + H + cols, mask=col_mask, other=0.0).to(ACC)[None, :]
+    if PARAMS > 2:
+        p2 = tl.load(p_ptr + 2 * H + cols, mask=col_mask, other=0.0).to(ACC)[None, :]
+    return p0, p1, p2
+
+
+@triton.jit
+def reset_cut(x, resets_ptr, off, rows, row_mask, has_resets):
+    """``x`` (one tile of the step whose first row is ``off``) with the rows whose flag is set
+    replaced by zero; ``x`` itself without reset flags (``has_resets == 0``)."""
+    if has_resets != 0:
+        flags = tl.load(resets_ptr + off + rows, mask=row_mask, other=0)
+        x = tl.where((flags != 0)[:, None], 0.0, x)
+    return x
 
 
 @triton.jit
@@ -180,16 +212,31 @@ def forward_gemm(h_rows, row_mask, w_hh_ptr, cols, col_mask, w_slab, H,
 
 
 @triton.jit
-def forward_cell(xg_ptr, y_ptr, gates_ptr, hn_ptr, off, rows, cols, mask, acc0, acc1, acc2, acc3,
-                 b0, b1, b2, b3, c_prev, h_prev, H, save, CELL_FORWARD: tl.constexpr, GATES: tl.constexpr,
-                 APART: tl.constexpr, SAVES: tl.constexpr, EXTRA: tl.constexpr, ACC: tl.constexpr):
+def forward_cell(xg_ptr, y_ptr, gates_ptr, hn_ptr, resets_ptr, off, rows, row_mask, cols, mask, acc0, acc1, acc2,
+                 acc3, b0, b1, b2, b3, c_prev, h_prev, p0, p1, p2, H, save, has_resets,
+                 CELL_FORWARD: tl.constexpr, GATES: tl.constexpr, APART: tl.constexpr, SAVES: tl.constexpr,
+                 EXTRA: tl.constexpr, ACC: tl.constexpr, PARAMS: tl.constexpr):
     """The cell update of one tile from its recurrent GEMM ``acc0..acc3``: writes ``y``
     (and, with ``save``, what the cell keeps for the backward: ``s0..s{GATES-1}`` to the
     gates buffer when ``SAVES``, ``e`` to ``hn`` when ``EXTRA``) of the rows of ``mask``;
     returns ``(h_t, c_t)``. ``b0..b3``: ``b_hh`` of each gate (added when ``APART``);
     ``c_prev`` / ``h_prev``: this tile's state before the step in ACC (read by the cell
-    only when it has a cell state / reads ``h_prev``)."""
+    only when it has a cell state / reads ``h_prev``); ``p0..p2``: the per-unit parameter
+    rows (:func:`unit_params`, passed to the cell when ``PARAMS > 0``). A row flagged in
+    ``resets_ptr`` (``has_resets``) starts from a zero state: its GEMM rows (``h_prev``
+    times ``W_hh``), ``h_prev`` and ``c_prev`` are zeroed before the cell runs."""
     GH = GATES * H
+    if has_resets != 0:
+        cut = (tl.load(resets_ptr + off + rows, mask=row_mask, other=0) != 0)[:, None]
+        acc0 = tl.where(cut, 0.0, acc0)
+        if GATES > 1:
+            acc1 = tl.where(cut, 0.0, acc1)
+        if GATES > 2:
+            acc2 = tl.where(cut, 0.0, acc2)
+        if GATES > 3:
+            acc3 = tl.where(cut, 0.0, acc3)
+        c_prev = tl.where(cut, 0.0, c_prev)
+        h_prev = tl.where(cut, 0.0, h_prev)
     row_offs = (off + rows)[:, None]
     x_ptrs = xg_ptr + row_offs * GH + cols[None, :]
     # Slots past GATES take the GEMM's zero tiles.
@@ -212,7 +259,10 @@ def forward_cell(xg_ptr, y_ptr, gates_ptr, hn_ptr, off, rows, cols, mask, acc0, 
         r1 = acc1 + b1
         r2 = acc2 + b2
         r3 = acc3 + b3
-    h, c, s0, s1, s2, s3, e = CELL_FORWARD(x0, x1, x2, x3, r0, r1, r2, r3, h_prev, c_prev)
+    if PARAMS > 0:
+        h, c, s0, s1, s2, s3, e = CELL_FORWARD(x0, x1, x2, x3, r0, r1, r2, r3, h_prev, c_prev, p0, p1, p2)
+    else:
+        h, c, s0, s1, s2, s3, e = CELL_FORWARD(x0, x1, x2, x3, r0, r1, r2, r3, h_prev, c_prev)
     if SAVES:
         if save != 0:
             ty = gates_ptr.dtype.element_ty
@@ -278,16 +328,22 @@ def backward_gemm(dhg_ptr, s_off, rows, s_rows, w_hh_ptr, cols, col_mask, w_slab
 
 
 @triton.jit
-def backward_cell(dh_q, dc, q_off, p_off, p_bs, rows, cols, q_mask, dxg_ptr, dhg_ptr, gates_ptr, c_ptr, c0_ptr,
-                  hn_ptr, y_ptr, h0_ptr, H, CELL_BACKWARD: tl.constexpr, GATES: tl.constexpr, HAS_C: tl.constexpr,
-                  APART: tl.constexpr, SAVES: tl.constexpr, EXTRA: tl.constexpr, BWD_H: tl.constexpr,
-                  BWD_H_PREV: tl.constexpr, ACC: tl.constexpr):
+def backward_cell(dh_q, dc, q_off, p_off, p_bs, rows, q_rows_mask, cols, q_mask, dxg_ptr, dhg_ptr, gates_ptr,
+                  c_ptr, c0_ptr, hn_ptr, y_ptr, h0_ptr, resets_ptr, p0, p1, p2, H, has_resets,
+                  CELL_BACKWARD: tl.constexpr, GATES: tl.constexpr, HAS_C: tl.constexpr, APART: tl.constexpr,
+                  SAVES: tl.constexpr, EXTRA: tl.constexpr, BWD_H: tl.constexpr, BWD_H_PREV: tl.constexpr,
+                  ACC: tl.constexpr, PARAMS: tl.constexpr):
     """Cell backward of step ``q`` for one tile, from ``dh_q`` (the total gradient reaching
     ``h_q``) and ``dc`` (reaching ``c_q``, when ``HAS_C``): reads what the cell's flags say
     it needs (saved gates, ``e``, ``c_q`` and ``c_{q-1}``, ``h_q``, ``h_{q-1}``), writes
     ``dx_k`` to ``dxg`` (and ``dr_k`` to ``dhg`` when ``APART``) of the rows of ``q_mask``;
     returns ``(dc_prev, dh_direct)`` (used when ``HAS_C`` / ``DIRECT``). ``p``: the step
-    processed before ``q`` (``p_bs`` 0: every row starts from the initial state)."""
+    processed before ``q`` (``p_bs`` 0: every row starts from the initial state);
+    ``p0..p2``: as in :func:`forward_cell`. A row of ``q`` flagged in ``resets_ptr``
+    (``has_resets``) started from a zero state: the cell reads zero ``c_{q-1}`` /
+    ``h_{q-1}``, and ``dc_prev`` of the row is zero (no gradient crosses a reset; the
+    kernels zero the gradient reaching ``h_{q-1}``, GEMM and ``dh_direct`` together, at the
+    next iteration: :func:`reset_cut`)."""
     GH = GATES * H
     q_rows = (q_off + rows)[:, None]
     # Tiles the cell does not read: any ACC tile of the shape.
@@ -306,6 +362,11 @@ def backward_cell(dh_q, dc, q_off, p_off, p_bs, rows, cols, q_mask, dxg_ptr, dhg
     if BWD_H_PREV:
         h_rows = state_rows(y_ptr, p_off, p_bs, h0_ptr, rows, H)
         h_prev = tl.load(h_rows[:, None] + cols[None, :], mask=q_mask, other=0.0).to(ACC)
+    cut = rows < 0  # the reset rows of q (none without flags)
+    if has_resets != 0:
+        cut = tl.load(resets_ptr + q_off + rows, mask=q_rows_mask, other=0) != 0
+        c_prev = tl.where(cut[:, None], 0.0, c_prev)
+        h_prev = tl.where(cut[:, None], 0.0, h_prev)
     if SAVES:
         g_ptrs = gates_ptr + q_rows * GH + cols[None, :]
         s0 = tl.load(g_ptrs, mask=q_mask, other=0.0).to(ACC)
@@ -321,8 +382,14 @@ def backward_cell(dh_q, dc, q_off, p_off, p_bs, rows, cols, q_mask, dxg_ptr, dhg
         e = tl.load(hn_ptr + q_rows * H + cols[None, :], mask=q_mask, other=0.0).to(ACC)
     if BWD_H:
         h = tl.load(y_ptr + q_rows * H + cols[None, :], mask=q_mask, other=0.0).to(ACC)
-    dx0, dx1, dx2, dx3, dr0, dr1, dr2, dr3, dh_direct, dc_prev = CELL_BACKWARD(
-        dh_q, dc, s0, s1, s2, s3, e, c, c_prev, h, h_prev)
+    if PARAMS > 0:
+        dx0, dx1, dx2, dx3, dr0, dr1, dr2, dr3, dh_direct, dc_prev = CELL_BACKWARD(
+            dh_q, dc, s0, s1, s2, s3, e, c, c_prev, h, h_prev, p0, p1, p2)
+    else:
+        dx0, dx1, dx2, dx3, dr0, dr1, dr2, dr3, dh_direct, dc_prev = CELL_BACKWARD(
+            dh_q, dc, s0, s1, s2, s3, e, c, c_prev, h, h_prev)
+    if has_resets != 0:
+        dc_prev = tl.where(cut[:, None], 0.0, dc_prev)
     ty = dxg_ptr.dtype.element_ty
     dx_ptrs = dxg_ptr + q_rows * GH + cols[None, :]
     tl.store(dx_ptrs, dx0.to(ty), mask=q_mask)

@@ -35,6 +35,12 @@ step's first row and row count (``prev_off``, ``n_prev``) are runtime scalars; r
 ``r < n_prev`` continues from the previous step, a row ``r >= n_prev`` starts from the
 initial state (the reverse direction of a packed batch, whose active batch grows).
 
+Resets: with ``has_resets`` (a runtime flag), a row whose reset flag is set reads a zero
+previous state (``h``, ``c`` and its GEMM rows) in the forward and in the backward; the
+backward gives no gradient to the state before it (its rows of ``dh = dr_s @ W_hh`` and its
+``dc_prev`` are zeroed). A cell with per-unit parameters (``PARAMS`` rows, a compile-time
+count) gets them as three more per-unit tiles of both pointwise functions.
+
 Runtime integers are never specialised (``do_not_specialize``), so no shape, step or
 batch size triggers a recompile; the only compile-time choices are the cell, SAVE, the
 dtype, TF32, and the block configuration picked from ``H`` (:func:`step_config`).
@@ -54,77 +60,17 @@ import triton.language as tl
 from .launches import LaunchCounter, aligned_input, count_launches, record  # noqa: F401 (re-exported)
 from .launches import checked_pointers as _pointers
 from .cells import recurrent_bias
-from .precision import ENABLE_FP_FUSION, tf32_round
-
-# --------------------------------------------------------------------------------------
-# Device helpers
-# --------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _aligned(n, ALIGNED: tl.constexpr):
-    """``n``, known to the compiler as a multiple of 8 when ``ALIGNED`` (the launcher's
-    promise): ``(n // 8) * 8`` is ``n`` then, and its divisibility makes rows of 16-bit
-    elements 16-byte vector loads (``H`` / ``P`` are not specialised, so nothing else tells it)."""
-    if ALIGNED:
-        return (n // 8) * 8
-    else:
-        return n
-
-
-@triton.jit
-def _dot_operand(x, PRECISION: tl.constexpr):
-    """``x`` as a ``tl.dot`` operand: rounded to TF32 (nearest, as cuDNN) for a TF32 dot,
-    which would otherwise truncate the fp32 bits; unchanged otherwise."""
-    if PRECISION == "tf32":
-        return tf32_round(x)
-    else:
-        return x
-
-
-@triton.jit
-def _load_state(seq_ptr, seq_off, n_seq, init_ptr, rows, cols, width, mask, ACC: tl.constexpr):
-    """State before a step, tile ``rows x cols`` of a ``width``-wide state.
-
-    Row ``r < n_seq`` reads ``seq[seq_off + r]`` (the previous step's rows), other rows
-    read ``init[r]`` (the initial state). Both loads are upcast to ``ACC``.
-    """
-    from_seq = (rows < n_seq)[:, None]
-    seq = tl.load(seq_ptr + (seq_off + rows)[:, None] * width + cols[None, :], mask=mask & from_seq, other=0.0)
-    init = tl.load(init_ptr + rows[:, None] * width + cols[None, :], mask=mask & (~from_seq), other=0.0)
-    return tl.where(from_seq, seq.to(ACC), init.to(ACC))
-
-
-@triton.jit
-def _load_gate(ptrs, k: tl.constexpr, H, mask, GATES: tl.constexpr, ACC: tl.constexpr, BLOCK_B: tl.constexpr,
-               BLOCK_H: tl.constexpr):
-    """Gate block ``k`` of a ``(rows, GATES*H)`` buffer (``ptrs``: its block 0), in ``ACC``;
-    a zero tile for a slot ``k >= GATES``."""
-    if k < GATES:
-        return tl.load(ptrs + k * H, mask=mask, other=0.0).to(ACC)
-    else:
-        return tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
-
-
-@triton.jit
-def _store_gates(ptrs, H, v0, v1, v2, v3, mask, GATES: tl.constexpr):
-    """Store gate blocks ``0 .. GATES-1`` of a ``(rows, GATES*H)`` buffer (``ptrs``: block 0)."""
-    ty = ptrs.dtype.element_ty
-    tl.store(ptrs, v0.to(ty), mask=mask)
-    if GATES > 1:
-        tl.store(ptrs + H, v1.to(ty), mask=mask)
-    if GATES > 2:
-        tl.store(ptrs + 2 * H, v2.to(ty), mask=mask)
-    if GATES > 3:
-        tl.store(ptrs + 3 * H, v3.to(ty), mask=mask)
-
+from .precision import ENABLE_FP_FUSION
+from .step_tiles import aligned as _aligned, dot_operand as _dot_operand, load_gate as _load_gate
+from .step_tiles import load_params, load_state as _load_state, reset_rows, store_gates as _store_gates
 
 # --------------------------------------------------------------------------------------
 # Forward step
 # --------------------------------------------------------------------------------------
 
 
-@triton.jit(do_not_specialize=["off", "bs", "prev_off", "n_prev", "out_off", "c_prev_off", "c_out_off", "H", "P"])
+@triton.jit(do_not_specialize=["off", "bs", "prev_off", "n_prev", "out_off", "c_prev_off", "c_out_off", "H", "P",
+                               "has_resets"])
 def recurrent_step_forward_kernel(
     xg_ptr,  # (N, GATES*H) input projection; rows [off, off + bs) are this step's
     w_hh_ptr,  # (GATES*H, P) recurrent weight
@@ -137,6 +83,8 @@ def recurrent_step_forward_kernel(
     c_out_ptr,  # (*, H) ACC: where c_t is written (HAS_C)
     gates_ptr,  # (N, GATES*H) saved s_0 .. s_{GATES-1} (SAVE and SAVES)
     extra_ptr,  # (N, H) saved e (SAVE and EXTRA)
+    p_ptr,  # (PARAMS, H) the cell's per-unit parameters (PARAMS > 0)
+    rst_ptr,  # (N,) uint8 reset flags: nonzero where a row starts from a zero state (has_resets)
     off,  # first row of this step in xg / y
     bs,  # active rows of this step
     prev_off,  # first row of the previous step in y
@@ -146,6 +94,7 @@ def recurrent_step_forward_kernel(
     c_out_off,  # row of c_out_ptr that row 0 of this step is written to
     H,  # hidden size
     P,  # size of the recurrent state h (proj_size, or H)
+    has_resets,  # 1: read rst_ptr (a runtime flag, not a specialisation)
     CELL_FORWARD: tl.constexpr,  # the cell (fastrnn.cells.Cell.kernel_constexprs)
     CELL_BACKWARD: tl.constexpr,
     GATES: tl.constexpr,
@@ -164,6 +113,7 @@ def recurrent_step_forward_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
     H_ALIGNED: tl.constexpr,  # the launcher guarantees H % 8 == 0 and P % 8 == 0 (16-byte rows)
+    PARAMS: tl.constexpr = 0,  # rows of p_ptr (0: a cell without per-unit parameters)
 ):
     H = _aligned(H, H_ALIGNED)
     P = _aligned(P, H_ALIGNED)
@@ -203,14 +153,6 @@ def recurrent_step_forward_kernel(
         if GATES > 3:
             w = _dot_operand(tl.load(w_hh_ptr + 3 * HP + w_offs, mask=w_mask, other=0.0), PRECISION)
             acc3 = tl.dot(h, w, acc3, input_precision=PRECISION)
-    if APART:
-        # b_hh belongs to the recurrent pre-activation (it cannot be folded into xg)
-        b0, b1, b2, b3 = recurrent_bias(b_hh_ptr, cols, col_mask, H, GATES, APART, ACC, BLOCK_H)
-        acc0 += b0
-        acc1 += b1
-        acc2 += b2
-        acc3 += b3
-
     zero = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
     h_prev = zero
     if FWD_H_PREV:
@@ -218,14 +160,35 @@ def recurrent_step_forward_kernel(
     c_prev = zero
     if HAS_C:
         c_prev = _load_state(c_prev_ptr, c_prev_off.to(tl.int64), n_prev, c_init_ptr, rows, cols, H, mask, ACC)
+    # A row that starts an episode reads a zero state: h_prev, c_prev and its GEMM rows.
+    # Branch-free (without has_resets no flag is loaded: rows < bs * 0 masks them all, and
+    # every select keeps its value): a scalar `if has_resets` here gave some fp32
+    # specialisations a ptxas stack frame.
+    cut = reset_rows(rst_ptr, off, rows, rows < bs * has_resets)[:, None]
+    acc0 = tl.where(cut, 0.0, acc0)
+    acc1 = tl.where(cut, 0.0, acc1)
+    acc2 = tl.where(cut, 0.0, acc2)
+    acc3 = tl.where(cut, 0.0, acc3)
+    h_prev = tl.where(cut, 0.0, h_prev)
+    c_prev = tl.where(cut, 0.0, c_prev)
+    if APART:
+        # b_hh belongs to the recurrent pre-activation (it cannot be folded into xg)
+        b0, b1, b2, b3 = recurrent_bias(b_hh_ptr, cols, col_mask, H, GATES, APART, ACC, BLOCK_H)
+        acc0 += b0
+        acc1 += b1
+        acc2 += b2
+        acc3 += b3
     x_ptrs = xg_ptr + (off + rows)[:, None] * GH + cols[None, :]
-    h_new, c, s0, s1, s2, s3, e = CELL_FORWARD(
-        _load_gate(x_ptrs, 0, H, mask, GATES, ACC, BLOCK_B, BLOCK_H),
-        _load_gate(x_ptrs, 1, H, mask, GATES, ACC, BLOCK_B, BLOCK_H),
-        _load_gate(x_ptrs, 2, H, mask, GATES, ACC, BLOCK_B, BLOCK_H),
-        _load_gate(x_ptrs, 3, H, mask, GATES, ACC, BLOCK_B, BLOCK_H),
-        acc0, acc1, acc2, acc3, h_prev, c_prev,
-    )
+    x0 = _load_gate(x_ptrs, 0, H, mask, GATES, ACC, BLOCK_B, BLOCK_H)
+    x1 = _load_gate(x_ptrs, 1, H, mask, GATES, ACC, BLOCK_B, BLOCK_H)
+    x2 = _load_gate(x_ptrs, 2, H, mask, GATES, ACC, BLOCK_B, BLOCK_H)
+    x3 = _load_gate(x_ptrs, 3, H, mask, GATES, ACC, BLOCK_B, BLOCK_H)
+    if PARAMS > 0:
+        p0, p1, p2 = load_params(p_ptr, cols, col_mask, H, PARAMS, ACC, BLOCK_H)
+        h_new, c, s0, s1, s2, s3, e = CELL_FORWARD(x0, x1, x2, x3, acc0, acc1, acc2, acc3, h_prev, c_prev,
+                                                   p0, p1, p2)
+    else:
+        h_new, c, s0, s1, s2, s3, e = CELL_FORWARD(x0, x1, x2, x3, acc0, acc1, acc2, acc3, h_prev, c_prev)
     if HAS_C:
         c_out = c_out_ptr + (c_out_off + rows)[:, None] * H + cols[None, :]
         tl.store(c_out, c.to(c_out_ptr.dtype.element_ty), mask=mask)
@@ -244,7 +207,8 @@ def recurrent_step_forward_kernel(
 # --------------------------------------------------------------------------------------
 
 
-@triton.jit(do_not_specialize=["s_off", "s_bs", "k_len", "q_off", "q_bs", "q_prev_off", "q_n_prev", "H", "P"])
+@triton.jit(do_not_specialize=["s_off", "s_bs", "k_len", "q_off", "q_bs", "q_prev_off", "q_n_prev", "H", "P",
+                               "has_resets"])
 def recurrent_step_backward_kernel(
     dr_ptr,  # (N, GATES*H) dr at step s, the GEMM operand (dhg when APART, else dxg)
     w_hh_ptr,  # (GATES*H, P) recurrent weight
@@ -260,6 +224,8 @@ def recurrent_step_backward_kernel(
     extra_ptr,  # (N, H) saved e (EXTRA)
     h_seq_ptr,  # (N, P) output sequence y: h of step q (BWD_H), h_prev of q (BWD_H_PREV)
     h0_ptr,  # (B, P) initial hidden state (BWD_H_PREV)
+    p_ptr,  # (PARAMS, H) the cell's per-unit parameters (PARAMS > 0)
+    rst_ptr,  # (N,) uint8 reset flags: nonzero where a row starts from a zero state (has_resets)
     s_off,  # first row of step s
     s_bs,  # rows of step s (0: no step s)
     k_len,  # reduction length of the GEMM: GATES*H, or 0 to skip it
@@ -269,6 +235,7 @@ def recurrent_step_backward_kernel(
     q_n_prev,  # its row count (0 when q is the first processed step)
     H,  # hidden size
     P,  # size of h (== H unless DM_GIVEN)
+    has_resets,  # 1: read rst_ptr (a runtime flag, not a specialisation)
     CELL_FORWARD: tl.constexpr,  # the cell (fastrnn.cells.Cell.kernel_constexprs)
     CELL_BACKWARD: tl.constexpr,
     GATES: tl.constexpr,
@@ -287,6 +254,7 @@ def recurrent_step_backward_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
     H_ALIGNED: tl.constexpr,  # the launcher guarantees H % 8 == 0 and P % 8 == 0 (16-byte rows)
+    PARAMS: tl.constexpr = 0,  # rows of p_ptr (0: a cell without per-unit parameters)
 ):
     H = _aligned(H, H_ALIGNED)
     P = _aligned(P, H_ALIGNED)
@@ -321,6 +289,9 @@ def recurrent_step_backward_kernel(
         if DIRECT:
             acc += dh_old
         dh = tl.where(s_rows[:, None], acc, dh_old)
+        if has_resets:
+            # no gradient crosses a reset: a row of s that started an episode gives h_q none
+            dh = tl.where(reset_rows(rst_ptr, s_off, rows, s_rows)[:, None], 0.0, dh)
         dh += tl.load(dy_ptr + (q_off + rows)[:, None] * P + cols[None, :], mask=q_mask, other=0.0).to(ACC)
         if not DIRECT:
             tl.store(dh_ptrs, dh, mask=any_mask)
@@ -336,6 +307,11 @@ def recurrent_step_backward_kernel(
     if HAS_C:
         c_prev = _load_state(c_seq_ptr, q_prev_off.to(tl.int64), q_n_prev, c0_ptr, rows, cols, H, q_mask, ACC)
         dc = tl.load(dc_ptrs, mask=q_mask, other=0.0).to(ACC)
+    q_cut = rows < 0  # rows of q that start an episode: their previous state is zero
+    if has_resets:
+        q_cut = reset_rows(rst_ptr, q_off, rows, q_rows)
+        h_prev = tl.where(q_cut[:, None], 0.0, h_prev)
+        c_prev = tl.where(q_cut[:, None], 0.0, c_prev)
     g_ptrs = gates_ptr + (q_off + rows)[:, None] * GH + cols[None, :]
     s0 = zero
     s1 = zero
@@ -355,13 +331,21 @@ def recurrent_step_backward_kernel(
     h = zero
     if BWD_H:
         h = tl.load(h_seq_ptr + (q_off + rows)[:, None] * P + cols[None, :], mask=q_mask, other=0.0).to(ACC)
-    dx0, dx1, dx2, dx3, dr0, dr1, dr2, dr3, dh_direct, dc_prev = CELL_BACKWARD(
-        dh, dc, s0, s1, s2, s3, e, c, c_prev, h, h_prev
-    )
+    if PARAMS > 0:
+        p0, p1, p2 = load_params(p_ptr, cols, col_mask, H, PARAMS, ACC, BLOCK_H)
+        dx0, dx1, dx2, dx3, dr0, dr1, dr2, dr3, dh_direct, dc_prev = CELL_BACKWARD(
+            dh, dc, s0, s1, s2, s3, e, c, c_prev, h, h_prev, p0, p1, p2
+        )
+    else:
+        dx0, dx1, dx2, dx3, dr0, dr1, dr2, dr3, dh_direct, dc_prev = CELL_BACKWARD(
+            dh, dc, s0, s1, s2, s3, e, c, c_prev, h, h_prev
+        )
     _store_gates(dxg_ptr + (q_off + rows)[:, None] * GH + cols[None, :], H, dx0, dx1, dx2, dx3, q_mask, GATES)
     if APART:
         _store_gates(dhg_ptr + (q_off + rows)[:, None] * GH + cols[None, :], H, dr0, dr1, dr2, dr3, q_mask, GATES)
     if HAS_C:
+        if has_resets:
+            dc_prev = tl.where(q_cut[:, None], 0.0, dc_prev)
         tl.store(dc_ptrs, dc_prev, mask=q_mask)
     if DIRECT:
         if not DM_GIVEN:
@@ -437,6 +421,11 @@ def sizes_aligned(*sizes: int) -> bool:
     return all(n % 8 == 0 for n in sizes)
 
 
+def _cell_constexprs(cell) -> dict:
+    # PARAMS always present (0: none), so the report's compile names every argument
+    return {"PARAMS": 0, **cell.kernel_constexprs()}
+
+
 #: Compile options of every step launch (and of the report's compiles).
 OPTIONS = dict(enable_fp_fusion=ENABLE_FP_FUSION)
 
@@ -447,7 +436,7 @@ def forward_constexprs(cell, save: bool, dtype: torch.dtype, tf32: bool, cfg: St
     SAVE only for a cell that keeps something."""
     cell = _cell(cell)
     return dict(
-        **cell.kernel_constexprs(), SAVE=bool(save) and _saves_something(cell), ACC=_acc(dtype),
+        **_cell_constexprs(cell), SAVE=bool(save) and _saves_something(cell), ACC=_acc(dtype),
         PRECISION=_precision(dtype, tf32), BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k,
         H_ALIGNED=bool(aligned),
     )
@@ -458,26 +447,26 @@ def backward_constexprs(cell, dm_given: bool, dtype: torch.dtype, tf32: bool, cf
     """Compile-time arguments of the backward kernel for ``cell`` (DM_GIVEN only for LSTM)."""
     cell = _cell(cell)
     return dict(
-        **cell.kernel_constexprs(), DM_GIVEN=bool(dm_given) and _has_projection(cell), ACC=_acc(dtype),
+        **_cell_constexprs(cell), DM_GIVEN=bool(dm_given) and _has_projection(cell), ACC=_acc(dtype),
         PRECISION=_precision(dtype, tf32), BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k,
         H_ALIGNED=bool(aligned),
     )
 
 
-# Pointer arguments in order, with the dtype each holds: "io" (the layer's dtype) or
-# "acc" (fp32; fp64 for fp64 I/O). The launchers pass tensors of exactly these dtypes.
+# Pointer arguments in order, with the dtype each holds: "io" (the layer's dtype), "acc"
+# (fp32; fp64 for fp64 I/O) or "u8" (reset flags). The launchers pass tensors of exactly these dtypes.
 FORWARD_POINTERS = (
     ("xg_ptr", "io"), ("w_hh_ptr", "io"), ("b_hh_ptr", "io"), ("h_seq_ptr", "io"), ("h0_ptr", "io"),
     ("out_ptr", "io"), ("c_prev_ptr", "acc"), ("c_init_ptr", "io"), ("c_out_ptr", "acc"),
-    ("gates_ptr", "io"), ("extra_ptr", "io"),
+    ("gates_ptr", "io"), ("extra_ptr", "io"), ("p_ptr", "io"), ("rst_ptr", "u8"),
 )
-FORWARD_INTS = ("off", "bs", "prev_off", "n_prev", "out_off", "c_prev_off", "c_out_off", "H", "P")
+FORWARD_INTS = ("off", "bs", "prev_off", "n_prev", "out_off", "c_prev_off", "c_out_off", "H", "P", "has_resets")
 BACKWARD_POINTERS = (
     ("dr_ptr", "io"), ("w_hh_ptr", "io"), ("dxg_ptr", "io"), ("dhg_ptr", "io"), ("dy_ptr", "io"),
     ("dh_ptr", "acc"), ("dc_ptr", "acc"), ("dm_ptr", "acc"), ("gates_ptr", "io"), ("c_seq_ptr", "acc"),
-    ("c0_ptr", "io"), ("extra_ptr", "io"), ("h_seq_ptr", "io"), ("h0_ptr", "io"),
+    ("c0_ptr", "io"), ("extra_ptr", "io"), ("h_seq_ptr", "io"), ("h0_ptr", "io"), ("p_ptr", "io"), ("rst_ptr", "u8"),
 )
-BACKWARD_INTS = ("s_off", "s_bs", "k_len", "q_off", "q_bs", "q_prev_off", "q_n_prev", "H", "P")
+BACKWARD_INTS = ("s_off", "s_bs", "k_len", "q_off", "q_bs", "q_prev_off", "q_n_prev", "H", "P", "has_resets")
 
 
 class Specialisation(NamedTuple):
@@ -490,7 +479,7 @@ class Specialisation(NamedTuple):
     label: str  # dtype / precision / flags, for the report
     config: StepConfig
     constexprs: dict
-    pointers: tuple  # ((name, "io" | "acc"), ...)
+    pointers: tuple  # ((name, "io" | "acc" | "u8"), ...)
     ints: tuple
     options: dict = OPTIONS  # compile options besides num_warps
 

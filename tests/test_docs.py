@@ -23,6 +23,7 @@ import pytest
 import torch
 
 import fastrnn.functional
+import fastrnn.layer_norm
 import fastrnn.modules
 import fastrnn.recurrent
 
@@ -32,7 +33,7 @@ COMPILE_REPORT = DOCS / "compile-report.md"
 PAGES = [REPO / "README.md", REPO / "CONTRIBUTING.md", *sorted(DOCS.glob("*.md"))]
 
 
-@pytest.mark.parametrize("module", [fastrnn.modules, fastrnn.recurrent, fastrnn.functional], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [fastrnn.modules, fastrnn.recurrent, fastrnn.functional, fastrnn.layer_norm], ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     result = doctest.testmod(module)
     assert result.attempted > 0

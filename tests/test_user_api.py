@@ -73,13 +73,22 @@ def _torch_signature(name: str) -> inspect.Signature:
 
 @pytest.mark.parametrize("name", ALL)
 def test_constructor_signature_is_torchs_plus_backend(name):
+    """torch's parameters, in torch's order with torch's defaults, then fastrnn's own, all
+    keyword-only and off by default."""
     ours = inspect.signature(getattr(fastrnn, name))
     theirs = _torch_signature(name)
     params = list(ours.parameters.values())
-    assert [(p.name, p.default, p.kind) for p in params[:-1]] == [
+    count = len(theirs.parameters)
+    assert [(p.name, p.default, p.kind) for p in params[:count]] == [
         (p.name, p.default, p.kind) for p in theirs.parameters.values()
     ]
-    assert (params[-1].name, params[-1].default, params[-1].kind) == ("backend", None, inspect.Parameter.KEYWORD_ONLY)
+    extra = {"backend": None}
+    if name in ("RNN", "LSTM", "GRU"):
+        extra.update(zoneout=0.0, recurrent_dropout=0.0, weight_drop=0.0)
+    if name in ("LSTM", "LSTMCell"):
+        extra["peephole"] = False
+    assert {p.name: p.default for p in params[count:]} == extra
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params[count:])
     assert f"{name}(input_size: 'int', hidden_size: 'int'" in _help(getattr(fastrnn, name))
 
 

@@ -93,10 +93,14 @@ def params_of(m, layer=None, reverse=False) -> dict:
     return out
 
 
-def run_sequence(m, kind, x, h0, c0, resets=None):
+def run_sequence(m, kind, x, h0, c0, resets=None, regularise=None):
     """One sequence ``x`` ``(T, I)`` through every layer and direction of ``m``.
 
-    ``h0``/``c0`` ``(L*D, H)``; ``resets`` ``(T,)`` bool or None. Returns
+    ``h0``/``c0`` ``(L*D, H)``; ``resets`` ``(T,)`` bool or None. ``regularise(idx)`` (idx:
+    layer * D + direction) may give a dict for that layer-direction: ``w_hh`` (the weight to
+    use: DropConnect), ``scale`` ``(H,)`` (recurrent dropout: ``h_{t-1} * scale`` enters
+    ``W_hh``), ``zoneout_h`` / ``zoneout_c``: ``(T, H)`` bool masks (training: keep the
+    previous value where True) or floats (eval: ``p * prev + (1 - p) * new``). Returns
     ``(out (T, D*H), h_n (L*D, H), c_n (L*D, H) | None)``.
     """
     directions = 2 if m.bidirectional else 1
@@ -109,6 +113,9 @@ def run_sequence(m, kind, x, h0, c0, resets=None):
         for d in range(directions):
             idx = layer * directions + d
             p = params_of(m, layer, d == 1)
+            reg = regularise(idx) if regularise is not None else {}
+            if "w_hh" in reg:
+                p = dict(p, w_hh=reg["w_hh"])
             h, c = h0[idx], (c0[idx] if c0 is not None else None)
             ys = [None] * steps
             order = range(steps - 1, -1, -1) if d == 1 else range(steps)
@@ -122,13 +129,31 @@ def run_sequence(m, kind, x, h0, c0, resets=None):
                 if cut:
                     h = torch.zeros_like(h)
                     c = None if c is None else torch.zeros_like(c)
-                h, c = step(kind, p, inp[t], h, c, eps)
+                h_prev, c_prev = h, c
+                if "scale" in reg:
+                    # the scaled state enters W_hh only: run the step with a W_hh that scales
+                    # its input columns (the same product), the state itself unchanged
+                    p_step = dict(p, w_hh=p["w_hh"] * reg["scale"])
+                else:
+                    p_step = p
+                h, c = step(kind, p_step, inp[t], h, c, eps)
+                h = _zone(reg.get("zoneout_h"), t, h_prev, h)
+                if c is not None:
+                    c = _zone(reg.get("zoneout_c"), t, c_prev, c)
                 ys[t] = h
             outs.append(torch.stack(ys))
             h_n.append(h)
             c_n.append(c)
         inp = torch.cat(outs, -1)
     return inp, torch.stack(h_n), (torch.stack(c_n) if c0 is not None else None)
+
+
+def _zone(spec, t, prev, new):
+    if spec is None:
+        return new
+    if isinstance(spec, float):
+        return spec * prev + (1 - spec) * new
+    return torch.where(spec[t], prev, new)
 
 
 def run_cell(cell, kind, x, h, c):

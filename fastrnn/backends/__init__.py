@@ -123,9 +123,10 @@ def resolve_name(name: str | None, device: torch.device, call: Call | None = Non
     return "triton"
 
 
-def triton_refuses_resets() -> str | None:
-    """Why the triton backend cannot run a call with ``resets`` (None when it can)."""
-    return _triton_backend().refuses_resets()
+def triton_refuses(wants: tuple) -> str | None:
+    """Why the triton backend cannot run a call whose time loop takes ``wants`` (``"resets"``,
+    ``"zoneout"``, ``"recurrent_scale"``), or None when it can."""
+    return _triton_backend().refuses_loop_inputs(wants)
 
 
 def resolve(name: str | None, device: torch.device):

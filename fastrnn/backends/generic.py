@@ -20,7 +20,13 @@ Backward reads the previous states (``h_prev``, ``c_prev``) back from ``y`` / ``
 ``h0`` / ``c0`` (:meth:`Schedule.previous`), so nothing else is kept.
 
 ``params`` (the cell's ``p``) is passed to both pointwise functions; ``resets`` zeroes the
-state entering the rows it marks (and, in the backward, the gradient leaving them).
+state entering the rows it marks (and, in the backward, the gradient leaving them);
+``recurrent_scale`` ``(B, H)`` multiplies the state where it enters ``W_hh`` (recurrent
+dropout); ``zoneout`` (:class:`fastrnn.regularisers.Zoneout`) blends each step's new state
+with the one it started from. With zoneout the saved ``c`` is the zoned-out cell state (what
+the next step reads) and two more buffers may be kept: ``cell_c (N, H)``, the cell's own new
+``c`` (its backward reads it), when ``c`` is zoned out, and ``cell_h (N, H)``, the cell's new
+``h``, when ``h`` is zoned out and the cell's backward reads ``h``.
 """
 
 from __future__ import annotations
@@ -34,11 +40,20 @@ from .base import BackwardResult, ForwardResult
 name = "reference"
 
 #: The most tensors :func:`forward` keeps (``fastrnn.ops.SAVED_SLOTS``).
-MAX_SAVED = 3
+MAX_SAVED = 4
 
 
-def saved_layout(cell, rows, hidden, dtype, save, proj: bool = False):
-    """Shapes and dtypes of the ``saved`` tuple :func:`forward` returns (from sizes alone)."""
+def _zoned(cell, zoneout) -> tuple[bool, bool]:
+    """``(keeps cell_c, keeps cell_h)`` for a call with ``zoneout`` (flags or a Zoneout)."""
+    if zoneout is None:
+        return False, False
+    on_h, on_c = (zoneout.on_h, zoneout.on_c) if hasattr(zoneout, "on_h") else zoneout
+    return bool(on_c and cell.has_cell_state), bool(on_h and cell.backward_reads_h)
+
+
+def saved_layout(cell, rows, hidden, dtype, save, proj: bool = False, zoneout=None):
+    """Shapes and dtypes of the ``saved`` tuple :func:`forward` returns (from sizes alone);
+    ``zoneout``: ``(on_h, on_c)`` for a call with zoneout."""
     if not save:
         return []
     layout = []
@@ -46,7 +61,8 @@ def saved_layout(cell, rows, hidden, dtype, save, proj: bool = False):
         layout.append(((rows, cell.gates * hidden), dtype))
     if cell.saves_extra:
         layout.append(((rows, cell.extra_width * hidden), dtype))
-    layout += [((rows, hidden), dtype)] * (int(cell.has_cell_state) + int(proj))
+    keep_c, keep_h = _zoned(cell, zoneout)
+    layout += [((rows, hidden), dtype)] * (int(cell.has_cell_state) + int(keep_c) + int(keep_h) + int(proj))
     if len(layout) > MAX_SAVED:
         raise ValueError(f"fastrnn: cell {cell.name!r} would keep {len(layout)} tensors per layer; at most "
                          f"{MAX_SAVED} fit (saves_gates, saves_extra, a cell state and proj_size together)")
@@ -78,13 +94,17 @@ def _zeroed(state, resets, lo, hi):
     return torch.where(resets[lo:hi].unsqueeze(1), 0, state)
 
 
-def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse, save, params=None, resets=None):
+def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse, save, params=None, resets=None,
+            zoneout=None, recurrent_scale=None):
     """Run the forward time loop; see :mod:`fastrnn.backends.base`."""
+    if zoneout is not None and w_hr is not None:
+        raise ValueError("fastrnn: zoneout is not supported with proj_size")
     with torch.no_grad():
-        return _forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save, params, resets)
+        return _forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save, params, resets, zoneout,
+                        recurrent_scale)
 
 
-def _forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save, params, resets):
+def _forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save, params, resets, zoneout, rscale):
     rows, gates = xg.shape[0], cell.gates
     hidden = xg.shape[1] // gates
     has_c = cell.has_cell_state
@@ -93,6 +113,9 @@ def _forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save, params
     gate_seq = xg.new_empty(rows, gates * hidden) if save and cell.saves_gates else None
     extra_seq = xg.new_empty(rows, cell.extra_width * hidden) if save and cell.saves_extra else None
     m_seq = xg.new_empty(rows, hidden) if w_hr is not None else None
+    keep_c, keep_h = _zoned(cell, zoneout)
+    cell_c = xg.new_empty(rows, hidden) if save and keep_c else None
+    cell_h = xg.new_empty(rows, hidden) if save and keep_h else None
     zero = xg.new_zeros(schedule.batch, hidden)
     w_hh_t = w_hh.t().contiguous()  # one copy per call; the per-step GEMMs run faster on it
     w_hr_t = w_hr.t() if w_hr is not None else None
@@ -103,11 +126,19 @@ def _forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save, params
         hi = lo + bs
         h_prev = _zeroed(_previous_rows(y, h0, prev, bs), resets, lo, hi)
         c_prev = _zeroed(_previous_rows(c_seq, c0, prev, bs), resets, lo, hi) if has_c else None
-        rec = h_prev @ w_hh_t if b_hh is None else torch.addmm(b_hh, h_prev, w_hh_t)
+        h_in = h_prev if rscale is None else h_prev * rscale[:bs]
+        rec = h_in @ w_hh_t if b_hh is None else torch.addmm(b_hh, h_in, w_hh_t)
         z = zero[:bs]
         h, c, *kept = cell.torch_forward(
             *_slots(xg[lo:hi], hidden, gates, z), *_slots(rec, hidden, gates, z), h_prev, c_prev, *p
         )
+        if zoneout is not None:
+            if cell_h is not None:
+                cell_h[lo:hi].copy_(h)
+            if cell_c is not None:
+                cell_c[lo:hi].copy_(c)
+            h = zoneout.blend("h", h_prev, h, lo, hi)
+            c = zoneout.blend("c", c_prev, c, lo, hi) if has_c else None
         if w_hr is None:
             y[lo:hi].copy_(h)
         else:
@@ -122,22 +153,27 @@ def _forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save, params
             extra_seq[lo:hi].copy_(kept[4])
         prev = (lo, hi)
     c_n = schedule.final(c_seq, reverse) if has_c else None
-    saved = tuple(s for s in (gate_seq, extra_seq, c_seq, m_seq) if s is not None) if save else ()
+    saved = tuple(s for s in (gate_seq, extra_seq, c_seq, cell_c, cell_h, m_seq) if s is not None) if save else ()
     return ForwardResult(y, schedule.final(y, reverse), c_n, saved)
 
 
 def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule: Schedule, reverse, params=None,
-             resets=None):
+             resets=None, zoneout=None, recurrent_scale=None):
     """Run the backward time loop; see :mod:`fastrnn.backends.base`."""
     with torch.no_grad():
-        return _backward(cell, saved, w_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reverse, params, resets)
+        return _backward(cell, saved, w_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reverse, params, resets,
+                         zoneout, recurrent_scale)
 
 
-def _backward(cell, saved, w_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reverse, params, resets):
+def _backward(cell, saved, w_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reverse, params, resets, zoneout,
+              rscale):
     saved = list(saved)
     gate_seq = saved.pop(0) if cell.saves_gates else None
     extra_seq = saved.pop(0) if cell.saves_extra else None
     c_seq = saved.pop(0) if cell.has_cell_state else None
+    keep_c, keep_h = _zoned(cell, zoneout)
+    cell_c = saved.pop(0) if keep_c else c_seq
+    cell_h = saved.pop(0) if keep_h else None
     m_seq = saved.pop(0) if w_hr is not None else None
     gates = cell.gates
     hidden = w_hh.shape[0] // gates
@@ -148,7 +184,7 @@ def _backward(cell, saved, w_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reve
     c_prev_seq = _zeroed(c_prev_seq, resets, 0, dy.shape[0])
     p = () if params is None else (params,)
     dparams = None if params is None else torch.zeros_like(params)
-    h_seq = (y if w_hr is None else m_seq) if cell.backward_reads_h else None
+    h_seq = (cell_h if cell_h is not None else y if w_hr is None else m_seq) if cell.backward_reads_h else None
     dxg = dy.new_empty(dy.shape[0], gates * hidden)
     dhg = dy.new_empty(dxg.shape) if apart else dxg
     dh_seq = dy.new_empty(dy.shape) if w_hr is not None else None
@@ -163,6 +199,12 @@ def _backward(cell, saved, w_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reve
         lo, bs = schedule.offsets[t], schedule.batch_sizes[t]
         hi = lo + bs
         dh_t = dh[:bs] + dy[lo:hi]  # everything that reaches this step's state
+        dc_t = dc[:bs] if dc is not None else None
+        keep_dh = keep_dc = None
+        if zoneout is not None:  # the part that reaches the state the step started from
+            dh_t, keep_dh = zoneout.split("h", dh_t, lo, hi)
+            if dc_t is not None:
+                dc_t, keep_dc = zoneout.split("c", dc_t, lo, hi)
         if w_hr is None:
             dm = dh_t
         else:
@@ -170,7 +212,7 @@ def _backward(cell, saved, w_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reve
             dm = dh_t @ w_hr
         kept = none4 if gate_seq is None else list(gate_seq[lo:hi].split(hidden, 1)) + none4[gates:]
         grads = cell.torch_backward(
-            dm, dc[:bs] if dc is not None else None, *kept, rows(extra_seq, lo, hi), rows(c_seq, lo, hi),
+            dm, dc_t, *kept, rows(extra_seq, lo, hi), rows(cell_c, lo, hi),
             rows(c_prev_seq, lo, hi), rows(h_seq, lo, hi), rows(h_prev_seq, lo, hi), *p,
         )
         if dparams is not None:
@@ -180,10 +222,16 @@ def _backward(cell, saved, w_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reve
             if apart:
                 dhg[lo:hi, k * hidden : (k + 1) * hidden].copy_(grads[MAX_GATES + k])
         torch.mm(dhg[lo:hi], w_hh, out=dh[:bs])
+        if rscale is not None:
+            dh[:bs].mul_(rscale[:bs])
         if cell.direct_h_grad:
             dh[:bs].add_(grads[2 * MAX_GATES])
+        if keep_dh is not None:
+            dh[:bs].add_(keep_dh)
         if dc is not None:
             dc[:bs].copy_(grads[2 * MAX_GATES + 1])
+            if keep_dc is not None:
+                dc[:bs].add_(keep_dc)
         if resets is not None:
             # no gradient crosses into the state before a reset
             cut = resets[lo:hi].unsqueeze(1)

@@ -414,7 +414,7 @@ def _rnn_backward(kind, w_hh, y, dy, dh_n, schedule, reverse, cuts):
 # --------------------------------------------------------------------------------------
 
 
-def saved_layout(kind, rows, hidden, dtype, save, resets=False, proj=False):
+def saved_layout(kind, rows, hidden, dtype, save, resets=False, proj=False, zoneout=None):
     """Shapes and dtypes of the ``saved`` tuple :func:`forward` returns (from sizes alone).
 
     LSTM: gates ``(N, 4H)`` (i, f, g, o), ``c`` and ``tanh(c)`` ``(N, H)``; GRU: gates
@@ -425,7 +425,7 @@ def saved_layout(kind, rows, hidden, dtype, save, resets=False, proj=False):
     then): :func:`fastrnn.backends.generic.saved_layout`.
     """
     if resets:
-        return generic.saved_layout(kind, rows, hidden, dtype, save, proj)
+        return generic.saved_layout(kind, rows, hidden, dtype, save, proj, zoneout)
     if kind is CellKind.LSTM or kind is CellKind.GRU:
         if not save:
             return []
@@ -443,12 +443,17 @@ def _refuse_projection(kind, w_hr):
         raise ValueError(f"fastrnn: proj_size is only supported for LSTM, not for cell {kind.name!r}")
 
 
-def forward(kind, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save, params=None, resets=None):
+def forward(kind, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save, params=None, resets=None, **loop):
     """Run the forward time loop; see :mod:`fastrnn.backends.base`.
 
     torch's four cells and the variants of :mod:`fastrnn.backends.reference_norm` run their
-    own loops, with or without ``resets``; every other cell runs the generic one.
+    own loops, with or without ``resets``; the regularisers (``loop``: ``zoneout``,
+    ``recurrent_scale``) and every other cell run the generic one.
     """
+    if loop:
+        if kind is not CellKind.LSTM:
+            _refuse_projection(kind, w_hr)
+        return generic.forward(kind, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save, params, resets, **loop)
     cuts = reset_steps(resets, schedule)
     if kind is CellKind.LSTM:
         return _lstm_forward(xg, w_hh, w_hr, h0, c0, schedule, reverse, save, cuts)
@@ -465,8 +470,13 @@ def forward(kind, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save, params=
 
 
 def backward(kind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reverse, params=None,
-             resets=None):
+             resets=None, **loop):
     """Run the backward time loop; see :mod:`fastrnn.backends.base`."""
+    if loop:
+        if kind is not CellKind.LSTM:
+            _refuse_projection(kind, w_hr)
+        return generic.backward(kind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reverse,
+                                params, resets, **loop)
     cuts = reset_steps(resets, schedule)
     if kind is CellKind.LSTM:
         return _lstm_backward(saved, w_hh, w_hr, c0, dy, dh_n, dc_n, schedule, reverse, resets, cuts)
@@ -481,4 +491,4 @@ def backward(kind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule,
             return loops.backward(saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, reverse, params, resets,
                                   cuts)
     return generic.backward(kind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reverse, params,
-                            resets)
+                            resets, **loop)

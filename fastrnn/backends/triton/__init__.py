@@ -62,14 +62,15 @@ def _tier_refusal(tier: str, wants: tuple) -> str | None:
     missing = [w for w in wants if w not in getattr(LAUNCHERS[tier], "EXTRAS", ())]
     if not missing:
         return None
-    what = {"params": "a cell's per-unit parameters", "resets": "reset flags"}
+    what = {"params": "a cell's per-unit parameters", "resets": "reset flags", "zoneout": "zoneout masks",
+            "recurrent_scale": "a recurrent-dropout scale"}
     return f"the {tier} tier's kernels do not read {' or '.join(what[m] for m in missing)} yet"
 
 
-def refuses_resets() -> str | None:
-    """Why a call with ``resets`` cannot run on this backend (None when the step tier, where
-    every call can go, reads them)."""
-    return _tier_refusal("step", ("resets",))
+def refuses_loop_inputs(wants: tuple) -> str | None:
+    """Why a call whose time loop takes ``wants`` cannot run on this backend (None when the
+    step tier, where every call can go, reads them)."""
+    return _tier_refusal("step", tuple(wants))
 
 
 def refuses_cell(cell) -> str | None:
@@ -80,12 +81,12 @@ def refuses_cell(cell) -> str | None:
     return reason or None
 
 
-def _extras(params, resets) -> dict:
+def _extras(params, resets, zoneout=None, recurrent_scale=None) -> dict:
     extras = {}
-    if params is not None:
-        extras["params"] = params
-    if resets is not None:
-        extras["resets"] = resets
+    for name, value in (("params", params), ("resets", resets), ("zoneout", zoneout),
+                        ("recurrent_scale", recurrent_scale)):
+        if value is not None:
+            extras[name] = value
     return extras
 
 
@@ -119,12 +120,12 @@ def _fallible():
 
 
 def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: bool, save: bool, params=None,
-            resets=None):
+            resets=None, zoneout=None, recurrent_scale=None):
     """Run the forward time loop on the tier :func:`tier_for` picks; see :mod:`fastrnn.backends.base`."""
     _refuse(cell, xg.dtype)
     from ...kernels.launches import device_guard
 
-    extras = _extras(params, resets)
+    extras = _extras(params, resets, zoneout, recurrent_scale)
     with device_guard(xg.device):
         tier = _tier_with(policy.layer_tier(cell, w_hh, w_hr, xg.dtype, xg.device, schedule), extras)
         if tier != "step":
@@ -137,12 +138,12 @@ def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: boo
 
 
 def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule: Schedule, reverse: bool,
-             params=None, resets=None):
+             params=None, resets=None, zoneout=None, recurrent_scale=None):
     """Run the backward time loop on the tier :func:`tier_for` picks (every tier reads the
     ``saved`` tuple of every other); see :mod:`fastrnn.backends.base`."""
     from ...kernels.launches import device_guard
 
-    extras = _extras(params, resets)
+    extras = _extras(params, resets, zoneout, recurrent_scale)
     with device_guard(y.device):
         tier = _tier_with(policy.layer_tier(cell, w_hh, w_hr, y.dtype, y.device, schedule), extras)
         res = None
@@ -157,16 +158,20 @@ def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule:
                                 **extras)
     if params is None:
         return res
-    return res._replace(dparams=_param_grad(cell, saved, res, h0, c0, y, schedule, reverse, params, resets))
+    return res._replace(dparams=_param_grad(cell, saved, res, h0, c0, y, schedule, reverse, params, resets,
+                                            zoneout))
 
 
-def _param_grad(cell, saved, res, h0, c0, y, schedule, reverse, params, resets):
+def _param_grad(cell, saved, res, h0, c0, y, schedule, reverse, params, resets, zoneout=None):
     """The gradient of the cell's per-unit parameters from whole-sequence tensors
     (``cell.torch_param_grad``), after the backward loop."""
     c_seq = c_prev = None
     if cell.has_cell_state:
         c_seq = saved[1]
         c_prev = schedule.previous(c_seq, c0.to(c_seq.dtype), reverse)
+        cell_c, _ = buffers.unpack_zoneout(cell, saved, zoneout)
+        if cell_c is not None:  # (the cell's own new c, before zoneout)
+            c_seq = cell_c
     h_prev = schedule.previous(y, h0, reverse)
     if resets is not None:
         cut = resets.unsqueeze(1)

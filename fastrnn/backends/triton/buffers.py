@@ -10,6 +10,13 @@ tier's forward): the gates ``(N, G*H)``, then the cell state ``c`` ``(N, H)`` in
 accumulation dtype for a cell that has one, else ``e`` ``(N, H)`` (what a cell such as
 GRU keeps besides its gates; a placeholder for a cell that keeps none); nothing for a
 cell that saves nothing (plain RNNs: their backward reads ``y``).
+
+With zoneout (:class:`fastrnn.regularisers.Zoneout`) the saved ``c`` is the zoned-out cell
+state (what the next step reads) and up to two more tensors follow: ``cell_c`` ``(N, H)``
+in the accumulation dtype, the cell's own new ``c`` before zoneout (its backward reads it),
+when ``c`` is zoned out; ``cell_h`` ``(N, H)`` in the I/O dtype, the cell's own new ``h``,
+when ``h`` is zoned out and the cell's backward reads ``h`` (plain RNNs). ``y`` holds the
+zoned-out ``h``.
 """
 
 from __future__ import annotations
@@ -40,15 +47,32 @@ def saves(cell, save: bool) -> bool:
     return save and (cell.saves_gates or cell.saves_extra or cell.has_cell_state)
 
 
-def saved_layout(cell, rows, hidden, dtype, save):
-    """Shapes and dtypes of the ``saved`` tuple (from sizes alone: fake tensors use it)."""
-    if not saves(cell, save):
+def zoned(cell, zoneout) -> tuple[bool, bool]:
+    """``(keeps cell_c, keeps cell_h)`` for a call with ``zoneout`` (a Zoneout or ``(on_h, on_c)``)."""
+    if zoneout is None:
+        return False, False
+    on_h, on_c = (zoneout.on_h, zoneout.on_c) if hasattr(zoneout, "on_h") else zoneout
+    return bool(on_c and cell.has_cell_state), bool(on_h and cell.backward_reads_h)
+
+
+def saved_layout(cell, rows, hidden, dtype, save, zoneout=None, **_loop):
+    """Shapes and dtypes of the ``saved`` tuple (from sizes alone: fake tensors use it);
+    ``zoneout``: ``(on_h, on_c)`` for a call with zoneout (other loop inputs change nothing)."""
+    if not save:
         return []
-    if cell.has_cell_state:
-        second = ((rows, hidden), acc_dtype(dtype))
-    else:  # e, or the placeholder :func:`dummies` gives a cell that keeps none
-        second = ((rows, hidden) if cell.saves_extra else (8,), dtype)
-    return [((rows, cell.gates * hidden), dtype), second]
+    layout = []
+    if saves(cell, save):
+        if cell.has_cell_state:
+            second = ((rows, hidden), acc_dtype(dtype))
+        else:  # e, or the placeholder :func:`dummies` gives a cell that keeps none
+            second = ((rows, hidden) if cell.saves_extra else (8,), dtype)
+        layout = [((rows, cell.gates * hidden), dtype), second]
+    keep_c, keep_h = zoned(cell, zoneout)
+    if keep_c:
+        layout.append(((rows, hidden), acc_dtype(dtype)))
+    if keep_h:
+        layout.append(((rows, hidden), dtype))
+    return layout
 
 
 def dummies(dtype: torch.dtype, device):
@@ -74,14 +98,16 @@ def save_buffers(cell, n_rows: int, hidden: int, dtype, device, save: bool, dumm
     return gates, extra
 
 
-def saved(cell, save: bool, gates, c_seq, extra) -> tuple:
-    """The ``saved`` tuple of every tier (:func:`saved_layout`)."""
+def saved(cell, save: bool, gates, c_seq, extra, cell_c=None, cell_h=None) -> tuple:
+    """The ``saved`` tuple of every tier (:func:`saved_layout`); ``cell_c`` / ``cell_h``: the
+    zoneout buffers, None when not kept."""
+    zone = tuple(t for t in (cell_c, cell_h) if t is not None)
     if not save:
-        return ()
-    return (gates, c_seq) if cell.has_cell_state else (gates, extra)
+        return zone
+    return ((gates, c_seq) if cell.has_cell_state else (gates, extra)) + zone
 
 
-def forward_result(cell, save: bool, y, c_buf, gates, extra, schedule, reverse: bool):
+def forward_result(cell, save: bool, y, c_buf, gates, extra, schedule, reverse: bool, cell_c=None, cell_h=None):
     """The :class:`~fastrnn.backends.base.ForwardResult` of a tier that writes every step's
     ``y`` (and, with ``save``, every step's ``c``; else the final ``(B, H)`` ``c``) in
     schedule order: ``h_n`` / ``c_n`` are read from the rows of each sequence's last step."""
@@ -90,14 +116,22 @@ def forward_result(cell, save: bool, y, c_buf, gates, extra, schedule, reverse: 
     c_n = None
     if cell.has_cell_state:
         c_n = (schedule.final(c_buf, reverse) if save else c_buf).to(y.dtype)
-    return ForwardResult(y, schedule.final(y, reverse), c_n, saved(cell, save, gates, c_buf, extra))
+    return ForwardResult(y, schedule.final(y, reverse), c_n, saved(cell, save, gates, c_buf, extra, cell_c, cell_h))
+
+
+def unpack_zoneout(cell, saved_tuple, zoneout) -> tuple:
+    """``(cell_c, cell_h)`` of a ``saved`` tuple (None where not kept)."""
+    keep_c, keep_h = zoned(cell, zoneout)
+    tail = list(saved_tuple[len(saved_tuple) - int(keep_c) - int(keep_h):])
+    return (tail.pop(0) if keep_c else None), (tail.pop(0) if keep_h else None)
 
 
 def unpack_saved(cell, saved_tuple, dummy_io, dummy_acc) -> tuple:
-    """``(gates, e, c_seq)`` from a ``saved`` tuple, placeholders where the cell has none."""
-    if not saved_tuple:
+    """``(gates, e, c_seq)`` from a ``saved`` tuple, placeholders where the cell has none
+    (the zoneout buffers after them: :func:`unpack_zoneout`)."""
+    if len(saved_tuple) < 2:
         return dummy_io, dummy_io, dummy_acc
-    gates, second = saved_tuple
+    gates, second = saved_tuple[:2]
     return (gates, dummy_io, second) if cell.has_cell_state else (gates, second, dummy_acc)
 
 

@@ -4,6 +4,9 @@ with a grid barrier per step. Where one tile of 16 or 64 rows per program fits t
 (``B <= 64 x floor(SMs / cdiv(H, 16))``), the register variant keeps ``c`` / ``dh`` /
 ``dc`` in registers; a larger batch runs the tiled variant (state in global buffers).
 
+Both passes read a cell's per-unit parameters (``params``) and reset flags (``resets``)
+when the call has them (:data:`EXTRAS`).
+
 A launch raises :class:`~fastrnn.kernels.cooperative.BarrierTimeout` when a grid barrier
 timed out, and :class:`LaunchRefused` when the driver refused the grid (its programs
 cannot all be resident at once: MPS SM limits, other contexts on the GPU) or the kernel
@@ -18,6 +21,10 @@ import torch
 from ...schedule import Schedule
 from ..base import BackwardResult
 from . import buffers
+
+
+#: The optional inputs of :mod:`fastrnn.backends.base` these kernels read.
+EXTRAS = ("params", "resets")
 
 
 class LaunchRefused(RuntimeError):
@@ -68,9 +75,23 @@ def _launch(launcher, cell, tensors, ints, cfg, device):
         raise
 
 
-def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: bool, save: bool, config=None):
+def _extras(cell, hidden, params, resets, prep, dummy_io) -> tuple[dict, int]:
+    """The kernels' ``resets_ptr`` / ``p_ptr`` tensors and the ``has_resets`` flag. Reset
+    flags are read as uint8 (a view of the bool tensor); without them, a placeholder. A cell
+    with per-unit parameters always reads its ``(param_rows, H)`` rows: zeros when the call
+    has none (the first-use check runs the cell so); a placeholder for any other cell."""
+    device = dummy_io.device
+    flags = torch.empty(8, dtype=torch.uint8, device=device) if resets is None else prep(resets.view(torch.uint8))
+    if params is None and cell.param_rows:
+        params = torch.zeros(cell.param_rows, hidden, dtype=dummy_io.dtype, device=device)
+    return dict(resets_ptr=flags, p_ptr=dummy_io if params is None else prep(params)), int(resets is not None)
+
+
+def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: bool, save: bool, config=None,
+            params=None, resets=None):
     """The forward time loop on the cooperative tier (no ``proj_size``); ``config``: the
-    launch configuration (None: the one :func:`launch_config` picks for this batch)."""
+    launch configuration (None: the one :func:`launch_config` picks for this batch);
+    ``params`` / ``resets`` as in :mod:`fastrnn.backends.base`."""
     coop = _kernels()
     prep = coop.aligned_input
     dtype, device = xg.dtype, xg.device
@@ -94,21 +115,23 @@ def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: boo
     else:
         c0, c_buf = dummy_acc, dummy_acc
     uniform_b, sizes, offsets = buffers.step_tables(schedule, device)
+    extras, has_resets = _extras(cell, hidden, params, resets, prep, dummy_io)
     tensors = dict(
         xg_ptr=xg, w_hh_ptr=w_hh, b_hh_ptr=bias, h0_ptr=h0, c0_ptr=c0, y_ptr=y, c_ptr=c_buf,
         gates_ptr=gates, hn_ptr=extra, sizes_ptr=sizes, offsets_ptr=offsets,
-        sync_ptr=torch.zeros(1 + schedule.steps, dtype=torch.int32, device=device),
+        sync_ptr=torch.zeros(1 + schedule.steps, dtype=torch.int32, device=device), **extras,
     )
     ints = dict(T=schedule.steps, B=batch, H=hidden, reverse=int(reverse), packed=int(uniform_b == 0),
-                save=int(save))
+                save=int(save), has_resets=has_resets)
     _launch(coop.launch_forward, cell, tensors, ints, cfg, device)
 
     return buffers.forward_result(cell, save, y, c_buf, gates, extra, schedule, reverse)
 
 
 def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule: Schedule, reverse: bool,
-             config=None):
-    """The backward time loop on the cooperative tier; ``config`` as in :func:`forward`."""
+             config=None, params=None, resets=None):
+    """The backward time loop on the cooperative tier; ``config``, ``params`` and ``resets`` as
+    in :func:`forward`."""
     coop = _kernels()
     prep = coop.aligned_input
     dtype, device = y.dtype, y.device
@@ -128,11 +151,13 @@ def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule:
         dc_n = torch.zeros(dh_n.shape[0], hidden, dtype=dtype, device=device)
     dc = dc_n.to(acc, copy=True).contiguous() if has_c else dummy_acc
     uniform_b, sizes, offsets = buffers.step_tables(schedule, device)
+    extras, has_resets = _extras(cell, hidden, params, resets, prep, dummy_io)
     tensors = dict(
         w_hh_ptr=w_hh, dxg_ptr=dxg, dhg_ptr=dhg, dy_ptr=dy, dh_ptr=dh, dc_ptr=dc, gates_ptr=gates,
         c_ptr=c_seq, c0_ptr=c0, hn_ptr=extra, y_ptr=y, h0_ptr=h0, sizes_ptr=sizes, offsets_ptr=offsets,
-        sync_ptr=torch.zeros(1 + schedule.steps, dtype=torch.int32, device=device),
+        sync_ptr=torch.zeros(1 + schedule.steps, dtype=torch.int32, device=device), **extras,
     )
-    ints = dict(T=schedule.steps, B=dh.shape[0], H=hidden, reverse=int(reverse), packed=int(uniform_b == 0))
+    ints = dict(T=schedule.steps, B=dh.shape[0], H=hidden, reverse=int(reverse), packed=int(uniform_b == 0),
+                has_resets=has_resets)
     _launch(coop.launch_backward, cell, tensors, ints, cfg, device)
     return BackwardResult(dxg, dhg, dh.to(dtype), dc.to(dtype) if has_c else None, None)

@@ -107,18 +107,36 @@ def _run(tier: str, cell, hidden: int, dtype, device) -> str | None:
     return None
 
 
+def _extras(cell, tier_module, hidden: int, rows: int, dtype, device) -> dict:
+    """What the check passes both tiers besides the problem: the cell's per-unit parameters
+    (random: zeros would hide a wrong row) and, where both tiers read them, reset flags on a
+    few rows."""
+    gen = torch.Generator().manual_seed(4321)
+    extras = {}
+    both = set(getattr(tier_module, "EXTRAS", ())) & set(getattr(step, "EXTRAS", ()))
+    if cell.param_rows and "params" in both:
+        extras["params"] = (torch.randn(cell.param_rows, hidden, generator=gen, dtype=torch.float64) * 0.5).to(
+            device=device, dtype=dtype)
+    if "resets" in both:
+        extras["resets"] = (torch.rand(rows, generator=gen) < 0.2).to(device)
+    return extras
+
+
 def _check_one(tier: str, cell, hidden: int, dtype, device, cfg, batch: int) -> str | None:
     """Forward with and without saving and backward, in both directions, against the step
     tier."""
     tier_module = PERSISTENT[tier]
     for reverse in (False, True):
         schedule, xg, w_hh, b_hh, h0, c0, dy, dh_n, dc_n = _problem(cell, hidden, dtype, device, reverse, batch)
-        ref = step.forward(cell, xg.clone(), w_hh, b_hh, None, h0, c0, schedule, reverse, True)
-        out = tier_module.forward(cell, xg.clone(), w_hh, b_hh, None, h0, c0, schedule, reverse, True, cfg)
-        unsaved = tier_module.forward(cell, xg.clone(), w_hh, b_hh, None, h0, c0, schedule, reverse, False, cfg)
-        ref_b = step.backward(cell, ref.saved, w_hh, b_hh, None, h0, c0, ref.y, dy, dh_n, dc_n, schedule, reverse)
+        extras = _extras(cell, tier_module, hidden, schedule.rows, dtype, device)
+        ref = step.forward(cell, xg.clone(), w_hh, b_hh, None, h0, c0, schedule, reverse, True, **extras)
+        out = tier_module.forward(cell, xg.clone(), w_hh, b_hh, None, h0, c0, schedule, reverse, True, cfg, **extras)
+        unsaved = tier_module.forward(cell, xg.clone(), w_hh, b_hh, None, h0, c0, schedule, reverse, False, cfg,
+                                      **extras)
+        ref_b = step.backward(cell, ref.saved, w_hh, b_hh, None, h0, c0, ref.y, dy, dh_n, dc_n, schedule, reverse,
+                              **extras)
         out_b = tier_module.backward(cell, out.saved, w_hh, b_hh, None, h0, c0, out.y, dy, dh_n, dc_n, schedule,
-                                     reverse, cfg)
+                                     reverse, cfg, **extras)
         pairs = dict(y=(out.y, ref.y), h_n=(out.h_n, ref.h_n), c_n=(out.c_n, ref.c_n),
                      dxg=(out_b.dxg, ref_b.dxg), dhg=(out_b.dhg, ref_b.dhg), dh0=(out_b.dh0, ref_b.dh0),
                      dc0=(out_b.dc0, ref_b.dc0), unsaved_y=(unsaved.y, ref.y), unsaved_h_n=(unsaved.h_n, ref.h_n),

@@ -9,6 +9,10 @@ LSTM with ``proj_size`` runs only here: the projection ``h_t = m_t @ W_hr^T`` is
 ``mm`` per step after the step kernel (which writes ``m_t`` to a ``(B, H)`` buffer), and
 in backward ``dh`` / ``dm = dh @ W_hr`` are torch ops per step before a pointwise step
 kernel; the launch count per step stays one, but each step also runs these torch ops.
+
+Every call can run here: a cell's per-unit parameters (``params``) and reset flags
+(``resets``) are read by the step kernels (:data:`EXTRAS`), and the other tiers send the
+calls they cannot run to this one.
 """
 
 from __future__ import annotations
@@ -20,15 +24,31 @@ from ..base import BackwardResult
 from . import buffers
 
 
+#: The optional inputs this tier's kernels read (see :mod:`fastrnn.backends.triton`).
+EXTRAS = ("params", "resets")
+
+
+def _extra_tensors(cell, hidden, params, resets, dummy_io, prep) -> tuple[dict, int]:
+    """The kernels' ``p_ptr`` / ``rst_ptr`` tensors and ``has_resets``; the bool flags are
+    passed as their uint8 bytes. A cell with per-unit parameters called without them (the
+    first-use check's problem) reads zeros, never past a placeholder."""
+    device = dummy_io.device
+    if params is None and cell.param_rows:
+        params = torch.zeros(cell.param_rows, hidden, dtype=dummy_io.dtype, device=device)
+    rst = prep(resets.view(torch.uint8)) if resets is not None else torch.zeros(16, dtype=torch.uint8, device=device)
+    return dict(p_ptr=prep(params) if params is not None else dummy_io, rst_ptr=rst), int(resets is not None)
+
+
 def _kernels():
     from ...kernels import recurrent_step  # imports triton
 
     return recurrent_step
 
 
-def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: bool, save: bool, config=None):
+def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: bool, save: bool, config=None,
+            params=None, resets=None):
     """The forward time loop on the step tier (``config`` is unused: the block sizes follow
-    ``H``)."""
+    ``H``); ``params`` / ``resets`` as in :mod:`fastrnn.backends.base`."""
     ks = _kernels()
     prep = ks.aligned_input
     dtype, device = xg.dtype, xg.device
@@ -58,6 +78,8 @@ def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: boo
         xg_ptr=xg, w_hh_ptr=w_hh, b_hh_ptr=bias, h_seq_ptr=y, h0_ptr=h0, out_ptr=m_buf if proj else y,
         c_prev_ptr=c_buf, c_init_ptr=c0, c_out_ptr=c_buf, gates_ptr=gates, extra_ptr=extra,
     )
+    extras, has_resets = _extra_tensors(cell, hidden, params, resets, dummy_io, prep)
+    tensors.update(extras)
     prev_off, n_prev = 0, 0
     launch = ks.forward_stepper(cell, tensors, hidden=hidden, save=save, tf32=buffers.tf32())
     for t in schedule.order(reverse):
@@ -65,6 +87,7 @@ def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: boo
         ints = dict(
             off=off, bs=bs, prev_off=prev_off, n_prev=n_prev, out_off=0 if proj else off,
             c_prev_off=prev_off if save else 0, c_out_off=off if save else 0, H=hidden, P=state,
+            has_resets=has_resets,
         )
         launch(ints)
         if proj:
@@ -75,8 +98,8 @@ def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: boo
 
 
 def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule: Schedule, reverse: bool,
-             config=None):
-    """The backward time loop on the step tier."""
+             config=None, params=None, resets=None):
+    """The backward time loop on the step tier (no gradient crosses a reset: see the kernels)."""
     ks = _kernels()
     prep = ks.aligned_input
     dtype, device = y.dtype, y.device
@@ -105,6 +128,8 @@ def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule:
         dr_ptr=dhg, w_hh_ptr=w_hh, dxg_ptr=dxg, dhg_ptr=dhg, dy_ptr=dy, dh_ptr=dh, dc_ptr=dc, dm_ptr=dm,
         gates_ptr=gates, c_seq_ptr=c_seq, c0_ptr=c0, extra_ptr=extra, h_seq_ptr=y, h0_ptr=h0,
     )
+    extras, has_resets = _extra_tensors(cell, hidden, params, resets, dummy_io, prep)
+    tensors.update(extras)
     order = list(schedule.order(reverse))  # forward processing order
     offsets, sizes = schedule.offsets, schedule.batch_sizes
     launch = ks.backward_stepper(cell, tensors, hidden=hidden, dm_given=proj, tf32=buffers.tf32())
@@ -119,13 +144,15 @@ def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule:
             # then pointwise only (DM_GIVEN).
             if s is not None:
                 dh[:s_bs] = dxg[s_off : s_off + s_bs].to(acc) @ w_hh_acc
+                if resets is not None:
+                    dh[:s_bs].masked_fill_(resets[s_off : s_off + s_bs, None], 0)
             dh[:q_bs] += dy[q_off : q_off + q_bs]
             dh_seq[q_off : q_off + q_bs] = dh[:q_bs]
             torch.mm(dh[:q_bs], w_hr_acc, out=dm[:q_bs])
         ints = dict(
             s_off=s_off, s_bs=s_bs, k_len=0 if (s is None or proj) else gates_n * hidden,
             q_off=q_off, q_bs=q_bs, q_prev_off=offsets[p] if p is not None else 0,
-            q_n_prev=sizes[p] if p is not None else 0, H=hidden, P=state,
+            q_n_prev=sizes[p] if p is not None else 0, H=hidden, P=state, has_resets=has_resets,
         )
         launch(ints)
 
@@ -137,6 +164,8 @@ def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule:
     dh[:bs] = dhg[lo : lo + bs].to(acc) @ w_hh_acc
     if direct is not None:
         dh[:bs] += direct
+    if resets is not None:  # sequences whose first step is a reset: no gradient reaches h0
+        dh[:bs].masked_fill_(resets[lo : lo + bs, None], 0)
 
     dw_hr = None
     if proj:

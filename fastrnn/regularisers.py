@@ -1,0 +1,104 @@
+"""Regularisers inside the recurrence: zoneout, recurrent (variational) dropout, DropConnect.
+
+- **Zoneout** (Krueger et al. 2016): in training, a fresh Bernoulli mask ``m`` per (step,
+  sequence, unit) with ``P(m = 1) = p`` keeps the previous state, ``h_t = m * h_{t-1} +
+  (1 - m) * h~_t`` (``c_t`` likewise with its own mask and ``p_c``), ``h~_t`` the cell's new
+  value; the output at step ``t`` is the zoned-out ``h_t``. In eval, the expectation:
+  ``h_t = p * h_{t-1} + (1 - p) * h~_t``. The masks are drawn with torch
+  (:func:`draw`): ``(N, H)`` bools per layer-direction, one byte per element (for h and
+  again for c: 64 MiB each at T=1024, B=64, H=1024).
+- **Recurrent dropout** (Gal & Ghahramani 2016): one mask per (sequence, unit) per forward
+  call, the same at every step: ``h_{t-1}`` becomes ``m * h_{t-1} / (1 - p)`` where it
+  enters ``W_hh`` (the state itself, and GRU's direct path ``z * h_{t-1}``, are untouched).
+  Passed to the time loop as the scale ``m / (1 - p)``, ``(B, H)`` in the layer's dtype.
+  Identity in eval.
+- **DropConnect on W_hh** (Merity et al. 2017): one mask over the entries of each ``W_hh``
+  per forward call, scaled by ``1 / (1 - p)``, training only: applied to the weight before
+  the layer runs (autograd carries the gradient through the mask).
+
+Every mask comes from torch's generator of the tensors' device, so ``torch.manual_seed``
+makes a run reproducible and every backend computes with the same masks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def check_probability(name: str, p) -> float:
+    """``p`` as a float in [0, 1), else torch's dropout error."""
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+        raise ValueError(f"{name} probability has to be between 0 and 1 (1 excluded), but got {p}")
+    return float(p)
+
+
+def zoneout_pair(value, has_c: bool) -> tuple[float, float]:
+    """``(p_h, p_c)`` from a float (h only) or, for a cell with a cell state, a pair."""
+    if isinstance(value, (tuple, list)):
+        if not has_c:
+            raise ValueError("zoneout: a pair (p_h, p_c) needs a cell with a cell state (LSTM); pass a float")
+        if len(value) != 2:
+            raise ValueError(f"zoneout: expected a float or a pair (p_h, p_c), got {value!r}")
+        return check_probability("zoneout", value[0]), check_probability("zoneout", value[1])
+    return check_probability("zoneout", value), 0.0
+
+
+@dataclass(frozen=True)
+class Zoneout:
+    """What one layer-direction's loop needs: the masks (training) or the probabilities
+    (eval) for h and c. A mask is ``(N, H)`` bool, rows in schedule order."""
+
+    mask_h: torch.Tensor | None = None
+    mask_c: torch.Tensor | None = None
+    p_h: float = 0.0
+    p_c: float = 0.0
+
+    @property
+    def on_h(self) -> bool:
+        return self.mask_h is not None or self.p_h > 0
+
+    @property
+    def on_c(self) -> bool:
+        return self.mask_c is not None or self.p_c > 0
+
+    def blend(self, which: str, prev, new, lo: int, hi: int):
+        """The zoned-out state of rows ``lo:hi`` from the state entering the step and the cell's new value."""
+        mask, p = (self.mask_h, self.p_h) if which == "h" else (self.mask_c, self.p_c)
+        if mask is not None:
+            return torch.where(mask[lo:hi], prev, new)
+        if p > 0:
+            return new + p * (prev - new)
+        return new
+
+    def split(self, which: str, grad, lo: int, hi: int):
+        """``(gradient of the cell's new value, gradient of the previous state)`` from the
+        gradient of the zoned-out state (the second is None when nothing is kept)."""
+        mask, p = (self.mask_h, self.p_h) if which == "h" else (self.mask_c, self.p_c)
+        if mask is not None:
+            m = mask[lo:hi]
+            return torch.where(m, 0, grad), torch.where(m, grad, 0)
+        if p > 0:
+            return grad * (1 - p), grad * p
+        return grad, None
+
+
+def draw_zoneout(rows: int, hidden: int, p_h: float, p_c: float, device) -> tuple:
+    """``(mask_h, mask_c)``: fresh ``(rows, H)`` Bernoulli masks (None where p is 0)."""
+    def mask(p):
+        return None if p == 0 else torch.rand(rows, hidden, device=device) < p
+
+    return mask(p_h), mask(p_c)
+
+
+def draw_recurrent_scale(batch: int, hidden: int, p: float, dtype, device) -> torch.Tensor:
+    """``m / (1 - p)`` with ``m`` a fresh ``(B, H)`` Bernoulli(1 - p) mask."""
+    keep = torch.rand(batch, hidden, device=device) >= p
+    return keep.to(dtype) / (1 - p)
+
+
+def drop_connect(w_hh: torch.Tensor, p: float) -> torch.Tensor:
+    """``W_hh`` with a fresh mask over its entries, scaled by ``1 / (1 - p)``."""
+    keep = torch.rand(w_hh.shape, device=w_hh.device) >= p
+    return w_hh * (keep.to(w_hh.dtype) / (1 - p))
