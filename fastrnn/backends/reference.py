@@ -6,7 +6,10 @@ that does not depend on the recurrence (activation derivatives, ``tanh(c)``) is 
 for the whole sequence in one op before the backward loop, so each step is a handful of
 kernels around one GEMM.
 
-Every cell other than torch's four runs the generic loop of
+``resets`` keep these loops: the steps where a row starts from zero mask that row's
+entering state and, in the backward, the gradient leaving it; the other steps run as
+without resets. The LayerNorm-LSTM / -GRU and peephole cells have loops of the same kind in
+:mod:`fastrnn.backends.reference_norm`; every other cell runs the generic loop of
 :mod:`fastrnn.backends.generic`, driven by the cell's torch pointwise functions.
 
 See :mod:`fastrnn.backends.base` for the interface and the state-buffer model of packed
@@ -19,7 +22,7 @@ import torch
 
 from ..kinds import CellKind
 from ..schedule import Schedule
-from . import generic
+from . import generic, reference_norm
 from .base import BackwardResult, ForwardResult
 
 name = "reference"
@@ -98,6 +101,57 @@ def _recurrent_grad(dh, dgates, w_hh, dy_next, carry=None):
         _head(dh, dy_next.shape[0]).add_(dy_next)
 
 
+def reset_steps(resets, schedule: Schedule):
+    """Per timestep, how the state entering it is reset: None (no row), True (every row)
+    or the ``(bs, 1)`` bool mask of the rows that start from zero.
+
+    One host read of ``resets`` per call: the steps without a reset (most of them) then run
+    exactly the loop without resets.
+    """
+    if resets is None:
+        return None
+    flags = resets.tolist()
+    cuts = []
+    for lo, bs in zip(schedule.offsets, schedule.batch_sizes):
+        count = sum(flags[lo : lo + bs])
+        cuts.append(None if count == 0 else True if count == bs else resets[lo : lo + bs].unsqueeze(1))
+    return cuts
+
+
+def reset_state(state, cut, zero):
+    """``state`` (the state entering a step) with the rows ``cut`` marks set to zero
+    (``zero``: a zero tensor of at least its shape)."""
+    if cut is None:
+        return state
+    if cut is True:
+        return _head(zero, state.shape[0])
+    return state.masked_fill(cut, 0)
+
+
+def reset_sequence(seq, resets):
+    """A whole sequence of entering states with the reset rows zeroed (for the backward's
+    whole-sequence factors)."""
+    return seq if resets is None else seq.masked_fill(resets.unsqueeze(1), 0)
+
+
+def cut_recurrent_grad(dh, dgates, w_hh, dy_next, cut, carry=None, dc=None):
+    """:func:`_recurrent_grad` for a step whose entering state was reset in the rows ``cut``
+    marks: no gradient reaches the state before them (``dh``, and ``dc`` when given, zero
+    there), while ``dy_next`` (the earlier step's own output gradient) is added to every row."""
+    bs = dgates.shape[0]
+    if cut is True:
+        dh[:bs].zero_()
+        if dc is not None:
+            dc[:bs].zero_()
+    else:
+        _recurrent_grad(dh, dgates, w_hh, None, carry)
+        dh[:bs].masked_fill_(cut, 0)
+        if dc is not None:
+            dc[:bs].masked_fill_(cut, 0)
+    if dy_next is not None:
+        _head(dh, dy_next.shape[0]).add_(dy_next)
+
+
 # --------------------------------------------------------------------------------------
 # LSTM
 #   i, f, g, o = sigmoid(xi + W_hi h), sigmoid(xf + W_hf h), tanh(xg + W_hg h), sigmoid(xo + W_ho h)
@@ -107,7 +161,7 @@ def _recurrent_grad(dh, dgates, w_hh, dy_next, carry=None):
 # --------------------------------------------------------------------------------------
 
 
-def _lstm_forward(xg, w_hh, w_hr, h0, c0, schedule, reverse, save):
+def _lstm_forward(xg, w_hh, w_hr, h0, c0, schedule, reverse, save, cuts):
     n_rows, hidden = xg.shape[0], c0.shape[1]
     batch = schedule.batch
     y = xg.new_empty(n_rows, h0.shape[1])
@@ -116,41 +170,71 @@ def _lstm_forward(xg, w_hh, w_hr, h0, c0, schedule, reverse, save):
     # batch keep their final value).
     c_seq = xg.new_empty(n_rows, hidden) if save else c0.clone()
     # tanh(c) is computed anyway for h; keeping it saves backward a pass of tanh over N*H.
-    tanh_c_seq = xg.new_empty(n_rows, hidden) if save else None
-    m_buf = xg.new_empty(batch, hidden) if w_hr is not None else None
+    # A call with resets keeps the generic loop's layout instead (gates, c and, with a
+    # projection, m): the layout of a call with loop inputs is the same whichever loop runs.
+    generic_layout = save and cuts is not None
+    tanh_c_seq = xg.new_empty(n_rows, hidden) if save and not generic_layout else None
+    tanh_buf = xg.new_empty(batch, hidden) if generic_layout else None
+    m_seq = xg.new_empty(n_rows, hidden) if generic_layout and w_hr is not None else None
+    m_buf = xg.new_empty(batch, hidden) if w_hr is not None and m_seq is None else None
     w_hh_t = w_hh.t().contiguous()  # one copy per call; the per-step GEMMs run faster on it
     w_hr_t = w_hr.t() if w_hr is not None else None
+    zero_c = torch.zeros_like(c0) if save and cuts is not None else None
     prev = None
     for t in schedule.order(reverse):
         lo, hi = _slot(schedule, t)
         bs = hi - lo
+        cut = None if cuts is None else cuts[t]
         # The gates overwrite this step's input projection in place (xg belongs to the
         # call): no second (N, 4H) buffer, no copy of xg into the GEMM's output.
-        gates = xg[lo:hi].addmm_(_previous_rows(y, h0, prev, bs), w_hh_t)
+        if cut is None:
+            gates = xg[lo:hi].addmm_(_previous_rows(y, h0, prev, bs), w_hh_t)
+        elif cut is True:
+            gates = xg[lo:hi]  # every row starts from h = 0
+        else:
+            gates = xg[lo:hi].addmm_(_previous_rows(y, h0, prev, bs).masked_fill(cut, 0), w_hh_t)
         gates[:, : 2 * hidden].sigmoid_()
         gates[:, 2 * hidden : 3 * hidden].tanh_()
         gates[:, 3 * hidden :].sigmoid_()
         i, f, g, o = gates.chunk(4, 1)
         if save:
-            cs = torch.mul(f, _previous_rows(c_seq, c0, prev, bs), out=c_seq[lo:hi])
+            c_prev = reset_state(_previous_rows(c_seq, c0, prev, bs), cut, zero_c)
+            cs = torch.mul(f, c_prev, out=c_seq[lo:hi])
         else:
-            cs = c_seq[:bs].mul_(f)
+            cs = c_seq[:bs]
+            if cut is True:
+                cs.zero_()
+            elif cut is not None:
+                cs.masked_fill_(cut, 0)
+            cs.mul_(f)
         cs.addcmul_(i, g)
-        h_out = y[lo:hi] if w_hr is None else m_buf[:bs]
+        h_out = y[lo:hi] if w_hr is None else m_buf[:bs] if m_seq is None else m_seq[lo:hi]
         if save:
-            torch.mul(torch.tanh(cs, out=tanh_c_seq[lo:hi]), o, out=h_out)
+            tanh_out = tanh_buf[:bs] if generic_layout else tanh_c_seq[lo:hi]
+            torch.mul(torch.tanh(cs, out=tanh_out), o, out=h_out)
         else:
             torch.tanh(cs, out=h_out).mul_(o)
         if w_hr is not None:
             torch.mm(h_out, w_hr_t, out=y[lo:hi])
         prev = (lo, hi)
     c_n = schedule.final(c_seq, reverse) if save else c_seq
-    saved = (xg, c_seq, tanh_c_seq) if save else ()
+    if not save:
+        saved = ()
+    elif generic_layout:
+        saved = (xg, c_seq) if m_seq is None else (xg, c_seq, m_seq)
+    else:
+        saved = (xg, c_seq, tanh_c_seq)
     return ForwardResult(y, schedule.final(y, reverse), c_n, saved)
 
 
-def _lstm_backward(saved, w_hh, w_hr, c0, dy, dh_n, dc_n, schedule, reverse):
-    gates_seq, c_seq, tanh_c = saved
+def _lstm_backward(saved, w_hh, w_hr, c0, dy, dh_n, dc_n, schedule, reverse, resets, cuts):
+    m_seq = None
+    if cuts is None:
+        gates_seq, c_seq, tanh_c = saved
+    else:  # (the generic loop's layout: see _lstm_forward)
+        gates_seq, c_seq, *kept = saved
+        tanh_c = torch.tanh(c_seq)
+        m_seq = kept[0] if kept else None
     hidden = c_seq.shape[1]
     i, f, g, o = gates_seq.chunk(4, 1)
     # Whole-sequence factors: dgates_pre = [dc*i', dc*f', dc*g', dm*o'] with
@@ -162,7 +246,7 @@ def _lstm_backward(saved, w_hh, w_hr, c0, dy, dh_n, dc_n, schedule, reverse):
     di, df, dg, do = dgates.chunk(4, 1)
     torch.mul(g, g, out=dg).neg_().add_(1).mul_(i)  # (1 - g^2) * i
     di.mul_(g)
-    df.mul_(schedule.previous(c_seq, c0, reverse))
+    df.mul_(reset_sequence(schedule.previous(c_seq, c0, reverse), resets))
     do.mul_(tanh_c)
     dc_from_m = torch.mul(tanh_c, tanh_c).neg_().add_(1).mul_(o)  # dc += dm * o * (1 - tanh(c)^2)
 
@@ -182,10 +266,14 @@ def _lstm_backward(saved, w_hh, w_hr, c0, dy, dh_n, dc_n, schedule, reverse):
         step[:, :3].mul_(dcs.unsqueeze(1))
         step[:, 3].mul_(dm)
         dcs.mul_(f[lo:hi])
-        _recurrent_grad(dh, dgates[lo:hi], w_hh, dy_next)
+        cut = None if cuts is None else cuts[t]
+        if cut is None:
+            _recurrent_grad(dh, dgates[lo:hi], w_hh, dy_next)
+        else:
+            cut_recurrent_grad(dh, dgates[lo:hi], w_hh, dy_next, cut, dc=dc)
     dw_hr = None
     if w_hr is not None:
-        dw_hr = dh_seq.t() @ (o * tanh_c)
+        dw_hr = dh_seq.t() @ (o * tanh_c if m_seq is None else m_seq)
     return BackwardResult(dgates, dgates, dh, dc, dw_hr)
 
 
@@ -198,7 +286,7 @@ def _lstm_backward(saved, w_hh, w_hr, c0, dy, dh_n, dc_n, schedule, reverse):
 # --------------------------------------------------------------------------------------
 
 
-def _gru_forward(xg, w_hh, b_hh, h0, schedule, reverse, save):
+def _gru_forward(xg, w_hh, b_hh, h0, schedule, reverse, save, cuts):
     n_rows, hidden = xg.shape[0], h0.shape[1]
     batch = schedule.batch
     y = xg.new_empty(n_rows, hidden)
@@ -213,10 +301,13 @@ def _gru_forward(xg, w_hh, b_hh, h0, schedule, reverse, save):
         (0, 2 * hidden), (0, hidden), (hidden, 2 * hidden), (2 * hidden, 3 * hidden)))
     y_rows = y.split_with_sizes(sizes)
     hn_rows = hn_seq.split_with_sizes(sizes) if save else None
+    zero = torch.zeros_like(h0) if cuts is not None else None
     h = h0
     for t in schedule.order(reverse):
         bs = sizes[t]
         hs = _state_rows(h, h0, bs)
+        if cuts is not None:
+            hs = reset_state(hs, cuts[t], zero)
         hg = _head(hg_buf, bs)
         if b_hh is None:
             torch.mm(hs, w_hh_t, out=hg)
@@ -232,7 +323,7 @@ def _gru_forward(xg, w_hh, b_hh, h0, schedule, reverse, save):
     return ForwardResult(y, schedule.final(y, reverse), None, saved)
 
 
-def _gru_backward(saved, w_hh, h0, y, dy, dh_n, schedule, reverse):
+def _gru_backward(saved, w_hh, h0, y, dy, dh_n, schedule, reverse, resets, cuts):
     gates_seq, hn_seq = saved
     hidden = hn_seq.shape[1]
     r, z, n = gates_seq.chunk(3, 1)
@@ -251,7 +342,8 @@ def _gru_backward(saved, w_hh, h0, y, dy, dh_n, schedule, reverse):
     torch.mul(r, r, out=dxr)
     torch.sub(r, dxr, out=dxr).mul_(hn_seq).mul_(dxn)  # r * (1-r) * hn * dxn
     torch.mul(z, z, out=dxz)
-    torch.sub(z, dxz, out=dxz).mul_(schedule.previous(y, h0, reverse).sub_(n))  # z * (1-z) * (h - n)
+    h_prev = reset_sequence(schedule.previous(y, h0, reverse), resets)
+    torch.sub(z, dxz, out=dxz).mul_(h_prev.sub_(n))  # z * (1-z) * (h - n)
     dhg = dxg.clone()
     dhg[:, 2 * hidden :].mul_(r)
 
@@ -265,7 +357,11 @@ def _gru_backward(saved, w_hh, h0, y, dy, dh_n, schedule, reverse):
         scale = dhs.unsqueeze(1)
         dxg_rows[t].mul_(scale)
         dhg_t = dhg_rows[t].mul_(scale)
-        _recurrent_grad(dh, dhg_t.view(bs, 3 * hidden), w_hh, dy_next, carry=(dhs, z_rows[t]))
+        cut = None if cuts is None else cuts[t]
+        if cut is None:
+            _recurrent_grad(dh, dhg_t.view(bs, 3 * hidden), w_hh, dy_next, carry=(dhs, z_rows[t]))
+        else:
+            cut_recurrent_grad(dh, dhg_t.view(bs, 3 * hidden), w_hh, dy_next, cut, carry=(dhs, z_rows[t]))
     return BackwardResult(dxg, dhg, dh, None, None)
 
 
@@ -274,7 +370,7 @@ def _gru_backward(saved, w_hh, h0, y, dy, dh_n, schedule, reverse):
 # --------------------------------------------------------------------------------------
 
 
-def _rnn_forward(kind, xg, w_hh, h0, schedule, reverse):
+def _rnn_forward(kind, xg, w_hh, h0, schedule, reverse, cuts):
     # Each step overwrites its own rows of the input projection with h' (xg belongs to the
     # call and has y's shape): one GEMM and one activation per step, in place.
     w_hh_t = w_hh.t().contiguous()  # one copy per call; the per-step GEMMs run faster on it
@@ -283,11 +379,17 @@ def _rnn_forward(kind, xg, w_hh, h0, schedule, reverse):
     h = h0
     for t in schedule.order(reverse):
         x_t = rows[t]
-        h = act(x_t.addmm_(_state_rows(h, h0, x_t.shape[0]), w_hh_t))
+        cut = None if cuts is None else cuts[t]
+        if cut is None:
+            h = act(x_t.addmm_(_state_rows(h, h0, x_t.shape[0]), w_hh_t))
+        elif cut is True:
+            h = act(x_t)  # every row starts from h = 0
+        else:
+            h = act(x_t.addmm_(_state_rows(h, h0, x_t.shape[0]).masked_fill(cut, 0), w_hh_t))
     return ForwardResult(xg, schedule.final(xg, reverse), None, ())
 
 
-def _rnn_backward(kind, w_hh, y, dy, dh_n, schedule, reverse):
+def _rnn_backward(kind, w_hh, y, dy, dh_n, schedule, reverse, cuts):
     # dpre = dh * act'(pre): 1 - h'^2 for tanh, [not h' <= 0] for relu (torch's relu' is 0 at
     # 0 and 1 at NaN: its threshold_backward zeroes only where h' <= 0).
     if kind is CellKind.RNN_TANH:
@@ -299,7 +401,11 @@ def _rnn_backward(kind, w_hh, y, dy, dh_n, schedule, reverse):
     for t, dy_next in _backward_order(schedule, reverse, dh, dy):
         step = dxg_rows[t]
         step.mul_(_head(dh, step.shape[0]))
-        _recurrent_grad(dh, step, w_hh, dy_next)
+        cut = None if cuts is None else cuts[t]
+        if cut is None:
+            _recurrent_grad(dh, step, w_hh, dy_next)
+        else:
+            cut_recurrent_grad(dh, step, w_hh, dy_next, cut)
     return BackwardResult(dxg, dxg, dh, None, None)
 
 
@@ -313,8 +419,10 @@ def saved_layout(kind, rows, hidden, dtype, save, resets=False, proj=False, zone
 
     LSTM: gates ``(N, 4H)`` (i, f, g, o), ``c`` and ``tanh(c)`` ``(N, H)``; GRU: gates
     ``(N, 3H)`` (r, z, n) and ``W_hn h + b_hn`` ``(N, H)``; plain RNN: nothing (backward
-    reads ``y``); any other cell, and a call with ``resets``:
-    :func:`fastrnn.backends.generic.saved_layout`.
+    reads ``y``); the variant cells with a loop of their own:
+    :func:`fastrnn.backends.reference_norm.saved_layout`; any other cell, and every call
+    with ``resets`` (whichever loop runs it: the tuned loops keep the generic one's tensors
+    then): :func:`fastrnn.backends.generic.saved_layout`.
     """
     if resets:
         return generic.saved_layout(kind, rows, hidden, dtype, save, proj, zoneout)
@@ -325,7 +433,9 @@ def saved_layout(kind, rows, hidden, dtype, save, resets=False, proj=False, zone
         return [((rows, kind.gates * hidden), dtype)] + [((rows, hidden), dtype)] * extra
     if kind is CellKind.RNN_TANH or kind is CellKind.RNN_RELU:
         return []
-    return generic.saved_layout(kind, rows, hidden, dtype, save)
+    if reference_norm.loops(kind) is not None:
+        return reference_norm.saved_layout(kind, rows, hidden, dtype, save)
+    return generic.saved_layout(kind, rows, hidden, dtype, save, proj)
 
 
 def _refuse_projection(kind, w_hr):
@@ -336,32 +446,49 @@ def _refuse_projection(kind, w_hr):
 def forward(kind, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save, params=None, resets=None, **loop):
     """Run the forward time loop; see :mod:`fastrnn.backends.base`.
 
-    torch's four cells run their own loops; ``resets``, the regularisers (``loop``:
-    ``zoneout``, ``recurrent_scale``) and every other cell run the generic one.
+    torch's four cells and the variants of :mod:`fastrnn.backends.reference_norm` run their
+    own loops, with or without ``resets``; the regularisers (``loop``: ``zoneout``,
+    ``recurrent_scale``) and every other cell run the generic one.
     """
-    if resets is None and not loop:
-        if kind is CellKind.LSTM:
-            return _lstm_forward(xg, w_hh, w_hr, h0, c0, schedule, reverse, save)
-        if kind is CellKind.GRU:
-            return _gru_forward(xg, w_hh, b_hh, h0, schedule, reverse, save)
-        if kind is CellKind.RNN_TANH or kind is CellKind.RNN_RELU:
-            return _rnn_forward(kind, xg, w_hh, h0, schedule, reverse)
-    if kind is not CellKind.LSTM:
-        _refuse_projection(kind, w_hr)
-    return generic.forward(kind, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save, params, resets, **loop)
+    if loop:
+        if kind is not CellKind.LSTM:
+            _refuse_projection(kind, w_hr)
+        return generic.forward(kind, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save, params, resets, **loop)
+    cuts = reset_steps(resets, schedule)
+    if kind is CellKind.LSTM:
+        return _lstm_forward(xg, w_hh, w_hr, h0, c0, schedule, reverse, save, cuts)
+    _refuse_projection(kind, w_hr)
+    if kind is CellKind.GRU:
+        return _gru_forward(xg, w_hh, b_hh, h0, schedule, reverse, save, cuts)
+    if kind is CellKind.RNN_TANH or kind is CellKind.RNN_RELU:
+        return _rnn_forward(kind, xg, w_hh, h0, schedule, reverse, cuts)
+    loops = reference_norm.loops(kind)
+    if loops is not None:
+        with torch.no_grad():
+            return loops.forward(xg, w_hh, b_hh, h0, c0, schedule, reverse, save, params, cuts)
+    return generic.forward(kind, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save, params, resets)
 
 
 def backward(kind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reverse, params=None,
              resets=None, **loop):
     """Run the backward time loop; see :mod:`fastrnn.backends.base`."""
-    if resets is None and not loop:
-        if kind is CellKind.LSTM:
-            return _lstm_backward(saved, w_hh, w_hr, c0, dy, dh_n, dc_n, schedule, reverse)
-        if kind is CellKind.GRU:
-            return _gru_backward(saved, w_hh, h0, y, dy, dh_n, schedule, reverse)
-        if kind is CellKind.RNN_TANH or kind is CellKind.RNN_RELU:
-            return _rnn_backward(kind, w_hh, y, dy, dh_n, schedule, reverse)
-    if kind is not CellKind.LSTM:
-        _refuse_projection(kind, w_hr)
+    if loop:
+        if kind is not CellKind.LSTM:
+            _refuse_projection(kind, w_hr)
+        return generic.backward(kind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reverse,
+                                params, resets, **loop)
+    cuts = reset_steps(resets, schedule)
+    if kind is CellKind.LSTM:
+        return _lstm_backward(saved, w_hh, w_hr, c0, dy, dh_n, dc_n, schedule, reverse, resets, cuts)
+    _refuse_projection(kind, w_hr)
+    if kind is CellKind.GRU:
+        return _gru_backward(saved, w_hh, h0, y, dy, dh_n, schedule, reverse, resets, cuts)
+    if kind is CellKind.RNN_TANH or kind is CellKind.RNN_RELU:
+        return _rnn_backward(kind, w_hh, y, dy, dh_n, schedule, reverse, cuts)
+    loops = reference_norm.loops(kind)
+    if loops is not None:
+        with torch.no_grad():
+            return loops.backward(saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, reverse, params, resets,
+                                  cuts)
     return generic.backward(kind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reverse, params,
                             resets, **loop)
