@@ -186,10 +186,10 @@ def test_variant_throughput(benchmark, case: VariantCase):
     call = Call(fast._kind, case.dtype, packed=False, proj=False, needs_grad=case.direction == "fwd+bwd",
                 tracing=False)
     backend = resolve_name(None, device, call)
-    if resets is not None and backend in ("native", "triton"):
-        from fastrnn.functional import _with_resets
+    if resets is not None:
+        from fastrnn.functional import _with_loop_inputs
 
-        backend = _with_resets(backend, None, device)
+        backend = _with_loop_inputs(backend, None, device, ("resets",))
     benchmark.extra_info.update({
         "variant": case.variant, "kind": case.kind, "pass": case.direction, "backend": backend,
         "shape": {"T": case.steps, "B": case.batch, "I": case.input, "H": case.hidden},

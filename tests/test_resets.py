@@ -142,5 +142,5 @@ def test_refusals_before_any_work(monkeypatch):
 
 def test_native_backend_refuses_resets():
     m = fastrnn.LSTM(3, 4, backend="native")
-    with pytest.raises(RuntimeError, match="cannot reset the state inside a sequence"):
+    with pytest.raises(RuntimeError, match="backend 'native' runs torch's own kernels, which have no resets inside a sequence"):
         m(torch.randn(5, 2, 3), resets=torch.zeros(5, 2, dtype=torch.bool))

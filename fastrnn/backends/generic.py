@@ -1,7 +1,8 @@
 """The reference backend's time loop for any cell, driven by its torch pointwise functions.
 
-:mod:`fastrnn.backends.reference` keeps a hand-tuned loop for each of torch's four cells
-and runs every other :class:`~fastrnn.cells.Cell` here: one loop over the
+:mod:`fastrnn.backends.reference` keeps hand-tuned loops for torch's four cells and
+fastrnn's variants (peephole, LayerNorm) and runs every other :class:`~fastrnn.cells.Cell`
+here, and every call with zoneout or recurrent dropout: one loop over the
 :class:`~fastrnn.schedule.Schedule` (packed rows, either direction, ``h0`` / ``c0``) that
 calls ``cell.torch_forward`` / ``cell.torch_backward`` on each step's rows (see
 :mod:`fastrnn.cells.base` for the pointwise interface). It builds no autograd graph (it
