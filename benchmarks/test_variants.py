@@ -9,6 +9,9 @@
   without peepholes); target at most 1.15x.
 - ``resets``: ``fastrnn.LSTM`` / ``GRU`` / ``RNN`` with reset flags (a reset every 10 steps
   in every sequence) against the same layer without; target at most 1.15x.
+- ``zoneout`` (0.1; ``(0.1, 0.1)`` for the LSTM), ``rdrop`` (recurrent dropout 0.25), ``wdrop``
+  (DropConnect 0.5): training (``fwd+bwd``) only, against the same layer without; target at
+  most 1.15x.
 
 Both passes (``fwd`` under no_grad, ``fwd+bwd``), on the CPU grid of ``test_throughput.py``
 (fp32; fp16 too on CUDA, where the same cases are collected for the GPU run). Each case
@@ -31,7 +34,10 @@ from fastrnn.backends import Call, resolve_name
 import interleave
 from test_throughput import DTYPE_NAMES, GPU_ONLY_REASON, GRID, bench_device, rounds_for, warmup_for
 
-TARGETS = {"LNLSTM": 0.5, "LNGRU": 0.5, "peephole": 1.15, "resets": 1.15}
+TARGETS = {"LNLSTM": 0.5, "LNGRU": 0.5, "peephole": 1.15, "resets": 1.15, "zoneout": 1.15, "rdrop": 1.15,
+           "wdrop": 1.15}
+REGULARISERS = {"zoneout": lambda kind: dict(zoneout=(0.1, 0.1) if kind == "LSTM" else 0.1),
+                "rdrop": lambda kind: dict(recurrent_dropout=0.25), "wdrop": lambda kind: dict(weight_drop=0.5)}
 
 
 class EagerLayerNorm(torch.nn.Module):
@@ -99,6 +105,11 @@ def variant_cases(device) -> list[VariantCase]:
                 for steps, batch, inp, hidden in GRID:
                     for dtype in dtypes:
                         out.append(VariantCase(variant, kind, direction, steps, batch, hidden, inp, dtype))
+    for variant in REGULARISERS:
+        for kind in ("LSTM", "GRU", "RNN"):
+            for steps, batch, inp, hidden in GRID:
+                for dtype in dtypes:
+                    out.append(VariantCase(variant, kind, "fwd+bwd", steps, batch, hidden, inp, dtype))
     return out
 
 
@@ -118,6 +129,10 @@ def _models(case: VariantCase, device):
         with torch.no_grad():
             for stem in ("weight_ci_l0", "weight_cf_l0", "weight_co_l0"):
                 getattr(fast, stem).normal_(0, 0.1)
+    elif case.variant in REGULARISERS:
+        baseline = getattr(fastrnn, case.kind)(case.input, case.hidden)
+        fast = getattr(fastrnn, case.kind)(case.input, case.hidden, **REGULARISERS[case.variant](case.kind))
+        fast.load_state_dict(baseline.state_dict())
     else:
         baseline = getattr(fastrnn, case.kind)(case.input, case.hidden)
         fast = getattr(fastrnn, case.kind)(case.input, case.hidden)
@@ -160,7 +175,9 @@ def _arm(module, x, grad_out, direction, device, resets=None):
 
 
 BASELINES = {"LNLSTM": "eager LayerNorm-LSTM loop", "LNGRU": "eager LayerNorm-GRU loop",
-             "peephole": "fastrnn.LSTM without peepholes", "resets": "the same layer without resets"}
+             "peephole": "fastrnn.LSTM without peepholes", "resets": "the same layer without resets",
+             "zoneout": "the same layer without zoneout", "rdrop": "the same layer without it",
+             "wdrop": "the same layer without it"}
 
 
 def _params():
@@ -196,10 +213,11 @@ def test_variant_throughput(benchmark, case: VariantCase):
     call = Call(fast._kind, case.dtype, packed=False, proj=False, needs_grad=case.direction == "fwd+bwd",
                 tracing=False)
     backend = resolve_name(None, device, call)
-    if resets is not None:
+    wants = {"resets": ("resets",), "zoneout": ("zoneout",), "rdrop": ("recurrent_scale",)}.get(case.variant, ())
+    if wants:
         from fastrnn.functional import _with_loop_inputs
 
-        backend = _with_loop_inputs(backend, None, device, ("resets",))
+        backend = _with_loop_inputs(backend, None, device, wants)
     benchmark.extra_info.update({
         "variant": case.variant, "kind": case.kind, "pass": case.direction, "backend": backend,
         "shape": {"T": case.steps, "B": case.batch, "I": case.input, "H": case.hidden},
