@@ -164,3 +164,57 @@ def test_regularisers_match_the_reference(coop, case):
     # The regularisers act: without them the reference gives other outputs.
     plain_out, _ = _run(module64, "reference", torch.float64, training, rounded, seed=7, regularised=False)
     assert not torch.allclose(plain_out["out"], want_out["out"])
+
+
+@pytest.mark.parametrize("registers", [True, False], ids=["registers", "tiled"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN_TANH"])
+def test_inference_matches_the_reference(coop, kind, registers):
+    """A forward without gradients (nothing saved: the tiled kernel's cell state goes through
+    its ``(B, H)`` buffer) with zoneout masks and the recurrent-dropout scale."""
+    coop(True, registers)
+    module = _module(kind, 1, True, dropout=True)
+    x, lengths, _, h0, c0 = _problem(kind, 5, 3, 1, True, True, False)
+    hx = (h0, c0) if c0 is not None else h0
+    runs = []
+    for backend in ("triton", "reference"):
+        clone = _copy(module, backend, torch.float64).train()
+        torch.manual_seed(3)
+        with torch.no_grad(), count_launches() as n:
+            out, hidden = clone(pack_padded_sequence(x, torch.tensor(lengths), enforce_sorted=False), hx)
+        runs.append([pad_packed_sequence(out)[0]] + (list(hidden) if c0 is not None else [hidden]))
+        if backend == "triton":
+            assert n.backward == 0 and ran(n) == {("forward", registers, 8)}
+    for got, want in zip(*runs):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("save", [True, False], ids=["save", "nosave"])
+@pytest.mark.parametrize("kind", ["LSTM", "PEEPHOLE", "GRU", "RNN_TANH"])
+def test_saved_tuple_has_the_shared_layout(coop, kind, save):
+    """The forward's ``saved`` tuple with zoneout has the shapes and dtypes of
+    ``buffers.saved_layout`` (what every tier's backward reads): the cell's own c / h last."""
+    from fastrnn.backends import triton as backend
+    from fastrnn.regularisers import Zoneout
+    from fastrnn.schedule import Schedule
+
+    coop(True, True)
+    cell = MODULES[kind]()._kind
+    steps, batch, gates = 4, 3, cell.gates
+    rows = steps * batch
+    gen = torch.Generator().manual_seed(5)
+    zone = Zoneout(mask_h=torch.rand(rows, HIDDEN, generator=gen) < 0.3,
+                   mask_c=(torch.rand(rows, HIDDEN, generator=gen) < 0.3) if cell.has_cell_state else None)
+    xg = torch.randn(rows, gates * HIDDEN, generator=gen, dtype=torch.float64)
+    w_hh = torch.randn(gates * HIDDEN, HIDDEN, generator=gen, dtype=torch.float64) / 4
+    b_hh = torch.randn(gates * HIDDEN, generator=gen, dtype=torch.float64)
+    h0 = torch.randn(batch, HIDDEN, generator=gen, dtype=torch.float64)
+    c0 = torch.randn(batch, HIDDEN, generator=gen, dtype=torch.float64) if cell.has_cell_state else None
+    params = torch.rand(cell.param_rows, HIDDEN, generator=gen, dtype=torch.float64) if cell.param_rows else None
+    with count_launches() as n:
+        res = backend.forward(cell, xg, w_hh, b_hh, None, h0, c0, Schedule.uniform(steps, batch), False, save,
+                              params=params, zoneout=zone)
+    assert ran(n) == {("forward", True, 8)}
+    layout = backend.saved_layout(cell, rows, HIDDEN, torch.float64, save, zoneout=(zone.on_h, zone.on_c))
+    assert [(tuple(t.shape), t.dtype) for t in res.saved] == [(tuple(s), d) for s, d in layout]
+    # (gates, c, cell_c); (gates, e) (GRU reads no h); (cell_h,) (a plain RNN saves nothing else)
+    assert len(layout) == ({"LSTM": 3, "PEEPHOLE": 3, "GRU": 2, "RNN_TANH": 1}[kind] if save else 0)
