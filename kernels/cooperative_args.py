@@ -43,15 +43,15 @@ def constexprs(cell, dtype: torch.dtype, tf32: bool, cfg: CoopConfig, forward: b
     )
 
 
-# Pointer arguments in order, with what each holds: "io" (the layer's dtype), "acc" (fp32;
-# fp64 for fp64 I/O), "i32" or "u8" (reset flags, zoneout masks). Runtime scalars are int32 but
-# for those in FLOATS (fp32: the zoneout probabilities).
 #: The regularisers' pointers, last in both kernels: the recurrent-dropout scale, the zoneout
 #: masks of h and c, the cell's own new c and h (kept with zoneout).
 ZONEOUT_POINTERS = (
     ("scale_ptr", "io"), ("mask_h_ptr", "u8"), ("mask_c_ptr", "u8"), ("cell_c_ptr", "acc"), ("cell_h_ptr", "io"),
 )
+#: The fp32 runtime scalars (the zoneout eval probabilities); every other one is int32.
 FLOATS = ("p_h", "p_c")
+# Pointer arguments in order, with what each holds: "io" (the layer's dtype), "acc" (fp32;
+# fp64 for fp64 I/O), "i32" or "u8" (reset flags, zoneout masks); then the runtime scalars.
 FORWARD_POINTERS = (
     ("xg_ptr", "io"), ("w_hh_ptr", "io"), ("b_hh_ptr", "io"), ("h0_ptr", "io"), ("c0_ptr", "acc"),
     ("y_ptr", "io"), ("c_ptr", "acc"), ("gates_ptr", "io"), ("hn_ptr", "io"), ("sizes_ptr", "i32"),
