@@ -394,12 +394,11 @@ def cooperative_backward_kernel(
             elif zoneout_h != 0:
                 acc += dh_old
             dh = reset_cut(tl.where(s_rows[:, None], acc, dh_old), resets_ptr, s_off, rows, s_rows, has_resets)
-            dh_q = dh + tl.load(dy_ptr + (q_off + rows)[:, None] * H + cols[None, :], mask=q_mask, other=0.0).to(ACC)
-            dc = dh_q
+            dc = dh
             dc_ptrs = dc_ptr + rows[:, None] * H + cols[None, :]
             if HAS_C:
                 dc = tl.load(dc_ptrs, mask=q_mask, other=0.0).to(ACC)
-            dc_prev, carry = backward_cell(dh_q, dc, q_off, p_off, p_bs, rows, q_rows, cols, q_mask, dxg_ptr,
+            dc_prev, carry = backward_cell(dh, dy_ptr, dc, q_off, p_off, p_bs, rows, q_rows, cols, q_mask, dxg_ptr,
                                            dhg_ptr, gates_ptr, c_ptr, c0_ptr, hn_ptr, y_ptr, h0_ptr, resets_ptr,
                                            p0, p1, p2, H, has_resets, zone, CELL_BACKWARD, GATES, HAS_C, APART,
                                            SAVES, EXTRA, BWD_H, BWD_H_PREV, DIRECT, ACC, PARAMS)
@@ -472,8 +471,7 @@ def cooperative_backward_registers_kernel(
             elif zoneout_h != 0:
                 acc += dh
             dh = reset_cut(tl.where(s_mask, acc, dh), resets_ptr, s_off, rows, s_rows, has_resets)
-            dh_q = dh + tl.load(dy_ptr + (q_off + rows)[:, None] * H + cols[None, :], mask=q_mask, other=0.0).to(ACC)
-            dc_prev, carry = backward_cell(dh_q, dc, q_off, p_off, p_bs, rows, q_rows, cols, q_mask, dxg_ptr,
+            dc_prev, carry = backward_cell(dh, dy_ptr, dc, q_off, p_off, p_bs, rows, q_rows, cols, q_mask, dxg_ptr,
                                            dhg_ptr, gates_ptr, c_ptr, c0_ptr, hn_ptr, y_ptr, h0_ptr, resets_ptr,
                                            p0, p1, p2, H, has_resets, zone, CELL_BACKWARD, GATES, HAS_C, APART,
                                            SAVES, EXTRA, BWD_H, BWD_H_PREV, DIRECT, ACC, PARAMS)

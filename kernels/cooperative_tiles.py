@@ -400,13 +400,14 @@ def backward_gemm(dhg_ptr, s_off, rows, s_rows, w_hh_ptr, cols, col_mask, w_slab
 
 
 @triton.jit
-def backward_cell(dh_q, dc, q_off, p_off, p_bs, rows, q_rows_mask, cols, q_mask, dxg_ptr, dhg_ptr, gates_ptr,
+def backward_cell(dh, dy_ptr, dc, q_off, p_off, p_bs, rows, q_rows_mask, cols, q_mask, dxg_ptr, dhg_ptr, gates_ptr,
                   c_ptr, c0_ptr, hn_ptr, y_ptr, h0_ptr, resets_ptr, p0, p1, p2, H, has_resets, zone,
                   CELL_BACKWARD: tl.constexpr, GATES: tl.constexpr, HAS_C: tl.constexpr, APART: tl.constexpr,
                   SAVES: tl.constexpr, EXTRA: tl.constexpr, BWD_H: tl.constexpr, BWD_H_PREV: tl.constexpr,
                   DIRECT: tl.constexpr, ACC: tl.constexpr, PARAMS: tl.constexpr):
-    """Cell backward of step ``q`` for one tile, from ``dh_q`` (the total gradient reaching
-    ``h_q``) and ``dc`` (reaching ``c_q``, when ``HAS_C``): reads what the cell's flags say
+    """Cell backward of step ``q`` for one tile, from ``dh_q = dh + dy_q`` (the total gradient
+    reaching ``h_q``; ``dy`` read here, and read again for zoneout's part after the cell, so
+    no extra tile lives across the cell) and ``dc`` (reaching ``c_q``, when ``HAS_C``): reads what the cell's flags say
     it needs (saved gates, ``e``, ``c_q`` and ``c_{q-1}``, ``h_q``, ``h_{q-1}``), writes
     ``dx_k`` to ``dxg`` (and ``dr_k`` to ``dhg`` when ``APART``) of the rows of ``q_mask``;
     returns ``(dc_prev, carry)``: ``carry`` joins the gradient of ``h_{q-1}`` outside the
@@ -423,6 +424,8 @@ def backward_cell(dh_q, dc, q_off, p_off, p_bs, rows, q_rows_mask, cols, q_mask,
     (``cell_c`` / ``cell_h``, kept by the forward) instead of the zoned-out ones."""
     GH = GATES * H
     q_rows = (q_off + rows)[:, None]
+    state_offs = q_rows * H + cols[None, :]
+    dh_q = dh + tl.load(dy_ptr + state_offs, mask=q_mask, other=0.0).to(ACC)
     # Tiles the cell does not read: any ACC tile of the shape.
     s0 = dh_q
     s1 = dh_q
@@ -454,16 +457,13 @@ def backward_cell(dh_q, dc, q_off, p_off, p_bs, rows, q_rows_mask, cols, q_mask,
         if GATES > 3:
             s3 = tl.load(g_ptrs + 3 * H, mask=q_mask, other=0.0).to(ACC)
     mask_h_ptr, mask_c_ptr, cell_c_ptr, cell_h_ptr, zoneout_h, zoneout_c, p_h, p_c = zone
-    state_offs = q_rows * H + cols[None, :]
     dh_cell = dh_q
     dc_cell = dc
-    kept_h = dh_q
-    kept_c = dc
     if zoneout_h != 0:
-        dh_cell, kept_h = zoneout_split(mask_h_ptr, zoneout_h, p_h, dh_q, state_offs, q_mask)
+        dh_cell, _ = zoneout_split(mask_h_ptr, zoneout_h, p_h, dh_q, state_offs, q_mask)
     if HAS_C:
         if zoneout_c != 0:
-            dc_cell, kept_c = zoneout_split(mask_c_ptr, zoneout_c, p_c, dc, state_offs, q_mask)
+            dc_cell, _ = zoneout_split(mask_c_ptr, zoneout_c, p_c, dc, state_offs, q_mask)
             c = tl.load(cell_c_ptr + state_offs, mask=q_mask, other=0.0).to(ACC)
         else:
             c = tl.load(c_ptr + state_offs, mask=q_mask, other=0.0).to(ACC)
@@ -480,15 +480,18 @@ def backward_cell(dh_q, dc, q_off, p_off, p_bs, rows, q_rows_mask, cols, q_mask,
     else:
         dx0, dx1, dx2, dx3, dr0, dr1, dr2, dr3, dh_direct, dc_prev = CELL_BACKWARD(
             dh_cell, dc_cell, s0, s1, s2, s3, e, c, c_prev, h, h_prev)
+    # Zoneout's parts, computed again from dc and dh + dy_q (the callers keep dc and dh).
     if HAS_C:
         if zoneout_c != 0:
-            dc_prev = dc_prev + kept_c
+            dc_prev = dc_prev + zoneout_split(mask_c_ptr, zoneout_c, p_c, dc, state_offs, q_mask)[1]
     if has_resets != 0:
         dc_prev = tl.where(cut[:, None], 0.0, dc_prev)
-    carry = dh_q  # placeholder when nothing is carried
+    carry = dh  # placeholder when nothing is carried
     if DIRECT:
         carry = dh_direct
     if zoneout_h != 0:
+        dh_q = dh + tl.load(dy_ptr + state_offs, mask=q_mask, other=0.0).to(ACC)
+        kept_h = zoneout_split(mask_h_ptr, zoneout_h, p_h, dh_q, state_offs, q_mask)[1]
         if DIRECT:
             carry = dh_direct + kept_h
         else:
