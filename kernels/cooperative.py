@@ -69,13 +69,16 @@ Optional inputs (:mod:`fastrnn.backends.base`): reset flags, uint8 per flat row,
 when ``has_resets`` is set: a flagged row's step starts from a zero state (its GEMM rows,
 ``h_{t-1}`` and ``c_{t-1}`` are zeroed before the cell), and in backward the gradient
 reaching that state (``dh`` after the GEMM and ``dh_direct``, ``dc_prev``) is zeroed;
-a cell's per-unit parameters (``p_ptr``, ``PARAMS`` rows, loaded once per program).
+a cell's per-unit parameters (``p_ptr``, ``PARAMS`` rows, loaded once per program); the
+recurrent-dropout scale and zoneout (:mod:`fastrnn.kernels.cooperative_tiles`): zoneout's
+part of ``dh_q`` joins ``dh_direct`` on its way to the next GEMM (the "carry").
 
 Compile-time choices: the variant, the cell (with ``PARAMS``), ``ACC``, ``PRECISION`` (TF32
 or IEEE), the block sizes and ``SLAB_K``; ``T``, ``B``, the direction, ``packed``, ``save``,
-``has_resets`` and the barrier arguments are runtime values (``do_not_specialize``). ``H``
-is a runtime value too, but Triton specialises it on divisibility by 16: with
-``H % 16 == 0`` the rows of ``W_hh``, ``y`` and ``xg`` are known 16-byte aligned, so loads vectorise and the streamed ``W_hh``
+``has_resets``, the regulariser flags and probabilities and the barrier arguments are runtime
+values (``do_not_specialize``). ``H`` is a runtime value too, but Triton specialises it on
+divisibility by 16: with ``H % 16 == 0`` the rows of ``W_hh``, ``y`` and ``xg`` are known
+16-byte aligned, so loads vectorise and the streamed ``W_hh``
 chunks are software-pipelined (measured: otherwise every bf16 load was a scalar
 ``ld.global.b16`` and nothing was pipelined). On a GPU the tier therefore runs only
 ``H % 16 == 0`` (:func:`fastrnn.kernels.fits.cooperative_refusal`), the specialisation the
@@ -114,6 +117,7 @@ from .cooperative_tiles import (
     forward_gemm,
     load_slab,
     reset_cut,
+    scaled,
     state_rows,
     step_rows,
     timestep,
@@ -138,7 +142,8 @@ ABSENT_PROGRAM = -1
 # --------------------------------------------------------------------------------------
 
 
-@triton.jit(do_not_specialize=["T", "B", "reverse", "packed", "save", "has_resets", "timeout_us", "absent"])
+@triton.jit(do_not_specialize=["T", "B", "reverse", "packed", "save", "has_resets", "timeout_us", "absent",
+                               "has_scale", "zoneout_h", "zoneout_c", "save_zoned", "p_h", "p_c"])
 def cooperative_forward_kernel(
     xg_ptr,  # (N, GATES*H) input projection, rows grouped by timestep
     w_hh_ptr,  # (GATES*H, H) recurrent weight
@@ -154,6 +159,10 @@ def cooperative_forward_kernel(
     sync_ptr,  # (1 + T,) int32, zero at launch: failure flag, one counter per barrier
     resets_ptr,  # (N,) uint8: 1 where the state entering the row's step is zero (has_resets)
     p_ptr,  # (PARAMS, H) the cell's per-unit parameters (PARAMS > 0)
+    scale_ptr,  # (B, H) recurrent-dropout scale of the state entering W_hh (has_scale)
+    mask_h_ptr, mask_c_ptr,  # (N, H) uint8 zoneout masks of h / c (zoneout_h / zoneout_c == 1)
+    cell_c_ptr,  # (N, H) ACC out: the cell's own new c before zoneout (save_zoned, zoneout_c, HAS_C)
+    cell_h_ptr,  # (N, H) out: the cell's own new h before zoneout (save_zoned, zoneout_h, BWD_H)
     T,  # timesteps
     B,  # batch size (rows of h0)
     H,  # hidden size
@@ -163,6 +172,10 @@ def cooperative_forward_kernel(
     has_resets,  # 1: read resets_ptr
     timeout_us,  # time budget of each grid barrier, microseconds
     absent,  # test switch: this program never arrives at a barrier (-1: none)
+    has_scale,  # 1: read scale_ptr
+    zoneout_h, zoneout_c,  # zoneout of h / c: 0 none, 1 the masks (training), 2 p_h / p_c (eval)
+    save_zoned,  # 1: write cell_c / cell_h (what the backward reads with zoneout)
+    p_h, p_c,  # fp32 zoneout probabilities (mode 2)
     CELL_FORWARD: tl.constexpr,  # the cell (Cell.kernel_constexprs): its pointwise forward,
     CELL_BACKWARD: tl.constexpr,  # ... backward (unused here),
     GATES: tl.constexpr,  # ... gate blocks (1 to 4),
@@ -188,6 +201,7 @@ def cooperative_forward_kernel(
     w_slab = load_slab(w_hh_ptr, H, GATES, PRECISION, BLOCK_H, SLAB_K, True)
     b0, b1, b2, b3 = recurrent_bias(b_hh_ptr, cols, col_mask, H, GATES, APART, ACC, BLOCK_H)
     p0, p1, p2 = unit_params(p_ptr, cols, col_mask, H, PARAMS, ACC, BLOCK_H)
+    zone = (mask_h_ptr, mask_c_ptr, cell_c_ptr, cell_h_ptr, zoneout_h, zoneout_c, p_h, p_c, save_zoned)
 
     prev_off = (B * 0).to(tl.int64)  # first row of the previous step
     n_prev = (B * 0).to(tl.int64)  # its active rows (0: every row starts from h0)
@@ -202,8 +216,9 @@ def cooperative_forward_kernel(
             row_mask = rows < bs
             mask = row_mask[:, None] & col_mask[None, :]
             h_rows = state_rows(y_ptr, prev_off, n_prev, h0_ptr, rows, H)
-            acc0, acc1, acc2, acc3 = forward_gemm(h_rows, row_mask, w_hh_ptr, cols, col_mask, w_slab, H,
-                                                  GATES, ACC, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K, SLAB_K)
+            acc0, acc1, acc2, acc3 = forward_gemm(h_rows, row_mask, w_hh_ptr, cols, col_mask, w_slab, H, scale_ptr,
+                                                  rows, has_scale, GATES, ACC, PRECISION, BLOCK_B, BLOCK_H,
+                                                  BLOCK_K, SLAB_K)
             c_prev = acc0  # placeholders for what the cell does not read
             h_prev = acc0
             if HAS_C:
@@ -211,9 +226,12 @@ def cooperative_forward_kernel(
                 c_prev = tl.load(c_rows[:, None] + cols[None, :], mask=mask, other=0.0)
             if FWD_H_PREV:
                 h_prev = tl.load(h_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(ACC)
+            elif zoneout_h != 0:
+                h_prev = tl.load(h_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(ACC)
             h_new, c = forward_cell(xg_ptr, y_ptr, gates_ptr, hn_ptr, resets_ptr, off, rows, row_mask, cols, mask,
                                     acc0, acc1, acc2, acc3, b0, b1, b2, b3, c_prev, h_prev, p0, p1, p2, H, save,
-                                    has_resets, CELL_FORWARD, GATES, APART, SAVES, EXTRA, ACC, PARAMS)
+                                    has_resets, zone, CELL_FORWARD, GATES, APART, SAVES, EXTRA, ACC, PARAMS, HAS_C,
+                                    BWD_H)
             if HAS_C:
                 c_ptrs = c_ptr + (c_out_off + rows)[:, None] * H + cols[None, :]
                 tl.store(c_ptrs, c.to(c_ptr.dtype.element_ty), mask=mask)
@@ -225,12 +243,15 @@ def cooperative_forward_kernel(
         j += 1
 
 
-@triton.jit(do_not_specialize=["T", "B", "reverse", "packed", "save", "has_resets", "timeout_us", "absent"])
+@triton.jit(do_not_specialize=["T", "B", "reverse", "packed", "save", "has_resets", "timeout_us", "absent",
+                               "has_scale", "zoneout_h", "zoneout_c", "save_zoned", "p_h", "p_c"])
 def cooperative_forward_registers_kernel(
     xg_ptr, w_hh_ptr, b_hh_ptr, h0_ptr, c0_ptr, y_ptr,
     c_ptr,  # ACC out, HAS_C: (N, H) c of every step with save, else (B, H): c_n, written once at the end
     gates_ptr, hn_ptr, sizes_ptr, offsets_ptr, sync_ptr, resets_ptr, p_ptr,
+    scale_ptr, mask_h_ptr, mask_c_ptr, cell_c_ptr, cell_h_ptr,
     T, B, H, reverse, packed, save, has_resets, timeout_us, absent,
+    has_scale, zoneout_h, zoneout_c, save_zoned, p_h, p_c,
     CELL_FORWARD: tl.constexpr, CELL_BACKWARD: tl.constexpr, GATES: tl.constexpr, HAS_C: tl.constexpr,
     APART: tl.constexpr, SAVES: tl.constexpr, EXTRA: tl.constexpr, FWD_H_PREV: tl.constexpr, BWD_H: tl.constexpr,
     BWD_H_PREV: tl.constexpr, DIRECT: tl.constexpr,
@@ -247,6 +268,7 @@ def cooperative_forward_registers_kernel(
     w_slab = load_slab(w_hh_ptr, H, GATES, PRECISION, BLOCK_H, SLAB_K, True)
     b0, b1, b2, b3 = recurrent_bias(b_hh_ptr, cols, col_mask, H, GATES, APART, ACC, BLOCK_H)
     p0, p1, p2 = unit_params(p_ptr, cols, col_mask, H, PARAMS, ACC, BLOCK_H)
+    zone = (mask_h_ptr, mask_c_ptr, cell_c_ptr, cell_h_ptr, zoneout_h, zoneout_c, p_h, p_c, save_zoned)
 
     first = tl.program_id(1) * BLOCK_B
     rows = first + tl.arange(0, BLOCK_B).to(tl.int64)
@@ -271,11 +293,17 @@ def cooperative_forward_registers_kernel(
             row_mask = rows < bs
             mask = row_mask[:, None] & col_mask[None, :]
             h_rows = state_rows(y_ptr, prev_off, n_prev, h0_ptr, rows, H)
-            acc0, acc1, acc2, acc3 = forward_gemm(h_rows, row_mask, w_hh_ptr, cols, col_mask, w_slab, H,
-                                                  GATES, ACC, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K, SLAB_K)
+            acc0, acc1, acc2, acc3 = forward_gemm(h_rows, row_mask, w_hh_ptr, cols, col_mask, w_slab, H, scale_ptr,
+                                                  rows, has_scale, GATES, ACC, PRECISION, BLOCK_B, BLOCK_H,
+                                                  BLOCK_K, SLAB_K)
+            h_prev = h
+            if not FWD_H_PREV:
+                if zoneout_h != 0:  # zoneout reads h_{t-1} (y of the step before, or h0)
+                    h_prev = tl.load(h_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(ACC)
             h_new, c_new = forward_cell(xg_ptr, y_ptr, gates_ptr, hn_ptr, resets_ptr, off, rows, row_mask, cols,
-                                        mask, acc0, acc1, acc2, acc3, b0, b1, b2, b3, c, h, p0, p1, p2, H, save,
-                                        has_resets, CELL_FORWARD, GATES, APART, SAVES, EXTRA, ACC, PARAMS)
+                                        mask, acc0, acc1, acc2, acc3, b0, b1, b2, b3, c, h_prev, p0, p1, p2, H, save,
+                                        has_resets, zone, CELL_FORWARD, GATES, APART, SAVES, EXTRA, ACC, PARAMS,
+                                        HAS_C, BWD_H)
             if HAS_C:
                 c = tl.where(mask, c_new, c)
                 if save != 0:
@@ -299,7 +327,8 @@ def cooperative_forward_registers_kernel(
 # --------------------------------------------------------------------------------------
 
 
-@triton.jit(do_not_specialize=["T", "B", "reverse", "packed", "has_resets", "timeout_us", "absent"])
+@triton.jit(do_not_specialize=["T", "B", "reverse", "packed", "has_resets", "timeout_us", "absent",
+                               "has_scale", "zoneout_h", "zoneout_c", "p_h", "p_c"])
 def cooperative_backward_kernel(
     w_hh_ptr,  # (GATES*H, H) recurrent weight
     dxg_ptr,  # (N, GATES*H) out: gradient of the input projection
@@ -317,7 +346,10 @@ def cooperative_backward_kernel(
     offsets_ptr,  # (T,) int32 first row of each step (packed only)
     sync_ptr,  # (1 + T,) int32, zero at launch: failure flag, one counter per barrier
     resets_ptr, p_ptr,  # as in cooperative_forward_kernel: no gradient leaves a reset row into the step before
+    scale_ptr, mask_h_ptr, mask_c_ptr,  # as in cooperative_forward_kernel
+    cell_c_ptr, cell_h_ptr,  # (N, H) the forward's cell_c / cell_h (zoneout_c and HAS_C / zoneout_h and BWD_H)
     T, B, H, reverse, packed, has_resets, timeout_us, absent,  # as in cooperative_forward_kernel
+    has_scale, zoneout_h, zoneout_c, p_h, p_c,  # likewise
     CELL_FORWARD: tl.constexpr,  # the cell, as in cooperative_forward_kernel
     CELL_BACKWARD: tl.constexpr,
     GATES: tl.constexpr,
@@ -338,6 +370,7 @@ def cooperative_backward_kernel(
     col_mask = cols < H
     w_slab = load_slab(w_hh_ptr, H, GATES, PRECISION, BLOCK_H, SLAB_K, False)
     p0, p1, p2 = unit_params(p_ptr, cols, col_mask, H, PARAMS, ACC, BLOCK_H)
+    zone = (mask_h_ptr, mask_c_ptr, cell_c_ptr, cell_h_ptr, zoneout_h, zoneout_c, p_h, p_c)
 
     ok = T >= 0
     j = T - 1  # processing index of step q; j == -1: only the final GEMM (dh0)
@@ -355,24 +388,28 @@ def cooperative_backward_kernel(
             dh_old = tl.load(dh_ptrs, mask=any_mask, other=0.0)
             acc = backward_gemm(dhg_ptr, s_off, rows, s_rows, w_hh_ptr, cols, col_mask, w_slab, H,
                                 GATES, ACC, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K, SLAB_K)
-            if DIRECT:
+            acc = scaled(acc, scale_ptr, rows, s_rows, cols, col_mask, H, has_scale)
+            if DIRECT:  # the carry of s (dh_direct and the zoneout part of dh_s)
+                acc += dh_old
+            elif zoneout_h != 0:
                 acc += dh_old
             dh = reset_cut(tl.where(s_rows[:, None], acc, dh_old), resets_ptr, s_off, rows, s_rows, has_resets)
-            dh_q = dh + tl.load(dy_ptr + (q_off + rows)[:, None] * H + cols[None, :], mask=q_mask, other=0.0).to(ACC)
-            dc = dh_q
+            dc = dh
             dc_ptrs = dc_ptr + rows[:, None] * H + cols[None, :]
             if HAS_C:
                 dc = tl.load(dc_ptrs, mask=q_mask, other=0.0).to(ACC)
-            dc_prev, dh_direct = backward_cell(dh_q, dc, q_off, p_off, p_bs, rows, q_rows, cols, q_mask, dxg_ptr,
-                                               dhg_ptr, gates_ptr, c_ptr, c0_ptr, hn_ptr, y_ptr, h0_ptr, resets_ptr,
-                                               p0, p1, p2, H, has_resets, CELL_BACKWARD, GATES, HAS_C, APART, SAVES,
-                                               EXTRA, BWD_H, BWD_H_PREV, ACC, PARAMS)
+            dc_prev, carry = backward_cell(dh, dy_ptr, dc, q_off, p_off, p_bs, rows, q_rows, cols, q_mask, dxg_ptr,
+                                           dhg_ptr, gates_ptr, c_ptr, c0_ptr, hn_ptr, y_ptr, h0_ptr, resets_ptr,
+                                           p0, p1, p2, H, has_resets, zone, CELL_BACKWARD, GATES, HAS_C, APART,
+                                           SAVES, EXTRA, BWD_H, BWD_H_PREV, DIRECT, ACC, PARAMS)
             if HAS_C:
                 tl.store(dc_ptrs, dc_prev.to(dc_ptr.dtype.element_ty), mask=q_mask)
             dh_keep = dh
             if DIRECT:
-                # Rows of q carry dh_direct_q to the GEMM of the next iteration (same rows).
-                dh_keep = tl.where(q_rows[:, None], dh_direct, dh)
+                # Rows of q carry dh_direct_q (and zoneout's part) to the GEMM of the next iteration.
+                dh_keep = tl.where(q_rows[:, None], carry, dh)
+            elif zoneout_h != 0:
+                dh_keep = tl.where(q_rows[:, None], carry, dh)
             tl.store(dh_ptrs, dh_keep.to(dh_ptr.dtype.element_ty), mask=any_mask)
 
         if j >= 0:
@@ -380,13 +417,15 @@ def cooperative_backward_kernel(
         j -= 1
 
 
-@triton.jit(do_not_specialize=["T", "B", "reverse", "packed", "has_resets", "timeout_us", "absent"])
+@triton.jit(do_not_specialize=["T", "B", "reverse", "packed", "has_resets", "timeout_us", "absent",
+                               "has_scale", "zoneout_h", "zoneout_c", "p_h", "p_c"])
 def cooperative_backward_registers_kernel(
     w_hh_ptr, dxg_ptr, dhg_ptr, dy_ptr,
     dh_ptr,  # (B, H) ACC: dh_n in, dh0 out (read once before the loop, written once after it)
     dc_ptr,  # (B, H) ACC: dc_n in, dc0 out (HAS_C; likewise)
     gates_ptr, c_ptr, c0_ptr, hn_ptr, y_ptr, h0_ptr, sizes_ptr, offsets_ptr, sync_ptr, resets_ptr, p_ptr,
-    T, B, H, reverse, packed, has_resets, timeout_us, absent,
+    scale_ptr, mask_h_ptr, mask_c_ptr, cell_c_ptr, cell_h_ptr,
+    T, B, H, reverse, packed, has_resets, timeout_us, absent, has_scale, zoneout_h, zoneout_c, p_h, p_c,
     CELL_FORWARD: tl.constexpr, CELL_BACKWARD: tl.constexpr, GATES: tl.constexpr, HAS_C: tl.constexpr,
     APART: tl.constexpr, SAVES: tl.constexpr, EXTRA: tl.constexpr, FWD_H_PREV: tl.constexpr, BWD_H: tl.constexpr,
     BWD_H_PREV: tl.constexpr, DIRECT: tl.constexpr,
@@ -401,6 +440,7 @@ def cooperative_backward_registers_kernel(
     col_mask = cols < H
     w_slab = load_slab(w_hh_ptr, H, GATES, PRECISION, BLOCK_H, SLAB_K, False)
     p0, p1, p2 = unit_params(p_ptr, cols, col_mask, H, PARAMS, ACC, BLOCK_H)
+    zone = (mask_h_ptr, mask_c_ptr, cell_c_ptr, cell_h_ptr, zoneout_h, zoneout_c, p_h, p_c)
 
     first = tl.program_id(1) * BLOCK_B
     rows = first + tl.arange(0, BLOCK_B).to(tl.int64)
@@ -425,19 +465,23 @@ def cooperative_backward_registers_kernel(
             q_mask = q_rows[:, None] & col_mask[None, :]
             acc = backward_gemm(dhg_ptr, s_off, rows, s_rows, w_hh_ptr, cols, col_mask, w_slab, H,
                                 GATES, ACC, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K, SLAB_K)
-            if DIRECT:
+            acc = scaled(acc, scale_ptr, rows, s_rows, cols, col_mask, H, has_scale)
+            if DIRECT:  # the carry of s
+                acc += dh
+            elif zoneout_h != 0:
                 acc += dh
             dh = reset_cut(tl.where(s_mask, acc, dh), resets_ptr, s_off, rows, s_rows, has_resets)
-            dh_q = dh + tl.load(dy_ptr + (q_off + rows)[:, None] * H + cols[None, :], mask=q_mask, other=0.0).to(ACC)
-            dc_prev, dh_direct = backward_cell(dh_q, dc, q_off, p_off, p_bs, rows, q_rows, cols, q_mask, dxg_ptr,
-                                               dhg_ptr, gates_ptr, c_ptr, c0_ptr, hn_ptr, y_ptr, h0_ptr, resets_ptr,
-                                               p0, p1, p2, H, has_resets, CELL_BACKWARD, GATES, HAS_C, APART, SAVES,
-                                               EXTRA, BWD_H, BWD_H_PREV, ACC, PARAMS)
+            dc_prev, carry = backward_cell(dh, dy_ptr, dc, q_off, p_off, p_bs, rows, q_rows, cols, q_mask, dxg_ptr,
+                                           dhg_ptr, gates_ptr, c_ptr, c0_ptr, hn_ptr, y_ptr, h0_ptr, resets_ptr,
+                                           p0, p1, p2, H, has_resets, zone, CELL_BACKWARD, GATES, HAS_C, APART,
+                                           SAVES, EXTRA, BWD_H, BWD_H_PREV, DIRECT, ACC, PARAMS)
             if HAS_C:
                 dc = tl.where(q_mask, dc_prev, dc)
             if DIRECT:
-                # Rows of q carry dh_direct_q to the GEMM of the next iteration (same rows).
-                dh = tl.where(q_mask, dh_direct, dh)
+                # Rows of q carry dh_direct_q (and zoneout's part) to the GEMM of the next iteration.
+                dh = tl.where(q_mask, carry, dh)
+            elif zoneout_h != 0:
+                dh = tl.where(q_mask, carry, dh)
 
         if j >= 0:
             ok = grid_barrier(sync_ptr, T - 1 - j, absent, timeout_us)

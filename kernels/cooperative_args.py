@@ -43,21 +43,30 @@ def constexprs(cell, dtype: torch.dtype, tf32: bool, cfg: CoopConfig, forward: b
     )
 
 
+#: The regularisers' pointers, last in both kernels: the recurrent-dropout scale, the zoneout
+#: masks of h and c, the cell's own new c and h (kept with zoneout).
+ZONEOUT_POINTERS = (
+    ("scale_ptr", "io"), ("mask_h_ptr", "u8"), ("mask_c_ptr", "u8"), ("cell_c_ptr", "acc"), ("cell_h_ptr", "io"),
+)
+#: The fp32 runtime scalars (the zoneout eval probabilities); every other one is int32.
+FLOATS = ("p_h", "p_c")
 # Pointer arguments in order, with what each holds: "io" (the layer's dtype), "acc" (fp32;
-# fp64 for fp64 I/O), "i32" or "u8" (reset flags). Runtime integers are int32.
+# fp64 for fp64 I/O), "i32" or "u8" (reset flags, zoneout masks); then the runtime scalars.
 FORWARD_POINTERS = (
     ("xg_ptr", "io"), ("w_hh_ptr", "io"), ("b_hh_ptr", "io"), ("h0_ptr", "io"), ("c0_ptr", "acc"),
     ("y_ptr", "io"), ("c_ptr", "acc"), ("gates_ptr", "io"), ("hn_ptr", "io"), ("sizes_ptr", "i32"),
     ("offsets_ptr", "i32"), ("sync_ptr", "i32"), ("resets_ptr", "u8"), ("p_ptr", "io"),
-)
-FORWARD_INTS = ("T", "B", "H", "reverse", "packed", "save", "has_resets", "timeout_us", "absent")  # all int32
+) + ZONEOUT_POINTERS
+FORWARD_INTS = ("T", "B", "H", "reverse", "packed", "save", "has_resets", "timeout_us", "absent",
+                "has_scale", "zoneout_h", "zoneout_c", "save_zoned", "p_h", "p_c")
 BACKWARD_POINTERS = (
     ("w_hh_ptr", "io"), ("dxg_ptr", "io"), ("dhg_ptr", "io"), ("dy_ptr", "io"), ("dh_ptr", "acc"),
     ("dc_ptr", "acc"), ("gates_ptr", "io"), ("c_ptr", "acc"), ("c0_ptr", "acc"), ("hn_ptr", "io"),
     ("y_ptr", "io"), ("h0_ptr", "io"), ("sizes_ptr", "i32"), ("offsets_ptr", "i32"), ("sync_ptr", "i32"),
     ("resets_ptr", "u8"), ("p_ptr", "io"),
-)
-BACKWARD_INTS = ("T", "B", "H", "reverse", "packed", "has_resets", "timeout_us", "absent")  # all int32
+) + ZONEOUT_POINTERS
+BACKWARD_INTS = ("T", "B", "H", "reverse", "packed", "has_resets", "timeout_us", "absent",
+                 "has_scale", "zoneout_h", "zoneout_c", "p_h", "p_c")
 #: Options every cooperative launch (and every compile of the report) uses.
 LAUNCH_OPTIONS = dict(launch_cooperative_grid=True, maxnreg=255)
 
@@ -73,9 +82,10 @@ class Specialisation(NamedTuple):
     config: CoopConfig
     constexprs: dict
     pointers: tuple  # ((name, "io" | "acc" | "i32" | "u8"), ...)
-    ints: tuple  # names of the int32 arguments
+    ints: tuple  # names of the runtime scalar arguments, in order (int32 but for ``floats``)
     options: dict  # compile options besides num_warps (num_stages, cooperative launch, maxnreg)
     divisible_by_16: tuple  # ints the launches specialise as multiples of 16
+    floats: tuple = FLOATS  # the fp32 ones among ``ints``
 
 
 def configs_for(dtype: torch.dtype, tf32: bool) -> list[CoopConfig]:

@@ -14,7 +14,12 @@ Optional inputs of a call: reset flags (``resets_ptr``, uint8, one per flat row,
 when the runtime flag ``has_resets`` is set: the state entering a flagged row's step is
 zero, and no gradient leaves that row into the step before) and a cell's per-unit
 parameters (``PARAMS`` rows, :func:`unit_params`, passed as three trailing tiles to the
-cell's functions when ``PARAMS > 0``).
+cell's functions when ``PARAMS > 0``). Regularisers (:mod:`fastrnn.regularisers`), each
+under its runtime flag: the recurrent-dropout scale ``(B, H)`` multiplies the state where it
+enters ``W_hh`` (:func:`forward_gemm`) and the GEMM's gradient (:func:`scaled`); zoneout
+blends the cell's new state with the one the step started from (:func:`zoneout_blend`,
+mode 1: a uint8 mask per flat row, 2: the eval probability) and splits the gradient of the
+blended state between the two (:func:`zoneout_split`).
 """
 
 from __future__ import annotations
@@ -68,6 +73,47 @@ def reset_cut(x, resets_ptr, off, rows, row_mask, has_resets):
         flags = tl.load(resets_ptr + off + rows, mask=row_mask, other=0)
         x = tl.where((flags != 0)[:, None], 0.0, x)
     return x
+
+
+@triton.jit
+def zoneout_blend(mask_ptr, mode, p, prev, new, offs, mask):
+    """The zoned-out state of one tile: ``new`` (mode 0), ``prev`` where the uint8 mask at
+    ``offs`` is set (mode 1), or ``new + p * (prev - new)`` (mode 2, eval)."""
+    out = new
+    if mode == 1:
+        keep = tl.load(mask_ptr + offs, mask=mask, other=0) != 0
+        out = tl.where(keep, prev, new)
+    elif mode == 2:
+        out = new + p * (prev - new)
+    return out
+
+
+@triton.jit
+def zoneout_split(mask_ptr, mode, p, grad, offs, mask):
+    """``(gradient of the cell's new value, gradient of the previous state)`` from ``grad``,
+    the gradient of the zoned-out state (modes as :func:`zoneout_blend`; mode 0: ``grad``
+    and a placeholder)."""
+    new = grad
+    prev = grad
+    if mode == 1:
+        keep = tl.load(mask_ptr + offs, mask=mask, other=0) != 0
+        new = tl.where(keep, 0.0, grad)
+        prev = tl.where(keep, grad, 0.0)
+    elif mode == 2:
+        new = grad * (1.0 - p)
+        prev = grad * p
+    return new, prev
+
+
+@triton.jit
+def scaled(acc, scale_ptr, rows, row_mask, cols, col_mask, H, has_scale):
+    """``acc`` (rows ``rows`` of the batch, units ``cols``) times the recurrent-dropout scale
+    (``has_scale``), else ``acc``: the gradient of ``h @ W_hh^T`` reaching the unscaled state."""
+    if has_scale != 0:
+        scale = tl.load(scale_ptr + rows[:, None] * H + cols[None, :],
+                        mask=row_mask[:, None] & col_mask[None, :], other=0.0)
+        acc = acc * scale.to(acc.dtype)
+    return acc
 
 
 @triton.jit
@@ -171,20 +217,24 @@ def split_gates(acc, GATES: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.con
 
 
 @triton.jit
-def forward_gemm(h_rows, row_mask, w_hh_ptr, cols, col_mask, w_slab, H,
+def forward_gemm(h_rows, row_mask, w_hh_ptr, cols, col_mask, w_slab, H, scale_ptr, rows, has_scale,
                  GATES: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
                  BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, SLAB_K: tl.constexpr):
     """``h_{t-1} @ W_hh[g*H + units]^T`` for each gate ``g``: four ``BLOCK_B x BLOCK_H`` ACC
     tiles (zero past ``GATES``). ``h_rows``: a pointer to each row's ``h_{t-1}``
     (:func:`state_rows`); ``w_slab``: the stacked slab (``SLAB_K > 0``, :func:`load_slab`),
-    one dot ``w_slab @ h^T``; else ``W_hh`` streamed here."""
+    one dot ``w_slab @ h^T``; else ``W_hh`` streamed here. ``has_scale``: ``h_{t-1}`` of
+    batch row ``r`` enters as ``h_{t-1} * scale[r]`` (``scale_ptr``, ``(B, H)``, I/O dtype)."""
     acc0 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
     acc1 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
     acc2 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
     acc3 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
     if SLAB_K > 0:
         kk = tl.arange(0, SLAB_K)
-        h_t = tl.load(h_rows[None, :] + kk[:, None], mask=(kk < H)[:, None] & row_mask[None, :], other=0.0)
+        h_mask = (kk < H)[:, None] & row_mask[None, :]
+        h_t = tl.load(h_rows[None, :] + kk[:, None], mask=h_mask, other=0.0)
+        if has_scale != 0:
+            h_t = h_t * tl.load(scale_ptr + rows[None, :] * H + kk[:, None], mask=h_mask, other=0.0)
         h_t = tf32_operand(h_t, PRECISION)
         acc = tl.dot(w_slab, h_t, input_precision=PRECISION, out_dtype=ACC)
         acc0, acc1, acc2, acc3 = split_gates(acc, GATES, BLOCK_B, BLOCK_H)
@@ -192,7 +242,10 @@ def forward_gemm(h_rows, row_mask, w_hh_ptr, cols, col_mask, w_slab, H,
         for k0 in range(0, H, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
             k_in = ks < H
-            h = tl.load(h_rows[:, None] + ks[None, :], mask=row_mask[:, None] & k_in[None, :], other=0.0)
+            h_mask = row_mask[:, None] & k_in[None, :]
+            h = tl.load(h_rows[:, None] + ks[None, :], mask=h_mask, other=0.0)
+            if has_scale != 0:
+                h = h * tl.load(scale_ptr + rows[:, None] * H + ks[None, :], mask=h_mask, other=0.0)
             h = tf32_operand(h, PRECISION)
             # W_hh^T chunk of gate g: [k, u] = W_hh[g*H + u, k].
             w_ptrs = w_hh_ptr + cols[None, :] * H + ks[:, None]
@@ -213,9 +266,10 @@ def forward_gemm(h_rows, row_mask, w_hh_ptr, cols, col_mask, w_slab, H,
 
 @triton.jit
 def forward_cell(xg_ptr, y_ptr, gates_ptr, hn_ptr, resets_ptr, off, rows, row_mask, cols, mask, acc0, acc1, acc2,
-                 acc3, b0, b1, b2, b3, c_prev, h_prev, p0, p1, p2, H, save, has_resets,
+                 acc3, b0, b1, b2, b3, c_prev, h_prev, p0, p1, p2, H, save, has_resets, zone,
                  CELL_FORWARD: tl.constexpr, GATES: tl.constexpr, APART: tl.constexpr, SAVES: tl.constexpr,
-                 EXTRA: tl.constexpr, ACC: tl.constexpr, PARAMS: tl.constexpr):
+                 EXTRA: tl.constexpr, ACC: tl.constexpr, PARAMS: tl.constexpr, HAS_C: tl.constexpr,
+                 BWD_H: tl.constexpr):
     """The cell update of one tile from its recurrent GEMM ``acc0..acc3``: writes ``y``
     (and, with ``save``, what the cell keeps for the backward: ``s0..s{GATES-1}`` to the
     gates buffer when ``SAVES``, ``e`` to ``hn`` when ``EXTRA``) of the rows of ``mask``;
@@ -224,7 +278,13 @@ def forward_cell(xg_ptr, y_ptr, gates_ptr, hn_ptr, resets_ptr, off, rows, row_ma
     only when it has a cell state / reads ``h_prev``); ``p0..p2``: the per-unit parameter
     rows (:func:`unit_params`, passed to the cell when ``PARAMS > 0``). A row flagged in
     ``resets_ptr`` (``has_resets``) starts from a zero state: its GEMM rows (``h_prev``
-    times ``W_hh``), ``h_prev`` and ``c_prev`` are zeroed before the cell runs."""
+    times ``W_hh``), ``h_prev`` and ``c_prev`` are zeroed before the cell runs.
+
+    ``zone``: the zoneout arguments ``(mask_h_ptr, mask_c_ptr, cell_c_ptr, cell_h_ptr,
+    zoneout_h, zoneout_c, p_h, p_c, save_zoned)`` (modes: :func:`zoneout_blend`; ``h_prev``
+    is read whenever ``zoneout_h`` is set): ``y`` and the returned state are the zoned-out
+    ones, and with ``save_zoned`` the cell's own new ``c`` (``HAS_C``, ``zoneout_c``) and
+    ``h`` (``BWD_H``, ``zoneout_h``) are kept for the backward."""
     GH = GATES * H
     if has_resets != 0:
         cut = (tl.load(resets_ptr + off + rows, mask=row_mask, other=0) != 0)[:, None]
@@ -277,7 +337,19 @@ def forward_cell(xg_ptr, y_ptr, gates_ptr, hn_ptr, resets_ptr, off, rows, row_ma
     if EXTRA:
         if save != 0:
             tl.store(hn_ptr + row_offs * H + cols[None, :], e.to(hn_ptr.dtype.element_ty), mask=mask)
-    tl.store(y_ptr + row_offs * H + cols[None, :], h.to(y_ptr.dtype.element_ty), mask=mask)
+    mask_h_ptr, mask_c_ptr, cell_c_ptr, cell_h_ptr, zoneout_h, zoneout_c, p_h, p_c, save_zoned = zone
+    state_offs = row_offs * H + cols[None, :]
+    if HAS_C:
+        if zoneout_c != 0:
+            if save_zoned != 0:
+                tl.store(cell_c_ptr + state_offs, c.to(cell_c_ptr.dtype.element_ty), mask=mask)
+            c = zoneout_blend(mask_c_ptr, zoneout_c, p_c, c_prev, c, state_offs, mask)
+    if zoneout_h != 0:
+        if BWD_H:
+            if save_zoned != 0:
+                tl.store(cell_h_ptr + state_offs, h.to(cell_h_ptr.dtype.element_ty), mask=mask)
+        h = zoneout_blend(mask_h_ptr, zoneout_h, p_h, h_prev, h, state_offs, mask)
+    tl.store(y_ptr + state_offs, h.to(y_ptr.dtype.element_ty), mask=mask)
     return h, c
 
 
@@ -328,24 +400,32 @@ def backward_gemm(dhg_ptr, s_off, rows, s_rows, w_hh_ptr, cols, col_mask, w_slab
 
 
 @triton.jit
-def backward_cell(dh_q, dc, q_off, p_off, p_bs, rows, q_rows_mask, cols, q_mask, dxg_ptr, dhg_ptr, gates_ptr,
-                  c_ptr, c0_ptr, hn_ptr, y_ptr, h0_ptr, resets_ptr, p0, p1, p2, H, has_resets,
+def backward_cell(dh, dy_ptr, dc, q_off, p_off, p_bs, rows, q_rows_mask, cols, q_mask, dxg_ptr, dhg_ptr, gates_ptr,
+                  c_ptr, c0_ptr, hn_ptr, y_ptr, h0_ptr, resets_ptr, p0, p1, p2, H, has_resets, zone,
                   CELL_BACKWARD: tl.constexpr, GATES: tl.constexpr, HAS_C: tl.constexpr, APART: tl.constexpr,
                   SAVES: tl.constexpr, EXTRA: tl.constexpr, BWD_H: tl.constexpr, BWD_H_PREV: tl.constexpr,
-                  ACC: tl.constexpr, PARAMS: tl.constexpr):
-    """Cell backward of step ``q`` for one tile, from ``dh_q`` (the total gradient reaching
-    ``h_q``) and ``dc`` (reaching ``c_q``, when ``HAS_C``): reads what the cell's flags say
+                  DIRECT: tl.constexpr, ACC: tl.constexpr, PARAMS: tl.constexpr):
+    """Cell backward of step ``q`` for one tile, from ``dh_q = dh + dy_q`` (the total gradient
+    reaching ``h_q``; ``dy`` read here, and read again for zoneout's part after the cell, so
+    no extra tile lives across the cell) and ``dc`` (reaching ``c_q``, when ``HAS_C``): reads what the cell's flags say
     it needs (saved gates, ``e``, ``c_q`` and ``c_{q-1}``, ``h_q``, ``h_{q-1}``), writes
     ``dx_k`` to ``dxg`` (and ``dr_k`` to ``dhg`` when ``APART``) of the rows of ``q_mask``;
-    returns ``(dc_prev, dh_direct)`` (used when ``HAS_C`` / ``DIRECT``). ``p``: the step
+    returns ``(dc_prev, carry)``: ``carry`` joins the gradient of ``h_{q-1}`` outside the
+    GEMM (``dh_direct`` when ``DIRECT``, plus the zoneout part when ``zoneout_h``; used only
+    then), ``dc_prev`` when ``HAS_C``. ``p``: the step
     processed before ``q`` (``p_bs`` 0: every row starts from the initial state);
     ``p0..p2``: as in :func:`forward_cell`. A row of ``q`` flagged in ``resets_ptr``
     (``has_resets``) started from a zero state: the cell reads zero ``c_{q-1}`` /
     ``h_{q-1}``, and ``dc_prev`` of the row is zero (no gradient crosses a reset; the
     kernels zero the gradient reaching ``h_{q-1}``, GEMM and ``dh_direct`` together, at the
-    next iteration: :func:`reset_cut`)."""
+    next iteration: :func:`reset_cut`). ``zone``: ``(mask_h_ptr, mask_c_ptr, cell_c_ptr,
+    cell_h_ptr, zoneout_h, zoneout_c, p_h, p_c)`` as in :func:`forward_cell`: ``dh_q`` /
+    ``dc`` are split (:func:`zoneout_split`) and the cell reads its own new ``c`` / ``h``
+    (``cell_c`` / ``cell_h``, kept by the forward) instead of the zoned-out ones."""
     GH = GATES * H
     q_rows = (q_off + rows)[:, None]
+    state_offs = q_rows * H + cols[None, :]
+    dh_q = dh + tl.load(dy_ptr + state_offs, mask=q_mask, other=0.0).to(ACC)
     # Tiles the cell does not read: any ACC tile of the shape.
     s0 = dh_q
     s1 = dh_q
@@ -376,20 +456,46 @@ def backward_cell(dh_q, dc, q_off, p_off, p_bs, rows, q_rows_mask, cols, q_mask,
             s2 = tl.load(g_ptrs + 2 * H, mask=q_mask, other=0.0).to(ACC)
         if GATES > 3:
             s3 = tl.load(g_ptrs + 3 * H, mask=q_mask, other=0.0).to(ACC)
+    mask_h_ptr, mask_c_ptr, cell_c_ptr, cell_h_ptr, zoneout_h, zoneout_c, p_h, p_c = zone
+    dh_cell = dh_q
+    dc_cell = dc
+    if zoneout_h != 0:
+        dh_cell, _ = zoneout_split(mask_h_ptr, zoneout_h, p_h, dh_q, state_offs, q_mask)
     if HAS_C:
-        c = tl.load(c_ptr + q_rows * H + cols[None, :], mask=q_mask, other=0.0).to(ACC)
+        if zoneout_c != 0:
+            dc_cell, _ = zoneout_split(mask_c_ptr, zoneout_c, p_c, dc, state_offs, q_mask)
+            c = tl.load(cell_c_ptr + state_offs, mask=q_mask, other=0.0).to(ACC)
+        else:
+            c = tl.load(c_ptr + state_offs, mask=q_mask, other=0.0).to(ACC)
     if EXTRA:
-        e = tl.load(hn_ptr + q_rows * H + cols[None, :], mask=q_mask, other=0.0).to(ACC)
+        e = tl.load(hn_ptr + state_offs, mask=q_mask, other=0.0).to(ACC)
     if BWD_H:
-        h = tl.load(y_ptr + q_rows * H + cols[None, :], mask=q_mask, other=0.0).to(ACC)
+        if zoneout_h != 0:
+            h = tl.load(cell_h_ptr + state_offs, mask=q_mask, other=0.0).to(ACC)
+        else:
+            h = tl.load(y_ptr + state_offs, mask=q_mask, other=0.0).to(ACC)
     if PARAMS > 0:
         dx0, dx1, dx2, dx3, dr0, dr1, dr2, dr3, dh_direct, dc_prev = CELL_BACKWARD(
-            dh_q, dc, s0, s1, s2, s3, e, c, c_prev, h, h_prev, p0, p1, p2)
+            dh_cell, dc_cell, s0, s1, s2, s3, e, c, c_prev, h, h_prev, p0, p1, p2)
     else:
         dx0, dx1, dx2, dx3, dr0, dr1, dr2, dr3, dh_direct, dc_prev = CELL_BACKWARD(
-            dh_q, dc, s0, s1, s2, s3, e, c, c_prev, h, h_prev)
+            dh_cell, dc_cell, s0, s1, s2, s3, e, c, c_prev, h, h_prev)
+    # Zoneout's parts, computed again from dc and dh + dy_q (the callers keep dc and dh).
+    if HAS_C:
+        if zoneout_c != 0:
+            dc_prev = dc_prev + zoneout_split(mask_c_ptr, zoneout_c, p_c, dc, state_offs, q_mask)[1]
     if has_resets != 0:
         dc_prev = tl.where(cut[:, None], 0.0, dc_prev)
+    carry = dh  # placeholder when nothing is carried
+    if DIRECT:
+        carry = dh_direct
+    if zoneout_h != 0:
+        dh_q = dh + tl.load(dy_ptr + state_offs, mask=q_mask, other=0.0).to(ACC)
+        kept_h = zoneout_split(mask_h_ptr, zoneout_h, p_h, dh_q, state_offs, q_mask)[1]
+        if DIRECT:
+            carry = dh_direct + kept_h
+        else:
+            carry = kept_h
     ty = dxg_ptr.dtype.element_ty
     dx_ptrs = dxg_ptr + q_rows * GH + cols[None, :]
     tl.store(dx_ptrs, dx0.to(ty), mask=q_mask)
@@ -408,4 +514,4 @@ def backward_cell(dh_q, dc, q_off, p_off, p_bs, rows, q_rows_mask, cols, q_mask,
             tl.store(dr_ptrs + 2 * H, dr2.to(ty), mask=q_mask)
         if GATES > 3:
             tl.store(dr_ptrs + 3 * H, dr3.to(ty), mask=q_mask)
-    return dc_prev, dh_direct
+    return dc_prev, carry

@@ -4,8 +4,9 @@ with a grid barrier per step. Where one tile of 16 or 64 rows per program fits t
 (``B <= 64 x floor(SMs / cdiv(H, 16))``), the register variant keeps ``c`` / ``dh`` /
 ``dc`` in registers; a larger batch runs the tiled variant (state in global buffers).
 
-Both passes read a cell's per-unit parameters (``params``) and reset flags (``resets``)
-when the call has them (:data:`EXTRAS`).
+Both passes read a cell's per-unit parameters (``params``), reset flags (``resets``),
+zoneout (``zoneout``: masks or eval probabilities) and the recurrent-dropout scale
+(``recurrent_scale``) when the call has them (:data:`EXTRAS`).
 
 A launch raises :class:`~fastrnn.kernels.cooperative.BarrierTimeout` when a grid barrier
 timed out, and :class:`LaunchRefused` when the driver refused the grid (its programs
@@ -24,7 +25,7 @@ from . import buffers
 
 
 #: The optional inputs of :mod:`fastrnn.backends.base` these kernels read.
-EXTRAS = ("params", "resets")
+EXTRAS = ("params", "resets", "zoneout", "recurrent_scale")
 
 
 class LaunchRefused(RuntimeError):
@@ -87,11 +88,34 @@ def _extras(cell, hidden, params, resets, prep, dummy_io) -> tuple[dict, int]:
     return dict(resets_ptr=flags, p_ptr=dummy_io if params is None else prep(params)), int(resets is not None)
 
 
+def _regularisers(cell, zoneout, recurrent_scale, prep, dummy_io) -> tuple[dict, dict]:
+    """The kernels' regulariser pointers (placeholders where unused) and runtime scalars:
+    the scale (``has_scale``), the zoneout masks as uint8 views (mode 1) or the eval
+    probabilities (mode 2) of h and, for a cell with a cell state, c."""
+    u8 = torch.empty(8, dtype=torch.uint8, device=dummy_io.device)
+    tensors = dict(scale_ptr=dummy_io if recurrent_scale is None else prep(recurrent_scale),
+                   mask_h_ptr=u8, mask_c_ptr=u8)
+    ints = dict(has_scale=int(recurrent_scale is not None), zoneout_h=0, zoneout_c=0, p_h=0.0, p_c=0.0)
+    if zoneout is not None:
+        states = (("h", zoneout.mask_h, zoneout.p_h),)
+        if cell.has_cell_state:
+            states += (("c", zoneout.mask_c, zoneout.p_c),)
+        for which, mask, p in states:
+            if mask is not None:
+                tensors[f"mask_{which}_ptr"] = prep(mask.view(torch.uint8))
+                ints[f"zoneout_{which}"] = 1
+            elif p > 0:
+                ints[f"zoneout_{which}"], ints[f"p_{which}"] = 2, float(p)
+    return tensors, ints
+
+
 def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: bool, save: bool, config=None,
-            params=None, resets=None):
+            params=None, resets=None, zoneout=None, recurrent_scale=None):
     """The forward time loop on the cooperative tier (no ``proj_size``); ``config``: the
     launch configuration (None: the one :func:`launch_config` picks for this batch);
-    ``params`` / ``resets`` as in :mod:`fastrnn.backends.base`."""
+    ``params``, ``resets``, ``zoneout`` and ``recurrent_scale`` as in
+    :mod:`fastrnn.backends.base`. With zoneout and ``save``, the cell's own new ``c`` /
+    ``h`` are kept after the usual saved tensors (:mod:`.buffers`)."""
     coop = _kernels()
     prep = coop.aligned_input
     dtype, device = xg.dtype, xg.device
@@ -100,6 +124,7 @@ def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: boo
     n_rows, batch = xg.shape[0], schedule.batch
     cfg = config or launch_config(hidden, batch, dtype, device)
     has_c = cell.has_cell_state
+    keep_c, keep_h = (save and keep for keep in buffers.zoned(cell, zoneout))
     save = buffers.saves(cell, save)
 
     xg, w_hh, h0 = prep(xg), prep(w_hh), prep(h0)
@@ -116,21 +141,25 @@ def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: boo
         c0, c_buf = dummy_acc, dummy_acc
     uniform_b, sizes, offsets = buffers.step_tables(schedule, device)
     extras, has_resets = _extras(cell, hidden, params, resets, prep, dummy_io)
+    regs, reg_ints = _regularisers(cell, zoneout, recurrent_scale, prep, dummy_io)
+    cell_c = buffers.new((n_rows, hidden), acc, device) if keep_c else None
+    cell_h = buffers.new((n_rows, hidden), dtype, device) if keep_h else None
     tensors = dict(
         xg_ptr=xg, w_hh_ptr=w_hh, b_hh_ptr=bias, h0_ptr=h0, c0_ptr=c0, y_ptr=y, c_ptr=c_buf,
         gates_ptr=gates, hn_ptr=extra, sizes_ptr=sizes, offsets_ptr=offsets,
-        sync_ptr=torch.zeros(1 + schedule.steps, dtype=torch.int32, device=device), **extras,
+        sync_ptr=torch.zeros(1 + schedule.steps, dtype=torch.int32, device=device), **extras, **regs,
+        cell_c_ptr=dummy_acc if cell_c is None else cell_c, cell_h_ptr=dummy_io if cell_h is None else cell_h,
     )
     ints = dict(T=schedule.steps, B=batch, H=hidden, reverse=int(reverse), packed=int(uniform_b == 0),
-                save=int(save), has_resets=has_resets)
+                save=int(save), has_resets=has_resets, save_zoned=int(keep_c or keep_h), **reg_ints)
     _launch(coop.launch_forward, cell, tensors, ints, cfg, device)
 
-    return buffers.forward_result(cell, save, y, c_buf, gates, extra, schedule, reverse)
+    return buffers.forward_result(cell, save, y, c_buf, gates, extra, schedule, reverse, cell_c, cell_h)
 
 
 def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule: Schedule, reverse: bool,
-             config=None, params=None, resets=None):
-    """The backward time loop on the cooperative tier; ``config``, ``params`` and ``resets`` as
+             config=None, params=None, resets=None, zoneout=None, recurrent_scale=None):
+    """The backward time loop on the cooperative tier; ``config`` and the optional inputs as
     in :func:`forward`."""
     coop = _kernels()
     prep = coop.aligned_input
@@ -145,6 +174,7 @@ def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule:
     w_hh, y, dy, h0 = prep(w_hh), prep(y), prep(dy), prep(h0)
     c0 = prep(c0.to(acc)) if has_c else dummy_acc
     gates, extra, c_seq = (prep(t) for t in buffers.unpack_saved(cell, saved, dummy_io, dummy_acc))
+    cell_c, cell_h = buffers.unpack_zoneout(cell, saved, zoneout)
     dxg, dhg = buffers.grad_buffers(cell, n_rows, hidden, dtype, device)
     dh = dh_n.to(acc, copy=True).contiguous()  # dh_n in, dh0 out (state buffer of the tiled kernel)
     if has_c and dc_n is None:
@@ -152,12 +182,15 @@ def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule:
     dc = dc_n.to(acc, copy=True).contiguous() if has_c else dummy_acc
     uniform_b, sizes, offsets = buffers.step_tables(schedule, device)
     extras, has_resets = _extras(cell, hidden, params, resets, prep, dummy_io)
+    regs, reg_ints = _regularisers(cell, zoneout, recurrent_scale, prep, dummy_io)
     tensors = dict(
         w_hh_ptr=w_hh, dxg_ptr=dxg, dhg_ptr=dhg, dy_ptr=dy, dh_ptr=dh, dc_ptr=dc, gates_ptr=gates,
         c_ptr=c_seq, c0_ptr=c0, hn_ptr=extra, y_ptr=y, h0_ptr=h0, sizes_ptr=sizes, offsets_ptr=offsets,
-        sync_ptr=torch.zeros(1 + schedule.steps, dtype=torch.int32, device=device), **extras,
+        sync_ptr=torch.zeros(1 + schedule.steps, dtype=torch.int32, device=device), **extras, **regs,
+        cell_c_ptr=dummy_acc if cell_c is None else prep(cell_c),
+        cell_h_ptr=dummy_io if cell_h is None else prep(cell_h),
     )
     ints = dict(T=schedule.steps, B=dh.shape[0], H=hidden, reverse=int(reverse), packed=int(uniform_b == 0),
-                has_resets=has_resets)
+                has_resets=has_resets, **reg_ints)
     _launch(coop.launch_backward, cell, tensors, ints, cfg, device)
     return BackwardResult(dxg, dhg, dh.to(dtype), dc.to(dtype) if has_c else None, None)
