@@ -114,7 +114,8 @@ def signature_of(spec) -> tuple[dict, dict, dict]:
         attrs[(index,)] = [["tt.divisibility", 16]]  # the launchers pass 16-byte aligned tensors
     multiples = getattr(spec, "divisible_by_16", ())
     for index, name in enumerate(spec.ints, start=len(spec.pointers)):
-        signature[name] = "i32"  # do_not_specialize: plain 32-bit ints, no value hints
+        # do_not_specialize: plain 32-bit ints (fp32 for a spec's ``floats``), no value hints
+        signature[name] = "fp32" if name in getattr(spec, "floats", ()) else "i32"
         if name in multiples:  # specialised by the launch: always a multiple of 16 there
             attrs[(index,)] = [["tt.divisibility", 16]]
     for name in spec.constexprs:
