@@ -41,6 +41,14 @@ backward gives no gradient to the state before it (its rows of ``dh = dr_s @ W_h
 ``dc_prev`` are zeroed). A cell with per-unit parameters (``PARAMS`` rows, a compile-time
 count) gets them as three more per-unit tiles of both pointwise functions.
 
+Regularisers (runtime flags, no specialisation): the recurrent-dropout scale (``has_scale``)
+multiplies the state where it enters the forward GEMM, and the backward GEMM's result.
+Zoneout (``zoneout_h`` / ``zoneout_c``: the masks in training, ``p_h`` / ``p_c`` in eval)
+blends each step's new state with the one it started from; the cell's own new ``c`` / ``h``
+are kept apart for the backward, which splits the gradient of the zoned state: the cell's
+share goes to the cell backward, the rest reaches the previous state the way ``dh_direct``
+does (through the ``dh`` buffer rows of ``q``) and ``dc_prev``.
+
 Runtime integers are never specialised (``do_not_specialize``), so no shape, step or
 batch size triggers a recompile; the only compile-time choices are the cell, SAVE, the
 dtype, TF32, and the block configuration picked from ``H`` (:func:`step_config`).
