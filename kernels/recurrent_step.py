@@ -161,10 +161,12 @@ def recurrent_step_forward_kernel(
         h_mask = row_mask[:, None] & k_mask[None, :]
         h_seq = tl.load(h_seq_ptr + (prev_off + rows)[:, None] * P + ks[None, :], mask=h_mask & from_seq, other=0.0)
         h_init = tl.load(h0_ptr + rows[:, None] * P + ks[None, :], mask=h_mask & (~from_seq), other=0.0)
-        # recurrent dropout scales the GEMM's operand only (branch-free: no load without it)
+        # recurrent dropout scales the GEMM's operand only (branch-free: no load without it;
+        # a select, not a multiply by a default 1: that gave fp32 LSTM a ptxas stack frame)
         scale_mask = h_mask & flag_rows(rows, has_scale)[:, None]
-        scale = tl.load(scale_ptr + rows[:, None] * P + ks[None, :], mask=scale_mask, other=1.0)
-        h = _dot_operand(tl.where(from_seq, h_seq, h_init) * scale, PRECISION)
+        scale = tl.load(scale_ptr + rows[:, None] * P + ks[None, :], mask=scale_mask, other=0.0)
+        h = tl.where(from_seq, h_seq, h_init)
+        h = _dot_operand(tl.where(scale_mask, h * scale, h), PRECISION)
         w_offs = cols[None, :] * P + ks[:, None]
         w_mask = k_mask[:, None] & col_mask[None, :]
         w = _dot_operand(tl.load(w_hh_ptr + w_offs, mask=w_mask, other=0.0), PRECISION)
