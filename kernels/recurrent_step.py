@@ -41,6 +41,14 @@ backward gives no gradient to the state before it (its rows of ``dh = dr_s @ W_h
 ``dc_prev`` are zeroed). A cell with per-unit parameters (``PARAMS`` rows, a compile-time
 count) gets them as three more per-unit tiles of both pointwise functions.
 
+Regularisers (runtime flags, no specialisation): the recurrent-dropout scale (``has_scale``)
+multiplies the state where it enters the forward GEMM, and the backward GEMM's result.
+Zoneout (``zoneout_h`` / ``zoneout_c``: the masks in training, ``p_h`` / ``p_c`` in eval)
+blends each step's new state with the one it started from; the cell's own new ``c`` / ``h``
+are kept apart for the backward, which splits the gradient of the zoned state: the cell's
+share goes to the cell backward, the rest reaches the previous state the way ``dh_direct``
+does (through the ``dh`` buffer rows of ``q``) and ``dc_prev``.
+
 Runtime integers are never specialised (``do_not_specialize``), so no shape, step or
 batch size triggers a recompile; the only compile-time choices are the cell, SAVE, the
 dtype, TF32, and the block configuration picked from ``H`` (:func:`step_config`).
@@ -60,9 +68,12 @@ import triton.language as tl
 from .launches import LaunchCounter, aligned_input, count_launches, record  # noqa: F401 (re-exported)
 from .launches import checked_pointers as _pointers
 from .cells import recurrent_bias
-from .precision import ENABLE_FP_FUSION
 from .step_tiles import aligned as _aligned, dot_operand as _dot_operand, load_gate as _load_gate
 from .step_tiles import load_params, load_state as _load_state, reset_rows, store_gates as _store_gates
+from .step_tiles import flag_rows, zone_blend, zone_split
+from .step_args import BACKWARD_INTS, BACKWARD_POINTERS, CONFIGS, FORWARD_INTS, FORWARD_POINTERS, OPTIONS  # noqa: F401
+from .step_args import StepConfig, backward_constexprs, forward_constexprs, sizes_aligned, step_config  # noqa: F401
+from .step_args import FLOATS, has_projection as _has_projection, saves_something as _saves_something
 
 # --------------------------------------------------------------------------------------
 # Forward step
@@ -70,7 +81,7 @@ from .step_tiles import load_params, load_state as _load_state, reset_rows, stor
 
 
 @triton.jit(do_not_specialize=["off", "bs", "prev_off", "n_prev", "out_off", "c_prev_off", "c_out_off", "H", "P",
-                               "has_resets"])
+                               "has_resets", "has_scale", "zoneout_h", "zoneout_c", "save_zoned", "p_h", "p_c"])
 def recurrent_step_forward_kernel(
     xg_ptr,  # (N, GATES*H) input projection; rows [off, off + bs) are this step's
     w_hh_ptr,  # (GATES*H, P) recurrent weight
@@ -85,6 +96,11 @@ def recurrent_step_forward_kernel(
     extra_ptr,  # (N, H) saved e (SAVE and EXTRA)
     p_ptr,  # (PARAMS, H) the cell's per-unit parameters (PARAMS > 0)
     rst_ptr,  # (N,) uint8 reset flags: nonzero where a row starts from a zero state (has_resets)
+    scale_ptr,  # (B, P) recurrent-dropout scale of the state entering the GEMM (has_scale)
+    mask_h_ptr,  # (N, H) uint8 zoneout masks of h / c: nonzero keeps the previous state (mode 1)
+    mask_c_ptr,
+    cell_c_ptr,  # (N, H) ACC: the cell's own new c, before zoneout (save_zoned, c zoned out)
+    cell_h_ptr,  # (N, H): the cell's own new h (save_zoned, h zoned out, BWD_H)
     off,  # first row of this step in xg / y
     bs,  # active rows of this step
     prev_off,  # first row of the previous step in y
@@ -95,6 +111,12 @@ def recurrent_step_forward_kernel(
     H,  # hidden size
     P,  # size of the recurrent state h (proj_size, or H)
     has_resets,  # 1: read rst_ptr (a runtime flag, not a specialisation)
+    has_scale,  # 1: read scale_ptr
+    zoneout_h,  # zoneout of h / c: 0 none, 1 the masks (training), 2 p_h / p_c (eval)
+    zoneout_c,
+    save_zoned,  # 1: keep the cell's own new c / h of a zoned-out state for the backward
+    p_h,  # fp32 zoneout probabilities (mode 2)
+    p_c,
     CELL_FORWARD: tl.constexpr,  # the cell (fastrnn.cells.Cell.kernel_constexprs)
     CELL_BACKWARD: tl.constexpr,
     GATES: tl.constexpr,
@@ -139,7 +161,12 @@ def recurrent_step_forward_kernel(
         h_mask = row_mask[:, None] & k_mask[None, :]
         h_seq = tl.load(h_seq_ptr + (prev_off + rows)[:, None] * P + ks[None, :], mask=h_mask & from_seq, other=0.0)
         h_init = tl.load(h0_ptr + rows[:, None] * P + ks[None, :], mask=h_mask & (~from_seq), other=0.0)
-        h = _dot_operand(tl.where(from_seq, h_seq, h_init), PRECISION)
+        # recurrent dropout scales the GEMM's operand only (branch-free: no load without it;
+        # a select, not a multiply by a default 1: that gave fp32 LSTM a ptxas stack frame)
+        scale_mask = h_mask & flag_rows(rows, has_scale)[:, None]
+        scale = tl.load(scale_ptr + rows[:, None] * P + ks[None, :], mask=scale_mask, other=0.0)
+        h = tl.where(from_seq, h_seq, h_init)
+        h = _dot_operand(tl.where(scale_mask, h * scale, h), PRECISION)
         w_offs = cols[None, :] * P + ks[:, None]
         w_mask = k_mask[:, None] & col_mask[None, :]
         w = _dot_operand(tl.load(w_hh_ptr + w_offs, mask=w_mask, other=0.0), PRECISION)
@@ -154,9 +181,11 @@ def recurrent_step_forward_kernel(
             w = _dot_operand(tl.load(w_hh_ptr + 3 * HP + w_offs, mask=w_mask, other=0.0), PRECISION)
             acc3 = tl.dot(h, w, acc3, input_precision=PRECISION)
     zero = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
-    h_prev = zero
     if FWD_H_PREV:
         h_prev = _load_state(h_seq_ptr, prev_off, n_prev, h0_ptr, rows, cols, P, mask, ACC)
+    else:  # read only by zoneout of h (branch-free: no load without it)
+        zoned = mask & flag_rows(rows, zoneout_h)[:, None]
+        h_prev = _load_state(h_seq_ptr, prev_off, n_prev, h0_ptr, rows, cols, P, zoned, ACC)
     c_prev = zero
     if HAS_C:
         c_prev = _load_state(c_prev_ptr, c_prev_off.to(tl.int64), n_prev, c_init_ptr, rows, cols, H, mask, ACC)
@@ -189,9 +218,18 @@ def recurrent_step_forward_kernel(
                                                    p0, p1, p2)
     else:
         h_new, c, s0, s1, s2, s3, e = CELL_FORWARD(x0, x1, x2, x3, acc0, acc1, acc2, acc3, h_prev, c_prev)
+    # Zoneout: the cell's own values are kept for the backward, the zoned-out ones go on.
+    new_rows = (off + rows)[:, None] * H + cols[None, :]
     if HAS_C:
+        keep_c = mask & flag_rows(rows, save_zoned * zoneout_c)[:, None]
+        tl.store(cell_c_ptr + new_rows, c.to(cell_c_ptr.dtype.element_ty), mask=keep_c)
+        c = zone_blend(c_prev, c, mask_c_ptr, zoneout_c, p_c, off, rows, cols, H, mask)
         c_out = c_out_ptr + (c_out_off + rows)[:, None] * H + cols[None, :]
         tl.store(c_out, c.to(c_out_ptr.dtype.element_ty), mask=mask)
+    if BWD_H:
+        keep_h = mask & flag_rows(rows, save_zoned * zoneout_h)[:, None]
+        tl.store(cell_h_ptr + new_rows, h_new.to(cell_h_ptr.dtype.element_ty), mask=keep_h)
+    h_new = zone_blend(h_prev, h_new, mask_h_ptr, zoneout_h, p_h, off, rows, cols, H, mask)
     if SAVE:
         if SAVES:
             _store_gates(gates_ptr + (off + rows)[:, None] * GH + cols[None, :], H, s0, s1, s2, s3, mask, GATES)
@@ -208,7 +246,7 @@ def recurrent_step_forward_kernel(
 
 
 @triton.jit(do_not_specialize=["s_off", "s_bs", "k_len", "q_off", "q_bs", "q_prev_off", "q_n_prev", "H", "P",
-                               "has_resets"])
+                               "has_resets", "has_scale", "zoneout_h", "zoneout_c", "p_h", "p_c"])
 def recurrent_step_backward_kernel(
     dr_ptr,  # (N, GATES*H) dr at step s, the GEMM operand (dhg when APART, else dxg)
     w_hh_ptr,  # (GATES*H, P) recurrent weight
@@ -226,6 +264,11 @@ def recurrent_step_backward_kernel(
     h0_ptr,  # (B, P) initial hidden state (BWD_H_PREV)
     p_ptr,  # (PARAMS, H) the cell's per-unit parameters (PARAMS > 0)
     rst_ptr,  # (N,) uint8 reset flags: nonzero where a row starts from a zero state (has_resets)
+    scale_ptr,  # (B, P) recurrent-dropout scale (has_scale): multiplies dr_s @ W_hh
+    mask_h_ptr,  # (N, H) uint8 zoneout masks of h / c (mode 1)
+    mask_c_ptr,
+    cell_c_ptr,  # (N, H) ACC: the cell's own new c (c zoned out; c_seq holds the zoned c)
+    cell_h_ptr,  # (N, H): the cell's own new h (h zoned out, BWD_H; y holds the zoned h)
     s_off,  # first row of step s
     s_bs,  # rows of step s (0: no step s)
     k_len,  # reduction length of the GEMM: GATES*H, or 0 to skip it
@@ -236,6 +279,11 @@ def recurrent_step_backward_kernel(
     H,  # hidden size
     P,  # size of h (== H unless DM_GIVEN)
     has_resets,  # 1: read rst_ptr (a runtime flag, not a specialisation)
+    has_scale,  # 1: read scale_ptr
+    zoneout_h,  # zoneout of h / c: 0 none, 1 the masks (training), 2 p_h / p_c (eval)
+    zoneout_c,
+    p_h,  # fp32 zoneout probabilities (mode 2)
+    p_c,
     CELL_FORWARD: tl.constexpr,  # the cell (fastrnn.cells.Cell.kernel_constexprs)
     CELL_BACKWARD: tl.constexpr,
     GATES: tl.constexpr,
@@ -273,9 +321,10 @@ def recurrent_step_backward_kernel(
     if DM_GIVEN:
         dh = tl.load(dm_ptr + rows[:, None] * H + cols[None, :], mask=q_mask, other=0.0).to(ACC)
     else:
-        # dh_{s-1} = dr_s @ W_hh for the rows of step s (plus, when DIRECT, the dh_direct of
-        # step s the previous launch left in those rows); rows beyond keep what the state
-        # buffer holds (dh_n, or a finished dh0 row).
+        # dh_{s-1} = dr_s @ W_hh (times the recurrent-dropout scale) for the rows of step s,
+        # plus what the previous launch left in those rows (the dh_direct of step s when
+        # DIRECT, its zoned-out part of dh with zoneout of h); rows beyond keep what the
+        # state buffer holds (dh_n, or a finished dh0 row).
         dh_old = tl.load(dh_ptrs, mask=any_mask, other=0.0)
         acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
         for k0 in range(0, k_len, BLOCK_K):
@@ -286,7 +335,11 @@ def recurrent_step_backward_kernel(
             w_mask = k_mask[:, None] & col_mask[None, :]
             w = tl.load(w_hh_ptr + ks[:, None] * P + cols[None, :], mask=w_mask, other=0.0)
             acc = tl.dot(_dot_operand(a, PRECISION), _dot_operand(w, PRECISION), acc, input_precision=PRECISION)
+        if has_scale:
+            acc *= tl.load(scale_ptr + rows[:, None] * P + cols[None, :], mask=any_mask, other=1.0).to(ACC)
         if DIRECT:
+            acc += dh_old
+        elif zoneout_h != 0:
             acc += dh_old
         dh = tl.where(s_rows[:, None], acc, dh_old)
         if has_resets:
@@ -294,10 +347,16 @@ def recurrent_step_backward_kernel(
             dh = tl.where(reset_rows(rst_ptr, s_off, rows, s_rows)[:, None], 0.0, dh)
         dh += tl.load(dy_ptr + (q_off + rows)[:, None] * P + cols[None, :], mask=q_mask, other=0.0).to(ACC)
         if not DIRECT:
-            tl.store(dh_ptrs, dh, mask=any_mask)
+            if zoneout_h == 0:
+                tl.store(dh_ptrs, dh, mask=any_mask)
 
-    # Pointwise backward of step q, with dh the total gradient reaching h_q.
+    # Pointwise backward of step q, with dh the total gradient reaching h_q; with zoneout,
+    # the cell's share of it and of dc (dh_keep / dc_keep reach the previous state).
     zero = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
+    dh_all = dh
+    dh_keep = zero
+    if zoneout_h != 0:
+        dh, dh_keep = zone_split(dh, mask_h_ptr, zoneout_h, p_h, q_off, rows, cols, H, q_mask)
     h_prev = zero
     if BWD_H_PREV:
         h_prev = _load_state(h_seq_ptr, q_prev_off.to(tl.int64), q_n_prev, h0_ptr, rows, cols, P, q_mask, ACC)
@@ -307,6 +366,9 @@ def recurrent_step_backward_kernel(
     if HAS_C:
         c_prev = _load_state(c_seq_ptr, q_prev_off.to(tl.int64), q_n_prev, c0_ptr, rows, cols, H, q_mask, ACC)
         dc = tl.load(dc_ptrs, mask=q_mask, other=0.0).to(ACC)
+    dc_keep = zero
+    if zoneout_c != 0:
+        dc, dc_keep = zone_split(dc, mask_c_ptr, zoneout_c, p_c, q_off, rows, cols, H, q_mask)
     q_cut = rows < 0  # rows of q that start an episode: their previous state is zero
     if has_resets:
         q_cut = reset_rows(rst_ptr, q_off, rows, q_rows)
@@ -325,12 +387,19 @@ def recurrent_step_backward_kernel(
     e = zero
     if EXTRA:
         e = tl.load(extra_ptr + (q_off + rows)[:, None] * H + cols[None, :], mask=q_mask, other=0.0).to(ACC)
+    # the cell's own c / h of step q: saved apart when zoned out (c_seq / y hold the zoned ones)
     c = zero
     if HAS_C:
-        c = tl.load(c_seq_ptr + (q_off + rows)[:, None] * H + cols[None, :], mask=q_mask, other=0.0).to(ACC)
+        if zoneout_c != 0:
+            c = tl.load(cell_c_ptr + (q_off + rows)[:, None] * H + cols[None, :], mask=q_mask, other=0.0).to(ACC)
+        else:
+            c = tl.load(c_seq_ptr + (q_off + rows)[:, None] * H + cols[None, :], mask=q_mask, other=0.0).to(ACC)
     h = zero
     if BWD_H:
-        h = tl.load(h_seq_ptr + (q_off + rows)[:, None] * P + cols[None, :], mask=q_mask, other=0.0).to(ACC)
+        if zoneout_h != 0:
+            h = tl.load(cell_h_ptr + (q_off + rows)[:, None] * H + cols[None, :], mask=q_mask, other=0.0).to(ACC)
+        else:
+            h = tl.load(h_seq_ptr + (q_off + rows)[:, None] * P + cols[None, :], mask=q_mask, other=0.0).to(ACC)
     if PARAMS > 0:
         p0, p1, p2 = load_params(p_ptr, cols, col_mask, H, PARAMS, ACC, BLOCK_H)
         dx0, dx1, dx2, dx3, dr0, dr1, dr2, dr3, dh_direct, dc_prev = CELL_BACKWARD(
@@ -344,129 +413,23 @@ def recurrent_step_backward_kernel(
     if APART:
         _store_gates(dhg_ptr + (q_off + rows)[:, None] * GH + cols[None, :], H, dr0, dr1, dr2, dr3, q_mask, GATES)
     if HAS_C:
+        if zoneout_c != 0:
+            dc_prev += dc_keep
         if has_resets:
             dc_prev = tl.where(q_cut[:, None], 0.0, dc_prev)
         tl.store(dc_ptrs, dc_prev, mask=q_mask)
-    if DIRECT:
-        if not DM_GIVEN:
-            # rows of q: dh_direct, which the next launch adds to its GEMM result; rows of s
-            # only (a sequence that started at s): their finished dh0
-            tl.store(dh_ptrs, tl.where(q_rows[:, None], dh_direct, dh), mask=any_mask)
+    if not DM_GIVEN:
+        # rows of q: dh_direct and dh_keep, which the next launch adds to its GEMM result;
+        # rows of s only (a sequence that started at s): their finished dh0
+        if DIRECT:
+            tl.store(dh_ptrs, tl.where(q_rows[:, None], dh_direct + dh_keep, dh_all), mask=any_mask)
+        elif zoneout_h != 0:
+            tl.store(dh_ptrs, tl.where(q_rows[:, None], dh_keep, dh_all), mask=any_mask)
 
 
 # --------------------------------------------------------------------------------------
 # Launch choices (shared with the compile report so the two cannot drift)
 # --------------------------------------------------------------------------------------
-
-
-class StepConfig(NamedTuple):
-    """Block sizes and warps of a step kernel, picked from ``H`` only (never from B or T)."""
-
-    block_b: int
-    block_h: int
-    block_k: int
-    num_warps: int
-
-    @property
-    def label(self) -> str:
-        return f"B{self.block_b}-H{self.block_h}-K{self.block_k}-w{self.num_warps}"
-
-
-# tl.dot needs every block dimension >= 16 when compiled. Small hidden sizes get 16-wide
-# tiles (less masked work), everything else 32-wide tiles with 4 warps (warpsPerCTA
-# [1, 4]: a 16x8 MMA tile each): a step kernel's grid is small (B/16 x H/32 programs), so
-# wider tiles would leave SMs idle. The 16-wide forward's MMA dots compile to warpsPerCTA
-# [2, 1], both warps on the same 16x16 tile; one warp would end that, but the fp32 IEEE
-# GRU forward with SAVE then spills (255 registers, 8-72 B), so it keeps two.
-SMALL_CONFIG = StepConfig(16, 16, 16, 2)
-DEFAULT_CONFIG = StepConfig(16, 32, 32, 4)
-CONFIGS = (SMALL_CONFIG, DEFAULT_CONFIG)
-
-
-def step_config(hidden: int) -> StepConfig:
-    """The block configuration for hidden size ``hidden`` (same for every dtype)."""
-    return SMALL_CONFIG if hidden <= 16 else DEFAULT_CONFIG
-
-
-def _precision(dtype: torch.dtype, tf32: bool) -> str:
-    # TF32 only for fp32 and only when the user allowed it (cuDNN's rule for nn.LSTM).
-    return "tf32" if (dtype == torch.float32 and tf32) else "ieee"
-
-
-def _acc(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-def _cell(cell):
-    """The :class:`fastrnn.cells.Cell` for ``cell`` (a definition or its name)."""
-    from fastrnn.cells import Cell, get
-
-    return cell if isinstance(cell, Cell) else get(cell)
-
-
-def _saves_something(cell) -> bool:
-    # what a saving forward keeps: gates, e, or every step's cell state (plain RNNs: nothing,
-    # their backward reads y)
-    return cell.saves_gates or cell.saves_extra or cell.has_cell_state
-
-
-def _has_projection(cell) -> bool:
-    # proj_size (the host computes dm = dh @ W_hr and the kernel reads it) exists for LSTM only
-    return cell.has_cell_state and cell.name == "LSTM"
-
-
-def sizes_aligned(*sizes: int) -> bool:
-    """Whether a launch runs the ``H_ALIGNED`` specialisation: every one of ``sizes`` (``H``
-    and ``P``) a multiple of 8, so rows of 16-bit elements are 16-byte vector loads."""
-    return all(n % 8 == 0 for n in sizes)
-
-
-def _cell_constexprs(cell) -> dict:
-    # PARAMS always present (0: none), so the report's compile names every argument
-    return {"PARAMS": 0, **cell.kernel_constexprs()}
-
-
-#: Compile options of every step launch (and of the report's compiles).
-OPTIONS = dict(enable_fp_fusion=ENABLE_FP_FUSION)
-
-
-def forward_constexprs(cell, save: bool, dtype: torch.dtype, tf32: bool, cfg: StepConfig,
-                       aligned: bool = False) -> dict:
-    """Compile-time arguments of the forward kernel for ``cell`` (a Cell or its name);
-    SAVE only for a cell that keeps something."""
-    cell = _cell(cell)
-    return dict(
-        **_cell_constexprs(cell), SAVE=bool(save) and _saves_something(cell), ACC=_acc(dtype),
-        PRECISION=_precision(dtype, tf32), BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k,
-        H_ALIGNED=bool(aligned),
-    )
-
-
-def backward_constexprs(cell, dm_given: bool, dtype: torch.dtype, tf32: bool, cfg: StepConfig,
-                        aligned: bool = False) -> dict:
-    """Compile-time arguments of the backward kernel for ``cell`` (DM_GIVEN only for LSTM)."""
-    cell = _cell(cell)
-    return dict(
-        **_cell_constexprs(cell), DM_GIVEN=bool(dm_given) and _has_projection(cell), ACC=_acc(dtype),
-        PRECISION=_precision(dtype, tf32), BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k,
-        H_ALIGNED=bool(aligned),
-    )
-
-
-# Pointer arguments in order, with the dtype each holds: "io" (the layer's dtype), "acc"
-# (fp32; fp64 for fp64 I/O) or "u8" (reset flags). The launchers pass tensors of exactly these dtypes.
-FORWARD_POINTERS = (
-    ("xg_ptr", "io"), ("w_hh_ptr", "io"), ("b_hh_ptr", "io"), ("h_seq_ptr", "io"), ("h0_ptr", "io"),
-    ("out_ptr", "io"), ("c_prev_ptr", "acc"), ("c_init_ptr", "io"), ("c_out_ptr", "acc"),
-    ("gates_ptr", "io"), ("extra_ptr", "io"), ("p_ptr", "io"), ("rst_ptr", "u8"),
-)
-FORWARD_INTS = ("off", "bs", "prev_off", "n_prev", "out_off", "c_prev_off", "c_out_off", "H", "P", "has_resets")
-BACKWARD_POINTERS = (
-    ("dr_ptr", "io"), ("w_hh_ptr", "io"), ("dxg_ptr", "io"), ("dhg_ptr", "io"), ("dy_ptr", "io"),
-    ("dh_ptr", "acc"), ("dc_ptr", "acc"), ("dm_ptr", "acc"), ("gates_ptr", "io"), ("c_seq_ptr", "acc"),
-    ("c0_ptr", "io"), ("extra_ptr", "io"), ("h_seq_ptr", "io"), ("h0_ptr", "io"), ("p_ptr", "io"), ("rst_ptr", "u8"),
-)
-BACKWARD_INTS = ("s_off", "s_bs", "k_len", "q_off", "q_bs", "q_prev_off", "q_n_prev", "H", "P", "has_resets")
 
 
 class Specialisation(NamedTuple):
@@ -482,6 +445,7 @@ class Specialisation(NamedTuple):
     pointers: tuple  # ((name, "io" | "acc" | "u8"), ...)
     ints: tuple
     options: dict = OPTIONS  # compile options besides num_warps
+    floats: tuple = FLOATS  # the ints that are fp32 scalars
 
 
 def specialisations(dtypes=(torch.float32, torch.float16, torch.bfloat16)) -> list[Specialisation]:

@@ -86,3 +86,33 @@ def reset_rows(rst_ptr, off, rows, row_mask):
     """Which of ``rows`` (a step's rows from ``off``) start from a zero state: the step's
     reset flags (one ``uint8`` per row), False past ``row_mask``."""
     return tl.load(rst_ptr + off + rows, mask=row_mask, other=0) != 0
+
+
+@triton.jit
+def zone_blend(prev, new, mask_ptr, mode, p, off, rows, cols, H, mask):
+    """Zoneout of a step's new state ``new`` (rows ``off + rows`` of the ``(N, H)`` uint8
+    mask): mode 1 keeps ``prev`` where the mask is set, mode 2 blends ``new + p * (prev -
+    new)`` (eval), mode 0 gives ``new``. Branch-free: without mode 1 no mask is loaded."""
+    on = ((rows * 0 + mode) == 1)[:, None]
+    kept = tl.load(mask_ptr + (off + rows)[:, None] * H + cols[None, :], mask=mask & on, other=0) != 0
+    return tl.where(mode == 2, new + p * (prev - new), tl.where(kept, prev, new))
+
+
+@triton.jit
+def zone_split(grad, mask_ptr, mode, p, off, rows, cols, H, mask):
+    """``(gradient of the cell's new value, gradient kept for the previous state)`` from the
+    gradient of a zoned-out state (mode 1: the mask of rows ``off + rows``; mode 2: ``p``)."""
+    on = ((rows * 0 + mode) == 1)[:, None]
+    kept = tl.load(mask_ptr + (off + rows)[:, None] * H + cols[None, :], mask=mask & on, other=0) != 0
+    if mode == 2:
+        new, old = grad * (1 - p), grad * p
+    else:
+        new, old = tl.where(kept, 0.0, grad), tl.where(kept, grad, 0.0)
+    return new, old
+
+
+@triton.jit
+def flag_rows(rows, flag):
+    """The runtime scalar test ``flag != 0`` as a vector shaped like ``rows``, to combine with
+    a load or store mask (a branch-free switch; Triton's interpreter takes no scalar bool there)."""
+    return (rows * 0 + flag) != 0

@@ -10,9 +10,10 @@ LSTM with ``proj_size`` runs only here: the projection ``h_t = m_t @ W_hr^T`` is
 in backward ``dh`` / ``dm = dh @ W_hr`` are torch ops per step before a pointwise step
 kernel; the launch count per step stays one, but each step also runs these torch ops.
 
-Every call can run here: a cell's per-unit parameters (``params``) and reset flags
-(``resets``) are read by the step kernels (:data:`EXTRAS`), and the other tiers send the
-calls they cannot run to this one.
+Every call can run here: a cell's per-unit parameters (``params``), reset flags
+(``resets``), zoneout (``zoneout``: masks in training, probabilities in eval) and the
+recurrent-dropout scale (``recurrent_scale``) are read by the step kernels (:data:`EXTRAS`),
+and the other tiers send the calls they cannot run to this one.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from . import buffers
 
 
 #: The optional inputs this tier's kernels read (see :mod:`fastrnn.backends.triton`).
-EXTRAS = ("params", "resets")
+EXTRAS = ("params", "resets", "zoneout", "recurrent_scale")
 
 
 def _extra_tensors(cell, hidden, params, resets, dummy_io, prep) -> tuple[dict, int]:
@@ -39,6 +40,38 @@ def _extra_tensors(cell, hidden, params, resets, dummy_io, prep) -> tuple[dict, 
     return dict(p_ptr=prep(params) if params is not None else dummy_io, rst_ptr=rst), int(resets is not None)
 
 
+def _zone_mode(mask, p: float) -> int:
+    # the kernels' zoneout mode: 0 none, 1 the mask (training), 2 the probability (eval)
+    return 1 if mask is not None else (2 if p > 0 else 0)
+
+
+def _regulariser_tensors(zoneout, recurrent_scale, dummy_io, dummy_acc, prep, cell_c=None, cell_h=None):
+    """``(pointer tensors, runtime scalars)`` of the kernels for zoneout (masks as their uint8
+    bytes, the cell's own c / h buffers) and the recurrent-dropout scale; placeholders and
+    zeros for what the call does not have. The probabilities are always Python floats (one
+    fp32 signature)."""
+    mask_u8 = torch.zeros(16, dtype=torch.uint8, device=dummy_io.device)
+    mask_h = None if zoneout is None else zoneout.mask_h
+    mask_c = None if zoneout is None else zoneout.mask_c
+    tensors = dict(
+        scale_ptr=prep(recurrent_scale) if recurrent_scale is not None else dummy_io,
+        mask_h_ptr=prep(mask_h.view(torch.uint8)) if mask_h is not None else mask_u8,
+        mask_c_ptr=prep(mask_c.view(torch.uint8)) if mask_c is not None else mask_u8,
+        cell_c_ptr=cell_c if cell_c is not None else dummy_acc,
+        cell_h_ptr=cell_h if cell_h is not None else dummy_io,
+    )
+    p_h = 0.0 if zoneout is None else float(zoneout.p_h)
+    p_c = 0.0 if zoneout is None else float(zoneout.p_c)
+    ints = dict(has_scale=int(recurrent_scale is not None), zoneout_h=_zone_mode(mask_h, p_h),
+                zoneout_c=_zone_mode(mask_c, p_c), p_h=p_h, p_c=p_c)
+    return tensors, ints
+
+
+def _refuse_projection(w_hr, zoneout) -> None:
+    if zoneout is not None and w_hr is not None:
+        raise ValueError("fastrnn: zoneout is not supported with proj_size")
+
+
 def _kernels():
     from ...kernels import recurrent_step  # imports triton
 
@@ -46,9 +79,11 @@ def _kernels():
 
 
 def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: bool, save: bool, config=None,
-            params=None, resets=None):
+            params=None, resets=None, zoneout=None, recurrent_scale=None):
     """The forward time loop on the step tier (``config`` is unused: the block sizes follow
-    ``H``); ``params`` / ``resets`` as in :mod:`fastrnn.backends.base`."""
+    ``H``); ``params`` / ``resets`` / ``zoneout`` / ``recurrent_scale`` as in
+    :mod:`fastrnn.backends.base`."""
+    _refuse_projection(w_hr, zoneout)
     ks = _kernels()
     prep = ks.aligned_input
     dtype, device = xg.dtype, xg.device
@@ -56,6 +91,7 @@ def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: boo
     hidden, state = w_hh.shape[0] // cell.gates, w_hh.shape[1]
     n_rows, batch = xg.shape[0], schedule.batch
     has_c = cell.has_cell_state
+    keep_c, keep_h = buffers.zoned(cell, zoneout) if save else (False, False)
     save = buffers.saves(cell, save)
     proj = w_hr is not None
 
@@ -80,6 +116,12 @@ def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: boo
     )
     extras, has_resets = _extra_tensors(cell, hidden, params, resets, dummy_io, prep)
     tensors.update(extras)
+    # the cell's own new c / h of a zoned-out state, kept for the backward
+    cell_c = buffers.new((n_rows, hidden), acc, device) if keep_c else None
+    cell_h = buffers.new((n_rows, hidden), dtype, device) if keep_h else None
+    zone, zone_ints = _regulariser_tensors(zoneout, recurrent_scale, dummy_io, dummy_acc, prep, cell_c, cell_h)
+    tensors.update(zone)
+    zone_ints["save_zoned"] = int(keep_c or keep_h)
     prev_off, n_prev = 0, 0
     launch = ks.forward_stepper(cell, tensors, hidden=hidden, save=save, tf32=buffers.tf32())
     for t in schedule.order(reverse):
@@ -87,19 +129,20 @@ def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: boo
         ints = dict(
             off=off, bs=bs, prev_off=prev_off, n_prev=n_prev, out_off=0 if proj else off,
             c_prev_off=prev_off if save else 0, c_out_off=off if save else 0, H=hidden, P=state,
-            has_resets=has_resets,
+            has_resets=has_resets, **zone_ints,
         )
         launch(ints)
         if proj:
             torch.mm(m_buf[:bs], w_hr_t, out=y[off : off + bs])
         prev_off, n_prev = off, bs
 
-    return buffers.forward_result(cell, save, y, c_buf, gates, extra, schedule, reverse)
+    return buffers.forward_result(cell, save, y, c_buf, gates, extra, schedule, reverse, cell_c, cell_h)
 
 
 def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule: Schedule, reverse: bool,
-             config=None, params=None, resets=None):
+             config=None, params=None, resets=None, zoneout=None, recurrent_scale=None):
     """The backward time loop on the step tier (no gradient crosses a reset: see the kernels)."""
+    _refuse_projection(w_hr, zoneout)
     ks = _kernels()
     prep = ks.aligned_input
     dtype, device = y.dtype, y.device
@@ -130,6 +173,12 @@ def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule:
     )
     extras, has_resets = _extra_tensors(cell, hidden, params, resets, dummy_io, prep)
     tensors.update(extras)
+    cell_c, cell_h = buffers.unpack_zoneout(cell, saved, zoneout)
+    zone, zone_ints = _regulariser_tensors(zoneout, recurrent_scale, dummy_io, dummy_acc, prep,
+                                           None if cell_c is None else prep(cell_c),
+                                           None if cell_h is None else prep(cell_h))
+    tensors.update(zone)
+    scale = None if recurrent_scale is None else recurrent_scale.to(acc)
     order = list(schedule.order(reverse))  # forward processing order
     offsets, sizes = schedule.offsets, schedule.batch_sizes
     launch = ks.backward_stepper(cell, tensors, hidden=hidden, dm_given=proj, tf32=buffers.tf32())
@@ -144,6 +193,8 @@ def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule:
             # then pointwise only (DM_GIVEN).
             if s is not None:
                 dh[:s_bs] = dxg[s_off : s_off + s_bs].to(acc) @ w_hh_acc
+                if scale is not None:
+                    dh[:s_bs] *= scale[:s_bs]
                 if resets is not None:
                     dh[:s_bs].masked_fill_(resets[s_off : s_off + s_bs, None], 0)
             dh[:q_bs] += dy[q_off : q_off + q_bs]
@@ -152,16 +203,20 @@ def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule:
         ints = dict(
             s_off=s_off, s_bs=s_bs, k_len=0 if (s is None or proj) else gates_n * hidden,
             q_off=q_off, q_bs=q_bs, q_prev_off=offsets[p] if p is not None else 0,
-            q_n_prev=sizes[p] if p is not None else 0, H=hidden, P=state, has_resets=has_resets,
+            q_n_prev=sizes[p] if p is not None else 0, H=hidden, P=state, has_resets=has_resets, **zone_ints,
         )
         launch(ints)
 
     # dh0: the recurrent GEMM of the first processed step (rows of sequences that started
-    # later in a packed reverse pass were finished by the kernels already), plus the
-    # dh_direct the last launch left in its rows.
+    # later in a packed reverse pass were finished by the kernels already), times the
+    # recurrent-dropout scale, plus what the last launch left in its rows (dh_direct, the
+    # zoned-out part of dh).
     lo, bs = offsets[order[0]], sizes[order[0]]
-    direct = dh[:bs].clone() if cell.direct_h_grad else None
+    carried = cell.direct_h_grad or (zone_ints["zoneout_h"] != 0 and not proj)
+    direct = dh[:bs].clone() if carried else None
     dh[:bs] = dhg[lo : lo + bs].to(acc) @ w_hh_acc
+    if scale is not None:
+        dh[:bs] *= scale[:bs]
     if direct is not None:
         dh[:bs] += direct
     if resets is not None:  # sequences whose first step is a reset: no gradient reaches h0
