@@ -276,7 +276,7 @@ class _FastRNNBase:
             return result[0], (result[1], result[2])
         return result[0], result[1]
 
-    def forward(self, input, hx=None, *, resets=None):
+    def forward(self, input, hx=None, *traced, resets=None):
         """Run the recurrence; same arguments and results as the ``torch.nn`` module.
 
         ``resets`` (optional): bool, shaped like ``input`` without its feature dimension
@@ -286,6 +286,12 @@ class _FastRNNBase:
         were a sequence of its own, from a zero state (the first one from ``hx``), and no
         gradient crosses the boundary.
         """
+        if traced:
+            # TorchScript's tracer (and the exporter built on it) passes every parameter
+            # positionally, None for the keyword-only ones: refuse it with the reason.
+            if torch.jit.is_tracing():
+                raise RuntimeError(ops.TORCHSCRIPT_MESSAGE)
+            raise TypeError(f"forward() takes from 2 to 3 positional arguments but {3 + len(traced)} were given")
         if resets is None and self._runs_torch_forward(input, hx):
             return self._native_forward(input, hx)
         kind = self._kind

@@ -144,3 +144,10 @@ def test_native_backend_refuses_resets():
     m = fastrnn.LSTM(3, 4, backend="native")
     with pytest.raises(RuntimeError, match="backend 'native' runs torch's own kernels, which have no resets inside a sequence"):
         m(torch.randn(5, 2, 3), resets=torch.zeros(5, 2, dtype=torch.bool))
+
+
+def test_resets_are_keyword_only():
+    m = fastrnn.GRU(3, 4)
+    x = torch.randn(5, 2, 3)
+    with pytest.raises(TypeError, match="positional arguments"):
+        m(x, None, torch.zeros(5, 2, dtype=torch.bool))
