@@ -21,6 +21,11 @@ How (triton 3.9's ``triton/runtime/interpreter.py``):
   the first exception a program raised. Everything the executor does after its loop
   (restoring patched names, copying arguments back) therefore still happens after every
   program has finished.
+- A call of a ``@triton.jit`` device function first patches ``triton.language`` by reading
+  its module's globals, and its first call rewrites the function and adds names to those
+  same globals. Two programs doing that at once in one module raise "dictionary changed
+  size during iteration": both steps run under one lock here (each is done once per
+  function; the calls themselves run concurrently).
 - ``tl.atomic_poll`` keeps its meaning (each element polled until it equals the expected
   value or the time budget ``timeout_ns`` is spent, one budget for the whole call) but
   sleeps briefly between reads, which releases the GIL so that spinning programs do not
@@ -49,6 +54,20 @@ _POLL_SLEEP_S = 20e-6
 _local = threading.local()
 _lock = threading.Lock()
 _depth = 0
+#: Serialises the interpreter's patching and rewriting of device functions across programs.
+_rewrite_lock = threading.RLock()
+_REAL_PATCH_LANG = _interp._patch_lang
+_REAL_REWRITE = _interp.InterpretedFunction.rewrite
+
+
+def _locked_patch_lang(fn):
+    with _rewrite_lock:
+        return _REAL_PATCH_LANG(fn)
+
+
+def _locked_rewrite(self):
+    with _rewrite_lock:
+        return _REAL_REWRITE(self)
 
 
 class _ThreadedBuilder(_interp.InterpreterBuilder):
@@ -135,6 +154,8 @@ def threaded_programs():
             builder.__class__ = _ThreadedBuilder
             builder.grid_idx = saved_idx
             _interp.GridExecutor = _ThreadedGridExecutor
+            _interp._patch_lang = _locked_patch_lang
+            _interp.InterpretedFunction.rewrite = _locked_rewrite
         _depth += 1
     try:
         yield
@@ -143,5 +164,7 @@ def threaded_programs():
             _depth -= 1
             if _depth == 0:
                 _interp.GridExecutor = _ThreadedGridExecutor.__mro__[1]
+                _interp._patch_lang = _REAL_PATCH_LANG
+                _interp.InterpretedFunction.rewrite = _REAL_REWRITE
                 builder.__class__ = _interp.InterpreterBuilder
                 builder.__dict__["grid_idx"] = None

@@ -27,6 +27,15 @@ class _FastCellBase:
     def _init_backend(self, backend):
         self.backend = validate_backend_name(backend)
 
+    def _init_torch_weights(self) -> None:
+        """``torch.nn``'s cell init of ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``
+        (the same draws in the same order), for a cell with parameters of its own besides."""
+        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            weight = getattr(self, name, None)
+            if weight is not None:
+                nn.init.uniform_(weight, -stdv, stdv)
+
     def __prepare_scriptable__(self):
         # torch.jit.script calls this before compiling a module: refuse with the reason.
         from .ops import TORCHSCRIPT_MESSAGE
@@ -138,11 +147,7 @@ class LSTMCell(_FastCellBase, nn.LSTMCell):
 
     def reset_parameters(self) -> None:
         """torch's init of the weights (its draws), peephole weights zero."""
-        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
-        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-            weight = getattr(self, name, None)
-            if weight is not None:
-                nn.init.uniform_(weight, -stdv, stdv)
+        self._init_torch_weights()
         for stem in _PEEPHOLES if getattr(self, "peephole", False) else ():
             nn.init.zeros_(getattr(self, stem))
 

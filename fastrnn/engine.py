@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import torch
 
+from .backends.base import loop_inputs
 from .kinds import CellKind
 from .schedule import Schedule
 
@@ -57,17 +58,11 @@ class LoopLayer:
 
     @staticmethod
     def _extras(schedule, reverse, params, resets, zoneout=None, recurrent_scale=None) -> dict:
-        """The optional time-loop arguments, given to the backend only when present."""
-        extras = {}
-        if params is not None:
-            extras["params"] = params
+        """The optional time-loop arguments, given to the backend only when present (resets
+        turned into this direction's "state entering the row is zero")."""
         if resets is not None:
-            extras["resets"] = schedule.entering_resets(resets, reverse)
-        if zoneout is not None:
-            extras["zoneout"] = zoneout
-        if recurrent_scale is not None:
-            extras["recurrent_scale"] = recurrent_scale
-        return extras
+            resets = schedule.entering_resets(resets, reverse)
+        return loop_inputs(params, resets, zoneout, recurrent_scale)
 
     def layer_forward(self, kind: CellKind, x, schedule: Schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
                       reverse: bool, save: bool, params=None, resets=None, zoneout=None, recurrent_scale=None):

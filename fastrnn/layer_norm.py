@@ -189,18 +189,15 @@ class _LayerNormCellBase(_FastCellBase, nn.RNNCellBase):
         """torch's init of the weights (``torch.nn.LSTMCell``'s draws), gains 1, biases 0."""
         if not hasattr(self, "_kind"):
             return  # (RNNCellBase's constructor calls this before the LayerNorm parameters exist)
-        stdv = 1.0 / self.hidden_size**0.5 if self.hidden_size > 0 else 0
-        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-            weight = getattr(self, name)
-            if weight is not None:
-                nn.init.uniform_(weight, -stdv, stdv)
+        self._init_torch_weights()
         for stem in _stems(self._lstm, self._kind.gates, self.hidden_size):
             nn.init.constant_(getattr(self, stem), 1.0 if stem.endswith("_weight") else 0.0)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, eps={self.eps}"
 
-    def _run(self, input, hx):
+    def forward(self, input, hx=None):
+        """One step: ``(h', c')`` for the LSTM cell, ``h'`` for the GRU cell."""
         states_count = 2 if self._lstm else 1
         input, states, is_batched = self._prepare(input, hx, states_count)
         p = _cell_p(lambda stem: getattr(self, stem), self._lstm, self._kind.gates, self.hidden_size)
@@ -219,9 +216,6 @@ class LayerNormLSTMCell(_LayerNormCellBase):
                  eps: float = 1e-5, backend: str | None = None) -> None:
         self._setup(input_size, hidden_size, bias, device, dtype, eps, backend)
 
-    def forward(self, input, hx=None):
-        return self._run(input, hx)
-
 
 class LayerNormGRUCell(_LayerNormCellBase):
     """One step of :class:`LayerNormGRU`: ``torch.nn.GRUCell``'s parameters and inputs,
@@ -233,6 +227,3 @@ class LayerNormGRUCell(_LayerNormCellBase):
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
                  eps: float = 1e-5, backend: str | None = None) -> None:
         self._setup(input_size, hidden_size, bias, device, dtype, eps, backend)
-
-    def forward(self, input, hx=None):
-        return self._run(input, hx)

@@ -45,6 +45,7 @@ import torch
 from torch import Tensor
 
 from . import backends, differentiable, onnx_export
+from .backends.base import loop_inputs
 from .kinds import CellKind
 from .schedule import Schedule
 
@@ -87,18 +88,7 @@ def _zoneout(loop):
 
 def _loop_extras(params, loop) -> dict:
     """The optional time-loop keywords of a layer implementation, only when present."""
-    resets, _, _, _, scale = loop
-    extras = {}
-    if params is not None:
-        extras["params"] = params
-    if resets is not None:
-        extras["resets"] = _flat_resets(resets)
-    zoneout = _zoneout(loop)
-    if zoneout is not None:
-        extras["zoneout"] = zoneout
-    if scale is not None:
-        extras["recurrent_scale"] = scale
-    return extras
+    return loop_inputs(params, _flat_resets(loop[0]), _zoneout(loop), loop[4])
 
 
 def _flat(x: Tensor, batch_sizes: Tensor | None) -> tuple[Tensor, Schedule]:
@@ -135,9 +125,9 @@ def _rows(x: Tensor, batch_sizes: Tensor | None):
 def _layout(kind: CellKind, backend: str, x, batch_sizes, h0, w_ih, w_hh, w_hr, save: bool, loop=NO_LOOP):
     hidden = w_hh.shape[0] // kind.gates
     proj = w_hr.shape[0] if w_hr is not None else 0
+    zoneout = _zoneout(loop)
     extra = {}
-    if any(v is not None for v in (loop[0], loop[4])) or _zoneout(loop) is not None:
-        zoneout = _zoneout(loop)
+    if loop[0] is not None or loop[4] is not None or zoneout is not None:  # (a loop input: its own layout)
         extra = {"resets": True, "zoneout": None if zoneout is None else (zoneout.on_h, zoneout.on_c)}
     return backends.layer_impl(backend).saved_layout(
         kind, _rows(x, batch_sizes), h0.shape[0], x.shape[-1], hidden, proj, x.dtype, save, **extra

@@ -103,3 +103,19 @@ def test_the_interpreter_is_restored_afterwards():
     out = torch.full((3,), -1, dtype=torch.int32)
     _program_ids_kernel[(3,)](out)  # the plain sequential loop again
     assert out.tolist() == [3, 13, 23]
+
+
+def test_device_function_patching_is_serialised_while_programs_run_in_threads():
+    """Programs patching triton.language from one module's globals while another program's
+    first call of a device function adds names there raised "dictionary changed size during
+    iteration": inside threaded_programs both go through one lock, and are restored after."""
+    from triton.runtime import interpreter as interp
+
+    from fastrnn import _threaded_interpreter as threaded
+
+    real_patch, real_rewrite = interp._patch_lang, interp.InterpretedFunction.rewrite
+    with threaded.threaded_programs():
+        assert interp._patch_lang is threaded._locked_patch_lang
+        assert interp.InterpretedFunction.rewrite is threaded._locked_rewrite
+    assert interp._patch_lang is real_patch
+    assert interp.InterpretedFunction.rewrite is real_rewrite

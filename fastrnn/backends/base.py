@@ -49,3 +49,10 @@ class BackwardResult(NamedTuple):
     dc0: torch.Tensor | None  #: (B, H) or None
     dw_hr: torch.Tensor | None  #: (P, H) projection weight gradient, or None
     dparams: torch.Tensor | None = None  #: (param_rows, H) gradient of the cell's parameters
+
+
+def loop_inputs(params=None, resets=None, zoneout=None, recurrent_scale=None) -> dict:
+    """The optional keywords of a backend's time loops, only those present (a backend that
+    reads none of them is called exactly as before they existed)."""
+    given = dict(params=params, resets=resets, zoneout=zoneout, recurrent_scale=recurrent_scale)
+    return {name: value for name, value in given.items() if value is not None}

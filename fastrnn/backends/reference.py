@@ -128,6 +128,31 @@ def reset_state(state, cut, zero):
     return state.masked_fill(cut, 0)
 
 
+def reset_in_place(state, cut):
+    """Zero, in place, the rows of ``state`` that ``cut`` marks (see :func:`reset_steps`)."""
+    if cut is True:
+        state.zero_()
+    elif cut is not None:
+        state.masked_fill_(cut, 0)
+    return state
+
+
+def lstm_gate_factors(gates_seq, c_prev, tanh_c):
+    """The LSTM gates' derivatives for a whole sequence, ``[g i (1-i), c_prev f (1-f),
+    i (1-g^2), tanh_c o (1-o)]`` (``gates_seq`` holds the activated ``i, f, g, o``): each
+    step of a backward loop scales its rows by ``dc`` / ``dh`` in place. Written with out= and
+    in-place ops: fresh large temporaries cost page faults on the CPU."""
+    i, f, g, o = gates_seq.chunk(4, 1)
+    dgates = torch.mul(gates_seq, gates_seq)
+    torch.sub(gates_seq, dgates, out=dgates)  # s * (1 - s) for the sigmoid gates
+    di, df, dg, do = dgates.chunk(4, 1)
+    torch.mul(g, g, out=dg).neg_().add_(1).mul_(i)  # (1 - g^2) * i
+    di.mul_(g)
+    df.mul_(c_prev)
+    do.mul_(tanh_c)
+    return dgates
+
+
 def reset_sequence(seq, resets):
     """A whole sequence of entering states with the reset rows zeroed (for the backward's
     whole-sequence factors)."""
@@ -201,12 +226,7 @@ def _lstm_forward(xg, w_hh, w_hr, h0, c0, schedule, reverse, save, cuts):
             c_prev = reset_state(_previous_rows(c_seq, c0, prev, bs), cut, zero_c)
             cs = torch.mul(f, c_prev, out=c_seq[lo:hi])
         else:
-            cs = c_seq[:bs]
-            if cut is True:
-                cs.zero_()
-            elif cut is not None:
-                cs.masked_fill_(cut, 0)
-            cs.mul_(f)
+            cs = reset_in_place(c_seq[:bs], cut).mul_(f)
         cs.addcmul_(i, g)
         h_out = y[lo:hi] if w_hr is None else m_buf[:bs] if m_seq is None else m_seq[lo:hi]
         if save:
@@ -241,13 +261,7 @@ def _lstm_backward(saved, w_hh, w_hr, c0, dy, dh_n, dc_n, schedule, reverse, res
     #   i' = g*i*(1-i), f' = c_prev*f*(1-f), g' = i*(1-g^2), o' = tanh(c)*o*(1-o);
     # dgates starts as these factors and each step multiplies its rows by dc / dm in place.
     # Written with out= and in-place ops: fresh large temporaries cost page faults on the CPU.
-    dgates = torch.mul(gates_seq, gates_seq)
-    torch.sub(gates_seq, dgates, out=dgates)  # s * (1 - s) for the sigmoid gates
-    di, df, dg, do = dgates.chunk(4, 1)
-    torch.mul(g, g, out=dg).neg_().add_(1).mul_(i)  # (1 - g^2) * i
-    di.mul_(g)
-    df.mul_(reset_sequence(schedule.previous(c_seq, c0, reverse), resets))
-    do.mul_(tanh_c)
+    dgates = lstm_gate_factors(gates_seq, reset_sequence(schedule.previous(c_seq, c0, reverse), resets), tanh_c)
     dc_from_m = torch.mul(tanh_c, tanh_c).neg_().add_(1).mul_(o)  # dc += dm * o * (1 - tanh(c)^2)
 
     dh, dc = dh_n.clone(), dc_n.clone()

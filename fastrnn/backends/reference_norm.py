@@ -182,12 +182,7 @@ def _ln_lstm_forward(xg, w_hh, b_hh, h0, c0, schedule, reverse, save, params, cu
                 cp = ref.reset_state(cp, cut, zero_c)
             c = torch.mul(f_rows[t], cp, out=c_rows[t])
         else:
-            c = c_seq[:bs]
-            if cut is True:
-                c.zero_()
-            elif cut is not None:
-                c.masked_fill_(cut, 0)
-            c.mul_(f_rows[t])
+            c = ref.reset_in_place(c_seq[:bs], cut).mul_(f_rows[t])
         c.addcmul_(i_rows[t], s_rows[t], value=2).sub_(i_rows[t])  # + i * g
         h = torch.mul(torch.layer_norm(c, (hidden,), w_c, b_c, eps).tanh_(), o_rows[t], out=y_rows[t])
     c_n = schedule.final(c_seq, reverse) if save else c_seq
@@ -209,13 +204,7 @@ def _ln_lstm_backward(saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, reverse,
     # Whole-sequence factors (as the LSTM's): dgates = [dc*i', dc*f', dc*g', dh*o'] with
     #   i' = g*i*(1-i), f' = c_prev*f*(1-f), g' = i*(1-g^2), o' = tanh(LN(c))*o*(1-o);
     # dgates starts as these factors and each step multiplies its rows by dc / dh in place.
-    dgates = torch.mul(gates_seq, gates_seq)
-    torch.sub(gates_seq, dgates, out=dgates)  # s * (1 - s) for the sigmoid gates
-    di, df, dg, do = dgates.chunk(4, 1)
-    torch.mul(g, g, out=dg).neg_().add_(1).mul_(i)  # (1 - g^2) * i
-    di.mul_(g)
-    df.mul_(c_prev)
-    do.mul_(tcn)
+    dgates = ref.lstm_gate_factors(gates_seq, c_prev, tcn)
     # The gradient reaching LN(c)'s output: dh * o * (1 - tanh(LN(c))^2).
     dn_factor = tcn.mul_(tcn).neg_().add_(1).mul_(o)
     r_hat, wr_r, k_r, l_r = _norm_factors(r_seq, w_r, eps)

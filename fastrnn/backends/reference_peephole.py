@@ -57,11 +57,7 @@ def forward(xg, w_hh, b_hh, h0, c0, schedule, reverse, save, params, cuts):
             if cut is not None:
                 cp = ref.reset_state(cp, cut, zero_c)
         else:
-            cp = c_seq[:bs]
-            if cut is True:
-                cp.zero_()
-            elif cut is not None:
-                cp.masked_fill_(cut, 0)
+            cp = ref.reset_in_place(c_seq[:bs], cut)
         pair_rows[t].addcmul_(cp.unsqueeze(1), w_if)  # x_i += w_ci * c, x_f += w_cf * c
         if_rows[t].sigmoid_()
         g_rows[t].tanh_()
@@ -84,13 +80,8 @@ def backward(saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, reverse, params, 
     c_prev = ref.reset_sequence(schedule.previous(c_seq, c0, reverse), resets)
     # dgates starts as the factors [i', f', g', o'] (i' = g i (1-i), f' = c_prev f (1-f),
     # g' = i (1-g^2), o' = tanh(c) o (1-o)); each step multiplies its rows by dc_total / dh.
-    dgates = torch.mul(gates_seq, gates_seq)
-    torch.sub(gates_seq, dgates, out=dgates)  # s * (1 - s) for the sigmoid gates
+    dgates = ref.lstm_gate_factors(gates_seq, c_prev, tanh_c)
     di, df, dg, do = dgates.chunk(4, 1)
-    torch.mul(g, g, out=dg).neg_().add_(1).mul_(i)  # (1 - g^2) * i
-    di.mul_(g)
-    df.mul_(c_prev)
-    do.mul_(tanh_c)
     # dc_total = dc + dh * (o (1 - tanh(c)^2) + w_co o')
     dc_from_h = torch.mul(tanh_c, tanh_c).neg_().add_(1).mul_(o).addcmul_(do, w_co)
     # dc_prev = dc_total * (f + w_ci i' + w_cf f')

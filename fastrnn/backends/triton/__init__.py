@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from ...schedule import Schedule
+from ..base import loop_inputs
 from . import buffers, cooperative, policy, resident, selfcheck, step
 from .buffers import saved_layout  # noqa: F401 (the backend interface)
 from .policy import TIERS, tier_for  # noqa: F401 (public)
@@ -81,15 +82,6 @@ def refuses_cell(cell) -> str | None:
     return reason or None
 
 
-def _extras(params, resets, zoneout=None, recurrent_scale=None) -> dict:
-    extras = {}
-    for name, value in (("params", params), ("resets", resets), ("zoneout", zoneout),
-                        ("recurrent_scale", recurrent_scale)):
-        if value is not None:
-            extras[name] = value
-    return extras
-
-
 def _tier_with(tier: str, extras: dict) -> str:
     """``tier``, or the step tier when ``tier`` cannot read the call's optional inputs;
     an error before any work when neither can."""
@@ -125,7 +117,7 @@ def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: boo
     _refuse(cell, xg.dtype)
     from ...kernels.launches import device_guard
 
-    extras = _extras(params, resets, zoneout, recurrent_scale)
+    extras = loop_inputs(params, resets, zoneout, recurrent_scale)
     with device_guard(xg.device):
         tier = _tier_with(policy.layer_tier(cell, w_hh, w_hr, xg.dtype, xg.device, schedule), extras)
         if tier != "step":
@@ -143,7 +135,7 @@ def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule:
     ``saved`` tuple of every other); see :mod:`fastrnn.backends.base`."""
     from ...kernels.launches import device_guard
 
-    extras = _extras(params, resets, zoneout, recurrent_scale)
+    extras = loop_inputs(params, resets, zoneout, recurrent_scale)
     with device_guard(y.device):
         tier = _tier_with(policy.layer_tier(cell, w_hh, w_hr, y.dtype, y.device, schedule), extras)
         res = None

@@ -151,3 +151,49 @@ def step_tables(schedule, device):
         return schedule.batch, dummy, dummy
     sizes, offsets = schedule.device_tables(device)
     return 0, sizes, offsets
+
+
+_FLAG_PLACEHOLDERS: dict = {}
+
+
+def flag_placeholder(device) -> torch.Tensor:
+    """A zero uint8 tensor for a flags / mask pointer a call does not have (the kernels never
+    read it: its runtime flag is off), made once per device instead of once per call."""
+    key = str(torch.device(device))
+    placeholder = _FLAG_PLACEHOLDERS.get(key)
+    if placeholder is None:
+        placeholder = _FLAG_PLACEHOLDERS[key] = torch.zeros(16, dtype=torch.uint8, device=device)
+    return placeholder
+
+
+def loop_tensors(cell, hidden: int, params, resets, zoneout, recurrent_scale, dummy_io, prep):
+    """What every tier's kernels read of a call's optional inputs (see
+    :mod:`fastrnn.backends.base`): ``(tensors, scalars)``.
+
+    ``tensors``: ``params`` (the cell's per-unit rows; zeros for a cell with rows called
+    without them, as the first-use check does; else the placeholder), ``resets`` (the flags
+    as their uint8 bytes), ``scale`` (recurrent dropout), ``mask_h`` / ``mask_c`` (zoneout's
+    training masks as uint8); placeholders where the call has none. ``scalars``:
+    ``has_resets``, ``has_scale``, ``zoneout_h`` / ``zoneout_c`` (0 none, 1 the mask, 2 the
+    eval probability) and ``p_h`` / ``p_c`` (always Python floats: one fp32 signature).
+    """
+    device = dummy_io.device
+    flags = flag_placeholder(device)
+    if params is None:
+        params = dummy_io.new_zeros(cell.param_rows, hidden) if cell.param_rows else dummy_io
+    tensors = dict(params=prep(params.to(dummy_io.dtype)), mask_h=flags, mask_c=flags,
+                   resets=flags if resets is None else prep(resets.view(torch.uint8)),
+                   scale=dummy_io if recurrent_scale is None else prep(recurrent_scale))
+    scalars = dict(has_resets=int(resets is not None), has_scale=int(recurrent_scale is not None),
+                   zoneout_h=0, zoneout_c=0, p_h=0.0, p_c=0.0)
+    if zoneout is not None:
+        states = (("h", zoneout.mask_h, zoneout.p_h),)
+        if cell.has_cell_state:
+            states += (("c", zoneout.mask_c, zoneout.p_c),)
+        for which, mask, p in states:
+            if mask is not None:
+                tensors[f"mask_{which}"] = prep(mask.view(torch.uint8))
+                scalars[f"zoneout_{which}"] = 1
+            elif p > 0:
+                scalars[f"zoneout_{which}"], scalars[f"p_{which}"] = 2, float(p)
+    return tensors, scalars

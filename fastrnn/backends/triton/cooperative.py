@@ -76,37 +76,13 @@ def _launch(launcher, cell, tensors, ints, cfg, device):
         raise
 
 
-def _extras(cell, hidden, params, resets, prep, dummy_io) -> tuple[dict, int]:
-    """The kernels' ``resets_ptr`` / ``p_ptr`` tensors and the ``has_resets`` flag. Reset
-    flags are read as uint8 (a view of the bool tensor); without them, a placeholder. A cell
-    with per-unit parameters always reads its ``(param_rows, H)`` rows: zeros when the call
-    has none (the first-use check runs the cell so); a placeholder for any other cell."""
-    device = dummy_io.device
-    flags = torch.empty(8, dtype=torch.uint8, device=device) if resets is None else prep(resets.view(torch.uint8))
-    if params is None and cell.param_rows:
-        params = torch.zeros(cell.param_rows, hidden, dtype=dummy_io.dtype, device=device)
-    return dict(resets_ptr=flags, p_ptr=dummy_io if params is None else prep(params)), int(resets is not None)
-
-
-def _regularisers(cell, zoneout, recurrent_scale, prep, dummy_io) -> tuple[dict, dict]:
-    """The kernels' regulariser pointers (placeholders where unused) and runtime scalars:
-    the scale (``has_scale``), the zoneout masks as uint8 views (mode 1) or the eval
-    probabilities (mode 2) of h and, for a cell with a cell state, c."""
-    u8 = torch.empty(8, dtype=torch.uint8, device=dummy_io.device)
-    tensors = dict(scale_ptr=dummy_io if recurrent_scale is None else prep(recurrent_scale),
-                   mask_h_ptr=u8, mask_c_ptr=u8)
-    ints = dict(has_scale=int(recurrent_scale is not None), zoneout_h=0, zoneout_c=0, p_h=0.0, p_c=0.0)
-    if zoneout is not None:
-        states = (("h", zoneout.mask_h, zoneout.p_h),)
-        if cell.has_cell_state:
-            states += (("c", zoneout.mask_c, zoneout.p_c),)
-        for which, mask, p in states:
-            if mask is not None:
-                tensors[f"mask_{which}_ptr"] = prep(mask.view(torch.uint8))
-                ints[f"zoneout_{which}"] = 1
-            elif p > 0:
-                ints[f"zoneout_{which}"], ints[f"p_{which}"] = 2, float(p)
-    return tensors, ints
+def _loop_args(cell, hidden, params, resets, zoneout, recurrent_scale, prep, dummy_io) -> tuple[dict, dict]:
+    """The kernels' pointers and runtime scalars of a call's optional inputs
+    (:func:`buffers.loop_tensors`)."""
+    t, scalars = buffers.loop_tensors(cell, hidden, params, resets, zoneout, recurrent_scale, dummy_io, prep)
+    tensors = dict(resets_ptr=t["resets"], p_ptr=t["params"], scale_ptr=t["scale"], mask_h_ptr=t["mask_h"],
+                   mask_c_ptr=t["mask_c"])
+    return tensors, scalars
 
 
 def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: bool, save: bool, config=None,
@@ -140,18 +116,17 @@ def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: boo
     else:
         c0, c_buf = dummy_acc, dummy_acc
     uniform_b, sizes, offsets = buffers.step_tables(schedule, device)
-    extras, has_resets = _extras(cell, hidden, params, resets, prep, dummy_io)
-    regs, reg_ints = _regularisers(cell, zoneout, recurrent_scale, prep, dummy_io)
+    extras, loop_ints = _loop_args(cell, hidden, params, resets, zoneout, recurrent_scale, prep, dummy_io)
     cell_c = buffers.new((n_rows, hidden), acc, device) if keep_c else None
     cell_h = buffers.new((n_rows, hidden), dtype, device) if keep_h else None
     tensors = dict(
         xg_ptr=xg, w_hh_ptr=w_hh, b_hh_ptr=bias, h0_ptr=h0, c0_ptr=c0, y_ptr=y, c_ptr=c_buf,
         gates_ptr=gates, hn_ptr=extra, sizes_ptr=sizes, offsets_ptr=offsets,
-        sync_ptr=torch.zeros(1 + schedule.steps, dtype=torch.int32, device=device), **extras, **regs,
+        sync_ptr=torch.zeros(1 + schedule.steps, dtype=torch.int32, device=device), **extras,
         cell_c_ptr=dummy_acc if cell_c is None else cell_c, cell_h_ptr=dummy_io if cell_h is None else cell_h,
     )
     ints = dict(T=schedule.steps, B=batch, H=hidden, reverse=int(reverse), packed=int(uniform_b == 0),
-                save=int(save), has_resets=has_resets, save_zoned=int(keep_c or keep_h), **reg_ints)
+                save=int(save), save_zoned=int(keep_c or keep_h), **loop_ints)
     _launch(coop.launch_forward, cell, tensors, ints, cfg, device)
 
     return buffers.forward_result(cell, save, y, c_buf, gates, extra, schedule, reverse, cell_c, cell_h)
@@ -181,16 +156,15 @@ def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule:
         dc_n = torch.zeros(dh_n.shape[0], hidden, dtype=dtype, device=device)
     dc = dc_n.to(acc, copy=True).contiguous() if has_c else dummy_acc
     uniform_b, sizes, offsets = buffers.step_tables(schedule, device)
-    extras, has_resets = _extras(cell, hidden, params, resets, prep, dummy_io)
-    regs, reg_ints = _regularisers(cell, zoneout, recurrent_scale, prep, dummy_io)
+    extras, loop_ints = _loop_args(cell, hidden, params, resets, zoneout, recurrent_scale, prep, dummy_io)
     tensors = dict(
         w_hh_ptr=w_hh, dxg_ptr=dxg, dhg_ptr=dhg, dy_ptr=dy, dh_ptr=dh, dc_ptr=dc, gates_ptr=gates,
         c_ptr=c_seq, c0_ptr=c0, hn_ptr=extra, y_ptr=y, h0_ptr=h0, sizes_ptr=sizes, offsets_ptr=offsets,
-        sync_ptr=torch.zeros(1 + schedule.steps, dtype=torch.int32, device=device), **extras, **regs,
+        sync_ptr=torch.zeros(1 + schedule.steps, dtype=torch.int32, device=device), **extras,
         cell_c_ptr=dummy_acc if cell_c is None else prep(cell_c),
         cell_h_ptr=dummy_io if cell_h is None else prep(cell_h),
     )
     ints = dict(T=schedule.steps, B=dh.shape[0], H=hidden, reverse=int(reverse), packed=int(uniform_b == 0),
-                has_resets=has_resets, **reg_ints)
+                **loop_ints)
     _launch(coop.launch_backward, cell, tensors, ints, cfg, device)
     return BackwardResult(dxg, dhg, dh.to(dtype), dc.to(dtype) if has_c else None, None)

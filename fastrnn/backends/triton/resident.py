@@ -28,15 +28,10 @@ def fit_for(cell, hidden: int, dtype):
 
 
 def _extras(cell, params, resets, hidden: int, dummy_io, prep) -> tuple[dict, int]:
-    """``(pointer tensors, has_resets)`` of the optional inputs: the cell's per-unit parameters
-    (a placeholder for a cell without; zeros for a cell with rows but a call without them, as
-    the first-use check makes) and the reset flags as uint8 (a placeholder and 0 without)."""
-    if params is None:
-        params = dummy_io.new_zeros(cell.param_rows, hidden) if cell.param_rows else dummy_io
-    device = dummy_io.device
-    flags = torch.empty(16, dtype=torch.uint8, device=device) if resets is None else resets.view(torch.uint8)
-    return dict(p_ptr=prep(params.to(dummy_io.dtype)), resets_ptr=prep(flags)), int(resets is not None)
-
+    """``(pointer tensors, has_resets)`` of the optional inputs this tier reads
+    (:func:`buffers.loop_tensors`)."""
+    t, scalars = buffers.loop_tensors(cell, hidden, params, resets, None, None, dummy_io, prep)
+    return dict(p_ptr=t["params"], resets_ptr=t["resets"]), scalars["has_resets"]
 
 def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: bool, save: bool, config=None,
             params=None, resets=None):

@@ -29,42 +29,15 @@ from . import buffers
 EXTRAS = ("params", "resets", "zoneout", "recurrent_scale")
 
 
-def _extra_tensors(cell, hidden, params, resets, dummy_io, prep) -> tuple[dict, int]:
-    """The kernels' ``p_ptr`` / ``rst_ptr`` tensors and ``has_resets``; the bool flags are
-    passed as their uint8 bytes. A cell with per-unit parameters called without them (the
-    first-use check's problem) reads zeros, never past a placeholder."""
-    device = dummy_io.device
-    if params is None and cell.param_rows:
-        params = torch.zeros(cell.param_rows, hidden, dtype=dummy_io.dtype, device=device)
-    rst = prep(resets.view(torch.uint8)) if resets is not None else torch.zeros(16, dtype=torch.uint8, device=device)
-    return dict(p_ptr=prep(params) if params is not None else dummy_io, rst_ptr=rst), int(resets is not None)
-
-
-def _zone_mode(mask, p: float) -> int:
-    # the kernels' zoneout mode: 0 none, 1 the mask (training), 2 the probability (eval)
-    return 1 if mask is not None else (2 if p > 0 else 0)
-
-
-def _regulariser_tensors(zoneout, recurrent_scale, dummy_io, dummy_acc, prep, cell_c=None, cell_h=None):
-    """``(pointer tensors, runtime scalars)`` of the kernels for zoneout (masks as their uint8
-    bytes, the cell's own c / h buffers) and the recurrent-dropout scale; placeholders and
-    zeros for what the call does not have. The probabilities are always Python floats (one
-    fp32 signature)."""
-    mask_u8 = torch.zeros(16, dtype=torch.uint8, device=dummy_io.device)
-    mask_h = None if zoneout is None else zoneout.mask_h
-    mask_c = None if zoneout is None else zoneout.mask_c
-    tensors = dict(
-        scale_ptr=prep(recurrent_scale) if recurrent_scale is not None else dummy_io,
-        mask_h_ptr=prep(mask_h.view(torch.uint8)) if mask_h is not None else mask_u8,
-        mask_c_ptr=prep(mask_c.view(torch.uint8)) if mask_c is not None else mask_u8,
-        cell_c_ptr=cell_c if cell_c is not None else dummy_acc,
-        cell_h_ptr=cell_h if cell_h is not None else dummy_io,
-    )
-    p_h = 0.0 if zoneout is None else float(zoneout.p_h)
-    p_c = 0.0 if zoneout is None else float(zoneout.p_c)
-    ints = dict(has_scale=int(recurrent_scale is not None), zoneout_h=_zone_mode(mask_h, p_h),
-                zoneout_c=_zone_mode(mask_c, p_c), p_h=p_h, p_c=p_c)
-    return tensors, ints
+def _loop_args(cell, hidden, params, resets, zoneout, recurrent_scale, dummy_io, dummy_acc, prep, cell_c=None,
+               cell_h=None) -> tuple[dict, dict]:
+    """The step kernels' pointers and runtime scalars of a call's optional inputs
+    (:func:`buffers.loop_tensors`), with the cell's own new c / h buffers of a zoned-out state."""
+    t, scalars = buffers.loop_tensors(cell, hidden, params, resets, zoneout, recurrent_scale, dummy_io, prep)
+    tensors = dict(p_ptr=t["params"], rst_ptr=t["resets"], scale_ptr=t["scale"], mask_h_ptr=t["mask_h"],
+                   mask_c_ptr=t["mask_c"], cell_c_ptr=dummy_acc if cell_c is None else cell_c,
+                   cell_h_ptr=dummy_io if cell_h is None else cell_h)
+    return tensors, scalars
 
 
 def _refuse_projection(w_hr, zoneout) -> None:
@@ -114,14 +87,13 @@ def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: boo
         xg_ptr=xg, w_hh_ptr=w_hh, b_hh_ptr=bias, h_seq_ptr=y, h0_ptr=h0, out_ptr=m_buf if proj else y,
         c_prev_ptr=c_buf, c_init_ptr=c0, c_out_ptr=c_buf, gates_ptr=gates, extra_ptr=extra,
     )
-    extras, has_resets = _extra_tensors(cell, hidden, params, resets, dummy_io, prep)
-    tensors.update(extras)
     # the cell's own new c / h of a zoned-out state, kept for the backward
     cell_c = buffers.new((n_rows, hidden), acc, device) if keep_c else None
     cell_h = buffers.new((n_rows, hidden), dtype, device) if keep_h else None
-    zone, zone_ints = _regulariser_tensors(zoneout, recurrent_scale, dummy_io, dummy_acc, prep, cell_c, cell_h)
-    tensors.update(zone)
-    zone_ints["save_zoned"] = int(keep_c or keep_h)
+    extras, loop_ints = _loop_args(cell, hidden, params, resets, zoneout, recurrent_scale, dummy_io, dummy_acc, prep,
+                                   cell_c, cell_h)
+    tensors.update(extras)
+    loop_ints["save_zoned"] = int(keep_c or keep_h)
     prev_off, n_prev = 0, 0
     launch = ks.forward_stepper(cell, tensors, hidden=hidden, save=save, tf32=buffers.tf32())
     for t in schedule.order(reverse):
@@ -129,7 +101,7 @@ def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: boo
         ints = dict(
             off=off, bs=bs, prev_off=prev_off, n_prev=n_prev, out_off=0 if proj else off,
             c_prev_off=prev_off if save else 0, c_out_off=off if save else 0, H=hidden, P=state,
-            has_resets=has_resets, **zone_ints,
+            **loop_ints,
         )
         launch(ints)
         if proj:
@@ -171,13 +143,10 @@ def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule:
         dr_ptr=dhg, w_hh_ptr=w_hh, dxg_ptr=dxg, dhg_ptr=dhg, dy_ptr=dy, dh_ptr=dh, dc_ptr=dc, dm_ptr=dm,
         gates_ptr=gates, c_seq_ptr=c_seq, c0_ptr=c0, extra_ptr=extra, h_seq_ptr=y, h0_ptr=h0,
     )
-    extras, has_resets = _extra_tensors(cell, hidden, params, resets, dummy_io, prep)
-    tensors.update(extras)
     cell_c, cell_h = buffers.unpack_zoneout(cell, saved, zoneout)
-    zone, zone_ints = _regulariser_tensors(zoneout, recurrent_scale, dummy_io, dummy_acc, prep,
-                                           None if cell_c is None else prep(cell_c),
-                                           None if cell_h is None else prep(cell_h))
-    tensors.update(zone)
+    extras, loop_ints = _loop_args(cell, hidden, params, resets, zoneout, recurrent_scale, dummy_io, dummy_acc, prep,
+                                   None if cell_c is None else prep(cell_c), None if cell_h is None else prep(cell_h))
+    tensors.update(extras)
     scale = None if recurrent_scale is None else recurrent_scale.to(acc)
     order = list(schedule.order(reverse))  # forward processing order
     offsets, sizes = schedule.offsets, schedule.batch_sizes
@@ -203,7 +172,7 @@ def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule:
         ints = dict(
             s_off=s_off, s_bs=s_bs, k_len=0 if (s is None or proj) else gates_n * hidden,
             q_off=q_off, q_bs=q_bs, q_prev_off=offsets[p] if p is not None else 0,
-            q_n_prev=sizes[p] if p is not None else 0, H=hidden, P=state, has_resets=has_resets, **zone_ints,
+            q_n_prev=sizes[p] if p is not None else 0, H=hidden, P=state, **loop_ints,
         )
         launch(ints)
 
@@ -212,7 +181,7 @@ def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule:
     # recurrent-dropout scale, plus what the last launch left in its rows (dh_direct, the
     # zoned-out part of dh).
     lo, bs = offsets[order[0]], sizes[order[0]]
-    carried = cell.direct_h_grad or (zone_ints["zoneout_h"] != 0 and not proj)
+    carried = cell.direct_h_grad or (loop_ints["zoneout_h"] != 0 and not proj)
     direct = dh[:bs].clone() if carried else None
     dh[:bs] = dhg[lo : lo + bs].to(acc) @ w_hh_acc
     if scale is not None:
