@@ -211,16 +211,13 @@ def _inputs(case: Case, device: torch.device):
     return x, grad, lengths
 
 
-def _arm(case: Case, model: torch.nn.Module, x, grad_out, lengths, device: torch.device) -> interleave.Arm:
-    """One round of ``model`` on the shared input: forward (no grad), or forward+backward."""
+def timed_arm(forward, direction: str, model: torch.nn.Module, x, grad_out, device: torch.device) -> interleave.Arm:
+    """One round of ``forward()`` (which returns the output to differentiate): under no_grad
+    for ``fwd``; for ``fwd+bwd`` then backward from ``grad_out`` (gradients of ``model`` and
+    the shared input ``x`` reset, untimed, before each round). Synchronises on CUDA."""
     cuda = device.type == "cuda"
 
-    def forward():
-        inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if case.packed else x
-        out, _ = model(inp)
-        return out.data if case.packed else out
-
-    if case.direction == "fwd":
+    if direction == "fwd":
 
         def run():
             with torch.no_grad():
@@ -241,6 +238,17 @@ def _arm(case: Case, model: torch.nn.Module, x, grad_out, lengths, device: torch
         x.grad = None  # x is shared by the arms: each round starts from no gradient
 
     return interleave.Arm(run, prep)
+
+
+def _arm(case: Case, model: torch.nn.Module, x, grad_out, lengths, device: torch.device) -> interleave.Arm:
+    """One round of ``model`` on the shared input: forward (no grad), or forward+backward."""
+
+    def forward():
+        inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if case.packed else x
+        out, _ = model(inp)
+        return out.data if case.packed else out
+
+    return timed_arm(forward, case.direction, model, x, grad_out, device)
 
 
 def _ms(seconds):

@@ -32,7 +32,7 @@ import fastrnn
 from fastrnn.backends import Call, resolve_name
 
 import interleave
-from test_throughput import DTYPE_NAMES, GPU_ONLY_REASON, GRID, bench_device, rounds_for, warmup_for
+from test_throughput import DTYPE_NAMES, GPU_ONLY_REASON, GRID, bench_device, rounds_for, timed_arm, warmup_for
 
 TARGETS = {"LNLSTM": 0.5, "LNGRU": 0.5, "peephole": 1.15, "resets": 1.15, "zoneout": 1.15, "rdrop": 1.15,
            "wdrop": 1.15}
@@ -146,32 +146,11 @@ def _models(case: VariantCase, device):
 
 
 def _arm(module, x, grad_out, direction, device, resets=None):
-    cuda = device.type == "cuda"
-
     def forward():
         out = module(x) if resets is None else module(x, resets=resets)
         return out[0]
 
-    if direction == "fwd":
-        def run():
-            with torch.no_grad():
-                out = forward()
-            if cuda:
-                torch.cuda.synchronize(device)
-            return out
-
-        return interleave.Arm(run)
-
-    def run():
-        forward().backward(grad_out)
-        if cuda:
-            torch.cuda.synchronize(device)
-
-    def prep():
-        module.zero_grad(set_to_none=True)
-        x.grad = None
-
-    return interleave.Arm(run, prep)
+    return timed_arm(forward, direction, module, x, grad_out, device)
 
 
 BASELINES = {"LNLSTM": "eager LayerNorm-LSTM loop", "LNGRU": "eager LayerNorm-GRU loop",
