@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import Cell, register_family
+from .base import _REGISTRY, Cell, register_family
 
 
 def _normalised(v, eps):
@@ -102,8 +102,6 @@ def _family_name(family: str, eps) -> str:
 def layer_norm_lstm(eps: float = 1e-5) -> Cell:
     """The LayerNorm-LSTM cell with this ``eps`` (made once, then found by name)."""
     name = _family_name("LayerNormLSTM", eps)
-    from .base import _REGISTRY
-
     if name in _REGISTRY:
         return _REGISTRY[name]
     eps = float(eps)
@@ -146,8 +144,6 @@ def layer_norm_lstm(eps: float = 1e-5) -> Cell:
 def layer_norm_gru(eps: float = 1e-5) -> Cell:
     """The LayerNorm-GRU cell with this ``eps`` (made once, then found by name)."""
     name = _family_name("LayerNormGRU", eps)
-    from .base import _REGISTRY
-
     if name in _REGISTRY:
         return _REGISTRY[name]
     eps = float(eps)
