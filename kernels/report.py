@@ -403,7 +403,7 @@ def parse_fingerprint(text: str) -> dict | None:
 
 def command(fp: dict, path: str) -> str:
     """The command that writes the report ``fp`` describes to ``path``."""
-    parts = ["env -u TRITON_INTERPRET python -m fastrnn.kernels.report"]
+    parts = ["python -m fastrnn.kernels.report"]  # (run with Triton's interpreter off: main() says so)
     if fp["tier"] != "all":
         parts.append(f"--tier {fp['tier']}")
     parts += [f"--import {i}" for i in fp["imports"]]
