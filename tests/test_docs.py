@@ -217,3 +217,23 @@ def test_compile_report_has_the_example_cell_on_every_tier():
     assert torch_kernels >= {"forward", "backward", "resident-forward", "resident-backward",
                              "coop-forward", "coop-backward", "coop-reg-forward", "coop-reg-backward"}
     assert {k.split(":")[0] for k in kernels if k.endswith(":CIFG")} == torch_kernels
+
+
+def test_readme_expectations_are_the_reports():
+    """The README's per-step expectations of the persistent tiers are the compile report's
+    (recomputed from the compiled code), not numbers typed once and left to go stale."""
+    report = {}
+    section = COMPILE_REPORT.read_text().split("## Expected time per step", 1)[1].split("\n## ", 1)[0]
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 13 and cells[1].isdigit():
+            cell, b, t, h, dtype = cells[:5]
+            report[(cell, b, t, h, dtype)] = (cells[6], cells[7], cells[10], cells[11])
+    dtypes = {"bf16 / fp16": ("bfloat16", "float16"), "fp32 (TF32)": ("float32-tf32",)}
+    readme = (REPO / "README.md").read_text()
+    rows = re.findall(r"^\s*\| (LSTM|GRU) (\d+), (\d+), (\d+) \| ([^|]+?) \| [^|]+ \| ([\d.]+) / ([\d.]+) \| "
+                      r"([\d.]+) / ([\d.]+) \|$", readme, re.M)
+    assert len(rows) >= 4, "the README's table of expectations is missing"
+    for cell, b, t, h, label, *numbers in rows:
+        for dtype in dtypes[label]:
+            assert report[(cell, b, t, h, dtype)] == tuple(numbers), (cell, b, t, h, dtype)
