@@ -461,12 +461,19 @@ def forward(kind, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save, params=
     """Run the forward time loop; see :mod:`fastrnn.backends.base`.
 
     torch's four cells and the variants of :mod:`fastrnn.backends.reference_norm` run their
-    own loops, with or without ``resets``; the regularisers (``loop``: ``zoneout``,
-    ``recurrent_scale``) and every other cell run the generic one.
+    own loops, with or without ``resets``; with the regularisers (``loop``: ``zoneout``,
+    ``recurrent_scale``) torch's four cells run the loops of
+    :mod:`fastrnn.backends.reference_regularised` (LSTM without ``proj_size``); every other
+    cell, and those calls, run the generic one.
     """
     if loop:
         if kind is not CellKind.LSTM:
             _refuse_projection(kind, w_hr)
+        from . import reference_regularised  # (it builds on this module's helpers)
+
+        if reference_regularised.runs(kind, w_hr):
+            return reference_regularised.forward(kind, xg, w_hh, b_hh, h0, c0, schedule, reverse, save,
+                                                 reset_steps(resets, schedule), **loop)
         return generic.forward(kind, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save, params, resets, **loop)
     cuts = reset_steps(resets, schedule)
     if kind is CellKind.LSTM:
@@ -489,6 +496,11 @@ def backward(kind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule,
     if loop:
         if kind is not CellKind.LSTM:
             _refuse_projection(kind, w_hr)
+        from . import reference_regularised
+
+        if reference_regularised.runs(kind, w_hr):
+            return reference_regularised.backward(kind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, reverse,
+                                                  resets, reset_steps(resets, schedule), **loop)
         return generic.backward(kind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reverse,
                                 params, resets, **loop)
     cuts = reset_steps(resets, schedule)
