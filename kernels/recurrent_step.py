@@ -329,7 +329,9 @@ def recurrent_step_backward_kernel(
         acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
         for k0 in range(0, k_len, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
-            k_mask = ks < k_len
+            # k_len is GH or 0 (no iteration): the mask against GH keeps its divisibility
+            # known with H_ALIGNED, so the dr rows load as vectors, not 2-byte scalars.
+            k_mask = ks < GH
             a_mask = s_rows[:, None] & k_mask[None, :]
             a = tl.load(dr_ptr + (s_off + rows)[:, None] * GH + ks[None, :], mask=a_mask, other=0.0)
             w_mask = k_mask[:, None] & col_mask[None, :]

@@ -485,7 +485,8 @@ def markdown(rows: list, specs: int, fp: dict, path: str) -> str:
               "`ENFORCED` table: an enforced failure fails the row, an open one is listed in the row's `open` "
               "column).", "", "| assertion | enforced for | rows failing | kernels |", "|---|---|---|---|"]
     for name, failing in assertion_failures(rows).items():
-        tiers = ", ".join(t for t, on in report_checks.ENFORCED.items() if on.get(name)) or "none"
+        tiers = ", ".join(t + (" (aligned rows)" if on.get(name) == "aligned" else "")
+                          for t, on in report_checks.ENFORCED.items() if on.get(name)) or "none"
         kernels = sorted({f.split()[0] for f in failing})
         lines.append(f"| `{name}` | {tiers} | {len(failing)} | {', '.join(f'`{k}`' for k in kernels) or '—'} |")
     lines += ["", "## Expected time per step (an expectation, not a measurement)", "",

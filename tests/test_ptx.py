@@ -461,6 +461,12 @@ def test_enforced_switches_move_a_failure_between_fail_and_open(monkeypatch):
     assert report_checks.verdict(spec, analysis) == (["no_scalar16: 3 scalar 16-bit global loads"], [])
     monkeypatch.setitem(report_checks.ENFORCED, "resident", dict(report_checks.ENFORCED["resident"], no_scalar16=False))
     assert report_checks.verdict(spec, analysis) == ([], ["no_scalar16: 3 scalar 16-bit global loads"])
+    # "aligned": fails the rows compiled for 16-byte aligned rows only
+    monkeypatch.setitem(report_checks.ENFORCED, "resident", dict(report_checks.ENFORCED["resident"],
+                                                                 no_scalar16="aligned"))
+    assert report_checks.verdict(spec, analysis) == ([], ["no_scalar16: 3 scalar 16-bit global loads"])
+    aligned = _Spec("resident-forward", constexprs={"H_ALIGNED": True})
+    assert report_checks.verdict(aligned, analysis) == (["no_scalar16: 3 scalar 16-bit global loads"], [])
 
 
 @pytest.mark.parametrize("arch", ARCHS)
