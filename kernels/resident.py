@@ -81,7 +81,8 @@ from .launches import checked_pointers as _pointers
 from .launches import record
 from .precision import ENABLE_FP_FUSION
 from .resident_tiles import (
-    aligned, dot_operand, load_params, load_weights, reset_rows, step_rows, store_gates, timestep,
+    aligned, dot_operand, flag_rows, load_params, load_weights, reset_rows, step_rows, store_gates, timestep,
+    zone_blend, zone_weight,
 )
 
 # --------------------------------------------------------------------------------------
@@ -89,7 +90,8 @@ from .resident_tiles import (
 # --------------------------------------------------------------------------------------
 
 
-@triton.jit(do_not_specialize=["T", "B", "uniform_b", "reverse", "save", "H", "has_resets"])
+@triton.jit(do_not_specialize=["T", "B", "uniform_b", "reverse", "save", "H", "has_resets", "has_scale", "zoneout_h",
+                               "zoneout_c", "save_zoned", "p_h", "p_c"])
 def resident_forward_kernel(
     xg_ptr,  # (N, G*H) input projection, rows grouped by timestep
     w_hh_ptr,  # (G*H, H) recurrent weight
@@ -106,6 +108,11 @@ def resident_forward_kernel(
     offsets_ptr,  # (T,) int32 first row per step (packed; unused when uniform_b > 0)
     p_ptr,  # (PARAMS, H) the cell's per-unit parameters (PARAMS > 0)
     resets_ptr,  # (N,) uint8: 1 where the state entering the row's step is zero (has_resets)
+    scale_ptr,  # (B, H) recurrent-dropout scale of the state entering the GEMM (has_scale)
+    mask_h_ptr,  # (N, H) uint8 zoneout masks of h / c: nonzero keeps the previous state (mode 1)
+    mask_c_ptr,
+    cell_c_ptr,  # (N, H) ACC out: the cell's own new c, before zoneout (save_zoned, c zoned out)
+    cell_h_ptr,  # (N, H) out: the cell's own new h (save_zoned, h zoned out, BWD_H)
     T,  # timesteps
     B,  # sequences (rows of h0 / h_n)
     uniform_b,  # B for a padded batch (every step has B rows), 0 for a packed one
@@ -113,6 +120,12 @@ def resident_forward_kernel(
     save,  # 1: write what the backward reads (gates / e / c)
     H,  # hidden size (== size of h: no projection on this tier)
     has_resets,  # 1: read resets_ptr
+    has_scale,  # 1: read scale_ptr
+    zoneout_h,  # zoneout of h / c: 0 none, 1 the masks (training), 2 p_h / p_c (eval)
+    zoneout_c,
+    save_zoned,  # 1: keep the cell's own new c / h of a zoned-out state for the backward
+    p_h,  # fp32 zoneout probabilities (mode 2)
+    p_c,
     CELL_FORWARD: tl.constexpr,  # the cell's pointwise forward (fastrnn.cells)
     CELL_BACKWARD: tl.constexpr,  # (the backward kernel's; both kernels take every cell constexpr)
     GATES: tl.constexpr,  # stacked gate blocks G (1 to 4)
@@ -167,7 +180,9 @@ def resident_forward_kernel(
         x_ptrs = xg_ptr + off * GH + (rows[:, None] * GH + cols[None, :])
         gate_ptrs = gates_ptr + off * GH + (rows[:, None] * GH + cols[None, :])
         seq_offs = off * H + state_offs
-        hx = dot_operand(h.to(w0.dtype), PRECISION)  # I/O-dtype operands (tensor cores), fp32 result
+        # Recurrent dropout scales the GEMM's operand only (no load without it: 1.0).
+        scale = tl.load(scale_ptr + state_offs, mask=mask & flag_rows(rows, has_scale)[:, None], other=1.0)
+        hx = dot_operand((h * scale.to(ACC)).to(w0.dtype), PRECISION)  # I/O-dtype operands, fp32 result
         zero = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
         # Gate k: r_k = h @ W_k^T (+ b_k), x_k from xg; slots k >= GATES stay zero. Each
         # dot beside its load: all dots first compiled to 255 registers and a spill (GRU
@@ -191,8 +206,17 @@ def resident_forward_kernel(
             h_new, c_new, s0, s1, s2, s3, e = CELL_FORWARD(x0, x1, x2, x3, r0, r1, r2, r3, h, c, p0, p1, p2)
         else:
             h_new, c_new, s0, s1, s2, s3, e = CELL_FORWARD(x0, x1, x2, x3, r0, r1, r2, r3, h, c)
+        # Zoneout: the cell's own new c / h are kept apart for the backward (when zoned out),
+        # the zoned-out ones go on (y, the saved c, the state).
         if HAS_C:
+            keep_c = mask & flag_rows(rows, save_zoned * zoneout_c)[:, None]
+            tl.store(cell_c_ptr + seq_offs, c_new.to(cell_c_ptr.dtype.element_ty), mask=keep_c)
+            c_new = zone_blend(c, c_new, mask_c_ptr, zoneout_c, p_c, seq_offs, mask, rows)
             c = tl.where(mask, c_new, c)
+        if BWD_H:
+            keep_h = mask & flag_rows(rows, save_zoned * zoneout_h)[:, None]
+            tl.store(cell_h_ptr + seq_offs, h_new.to(cell_h_ptr.dtype.element_ty), mask=keep_h)
+        h_new = zone_blend(h, h_new, mask_h_ptr, zoneout_h, p_h, seq_offs, mask, rows)
         if save:
             if SAVES:
                 store_gates(gate_ptrs, s0, s1, s2, s3, H, mask, GATES)
@@ -213,7 +237,8 @@ def resident_forward_kernel(
 # --------------------------------------------------------------------------------------
 
 
-@triton.jit(do_not_specialize=["T", "B", "uniform_b", "reverse", "H", "has_resets"])
+@triton.jit(do_not_specialize=["T", "B", "uniform_b", "reverse", "H", "has_resets", "has_scale", "zoneout_h",
+                               "zoneout_c", "p_h", "p_c"])
 def resident_backward_kernel(
     w_hh_ptr,  # (G*H, H) recurrent weight
     h0_ptr,  # (B, H) initial hidden state (h_prev of a row's first step, BWD_H_PREV)
@@ -233,12 +258,22 @@ def resident_backward_kernel(
     offsets_ptr,  # (T,) int32 first row per step (packed; unused when uniform_b > 0)
     p_ptr,  # (PARAMS, H) the cell's per-unit parameters (PARAMS > 0)
     resets_ptr,  # (N,) uint8: 1 where the state entering the row's step is zero (has_resets)
+    scale_ptr,  # (B, H) recurrent-dropout scale (has_scale): multiplies the GEMM's dh_prev
+    mask_h_ptr,  # (N, H) uint8 zoneout masks of h / c (mode 1)
+    mask_c_ptr,
+    cell_c_ptr,  # (N, H) ACC: the cell's own new c (HAS_C; c_seq holds the zoned c: the same without zoneout)
+    cell_h_ptr,  # (N, H): the cell's own new h (BWD_H; y holds the zoned h: the same without zoneout)
     T,  # timesteps
     B,  # sequences
     uniform_b,  # B for a padded batch, 0 for a packed one
     reverse,  # 1: the forward pass processed t = T-1 .. 0
     H,  # hidden size
     has_resets,  # 1: read resets_ptr
+    has_scale,  # 1: read scale_ptr
+    zoneout_h,  # zoneout of h / c: 0 none, 1 the masks (training), 2 p_h / p_c (eval)
+    zoneout_c,
+    p_h,  # fp32 zoneout probabilities (mode 2)
+    p_c,
     CELL_FORWARD: tl.constexpr,  # (the forward kernel's; both kernels take every cell constexpr)
     CELL_BACKWARD: tl.constexpr,  # the cell's pointwise backward (fastrnn.cells)
     GATES: tl.constexpr,
@@ -299,6 +334,16 @@ def resident_backward_kernel(
         dx_ptrs = dxg_ptr + gate_offs
         zero = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
         dh_t = dh + tl.load(dy_ptr + seq_offs, mask=mask, other=0.0).to(ACC)
+        # Zoneout: a share w of the zoned-out state's gradient reaches the previous state
+        # directly (added after the GEMM, its mask and dy read again there rather than kept
+        # in registers through the step), the rest goes to the cell's own new value. Without
+        # zoneout w is 0 (no mask is loaded).
+        if zoneout_h != 0:
+            dh_t = (1.0 - zone_weight(mask_h_ptr, zoneout_h, p_h, seq_offs, mask, rows)) * dh_t
+        dc_t = dc
+        if HAS_C:
+            if zoneout_c != 0:
+                dc_t = (1.0 - zone_weight(mask_c_ptr, zoneout_c, p_c, seq_offs, mask, rows)) * dc
         # What the cell backward reads (zero tiles for what this cell does not keep): the
         # state before the step first, then this step's saved values.
         s0, s1, s2, s3 = zero, zero, zero, zero
@@ -336,15 +381,15 @@ def resident_backward_kernel(
         if EXTRA:
             e = tl.load(hn_seq_ptr + seq_offs, mask=mask, other=0.0).to(ACC)
         if HAS_C:
-            c_t = tl.load(c_seq_ptr + seq_offs, mask=mask, other=0.0).to(ACC)
+            c_t = tl.load(cell_c_ptr + seq_offs, mask=mask, other=0.0).to(ACC)
         if BWD_H:
-            h_t = tl.load(y_ptr + seq_offs, mask=mask, other=0.0).to(ACC)
+            h_t = tl.load(cell_h_ptr + seq_offs, mask=mask, other=0.0).to(ACC)
         if PARAMS > 0:
             dx0, dx1, dx2, dx3, dr0, dr1, dr2, dr3, dh_direct, dc_prev = CELL_BACKWARD(
-                dh_t, dc, s0, s1, s2, s3, e, c_t, c_prev, h_t, h_prev, p0, p1, p2)
+                dh_t, dc_t, s0, s1, s2, s3, e, c_t, c_prev, h_t, h_prev, p0, p1, p2)
         else:
             dx0, dx1, dx2, dx3, dr0, dr1, dr2, dr3, dh_direct, dc_prev = CELL_BACKWARD(
-                dh_t, dc, s0, s1, s2, s3, e, c_t, c_prev, h_t, h_prev)
+                dh_t, dc_t, s0, s1, s2, s3, e, c_t, c_prev, h_t, h_prev)
         # The GEMM reads the gradients as stored (I/O dtype), like the step tier. With APART
         # dr_k is converted before any store: converting after the dxg stores spilled 8 B
         # in the GRU fp16/bf16 BLOCK_H 128 backward on sm_90 (capped at 128 registers).
@@ -355,20 +400,28 @@ def resident_backward_kernel(
         else:
             dr0, dr1, dr2, dr3 = dx0.to(ty), dx1.to(ty), dx2.to(ty), dx3.to(ty)
             store_gates(dx_ptrs, dr0, dr1, dr2, dr3, H, mask, GATES)
-        acc = zero
-        if DIRECT:
-            acc = dh_direct
-        acc = tl.dot(dot_operand(dr0, PRECISION), w0, acc, input_precision=PRECISION)
+        acc = tl.dot(dot_operand(dr0, PRECISION), w0, zero, input_precision=PRECISION)
         if GATES > 1:
             acc = tl.dot(dot_operand(dr1, PRECISION), w1, acc, input_precision=PRECISION)
         if GATES > 2:
             acc = tl.dot(dot_operand(dr2, PRECISION), w2, acc, input_precision=PRECISION)
         if GATES > 3:
             acc = tl.dot(dot_operand(dr3, PRECISION), w3, acc, input_precision=PRECISION)
+        # The GEMM's result times the recurrent-dropout scale (1.0 without: no load), then
+        # what reaches h_prev outside the GEMM: dh_direct and zoneout's share.
+        if has_scale:
+            acc = acc * tl.load(scale_ptr + state_offs, mask=mask, other=1.0).to(ACC)
+        if zoneout_h != 0:
+            dh_keep = dh + tl.load(dy_ptr + seq_offs, mask=mask, other=0.0).to(ACC)
+            acc += zone_weight(mask_h_ptr, zoneout_h, p_h, seq_offs, mask, rows) * dh_keep
+        if DIRECT:
+            acc += dh_direct
         # (this nesting of the selects: the other one crashed LLVM's SLP vectorizer, LSTM
         # fp32 backward on sm_90)
         dh = tl.where(keep, acc, tl.where(mask, 0.0, dh))
         if HAS_C:
+            if zoneout_c != 0:
+                dc_prev += zone_weight(mask_c_ptr, zoneout_c, p_c, seq_offs, mask, rows) * dc
             dc = tl.where(keep, dc_prev, tl.where(mask, 0.0, dc))
 
     tl.store(dh0_ptr + state_offs, dh.to(dh0_ptr.dtype.element_ty), mask=tile_mask)
@@ -428,20 +481,27 @@ OPTIONS = dict(enable_fp_fusion=ENABLE_FP_FUSION)
 
 
 # Pointer arguments in order, with the dtype each holds: "io" (the layer's dtype), "acc"
-# (fp32; fp64 for fp64 I/O), "i32" or "u8" (reset flags). The launchers pass tensors of exactly these dtypes.
+# (fp32; fp64 for fp64 I/O), "i32" or "u8" (reset flags, zoneout masks). The launchers pass
+# tensors of exactly these dtypes.
+REGULARISER_POINTERS = (
+    ("scale_ptr", "io"), ("mask_h_ptr", "u8"), ("mask_c_ptr", "u8"), ("cell_c_ptr", "acc"), ("cell_h_ptr", "io"),
+)
 FORWARD_POINTERS = (
     ("xg_ptr", "io"), ("w_hh_ptr", "io"), ("b_hh_ptr", "io"), ("h0_ptr", "io"), ("c0_ptr", "io"),
     ("y_ptr", "io"), ("h_n_ptr", "io"), ("c_n_ptr", "io"), ("gates_ptr", "io"), ("c_seq_ptr", "acc"),
     ("hn_seq_ptr", "io"), ("sizes_ptr", "i32"), ("offsets_ptr", "i32"), ("p_ptr", "io"), ("resets_ptr", "u8"),
-)
-FORWARD_INTS = ("T", "B", "uniform_b", "reverse", "save", "H", "has_resets")
+) + REGULARISER_POINTERS
+FORWARD_INTS = ("T", "B", "uniform_b", "reverse", "save", "H", "has_resets", "has_scale", "zoneout_h", "zoneout_c",
+                "save_zoned", "p_h", "p_c")
 BACKWARD_POINTERS = (
     ("w_hh_ptr", "io"), ("h0_ptr", "io"), ("c0_ptr", "io"), ("y_ptr", "io"), ("dy_ptr", "io"),
     ("dh_n_ptr", "io"), ("dc_n_ptr", "io"), ("gates_ptr", "io"), ("c_seq_ptr", "acc"), ("hn_seq_ptr", "io"),
     ("dxg_ptr", "io"), ("dhg_ptr", "io"), ("dh0_ptr", "io"), ("dc0_ptr", "io"), ("sizes_ptr", "i32"),
     ("offsets_ptr", "i32"), ("p_ptr", "io"), ("resets_ptr", "u8"),
-)
-BACKWARD_INTS = ("T", "B", "uniform_b", "reverse", "H", "has_resets")
+) + REGULARISER_POINTERS
+BACKWARD_INTS = ("T", "B", "uniform_b", "reverse", "H", "has_resets", "has_scale", "zoneout_h", "zoneout_c", "p_h", "p_c")
+#: The runtime scalars typed fp32 (the others are ints).
+FLOATS = ("p_h", "p_c")
 
 
 class Specialisation(NamedTuple):
@@ -458,6 +518,7 @@ class Specialisation(NamedTuple):
     ints: tuple
     shared_limit: dict  # arch -> bytes this entry may use there (fits.py), None: not run there
     options: dict = OPTIONS  # compile options besides num_warps
+    floats: tuple = FLOATS  # the names in ``ints`` typed fp32
 
 
 DIRECTIONS = ("forward", "backward")
@@ -508,17 +569,23 @@ def launch(direction: str, kind, tensors: dict, ints: dict, *, fit: fits.Residen
     ``tensors`` maps each name of the direction's pointers (:data:`FORWARD_POINTERS` /
     :data:`BACKWARD_POINTERS`) to a contiguous, 16-byte aligned tensor (unused ones: any
     tensor of the right dtype); ``ints`` maps each name of :data:`FORWARD_INTS` /
-    :data:`BACKWARD_INTS` to a Python int. Grid: ``cdiv(B, BLOCK_B)`` programs. The optional
-    inputs may be left out: ``resets_ptr`` / ``has_resets`` (no resets), and ``p_ptr`` for a
-    cell without per-unit parameters.
+    :data:`BACKWARD_INTS` to a Python int (:data:`FLOATS`: a float). Grid: ``cdiv(B, BLOCK_B)``
+    programs. The optional inputs may be left out: ``resets_ptr`` / ``has_resets`` (no
+    resets), ``p_ptr`` for a cell without per-unit parameters, the regularisers' pointers and
+    scalars (none: the backward then reads the cell's own c / h from ``c_seq_ptr`` / ``y_ptr``).
     """
     kernel, pointers, int_names = kernel_of(direction)
     cfg = getattr(fit, direction)
     if "p_ptr" not in tensors and cell_of(kind).param_rows:
         raise ValueError(f"fastrnn.kernels: cell {cell_of(kind).name!r} needs its per-unit parameters (p_ptr)")
     w = tensors["w_hh_ptr"]
-    tensors = {"p_ptr": w.new_empty(8), "resets_ptr": w.new_empty(16, dtype=torch.uint8), **tensors}
-    ints = {"has_resets": 0, **ints}
+    u8 = w.new_zeros(16, dtype=torch.uint8)
+    own = dict(cell_c_ptr=tensors["c_seq_ptr"], cell_h_ptr=tensors["y_ptr"]) if direction == "backward" else dict(
+        cell_c_ptr=tensors["c_seq_ptr"], cell_h_ptr=w.new_empty(8))
+    tensors = {"p_ptr": w.new_empty(8), "resets_ptr": u8, "scale_ptr": w.new_empty(8), "mask_h_ptr": u8,
+               "mask_c_ptr": u8, **own, **tensors}
+    ints = {"has_resets": 0, "has_scale": 0, "zoneout_h": 0, "zoneout_c": 0, "save_zoned": 0, "p_h": 0.0,
+            "p_c": 0.0, **ints}
     grid = (triton.cdiv(ints["B"], cfg.block_b),)
     kernel[grid](
         *_pointers(pointers, tensors), *(ints[k] for k in int_names),

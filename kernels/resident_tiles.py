@@ -1,6 +1,6 @@
 """Device helpers of the resident kernels (:mod:`fastrnn.kernels.resident`): the schedule of
 a step, ``W_hh`` as on-chip tiles, the gate stores, and the optional inputs a call may bring
-(a cell's per-unit parameters, reset flags)."""
+(a cell's per-unit parameters, reset flags, the regularisers' masks and flags)."""
 
 from __future__ import annotations
 
@@ -120,3 +120,34 @@ def reset_rows(resets_ptr, off, rows, bs):
     start from a zero state (the call's uint8 reset flags; False for inactive rows)."""
     flags = tl.load(resets_ptr + off + rows, mask=rows < bs, other=0)
     return flags != 0
+
+
+@triton.jit
+def flag_rows(rows, flag):
+    """``(BLOCK_B,)``: the runtime scalar ``flag`` as a row mask (folded into load and store
+    masks, so a call without the flag loads and stores nothing and branches nowhere)."""
+    return (rows * 0 + flag) != 0
+
+
+@triton.jit
+def zone_kept(mask_ptr, mode, offs, mask, rows):
+    """Where a zoneout mask (``(N, H)`` uint8 at ``mask_ptr + offs``) keeps the previous
+    state: read only in mode 1 (training); False everywhere in the other modes."""
+    on = flag_rows(rows, mode == 1)[:, None]
+    return tl.load(mask_ptr + offs, mask=mask & on, other=0) != 0
+
+
+@triton.jit
+def zone_blend(prev, new, mask_ptr, mode, p, offs, mask, rows):
+    """Zoneout of a step's new state ``new``: mode 1 keeps ``prev`` where the mask is set,
+    mode 2 (eval) gives ``new + p * (prev - new)``, mode 0 gives ``new`` itself."""
+    kept = zone_kept(mask_ptr, mode, offs, mask, rows)
+    return tl.where(mode == 2, new + p * (prev - new), tl.where(kept, prev, new))
+
+
+@triton.jit
+def zone_weight(mask_ptr, mode, p, offs, mask, rows):
+    """The share of a zoned-out state's gradient that goes to the previous state: 1 where
+    the mask keeps it (mode 1), ``p`` in mode 2, 0 otherwise (mode 0: no zoneout)."""
+    kept = zone_kept(mask_ptr, mode, offs, mask, rows)
+    return tl.where(kept, 1.0, (mode == 2).to(tl.float32) * p)

@@ -11,7 +11,7 @@ from ..base import BackwardResult, ForwardResult
 from . import buffers
 
 #: The optional inputs these kernels read (the backend passes them only to such a launcher).
-EXTRAS = ("params", "resets")
+EXTRAS = ("params", "resets", "zoneout", "recurrent_scale")
 
 
 def _kernels():
@@ -33,10 +33,41 @@ def _extras(cell, params, resets, hidden: int, dummy_io, prep) -> tuple[dict, in
     t, scalars = buffers.loop_tensors(cell, hidden, params, resets, None, None, dummy_io, prep)
     return dict(p_ptr=t["params"], resets_ptr=t["resets"]), scalars["has_resets"]
 
+def _zone_mode(mask, p: float) -> int:
+    # the kernels' zoneout mode: 0 none, 1 the mask (training), 2 the probability (eval)
+    return 1 if mask is not None else (2 if p > 0 else 0)
+
+
+def _regularisers(zoneout, recurrent_scale, dummy_io, prep) -> tuple[dict, dict]:
+    """``(pointer tensors, runtime scalars)`` for zoneout (the masks as their uint8 bytes) and
+    the recurrent-dropout scale; placeholders and zeros for what the call has not. The
+    probabilities are always Python floats (one fp32 signature)."""
+    u8 = torch.zeros(16, dtype=torch.uint8, device=dummy_io.device)
+    mask_h = None if zoneout is None else zoneout.mask_h
+    mask_c = None if zoneout is None else zoneout.mask_c
+    tensors = dict(
+        scale_ptr=prep(recurrent_scale.to(dummy_io.dtype)) if recurrent_scale is not None else dummy_io,
+        mask_h_ptr=prep(mask_h.view(torch.uint8)) if mask_h is not None else u8,
+        mask_c_ptr=prep(mask_c.view(torch.uint8)) if mask_c is not None else u8,
+    )
+    p_h = 0.0 if zoneout is None else float(zoneout.p_h)
+    p_c = 0.0 if zoneout is None else float(zoneout.p_c)
+    ints = dict(has_scale=int(recurrent_scale is not None), zoneout_h=_zone_mode(mask_h, p_h),
+                zoneout_c=_zone_mode(mask_c, p_c), p_h=p_h, p_c=p_c)
+    return tensors, ints
+
+
+def _refuse_projection(w_hr, zoneout) -> None:
+    if zoneout is not None and w_hr is not None:
+        raise ValueError("fastrnn: zoneout is not supported with proj_size")
+
+
 def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: bool, save: bool, config=None,
-            params=None, resets=None):
+            params=None, resets=None, zoneout=None, recurrent_scale=None):
     """The forward time loop on the resident tier (``config``: the block configuration,
-    None for :func:`fit_for`'s; ``params`` / ``resets``: see :mod:`fastrnn.backends.base`)."""
+    None for :func:`fit_for`'s; ``params`` / ``resets`` / ``zoneout`` / ``recurrent_scale``:
+    see :mod:`fastrnn.backends.base`)."""
+    _refuse_projection(w_hr, zoneout)
     rs = _kernels()
     prep = rs.aligned_input
     dtype, device = xg.dtype, xg.device
@@ -44,6 +75,7 @@ def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: boo
     hidden = w_hh.shape[1]
     n_rows, batch = xg.shape[0], schedule.batch
     has_c = cell.has_cell_state
+    keep_c, keep_h = buffers.zoned(cell, zoneout) if save else (False, False)
     save = buffers.saves(cell, save)
     fit = config or fit_for(cell, hidden, dtype)
     dummy_io, dummy_acc = buffers.dummies(dtype, device)
@@ -62,16 +94,24 @@ def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: boo
     )
     optional, has_resets = _extras(cell, params, resets, hidden, dummy_io, prep)
     tensors.update(optional)
+    # the cell's own new c / h of a zoned-out state, kept for the backward
+    cell_c = buffers.new((n_rows, hidden), acc, device) if keep_c else None
+    cell_h = buffers.new((n_rows, hidden), dtype, device) if keep_h else None
+    zone, zone_ints = _regularisers(zoneout, recurrent_scale, dummy_io, prep)
+    tensors.update(zone, cell_c_ptr=dummy_acc if cell_c is None else cell_c,
+                   cell_h_ptr=dummy_io if cell_h is None else cell_h)
     ints = dict(T=schedule.steps, B=batch, uniform_b=uniform_b, reverse=int(reverse), save=int(save), H=hidden,
-                has_resets=has_resets)
+                has_resets=has_resets, save_zoned=int(keep_c or keep_h), **zone_ints)
     rs.launch_forward(cell, tensors, ints, fit=fit, tf32=buffers.tf32())
-    saved = buffers.saved(cell, save, gates, c_seq, extra)
+    saved = buffers.saved(cell, save, gates, c_seq, extra, cell_c, cell_h)
     return ForwardResult(y, h_n, c_n if has_c else None, saved)
 
 
 def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule: Schedule, reverse: bool,
-             config=None, params=None, resets=None):
-    """The backward time loop on the resident tier."""
+             config=None, params=None, resets=None, zoneout=None, recurrent_scale=None):
+    """The backward time loop on the resident tier (the cell reads its own new c / h: the
+    saved ones of a zoned-out state, else ``c_seq`` / ``y``)."""
+    _refuse_projection(w_hr, zoneout)
     rs = _kernels()
     prep = rs.aligned_input
     dtype, device = y.dtype, y.device
@@ -96,6 +136,11 @@ def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule:
     )
     optional, has_resets = _extras(cell, params, resets, hidden, dummy_io, prep)
     tensors.update(optional)
-    ints = dict(T=schedule.steps, B=batch, uniform_b=uniform_b, reverse=int(reverse), H=hidden, has_resets=has_resets)
+    cell_c, cell_h = buffers.unpack_zoneout(cell, saved, zoneout)
+    zone, zone_ints = _regularisers(zoneout, recurrent_scale, dummy_io, prep)
+    tensors.update(zone, cell_c_ptr=tensors["c_seq_ptr"] if cell_c is None else prep(cell_c),
+                   cell_h_ptr=tensors["y_ptr"] if cell_h is None else prep(cell_h))
+    ints = dict(T=schedule.steps, B=batch, uniform_b=uniform_b, reverse=int(reverse), H=hidden, has_resets=has_resets,
+                **zone_ints)
     rs.launch_backward(cell, tensors, ints, fit=fit, tf32=buffers.tf32())
     return BackwardResult(dxg, dhg, dh0, dc0 if has_c else None, None)
