@@ -36,7 +36,9 @@ argument only such cells pass) gets them as three ``(1, BLOCK_H)`` rows, loaded 
 the other arguments of ``CELL_FORWARD`` / ``CELL_BACKWARD``. Reset flags (``has_resets``, a
 runtime int: no second specialisation) zero the state entering a flagged row's step in the
 forward; the backward gives the cell that zero ``h_prev`` / ``c_prev`` and stops ``dh`` /
-``dc`` at the row, so no gradient crosses a reset (``dh0`` / ``dc0`` included).
+``dc`` at the row, so no gradient crosses a reset (``dh0`` / ``dc0`` included). Regularisers
+(:mod:`fastrnn.regularisers`, runtime flags): the recurrent-dropout scale of the GEMM's input;
+zoneout (masks, or ``p_h`` / ``p_c`` in eval) with the cell's own new c / h kept apart.
 
 Packed sequences: each step's active batch size and first row come from two int32
 device tensors (``sizes_ptr``, ``offsets_ptr``); a padded batch passes
@@ -206,8 +208,7 @@ def resident_forward_kernel(
             h_new, c_new, s0, s1, s2, s3, e = CELL_FORWARD(x0, x1, x2, x3, r0, r1, r2, r3, h, c, p0, p1, p2)
         else:
             h_new, c_new, s0, s1, s2, s3, e = CELL_FORWARD(x0, x1, x2, x3, r0, r1, r2, r3, h, c)
-        # Zoneout: the cell's own new c / h are kept apart for the backward (when zoned out),
-        # the zoned-out ones go on (y, the saved c, the state).
+        # Zoneout: the cell's own new c / h kept for the backward, the zoned-out ones go on.
         if HAS_C:
             keep_c = mask & flag_rows(rows, save_zoned * zoneout_c)[:, None]
             tl.store(cell_c_ptr + seq_offs, c_new.to(cell_c_ptr.dtype.element_ty), mask=keep_c)
@@ -334,10 +335,8 @@ def resident_backward_kernel(
         dx_ptrs = dxg_ptr + gate_offs
         zero = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
         dh_t = dh + tl.load(dy_ptr + seq_offs, mask=mask, other=0.0).to(ACC)
-        # Zoneout: a share w of the zoned-out state's gradient reaches the previous state
-        # directly (added after the GEMM, its mask and dy read again there rather than kept
-        # in registers through the step), the rest goes to the cell's own new value. Without
-        # zoneout w is 0 (no mask is loaded).
+        # Zoneout: a share w of dh_t goes straight to h_prev (after the GEMM, mask and dy read
+        # again there), the rest to the cell. Scalar ifs: branch-free spilled (LSTM fp64 32).
         if zoneout_h != 0:
             dh_t = (1.0 - zone_weight(mask_h_ptr, zoneout_h, p_h, seq_offs, mask, rows)) * dh_t
         dc_t = dc
@@ -407,8 +406,8 @@ def resident_backward_kernel(
             acc = tl.dot(dot_operand(dr2, PRECISION), w2, acc, input_precision=PRECISION)
         if GATES > 3:
             acc = tl.dot(dot_operand(dr3, PRECISION), w3, acc, input_precision=PRECISION)
-        # The GEMM's result times the recurrent-dropout scale (1.0 without: no load), then
-        # what reaches h_prev outside the GEMM: dh_direct and zoneout's share.
+        # The GEMM's result times the recurrent-dropout scale, then what reaches h_prev
+        # outside the GEMM: zoneout's share and dh_direct.
         if has_scale:
             acc = acc * tl.load(scale_ptr + state_offs, mask=mask, other=1.0).to(ACC)
         if zoneout_h != 0:
@@ -480,9 +479,8 @@ def constexprs(kind, dtype: torch.dtype, tf32: bool, cfg: fits.KernelConfig, ali
 OPTIONS = dict(enable_fp_fusion=ENABLE_FP_FUSION)
 
 
-# Pointer arguments in order, with the dtype each holds: "io" (the layer's dtype), "acc"
-# (fp32; fp64 for fp64 I/O), "i32" or "u8" (reset flags, zoneout masks). The launchers pass
-# tensors of exactly these dtypes.
+# Pointer arguments in order, with the dtype each holds: "io" (the layer's dtype), "acc" (fp32;
+# fp64 for fp64 I/O), "i32" or "u8" (flags, masks). The launchers pass exactly these dtypes.
 REGULARISER_POINTERS = (
     ("scale_ptr", "io"), ("mask_h_ptr", "u8"), ("mask_c_ptr", "u8"), ("cell_c_ptr", "acc"), ("cell_h_ptr", "io"),
 )
@@ -570,20 +568,17 @@ def launch(direction: str, kind, tensors: dict, ints: dict, *, fit: fits.Residen
     :data:`BACKWARD_POINTERS`) to a contiguous, 16-byte aligned tensor (unused ones: any
     tensor of the right dtype); ``ints`` maps each name of :data:`FORWARD_INTS` /
     :data:`BACKWARD_INTS` to a Python int (:data:`FLOATS`: a float). Grid: ``cdiv(B, BLOCK_B)``
-    programs. The optional inputs may be left out: ``resets_ptr`` / ``has_resets`` (no
-    resets), ``p_ptr`` for a cell without per-unit parameters, the regularisers' pointers and
-    scalars (none: the backward then reads the cell's own c / h from ``c_seq_ptr`` / ``y_ptr``).
+    programs. The optional inputs may be left out: resets, ``p_ptr`` for a cell without
+    per-unit parameters, the regularisers (the cell's own c / h: ``c_seq_ptr`` / ``y_ptr``).
     """
     kernel, pointers, int_names = kernel_of(direction)
     cfg = getattr(fit, direction)
     if "p_ptr" not in tensors and cell_of(kind).param_rows:
         raise ValueError(f"fastrnn.kernels: cell {cell_of(kind).name!r} needs its per-unit parameters (p_ptr)")
     w = tensors["w_hh_ptr"]
-    u8 = w.new_zeros(16, dtype=torch.uint8)
-    own = dict(cell_c_ptr=tensors["c_seq_ptr"], cell_h_ptr=tensors["y_ptr"]) if direction == "backward" else dict(
-        cell_c_ptr=tensors["c_seq_ptr"], cell_h_ptr=w.new_empty(8))
-    tensors = {"p_ptr": w.new_empty(8), "resets_ptr": u8, "scale_ptr": w.new_empty(8), "mask_h_ptr": u8,
-               "mask_c_ptr": u8, **own, **tensors}
+    u8, io = w.new_zeros(16, dtype=torch.uint8), w.new_empty(8)
+    tensors = {"p_ptr": io, "resets_ptr": u8, "scale_ptr": io, "mask_h_ptr": u8, "mask_c_ptr": u8,
+               "cell_c_ptr": tensors["c_seq_ptr"], "cell_h_ptr": tensors.get("y_ptr", io), **tensors}
     ints = {"has_resets": 0, "has_scale": 0, "zoneout_h": 0, "zoneout_c": 0, "save_zoned": 0, "p_h": 0.0,
             "p_c": 0.0, **ints}
     grid = (triton.cdiv(ints["B"], cfg.block_b),)
