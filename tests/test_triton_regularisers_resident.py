@@ -231,3 +231,23 @@ def test_the_launcher_and_specialisations_read_the_regularisers():
         assert set(spec.floats) == {"p_h", "p_c"}
         assert not (flags | {"save_zoned"}) & set(spec.constexprs)
         assert ("save_zoned" in spec.ints) == (spec.kernel_name == "resident-forward")
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("kind", list(CELLS))
+def test_forward_without_saving(kind, training):
+    """A forward that saves nothing (inference) with zoneout and the scale: the outputs of the
+    reference, an empty saved tuple."""
+    cell = CELLS[kind]
+    xg, w_hh, b_hh, h0, c0, params, zone, scale, _ = _layer(cell, 4, 3, 8, training, seed=6)
+    schedule = Schedule.uniform(4, 3)
+    args = (cell, xg, w_hh, b_hh, None, h0, c0, schedule, False, False)
+    loop = dict(params=params, zoneout=zone, recurrent_scale=scale)
+    with count_launches() as n:
+        got = triton_backend.forward(*args, **loop)
+    assert dict(n.tiers) == {("resident", "forward"): 1}
+    want = generic.forward(*args, **loop)
+    assert tuple(got.saved) == ()
+    for name in ("y", "h_n", "c_n"):
+        if getattr(want, name) is not None:
+            torch.testing.assert_close(getattr(got, name), getattr(want, name), rtol=1e-10, atol=1e-10)
