@@ -161,6 +161,9 @@ def resident_forward_kernel(
     p0, p1, p2 = load_params(p_ptr, cols, col_mask, H, PARAMS, ACC, BLOCK_H)
 
     state_offs = rows[:, None] * H + cols[None, :]
+    # The recurrent-dropout scale of the GEMM's operand, once (1.0 without: no load). Read at
+    # each step, its loop-invariant addresses stayed in registers and spilled.
+    scale = tl.load(scale_ptr + state_offs, mask=tile_mask & flag_rows(rows, has_scale)[:, None], other=1.0)
     h = tl.load(h0_ptr + state_offs, mask=tile_mask, other=0.0).to(ACC)
     c = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
     if HAS_C:
@@ -182,9 +185,7 @@ def resident_forward_kernel(
         x_ptrs = xg_ptr + off * GH + (rows[:, None] * GH + cols[None, :])
         gate_ptrs = gates_ptr + off * GH + (rows[:, None] * GH + cols[None, :])
         seq_offs = off * H + state_offs
-        # Recurrent dropout scales the GEMM's operand only (no load without it: 1.0).
-        scale = tl.load(scale_ptr + state_offs, mask=mask & flag_rows(rows, has_scale)[:, None], other=1.0)
-        hx = dot_operand((h * scale.to(ACC)).to(w0.dtype), PRECISION)  # I/O-dtype operands, fp32 result
+        hx = dot_operand((h * scale.to(ACC)).to(w0.dtype), PRECISION)  # I/O-dtype operands (tensor cores), fp32 result
         zero = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
         # Gate k: r_k = h @ W_k^T (+ b_k), x_k from xg; slots k >= GATES stay zero. Each
         # dot beside its load: all dots first compiled to 255 registers and a spill (GRU
@@ -210,14 +211,16 @@ def resident_forward_kernel(
             h_new, c_new, s0, s1, s2, s3, e = CELL_FORWARD(x0, x1, x2, x3, r0, r1, r2, r3, h, c)
         # Zoneout: the cell's own new c / h kept for the backward, the zoned-out ones go on.
         if HAS_C:
-            keep_c = mask & flag_rows(rows, save_zoned * zoneout_c)[:, None]
-            tl.store(cell_c_ptr + seq_offs, c_new.to(cell_c_ptr.dtype.element_ty), mask=keep_c)
-            c_new = zone_blend(c, c_new, mask_c_ptr, zoneout_c, p_c, seq_offs, mask, rows)
+            if zoneout_c != 0:
+                if save_zoned:
+                    tl.store(cell_c_ptr + seq_offs, c_new.to(cell_c_ptr.dtype.element_ty), mask=mask)
+                c_new = zone_blend(c, c_new, mask_c_ptr, zoneout_c, p_c, seq_offs, mask, rows)
             c = tl.where(mask, c_new, c)
-        if BWD_H:
-            keep_h = mask & flag_rows(rows, save_zoned * zoneout_h)[:, None]
-            tl.store(cell_h_ptr + seq_offs, h_new.to(cell_h_ptr.dtype.element_ty), mask=keep_h)
-        h_new = zone_blend(h, h_new, mask_h_ptr, zoneout_h, p_h, seq_offs, mask, rows)
+        if zoneout_h != 0:
+            if BWD_H:
+                if save_zoned:
+                    tl.store(cell_h_ptr + seq_offs, h_new.to(cell_h_ptr.dtype.element_ty), mask=mask)
+            h_new = zone_blend(h, h_new, mask_h_ptr, zoneout_h, p_h, seq_offs, mask, rows)
         if save:
             if SAVES:
                 store_gates(gate_ptrs, s0, s1, s2, s3, H, mask, GATES)
@@ -312,6 +315,7 @@ def resident_backward_kernel(
     if HAS_C:
         dc = tl.load(dc_n_ptr + state_offs, mask=tile_mask, other=0.0).to(ACC)
     ty = dxg_ptr.dtype.element_ty
+    scale = tl.load(scale_ptr + state_offs, mask=tile_mask & flag_rows(rows, has_scale)[:, None], other=1.0)
 
     for jj in range(T):
         j = T - 1 - jj  # processing index of this step in the forward pass
@@ -409,7 +413,7 @@ def resident_backward_kernel(
         # The GEMM's result times the recurrent-dropout scale, then what reaches h_prev
         # outside the GEMM: zoneout's share and dh_direct.
         if has_scale:
-            acc = acc * tl.load(scale_ptr + state_offs, mask=mask, other=1.0).to(ACC)
+            acc = acc * scale.to(ACC)
         if zoneout_h != 0:
             dh_keep = dh + tl.load(dy_ptr + seq_offs, mask=mask, other=0.0).to(ACC)
             acc += zone_weight(mask_h_ptr, zoneout_h, p_h, seq_offs, mask, rows) * dh_keep
