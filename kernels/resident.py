@@ -36,9 +36,8 @@ argument only such cells pass) gets them as three ``(1, BLOCK_H)`` rows, loaded 
 the other arguments of ``CELL_FORWARD`` / ``CELL_BACKWARD``. Reset flags (``has_resets``, a
 runtime int: no second specialisation) zero the state entering a flagged row's step in the
 forward; the backward gives the cell that zero ``h_prev`` / ``c_prev`` and stops ``dh`` /
-``dc`` at the row, so no gradient crosses a reset (``dh0`` / ``dc0`` included). Regularisers
-(:mod:`fastrnn.regularisers`, runtime flags): the recurrent-dropout scale of the GEMM's input;
-zoneout (masks, or ``p_h`` / ``p_c`` in eval) with the cell's own new c / h kept apart.
+``dc`` at the row, so no gradient crosses a reset (``dh0`` / ``dc0`` included). Regularisers (runtime
+flags): the recurrent-dropout scale of the GEMM's input; zoneout, the cell's own c / h kept apart.
 
 Packed sequences: each step's active batch size and first row come from two int32
 device tensors (``sizes_ptr``, ``offsets_ptr``); a padded batch passes
@@ -161,8 +160,7 @@ def resident_forward_kernel(
     p0, p1, p2 = load_params(p_ptr, cols, col_mask, H, PARAMS, ACC, BLOCK_H)
 
     state_offs = rows[:, None] * H + cols[None, :]
-    # The recurrent-dropout scale of the GEMM's operand, once (1.0 without: no load). Read at
-    # each step, its loop-invariant addresses stayed in registers and spilled.
+    # The recurrent-dropout scale, once (1.0 without; read at each step, its addresses spilled).
     scale = tl.load(scale_ptr + state_offs, mask=tile_mask & flag_rows(rows, has_scale)[:, None], other=1.0)
     h = tl.load(h0_ptr + state_offs, mask=tile_mask, other=0.0).to(ACC)
     c = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
@@ -339,14 +337,6 @@ def resident_backward_kernel(
         dx_ptrs = dxg_ptr + gate_offs
         zero = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
         dh_t = dh + tl.load(dy_ptr + seq_offs, mask=mask, other=0.0).to(ACC)
-        # Zoneout: a share w of dh_t goes straight to h_prev (after the GEMM, mask and dy read
-        # again there), the rest to the cell. Scalar ifs: branch-free spilled (LSTM fp64 32).
-        if zoneout_h != 0:
-            dh_t = (1.0 - zone_weight(mask_h_ptr, zoneout_h, p_h, seq_offs, mask, rows)) * dh_t
-        dc_t = dc
-        if HAS_C:
-            if zoneout_c != 0:
-                dc_t = (1.0 - zone_weight(mask_c_ptr, zoneout_c, p_c, seq_offs, mask, rows)) * dc
         # What the cell backward reads (zero tiles for what this cell does not keep): the
         # state before the step first, then this step's saved values.
         s0, s1, s2, s3 = zero, zero, zero, zero
@@ -387,6 +377,14 @@ def resident_backward_kernel(
             c_t = tl.load(cell_c_ptr + seq_offs, mask=mask, other=0.0).to(ACC)
         if BWD_H:
             h_t = tl.load(cell_h_ptr + seq_offs, mask=mask, other=0.0).to(ACC)
+        # Zoneout: a share w of dh_t goes straight to h_prev (after the GEMM, mask and dy read again),
+        # the rest to the cell. Branch-free, or before the loads above, this spilled (LSTM fp64 32).
+        if zoneout_h != 0:
+            dh_t = (1.0 - zone_weight(mask_h_ptr, zoneout_h, p_h, seq_offs, mask, rows)) * dh_t
+        dc_t = dc
+        if HAS_C:
+            if zoneout_c != 0:
+                dc_t = (1.0 - zone_weight(mask_c_ptr, zoneout_c, p_c, seq_offs, mask, rows)) * dc
         if PARAMS > 0:
             dx0, dx1, dx2, dx3, dr0, dr1, dr2, dr3, dh_direct, dc_prev = CELL_BACKWARD(
                 dh_t, dc_t, s0, s1, s2, s3, e, c_t, c_prev, h_t, h_prev, p0, p1, p2)
@@ -410,8 +408,7 @@ def resident_backward_kernel(
             acc = tl.dot(dot_operand(dr2, PRECISION), w2, acc, input_precision=PRECISION)
         if GATES > 3:
             acc = tl.dot(dot_operand(dr3, PRECISION), w3, acc, input_precision=PRECISION)
-        # The GEMM's result times the recurrent-dropout scale, then what reaches h_prev
-        # outside the GEMM: zoneout's share and dh_direct.
+        # The GEMM's result times the recurrent-dropout scale, then zoneout's share and dh_direct.
         if has_scale:
             acc = acc * scale.to(ACC)
         if zoneout_h != 0:
@@ -419,8 +416,7 @@ def resident_backward_kernel(
             acc += zone_weight(mask_h_ptr, zoneout_h, p_h, seq_offs, mask, rows) * dh_keep
         if DIRECT:
             acc += dh_direct
-        # (this nesting of the selects: the other one crashed LLVM's SLP vectorizer, LSTM
-        # fp32 backward on sm_90)
+        # (the other nesting of these selects crashed LLVM's SLP vectorizer: LSTM fp32, sm_90)
         dh = tl.where(keep, acc, tl.where(mask, 0.0, dh))
         if HAS_C:
             if zoneout_c != 0:
@@ -501,9 +497,9 @@ BACKWARD_POINTERS = (
     ("dxg_ptr", "io"), ("dhg_ptr", "io"), ("dh0_ptr", "io"), ("dc0_ptr", "io"), ("sizes_ptr", "i32"),
     ("offsets_ptr", "i32"), ("p_ptr", "io"), ("resets_ptr", "u8"),
 ) + REGULARISER_POINTERS
-BACKWARD_INTS = ("T", "B", "uniform_b", "reverse", "H", "has_resets", "has_scale", "zoneout_h", "zoneout_c", "p_h", "p_c")
-#: The runtime scalars typed fp32 (the others are ints).
-FLOATS = ("p_h", "p_c")
+BACKWARD_INTS = ("T", "B", "uniform_b", "reverse", "H", "has_resets", "has_scale", "zoneout_h", "zoneout_c", "p_h",
+                 "p_c")
+FLOATS = ("p_h", "p_c")  #: the runtime scalars typed fp32 (the others are ints)
 
 
 class Specialisation(NamedTuple):
@@ -572,8 +568,7 @@ def launch(direction: str, kind, tensors: dict, ints: dict, *, fit: fits.Residen
     :data:`BACKWARD_POINTERS`) to a contiguous, 16-byte aligned tensor (unused ones: any
     tensor of the right dtype); ``ints`` maps each name of :data:`FORWARD_INTS` /
     :data:`BACKWARD_INTS` to a Python int (:data:`FLOATS`: a float). Grid: ``cdiv(B, BLOCK_B)``
-    programs. The optional inputs may be left out: resets, ``p_ptr`` for a cell without
-    per-unit parameters, the regularisers (the cell's own c / h: ``c_seq_ptr`` / ``y_ptr``).
+    programs. Optional inputs may be left out (regularisers: the cell's own c / h is then ``c_seq`` / ``y``).
     """
     kernel, pointers, int_names = kernel_of(direction)
     cfg = getattr(fit, direction)
@@ -583,8 +578,8 @@ def launch(direction: str, kind, tensors: dict, ints: dict, *, fit: fits.Residen
     u8, io = w.new_zeros(16, dtype=torch.uint8), w.new_empty(8)
     tensors = {"p_ptr": io, "resets_ptr": u8, "scale_ptr": io, "mask_h_ptr": u8, "mask_c_ptr": u8,
                "cell_c_ptr": tensors["c_seq_ptr"], "cell_h_ptr": tensors.get("y_ptr", io), **tensors}
-    ints = {"has_resets": 0, "has_scale": 0, "zoneout_h": 0, "zoneout_c": 0, "save_zoned": 0, "p_h": 0.0,
-            "p_c": 0.0, **ints}
+    ints = {"has_resets": 0, "has_scale": 0, "zoneout_h": 0, "zoneout_c": 0, "save_zoned": 0, "p_h": 0.0, "p_c": 0.0,
+            **ints}
     grid = (triton.cdiv(ints["B"], cfg.block_b),)
     kernel[grid](
         *_pointers(pointers, tensors), *(ints[k] for k in int_names),
