@@ -1,12 +1,16 @@
 """Device helpers of the resident kernels (:mod:`fastrnn.kernels.resident`): the schedule of
 a step, ``W_hh`` as on-chip tiles, the gate stores, and the optional inputs a call may bring
-(a cell's per-unit parameters, reset flags, the regularisers' masks and flags)."""
+(a cell's per-unit parameters, reset flags, the regularisers' masks and flags); and the
+plain-Python parts of a launch's compile-time choices (the cell, precision, ``H_ALIGNED``)."""
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
+from ..cells import Cell, defined
+from ..cells import get as cell_named
 from .precision import tf32_round
 
 
@@ -151,3 +155,33 @@ def zone_weight(mask_ptr, mode, p, offs, mask, rows):
     the mask keeps it (mode 1), ``p`` in mode 2, 0 otherwise (mode 0: no zoneout)."""
     kept = zone_kept(mask_ptr, mode, offs, mask, rows)
     return tl.where(kept, 1.0, (mode == 2).to(tl.float32) * p)
+
+
+# --------------------------------------------------------------------------------------
+# Launch choices
+# --------------------------------------------------------------------------------------
+
+
+def acc_type(dtype: torch.dtype):
+    """The kernels' ``ACC``: fp64 for fp64 I/O, else fp32."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def cell_of(kind) -> Cell:
+    """The cell definition ``kind`` names (a :class:`~fastrnn.cells.Cell` passes as it is)."""
+    return kind if isinstance(kind, Cell) else cell_named(kind)
+
+
+def triton_cells() -> tuple[Cell, ...]:
+    """Every defined cell with Triton functions (built-in ones first): the cells this tier compiles."""
+    return tuple(cell for cell in defined() if cell.runs_on_triton)
+
+
+def h_aligned(direction: str, hidden: int) -> bool:
+    """Whether a launch of ``direction`` for hidden size ``hidden`` runs the ``H_ALIGNED``
+    specialisation: forward launches with ``H % 8 == 0`` (rows of 8 elements, 16 bytes in
+    fp16/bf16, load as vectors; the LSTM bf16 ``BLOCK_H`` 64 forward drops from 176 scalar
+    16-bit loads and 254 registers to none and 128 on sm_80). The backward keeps scalar
+    loads: aligned, the compiler stages its loads through shared memory (LSTM bf16
+    ``BLOCK_H`` 64: 76 KB instead of 53 KB, and an 8 B spill on sm_80)."""
+    return direction == "forward" and hidden % 8 == 0
