@@ -15,8 +15,11 @@ checks that the regularisers act (without them the outputs differ).
 The saved tuple has the layout every tier shares: a forward on this tier and the backward
 of the reference backend (and the other way round) give the reference's gradients.
 
-The step tier (where the backend checks a call can go) does not read the regularisers in
-this branch, so its ``EXTRAS`` are extended for these tests.
+A call with regularisers runs the kernels' ``REGULARISED`` specialisation; the entries whose
+regularised kernels do not compile clean (``fits.RESIDENT_UNREGULARISED``) send such calls to
+the step tier. The interpreter has no registers to spill, so the parity tests run every entry
+on this tier (the record emptied); the last tests keep the record and check the step tier
+runs those calls, plain calls of the same entries staying here.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from test_triton_extras_resident import _on_resident, _problem, _resets, _run
 import fastrnn
 from fastrnn.backends import generic
 from fastrnn.backends import triton as triton_backend
-from fastrnn.backends.triton import buffers, selfcheck, step
+from fastrnn.backends.triton import buffers, selfcheck
 from fastrnn.backends.triton import resident as resident_launcher
 from fastrnn.kernels import fits, resident
 from fastrnn.kernels.launches import count_launches
@@ -40,6 +43,8 @@ RECURRENT_DROPOUT = 0.5
 DTYPES = {"fp64": torch.float64, "fp32": torch.float32}
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-5, atol=1e-5)}
 REGULARISERS = ("zoneout", "recurrent_scale")
+#: The record as the table has it (the fixture empties it for the parity tests).
+EXCLUDED = fits.RESIDENT_UNREGULARISED
 
 
 @pytest.fixture(autouse=True)
@@ -48,7 +53,7 @@ def _resident(monkeypatch):
     monkeypatch.setattr(selfcheck, "checked", {})
     monkeypatch.setenv("FASTRNN_TIER", "resident")
     monkeypatch.delenv("FASTRNN_SELF_CHECK", raising=False)
-    monkeypatch.setattr(step, "EXTRAS", tuple(dict.fromkeys(step.EXTRAS + REGULARISERS)))
+    monkeypatch.setattr(fits, "RESIDENT_UNREGULARISED", frozenset())
     # fp64 runs only in the interpreter: the peephole cell's fp64 entry (left out of the
     # table: its backward spills on sm_90) is LSTM's here, as in test_triton_extras_resident
     entry = ("LSTM_PEEPHOLE", "float64", 32)
@@ -217,20 +222,31 @@ def test_saved_tuple_is_shared_with_the_reference(kind, training):
         torch.testing.assert_close(cross.dxg, want.dxg, rtol=1e-10, atol=1e-10)
 
 
-def test_the_launcher_and_specialisations_read_the_regularisers():
+def test_the_launcher_and_specialisations_read_the_regularisers(monkeypatch):
     """The launcher lists them; the report compiles what the launcher launches: the masks
     (u8), the cell's own c (acc) and h (io), the scale (io), the flags runtime ints and the
-    probabilities fp32 runtime scalars in both kernels; no new compile-time argument."""
+    probabilities fp32 runtime scalars in both kernels; one compile-time flag, ``REGULARISED``:
+    each entry's plain specialisations, and its ``-reg`` ones unless the record excludes it."""
+    monkeypatch.setattr(fits, "RESIDENT_UNREGULARISED", EXCLUDED)
     assert set(REGULARISERS) <= set(resident_launcher.EXTRAS)
     zone_pointers = {("scale_ptr", "io"), ("mask_h_ptr", "u8"), ("mask_c_ptr", "u8"), ("cell_c_ptr", "acc"),
                      ("cell_h_ptr", "io")}
     flags = {"has_scale", "zoneout_h", "zoneout_c", "p_h", "p_c"}
-    for spec in resident.specialisations():
+    specs = resident.specialisations()
+    for spec in specs:
         assert zone_pointers <= set(spec.pointers)
         assert flags <= set(spec.ints)
         assert set(spec.floats) == {"p_h", "p_c"}
         assert not (flags | {"save_zoned"}) & set(spec.constexprs)
         assert ("save_zoned" in spec.ints) == (spec.kernel_name == "resident-forward")
+        assert spec.constexprs["REGULARISED"] == spec.label.endswith("-reg")
+    plain = {(s.kernel_name, s.kind, s.label, s.config) for s in specs if not s.constexprs["REGULARISED"]}
+    reg = {(s.kernel_name, s.kind, s.label[: -len("-reg")], s.config) for s in specs if s.constexprs["REGULARISED"]}
+    assert reg < plain
+    entries = {(s.kind, fits.dtype_name(s.dtype), s.config.block_h) for s in specs if s.constexprs["REGULARISED"]}
+    assert entries and not entries & EXCLUDED
+    tabled = {(k, d, bh) for (k, d, bh) in fits.RESIDENT if k in {s.kind for s in specs}}
+    assert entries == tabled - EXCLUDED
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
@@ -251,3 +267,42 @@ def test_forward_without_saving(kind, training):
     for name in ("y", "h_n", "c_n"):
         if getattr(want, name) is not None:
             torch.testing.assert_close(getattr(got, name), getattr(want, name), rtol=1e-10, atol=1e-10)
+
+
+def _launched_tiers(run):
+    with count_launches() as n:
+        result = run()
+    return {tier for tier, _ in n.tiers}, result
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_a_regularised_call_of_an_excluded_entry_runs_on_the_step_tier(monkeypatch, training):
+    """GRU fp64 with ``BLOCK_H`` 32 is in the record: with zoneout and recurrent dropout it
+    runs on the step tier (also with the resident tier forced) and gives the reference's
+    outputs and gradients; the same module without them runs on the resident tier."""
+    monkeypatch.setattr(fits, "RESIDENT_UNREGULARISED", EXCLUDED)
+    assert ("GRU", "float64", 32) in EXCLUDED
+    (tri, ref), inputs = _modules("GRU", 1, True, torch.float64, True, True)
+    assert fits.resident_block_h(tri.hidden_size) == 32
+    tiers, got = _launched_tiers(lambda: _with_masks(tri, inputs, None, training, False))
+    assert tiers == {"step"}
+    _assert_close(got, _with_masks(ref, inputs, None, training, False), torch.float64, "step tier vs reference")
+    (plain, plain_ref), _ = _modules("GRU", 1, True, torch.float64, True, True, regularised=False)
+    tiers, got = _launched_tiers(lambda: _with_masks(plain, inputs, None, training, False))
+    assert tiers == {"resident"}
+    _assert_close(got, _with_masks(plain_ref, inputs, None, training, False), torch.float64, "plain call")
+
+
+def test_an_excluded_entry_refuses_a_regularised_launch(monkeypatch):
+    """The resident launcher never runs an excluded entry with regularisers: the tier choice
+    refuses the call (``refuses_extras``) and a launch that comes anyway raises."""
+    monkeypatch.setattr(fits, "RESIDENT_UNREGULARISED", EXCLUDED)
+    cell = CELLS["GRU"]
+    assert resident_launcher.refuses_extras(cell, 16, torch.float64, ("zoneout",)) is not None
+    assert resident_launcher.refuses_extras(cell, 16, torch.float64, ("recurrent_scale",)) is not None
+    assert resident_launcher.refuses_extras(cell, 16, torch.float64, ("resets",)) is None
+    assert resident_launcher.refuses_extras(cell, 16, torch.float32, ("zoneout",)) is None
+    xg, w_hh, b_hh, h0, c0, params, zone, scale, _ = _layer(cell, 4, 3, 16, True, seed=6)
+    with pytest.raises(ValueError, match="RESIDENT_UNREGULARISED"):
+        resident_launcher.forward(cell, xg, w_hh, b_hh, None, h0, c0, Schedule.uniform(4, 3), False, False,
+                                  zoneout=zone, recurrent_scale=scale)
