@@ -150,6 +150,22 @@ RESIDENT: dict[tuple[str, str, int], ResidentFit] = {
     ('RNN_RELU', 'float64', 64): _fit(64, 4, 4, 73728, 74752),
 }
 
+#: Resident entries ``(kind, dtype name, BLOCK_H)`` whose regularised specialisations (the
+#: kernels' ``REGULARISED``: zoneout or a recurrent-dropout scale) do not compile clean on
+#: sm_80 / sm_90 although the plain ones do: a call with regularisers on such an entry runs
+#: on the step tier (:func:`resident_regularised`). The report compiles the others.
+RESIDENT_UNREGULARISED: frozenset[tuple[str, str, int]] = frozenset({
+    ('LSTM', 'float32', 64),  # forward, sm_90: 8 B of spill
+    ('LSTM', 'float16', 64), ('LSTM', 'bfloat16', 64),  # sm_90: forward 8 B, backward 24 B
+    ('LSTM_PEEPHOLE', 'float32', 64),  # forward, sm_90: 40 B
+    ('LSTM_PEEPHOLE', 'float16', 64), ('LSTM_PEEPHOLE', 'bfloat16', 64),  # sm_90: forward 32 B, backward 56-88 B
+    ('GRU', 'float16', 128), ('GRU', 'bfloat16', 128),  # backward, sm_90: 24 B
+    ('GRU', 'float64', 32),  # forward sm_80: 8 B; backward sm_90: 24 B
+    ('RNN_TANH', 'float16', 128), ('RNN_TANH', 'bfloat16', 128),  # forward sm_90: 16 B; backward: 2 KB over the record
+    ('RNN_RELU', 'float16', 128), ('RNN_RELU', 'bfloat16', 128),  # the same
+    ('RNN_RELU', 'float32', 32),  # TF32 forward, sm_90: 8 B
+})
+
 # --- Cooperative tier ----------------------------------------------------------------------
 
 
@@ -272,20 +288,34 @@ def resident_entries(kind) -> dict[tuple[str, int], ResidentFit]:
     own = {(d, bh): fit for (k, d, bh), fit in RESIDENT.items() if k == name}
     if own:
         return own
+    donor = _donor(name)
+    return {(d, bh): fit for (k, d, bh), fit in RESIDENT.items() if k == donor}
+
+
+def _donor(name: str) -> str | None:
+    """The tabled cell whose entries a cell the table does not name uses (None: no such cell)."""
     from ..cells import get  # the cell definitions (plain Python: no Triton)
 
     gates = get(name).gates
     tabled = [k for k in dict.fromkeys(k for (k, _, _) in RESIDENT) if get(k).gates >= gates]
-    if not tabled:
-        return {}
-    donor = min(tabled, key=lambda k: get(k).gates)
-    return {(d, bh): fit for (k, d, bh), fit in RESIDENT.items() if k == donor}
+    return min(tabled, key=lambda k: get(k).gates) if tabled else None
 
 
 def resident_fit(kind, dtype, hidden: int) -> ResidentFit | None:
     """The resident-tier entry for ``(kind, dtype, hidden)`` (:func:`resident_entries`), or
     None when there is none."""
     return resident_entries(kind).get((dtype_name(dtype), resident_block_h(hidden)))
+
+
+def resident_regularised(kind, dtype, hidden: int) -> bool:
+    """Whether the resident tier runs ``(kind, dtype, hidden)`` with zoneout or a
+    recurrent-dropout scale: it has an entry, not one of :data:`RESIDENT_UNREGULARISED`
+    (a cell the table does not name: those of the cell it borrows from)."""
+    name = getattr(kind, "name", kind)
+    if not any(k == name for (k, _, _) in RESIDENT):
+        name = _donor(name)
+    key = (name, dtype_name(dtype), resident_block_h(hidden))
+    return key in RESIDENT and key not in RESIDENT_UNREGULARISED
 
 
 def shared_needed(fit: ResidentFit, arch: int | None) -> int:

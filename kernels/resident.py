@@ -36,7 +36,11 @@ argument only such cells pass) gets them as three ``(1, BLOCK_H)`` rows, loaded 
 the other arguments of ``CELL_FORWARD`` / ``CELL_BACKWARD``. Reset flags (``has_resets``, a
 runtime int: no second specialisation) zero the state entering a flagged row's step in the
 forward; the backward gives the cell that zero ``h_prev`` / ``c_prev`` and stops ``dh`` /
-``dc`` at the row, so no gradient crosses a reset (``dh0`` / ``dc0`` included).
+``dc`` at the row, so no gradient crosses a reset (``dh0`` / ``dc0`` included). Regularisers
+(``REGULARISED``, a compile-time flag a call with them passes; runtime flags say which):
+the recurrent-dropout scale of the GEMM's input; zoneout, the cell's own c / h kept apart.
+Entries whose regularised kernels do not compile clean have none
+(:data:`fits.RESIDENT_UNREGULARISED`): such calls run on the step tier.
 
 Packed sequences: each step's active batch size and first row come from two int32
 device tensors (``sizes_ptr``, ``offsets_ptr``); a padded batch passes
@@ -65,6 +69,7 @@ size or sequence length recompiles.
 
 from __future__ import annotations
 
+from itertools import product
 from typing import NamedTuple
 
 import torch
@@ -72,16 +77,15 @@ import triton
 import triton.language as tl
 
 
-from ..cells import Cell, defined
-from ..cells import get as cell_named
 from . import fits
 from .cells import recurrent_bias
 from .launches import aligned_input  # noqa: F401 (used by the backend)
 from .launches import checked_pointers as _pointers
 from .launches import record
 from .precision import ENABLE_FP_FUSION
-from .resident_tiles import (
-    aligned, dot_operand, load_params, load_weights, reset_rows, step_rows, store_gates, timestep,
+from .resident_tiles import (  # noqa: F401 (cell_of, triton_cells: used by the report)
+    acc_type, aligned, cell_of, dot_operand, flag_rows, h_aligned, load_params, load_weights, reset_rows,
+    step_rows, store_gates, timestep, triton_cells, zone_blend, zone_weight,
 )
 
 # --------------------------------------------------------------------------------------
@@ -89,7 +93,8 @@ from .resident_tiles import (
 # --------------------------------------------------------------------------------------
 
 
-@triton.jit(do_not_specialize=["T", "B", "uniform_b", "reverse", "save", "H", "has_resets"])
+@triton.jit(do_not_specialize=["T", "B", "uniform_b", "reverse", "save", "H", "has_resets", "has_scale", "zoneout_h",
+                               "zoneout_c", "save_zoned", "p_h", "p_c"])
 def resident_forward_kernel(
     xg_ptr,  # (N, G*H) input projection, rows grouped by timestep
     w_hh_ptr,  # (G*H, H) recurrent weight
@@ -106,6 +111,11 @@ def resident_forward_kernel(
     offsets_ptr,  # (T,) int32 first row per step (packed; unused when uniform_b > 0)
     p_ptr,  # (PARAMS, H) the cell's per-unit parameters (PARAMS > 0)
     resets_ptr,  # (N,) uint8: 1 where the state entering the row's step is zero (has_resets)
+    scale_ptr,  # (B, H) recurrent-dropout scale of the state entering the GEMM (has_scale)
+    mask_h_ptr,  # (N, H) uint8 zoneout masks of h / c: nonzero keeps the previous state (mode 1)
+    mask_c_ptr,
+    cell_c_ptr,  # (N, H) ACC out: the cell's own new c, before zoneout (save_zoned, c zoned out)
+    cell_h_ptr,  # (N, H) out: the cell's own new h (save_zoned, h zoned out, BWD_H)
     T,  # timesteps
     B,  # sequences (rows of h0 / h_n)
     uniform_b,  # B for a padded batch (every step has B rows), 0 for a packed one
@@ -113,6 +123,12 @@ def resident_forward_kernel(
     save,  # 1: write what the backward reads (gates / e / c)
     H,  # hidden size (== size of h: no projection on this tier)
     has_resets,  # 1: read resets_ptr
+    has_scale,  # 1: read scale_ptr
+    zoneout_h,  # zoneout of h / c: 0 none, 1 the masks (training), 2 p_h / p_c (eval)
+    zoneout_c,
+    save_zoned,  # 1: keep the cell's own new c / h of a zoned-out state for the backward
+    p_h,  # fp32 zoneout probabilities (mode 2)
+    p_c,
     CELL_FORWARD: tl.constexpr,  # the cell's pointwise forward (fastrnn.cells)
     CELL_BACKWARD: tl.constexpr,  # (the backward kernel's; both kernels take every cell constexpr)
     GATES: tl.constexpr,  # stacked gate blocks G (1 to 4)
@@ -130,6 +146,7 @@ def resident_forward_kernel(
     BLOCK_H: tl.constexpr,  # H padded to a power of two >= 16
     H_ALIGNED: tl.constexpr,  # the launcher guarantees H % 8 == 0 (16-byte rows of 16-bit data)
     PARAMS: tl.constexpr = 0,  # rows of the cell's per-unit parameters (0: the cell has none)
+    REGULARISED: tl.constexpr = False,  # the call has zoneout / a recurrent-dropout scale (runtime flags say which)
 ):
     H = aligned(H, H_ALIGNED)
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -146,6 +163,8 @@ def resident_forward_kernel(
     p0, p1, p2 = load_params(p_ptr, cols, col_mask, H, PARAMS, ACC, BLOCK_H)
 
     state_offs = rows[:, None] * H + cols[None, :]
+    if REGULARISED:  # the recurrent-dropout scale, once (read at each step, its addresses spilled)
+        scale = tl.load(scale_ptr + state_offs, mask=tile_mask & flag_rows(rows, has_scale)[:, None], other=1.0)
     h = tl.load(h0_ptr + state_offs, mask=tile_mask, other=0.0).to(ACC)
     c = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
     if HAS_C:
@@ -168,6 +187,8 @@ def resident_forward_kernel(
         gate_ptrs = gates_ptr + off * GH + (rows[:, None] * GH + cols[None, :])
         seq_offs = off * H + state_offs
         hx = dot_operand(h.to(w0.dtype), PRECISION)  # I/O-dtype operands (tensor cores), fp32 result
+        if REGULARISED:
+            hx = dot_operand((h * scale.to(ACC)).to(w0.dtype), PRECISION)
         zero = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
         # Gate k: r_k = h @ W_k^T (+ b_k), x_k from xg; slots k >= GATES stay zero. Each
         # dot beside its load: all dots first compiled to 255 registers and a spill (GRU
@@ -191,8 +212,20 @@ def resident_forward_kernel(
             h_new, c_new, s0, s1, s2, s3, e = CELL_FORWARD(x0, x1, x2, x3, r0, r1, r2, r3, h, c, p0, p1, p2)
         else:
             h_new, c_new, s0, s1, s2, s3, e = CELL_FORWARD(x0, x1, x2, x3, r0, r1, r2, r3, h, c)
+        # Zoneout: the cell's own new c / h kept for the backward, the zoned-out ones go on.
         if HAS_C:
+            if REGULARISED:
+                if zoneout_c != 0:
+                    if save_zoned:
+                        tl.store(cell_c_ptr + seq_offs, c_new.to(cell_c_ptr.dtype.element_ty), mask=mask)
+                    c_new = zone_blend(c, c_new, mask_c_ptr, zoneout_c, p_c, seq_offs, mask, rows)
             c = tl.where(mask, c_new, c)
+        if REGULARISED:
+            if zoneout_h != 0:
+                if BWD_H:
+                    if save_zoned:
+                        tl.store(cell_h_ptr + seq_offs, h_new.to(cell_h_ptr.dtype.element_ty), mask=mask)
+                h_new = zone_blend(h, h_new, mask_h_ptr, zoneout_h, p_h, seq_offs, mask, rows)
         if save:
             if SAVES:
                 store_gates(gate_ptrs, s0, s1, s2, s3, H, mask, GATES)
@@ -213,7 +246,8 @@ def resident_forward_kernel(
 # --------------------------------------------------------------------------------------
 
 
-@triton.jit(do_not_specialize=["T", "B", "uniform_b", "reverse", "H", "has_resets"])
+@triton.jit(do_not_specialize=["T", "B", "uniform_b", "reverse", "H", "has_resets", "has_scale", "zoneout_h",
+                               "zoneout_c", "p_h", "p_c"])
 def resident_backward_kernel(
     w_hh_ptr,  # (G*H, H) recurrent weight
     h0_ptr,  # (B, H) initial hidden state (h_prev of a row's first step, BWD_H_PREV)
@@ -233,12 +267,22 @@ def resident_backward_kernel(
     offsets_ptr,  # (T,) int32 first row per step (packed; unused when uniform_b > 0)
     p_ptr,  # (PARAMS, H) the cell's per-unit parameters (PARAMS > 0)
     resets_ptr,  # (N,) uint8: 1 where the state entering the row's step is zero (has_resets)
+    scale_ptr,  # (B, H) recurrent-dropout scale (has_scale): multiplies the GEMM's dh_prev
+    mask_h_ptr,  # (N, H) uint8 zoneout masks of h / c (mode 1)
+    mask_c_ptr,
+    cell_c_ptr,  # (N, H) ACC: the cell's own new c (HAS_C; c_seq holds the zoned c: the same without zoneout)
+    cell_h_ptr,  # (N, H): the cell's own new h (BWD_H; y holds the zoned h: the same without zoneout)
     T,  # timesteps
     B,  # sequences
     uniform_b,  # B for a padded batch, 0 for a packed one
     reverse,  # 1: the forward pass processed t = T-1 .. 0
     H,  # hidden size
     has_resets,  # 1: read resets_ptr
+    has_scale,  # 1: read scale_ptr
+    zoneout_h,  # zoneout of h / c: 0 none, 1 the masks (training), 2 p_h / p_c (eval)
+    zoneout_c,
+    p_h,  # fp32 zoneout probabilities (mode 2)
+    p_c,
     CELL_FORWARD: tl.constexpr,  # (the forward kernel's; both kernels take every cell constexpr)
     CELL_BACKWARD: tl.constexpr,  # the cell's pointwise backward (fastrnn.cells)
     GATES: tl.constexpr,
@@ -256,6 +300,7 @@ def resident_backward_kernel(
     BLOCK_H: tl.constexpr,
     H_ALIGNED: tl.constexpr,
     PARAMS: tl.constexpr = 0,
+    REGULARISED: tl.constexpr = False,
 ):
     H = aligned(H, H_ALIGNED)
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -276,6 +321,8 @@ def resident_backward_kernel(
     if HAS_C:
         dc = tl.load(dc_n_ptr + state_offs, mask=tile_mask, other=0.0).to(ACC)
     ty = dxg_ptr.dtype.element_ty
+    if REGULARISED:
+        scale = tl.load(scale_ptr + state_offs, mask=tile_mask & flag_rows(rows, has_scale)[:, None], other=1.0)
 
     for jj in range(T):
         j = T - 1 - jj  # processing index of this step in the forward pass
@@ -336,15 +383,30 @@ def resident_backward_kernel(
         if EXTRA:
             e = tl.load(hn_seq_ptr + seq_offs, mask=mask, other=0.0).to(ACC)
         if HAS_C:
-            c_t = tl.load(c_seq_ptr + seq_offs, mask=mask, other=0.0).to(ACC)
+            if REGULARISED:  # the cell's own new c (c_seq holds the zoned one)
+                c_t = tl.load(cell_c_ptr + seq_offs, mask=mask, other=0.0).to(ACC)
+            else:
+                c_t = tl.load(c_seq_ptr + seq_offs, mask=mask, other=0.0).to(ACC)
         if BWD_H:
-            h_t = tl.load(y_ptr + seq_offs, mask=mask, other=0.0).to(ACC)
+            if REGULARISED:
+                h_t = tl.load(cell_h_ptr + seq_offs, mask=mask, other=0.0).to(ACC)
+            else:
+                h_t = tl.load(y_ptr + seq_offs, mask=mask, other=0.0).to(ACC)
+        # Zoneout: a share w of dh_t goes straight to h_prev (after the GEMM, mask and dy read again),
+        # the rest to the cell. Branch-free, or before the loads above, this spilled (LSTM fp64 32).
+        dc_t = dc
+        if REGULARISED:
+            if zoneout_h != 0:
+                dh_t = (1.0 - zone_weight(mask_h_ptr, zoneout_h, p_h, seq_offs, mask, rows)) * dh_t
+            if HAS_C:
+                if zoneout_c != 0:
+                    dc_t = (1.0 - zone_weight(mask_c_ptr, zoneout_c, p_c, seq_offs, mask, rows)) * dc
         if PARAMS > 0:
             dx0, dx1, dx2, dx3, dr0, dr1, dr2, dr3, dh_direct, dc_prev = CELL_BACKWARD(
-                dh_t, dc, s0, s1, s2, s3, e, c_t, c_prev, h_t, h_prev, p0, p1, p2)
+                dh_t, dc_t, s0, s1, s2, s3, e, c_t, c_prev, h_t, h_prev, p0, p1, p2)
         else:
             dx0, dx1, dx2, dx3, dr0, dr1, dr2, dr3, dh_direct, dc_prev = CELL_BACKWARD(
-                dh_t, dc, s0, s1, s2, s3, e, c_t, c_prev, h_t, h_prev)
+                dh_t, dc_t, s0, s1, s2, s3, e, c_t, c_prev, h_t, h_prev)
         # The GEMM reads the gradients as stored (I/O dtype), like the step tier. With APART
         # dr_k is converted before any store: converting after the dxg stores spilled 8 B
         # in the GRU fp16/bf16 BLOCK_H 128 backward on sm_90 (capped at 128 registers).
@@ -358,6 +420,8 @@ def resident_backward_kernel(
         acc = zero
         if DIRECT:
             acc = dh_direct
+        if REGULARISED:  # dh_direct joins after the scale (below)
+            acc = zero
         acc = tl.dot(dot_operand(dr0, PRECISION), w0, acc, input_precision=PRECISION)
         if GATES > 1:
             acc = tl.dot(dot_operand(dr1, PRECISION), w1, acc, input_precision=PRECISION)
@@ -365,10 +429,21 @@ def resident_backward_kernel(
             acc = tl.dot(dot_operand(dr2, PRECISION), w2, acc, input_precision=PRECISION)
         if GATES > 3:
             acc = tl.dot(dot_operand(dr3, PRECISION), w3, acc, input_precision=PRECISION)
-        # (this nesting of the selects: the other one crashed LLVM's SLP vectorizer, LSTM
-        # fp32 backward on sm_90)
+        # The GEMM's result times the recurrent-dropout scale, then zoneout's share and dh_direct.
+        if REGULARISED:
+            if has_scale:
+                acc = acc * scale.to(ACC)
+            if zoneout_h != 0:
+                dh_keep = dh + tl.load(dy_ptr + seq_offs, mask=mask, other=0.0).to(ACC)
+                acc += zone_weight(mask_h_ptr, zoneout_h, p_h, seq_offs, mask, rows) * dh_keep
+            if DIRECT:
+                acc += dh_direct
+        # (the other nesting of these selects crashed LLVM's SLP vectorizer: LSTM fp32, sm_90)
         dh = tl.where(keep, acc, tl.where(mask, 0.0, dh))
         if HAS_C:
+            if REGULARISED:
+                if zoneout_c != 0:
+                    dc_prev += zone_weight(mask_c_ptr, zoneout_c, p_c, seq_offs, mask, rows) * dc
             dc = tl.where(keep, dc_prev, tl.where(mask, 0.0, dc))
 
     tl.store(dh0_ptr + state_offs, dh.to(dh0_ptr.dtype.element_ty), mask=tile_mask)
@@ -381,45 +456,18 @@ def resident_backward_kernel(
 # --------------------------------------------------------------------------------------
 
 
-def _precision(dtype: torch.dtype, tf32: bool) -> str:
-    # TF32 only for fp32 and only when the user allowed it (cuDNN's rule for nn.LSTM).
-    return "tf32" if (dtype == torch.float32 and tf32) else "ieee"
-
-
-def _acc(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-def cell_of(kind) -> Cell:
-    """The cell definition ``kind`` names (a :class:`~fastrnn.cells.Cell` passes as it is)."""
-    return kind if isinstance(kind, Cell) else cell_named(kind)
-
-
-def triton_cells() -> tuple[Cell, ...]:
-    """Every defined cell with Triton functions (built-in ones first): the cells this tier compiles."""
-    return tuple(cell for cell in defined() if cell.runs_on_triton)
-
-
-def h_aligned(direction: str, hidden: int) -> bool:
-    """Whether a launch of ``direction`` for hidden size ``hidden`` runs the ``H_ALIGNED``
-    specialisation: forward launches with ``H % 8 == 0`` (rows of 8 elements, 16 bytes in
-    fp16/bf16, load as vectors; the LSTM bf16 ``BLOCK_H`` 64 forward drops from 176 scalar
-    16-bit loads and 254 registers to none and 128 on sm_80). The backward keeps scalar
-    loads: aligned, the compiler stages its loads through shared memory (LSTM bf16
-    ``BLOCK_H`` 64: 76 KB instead of 53 KB, and an 8 B spill on sm_80)."""
-    return direction == "forward" and hidden % 8 == 0
-
-
-def constexprs(kind, dtype: torch.dtype, tf32: bool, cfg: fits.KernelConfig, aligned: bool = False) -> dict:
+def constexprs(kind, dtype: torch.dtype, tf32: bool, cfg: fits.KernelConfig, aligned: bool = False,
+               regularised: bool = False) -> dict:
     """Compile-time arguments of either resident kernel (the same names for both): the
     cell's (:meth:`~fastrnn.cells.Cell.kernel_constexprs`; ``PARAMS`` 0 for a cell without
     per-unit parameters, the kernels' default, named so the report's signature has it) and
-    the launch's."""
+    the launch's (``REGULARISED``: a call with zoneout or a recurrent-dropout scale)."""
     out = dict(
-        **cell_of(kind).kernel_constexprs(), ACC=_acc(dtype), PRECISION=_precision(dtype, tf32),
+        **cell_of(kind).kernel_constexprs(), ACC=acc_type(dtype), PRECISION=fits.dot_precision(dtype, tf32),
         BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, H_ALIGNED=bool(aligned),
     )
     out.setdefault("PARAMS", 0)
+    out["REGULARISED"] = bool(regularised)
     return out
 
 
@@ -427,21 +475,27 @@ def constexprs(kind, dtype: torch.dtype, tf32: bool, cfg: fits.KernelConfig, ali
 OPTIONS = dict(enable_fp_fusion=ENABLE_FP_FUSION)
 
 
-# Pointer arguments in order, with the dtype each holds: "io" (the layer's dtype), "acc"
-# (fp32; fp64 for fp64 I/O), "i32" or "u8" (reset flags). The launchers pass tensors of exactly these dtypes.
+# Pointer arguments in order, with the dtype each holds: "io" (the layer's dtype), "acc" (fp32;
+# fp64 for fp64 I/O), "i32" or "u8" (flags, masks). The launchers pass exactly these dtypes.
+REGULARISER_POINTERS = (
+    ("scale_ptr", "io"), ("mask_h_ptr", "u8"), ("mask_c_ptr", "u8"), ("cell_c_ptr", "acc"), ("cell_h_ptr", "io"),
+)
 FORWARD_POINTERS = (
     ("xg_ptr", "io"), ("w_hh_ptr", "io"), ("b_hh_ptr", "io"), ("h0_ptr", "io"), ("c0_ptr", "io"),
     ("y_ptr", "io"), ("h_n_ptr", "io"), ("c_n_ptr", "io"), ("gates_ptr", "io"), ("c_seq_ptr", "acc"),
     ("hn_seq_ptr", "io"), ("sizes_ptr", "i32"), ("offsets_ptr", "i32"), ("p_ptr", "io"), ("resets_ptr", "u8"),
-)
-FORWARD_INTS = ("T", "B", "uniform_b", "reverse", "save", "H", "has_resets")
+) + REGULARISER_POINTERS
+FORWARD_INTS = ("T", "B", "uniform_b", "reverse", "save", "H", "has_resets", "has_scale", "zoneout_h", "zoneout_c",
+                "save_zoned", "p_h", "p_c")
 BACKWARD_POINTERS = (
     ("w_hh_ptr", "io"), ("h0_ptr", "io"), ("c0_ptr", "io"), ("y_ptr", "io"), ("dy_ptr", "io"),
     ("dh_n_ptr", "io"), ("dc_n_ptr", "io"), ("gates_ptr", "io"), ("c_seq_ptr", "acc"), ("hn_seq_ptr", "io"),
     ("dxg_ptr", "io"), ("dhg_ptr", "io"), ("dh0_ptr", "io"), ("dc0_ptr", "io"), ("sizes_ptr", "i32"),
     ("offsets_ptr", "i32"), ("p_ptr", "io"), ("resets_ptr", "u8"),
-)
-BACKWARD_INTS = ("T", "B", "uniform_b", "reverse", "H", "has_resets")
+) + REGULARISER_POINTERS
+BACKWARD_INTS = ("T", "B", "uniform_b", "reverse", "H", "has_resets", "has_scale", "zoneout_h", "zoneout_c", "p_h",
+                 "p_c")
+FLOATS = ("p_h", "p_c")  #: the runtime scalars typed fp32 (the others are ints)
 
 
 class Specialisation(NamedTuple):
@@ -458,6 +512,7 @@ class Specialisation(NamedTuple):
     ints: tuple
     shared_limit: dict  # arch -> bytes this entry may use there (fits.py), None: not run there
     options: dict = OPTIONS  # compile options besides num_warps
+    floats: tuple = FLOATS  # the names in ``ints`` typed fp32
 
 
 DIRECTIONS = ("forward", "backward")
@@ -472,27 +527,27 @@ def kernel_of(direction: str) -> tuple:
 
 
 def specialisations(dtypes=None) -> list[Specialisation]:
-    """Every (kernel, cell, dtype, TF32, ``H_ALIGNED``, block configuration) a launch may
-    choose: for each cell of :func:`triton_cells`, its entries of :data:`fits.RESIDENT`
-    (:func:`fits.resident_entries`); the forward also with ``H_ALIGNED`` (:func:`h_aligned`)."""
+    """Every (kernel, cell, dtype, TF32, ``H_ALIGNED``, ``REGULARISED``, block configuration) a
+    launch may choose: for each cell of :func:`triton_cells`, its entries of :data:`fits.RESIDENT`
+    (:func:`fits.resident_entries`); the forward also with ``H_ALIGNED`` (:func:`h_aligned`);
+    label ``-reg``: with ``REGULARISED``, for the entries :func:`fits.resident_regularised` runs."""
     out = []
     for cell in triton_cells():
-        for (dtype_name, _), fit in fits.resident_entries(cell).items():
+        for (dtype_name, block_h), fit in fits.resident_entries(cell).items():
             dtype = getattr(torch, dtype_name)
             if dtypes is not None and dtype not in dtypes:
                 continue
-            for tf32 in ((False, True) if dtype == torch.float32 else (False,)):
-                for aligned in (False, True):
-                    label = dtype_name + ("-tf32" if tf32 else "") + ("-a8" if aligned else "")
-                    for direction in DIRECTIONS:
-                        if aligned and not h_aligned(direction, 8):
-                            continue
-                        kernel, pointers, ints = kernel_of(direction)
-                        cfg = getattr(fit, direction)
-                        out.append(Specialisation(
-                            kernel, f"resident-{direction}", cell.name, dtype, label, cfg,
-                            constexprs(cell, dtype, tf32, cfg, aligned), pointers, ints, dict(fit.shared),
-                        ))
+            for reg in (False, True) if fits.resident_regularised(cell, dtype, block_h) else (False,):
+                for tf32, aligned, direction in product((False, True), (False, True), DIRECTIONS):
+                    if (tf32 and dtype != torch.float32) or (aligned and not h_aligned(direction, 8)):
+                        continue
+                    label = dtype_name + ("-tf32" if tf32 else "") + ("-a8" if aligned else "") + ("-reg" if reg else "")
+                    kernel, pointers, ints = kernel_of(direction)
+                    cfg = getattr(fit, direction)
+                    out.append(Specialisation(
+                        kernel, f"resident-{direction}", cell.name, dtype, label, cfg,
+                        constexprs(cell, dtype, tf32, cfg, aligned, reg), pointers, ints, dict(fit.shared),
+                    ))
     return out
 
 
@@ -508,21 +563,28 @@ def launch(direction: str, kind, tensors: dict, ints: dict, *, fit: fits.Residen
     ``tensors`` maps each name of the direction's pointers (:data:`FORWARD_POINTERS` /
     :data:`BACKWARD_POINTERS`) to a contiguous, 16-byte aligned tensor (unused ones: any
     tensor of the right dtype); ``ints`` maps each name of :data:`FORWARD_INTS` /
-    :data:`BACKWARD_INTS` to a Python int. Grid: ``cdiv(B, BLOCK_B)`` programs. The optional
-    inputs may be left out: ``resets_ptr`` / ``has_resets`` (no resets), and ``p_ptr`` for a
-    cell without per-unit parameters.
+    :data:`BACKWARD_INTS` to a Python int (:data:`FLOATS`: a float). Grid: ``cdiv(B, BLOCK_B)``
+    programs. Optional inputs may be left out (regularisers: the cell's own c / h is then ``c_seq`` / ``y``).
+    A call with regularisers runs ``REGULARISED`` kernels; refused on :data:`fits.RESIDENT_UNREGULARISED` entries.
     """
     kernel, pointers, int_names = kernel_of(direction)
     cfg = getattr(fit, direction)
     if "p_ptr" not in tensors and cell_of(kind).param_rows:
         raise ValueError(f"fastrnn.kernels: cell {cell_of(kind).name!r} needs its per-unit parameters (p_ptr)")
     w = tensors["w_hh_ptr"]
-    tensors = {"p_ptr": w.new_empty(8), "resets_ptr": w.new_empty(16, dtype=torch.uint8), **tensors}
-    ints = {"has_resets": 0, **ints}
+    u8, io = w.new_zeros(16, dtype=torch.uint8), w.new_empty(8)
+    tensors = {"p_ptr": io, "resets_ptr": u8, "scale_ptr": io, "mask_h_ptr": u8, "mask_c_ptr": u8,
+               "cell_c_ptr": tensors["c_seq_ptr"], "cell_h_ptr": tensors.get("y_ptr", io), **tensors}
+    ints = {"has_resets": 0, "has_scale": 0, "zoneout_h": 0, "zoneout_c": 0, "save_zoned": 0, "p_h": 0.0, "p_c": 0.0,
+            **ints}
+    regularised = bool(ints["has_scale"] or ints["zoneout_h"] or ints["zoneout_c"])
+    if regularised and not fits.resident_regularised(cell_of(kind), w.dtype, ints["H"]):
+        raise ValueError(f"fastrnn.kernels: no regularised resident kernels for {cell_of(kind).name} {w.dtype} "
+                         f"with H={ints['H']} (fits.RESIDENT_UNREGULARISED)")
     grid = (triton.cdiv(ints["B"], cfg.block_b),)
     kernel[grid](
         *_pointers(pointers, tensors), *(ints[k] for k in int_names),
-        **constexprs(kind, tensors["w_hh_ptr"].dtype, tf32, cfg, h_aligned(direction, ints["H"])),
+        **constexprs(kind, w.dtype, tf32, cfg, h_aligned(direction, ints["H"]), regularised),
         num_warps=cfg.num_warps, **OPTIONS,
     )
     record("resident", direction)

@@ -63,7 +63,9 @@ def test_resident_specialisations_are_the_fits_table():
     specs = resident.specialisations()
     per_entry = {name: 3 * (2 if name == "float32" else 1) for name in ("float32", "float16", "bfloat16", "float64")}
     kinds = {s.kind for s in specs}
-    assert len(specs) == sum(per_entry[d] for (k, d, _) in fits.RESIDENT if k in kinds)
+    # twice (plain and REGULARISED) where the regularised kernels compile clean
+    regularised = {(k, d, bh): (k, d, bh) not in fits.RESIDENT_UNREGULARISED for (k, d, bh) in fits.RESIDENT}
+    assert len(specs) == sum(per_entry[d] * (1 + regularised[k, d, bh]) for (k, d, bh) in fits.RESIDENT if k in kinds)
     assert len({(s.kernel_name, s.kind, s.label, s.config) for s in specs}) == len(specs)
     for kind in KINDS:
         for dtype in ("float32", "float16", "bfloat16"):
@@ -198,9 +200,11 @@ def _key(s):
 @pytest.mark.parametrize("tf32", [False, True], ids=["ieee", "tf32"])
 def test_resident_launcher_choices_are_all_in_the_report(monkeypatch, tf32):
     """Every (kernel, constexprs, num_warps) a real resident-tier call launches is a listed
-    specialisation, and these calls reach every fp32 (this TF32 setting), fp16 and fp64 one."""
+    specialisation, and these calls reach every fp32 (this TF32 setting), fp16 and fp64 one
+    (the REGULARISED ones with a recurrent-dropout scale, where the tier runs it)."""
     import torch
 
+    from fastrnn import cells
     from fastrnn.functional import Schedule, recurrent_layer
     from fastrnn.backends import triton as triton_backend
 
@@ -228,6 +232,14 @@ def test_resident_launcher_choices_are_all_in_the_report(monkeypatch, tf32):
                 c0 = torch.zeros(2, hidden, dtype=dtype) if kind == "LSTM" else None
                 y, h_n, c_n = recurrent_layer(kind, x, Schedule.uniform(2, 2), h0, c0, tuple(w), backend="triton")
                 y.float().sum().backward()
+                if fits.resident_regularised(kind, dtype, hidden):
+                    cell, sched, scale = cells.get(kind), Schedule.uniform(2, 2), torch.ones(2, hidden, dtype=dtype)
+                    xg, w_hh = torch.randn(4, gates * hidden, dtype=dtype), w[1].detach()
+                    b_hh = torch.zeros(gates * hidden, dtype=dtype)
+                    fwd = triton_backend.forward(cell, xg, w_hh, b_hh, None, h0, c0, sched, False, True,
+                                                 recurrent_scale=scale)
+                    triton_backend.backward(cell, fwd.saved, w_hh, b_hh, None, h0, c0, fwd.y, torch.ones_like(fwd.y),
+                                            torch.zeros_like(h0), c0, sched, False, recurrent_scale=scale)
     listed = {_key(s) for s in resident.specialisations()}
     assert seen <= listed, seen - listed
     wanted = {

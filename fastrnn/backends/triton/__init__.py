@@ -82,10 +82,13 @@ def refuses_cell(cell) -> str | None:
     return reason or None
 
 
-def _tier_with(tier: str, extras: dict) -> str:
-    """``tier``, or the step tier when ``tier`` cannot read the call's optional inputs;
-    an error before any work when neither can."""
-    if not extras or _tier_refusal(tier, tuple(extras)) is None:
+def _tier_with(tier: str, extras: dict, cell, hidden: int, dtype) -> str:
+    """``tier``, or the step tier when ``tier`` cannot read the call's optional inputs (its
+    launcher's ``EXTRAS`` does not list them, or its ``refuses_extras`` hook refuses them at
+    this cell, size and dtype); an error before any work when neither can."""
+    hook = getattr(LAUNCHERS[tier], "refuses_extras", None)
+    if not extras or (_tier_refusal(tier, tuple(extras)) is None
+                      and (hook is None or hook(cell, hidden, dtype, tuple(extras)) is None)):
         return tier
     reason = _tier_refusal("step", tuple(extras))
     if reason is not None:
@@ -119,7 +122,8 @@ def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: boo
 
     extras = loop_inputs(params, resets, zoneout, recurrent_scale)
     with device_guard(xg.device):
-        tier = _tier_with(policy.layer_tier(cell, w_hh, w_hr, xg.dtype, xg.device, schedule), extras)
+        tier = _tier_with(policy.layer_tier(cell, w_hh, w_hr, xg.dtype, xg.device, schedule), extras, cell,
+                          w_hh.shape[1], xg.dtype)
         if tier != "step":
             try:
                 return LAUNCHERS[tier].forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save,
@@ -137,7 +141,8 @@ def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule:
 
     extras = loop_inputs(params, resets, zoneout, recurrent_scale)
     with device_guard(y.device):
-        tier = _tier_with(policy.layer_tier(cell, w_hh, w_hr, y.dtype, y.device, schedule), extras)
+        tier = _tier_with(policy.layer_tier(cell, w_hh, w_hr, y.dtype, y.device, schedule), extras, cell,
+                          w_hh.shape[1], y.dtype)
         res = None
         if tier != "step":
             try:

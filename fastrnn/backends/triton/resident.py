@@ -11,7 +11,7 @@ from ..base import BackwardResult, ForwardResult
 from . import buffers
 
 #: The optional inputs these kernels read (the backend passes them only to such a launcher).
-EXTRAS = ("params", "resets")
+EXTRAS = ("params", "resets", "zoneout", "recurrent_scale")
 
 
 def _kernels():
@@ -27,16 +27,39 @@ def fit_for(cell, hidden: int, dtype):
     return fits.resident_fit(cell.name, dtype, hidden)
 
 
-def _extras(cell, params, resets, hidden: int, dummy_io, prep) -> tuple[dict, int]:
-    """``(pointer tensors, has_resets)`` of the optional inputs this tier reads
-    (:func:`buffers.loop_tensors`)."""
-    t, scalars = buffers.loop_tensors(cell, hidden, params, resets, None, None, dummy_io, prep)
-    return dict(p_ptr=t["params"], resets_ptr=t["resets"]), scalars["has_resets"]
+def _loop_args(cell, hidden, params, resets, zoneout, recurrent_scale, dummy_io, prep) -> tuple[dict, dict]:
+    """The resident kernels' pointers and runtime scalars of a call's optional inputs
+    (:func:`buffers.loop_tensors`; the cell's own new c / h buffers are the caller's)."""
+    t, scalars = buffers.loop_tensors(cell, hidden, params, resets, zoneout, recurrent_scale, dummy_io, prep)
+    tensors = dict(p_ptr=t["params"], resets_ptr=t["resets"], scale_ptr=t["scale"], mask_h_ptr=t["mask_h"],
+                   mask_c_ptr=t["mask_c"])
+    return tensors, scalars
+
+
+def refuses_extras(cell, hidden: int, dtype, wants) -> str | None:
+    """Why this tier cannot run a call of ``cell`` at this size and dtype with the optional
+    inputs ``wants`` although :data:`EXTRAS` lists them (None when it can): entries whose
+    kernels with zoneout / recurrent dropout do not compile clean
+    (:data:`fastrnn.kernels.fits.RESIDENT_UNREGULARISED`) run such calls on the step tier."""
+    from ...kernels import fits
+
+    if not {"zoneout", "recurrent_scale"} & set(wants) or fits.resident_regularised(cell, dtype, hidden):
+        return None
+    return (f"the resident tier has no kernels with zoneout or recurrent dropout for {cell.name} "
+            f"{fits.dtype_name(dtype)} with hidden size {hidden}")
+
+
+def _refuse_projection(w_hr, zoneout) -> None:
+    if zoneout is not None and w_hr is not None:
+        raise ValueError("fastrnn: zoneout is not supported with proj_size")
+
 
 def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: bool, save: bool, config=None,
-            params=None, resets=None):
+            params=None, resets=None, zoneout=None, recurrent_scale=None):
     """The forward time loop on the resident tier (``config``: the block configuration,
-    None for :func:`fit_for`'s; ``params`` / ``resets``: see :mod:`fastrnn.backends.base`)."""
+    None for :func:`fit_for`'s; ``params`` / ``resets`` / ``zoneout`` / ``recurrent_scale``:
+    see :mod:`fastrnn.backends.base`)."""
+    _refuse_projection(w_hr, zoneout)
     rs = _kernels()
     prep = rs.aligned_input
     dtype, device = xg.dtype, xg.device
@@ -44,6 +67,7 @@ def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: boo
     hidden = w_hh.shape[1]
     n_rows, batch = xg.shape[0], schedule.batch
     has_c = cell.has_cell_state
+    keep_c, keep_h = buffers.zoned(cell, zoneout) if save else (False, False)
     save = buffers.saves(cell, save)
     fit = config or fit_for(cell, hidden, dtype)
     dummy_io, dummy_acc = buffers.dummies(dtype, device)
@@ -60,18 +84,24 @@ def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: boo
         c0_ptr=prep(c0) if has_c else dummy_io, y_ptr=y, h_n_ptr=h_n, c_n_ptr=c_n, gates_ptr=gates,
         c_seq_ptr=c_seq, hn_seq_ptr=extra, sizes_ptr=sizes, offsets_ptr=offsets,
     )
-    optional, has_resets = _extras(cell, params, resets, hidden, dummy_io, prep)
-    tensors.update(optional)
+    optional, loop_ints = _loop_args(cell, hidden, params, resets, zoneout, recurrent_scale, dummy_io, prep)
+    # the cell's own new c / h of a zoned-out state, kept for the backward
+    cell_c = buffers.new((n_rows, hidden), acc, device) if keep_c else None
+    cell_h = buffers.new((n_rows, hidden), dtype, device) if keep_h else None
+    tensors.update(optional, cell_c_ptr=dummy_acc if cell_c is None else cell_c,
+                   cell_h_ptr=dummy_io if cell_h is None else cell_h)
     ints = dict(T=schedule.steps, B=batch, uniform_b=uniform_b, reverse=int(reverse), save=int(save), H=hidden,
-                has_resets=has_resets)
+                save_zoned=int(keep_c or keep_h), **loop_ints)
     rs.launch_forward(cell, tensors, ints, fit=fit, tf32=buffers.tf32())
-    saved = buffers.saved(cell, save, gates, c_seq, extra)
+    saved = buffers.saved(cell, save, gates, c_seq, extra, cell_c, cell_h)
     return ForwardResult(y, h_n, c_n if has_c else None, saved)
 
 
 def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule: Schedule, reverse: bool,
-             config=None, params=None, resets=None):
-    """The backward time loop on the resident tier."""
+             config=None, params=None, resets=None, zoneout=None, recurrent_scale=None):
+    """The backward time loop on the resident tier (the cell reads its own new c / h: the
+    saved ones of a zoned-out state, else ``c_seq`` / ``y``)."""
+    _refuse_projection(w_hr, zoneout)
     rs = _kernels()
     prep = rs.aligned_input
     dtype, device = y.dtype, y.device
@@ -94,8 +124,10 @@ def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule:
         gates_ptr=prep(gates), c_seq_ptr=prep(c_seq), hn_seq_ptr=prep(extra), dxg_ptr=dxg, dhg_ptr=dhg,
         dh0_ptr=dh0, dc0_ptr=dc0, sizes_ptr=sizes, offsets_ptr=offsets,
     )
-    optional, has_resets = _extras(cell, params, resets, hidden, dummy_io, prep)
-    tensors.update(optional)
-    ints = dict(T=schedule.steps, B=batch, uniform_b=uniform_b, reverse=int(reverse), H=hidden, has_resets=has_resets)
+    optional, loop_ints = _loop_args(cell, hidden, params, resets, zoneout, recurrent_scale, dummy_io, prep)
+    cell_c, cell_h = buffers.unpack_zoneout(cell, saved, zoneout)
+    tensors.update(optional, cell_c_ptr=tensors["c_seq_ptr"] if cell_c is None else prep(cell_c),
+                   cell_h_ptr=tensors["y_ptr"] if cell_h is None else prep(cell_h))
+    ints = dict(T=schedule.steps, B=batch, uniform_b=uniform_b, reverse=int(reverse), H=hidden, **loop_ints)
     rs.launch_backward(cell, tensors, ints, fit=fit, tf32=buffers.tf32())
     return BackwardResult(dxg, dhg, dh0, dc0 if has_c else None, None)
