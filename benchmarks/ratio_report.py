@@ -94,6 +94,29 @@ def format_variant_table(run: dict) -> list[str]:
     return lines
 
 
+def variant_markdown(run: dict) -> str:
+    """The variant cases as a Markdown table for the README: one row per variant, layer and
+    pass, one column per shape (in the run's order), each cell the paired-ratio median
+    (fastrnn / baseline), marked with * where it misses the target."""
+    cases = run["variant_cases"]
+
+    def label(shape: dict) -> str:
+        return " ".join(f"{k}={shape[k]}" for k in ("T", "B", "I", "H") if k != "I" or shape["I"] != shape["H"])
+
+    shapes = list(dict.fromkeys(label(c["shape"]) for c in cases))
+    rows: dict = {}
+    for c in cases:
+        key = (c["variant"], c["kind"], c["pass"], c["baseline"], c["target"])
+        rows.setdefault(key, {})[label(c["shape"])] = c["ratio_median"]
+    lines = ["| variant | layer | pass | baseline | target | " + " | ".join(shapes) + " |",
+             "|---|---|---|---|---|" + "---|" * len(shapes)]
+    for (variant, kind, pass_, baseline, target), ratios in rows.items():
+        cells = [("—" if shape not in ratios else f"{ratios[shape]:.2f}" + ("*" if ratios[shape] > target else ""))
+                 for shape in shapes]
+        lines.append(f"| {variant} | {kind} | {pass_} | {baseline} | {target:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _fmt(v, w, p=2):
     return f"{v:{w}.{p}f}" if v is not None else f"{'-':>{w}}"
 
@@ -258,9 +281,14 @@ def main(argv: list[str]) -> int:
     source = Path(argv[0])
     run = json.loads(source.read_text())
     out = Path(argv[1]) if len(argv) == 2 else source.with_suffix(".png")
-    print("\n".join(format_table(run)))
-    plot(run, out)
-    print(f"plot: {out}")
+    if run.get("cases"):
+        print("\n".join(format_table(run)))
+        plot(run, out)
+        print(f"plot: {out}")
+    if run.get("variant_cases"):
+        print("\n".join(format_variant_table(run)))
+        print()
+        print(variant_markdown(run))
     return 0
 
 
