@@ -21,12 +21,18 @@ import torch
 
 from ...schedule import Schedule
 from ..base import loop_inputs
-from . import buffers, cooperative, policy, resident, selfcheck, step
-from .buffers import saved_layout  # noqa: F401 (the backend interface)
+from . import buffers, cooperative, norm, policy, resident, selfcheck, step
 from .policy import TIERS, tier_for  # noqa: F401 (public)
 
 name = "triton"
 LAUNCHERS = {"step": step, "resident": resident, "cooperative": cooperative}
+
+
+def saved_layout(cell, rows, hidden, dtype, save, **loop):
+    """Shapes and dtypes of the ``saved`` tuple (:func:`buffers.saved_layout`; the LayerNorm
+    cells': :func:`norm.saved_layout`)."""
+    layout = norm.saved_layout if norm.runs(cell) else buffers.saved_layout
+    return layout(cell, rows, hidden, dtype, save, **loop)
 
 
 def _interpreted() -> bool:
@@ -75,7 +81,10 @@ def refuses_loop_inputs(wants: tuple) -> str | None:
 
 
 def refuses_cell(cell) -> str | None:
-    """Why this backend cannot run ``cell`` (None when it can)."""
+    """Why this backend cannot run ``cell`` (None when it can; the LayerNorm-LSTM / -GRU
+    run on :mod:`.norm`)."""
+    if norm.runs(cell):
+        return None
     reason = cell.why_not_triton()
     if not reason and cell.param_rows:
         reason = _tier_refusal("step", ("params",))
@@ -122,6 +131,8 @@ def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: boo
 
     extras = loop_inputs(params, resets, zoneout, recurrent_scale)
     with device_guard(xg.device):
+        if norm.runs(cell):
+            return norm.forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save, **extras)
         tier = _tier_with(policy.layer_tier(cell, w_hh, w_hr, xg.dtype, xg.device, schedule), extras, cell,
                           w_hh.shape[1], xg.dtype)
         if tier != "step":
@@ -141,6 +152,9 @@ def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule:
 
     extras = loop_inputs(params, resets, zoneout, recurrent_scale)
     with device_guard(y.device):
+        if norm.runs(cell):
+            return norm.backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reverse,
+                                 **extras)
         tier = _tier_with(policy.layer_tier(cell, w_hh, w_hr, y.dtype, y.device, schedule), extras, cell,
                           w_hh.shape[1], y.dtype)
         res = None
