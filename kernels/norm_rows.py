@@ -385,9 +385,17 @@ def ln_backward_kernel(
 # Launch choices (shared by the launcher and the compile report)
 # --------------------------------------------------------------------------------------
 
-#: The largest hidden size the row kernels take: a row of ``4 * 8192`` fp32 values over
-#: 1024 threads is 32 registers per thread for each of r and x; past it they would spill.
-MAX_HIDDEN = 8192
+#: The largest hidden size the row kernels take, per accumulation width: a program holds
+#: the ``G*H`` values of r and x of its rows in registers (fp32: 8 warps x 255 registers
+#: hold the LSTM's 2 x 4 x 2048 and what the gates need; past it they spill).
+MAX_HIDDEN = {4: 2048, 8: 1024}
+
+
+def max_hidden(dtype: torch.dtype) -> int:
+    """The largest ``H`` the row kernels run for I/O dtype ``dtype``."""
+    return MAX_HIDDEN[8 if dtype == torch.float64 else 4]
+
+
 #: Compile options of every launch (and of the report's compiles).
 OPTIONS = dict(enable_fp_fusion=ENABLE_FP_FUSION)
 
@@ -405,13 +413,14 @@ class RowConfig(NamedTuple):
 
 
 def row_config(hidden: int, dtype: torch.dtype) -> RowConfig:
-    """About 2048 elements of each gate tile per program (1024 for fp64), at most 16 rows,
-    and a warp per 256 elements (4 to 32 warps)."""
+    """Up to 1024 elements of each gate tile per program (512 for fp64; one row of 2048
+    at the largest fp32 ``H``), at most 16 rows; 8 warps from 1024 elements, else 4 (the
+    compile report's spill-free choice: 8 warps for 2 x 1024 fp32 rows spill in the
+    backward, 16 warps cap a thread at 128 registers and spill at 2048)."""
     block_h = max(16, triton.next_power_of_2(hidden))
-    budget = 1024 if dtype == torch.float64 else 2048
+    budget = 512 if dtype == torch.float64 else 1024
     block_b = max(1, min(16, budget // block_h))
-    warps = min(32, max(4, block_b * block_h // 256))
-    return RowConfig(block_b, block_h, warps)
+    return RowConfig(block_b, block_h, 8 if block_b * block_h >= 1024 else 4)
 
 
 def _acc(dtype: torch.dtype):
@@ -466,8 +475,9 @@ class Specialisation(NamedTuple):
 
 
 def configs(dtype: torch.dtype) -> list[RowConfig]:
-    """Every configuration :func:`row_config` picks for ``dtype`` (``H`` up to :data:`MAX_HIDDEN`)."""
-    return sorted({row_config(1 << k, dtype) for k in range(MAX_HIDDEN.bit_length())}, key=lambda c: c.block_h)
+    """Every configuration :func:`row_config` picks for ``dtype`` (``H`` up to :func:`max_hidden`)."""
+    top = max_hidden(dtype)
+    return sorted({row_config(1 << k, dtype) for k in range(top.bit_length())}, key=lambda c: c.block_h)
 
 
 def specialisations(dtypes=(torch.float32, torch.float16, torch.bfloat16)) -> list[Specialisation]:

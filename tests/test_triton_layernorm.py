@@ -206,11 +206,13 @@ def test_forced_tiers(monkeypatch):
 def test_refusals_before_work():
     """A hidden size past the row kernels' limit is refused before any launch."""
     cell = fastrnn.cells.get("LayerNormLSTM(eps=1e-05)")
-    hidden = norm_rows.MAX_HIDDEN + 1
+    hidden = norm_rows.max_hidden(F32) + 1
     sched = Schedule.uniform(2, 1)
-    assert "hidden_size <= 8192" in norm.refusal(cell, hidden, None)
+    assert "hidden_size <= 2048 in float32" in norm.refusal(cell, hidden, None, F32)
+    assert "hidden_size <= 1024 in float64" in norm.refusal(cell, 1025, None, F64)
+    assert norm.refusal(cell, 2048, None, F32) is None
     assert "no projection" in norm.refusal(cell, 4, torch.zeros(2, 4))
-    with count_launches() as n, pytest.raises(RuntimeError, match="hidden_size <= 8192"):
+    with count_launches() as n, pytest.raises(RuntimeError, match="hidden_size <= 2048"):
         triton_backend.forward(cell, torch.zeros(2, 4 * hidden), torch.zeros(4 * hidden, 1), None, None,
                                torch.zeros(1, 1), torch.zeros(1, hidden), sched, False, True)
     assert n.forward == 0

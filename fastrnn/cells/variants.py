@@ -19,8 +19,9 @@ parameters, ``(param_rows, H)``):
 
 LN is ``torch.nn.functional.layer_norm``'s: biased variance, ``eps`` inside the square root.
 The LayerNorm cells keep ``r`` (``e``, ``G*H`` wide) for the backward, which recomputes the
-row statistics from it and from the saved ``c``; they run on the reference backend (and its
-differentiable form): a Triton form needs a kernel that holds whole rows, not written yet.
+row statistics from it and from the saved ``c``. They have no pointwise Triton functions (the
+row statistics need whole rows, which the tiers' programs do not hold): the triton backend
+runs them with row kernels of their own (:mod:`fastrnn.backends.triton.norm`).
 The peephole cell has Triton functions (:mod:`fastrnn.kernels.cells`).
 """
 

@@ -57,13 +57,14 @@ def _kernels():
     return norm_rows
 
 
-def refusal(cell, hidden: int, w_hr) -> str | None:
+def refusal(cell, hidden: int, w_hr, dtype=torch.float32) -> str | None:
     """Why this path cannot run the call (None when it can)."""
     if w_hr is not None:
         return f"cell {cell.name!r} has no projection (proj_size)"
-    limit = _kernels().MAX_HIDDEN
+    limit = _kernels().max_hidden(dtype)
     if hidden > limit:
-        return f"the LayerNorm row kernels hold whole rows and take hidden_size <= {limit}, got {hidden}"
+        return (f"the LayerNorm row kernels hold whole rows in registers and take hidden_size <= {limit} in "
+                f"{str(dtype).replace('torch.', '')}, got {hidden}")
     requested = policy.requested_tier()
     if requested in ("resident", "cooperative"):
         return (f"{policy.TIER_ENV}={requested}: the {requested} tier does not run {cell.name} (its LayerNorm over "
@@ -72,10 +73,10 @@ def refusal(cell, hidden: int, w_hr) -> str | None:
     return None
 
 
-def check(cell, hidden: int, w_hr) -> None:
-    reason = refusal(cell, hidden, w_hr)
+def check(cell, hidden: int, w_hr, dtype) -> None:
+    reason = refusal(cell, hidden, w_hr, dtype)
     if reason:
-        raise RuntimeError(f"fastrnn: backend='triton': {reason}")
+        raise RuntimeError(f"fastrnn: backend='triton': {reason}; use backend='reference'")
 
 
 def saved_layout(cell, rows, hidden, dtype, save, zoneout=None, **_loop):
@@ -114,7 +115,7 @@ def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: boo
     gates_n, has_c = cell.gates, cell.has_cell_state
     hidden = w_hh.shape[0] // gates_n
     width = gates_n * hidden
-    check(cell, hidden, w_hr)
+    check(cell, hidden, w_hr, dtype)
     n_rows, batch = xg.shape[0], schedule.batch
     keep_c = buffers.zoned(cell, zoneout)[0] if save else False
     xg, w_hh, h0 = prep(xg), prep(w_hh), prep(h0)
@@ -174,7 +175,7 @@ def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule:
     gates_n, has_c = cell.gates, cell.has_cell_state
     hidden = w_hh.shape[0] // gates_n
     width = gates_n * hidden
-    check(cell, hidden, w_hr)
+    check(cell, hidden, w_hr, dtype)
     eps = cell_eps(cell)
     n_rows = y.shape[0]
     dummy_io, dummy_acc = buffers.dummies(dtype, device)
