@@ -242,3 +242,37 @@ def test_saved_layout_matches_forward():
     res = triton_backend.forward(cell, xg, w_hh, None, None, h0, c0, sched, False, True, params=p, zoneout=zone)
     layout = triton_backend.saved_layout(cell, rows, hidden, F64, True, resets=True, zoneout=(False, True))
     assert [(tuple(t.shape), t.dtype) for t in res.saved] == [(tuple(s), d) for s, d in layout]
+
+
+def test_report_lists_every_row_configuration():
+    """The compile report's norm rows cover the configuration the launcher picks for every
+    hidden size it takes, forward (with and without SAVE) and backward, each cell and dtype."""
+    specs = norm_rows.specialisations()
+    keys = {(s.kernel_name, s.kind, s.dtype, s.config) for s in specs}
+    for dtype in (F32, torch.float16, torch.bfloat16):
+        for hidden in range(1, norm_rows.max_hidden(dtype) + 1, 7):
+            cfg = norm_rows.row_config(hidden, dtype)
+            assert cfg.block_h >= hidden
+            for kind in KINDS:
+                assert {("norm-forward", kind, dtype, cfg), ("norm-backward", kind, dtype, cfg)} <= keys
+    assert len(specs) == 3 * 2 * 3 * len(norm_rows.configs(F32))
+    assert {s.label for s in specs if s.kernel_name == "norm-forward"} >= {"float32", "float32-save"}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_float16_io(kind):
+    """fp16 I/O, fp32 statistics and state: against the reference backend in fp64 on the same
+    (fp16-representable) parameters and inputs; fp16 rounding of r, the gates and each
+    step's h (about 5e-4 relative) over T = 6 steps bounds it at 1e-2."""
+    fast, ref = _pair(kind, 6, torch.float16, 3, bidirectional=True)
+    ref = ref.to(F64)
+    ref.load_state_dict({k: v.to(F64) for k, v in fast.state_dict().items()})
+    leaves, flags, lengths = _problem(fast, True, True, torch.float16, 3)
+    wide = [t.detach().to(F64).requires_grad_() for t in leaves]
+    has_c = kind == "LayerNormLSTM"
+    got = _whole(fast, leaves, flags, lengths, True, has_c)
+    want = _whole(ref, wide, flags, lengths, True, has_c)
+    assert list(got) == list(want)
+    for key in want:
+        assert got[key].dtype == torch.float16 and torch.isfinite(got[key]).all(), key
+        torch.testing.assert_close(got[key].to(F64), want[key], rtol=1e-2, atol=1e-2, msg=lambda m, key=key: f"{key}: {m}")
