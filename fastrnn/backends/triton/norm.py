@@ -27,10 +27,6 @@ from ...schedule import Schedule
 from ..base import BackwardResult, ForwardResult
 from . import buffers, policy
 
-#: What this path reads of a call's optional inputs (all of them).
-EXTRAS = ("params", "resets", "zoneout", "recurrent_scale")
-
-
 def cell_eps(cell) -> float | None:
     """``eps`` of a LayerNorm-LSTM / -GRU cell made by its factory, None for any other cell."""
     from ..reference_norm import _eps, _made_by
@@ -167,7 +163,6 @@ def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule:
     """The backward time loop (no gradient crosses a reset); returns the LayerNorm gains'
     and biases' gradient as ``dparams``."""
     from ...kernels.launches import aligned_input as prep, record
-    from ..reference import reset_steps
 
     ks = _kernels()
     dtype, device = y.dtype, y.device
@@ -192,7 +187,6 @@ def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule:
     dn = buffers.new((n_rows, hidden), acc, device) if has_c else dummy_acc
     extras, ints = buffers.loop_tensors(cell, hidden, params, resets, zoneout, recurrent_scale, dummy_io, prep)
     scale = None if recurrent_scale is None else recurrent_scale.to(acc)
-    cuts = reset_steps(resets, schedule)
     cfg = ks.row_config(hidden, dtype)
     consts = ks.constexprs(cell, dtype, cfg)
     pointers = (gates, r, c_seq, c_cell, c0, y, h0, dy, dh, dc, dxg, dhg, dn, extras["params"],
@@ -216,9 +210,8 @@ def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule:
             out.add_(torch.mm(dr, w_hh))
         else:
             out.addcmul_(torch.mm(dr, w_hh).to(acc), scale[:q_bs])
-        cut = None if cuts is None else cuts[q]
-        if cut is not None:  # no gradient reaches the state before a reset
-            out.zero_() if cut is True else out.masked_fill_(cut, 0)
+        if resets is not None:  # no gradient reaches the state before a reset (no host read of the flags)
+            out.masked_fill_(resets[q_off : q_off + q_bs, None], 0)
     dparams = None
     if params is not None:
         dparams = _param_grad(cell, eps, hidden, gates, r, c_cell, dxg, dn, acc).to(params.dtype)
