@@ -413,14 +413,18 @@ class RowConfig(NamedTuple):
 
 
 def row_config(hidden: int, dtype: torch.dtype) -> RowConfig:
-    """Up to 1024 elements of each gate tile per program (512 for fp64; one row of 2048
-    at the largest fp32 ``H``), at most 16 rows; 8 warps from 1024 elements, else 4 (the
-    compile report's spill-free choice: 8 warps for 2 x 1024 fp32 rows spill in the
-    backward, 16 warps cap a thread at 128 registers and spill at 2048)."""
+    """Up to 1024 elements of each gate tile per program (512 for fp64; one row at least),
+    at most 16 rows; 8 warps from 512 elements, else 4, and 16 for a 16-bit row of 1024.
+    The compile report's spill-free choice: 2048-element tiles of several rows spill in the
+    LSTM backward, 16 warps cap a thread at 128 registers and spill at a 2048-wide fp32
+    row, and a few kernels keep an 8-byte stack frame with 4 warps at 512 elements (fp32
+    GRU backward) or 8 warps at a 1024-wide 16-bit row (LSTM forward)."""
     block_h = max(16, triton.next_power_of_2(hidden))
-    budget = 512 if dtype == torch.float64 else 1024
-    block_b = max(1, min(16, budget // block_h))
-    return RowConfig(block_b, block_h, 8 if block_b * block_h >= 1024 else 4)
+    block_b = max(1, min(16, (512 if dtype == torch.float64 else 1024) // block_h))
+    warps = 8 if block_b * block_h >= 512 else 4
+    if dtype in (torch.float16, torch.bfloat16) and block_h == 1024:
+        warps = 16
+    return RowConfig(block_b, block_h, warps)
 
 
 def _acc(dtype: torch.dtype):
