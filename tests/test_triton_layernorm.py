@@ -190,7 +190,10 @@ def test_cell_api(kind):
 
 
 def test_forced_tiers(monkeypatch):
-    """FASTRNN_TIER=step runs the row kernels; resident / cooperative say they cannot, before any launch."""
+    """FASTRNN_TIER=step runs the row kernels; resident / cooperative say they cannot, before
+    any launch; ``tier_for`` tells the same."""
+    for kind in KINDS:
+        assert triton_backend.tier_for(f"{kind}(eps=1e-05)", 16, 0, F32, torch.device("cpu")) == "step"
     m = fastrnn.LayerNormGRU(3, 4, backend="triton")
     x = torch.randn(2, 2, 3)
     monkeypatch.setenv("FASTRNN_TIER", "step")
@@ -203,6 +206,8 @@ def test_forced_tiers(monkeypatch):
                                                   "not run LayerNormGRU"):
             m(x)
         assert n.forward == 0
+        with pytest.raises(RuntimeError, match=f"FASTRNN_TIER={tier}"):
+            triton_backend.tier_for("LayerNormLSTM(eps=1e-05)", 16, 0, F32, torch.device("cpu"))
 
 
 def test_refusals_before_work():

@@ -112,8 +112,13 @@ def tier_for(kind, hidden: int, proj_size: int, dtype, device) -> str:
         >>> tier_for("LSTM", 64, 0, torch.float16, torch.device("cpu"))  # doctest: +SKIP
         'resident'
     """
-    from . import selfcheck
+    from . import norm, selfcheck
 
+    if norm.runs(CellKind(kind)):  # the LayerNorm cells' row kernels run on the step tier only
+        reason = norm.refusal(CellKind(kind), hidden, None, dtype)
+        if reason:
+            raise RuntimeError(f"fastrnn: {reason}")
+        return "step"
     kind = CellKind(kind).value
     device = torch.device(device)
     tier, forced = chosen_tier(kind, hidden, proj_size, dtype, device)
