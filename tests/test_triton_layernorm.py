@@ -283,3 +283,25 @@ def test_float16_io(kind):
     for key in want:
         assert got[key].dtype == torch.float16 and torch.isfinite(got[key]).all(), key
         torch.testing.assert_close(got[key].to(F64), want[key], rtol=1e-2, atol=1e-2, msg=lambda m, key=key: f"{key}: {m}")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_compile_one_graph(kind):
+    """torch.compile (aot_eager, fullgraph) over the triton backend: the fake tensors take
+    the saved layout of :func:`norm.saved_layout`; results equal eager's."""
+    from test_variants_tracing import WithResets, _inputs, _outputs_and_grads
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    module = WithResets(getattr(fastrnn, kind)(3, 4, num_layers=2, bidirectional=True, backend="triton",
+                                               zoneout=0.25, recurrent_dropout=0.5).eval())
+    randomise(module.rnn, torch.Generator().manual_seed(1))
+    x, resets = _inputs()
+    compiled = torch.compile(module, backend="aot_eager", fullgraph=True)
+    with count_launches() as n:
+        got = _outputs_and_grads(compiled, module, x, resets)
+    assert n.tiers[("step", "forward")] == 4 * x.shape[0]
+    want = _outputs_and_grads(module, module, x, resets)
+    torch._dynamo.reset()
+    for a, e in zip(got, want):
+        assert torch.equal(a, e)
