@@ -41,7 +41,7 @@ import triton.language as tl
 
 from .cells import sigmoid, tanh
 from .precision import ENABLE_FP_FUSION
-from .step_tiles import flag_rows, reset_rows, zone_blend, zone_split
+from .step_tiles import aligned, flag_rows, reset_rows, zone_blend, zone_split
 
 # --------------------------------------------------------------------------------------
 # Pointwise functions on gate tiles (whole rows: every column of a row is in the tiles)
@@ -226,7 +226,9 @@ def ln_forward_kernel(
     off, bs, prev_off, n_prev, r_off, c_prev_off, c_out_off, H, has_resets, has_scale, zoneout_h, zoneout_c, p_h, p_c,
     GATES: tl.constexpr, HAS_C: tl.constexpr, SAVE: tl.constexpr, ACC: tl.constexpr, BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
+    H_ALIGNED: tl.constexpr,  # the launcher guarantees H % 8 == 0 (16-byte rows of 16-bit elements)
 ):
+    H = aligned(H, H_ALIGNED)
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     cols = tl.arange(0, BLOCK_H)
     row_mask = rows < bs
@@ -320,7 +322,9 @@ def ln_backward_kernel(
     p_ptr, eps_ptr, rst_ptr, mask_h_ptr, mask_c_ptr,
     q_off, q_bs, prev_off, n_prev, H, has_resets, zoneout_h, zoneout_c, p_h, p_c,
     GATES: tl.constexpr, HAS_C: tl.constexpr, ACC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+    H_ALIGNED: tl.constexpr,  # the launcher guarantees H % 8 == 0
 ):
+    H = aligned(H, H_ALIGNED)
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     cols = tl.arange(0, BLOCK_H)
     row_mask = rows < q_bs
@@ -431,10 +435,16 @@ def _acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def constexprs(cell, dtype: torch.dtype, cfg: RowConfig, save: bool | None = None) -> dict:
+def h_aligned(hidden: int) -> bool:
+    """Whether a launch runs the ``H_ALIGNED`` specialisation (``H`` a multiple of 8: rows of
+    16-bit elements are 16-byte vector loads)."""
+    return hidden % 8 == 0
+
+
+def constexprs(cell, dtype: torch.dtype, cfg: RowConfig, save: bool | None = None, aligned_rows: bool = False) -> dict:
     """Compile-time arguments of the forward kernel (``save`` given) or the backward one."""
     out = dict(GATES=cell.gates, HAS_C=cell.has_cell_state, ACC=_acc(dtype), BLOCK_B=cfg.block_b,
-               BLOCK_H=cfg.block_h)
+               BLOCK_H=cfg.block_h, H_ALIGNED=bool(aligned_rows))
     if save is not None:
         out["SAVE"] = bool(save)
     return out
@@ -485,20 +495,23 @@ def configs(dtype: torch.dtype) -> list[RowConfig]:
 
 
 def specialisations(dtypes=(torch.float32, torch.float16, torch.bfloat16)) -> list[Specialisation]:
-    """Every (kernel, cell, dtype, SAVE, configuration) the launcher can pick: the
+    """Every (kernel, cell, dtype, H_ALIGNED, SAVE, configuration) the launcher can pick: the
     LayerNorm-LSTM and -GRU (one kernel per family whatever its eps: eps is a pointer)."""
     from fastrnn.cells.variants import layer_norm_gru, layer_norm_lstm
 
     out = []
     for dtype in dtypes:
-        name = str(dtype).replace("torch.", "")
         for cell in (layer_norm_lstm(), layer_norm_gru()):
             kind = cell.name.partition("(")[0]
             for cfg in configs(dtype):
-                for save in (False, True):
-                    out.append(Specialisation(ln_forward_kernel, "norm-forward", kind, dtype,
-                                              name + ("-save" if save else ""), cfg, constexprs(cell, dtype, cfg, save),
-                                              FORWARD_POINTERS, FORWARD_INTS))
-                out.append(Specialisation(ln_backward_kernel, "norm-backward", kind, dtype, name, cfg,
-                                          constexprs(cell, dtype, cfg), BACKWARD_POINTERS, BACKWARD_INTS))
+                for rows8 in (False, True):
+                    name = str(dtype).replace("torch.", "") + ("-a8" if rows8 else "")
+                    for save in (False, True):
+                        out.append(Specialisation(ln_forward_kernel, "norm-forward", kind, dtype,
+                                                  name + ("-save" if save else ""), cfg,
+                                                  constexprs(cell, dtype, cfg, save, rows8), FORWARD_POINTERS,
+                                                  FORWARD_INTS))
+                    out.append(Specialisation(ln_backward_kernel, "norm-backward", kind, dtype, name, cfg,
+                                              constexprs(cell, dtype, cfg, None, rows8), BACKWARD_POINTERS,
+                                              BACKWARD_INTS))
     return out

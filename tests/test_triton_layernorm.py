@@ -84,10 +84,10 @@ def test_against_reference_fp64(kind, layers, bidirectional, packed, resets):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("hidden", [1, 5, 20])
+@pytest.mark.parametrize("hidden", [1, 5, 8, 20, 24])
 def test_hidden_sizes(kind, hidden):
     """H = 1 (LN(c) over one unit: zero variance), H not a power of two, H past 16 (a
-    32-wide padded row)."""
+    32-wide padded row), H a multiple of 8 (the H_ALIGNED specialisation)."""
     _check(kind, F64, hidden=hidden, packed=True, resets=True, bidirectional=True)
 
 
@@ -262,7 +262,7 @@ def test_report_lists_every_row_configuration():
             assert cfg.block_h >= hidden
             for kind in KINDS:
                 assert {("norm-forward", kind, dtype, cfg), ("norm-backward", kind, dtype, cfg)} <= keys
-    assert len(specs) == 3 * 2 * 3 * len(norm_rows.configs(F32))
+    assert len(specs) == 3 * 2 * 3 * 2 * len(norm_rows.configs(F32))  # (H_ALIGNED or not)
     assert {s.label for s in specs if s.kernel_name == "norm-forward"} >= {"float32", "float32-save"}
 
 

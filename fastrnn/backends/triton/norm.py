@@ -132,7 +132,7 @@ def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: boo
     hbuf = (h0 * extras["scale"] if recurrent_scale is not None else h0.clone()).contiguous()
     w_t = w_hh.t()
     cfg = ks.row_config(hidden, dtype)
-    consts = ks.constexprs(cell, dtype, cfg, save)
+    consts = ks.constexprs(cell, dtype, cfg, save, ks.h_aligned(hidden))
     pointers = (xg, r, bias, y, h0, hbuf, c_buf, c0, c_buf, gates, extras["params"],
                 _eps_tensor(cell_eps(cell), acc, device), extras["resets"], extras["scale"], extras["mask_h"],
                 extras["mask_c"], cell_c)
@@ -188,7 +188,7 @@ def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule:
     extras, ints = buffers.loop_tensors(cell, hidden, params, resets, zoneout, recurrent_scale, dummy_io, prep)
     scale = None if recurrent_scale is None else recurrent_scale.to(acc)
     cfg = ks.row_config(hidden, dtype)
-    consts = ks.constexprs(cell, dtype, cfg)
+    consts = ks.constexprs(cell, dtype, cfg, None, ks.h_aligned(hidden))
     pointers = (gates, r, c_seq, c_cell, c0, y, h0, dy, dh, dc, dxg, dhg, dn, extras["params"],
                 _eps_tensor(eps, acc, device), extras["resets"], extras["mask_h"], extras["mask_c"])
     tail = (ints["has_resets"], ints["zoneout_h"], ints["zoneout_c"], ints["p_h"], ints["p_c"])
