@@ -413,3 +413,46 @@ def cooperative_refusal(kind: str, hidden: int, proj_size: int, dtype, sm_count:
         return (f"hidden_size {hidden} needs {-(-hidden // COOP_BLOCK_H)} programs, more than the "
                 f"{sm_count} SMs (at most {cooperative_max_hidden(sm_count)})")
     return None
+
+# --- Resident tier: the LayerNorm-LSTM / -GRU ---------------------------------------------
+
+#: (cell family, dtype name, BLOCK_H) -> ResidentFit of the LayerNorm cells' resident kernels
+#: (:mod:`fastrnn.kernels.resident_norm`): what compiles with no spill for sm_80 and sm_90
+#: (fp32: IEEE and TF32; plain and ``H_ALIGNED`` forwards), shared memory as compiled (the
+#: larger of the variants). ``BLOCK_H`` as the resident tier's (:func:`resident_block_h`).
+RESIDENT_NORM: dict[tuple[str, str, int], ResidentFit] = {
+    ('LayerNormLSTM', 'float32', 32): _fit(32, 4, 4, 60000, 60000),
+    ('LayerNormLSTM', 'float64', 32): _fit(32, 4, 4, 110000, 110000),
+    ('LayerNormGRU', 'float32', 32): _fit(32, 4, 4, 60000, 60000),
+    ('LayerNormGRU', 'float64', 32): _fit(32, 4, 4, 110000, 110000),
+    ('LayerNormLSTM', 'float16', 32): _fit(32, 4, 4, 60000, 60000),
+    ('LayerNormGRU', 'float16', 32): _fit(32, 4, 4, 60000, 60000),
+}
+
+#: Entries of :data:`RESIDENT_NORM` whose ``REGULARISED`` kernels do not compile clean: a
+#: call with zoneout or recurrent dropout there runs on the step tier's LayerNorm path.
+RESIDENT_NORM_UNREGULARISED: frozenset[tuple[str, str, int]] = frozenset()
+
+
+def resident_norm_fit(family: str, dtype, hidden: int) -> ResidentFit | None:
+    """The :data:`RESIDENT_NORM` entry of ``family`` ("LayerNormLSTM" / "LayerNormGRU") for
+    ``dtype`` and ``hidden``, None when there is none."""
+    return RESIDENT_NORM.get((family, dtype_name(dtype), resident_block_h(hidden)))
+
+
+def resident_norm_regularised(family: str, dtype, hidden: int) -> bool:
+    """Whether the entry of ``(family, dtype, hidden)`` runs calls with regularisers."""
+    key = (family, dtype_name(dtype), resident_block_h(hidden))
+    return key in RESIDENT_NORM and key not in RESIDENT_NORM_UNREGULARISED
+
+
+def resident_norm_refusal(family: str, hidden: int, dtype, arch: int | None, shared_limit: int) -> str | None:
+    """Why the resident tier cannot run a LayerNorm layer on a device (None when it can)."""
+    fit = resident_norm_fit(family, dtype, hidden)
+    if fit is None:
+        return (f"no resident configuration for {family} {dtype_name(dtype)} with hidden size {hidden} "
+                f"(fits.RESIDENT_NORM)")
+    need = shared_needed(fit, arch)
+    if need > shared_limit:
+        return f"it needs {need} bytes of shared memory per block, the device allows {shared_limit}"
+    return None

@@ -1,10 +1,12 @@
-"""LayerNorm-LSTM / -GRU launcher: a torch GEMM plus one row-kernel launch per step.
+"""LayerNorm-LSTM / -GRU launcher: every LayerNorm call of the triton backend comes here.
 
-A LayerNorm over the ``G*H`` recurrent pre-activation needs whole rows in one program; the
-step tier's kernels own a tile of ``H``, and the persistent tiers (resident, cooperative)
-do not read these cells either, so every LayerNorm call on the triton backend runs here,
-whatever tier the policy would pick (a forced ``FASTRNN_TIER=resident`` / ``cooperative`` is
-an error that says so). Kernels: :mod:`fastrnn.kernels.norm_rows`.
+A LayerNorm over the ``G*H`` recurrent pre-activation needs whole rows in one program. The
+resident tier's programs hold whole rows: where one of its LayerNorm entries fits the layer
+(:mod:`.norm_resident`), the pass is one launch. Otherwise (and with ``FASTRNN_TIER=step``)
+it runs here on the step tier as a torch GEMM plus one row-kernel launch per step
+(:mod:`fastrnn.kernels.norm_rows`): the step tier's GEMM kernels own a tile of ``H``, not
+whole rows. The cooperative tier's programs own 16 hidden units each and do not run these
+cells (a forced ``FASTRNN_TIER=cooperative`` is an error that says so).
 
 Forward, per step: ``r = (h_prev * scale) W_hh^T + b_hh`` (``torch.addmm`` into the step's
 rows of ``r``; ``h_prev * scale`` is a ``(B, H)`` buffer the previous launch wrote), then
@@ -25,7 +27,7 @@ import torch
 
 from ...schedule import Schedule
 from ..base import BackwardResult, ForwardResult
-from . import buffers, policy
+from . import buffers, norm_resident, policy
 
 def cell_eps(cell) -> float | None:
     """``eps`` of a LayerNorm-LSTM / -GRU cell made by its factory, None for any other cell."""
@@ -61,11 +63,10 @@ def refusal(cell, hidden: int, w_hr, dtype=torch.float32) -> str | None:
     if hidden > limit:
         return (f"the LayerNorm row kernels hold whole rows in registers and take hidden_size <= {limit} in "
                 f"{str(dtype).replace('torch.', '')}, got {hidden}")
-    requested = policy.requested_tier()
-    if requested in ("resident", "cooperative"):
-        return (f"{policy.TIER_ENV}={requested}: the {requested} tier does not run {cell.name} (its LayerNorm over "
-                f"the {cell.gates}*H gate vector needs whole rows: it runs a torch GEMM and a row kernel per step on "
-                f"the step tier); unset {policy.TIER_ENV} or set it to step")
+    if policy.requested_tier() == "cooperative":
+        return (f"{policy.TIER_ENV}=cooperative: the cooperative tier does not run {cell.name} (its LayerNorm over "
+                f"the {cell.gates}*H gate vector needs whole rows, which its programs of 16 hidden units do not "
+                f"hold); unset {policy.TIER_ENV} or set it to resident or step")
     return None
 
 
@@ -112,6 +113,10 @@ def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: boo
     hidden = w_hh.shape[0] // gates_n
     width = gates_n * hidden
     check(cell, hidden, w_hr, dtype)
+    wants = tuple(k for k, v in (("zoneout", zoneout), ("recurrent_scale", recurrent_scale)) if v is not None)
+    if norm_resident.chosen(cell, hidden, dtype, device, schedule, wants):
+        return norm_resident.forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save, params, resets,
+                                     zoneout, recurrent_scale)
     n_rows, batch = xg.shape[0], schedule.batch
     keep_c = buffers.zoned(cell, zoneout)[0] if save else False
     xg, w_hh, h0 = prep(xg), prep(w_hh), prep(h0)
@@ -171,6 +176,10 @@ def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule:
     hidden = w_hh.shape[0] // gates_n
     width = gates_n * hidden
     check(cell, hidden, w_hr, dtype)
+    wants = tuple(k for k, v in (("zoneout", zoneout), ("recurrent_scale", recurrent_scale)) if v is not None)
+    if norm_resident.chosen(cell, hidden, dtype, device, schedule, wants):
+        return norm_resident.backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reverse,
+                                      params, resets, zoneout, recurrent_scale)
     eps = cell_eps(cell)
     n_rows = y.shape[0]
     dummy_io, dummy_acc = buffers.dummies(dtype, device)
