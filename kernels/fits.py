@@ -421,34 +421,57 @@ def cooperative_refusal(kind: str, hidden: int, proj_size: int, dtype, sm_count:
 #: (fp32: IEEE and TF32; plain and ``H_ALIGNED`` forwards), shared memory as compiled (the
 #: larger of the variants). ``BLOCK_H`` as the resident tier's (:func:`resident_block_h`).
 RESIDENT_NORM: dict[tuple[str, str, int], ResidentFit] = {
-    ('LayerNormLSTM', 'float32', 32): _fit(32, 4, 4, 60000, 60000),
-    ('LayerNormLSTM', 'float64', 32): _fit(32, 4, 4, 110000, 110000),
-    ('LayerNormGRU', 'float32', 32): _fit(32, 4, 4, 60000, 60000),
-    ('LayerNormGRU', 'float64', 32): _fit(32, 4, 4, 110000, 110000),
-    ('LayerNormLSTM', 'float16', 32): _fit(32, 4, 4, 60000, 60000),
-    ('LayerNormGRU', 'float16', 32): _fit(32, 4, 4, 60000, 60000),
+    ('LayerNormLSTM', 'float32', 32): _fit(32, 4, 8, 68608, 69632),
+    # LayerNormLSTM float32 64: no clean configuration
+    ('LayerNormLSTM', 'float16', 32): _fit(32, 4, 4, 18432, 19456),
+    # LayerNormLSTM float64 32: no clean configuration (RESIDENT_NORM_INTERPRETED)
+    ('LayerNormGRU', 'float32', 32): _fit(32, 4, 8, 51712, 52736),
+    # LayerNormGRU float32 64: no clean configuration
+    ('LayerNormGRU', 'float16', 32): _fit(32, 4, 4, 8192, 9216),
+    ('LayerNormGRU', 'float64', 32): _fit(32, 4, 8, 102912, 103936),
 }
 
 #: Entries of :data:`RESIDENT_NORM` whose ``REGULARISED`` kernels do not compile clean: a
 #: call with zoneout or recurrent dropout there runs on the step tier's LayerNorm path.
-RESIDENT_NORM_UNREGULARISED: frozenset[tuple[str, str, int]] = frozenset()
+RESIDENT_NORM_UNREGULARISED: frozenset[tuple[str, str, int]] = frozenset({
+    ('LayerNormGRU', 'float64', 32),
+})
+
+#: ``(family, dtype name, BLOCK_H, direction)`` of the :data:`RESIDENT_NORM` kernels compiled
+#: with ``maxnreg=255`` (the others with ptxas' own register limit): whichever compiled clean.
+RESIDENT_NORM_MAXNREG: frozenset[tuple[str, str, int, str]] = frozenset({
+    ('LayerNormLSTM', 'float32', 32, 'forward'), ('LayerNormLSTM', 'float16', 32, 'forward'),
+    ('LayerNormGRU', 'float32', 32, 'backward'), ('LayerNormGRU', 'float64', 32, 'forward'),
+})
 
 
-def resident_norm_fit(family: str, dtype, hidden: int) -> ResidentFit | None:
+#: Entries for Triton's interpreter only (tests on CPU tensors): sizes and dtypes without a
+#: clean compile, never compiled, never chosen on a GPU (as the cooperative tier's fp64).
+RESIDENT_NORM_INTERPRETED: dict[tuple[str, str, int], ResidentFit] = {
+    ('LayerNormLSTM', 'float64', 32): _fit(32, 4, 4, 0, 0),
+}
+
+
+def resident_norm_fit(family: str, dtype, hidden: int, on_gpu: bool = True) -> ResidentFit | None:
     """The :data:`RESIDENT_NORM` entry of ``family`` ("LayerNormLSTM" / "LayerNormGRU") for
-    ``dtype`` and ``hidden``, None when there is none."""
-    return RESIDENT_NORM.get((family, dtype_name(dtype), resident_block_h(hidden)))
+    ``dtype`` and ``hidden`` (``on_gpu`` False: :data:`RESIDENT_NORM_INTERPRETED`'s too), None
+    when there is none."""
+    key = (family, dtype_name(dtype), resident_block_h(hidden))
+    return RESIDENT_NORM.get(key) or (None if on_gpu else RESIDENT_NORM_INTERPRETED.get(key))
 
 
-def resident_norm_regularised(family: str, dtype, hidden: int) -> bool:
+def resident_norm_regularised(family: str, dtype, hidden: int, on_gpu: bool = True) -> bool:
     """Whether the entry of ``(family, dtype, hidden)`` runs calls with regularisers."""
     key = (family, dtype_name(dtype), resident_block_h(hidden))
-    return key in RESIDENT_NORM and key not in RESIDENT_NORM_UNREGULARISED
+    if key in RESIDENT_NORM:
+        return key not in RESIDENT_NORM_UNREGULARISED
+    return not on_gpu and key in RESIDENT_NORM_INTERPRETED
 
 
-def resident_norm_refusal(family: str, hidden: int, dtype, arch: int | None, shared_limit: int) -> str | None:
+def resident_norm_refusal(family: str, hidden: int, dtype, arch: int | None, shared_limit: int,
+                          on_gpu: bool = True) -> str | None:
     """Why the resident tier cannot run a LayerNorm layer on a device (None when it can)."""
-    fit = resident_norm_fit(family, dtype, hidden)
+    fit = resident_norm_fit(family, dtype, hidden, on_gpu)
     if fit is None:
         return (f"no resident configuration for {family} {dtype_name(dtype)} with hidden size {hidden} "
                 f"(fits.RESIDENT_NORM)")

@@ -16,6 +16,9 @@ compiled metadata, and prints one row. The specialisations:
 - LayerNorm row kernels (:func:`fastrnn.kernels.norm_rows.specialisations`, ``norm-*``, the
   step tier's LayerNorm-LSTM / -GRU path): cell x dtype x SAVE x row configuration, forward
   and backward;
+- the resident tier's LayerNorm kernels (:func:`fastrnn.kernels.resident_norm.specialisations`,
+  ``resident-norm-*``): every entry of :data:`fastrnn.kernels.fits.RESIDENT_NORM`, as the
+  resident tier's;
 - cooperative tier (:func:`fastrnn.kernels.cooperative.specialisations`): every entry of
   :data:`fastrnn.kernels.fits.COOPERATIVE` (the tiled kernels, ``coop-*``) and of
   :data:`fastrnn.kernels.fits.COOPERATIVE_REGISTERS` (the register variants,
@@ -76,7 +79,7 @@ import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from . import cooperative, expected, fits, norm_rows, recurrent_step, report_checks, resident
+from . import cooperative, expected, fits, norm_rows, recurrent_step, report_checks, resident, resident_norm
 
 #: Largest shared memory one block may use (opt-in maximum), bytes.
 SHARED_LIMIT = fits.SHARED_LIMIT
@@ -97,11 +100,13 @@ def _cuobjdump() -> str:
 
 
 def specialisations(tier: str = "all") -> list:
-    """Every specialisation of ``tier`` ("step", "norm", "resident", "cooperative" or "all"), in
-    report order ("norm": the LayerNorm row kernels the step tier launches for those cells)."""
+    """Every specialisation of ``tier`` ("step", "norm", "resident", "resident-norm",
+    "cooperative" or "all"), in report order ("norm": the LayerNorm row kernels the step tier
+    launches for those cells; "resident-norm": the resident tier's LayerNorm kernels)."""
     step = recurrent_step.specialisations() if tier in ("all", "step") else []
     step += norm_rows.specialisations() if tier in ("all", "norm") else []
     step += resident.specialisations() if tier in ("all", "resident") else []
+    step += resident_norm.specialisations() if tier in ("all", "resident-norm") else []
     return step + (cooperative.specialisations() if tier in ("all", "cooperative") else [])
 
 
@@ -516,8 +521,9 @@ def markdown(rows: list, specs: int, fp: dict, path: str) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="compile processes")
-    parser.add_argument("--tier", choices=("all", "step", "norm", "resident", "cooperative"), default="all",
-                        help="which kernels (norm: the LayerNorm cells' row kernels)")
+    parser.add_argument("--tier", choices=("all", "step", "norm", "resident", "resident-norm", "cooperative"),
+                        default="all", help="which kernels (norm: the LayerNorm cells' row kernels; resident-norm: "
+                        "their resident kernels)")
     parser.add_argument("--write", metavar="PATH", help="also write the table and summary as Markdown to PATH "
                         "(docs/compile-report.md), with the fingerprint tests/test_docs.py checks")
     parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE_OR_PATH",

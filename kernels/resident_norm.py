@@ -337,6 +337,15 @@ def resident_norm_backward_kernel(
 #: Compile options of every launch (and of the report's compiles).
 OPTIONS = dict(enable_fp_fusion=ENABLE_FP_FUSION)
 
+
+def options(family: str, dtype: torch.dtype, direction: str, cfg: fits.KernelConfig) -> dict:
+    """:data:`OPTIONS`, with ``maxnreg=255`` where :data:`fits.RESIDENT_NORM_MAXNREG` lists the
+    kernel (ptxas otherwise capped some of them at 128 registers and spilled; for others the
+    cap is what compiles clean)."""
+    key = (family, fits.dtype_name(dtype), cfg.block_h, direction)
+    return dict(OPTIONS, maxnreg=255) if key in fits.RESIDENT_NORM_MAXNREG else dict(OPTIONS)
+
+
 FORWARD_POINTERS = (
     ("xg_ptr", "io"), ("w_hh_ptr", "io"), ("b_hh_ptr", "io"), ("h0_ptr", "io"), ("c0_ptr", "io"), ("y_ptr", "io"),
     ("h_n_ptr", "io"), ("c_n_ptr", "io"), ("gates_ptr", "io"), ("r_ptr", "io"), ("c_seq_ptr", "acc"),
@@ -414,7 +423,7 @@ def specialisations(dtypes=None) -> list[Specialisation]:
             cfg = getattr(fit, direction)
             out.append(Specialisation(kernel, f"resident-norm-{direction}", name, dtype, label, cfg,
                                       constexprs(name == "LayerNormLSTM", dtype, tf32, cfg, aligned, reg), pointers,
-                                      ints, dict(fit.shared)))
+                                      ints, dict(fit.shared), options(name, dtype, direction, cfg)))
     return out
 
 
@@ -426,13 +435,14 @@ def launch(direction: str, cell, tensors: dict, ints: dict, *, fit: fits.Residen
     cfg = getattr(fit, direction)
     dtype = tensors["w_hh_ptr"].dtype
     regularised = bool(ints["has_scale"] or ints["zoneout_h"] or ints["zoneout_c"])
-    if regularised and not fits.resident_norm_regularised(family(cell), dtype, ints["H"]):
+    on_gpu = tensors["w_hh_ptr"].device.type == "cuda"
+    if regularised and not fits.resident_norm_regularised(family(cell), dtype, ints["H"], on_gpu):
         raise ValueError(f"fastrnn.kernels: no regularised resident kernels for {cell.name} {dtype} with "
                          f"H={ints['H']} (fits.RESIDENT_NORM_UNREGULARISED)")
     grid = (triton.cdiv(ints["B"], cfg.block_b),)
     kernel[grid](
         *_pointers(pointers, tensors), *(ints[k] for k in int_names),
         **constexprs(cell.has_cell_state, dtype, tf32, cfg, h_aligned(direction, ints["H"]), regularised),
-        num_warps=cfg.num_warps, **OPTIONS,
+        num_warps=cfg.num_warps, **options(family(cell), dtype, direction, cfg),
     )
     record("resident", direction)

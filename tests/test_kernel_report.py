@@ -22,7 +22,7 @@ import sys
 import pytest
 
 from fastrnn import cells
-from fastrnn.kernels import cooperative, fits, norm_rows, report, resident
+from fastrnn.kernels import cooperative, fits, norm_rows, report, resident, resident_norm
 from fastrnn.kernels.precision import ENABLE_FP_FUSION
 from fastrnn.kernels.recurrent_step import CONFIGS, specialisations
 
@@ -72,7 +72,7 @@ def test_resident_specialisations_are_the_fits_table():
             assert any(k == kind and d == dtype for (k, d, _) in fits.RESIDENT), (kind, dtype)
     assert {s.kernel_name for s in specs} == {"resident-forward", "resident-backward"}
     assert len(report.specialisations()) == (len(specialisations()) + len(norm_rows.specialisations()) + len(specs)
-                                             + len(cooperative.specialisations()))
+                                             + len(resident_norm.specialisations()) + len(cooperative.specialisations()))
 
 
 @pytest.mark.slow

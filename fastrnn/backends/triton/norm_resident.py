@@ -36,20 +36,22 @@ def refusal(cell, hidden: int, dtype, device, schedule: Schedule) -> str | None:
     32-bit in-step offsets cannot address (or an empty one)."""
     from ...kernels import fits
 
-    arch, shared = policy.device_limits(torch.device(device))
-    reason = fits.resident_norm_refusal(_family(cell), hidden, dtype, arch, shared)
+    device = torch.device(device)
+    arch, shared = policy.device_limits(device)
+    reason = fits.resident_norm_refusal(_family(cell), hidden, dtype, arch, shared, device.type == "cuda")
     if reason is None and not 0 < schedule.batch * cell.gates * hidden < policy.RESIDENT_MAX_OFFSET:
         reason = f"a batch of {schedule.batch} sequences is outside what its 32-bit offsets address"
     return reason
 
 
-def refuses_regularisers(cell, hidden: int, dtype, wants) -> str | None:
+def refuses_regularisers(cell, hidden: int, dtype, device, wants) -> str | None:
     """Why this tier cannot run a call with the optional inputs ``wants`` (None when it can):
     entries of :data:`fastrnn.kernels.fits.RESIDENT_NORM_UNREGULARISED` have no kernels with
     zoneout or recurrent dropout."""
     from ...kernels import fits
 
-    if not set(REGULARISERS) & set(wants) or fits.resident_norm_regularised(_family(cell), dtype, hidden):
+    on_gpu = torch.device(device).type == "cuda"
+    if not set(REGULARISERS) & set(wants) or fits.resident_norm_regularised(_family(cell), dtype, hidden, on_gpu):
         return None
     return (f"the resident tier has no kernels with zoneout or recurrent dropout for {cell.name} "
             f"{fits.dtype_name(dtype)} with hidden size {hidden}")
@@ -69,7 +71,13 @@ def chosen(cell, hidden: int, dtype, device, schedule: Schedule, wants) -> bool:
             raise RuntimeError(f"fastrnn: {policy.TIER_ENV}=resident cannot run {cell.name} with hidden_size={hidden}, "
                                f"{dtype}: {reason}")
         return False
-    return refuses_regularisers(cell, hidden, dtype, wants) is None
+    return refuses_regularisers(cell, hidden, dtype, device, wants) is None
+
+
+def _fit(cell, hidden: int, dtype, device):
+    from ...kernels import fits
+
+    return fits.resident_norm_fit(_family(cell), dtype, hidden, torch.device(device).type == "cuda")
 
 
 def _optional(cell, hidden, params, resets, zoneout, recurrent_scale, dummy_io, prep) -> tuple[dict, dict]:
@@ -112,7 +120,7 @@ def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: boo
     )
     ints = dict(T=schedule.steps, B=batch, uniform_b=uniform_b, reverse=int(reverse), save=int(save), H=hidden,
                 **scalars)
-    ks.launch("forward", cell, tensors, ints, fit=fits.resident_norm_fit(_family(cell), dtype, hidden),
+    ks.launch("forward", cell, tensors, ints, fit=_fit(cell, hidden, dtype, device),
               tf32=buffers.tf32())
     saved = ()
     if save:
@@ -158,7 +166,7 @@ def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule:
         dc0_ptr=dc0, sizes_ptr=sizes, offsets_ptr=offsets, eps_ptr=_eps_tensor(eps, acc, device), **optional,
     )
     ints = dict(T=schedule.steps, B=batch, uniform_b=uniform_b, reverse=int(reverse), H=hidden, **scalars)
-    ks.launch("backward", cell, tensors, ints, fit=fits.resident_norm_fit(_family(cell), dtype, hidden),
+    ks.launch("backward", cell, tensors, ints, fit=_fit(cell, hidden, dtype, device),
               tf32=buffers.tf32())
     dparams = None
     if params is not None:
