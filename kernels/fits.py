@@ -422,26 +422,35 @@ def cooperative_refusal(kind: str, hidden: int, proj_size: int, dtype, sm_count:
 #: larger of the variants). ``BLOCK_H`` as the resident tier's (:func:`resident_block_h`).
 RESIDENT_NORM: dict[tuple[str, str, int], ResidentFit] = {
     ('LayerNormLSTM', 'float32', 32): _fit(32, 4, 8, 68608, 69632),
-    # LayerNormLSTM float32 64: no clean configuration
+    # LayerNormLSTM float32 64: no clean configuration (forward: 40 B of spill at best, 8 warps sm_90)
     ('LayerNormLSTM', 'float16', 32): _fit(32, 4, 4, 18432, 19456),
-    # LayerNormLSTM float64 32: no clean configuration (RESIDENT_NORM_INTERPRETED)
+    ('LayerNormLSTM', 'float16', 64): _fit(64, 8, 8, 53248, 54272),
+    # LayerNormLSTM float16/bfloat16 128: no clean configuration (forward: 120 B at best)
+    ('LayerNormLSTM', 'bfloat16', 32): _fit(32, 4, 4, 18432, 19456),
+    ('LayerNormLSTM', 'bfloat16', 64): _fit(64, 8, 8, 53248, 54272),
+    # LayerNormLSTM float64 32: no clean configuration (backward: 16 B at best; RESIDENT_NORM_INTERPRETED)
     ('LayerNormGRU', 'float32', 32): _fit(32, 4, 8, 51712, 52736),
-    # LayerNormGRU float32 64: no clean configuration
+    # LayerNormGRU float32 64: no clean configuration (forward: 40 B at best, 8 warps sm_90)
     ('LayerNormGRU', 'float16', 32): _fit(32, 4, 4, 8192, 9216),
+    ('LayerNormGRU', 'float16', 64): _fit(64, 4, 8, 28672, 29696),
+    # LayerNormGRU float16/bfloat16 128: no clean configuration (forward: 16 B at best, 8 warps sm_80)
+    ('LayerNormGRU', 'bfloat16', 32): _fit(32, 4, 4, 8192, 9216),
+    ('LayerNormGRU', 'bfloat16', 64): _fit(64, 4, 8, 28672, 29696),
     ('LayerNormGRU', 'float64', 32): _fit(32, 4, 8, 102912, 103936),
 }
 
 #: Entries of :data:`RESIDENT_NORM` whose ``REGULARISED`` kernels do not compile clean: a
 #: call with zoneout or recurrent dropout there runs on the step tier's LayerNorm path.
 RESIDENT_NORM_UNREGULARISED: frozenset[tuple[str, str, int]] = frozenset({
-    ('LayerNormGRU', 'float64', 32),
+    ('LayerNormGRU', 'float64', 32),  # the regularised backward: 16 B of spill (sm_80)
 })
 
 #: ``(family, dtype name, BLOCK_H, direction)`` of the :data:`RESIDENT_NORM` kernels compiled
 #: with ``maxnreg=255`` (the others with ptxas' own register limit): whichever compiled clean.
 RESIDENT_NORM_MAXNREG: frozenset[tuple[str, str, int, str]] = frozenset({
     ('LayerNormLSTM', 'float32', 32, 'forward'), ('LayerNormLSTM', 'float16', 32, 'forward'),
-    ('LayerNormGRU', 'float32', 32, 'backward'), ('LayerNormGRU', 'float64', 32, 'forward'),
+    ('LayerNormLSTM', 'bfloat16', 32, 'forward'), ('LayerNormGRU', 'float32', 32, 'backward'),
+    ('LayerNormGRU', 'float64', 32, 'forward'),
 })
 
 

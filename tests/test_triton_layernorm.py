@@ -39,7 +39,7 @@ F64, F32 = torch.float64, torch.float32
 @pytest.fixture(autouse=True)
 def _nan_buffers(monkeypatch):
     monkeypatch.setattr(buffers, "FILL_NAN", True)
-    monkeypatch.delenv("FASTRNN_TIER", raising=False)
+    monkeypatch.setenv("FASTRNN_TIER", "step")  # (the resident tier's: tests/test_triton_layernorm_resident.py)
 
 
 def _check(kind, dtype, hidden=5, packed=False, resets=False, seed=0, train=None, **kwargs):
@@ -190,24 +190,31 @@ def test_cell_api(kind):
 
 
 def test_forced_tiers(monkeypatch):
-    """FASTRNN_TIER=step runs the row kernels; resident / cooperative say they cannot, before
-    any launch; ``tier_for`` tells the same."""
-    for kind in KINDS:
-        assert triton_backend.tier_for(f"{kind}(eps=1e-05)", 16, 0, F32, torch.device("cpu")) == "step"
+    """FASTRNN_TIER=step runs the row kernels; cooperative says it cannot, before any launch;
+    ``tier_for`` tells the same (and the resident tier where an entry fits, the step tier past
+    its entries)."""
     m = fastrnn.LayerNormGRU(3, 4, backend="triton")
     x = torch.randn(2, 2, 3)
     monkeypatch.setenv("FASTRNN_TIER", "step")
     with count_launches() as n:
         m(x)
     assert n.tiers == {("step", "forward"): 2}
-    for tier in ("resident", "cooperative"):
-        monkeypatch.setenv("FASTRNN_TIER", tier)
-        with count_launches() as n, pytest.raises(RuntimeError, match=f"FASTRNN_TIER={tier}: the {tier} tier does "
-                                                  "not run LayerNormGRU"):
-            m(x)
-        assert n.forward == 0
-        with pytest.raises(RuntimeError, match=f"FASTRNN_TIER={tier}"):
-            triton_backend.tier_for("LayerNormLSTM(eps=1e-05)", 16, 0, F32, torch.device("cpu"))
+    for kind in KINDS:
+        assert triton_backend.tier_for(f"{kind}(eps=1e-05)", 16, 0, F32, torch.device("cpu")) == "step"
+    monkeypatch.setenv("FASTRNN_TIER", "cooperative")
+    with count_launches() as n, pytest.raises(RuntimeError, match="FASTRNN_TIER=cooperative: the cooperative tier "
+                                              "does not run LayerNormGRU"):
+        m(x)
+    assert n.forward == 0
+    with pytest.raises(RuntimeError, match="FASTRNN_TIER=cooperative"):
+        triton_backend.tier_for("LayerNormLSTM(eps=1e-05)", 16, 0, F32, torch.device("cpu"))
+    monkeypatch.setenv("FASTRNN_TIER", "auto")
+    for kind in KINDS:
+        assert triton_backend.tier_for(f"{kind}(eps=1e-05)", 16, 0, F32, torch.device("cpu")) == "resident"
+        assert triton_backend.tier_for(f"{kind}(eps=1e-05)", 256, 0, F32, torch.device("cpu")) == "step"
+    monkeypatch.setenv("FASTRNN_TIER", "resident")
+    with pytest.raises(RuntimeError, match="FASTRNN_TIER=resident"):
+        triton_backend.tier_for("LayerNormLSTM(eps=1e-05)", 256, 0, F32, torch.device("cpu"))
 
 
 def test_refusals_before_work():

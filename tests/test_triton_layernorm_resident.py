@@ -21,6 +21,7 @@ import fastrnn
 from fastrnn.backends.triton import buffers, norm, norm_resident
 from fastrnn.kernels import fits, resident_norm
 from fastrnn.kernels.launches import count_launches
+from fastrnn.regularisers import Zoneout
 from fastrnn.schedule import Schedule
 
 KINDS = ("LayerNormLSTM", "LayerNormGRU")
@@ -119,15 +120,15 @@ def test_unregularised_entry_runs_regularisers_on_the_step_path(kind, monkeypatc
 def test_gradcheck(kind):
     """fp64 gradcheck through the layer: input, h0, c0, W_hh and the LayerNorm parameters."""
     lstm = kind == "LayerNormLSTM"
-    m = getattr(fastrnn, kind)(2, 3, bidirectional=True, dtype=F64, backend="triton")
+    m = getattr(fastrnn, kind)(2, 3, dtype=F64, backend="triton")
     randomise(m, torch.Generator().manual_seed(5))
-    names = ["weight_hh_l0", "bias_hh_l0", "ln_hh_weight_l0", "ln_hh_bias_l0", "ln_ih_weight_l0_reverse"]
-    names += ["ln_c_weight_l0", "ln_c_bias_l0_reverse"] if lstm else []
+    names = ["weight_hh_l0", "bias_hh_l0", "ln_hh_weight_l0", "ln_hh_bias_l0", "ln_ih_weight_l0"]
+    names += ["ln_c_weight_l0", "ln_c_bias_l0"] if lstm else []
     params = dict(m.named_parameters())
     gen = torch.Generator().manual_seed(6)
     x = torch.randn(3, 2, 2, generator=gen, dtype=F64, requires_grad=True)
-    h0 = torch.randn(2, 2, 3, generator=gen, dtype=F64, requires_grad=True)
-    c0 = torch.randn(2, 2, 3, generator=gen, dtype=F64, requires_grad=True)
+    h0 = torch.randn(1, 2, 3, generator=gen, dtype=F64, requires_grad=True)
+    c0 = torch.randn(1, 2, 3, generator=gen, dtype=F64, requires_grad=True)
     chosen = [params[n].detach().clone().requires_grad_() for n in names]
 
     def run(x, h0, c0, *ps):
@@ -137,13 +138,14 @@ def test_gradcheck(kind):
 
     with count_launches() as n:
         run(x, h0, c0, *chosen)
-    assert dict(n.tiers) == {("resident", "forward"): 2}
+    assert dict(n.tiers) == {("resident", "forward"): 1}
     assert torch.autograd.gradcheck(run, (x, h0, c0, *chosen) if lstm else (x, h0, h0.detach(), *chosen),
                                     eps=1e-6, atol=1e-7)
 
 
-def _layer_call(kind, zoneout=None):
-    """The backend's arguments for one LayerNorm layer-direction (packed, with resets)."""
+def _layer_call(kind, zoned):
+    """The backend's arguments for one LayerNorm layer-direction (packed, with resets; with
+    ``zoned``: zoneout masks of h and c and a recurrent-dropout scale)."""
     cell = fastrnn.cells.get(f"{kind}(eps=1e-05)")
     gen = torch.Generator().manual_seed(3)
     sched = Schedule.from_batch_sizes([3, 3, 2, 1])
@@ -156,41 +158,49 @@ def _layer_call(kind, zoneout=None):
                 c0=rand(3, hidden) if cell.has_cell_state else None)
     resets = torch.zeros(rows, dtype=torch.bool)
     resets[[1, 4, 8]] = True
-    extras = dict(params=rand(cell.param_rows, hidden) + 1, resets=resets, zoneout=zoneout)
+    extras = dict(params=rand(cell.param_rows, hidden) + 1, resets=resets)
+    if zoned:
+        extras["zoneout"] = Zoneout(mask_h=torch.rand(rows, hidden, generator=gen) < 0.3,
+                                    mask_c=torch.rand(rows, hidden, generator=gen) < 0.4)
+        extras["recurrent_scale"] = (torch.rand(3, hidden, generator=gen) < 0.7).to(F64) * 2
     return cell, sched, args, extras
 
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("reverse", [False, True])
-def test_paths_read_each_others_saved(kind, reverse):
+@pytest.mark.parametrize("zoned", [False, True])
+def test_paths_read_each_others_saved(kind, reverse, zoned, monkeypatch):
     """A resident forward's saved tuple drives the step path's backward and the other way
-    round: every result and the saved tensors themselves agree."""
-    cell, sched, a, extras = _layer_call(kind)
+    round: every result and the saved tensors themselves agree (with zoneout of c the
+    saved tuple holds the cell's own c too)."""
+    cell, sched, a, extras = _layer_call(kind, zoned)
     loop = (cell, a["xg"], a["w_hh"], a["b_hh"], None, a["h0"], a["c0"], sched, reverse, True)
-    res = norm_resident.forward(*loop, **extras)
-    step = norm.forward(*loop, **extras)  # FASTRNN_TIER=resident: only the chooser reads it
-    torch.testing.assert_close(res.y, step.y, rtol=1e-10, atol=1e-10)
-    assert len(res.saved) == len(step.saved)
+    with count_launches() as n:
+        res = norm.forward(*loop, **extras)
+    assert dict(n.tiers) == {("resident", "forward"): 1}
+    monkeypatch.setenv("FASTRNN_TIER", "step")
+    with count_launches() as n:
+        step = norm.forward(*loop, **extras)
+    assert dict(n.tiers) == {("step", "forward"): sched.steps}
+    for got, want in ((res.y, step.y), (res.h_n, step.h_n), (res.c_n, step.c_n)):
+        assert (got is None) == (want is None)
+        if want is not None:
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    assert len(res.saved) == len(step.saved) == len(norm.saved_layout(cell, 9, 5, F64, True, **extras))
     for got, want in zip(res.saved, step.saved):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
     gen = torch.Generator().manual_seed(4)
     dy = torch.randn(res.y.shape, generator=gen, dtype=F64)
     dh_n = torch.randn(res.h_n.shape, generator=gen, dtype=F64)
     dc_n = torch.randn(res.h_n.shape, generator=gen, dtype=F64) if cell.has_cell_state else None
-    tail = (cell,)
     grads = (a["w_hh"], a["b_hh"], None, a["h0"], a["c0"], res.y, dy, dh_n, dc_n, sched, reverse)
     with count_launches() as n:
-        cross = [norm_resident.backward(*tail, step.saved, *grads, **extras),
-                 norm_resident.backward(*tail, res.saved, *grads, **extras)]
+        stepped = norm.backward(cell, res.saved, *grads, **extras)
+    assert dict(n.tiers) == {("step", "backward"): sched.steps}
+    with count_launches() as n:
+        cross = [norm_resident.backward(cell, step.saved, *grads, **extras),
+                 norm_resident.backward(cell, res.saved, *grads, **extras)]
     assert dict(n.tiers) == {("resident", "backward"): 2}
-    os_tier = pytest.MonkeyPatch()
-    os_tier.setenv("FASTRNN_TIER", "step")
-    try:
-        with count_launches() as n:
-            stepped = norm.backward(*tail, res.saved, *grads, **extras)
-        assert dict(n.tiers) == {("step", "backward"): sched.steps}
-    finally:
-        os_tier.undo()
     for got in cross:
         for field in ("dxg", "dhg", "dh0", "dc0", "dparams"):
             g, w = getattr(got, field), getattr(stepped, field)

@@ -112,12 +112,22 @@ def tier_for(kind, hidden: int, proj_size: int, dtype, device) -> str:
         >>> tier_for("LSTM", 64, 0, torch.float16, torch.device("cpu"))  # doctest: +SKIP
         'resident'
     """
-    from . import norm, selfcheck
+    from . import norm, norm_resident, selfcheck
 
-    if norm.runs(CellKind(kind)):  # the LayerNorm cells' row kernels run on the step tier only
-        reason = norm.refusal(CellKind(kind), hidden, None, dtype)
+    if norm.runs(CellKind(kind)):  # the LayerNorm cells: the resident tier where it fits, else the step tier's
+        cell, device = CellKind(kind), torch.device(device)
+        reason = norm.refusal(cell, hidden, None, dtype)
         if reason:
             raise RuntimeError(f"fastrnn: {reason}")
+        requested = requested_tier()
+        if requested in ("auto", "resident"):
+            one_row = Schedule.uniform(1, 1)  # (the check of the batch size is the launch's)
+            reason = norm_resident.refusal(cell, hidden, dtype, device, one_row)
+            if reason is None:
+                return "resident"
+            if requested == "resident":
+                raise RuntimeError(f"fastrnn: {TIER_ENV}=resident cannot run {cell.name} with hidden_size={hidden}, "
+                                   f"{dtype}: {reason}")
         return "step"
     kind = CellKind(kind).value
     device = torch.device(device)
