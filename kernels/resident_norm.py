@@ -384,8 +384,9 @@ def kernel_of(direction: str) -> tuple:
 def constexprs(lstm: bool, dtype: torch.dtype, tf32: bool, cfg: fits.KernelConfig, aligned: bool = False,
                regularised: bool = False) -> dict:
     """Compile-time arguments of either kernel."""
-    return dict(GATES=4 if lstm else 3, HAS_C=bool(lstm), ACC=acc_type(dtype), PRECISION=fits.dot_precision(dtype, tf32),
-                BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, H_ALIGNED=bool(aligned), REGULARISED=bool(regularised))
+    return dict(GATES=4 if lstm else 3, HAS_C=bool(lstm), ACC=acc_type(dtype),
+                PRECISION=fits.dot_precision(dtype, tf32), BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
+                H_ALIGNED=bool(aligned), REGULARISED=bool(regularised))
 
 
 class Specialisation(NamedTuple):

@@ -275,4 +275,5 @@ def test_float16_io(kind):
     assert list(got) == list(want)
     for key in want:
         assert got[key].dtype == torch.float16 and torch.isfinite(got[key]).all(), key
-        torch.testing.assert_close(got[key].to(F64), want[key], rtol=1e-2, atol=1e-2, msg=lambda m, key=key: f"{key}: {m}")
+        torch.testing.assert_close(got[key].to(F64), want[key], rtol=1e-2, atol=1e-2,
+                                   msg=lambda m, key=key: f"{key}: {m}")
