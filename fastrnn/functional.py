@@ -101,7 +101,7 @@ def _call(kind: CellKind, x, batch_sizes, h0, c0, weights: Sequence[LayerWeights
     )
     return backends.Call(
         kind, x.dtype, batch_sizes is not None, weights[0][4] is not None, needs_grad,
-        backends.native.is_tracing(x),
+        backends.native.is_tracing(x), weights[0][1].shape[0] // kind.gates,
     )
 
 

@@ -245,6 +245,28 @@ def test_auto_picks_triton_on_cuda(monkeypatch):
             assert backends.resolve_name("auto", torch.device("cuda"), call) == "triton"
 
 
+def test_auto_past_the_row_kernels_runs_reference_with_a_warning(monkeypatch):
+    """Past the row kernels' largest hidden size ``auto`` on CUDA warns and runs the reference
+    backend (as for any call triton cannot run), instead of failing; ``backend='triton'``
+    raises, naming the limit."""
+    from fastrnn.kernels import norm_rows
+
+    monkeypatch.setattr(backends, "triton_unavailable_reason", lambda device: None)
+    limit = norm_rows.max_hidden(F32)
+    for kind in KINDS:
+        cell = fastrnn.cells.get(f"{kind}(eps=1e-05)")
+        call = backends.Call(cell, F32, False, False, True, False, limit + 1)
+        with pytest.warns(RuntimeWarning, match=f"hidden_size <= {limit}"):
+            assert backends.resolve_name("auto", torch.device("cuda"), call) == "reference"
+        fits = backends.Call(cell, F32, False, False, True, False, limit)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert backends.resolve_name("auto", torch.device("cuda"), fits) == "triton"
+    m = fastrnn.LayerNormGRU(2, limit + 1, backend="triton")
+    with pytest.raises(RuntimeError, match=f"hidden_size <= {limit}"):
+        m(torch.randn(1, 1, 2))
+
+
 def test_saved_layout_matches_forward():
     """The layout fake tensors use is what the forward saves (with zoneout of c: one more)."""
     cell = fastrnn.cells.get("LayerNormLSTM(eps=1e-05)")

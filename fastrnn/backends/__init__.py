@@ -74,6 +74,7 @@ class Call(NamedTuple):
     proj: bool
     needs_grad: bool
     tracing: bool
+    hidden: int = 0  #: hidden size (0: not given)
 
 
 def resolve_name(name: str | None, device: torch.device, call: Call | None = None) -> str:
@@ -105,7 +106,7 @@ def resolve_name(name: str | None, device: torch.device, call: Call | None = Non
             )
         reason = triton_unavailable_reason(device)
         if reason is None and call is not None:
-            reason = _triton_backend().refuses_cell(call.kind)
+            reason = _triton_backend().refuses_cell(call.kind, call.hidden, call.dtype)
         if reason is None:
             return "triton"
         # No silent slow paths: the reference loop on a GPU is correct but far slower.

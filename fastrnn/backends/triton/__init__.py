@@ -80,11 +80,11 @@ def refuses_loop_inputs(wants: tuple) -> str | None:
     return _tier_refusal("step", tuple(wants))
 
 
-def refuses_cell(cell) -> str | None:
+def refuses_cell(cell, hidden: int = 0, dtype=None) -> str | None:
     """Why this backend cannot run ``cell`` (None when it can; the LayerNorm-LSTM / -GRU
-    run on :mod:`.norm`)."""
+    run on :mod:`.norm`, up to its largest hidden size when ``hidden`` and ``dtype`` are given)."""
     if norm.runs(cell):
-        return None
+        return norm.size_refusal(hidden, dtype) if hidden and dtype is not None else None
     reason = cell.why_not_triton()
     if not reason and cell.param_rows:
         reason = _tier_refusal("step", ("params",))

@@ -55,14 +55,22 @@ def _kernels():
     return norm_rows
 
 
-def refusal(cell, hidden: int, w_hr, dtype=torch.float32) -> str | None:
-    """Why this path cannot run the call (None when it can)."""
-    if w_hr is not None:
-        return f"cell {cell.name!r} has no projection (proj_size)"
+def size_refusal(hidden: int, dtype) -> str | None:
+    """Why the row kernels cannot take this hidden size (None when they can)."""
     limit = _kernels().max_hidden(dtype)
     if hidden > limit:
         return (f"the LayerNorm row kernels hold whole rows in registers and take hidden_size <= {limit} in "
                 f"{str(dtype).replace('torch.', '')}, got {hidden}")
+    return None
+
+
+def refusal(cell, hidden: int, w_hr, dtype=torch.float32) -> str | None:
+    """Why this path cannot run the call (None when it can)."""
+    if w_hr is not None:
+        return f"cell {cell.name!r} has no projection (proj_size)"
+    reason = size_refusal(hidden, dtype)
+    if reason:
+        return reason
     if policy.requested_tier() == "cooperative":
         return (f"{policy.TIER_ENV}=cooperative: the cooperative tier does not run {cell.name} (its LayerNorm over "
                 f"the {cell.gates}*H gate vector needs whole rows, which its programs of 16 hidden units do not "
@@ -103,7 +111,30 @@ def _eps_tensor(eps: float, dtype, device) -> torch.Tensor:
 
 def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: bool, save: bool, params=None,
             resets=None, zoneout=None, recurrent_scale=None):
-    """The forward time loop; see :mod:`fastrnn.backends.base`."""
+    """The forward time loop; see :mod:`fastrnn.backends.base`: on the resident tier where it
+    runs the layer (:func:`_resident`), else the step path (:func:`step_forward`)."""
+    hidden = w_hh.shape[0] // cell.gates
+    check(cell, hidden, w_hr, xg.dtype)
+    if _resident(cell, hidden, xg.dtype, xg.device, schedule, zoneout, recurrent_scale):
+        return norm_resident.forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save, params, resets,
+                                     zoneout, recurrent_scale)
+    return step_forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save, params, resets, zoneout,
+                        recurrent_scale)
+
+
+def _resident(cell, hidden: int, dtype, device, schedule: Schedule, zoneout, recurrent_scale) -> bool:
+    """Whether the resident tier runs this call: chosen (:func:`norm_resident.chosen`) and its
+    first-use check against the step path passed (:func:`selfcheck.norm_resident_agrees`)."""
+    from . import selfcheck
+
+    wants = tuple(k for k, v in (("zoneout", zoneout), ("recurrent_scale", recurrent_scale)) if v is not None)
+    return (norm_resident.chosen(cell, hidden, dtype, device, schedule, wants)
+            and selfcheck.norm_resident_agrees(cell, hidden, dtype, device))
+
+
+def step_forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: bool, save: bool, params=None,
+                 resets=None, zoneout=None, recurrent_scale=None):
+    """The step path's forward: a torch GEMM and one row-kernel launch per step."""
     from ...kernels.launches import aligned_input as prep, record
 
     ks = _kernels()
@@ -112,11 +143,6 @@ def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: boo
     gates_n, has_c = cell.gates, cell.has_cell_state
     hidden = w_hh.shape[0] // gates_n
     width = gates_n * hidden
-    check(cell, hidden, w_hr, dtype)
-    wants = tuple(k for k, v in (("zoneout", zoneout), ("recurrent_scale", recurrent_scale)) if v is not None)
-    if norm_resident.chosen(cell, hidden, dtype, device, schedule, wants):
-        return norm_resident.forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save, params, resets,
-                                     zoneout, recurrent_scale)
     n_rows, batch = xg.shape[0], schedule.batch
     keep_c = buffers.zoned(cell, zoneout)[0] if save else False
     xg, w_hh, h0 = prep(xg), prep(w_hh), prep(h0)
@@ -166,7 +192,19 @@ def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: boo
 def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule: Schedule, reverse: bool,
              params=None, resets=None, zoneout=None, recurrent_scale=None):
     """The backward time loop (no gradient crosses a reset); returns the LayerNorm gains'
-    and biases' gradient as ``dparams``."""
+    and biases' gradient as ``dparams``. The tier is the forward's (the same choice)."""
+    hidden = w_hh.shape[0] // cell.gates
+    check(cell, hidden, w_hr, y.dtype)
+    if _resident(cell, hidden, y.dtype, y.device, schedule, zoneout, recurrent_scale):
+        return norm_resident.backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reverse,
+                                      params, resets, zoneout, recurrent_scale)
+    return step_backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reverse, params,
+                         resets, zoneout, recurrent_scale)
+
+
+def step_backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule: Schedule, reverse: bool,
+                  params=None, resets=None, zoneout=None, recurrent_scale=None):
+    """The step path's backward: one row-kernel launch and a torch GEMM per step."""
     from ...kernels.launches import aligned_input as prep, record
 
     ks = _kernels()
@@ -175,11 +213,6 @@ def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule:
     gates_n, has_c = cell.gates, cell.has_cell_state
     hidden = w_hh.shape[0] // gates_n
     width = gates_n * hidden
-    check(cell, hidden, w_hr, dtype)
-    wants = tuple(k for k, v in (("zoneout", zoneout), ("recurrent_scale", recurrent_scale)) if v is not None)
-    if norm_resident.chosen(cell, hidden, dtype, device, schedule, wants):
-        return norm_resident.backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reverse,
-                                      params, resets, zoneout, recurrent_scale)
     eps = cell_eps(cell)
     n_rows = y.shape[0]
     dummy_io, dummy_acc = buffers.dummies(dtype, device)

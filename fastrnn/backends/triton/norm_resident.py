@@ -44,6 +44,12 @@ def refusal(cell, hidden: int, dtype, device, schedule: Schedule) -> str | None:
     return reason
 
 
+def variant(cell, hidden: int, dtype, device) -> str:
+    """The entry a launch of this layer compiles (the first-use check's key)."""
+    fit = _fit(cell, hidden, dtype, device)
+    return "no entry" if fit is None else f"BLOCK_H {fit.forward.block_h}"
+
+
 def refuses_regularisers(cell, hidden: int, dtype, device, wants) -> str | None:
     """Why this tier cannot run a call with the optional inputs ``wants`` (None when it can):
     entries of :data:`fastrnn.kernels.fits.RESIDENT_NORM_UNREGULARISED` have no kernels with

@@ -124,7 +124,7 @@ def tier_for(kind, hidden: int, proj_size: int, dtype, device) -> str:
             one_row = Schedule.uniform(1, 1)  # (the check of the batch size is the launch's)
             reason = norm_resident.refusal(cell, hidden, dtype, device, one_row)
             if reason is None:
-                return "resident"
+                return "resident" if selfcheck.norm_resident_agrees(cell, hidden, dtype, device) else "step"
             if requested == "resident":
                 raise RuntimeError(f"fastrnn: {TIER_ENV}=resident cannot run {cell.name} with hidden_size={hidden}, "
                                    f"{dtype}: {reason}")

@@ -126,20 +126,37 @@ def _check_one(tier: str, cell, hidden: int, dtype, device, cfg, batch: int) -> 
     """Forward with and without saving and backward, in both directions, against the step
     tier."""
     tier_module = PERSISTENT[tier]
+
+    def forward(*args, save, **extras):
+        return tier_module.forward(*args, save, cfg, **extras)
+
+    def backward(*args, **extras):
+        return tier_module.backward(*args, cfg, **extras)
+
+    return _disagreement(cell, hidden, dtype, device, batch, (forward, backward), (step.forward, step.backward),
+                         lambda rows: _extras(cell, tier_module, hidden, rows, dtype, device))
+
+
+def _disagreement(cell, hidden: int, dtype, device, batch: int, tier, reference, extras_for) -> str | None:
+    """The first difference between a persistent path (``tier``: its ``(forward, backward)``)
+    and the step path (``reference``), or None: forward with and without saving and
+    backward, in both directions, with the optional inputs ``extras_for(rows)`` gives."""
+    forward, backward = tier
+    ref_forward, ref_backward = reference
     for reverse in (False, True):
         schedule, xg, w_hh, b_hh, h0, c0, dy, dh_n, dc_n = _problem(cell, hidden, dtype, device, reverse, batch)
-        extras = _extras(cell, tier_module, hidden, schedule.rows, dtype, device)
-        ref = step.forward(cell, xg.clone(), w_hh, b_hh, None, h0, c0, schedule, reverse, True, **extras)
-        out = tier_module.forward(cell, xg.clone(), w_hh, b_hh, None, h0, c0, schedule, reverse, True, cfg, **extras)
-        unsaved = tier_module.forward(cell, xg.clone(), w_hh, b_hh, None, h0, c0, schedule, reverse, False, cfg,
-                                      **extras)
-        ref_b = step.backward(cell, ref.saved, w_hh, b_hh, None, h0, c0, ref.y, dy, dh_n, dc_n, schedule, reverse,
-                              **extras)
-        out_b = tier_module.backward(cell, out.saved, w_hh, b_hh, None, h0, c0, out.y, dy, dh_n, dc_n, schedule,
-                                     reverse, cfg, **extras)
+        extras = extras_for(schedule.rows)
+        ref = ref_forward(cell, xg.clone(), w_hh, b_hh, None, h0, c0, schedule, reverse, True, **extras)
+        out = forward(cell, xg.clone(), w_hh, b_hh, None, h0, c0, schedule, reverse, save=True, **extras)
+        unsaved = forward(cell, xg.clone(), w_hh, b_hh, None, h0, c0, schedule, reverse, save=False, **extras)
+        ref_b = ref_backward(cell, ref.saved, w_hh, b_hh, None, h0, c0, ref.y, dy, dh_n, dc_n, schedule, reverse,
+                             **extras)
+        out_b = backward(cell, out.saved, w_hh, b_hh, None, h0, c0, out.y, dy, dh_n, dc_n, schedule, reverse,
+                         **extras)
         pairs = dict(y=(out.y, ref.y), h_n=(out.h_n, ref.h_n), c_n=(out.c_n, ref.c_n),
                      dxg=(out_b.dxg, ref_b.dxg), dhg=(out_b.dhg, ref_b.dhg), dh0=(out_b.dh0, ref_b.dh0),
-                     dc0=(out_b.dc0, ref_b.dc0), unsaved_y=(unsaved.y, ref.y), unsaved_h_n=(unsaved.h_n, ref.h_n),
+                     dc0=(out_b.dc0, ref_b.dc0), dparams=(out_b.dparams, ref_b.dparams),
+                     unsaved_y=(unsaved.y, ref.y), unsaved_h_n=(unsaved.h_n, ref.h_n),
                      unsaved_c_n=(unsaved.c_n, ref.c_n))
         pairs.update({f"saved[{i}]": (a, e) for i, (a, e) in enumerate(zip(out.saved, ref.saved))})
         for name, (a, e) in pairs.items():
@@ -151,6 +168,49 @@ def _check_one(tier: str, cell, hidden: int, dtype, device, cfg, batch: int) -> 
                 worst = (a.double() - e.double()).abs().nan_to_num(float("inf")).max().item()
                 return f"{name} differs (max abs difference {worst:.3g}, {'reverse' if reverse else 'forward'})"
     return None
+
+
+def _norm_extras(cell, hidden: int, rows: int, dtype, device) -> dict:
+    """The LayerNorm cells' gains and biases (random, around 1) and reset flags."""
+    gen = torch.Generator().manual_seed(4321)
+    params = torch.randn(cell.param_rows, hidden, generator=gen, dtype=torch.float64) * 0.5 + 1.0
+    return dict(params=params.to(device=device, dtype=dtype), resets=(torch.rand(rows, generator=gen) < 0.2).to(device))
+
+
+def norm_resident_agrees(cell, hidden: int, dtype, device) -> bool:
+    """Whether the LayerNorm cells' resident kernels may run this layer: their first-use check
+    against the step tier's LayerNorm path (as :func:`first_use_check` for the other cells),
+    once per key; a mismatch warns once (raises under ``FASTRNN_TIER=resident``) and the key
+    runs the step path from then on."""
+    from . import norm, norm_resident
+
+    key = ("resident-norm", str(device), cell.name, dtype, norm_resident.variant(cell, hidden, dtype, device))
+    forced = policy.requested_tier() == "resident"
+    if checked.get(key) is False and not forced:
+        return False
+    if not enabled(device):
+        return True
+    if key not in checked:
+        try:
+            problem = _disagreement(
+                cell, hidden, dtype, device, 19, (norm_resident.forward, norm_resident.backward),
+                (norm.step_forward, norm.step_backward), lambda rows: _norm_extras(cell, hidden, rows, dtype, device))
+        except Exception as exc:  # a kernel that fails to compile or launch is a failed check
+            problem = f"it raised {type(exc).__name__}: {exc}"
+        if problem is not None and forced:
+            raise RuntimeError(
+                f"fastrnn: {policy.TIER_ENV}=resident: the first-use check of the resident tier for {cell.name} "
+                f"{dtype} ({key[-1]}) on {device} failed against the step tier: {problem}")
+        if problem is not None:
+            warnings.warn(
+                f"fastrnn: the resident kernel tier disagrees with the step tier on {device} for {cell.name} "
+                f"{dtype} ({key[-1]}): {problem}. Using the step tier for it for the rest of this process (set "
+                f"{policy.TIER_ENV}=step to choose it directly, {SELF_CHECK_ENV}=0 to skip the check).",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        checked[key] = problem is None
+    return checked[key]
 
 
 def first_use_check(tier: str, forced: bool, kind: str, hidden: int, dtype, device) -> str:
