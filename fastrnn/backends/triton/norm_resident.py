@@ -95,7 +95,6 @@ def _optional(cell, hidden, params, resets, zoneout, recurrent_scale, dummy_io, 
 def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: bool, save: bool, params=None,
             resets=None, zoneout=None, recurrent_scale=None):
     """The forward time loop in one launch; see :mod:`fastrnn.backends.base`."""
-    from ...kernels import fits
     from ...kernels.launches import aligned_input as prep
 
     from .norm import _eps_tensor, cell_eps
@@ -138,7 +137,6 @@ def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule:
              params=None, resets=None, zoneout=None, recurrent_scale=None):
     """The backward time loop in one launch; returns the LayerNorm gains' and biases'
     gradient as ``dparams`` (:func:`.norm._param_grad`)."""
-    from ...kernels import fits
     from ...kernels.launches import aligned_input as prep
 
     from .norm import _eps_tensor, _param_grad, cell_eps
