@@ -40,6 +40,7 @@ from ._quantization import warns_when_quantized
 from .backends import env_backend, native, validate_backend_name
 from .cell_modules import GRUCell, LSTMCell, RNNCell
 from .cells.variants import LSTM_PEEPHOLE, PEEPHOLE_WEIGHTS as _PEEPHOLES
+from . import functional
 from .functional import stack
 from .regularisers import check_probability, zoneout_pair
 from .kinds import CellKind
@@ -94,6 +95,14 @@ class _FastRNNBase:
     @property
     def _regularised(self) -> bool:
         return bool(any(self._zoneout_pair) or self.recurrent_dropout or self.weight_drop)
+
+    @property
+    def _loop_regularised(self) -> bool:
+        """A regulariser torch's kernels cannot run: zoneout, recurrent dropout, or DropConnect
+        drawn between the layers of a stack with dropout (torch's kernels draw the dropout masks
+        inside the call: the draws would come in another order than the engine's)."""
+        return bool(any(self._zoneout_pair) or self.recurrent_dropout
+                    or (self.weight_drop and self.dropout and self.num_layers > 1))
 
     def _regulariser_repr(self) -> str:
         parts = [f"{name}={value}" for name, value in (("zoneout", getattr(self, "zoneout", 0.0)),
@@ -216,8 +225,8 @@ class _FastRNNBase:
         """
         # Cheapest tests first: this runs on every call, and at T=10, B=1 each microsecond
         # is 1 % of the call.
-        if self._unit_params or self._kind not in _TORCH_KINDS or self._regularised:
-            return False  # (a cell of fastrnn's own, or a regulariser: torch has no kernel for it)
+        if self._unit_params or self._kind not in _TORCH_KINDS or self._loop_regularised:
+            return False  # (a cell of fastrnn's own, or a regulariser inside the loop: torch has no kernel for it)
         if torch.autograd.forward_ad._current_level >= 0:
             return False  # (the engine path refuses forward-mode AD with a clear message)
         name = self.backend if self.backend is not None else (env_backend() or "auto")
@@ -226,6 +235,8 @@ class _FastRNNBase:
         data = input.data if type(input) is PackedSequence else input
         if type(data) is not torch.Tensor:
             return False  # (not a tensor: the engine path raises torch's error)
+        if self.weight_drop and self.training and not self._plain_call(input, hx):
+            return False  # (DropConnect is applied by _native_forward's own call only)
         if not data.is_cpu or torch._C._is_any_autocast_enabled() or not ops.eager_call(data):
             return False
         needs_grad = torch.is_grad_enabled() and (
@@ -242,6 +253,15 @@ class _FastRNNBase:
             kind, data.dtype, packed=packed, proj=proj, needs_grad=needs_grad, tracing=False
         ) == "native"
 
+    def _plain_call(self, input, hx) -> bool:
+        """A padded batched input with no ``hx`` or a well-formed one: the case
+        :meth:`_native_forward` runs itself (anything else it hands to ``torch.nn``'s forward)."""
+        if type(input) is not torch.Tensor or input.dim() != 3 or hx is None:
+            return type(input) is torch.Tensor and input.dim() == 3
+        if self._kind is CellKind.LSTM:
+            return type(hx) is tuple and len(hx) == 2 and all(type(h) is torch.Tensor and h.dim() == 3 for h in hx)
+        return type(hx) is torch.Tensor and hx.dim() == 3
+
     def _native_forward(self, input, hx):
         """``torch.nn``'s forward on torch's own kernels (see :meth:`_runs_torch_forward`).
 
@@ -251,7 +271,7 @@ class _FastRNNBase:
         weak references on every call: ~12 us, a tenth of a layer at T=10, B=1). Anything
         else (packed or unbatched input) goes through ``torch.nn``'s forward itself.
         """
-        if type(input) is not torch.Tensor or input.dim() != 3:
+        if not self._plain_call(input, hx):
             return self._torch_forward(input, hx)
         lstm = self._kind is CellKind.LSTM
         if hx is None:
@@ -261,13 +281,13 @@ class _FastRNNBase:
             kw = dict(dtype=input.dtype, device=input.device)
             h0 = torch.zeros(layers, batch, state, **kw)
             hx = (h0, torch.zeros(layers, batch, self.hidden_size, **kw)) if lstm else h0
-        elif (lstm and (type(hx) is not tuple or len(hx) != 2 or hx[0].dim() != 3 or hx[1].dim() != 3)) or (
-            not lstm and (type(hx) is not torch.Tensor or hx.dim() != 3)
-        ):
-            return self._torch_forward(input, hx)
         self.check_forward_args(input, hx, None)
         params = self._parameters
         weights = [params[n] if n in params else getattr(self, n) for n in self._flat_weights_names]
+        if self.weight_drop and self.training:
+            # DropConnect on each W_hh, drawn in layer-direction order as the engine draws them
+            weights = [functional.drop_connect(w, self.weight_drop) if n.startswith("weight_hh") else w
+                       for n, w in zip(self._flat_weights_names, weights)]
         result = native.VF_OPS[self._kind](
             input, hx, weights, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional,
             self.batch_first,

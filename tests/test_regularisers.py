@@ -266,3 +266,55 @@ def test_native_backend_refuses_and_onnx_refuses(tmp_path):
     m = fastrnn.GRU(3, 4, zoneout=0.2, backend="native")
     with pytest.raises(RuntimeError, match="have no zoneout"):
         m(torch.randn(5, 2, 3))
+
+
+def _lstm_pair(**kwargs):
+    torch.manual_seed(0)
+    fast = fastrnn.LSTM(3, 6, weight_drop=0.5, **kwargs).train()
+    ref = fastrnn.LSTM(3, 6, weight_drop=0.5, backend="reference", **kwargs).train()
+    ref.load_state_dict(fast.state_dict())
+    return fast, ref
+
+
+def _train_step(m, inp, hx, seed):
+    torch.manual_seed(seed)
+    out, (h, c) = m(inp, hx)
+    data = out.data if isinstance(out, torch.nn.utils.rnn.PackedSequence) else out
+    (data.sin().sum() + h.cos().sum() + c.sum()).backward()
+    return [data.detach(), h.detach(), c.detach()] + [p.grad.clone() for p in m.parameters()]
+
+
+@pytest.mark.parametrize("form", ["padded", "with_hx", "packed"])
+def test_weight_drop_on_torch_kernels_equals_the_engine(form, monkeypatch):
+    """DropConnect alone on an fp32 LSTM keeps torch's own kernels on the CPU (oneDNN, with
+    W_hh masked before the call) where the call is a plain padded one, and the engine
+    otherwise; either way the same masks as the reference backend's (the same seed), so the
+    same outputs and gradients."""
+    from fastrnn.backends import native
+
+    calls = []
+    real = native.VF_OPS[fastrnn.kinds.CellKind.LSTM]
+    monkeypatch.setitem(native.VF_OPS, fastrnn.kinds.CellKind.LSTM, lambda *a: calls.append(1) or real(*a))
+    fast, ref = _lstm_pair(num_layers=2, bidirectional=True)
+    x = torch.randn(5, 4, 3, requires_grad=True)
+    hx = (torch.randn(4, 4, 6), torch.randn(4, 4, 6)) if form == "with_hx" else None
+
+    def inp():
+        return torch.nn.utils.rnn.pack_padded_sequence(x, [5, 3, 4, 2], enforce_sorted=False) if form == "packed" else x
+
+    got = _train_step(fast, inp(), hx, seed=7)
+    assert bool(calls) == (form != "packed")  # (a packed call: torch's kernels would train on autograd's loop)
+    want = _train_step(ref, inp(), hx, seed=7)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)  # fp32: oneDNN and the loop sum differently
+    torch.manual_seed(8)
+    zero = (fast(x)[0].sum().backward() or fast.weight_hh_l0.grad == 0)
+    assert zero.any()  # (the masks reach the gradient)
+
+
+def test_weight_drop_is_off_in_eval():
+    fast, _ = _lstm_pair()
+    plain = fastrnn.LSTM(3, 6)
+    plain.load_state_dict(fast.state_dict())
+    x = torch.randn(5, 2, 3)
+    torch.testing.assert_close(fast.eval()(x)[0], plain.eval()(x)[0], rtol=0, atol=0)
