@@ -237,3 +237,17 @@ def test_readme_expectations_are_the_reports():
     for cell, b, t, h, label, *numbers in rows:
         for dtype in dtypes[label]:
             assert report[(cell, b, t, h, dtype)] == tuple(numbers), (cell, b, t, h, dtype)
+
+
+def test_readme_variant_table_is_the_recorded_run():
+    """The README's table of the variants on the CPU is ``ratio_report.variant_markdown`` of
+    the recorded run it names (numbers printed from the JSON, not typed)."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import ratio_report
+
+    run = json.loads((REPO / "benchmarks" / "results" / "cpu-variants.json").read_text())
+    assert run["variant_cases"], "the recorded run has no variant cases"
+    assert ratio_report.variant_markdown(run) in (REPO / "README.md").read_text()
