@@ -304,7 +304,11 @@ def test_resident_rows_not_launched_where_the_tier_choice_refuses_them():
     for spec in specs:
         for arch in report.ARCHS:
             launched = report.launched_on(spec, arch)
-            if spec.kernel_name.startswith("resident-"):
+            if spec.kernel_name.startswith("resident-norm-"):  # (the LayerNorm cells' own table)
+                refusal = fits.resident_norm_refusal(spec.kind, spec.config.block_h, spec.dtype, arch,
+                                                     fits.SHARED_LIMIT[arch])
+                assert launched == (refusal is None), (spec.kind, spec.label, spec.config, arch, refusal)
+            elif spec.kernel_name.startswith("resident-"):
                 refusal = fits.resident_refusal(spec.kind, spec.config.block_h, 0, spec.dtype, arch,
                                                 fits.SHARED_LIMIT[arch])
                 assert launched == (refusal is None), (spec.kind, spec.label, spec.config, arch, refusal)
