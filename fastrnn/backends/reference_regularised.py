@@ -115,10 +115,11 @@ def forward(kind, xg, w_hh, b_hh, h0, c0, schedule, reverse, save, cuts, zoneout
         return _rnn_forward(kind, xg, w_hh, h0, schedule, reverse, save, cuts, zoneout, recurrent_scale)
 
 
-def _entering(h, h0, bs, cut, zero, rscale):
-    """``(h_prev, the GEMM's input)`` of a step from the previous step's output rows."""
+def _entering(h, h0, bs, cut, zero, rscale, scaled):
+    """``(h_prev, the GEMM's input)`` of a step from the previous step's output rows (the
+    input scaled by the recurrent-dropout scale into ``scaled``, a buffer made once per call)."""
     hs = reset_state(_state_rows(h, h0, bs), cut, zero)
-    return hs, (hs if rscale is None else hs * rscale[:bs])
+    return hs, (hs if rscale is None else torch.mul(hs, rscale[:bs], out=scaled[:bs]))
 
 
 def _rnn_forward(kind, xg, w_hh, h0, schedule, reverse, save, cuts, zoneout, rscale):
@@ -131,10 +132,11 @@ def _rnn_forward(kind, xg, w_hh, h0, schedule, reverse, save, cuts, zoneout, rsc
     y = torch.empty_like(xg) if zoned else xg
     x_rows, y_rows = xg.split_with_sizes(sizes), y.split_with_sizes(sizes)
     zero = torch.zeros_like(h0)
+    scaled = torch.empty_like(h0) if rscale is not None else None
     h = h0
     for t in schedule.order(reverse):
         bs, lo = sizes[t], offsets[t]
-        hs, h_in = _entering(h, h0, bs, _cuts(cuts, t), zero, rscale)
+        hs, h_in = _entering(h, h0, bs, _cuts(cuts, t), zero, rscale, scaled)
         h_new = act(x_rows[t].addmm_(h_in, w_hh_t))
         h = _blend(zoneout, "h", hs, h_new, lo, lo + bs, y_rows[t]) if zoned else h_new
     saved = (xg,) if save and zoned else ()
@@ -154,10 +156,11 @@ def _gru_forward(xg, w_hh, b_hh, h0, schedule, reverse, save, cuts, zoneout, rsc
     y_rows, hn_rows = y.split_with_sizes(sizes), hn_seq.split_with_sizes(sizes)
     zoned = _zoned(zoneout, "h")
     zero = torch.zeros_like(h0)
+    scaled = torch.empty_like(h0) if rscale is not None else None
     h = h0
     for t in schedule.order(reverse):
         bs, lo = sizes[t], offsets[t]
-        hs, h_in = _entering(h, h0, bs, _cuts(cuts, t), zero, rscale)
+        hs, h_in = _entering(h, h0, bs, _cuts(cuts, t), zero, rscale, scaled)
         hg = hg_buf[:bs]
         if b_hh is None:
             torch.mm(h_in, w_hh_t, out=hg)
@@ -185,11 +188,12 @@ def _lstm_forward(xg, w_hh, h0, c0, schedule, reverse, save, cuts, zoneout, rsca
     g_rows, y_rows, c_rows = (s.split_with_sizes(sizes) for s in (xg, y, c_seq))
     cell_c_rows = cell_c.split_with_sizes(sizes) if cell_c is not None else None
     zero = torch.zeros_like(h0)
+    scaled = torch.empty_like(h0) if rscale is not None else None
     h, c = h0, c0
     for t in schedule.order(reverse):
         bs, lo = sizes[t], offsets[t]
         cut = _cuts(cuts, t)
-        hs, h_in = _entering(h, h0, bs, cut, zero, rscale)
+        hs, h_in = _entering(h, h0, bs, cut, zero, rscale, scaled)
         cs = reset_state(_state_rows(c, c0, bs), cut, zero)
         gates = g_rows[t].addmm_(h_in, w_hh_t)
         gates[:, : 2 * hidden].sigmoid_()

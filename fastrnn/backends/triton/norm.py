@@ -235,6 +235,7 @@ def step_backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, sche
                 _eps_tensor(eps, acc, device), extras["resets"], extras["mask_h"], extras["mask_c"])
     tail = (ints["has_resets"], ints["zoneout_h"], ints["zoneout_c"], ints["p_h"], ints["p_c"])
     fused = dtype == acc and scale is None  # the GEMM accumulates straight into dh
+    grad_buf = None if fused else buffers.new((schedule.batch, hidden), dtype, device)  # (one per call)
     order = list(schedule.order(reverse))
     for j in range(len(order) - 1, -1, -1):
         q = order[j]
@@ -249,9 +250,9 @@ def step_backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, sche
         if fused:
             out.addmm_(dr, w_hh)
         elif scale is None:
-            out.add_(torch.mm(dr, w_hh))
+            out.add_(torch.mm(dr, w_hh, out=grad_buf[:q_bs]))
         else:
-            out.addcmul_(torch.mm(dr, w_hh).to(acc), scale[:q_bs])
+            out.addcmul_(torch.mm(dr, w_hh, out=grad_buf[:q_bs]), scale[:q_bs])
         if resets is not None:  # no gradient reaches the state before a reset (no host read of the flags)
             out.masked_fill_(resets[q_off : q_off + q_bs, None], 0)
     dparams = None
