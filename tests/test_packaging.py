@@ -9,7 +9,8 @@ runs them (the repository root included).
   for that reason).
 - ``pip install -e .`` maps ``fastrnn.kernels`` onto ``kernels/``.
 - Never a top-level ``kernels`` module (that name belongs to another PyPI project); the
-  wheel carries ``py.typed`` and the LICENSE, and mypy sees fastrnn's annotations.
+  wheel carries ``py.typed``, the C++ loops' source and the LICENSE, and mypy sees fastrnn's
+  annotations.
 
 Fast and offline by construction:
 
@@ -211,6 +212,7 @@ def test_gpu_install_contents(gpu_python, outside, kernel_sources):
     (dist_info,) = site.glob("fastrnn-*.dist-info")
     files = [line.split(",")[0] for line in (dist_info / "RECORD").read_text().splitlines()]
     assert "fastrnn/kernels/__init__.py" in files and "fastrnn/py.typed" in files
+    assert "fastrnn/backends/cpu_loops.cpp" in files  # (the C++ loops build from it at first use)
     assert not [f for f in files if f.startswith("kernels/")]
     assert (dist_info / "licenses" / "LICENSE").read_text().startswith("MIT License") or \
         (dist_info / "LICENSE").read_text().startswith("MIT License")
@@ -222,7 +224,7 @@ def test_metadata_dependencies_and_extras(gpu_python, outside):
     meta = Parser().parsestr((dist_info / "METADATA").read_text())
     requires = meta.get_all("Requires-Dist")
     base = sorted(r.split(">")[0].split(";")[0].strip() for r in requires if "extra ==" not in r)
-    assert base == ["numpy", "torch"]  # the CPU install: no triton, no matplotlib
+    assert base == ["ninja", "numpy", "torch"]  # the CPU install: no triton, no matplotlib
 
     def extra(name):
         return sorted(r.split(">")[0].strip() for r in requires if f'extra == "{name}"' in r)

@@ -15,8 +15,16 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import fastrnn
-from fastrnn.backends import reference_regularised
+from fastrnn.backends import cpu_loops, reference_regularised
 from test_variants import randomise
+
+
+@pytest.fixture(autouse=True)
+def python_loops():
+    """These are the Python loops' tests (``test_cpu_loops.py`` compares the LSTM's C++ loops
+    with them)."""
+    with cpu_loops.disabled():
+        yield
 
 TOL = dict(rtol=1e-7, atol=1e-9)
 

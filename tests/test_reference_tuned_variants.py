@@ -7,7 +7,9 @@ Each case runs both on the same inputs and compares every output of the forward 
 without ``save``) and every gradient of the backward that does not depend on what was
 saved (``dxg``, ``dhg``, ``dh0``, ``dc0``, ``dw_hr``, ``dparams``), packed and padded, both
 directions, with and without resets; the generic loop is made to raise while the tuned
-one runs, so a case passes only when the tuned loop is what ran. float64 throughout.
+one runs, so a case passes only when the tuned loop is what ran. float64 throughout. The
+LSTM with resets and the peephole LSTM run the C++ loops of
+:mod:`fastrnn.backends.cpu_loops` here, and their Python loops under ``cpu_loops.disabled()``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import itertools
 import pytest
 import torch
 
-from fastrnn.backends import generic, reference, reference_norm
+from fastrnn.backends import cpu_loops, generic, reference, reference_norm
 from fastrnn.cells import GRU, LSTM, LSTM_PEEPHOLE, RNN_RELU, RNN_TANH, Cell
 from fastrnn.cells.variants import layer_norm_gru, layer_norm_lstm
 from fastrnn.schedule import Schedule
@@ -108,6 +110,19 @@ def generic_refuses(monkeypatch):
 @pytest.mark.parametrize("name", list(CELLS))
 @pytest.mark.parametrize("packed, reverse, resets", list(itertools.product([False, True], repeat=3)))
 def test_tuned_loop_matches_generic(name, packed, reverse, resets, generic_refuses):
+    _check_tuned_loop(name, packed, reverse, resets, generic_refuses)
+
+
+@pytest.mark.parametrize("name", ["LSTM", "LSTM_PEEPHOLE"])
+@pytest.mark.parametrize("packed, reverse, resets", list(itertools.product([False, True], repeat=3)))
+def test_python_loop_matches_generic(name, packed, reverse, resets, generic_refuses):
+    """The Python loops where the C++ loops of :mod:`fastrnn.backends.cpu_loops` stand in for
+    them (the test above runs those)."""
+    with cpu_loops.disabled():
+        _check_tuned_loop(name, packed, reverse, resets, generic_refuses)
+
+
+def _check_tuned_loop(name, packed, reverse, resets, generic_refuses):
     cell, proj = CELLS[name]
     schedule, inputs, flags, grads = _inputs(cell, proj, packed, resets)
     entering = None if flags is None else schedule.entering_resets(flags, reverse)

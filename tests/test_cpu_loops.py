@@ -1,0 +1,195 @@
+"""The LSTM's C++ CPU loops (:mod:`fastrnn.backends.cpu_loops`) against the Python loops they
+stand in for.
+
+The Python loops are themselves checked against the generic loop
+(``test_reference_tuned_variants.py``, ``test_reference_regularised.py``) and against plain
+loops of the equations (``test_variants.py``, ``test_regularisers.py``, ``test_resets.py``,
+which now run the C++ loops wherever they apply). Here both run the same layer on the same
+inputs and the same masks (the same seed before each run): every output and every gradient
+(input, h0, c0, each parameter), padded and packed with unsorted lengths, both directions,
+two layers, with resets, in training and eval, each regulariser alone and together, the
+peephole LSTM; and a counter proves the C++ loops ran.
+
+Tolerances: float64 runs the same formulas with libm's exp/tanh in another order of
+operations (1e-9). float32 uses a polynomial exp (about 1 ulp) and a GEMM in another
+summation order: a few float32 ulps per step over six steps and two layers (rtol 2e-5,
+atol 2e-6).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import fastrnn
+from fastrnn.backends import cpu_loops
+from test_variants import randomise
+
+TOL = {torch.float64: dict(rtol=1e-9, atol=1e-10), torch.float32: dict(rtol=2e-5, atol=2e-6)}
+VARIANTS = {
+    "zoneout": dict(zoneout=(0.3, 0.4)),
+    "zoneout_h": dict(zoneout=0.3),
+    "zoneout_c": dict(zoneout=(0.0, 0.4)),
+    "rdrop": dict(recurrent_dropout=0.4),
+    "both": dict(zoneout=(0.3, 0.4), recurrent_dropout=0.4),
+    "peephole": dict(peephole=True),
+    "resets_only": dict(),
+}
+
+
+@pytest.fixture
+def cpp_calls(monkeypatch):
+    """Counts the C++ loops' forward and backward calls."""
+    calls = {"forward": 0, "backward": 0}
+    for name in calls:
+        real = getattr(cpu_loops, f"lstm_{name}")
+
+        def counted(*a, _real=real, _name=name, **k):
+            calls[_name] += 1
+            return _real(*a, **k)
+
+        monkeypatch.setattr(cpu_loops, f"lstm_{name}", counted)
+    return calls
+
+
+def _run(m, dtype, packed, seed, steps=6, batch=4, resets=True, nan=False):
+    gen = torch.Generator().manual_seed(2)
+    dirs = m.num_layers * (2 if m.bidirectional else 1)
+    size = m.hidden_size
+    x = torch.randn(steps, batch, m.input_size, generator=gen, dtype=dtype)
+    if nan:
+        x[2, 1, 0] = float("nan")
+    x.requires_grad_()
+    h0 = torch.randn(dirs, batch, size, generator=gen, dtype=dtype, requires_grad=True)
+    c0 = torch.randn(dirs, batch, size, generator=gen, dtype=dtype, requires_grad=True)
+    flags = torch.zeros(steps, batch, dtype=torch.bool)
+    flags[2, 1] = flags[steps - 2, 0] = flags[steps // 2, 2] = True
+    lengths = torch.tensor([steps - 2, steps, steps - 3, steps - 1] + [steps] * (batch - 4))
+    inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if packed else x
+    rst = pack_padded_sequence(flags, lengths, enforce_sorted=False) if packed else flags
+    torch.manual_seed(seed)
+    out, hidden = m(inp, (h0, c0), resets=rst if resets else None)
+    out = out.data if packed else out
+    outs = [out, *hidden]
+    weights = [torch.randn(t.shape, generator=gen, dtype=t.dtype) for t in outs]
+    loss = sum((t * w).nansum() for t, w in zip(outs, weights))
+    grads = torch.autograd.grad(loss, [x, h0, c0, *m.parameters()])
+    names = ["x", "h0", "c0"] + [n for n, _ in m.named_parameters()]
+    return [t.detach() for t in outs], dict(zip(names, grads))
+
+
+def _compare(m, dtype, packed, resets=True, tol=None, **kw):
+    got_out, got_grads = _run(m, dtype, packed, seed=5, resets=resets, **kw)
+    with cpu_loops.disabled():
+        want_out, want_grads = _run(m, dtype, packed, seed=5, resets=resets, **kw)
+    for a, b in zip(got_out, want_out):
+        torch.testing.assert_close(a, b, **(tol or TOL[dtype]), equal_nan=True)
+    for name, a in got_grads.items():
+        torch.testing.assert_close(a, want_grads[name], **(tol or TOL[dtype]), equal_nan=True,
+                                   msg=lambda s, name=name: f"{name}: {s}")
+
+
+def test_the_loops_build():
+    """CI and this machine have a C++ compiler: the C++ loops must build here (a failed
+    build falls back to the Python loops with a warning, which would leave them untested)."""
+    assert cpu_loops.available()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_cpp_loops_equal_the_python_loops(variant, packed, training, dtype, cpp_calls):
+    m = fastrnn.LSTM(3, 5, num_layers=2, bidirectional=True, dtype=dtype, backend="reference",
+                     **VARIANTS[variant]).train(training)
+    randomise(m, torch.Generator().manual_seed(1))
+    _compare(m, dtype, packed)
+    assert cpp_calls == {"forward": 4, "backward": 4}, cpp_calls
+
+
+@pytest.mark.parametrize("variant", ["peephole", "both"])
+def test_without_resets(variant, cpp_calls):
+    """The peephole LSTM without resets, and the regularisers without them."""
+    m = fastrnn.LSTM(3, 5, bidirectional=True, dtype=torch.float64, backend="reference", **VARIANTS[variant])
+    randomise(m, torch.Generator().manual_seed(3))
+    _compare(m, torch.float64, packed=True, resets=False)
+    assert cpp_calls == {"forward": 2, "backward": 2}, cpp_calls
+
+
+@pytest.mark.parametrize("variant", ["peephole", "both"])
+def test_steps_past_the_small_product_and_the_thread_split(variant, cpp_calls):
+    """Batch x 4H x H above the C++ loops' own small GEMM (ATen's GEMM runs), and a step wide
+    enough to split its rows between threads."""
+    m = fastrnn.LSTM(4, 64, dtype=torch.float32, backend="reference", **VARIANTS[variant])
+    randomise(m, torch.Generator().manual_seed(4))
+    # (the weight gradients sum 520 rows: float32 rounding of each grows with the square root)
+    _compare(m, torch.float32, packed=True, steps=4, batch=130, tol=dict(rtol=1e-4, atol=2e-5))
+    assert cpp_calls["forward"] == 1
+
+
+def test_nan_in_the_input_spreads_as_in_the_python_loops(cpp_calls):
+    m = fastrnn.LSTM(3, 5, dtype=torch.float32, backend="reference", peephole=True)
+    randomise(m, torch.Generator().manual_seed(6))
+    got_out, _ = _run(m, torch.float32, False, seed=1, nan=True)
+    assert torch.isnan(got_out[0]).any() and not torch.isnan(got_out[0]).all()
+    _compare(m, torch.float32, False, nan=True)
+
+
+def test_inference_saves_nothing_and_equals_the_python_loops(cpp_calls):
+    m = fastrnn.LSTM(3, 5, dtype=torch.float32, backend="reference", zoneout=(0.2, 0.3), recurrent_dropout=0.2)
+    x = torch.randn(7, 3, 3)
+    with torch.no_grad():
+        torch.manual_seed(3)
+        got = m(x)
+        with cpu_loops.disabled():
+            torch.manual_seed(3)
+            want = m(x)
+    torch.testing.assert_close(got, want, **TOL[torch.float32])
+    assert cpp_calls == {"forward": 1, "backward": 0}
+
+
+def test_gradcheck_through_the_cpp_loops(cpp_calls):
+    """fp64 gradcheck of the input, the initial state, W_hh and a peephole weight, with resets."""
+    m = fastrnn.LSTM(2, 3, dtype=torch.float64, backend="reference", peephole=True)
+    randomise(m, torch.Generator().manual_seed(7))
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(4, 2, 2, dtype=torch.float64, generator=gen, requires_grad=True)
+    h0 = torch.randn(1, 2, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+    c0 = torch.randn(1, 2, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+    w_hh = m.weight_hh_l0.detach().clone().requires_grad_()
+    w_cf = m.weight_cf_l0.detach().clone().requires_grad_()
+    flags = torch.tensor([[False, False], [True, False], [False, False], [False, True]])
+
+    def f(x, h0, c0, w_hh, w_cf):
+        out, (h, c) = torch.func.functional_call(m, {"weight_hh_l0": w_hh, "weight_cf_l0": w_cf}, (x, (h0, c0)),
+                                                 {"resets": flags})
+        return out, h, c
+
+    assert torch.autograd.gradcheck(f, (x, h0, c0, w_hh, w_cf), eps=1e-6, atol=1e-7)
+    assert cpp_calls["forward"] >= 1 and cpp_calls["backward"] >= 1
+
+
+def test_a_failed_build_warns_once_and_runs_the_python_loops(monkeypatch):
+    from torch.utils import cpp_extension
+
+    def no_compiler(*a, **k):
+        raise RuntimeError("no C++ compiler here")
+
+    monkeypatch.setitem(cpu_loops._state, "built", None)
+    monkeypatch.setattr(cpp_extension, "load", no_compiler)
+    m = fastrnn.LSTM(3, 4, backend="reference", peephole=True)
+    x = torch.randn(5, 2, 3)
+    with pytest.warns(RuntimeWarning, match="could not be built.*no C\\+\\+ compiler here"):
+        got = m(x)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once: the second call does not warn again
+        again = m(x)[0]
+    assert cpu_loops.available() is False
+    monkeypatch.setitem(cpu_loops._state, "built", True)
+    with cpu_loops.disabled():
+        want = m(x)[0]
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(again, want, rtol=0, atol=0)
