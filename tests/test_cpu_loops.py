@@ -38,6 +38,20 @@ VARIANTS = {
     "peephole": dict(peephole=True),
     "resets_only": dict(),
 }
+# The wide cases' gradients reach about 70 and sum 520 rows each: 1e-4 is about 1.5e-6 of
+# the largest, a dozen float32 ulps.
+WIDE = dict(rtol=1e-4, atol=1e-4)
+H_VARIANTS = {  # the cells without a cell state
+    "zoneout": dict(zoneout=0.3),
+    "rdrop": dict(recurrent_dropout=0.4),
+    "both": dict(zoneout=0.3, recurrent_dropout=0.4),
+    "resets_only": dict(),
+}
+MAKERS = {
+    "GRU": lambda **k: fastrnn.GRU(3, 5, **k),
+    "RNN_TANH": lambda **k: fastrnn.RNN(3, 5, **k),
+    "RNN_RELU": lambda **k: fastrnn.RNN(3, 5, nonlinearity="relu", **k),
+}
 
 
 @pytest.fixture
@@ -45,13 +59,13 @@ def cpp_calls(monkeypatch):
     """Counts the C++ loops' forward and backward calls."""
     calls = {"forward": 0, "backward": 0}
     for name in calls:
-        real = getattr(cpu_loops, f"lstm_{name}")
+        real = getattr(cpu_loops, name)
 
         def counted(*a, _real=real, _name=name, **k):
             calls[_name] += 1
             return _real(*a, **k)
 
-        monkeypatch.setattr(cpu_loops, f"lstm_{name}", counted)
+        monkeypatch.setattr(cpu_loops, name, counted)
     return calls
 
 
@@ -65,19 +79,21 @@ def _run(m, dtype, packed, seed, steps=6, batch=4, resets=True, nan=False):
     x.requires_grad_()
     h0 = torch.randn(dirs, batch, size, generator=gen, dtype=dtype, requires_grad=True)
     c0 = torch.randn(dirs, batch, size, generator=gen, dtype=dtype, requires_grad=True)
+    lstm = isinstance(m, fastrnn.LSTM)
     flags = torch.zeros(steps, batch, dtype=torch.bool)
     flags[2, 1] = flags[steps - 2, 0] = flags[steps // 2, 2] = True
     lengths = torch.tensor([steps - 2, steps, steps - 3, steps - 1] + [steps] * (batch - 4))
     inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if packed else x
     rst = pack_padded_sequence(flags, lengths, enforce_sorted=False) if packed else flags
     torch.manual_seed(seed)
-    out, hidden = m(inp, (h0, c0), resets=rst if resets else None)
+    out, hidden = m(inp, (h0, c0) if lstm else h0, resets=rst if resets else None)
     out = out.data if packed else out
-    outs = [out, *hidden]
+    outs = [out, *(hidden if lstm else (hidden,))]
     weights = [torch.randn(t.shape, generator=gen, dtype=t.dtype) for t in outs]
     loss = sum((t * w).nansum() for t, w in zip(outs, weights))
-    grads = torch.autograd.grad(loss, [x, h0, c0, *m.parameters()])
-    names = ["x", "h0", "c0"] + [n for n, _ in m.named_parameters()]
+    leaves = [x, h0, c0] if lstm else [x, h0]
+    grads = torch.autograd.grad(loss, [*leaves, *m.parameters()])
+    names = ["x", "h0", "c0"][: len(leaves)] + [n for n, _ in m.named_parameters()]
     return [t.detach() for t in outs], dict(zip(names, grads))
 
 
@@ -110,6 +126,29 @@ def test_cpp_loops_equal_the_python_loops(variant, packed, training, dtype, cpp_
     assert cpp_calls == {"forward": 4, "backward": 4}, cpp_calls
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("variant", list(H_VARIANTS))
+@pytest.mark.parametrize("kind", list(MAKERS))
+def test_gru_and_rnn_cpp_loops_equal_the_python_loops(kind, variant, packed, training, dtype, cpp_calls):
+    m = MAKERS[kind](num_layers=2, bidirectional=True, dtype=dtype, backend="reference",
+                     **H_VARIANTS[variant]).train(training)
+    randomise(m, torch.Generator().manual_seed(1))
+    _compare(m, dtype, packed)
+    assert cpp_calls == {"forward": 4, "backward": 4}, cpp_calls
+
+
+@pytest.mark.parametrize("kind", list(MAKERS))
+def test_gru_and_rnn_past_the_small_product_and_the_thread_split(kind, cpp_calls):
+    wide = {"GRU": lambda **k: fastrnn.GRU(4, 96, **k), "RNN_TANH": lambda **k: fastrnn.RNN(4, 96, **k),
+            "RNN_RELU": lambda **k: fastrnn.RNN(4, 96, nonlinearity="relu", **k)}
+    m = wide[kind](backend="reference", **H_VARIANTS["both"])
+    randomise(m, torch.Generator().manual_seed(4))
+    _compare(m, torch.float32, packed=True, steps=4, batch=130, tol=WIDE)
+    assert cpp_calls["forward"] == 1
+
+
 @pytest.mark.parametrize("variant", ["peephole", "both"])
 def test_without_resets(variant, cpp_calls):
     """The peephole LSTM without resets, and the regularisers without them."""
@@ -125,8 +164,7 @@ def test_steps_past_the_small_product_and_the_thread_split(variant, cpp_calls):
     enough to split its rows between threads."""
     m = fastrnn.LSTM(4, 64, dtype=torch.float32, backend="reference", **VARIANTS[variant])
     randomise(m, torch.Generator().manual_seed(4))
-    # (the weight gradients sum 520 rows: float32 rounding of each grows with the square root)
-    _compare(m, torch.float32, packed=True, steps=4, batch=130, tol=dict(rtol=1e-4, atol=2e-5))
+    _compare(m, torch.float32, packed=True, steps=4, batch=130, tol=WIDE)
     assert cpp_calls["forward"] == 1
 
 

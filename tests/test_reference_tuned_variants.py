@@ -7,8 +7,8 @@ Each case runs both on the same inputs and compares every output of the forward 
 without ``save``) and every gradient of the backward that does not depend on what was
 saved (``dxg``, ``dhg``, ``dh0``, ``dc0``, ``dw_hr``, ``dparams``), packed and padded, both
 directions, with and without resets; the generic loop is made to raise while the tuned
-one runs, so a case passes only when the tuned loop is what ran. float64 throughout. The
-LSTM with resets and the peephole LSTM run the C++ loops of
+one runs, so a case passes only when the tuned loop is what ran. float64 throughout. torch's
+cells with resets and the peephole LSTM run the C++ loops of
 :mod:`fastrnn.backends.cpu_loops` here, and their Python loops under ``cpu_loops.disabled()``.
 """
 
@@ -113,7 +113,7 @@ def test_tuned_loop_matches_generic(name, packed, reverse, resets, generic_refus
     _check_tuned_loop(name, packed, reverse, resets, generic_refuses)
 
 
-@pytest.mark.parametrize("name", ["LSTM", "LSTM_PEEPHOLE"])
+@pytest.mark.parametrize("name", ["LSTM", "LSTM_PEEPHOLE", "GRU", "RNN_TANH", "RNN_RELU"])
 @pytest.mark.parametrize("packed, reverse, resets", list(itertools.product([False, True], repeat=3)))
 def test_python_loop_matches_generic(name, packed, reverse, resets, generic_refuses):
     """The Python loops where the C++ loops of :mod:`fastrnn.backends.cpu_loops` stand in for

@@ -1,23 +1,28 @@
-"""The LSTM's reference loops in C++, built at first use (``cpu_loops.cpp`` beside this file).
+"""The reference loops of torch's cells with resets, zoneout, recurrent dropout or
+peepholes, in C++ (``cpu_loops.h``, ``cpu_loops_lstm.cpp``, ``cpu_loops_gru_rnn.cpp`` beside
+this file), built at first use.
 
 The reference backend's Python loops dispatch a dozen torch ops per step, 3-5 us each on a
 CPU, against about 12 us for a whole step of oneDNN's fused LSTM at T=100, B=1, H=128: an
 LSTM with peepholes, resets, zoneout or recurrent dropout ran 3-6x slower than the plain
-layer. These loops do the same arithmetic, step by step, as one ATen GEMM plus one pass of
-C++ over the step's rows; they take the same inputs, save the same tensors and return the
-same results as the Python loops they stand in for (within float rounding: float32 uses a
-polynomial ``exp``, about 1 ulp; float64 uses libm):
+layer. These loops do the same arithmetic, step by step, as one GEMM (plain C++ loops for
+small products, ATen's GEMM above 2^17 multiply-adds) plus one pass of C++ over the step's
+rows; they take the same inputs, save the same tensors and return the same results as the
+Python loops they stand in for (within float rounding: float32 uses a polynomial ``exp``,
+about 1 ulp; float64 uses libm):
 
-- the LSTM without ``proj_size`` with resets, zoneout or recurrent dropout
-  (:mod:`fastrnn.backends.reference_regularised`'s loop, and the LSTM loop of
-  :mod:`fastrnn.backends.reference` with resets): saved ``(gates, c[, the cell's own c])``;
+- LSTM without ``proj_size``, GRU, RNN (tanh / relu) with resets, zoneout or recurrent
+  dropout (:mod:`fastrnn.backends.reference_regularised`'s loops, and those of
+  :mod:`fastrnn.backends.reference` with resets). Saved: LSTM ``(gates, c[, the cell's own
+  c with zoneout of c])``, GRU ``(gates, W_hn h + b_hn)``, RNN ``(the cell's own h,)`` with
+  zoneout, else nothing (the backward reads ``y``);
 - the peephole LSTM (:mod:`fastrnn.backends.reference_peephole`), with or without resets:
   saved ``(gates, c)``.
 
 They build with torch's C++ extension loader (a C++ compiler and ninja; ``-march=native``,
-so the build directory's name carries a hash of this CPU's flags). When the build fails,
-the Python loops run and one warning says why. :func:`disabled` runs the Python loops for
-a while (the tests compare the two).
+so the extension's name carries a hash of the sources and of this CPU's flags). When the
+build fails, the Python loops run and one warning says why. :func:`disabled` runs the
+Python loops for a while (the tests compare the two).
 """
 
 from __future__ import annotations
@@ -30,7 +35,11 @@ import warnings
 
 import torch
 
-_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_loops.cpp")
+from ..kinds import CellKind
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_SOURCES = [os.path.join(_HERE, name) for name in ("cpu_loops_lstm.cpp", "cpu_loops_gru_rnn.cpp")]
+_HEADER = os.path.join(_HERE, "cpu_loops.h")
 _FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math"]
 _DTYPES = (torch.float32, torch.float64)
 
@@ -38,27 +47,31 @@ _lock = threading.Lock()
 _state = {"built": None, "enabled": True}
 
 
-def _cpu_tag() -> str:
-    """A short hash of this CPU's feature flags (the build is ``-march=native``)."""
+def _tag() -> str:
+    """A short hash of the sources (the header too: torch's loader hashes only the ``.cpp``
+    files it compiles) and of this CPU's feature flags (the build is ``-march=native``)."""
+    digest = hashlib.sha1()
+    for path in [*_SOURCES, _HEADER]:
+        with open(path, "rb") as f:
+            digest.update(f.read())
     try:
         with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
+            digest.update(next((line for line in f if line.startswith("flags")), "").encode())
     except OSError:
-        flags = ""
-    return hashlib.sha1(flags.encode()).hexdigest()[:10]
+        pass
+    return digest.hexdigest()[:12]
 
 
 def _build() -> bool:
     from torch.utils import cpp_extension
 
-    name = f"fastrnn_cpu_loops_{_cpu_tag()}"
     try:
-        cpp_extension.load(name=name, sources=[_SOURCE], extra_cflags=_FLAGS, is_python_module=False,
-                           verbose=False)
+        cpp_extension.load(name=f"fastrnn_cpu_loops_{_tag()}", sources=_SOURCES, extra_cflags=_FLAGS,
+                           is_python_module=False, verbose=False)
     except Exception as exc:  # a missing compiler or ninja: the Python loops run instead
         warnings.warn(
-            f"fastrnn: the C++ CPU loops could not be built ({type(exc).__name__}: {exc}); the LSTM "
-            "variants (peepholes, resets, zoneout, recurrent dropout) run the Python loops, several "
+            f"fastrnn: the C++ CPU loops could not be built ({type(exc).__name__}: {exc}); the LSTM, GRU "
+            "and RNN with resets, zoneout, recurrent dropout or peepholes run the Python loops, several "
             "times slower on small layers.",
             RuntimeWarning,
             stacklevel=4,
@@ -154,3 +167,83 @@ def lstm_backward(saved, w_hh, c0, dy, dh_n, dc_n, schedule, reverse, params=Non
     if params is None:
         return BackwardResult(dgates, dgates, dh0, dc0, None)
     return BackwardResult(dgates, dgates, dh0, dc0, None, dparams.to(params.dtype))
+
+
+def gru_forward(xg, w_hh, b_hh, h0, schedule, reverse, save, resets=None, zoneout=None, recurrent_scale=None):
+    """``(y, h_n, None, saved)``; ``saved`` is ``(gates, W_hn h + b_hn)`` (empty unless ``save``)."""
+    from .base import ForwardResult
+
+    order, offsets, sizes = _schedule_lists(schedule, reverse)
+    mask_h, p_h, _, _ = _zoneout_args(zoneout)
+    with torch.no_grad():
+        y, h_n, hn_seq = torch.ops.fastrnn_cpu_loops.gru_forward(
+            xg, w_hh.contiguous(), _contig(b_hh, xg.dtype), h0.contiguous(), order, offsets, sizes, _contig(resets),
+            mask_h, p_h, _contig(recurrent_scale, xg.dtype),
+        )
+    return ForwardResult(y, h_n, None, (xg, hn_seq) if save else ())
+
+
+def gru_backward(saved, w_hh, h0, y, dy, dh_n, schedule, reverse, resets=None, zoneout=None, recurrent_scale=None):
+    from .base import BackwardResult
+
+    gates, hn_seq = saved
+    order, offsets, sizes = _schedule_lists(schedule, reverse)
+    mask_h, p_h, _, _ = _zoneout_args(zoneout)
+    with torch.no_grad():
+        dxg, dhg, dh0 = torch.ops.fastrnn_cpu_loops.gru_backward(
+            gates, hn_seq, h0.contiguous(), w_hh.contiguous(), y.contiguous(), dy.contiguous(), dh_n.contiguous(),
+            order, offsets, sizes, _contig(resets), mask_h, p_h, _contig(recurrent_scale, gates.dtype),
+        )
+    return BackwardResult(dxg, dhg, dh0, None, None)
+
+
+def rnn_forward(kind, xg, w_hh, h0, schedule, reverse, save, resets=None, zoneout=None, recurrent_scale=None):
+    """``(y, h_n, None, saved)``; ``saved`` is the cell's own new h with zoneout (``xg``,
+    overwritten), else empty (the backward reads ``y``, which is ``xg`` then)."""
+    from .base import ForwardResult
+
+    order, offsets, sizes = _schedule_lists(schedule, reverse)
+    mask_h, p_h, _, _ = _zoneout_args(zoneout)
+    with torch.no_grad():
+        y, h_n = torch.ops.fastrnn_cpu_loops.rnn_forward(
+            xg, w_hh.contiguous(), h0.contiguous(), kind is CellKind.RNN_TANH, order, offsets, sizes,
+            _contig(resets), mask_h, p_h, _contig(recurrent_scale, xg.dtype),
+        )
+    zoned = mask_h is not None or p_h > 0
+    return ForwardResult(y, h_n, None, (xg,) if save and zoned else ())
+
+
+def rnn_backward(kind, saved, w_hh, y, dy, dh_n, schedule, reverse, resets=None, zoneout=None, recurrent_scale=None):
+    from .base import BackwardResult
+
+    order, offsets, sizes = _schedule_lists(schedule, reverse)
+    mask_h, p_h, _, _ = _zoneout_args(zoneout)
+    with torch.no_grad():
+        dxg, dh0 = torch.ops.fastrnn_cpu_loops.rnn_backward(
+            (saved[0] if saved else y).contiguous(), w_hh.contiguous(), kind is CellKind.RNN_TANH, dy.contiguous(),
+            dh_n.contiguous(), order, offsets, sizes, _contig(resets), mask_h, p_h,
+            _contig(recurrent_scale, dy.dtype),
+        )
+    return BackwardResult(dxg, dxg, dh0, None, None)
+
+
+def forward(kind, xg, w_hh, b_hh, h0, c0, schedule, reverse, save, params=None, resets=None, zoneout=None,
+            recurrent_scale=None):
+    """The forward loop of one of torch's cells (or the peephole LSTM: ``params``)."""
+    extras = dict(resets=resets, zoneout=zoneout, recurrent_scale=recurrent_scale)
+    if kind is CellKind.GRU:
+        return gru_forward(xg, w_hh, b_hh, h0, schedule, reverse, save, **extras)
+    if kind is CellKind.RNN_TANH or kind is CellKind.RNN_RELU:
+        return rnn_forward(kind, xg, w_hh, h0, schedule, reverse, save, **extras)
+    return lstm_forward(xg, w_hh, h0, c0, schedule, reverse, save, params, **extras)
+
+
+def backward(kind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, reverse, params=None, resets=None, zoneout=None,
+             recurrent_scale=None):
+    """The backward loop for :func:`forward`'s ``saved``."""
+    extras = dict(resets=resets, zoneout=zoneout, recurrent_scale=recurrent_scale)
+    if kind is CellKind.GRU:
+        return gru_backward(saved, w_hh, h0, y, dy, dh_n, schedule, reverse, **extras)
+    if kind is CellKind.RNN_TANH or kind is CellKind.RNN_RELU:
+        return rnn_backward(kind, saved, w_hh, y, dy, dh_n, schedule, reverse, **extras)
+    return lstm_backward(saved, w_hh, c0, dy, dh_n, dc_n, schedule, reverse, params, **extras)

@@ -458,12 +458,14 @@ def _refuse_projection(kind, w_hr):
         raise ValueError(f"fastrnn: proj_size is only supported for LSTM, not for cell {kind.name!r}")
 
 
-def _cpp_lstm(kind, like, w_hr, params, resets) -> bool:
-    """Whether a call without regularisers runs :mod:`fastrnn.backends.cpu_loops`: the LSTM
-    without ``proj_size`` with resets, and the peephole LSTM (the variants torch has no
-    kernel for; the plain LSTM keeps these loops, whose saved layout differs)."""
+def _cpp_loop(kind, like, w_hr, params, resets) -> bool:
+    """Whether a call without regularisers runs :mod:`fastrnn.backends.cpu_loops`: torch's
+    cells with resets (the LSTM without ``proj_size``) and the peephole LSTM (the variants
+    torch has no kernel for; the plain cells keep these loops)."""
     if kind is CellKind.LSTM:
         wanted = resets is not None and w_hr is None
+    elif kind in (CellKind.GRU, CellKind.RNN_TANH, CellKind.RNN_RELU):
+        wanted = resets is not None
     else:
         wanted = kind is LSTM_PEEPHOLE and params is not None
     return wanted and cpu_loops.runs(like)
@@ -484,13 +486,13 @@ def forward(kind, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save, params=
         from . import reference_regularised  # (it builds on this module's helpers)
 
         if reference_regularised.runs(kind, w_hr):
-            if kind is CellKind.LSTM and cpu_loops.runs(xg):
-                return cpu_loops.lstm_forward(xg, w_hh, h0, c0, schedule, reverse, save, resets=resets, **loop)
+            if cpu_loops.runs(xg):
+                return cpu_loops.forward(kind, xg, w_hh, b_hh, h0, c0, schedule, reverse, save, resets=resets, **loop)
             return reference_regularised.forward(kind, xg, w_hh, b_hh, h0, c0, schedule, reverse, save,
                                                  reset_steps(resets, schedule), **loop)
         return generic.forward(kind, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save, params, resets, **loop)
-    if _cpp_lstm(kind, xg, w_hr, params, resets):
-        return cpu_loops.lstm_forward(xg, w_hh, h0, c0, schedule, reverse, save, params, resets)
+    if _cpp_loop(kind, xg, w_hr, params, resets):
+        return cpu_loops.forward(kind, xg, w_hh, b_hh, h0, c0, schedule, reverse, save, params, resets)
     cuts = reset_steps(resets, schedule)
     if kind is CellKind.LSTM:
         return _lstm_forward(xg, w_hh, w_hr, h0, c0, schedule, reverse, save, cuts)
@@ -515,15 +517,15 @@ def backward(kind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule,
         from . import reference_regularised
 
         if reference_regularised.runs(kind, w_hr):
-            if kind is CellKind.LSTM and cpu_loops.runs(dy):
-                return cpu_loops.lstm_backward(saved, w_hh, c0, dy, dh_n, dc_n, schedule, reverse, resets=resets,
-                                               **loop)
+            if cpu_loops.runs(dy):
+                return cpu_loops.backward(kind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, reverse,
+                                          resets=resets, **loop)
             return reference_regularised.backward(kind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, reverse,
                                                   resets, reset_steps(resets, schedule), **loop)
         return generic.backward(kind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reverse,
                                 params, resets, **loop)
-    if _cpp_lstm(kind, dy, w_hr, params, resets):
-        return cpu_loops.lstm_backward(saved, w_hh, c0, dy, dh_n, dc_n, schedule, reverse, params, resets)
+    if _cpp_loop(kind, dy, w_hr, params, resets):
+        return cpu_loops.backward(kind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, reverse, params, resets)
     cuts = reset_steps(resets, schedule)
     if kind is CellKind.LSTM:
         return _lstm_backward(saved, w_hh, w_hr, c0, dy, dh_n, dc_n, schedule, reverse, resets, cuts)

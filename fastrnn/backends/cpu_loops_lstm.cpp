@@ -1,99 +1,11 @@
-// The LSTM's CPU time loops in C++: the reference backend's LSTM loops (with resets,
-// zoneout, recurrent dropout or peepholes) step by step, with the same arithmetic, inputs
-// and saved tensors, but one ATen GEMM and one pass of plain C++ over the step's rows per
-// step instead of a dozen dispatched torch ops. Built at first use by
-// fastrnn/backends/cpu_loops.py, which documents the interface.
-//
-// State model (fastrnn/backends/base.py): one state buffer of B rows; step t reads and
-// rewrites rows [0, sizes[t]); the rows of a step are xg rows [offsets[t], offsets[t] + sizes[t]).
+// The LSTM's CPU time loops in C++ (with resets, zoneout, recurrent dropout or
+// peepholes): the reference backend's Python loops step by step, with the same arithmetic,
+// inputs and saved tensors, one GEMM and one pass over the step's rows per step.
 
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
+#include "cpu_loops.h"
 
-#include <cmath>
-#include <cstdint>
-#include <cstring>
-#include <vector>
-
+namespace fastrnn_cpu {
 namespace {
-
-// exp for float as a range reduction and a degree-6 polynomial (the Cephes expf
-// coefficients, about 1 ulp), written so that the compiler vectorises the loops it sits
-// in; the clamp keeps 2^n a normal float.
-inline float exp_f(float x) {
-  x = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
-  float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
-  float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.f;
-  int32_t bits = ((int32_t)n + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
-}
-
-inline float sigmoid_f(float x) { return 1.f / (1.f + exp_f(-x)); }
-
-// tanh: an odd polynomial near 0 (Cephes tanhf), 1 - 2 / (exp(2|x|) + 1) elsewhere.
-inline float tanh_f(float x) {
-  float ax = x < 0.f ? -x : x;
-  float z = x * x;
-  float near0 = x + x * z *
-      ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z - 5.37397155531e-2f) * z + 1.33314422036e-1f) * z -
-       3.33332819422e-1f);
-  float far = 1.f - 2.f / (exp_f(2.f * ax) + 1.f);
-  far = x < 0.f ? -far : far;
-  return ax < 0.625f ? near0 : far;
-}
-
-// double keeps libm's functions: fp64 is what gradcheck runs.
-inline float sig(float x) { return sigmoid_f(x); }
-inline float th(float x) { return tanh_f(x); }
-inline double sig(double x) { return 1.0 / (1.0 + std::exp(-x)); }
-inline double th(double x) { return std::tanh(x); }
-
-// What a call has besides the LSTM's own inputs; a null pointer is "not given".
-template <typename T>
-struct Extras {
-  const T* w_ci = nullptr;  // peepholes (H each)
-  const T* w_cf = nullptr;
-  const T* w_co = nullptr;
-  const bool* resets = nullptr;  // (N,) the state entering the row's step is zero
-  const bool* mask_h = nullptr;  // (N, H) zoneout masks (training)
-  const bool* mask_c = nullptr;
-  T p_h = 0, p_c = 0;             // zoneout probabilities (eval, without masks)
-  bool zoned_h = false, zoned_c = false;
-  const T* rscale = nullptr;      // (B, H) recurrent-dropout scale
-};
-
-template <typename T>
-Extras<T> extras_of(const c10::optional<at::Tensor>& params, const c10::optional<at::Tensor>& resets,
-                    const c10::optional<at::Tensor>& mask_h, double p_h, const c10::optional<at::Tensor>& mask_c,
-                    double p_c, const c10::optional<at::Tensor>& rscale) {
-  Extras<T> e;
-  if (params.has_value()) {
-    const T* p = params->data_ptr<T>();
-    int64_t H = params->size(1);
-    e.w_ci = p;
-    e.w_cf = p + H;
-    e.w_co = p + 2 * H;
-  }
-  if (resets.has_value()) e.resets = resets->data_ptr<bool>();
-  if (mask_h.has_value()) e.mask_h = mask_h->data_ptr<bool>();
-  if (mask_c.has_value()) e.mask_c = mask_c->data_ptr<bool>();
-  e.p_h = static_cast<T>(p_h);
-  e.p_c = static_cast<T>(p_c);
-  e.zoned_h = e.mask_h != nullptr || p_h > 0;
-  e.zoned_c = e.mask_c != nullptr || p_c > 0;
-  if (rscale.has_value()) e.rscale = rscale->data_ptr<T>();
-  return e;
-}
 
 // The cell of one row: activates the gates in place, writes the new c and h.
 template <typename T, bool PEEP>
@@ -115,72 +27,6 @@ void cell_forward(T* __restrict__ gi, T* __restrict__ gf, T* __restrict__ gg, T*
     hn[j] = o * th(c_new);
   }
 }
-
-// Zoneout's blend of one row: `mask ? prev : new` in training, `new + p (prev - new)` in eval.
-template <typename T>
-void blend(T* __restrict__ out, const T* __restrict__ prev, const T* __restrict__ fresh, const bool* __restrict__ mask,
-           T p, int64_t H) {
-  if (mask != nullptr) {
-    for (int64_t j = 0; j < H; ++j) out[j] = mask[j] ? prev[j] : fresh[j];
-  } else {
-    for (int64_t j = 0; j < H; ++j) out[j] = fresh[j] + p * (prev[j] - fresh[j]);
-  }
-}
-
-// The gradient of a zoned-out state split into the cell's part and the entering state's part.
-template <typename T>
-void split(T* __restrict__ cell, T* __restrict__ kept, const T* __restrict__ grad, const bool* __restrict__ mask, T p,
-           int64_t H) {
-  if (mask != nullptr) {
-    for (int64_t j = 0; j < H; ++j) {
-      cell[j] = mask[j] ? T(0) : grad[j];
-      kept[j] = mask[j] ? grad[j] : T(0);
-    }
-  } else {
-    for (int64_t j = 0; j < H; ++j) {
-      cell[j] = grad[j] * (T(1) - p);
-      kept[j] = grad[j] * p;
-    }
-  }
-}
-
-// Small products in plain loops: ATen's GEMM costs a few microseconds to dispatch and to
-// wake its threads, more than the whole product at B = 1, H = 128. Above this many
-// multiply-adds per step ATen's (threaded, blocked) GEMM runs instead.
-constexpr int64_t kSmallGemm = 1 << 17;
-
-// out (rows, n) += a (rows, k) @ b (k, n), all row-major and contiguous, in an axpy form
-// the compiler vectorises: four rows of b at a time (which stay in L1 while every output
-// row takes them), added to each output row.
-template <typename T>
-void small_gemm(T* __restrict__ out, const T* __restrict__ a, const T* __restrict__ b, int64_t rows, int64_t k,
-                int64_t n) {
-  int64_t q = 0;
-  for (; q + 4 <= k; q += 4) {
-    const T* b0 = b + q * n;
-    const T* b1 = b0 + n;
-    const T* b2 = b1 + n;
-    const T* b3 = b2 + n;
-    for (int64_t i = 0; i < rows; ++i) {
-      const T* ai = a + i * k + q;
-      const T a0 = ai[0], a1 = ai[1], a2 = ai[2], a3 = ai[3];
-      T* o = out + i * n;
-      for (int64_t j = 0; j < n; ++j) o[j] += a0 * b0[j] + a1 * b1[j] + a2 * b2[j] + a3 * b3[j];
-    }
-  }
-  for (; q < k; ++q) {
-    const T* bq = b + q * n;
-    for (int64_t i = 0; i < rows; ++i) {
-      const T aq = a[i * k + q];
-      T* o = out + i * n;
-      for (int64_t j = 0; j < n; ++j) o[j] += aq * bq[j];
-    }
-  }
-}
-
-// Rows per thread of a step's cell pass: about 10 ns an element (five exponentials), so
-// two threads pay for themselves from a few thousand elements on.
-int64_t grain(int64_t H) { return std::max<int64_t>(1, 4096 / std::max<int64_t>(H, 1)); }
 
 template <typename T, bool PEEP>
 std::vector<at::Tensor> forward_loop(at::Tensor xg, const at::Tensor& w_hh, const at::Tensor& h0, const at::Tensor& c0,
@@ -207,29 +53,11 @@ std::vector<at::Tensor> forward_loop(at::Tensor xg, const at::Tensor& w_hh, cons
   const int64_t G = 4 * H;
   for (int64_t t : order) {
     const int64_t lo = offsets[t], bs = sizes[t];
-    bool all_cut = e.resets != nullptr;
-    if (e.resets != nullptr) {
-      for (int64_t b = 0; b < bs; ++b) {
-        if (e.resets[lo + b]) {
-          std::fill(HS + b * H, HS + (b + 1) * H, T(0));
-          std::fill(CS + b * H, CS + (b + 1) * H, T(0));
-        } else {
-          all_cut = false;
-        }
-      }
-    }
-    if (!all_cut) {  // (every row reset: h = 0 adds nothing)
-      at::Tensor h_in = h_state.narrow(0, 0, bs);
-      if (SC != nullptr) {
-        for (int64_t k = 0; k < bs * H; ++k) SC[k] = HS[k] * e.rscale[k];
-        h_in = scaled.narrow(0, 0, bs);
-      }
-      if (bs * G * H <= kSmallGemm) {
-        small_gemm(X + lo * G, SC != nullptr ? SC : HS, W_T, bs, H, G);
-      } else {
-        at::Tensor rows = xg.narrow(0, lo, bs);
-        rows.addmm_(h_in, w_t);
-      }
+    if (!reset_rows(e.resets, lo, bs, H, HS, CS)) {  // (every row reset: h = 0 adds nothing)
+      const T* in = gemm_input<T>(HS, e.rscale, SC, bs * H);
+      gemm_acc(X + lo * G, in, W_T, bs, H, G, [&] {
+        xg.narrow(0, lo, bs).addmm_((SC != nullptr ? scaled : h_state).narrow(0, 0, bs), w_t);
+      });
     }
     at::parallel_for(0, bs, grain(H), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
@@ -323,8 +151,7 @@ std::vector<at::Tensor> backward_loop(const at::Tensor& gates, const at::Tensor&
         split(DCC + b * H, KC + b * H, DC + b * H, e.mask_c ? e.mask_c + r * H : nullptr, e.p_c, H);
         dc_new = DCC + b * H;
       }
-      const bool cut = e.resets != nullptr && e.resets[r];
-      const T* cp = cut ? Z : (b < prev_bs ? C + (prev_lo + b) * H : C0 + b * H);
+      const T* cp = entering_row(C, C0, Z, e.resets != nullptr && e.resets[r], b, prev_lo, prev_bs, H);
       const T* g = GA + r * G;
       T* d = DG + r * G;
       cell_backward<T, PEEP>(g, g + H, g + 2 * H, g + 3 * H, cp, CC + r * H, dh_new, dc_new, d, d + H, d + 2 * H,
@@ -347,34 +174,13 @@ std::vector<at::Tensor> backward_loop(const at::Tensor& gates, const at::Tensor&
       }
     }
     // The gradient reaching h_prev: (dgates @ W_hh) * scale + the part zoneout kept.
-    if (bs * G * H <= kSmallGemm) {
-      std::fill(DH, DH + bs * H, T(0));
-      small_gemm(DH, DG + lo * G, W, bs, G, H);
-    } else {
+    gemm_set(DH, DG + lo * G, W, bs, G, H, [&] {
       at::Tensor dh_rows = dh.narrow(0, 0, bs);
       at::mm_out(dh_rows, dgates.narrow(0, lo, bs), w_hh);
-    }
-    for (int64_t b = 0; b < bs; ++b) {
-      T* dh_t = DH + b * H;
-      if (e.rscale != nullptr) {
-        const T* s = e.rscale + b * H;
-        for (int64_t j = 0; j < H; ++j) dh_t[j] *= s[j];
-      }
-      if (e.zoned_h) {
-        const T* kh = KH + b * H;
-        for (int64_t j = 0; j < H; ++j) dh_t[j] += kh[j];
-      }
-      if (e.resets != nullptr && e.resets[lo + b]) {  // no gradient crosses a reset
-        std::fill(dh_t, dh_t + H, T(0));
-        std::fill(DC + b * H, DC + (b + 1) * H, T(0));
-      }
-    }
+    });
+    finish_dh<T>(DH, e.rscale, nullptr, e.zoned_h ? KH : nullptr, e.resets, lo, bs, H, DC);
   }
   return {dgates, dh, dc, dparams};
-}
-
-void check(const at::Tensor& t, const char* what) {
-  TORCH_CHECK(t.device().is_cpu() && t.is_contiguous(), "fastrnn cpu loops: ", what, " must be a contiguous CPU tensor");
 }
 
 std::vector<at::Tensor> lstm_forward(at::Tensor xg, const at::Tensor& w_hh, const at::Tensor& h0, const at::Tensor& c0,
@@ -414,6 +220,7 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& gates, const at::Tensor&
 }
 
 }  // namespace
+}  // namespace fastrnn_cpu
 
 TORCH_LIBRARY(fastrnn_cpu_loops, m) {
   m.def(
@@ -427,6 +234,6 @@ TORCH_LIBRARY(fastrnn_cpu_loops, m) {
 }
 
 TORCH_LIBRARY_IMPL(fastrnn_cpu_loops, CPU, m) {
-  m.impl("lstm_forward", &lstm_forward);
-  m.impl("lstm_backward", &lstm_backward);
+  m.impl("lstm_forward", &fastrnn_cpu::lstm_forward);
+  m.impl("lstm_backward", &fastrnn_cpu::lstm_backward);
 }

@@ -1,0 +1,251 @@
+// Shared by the C++ CPU loops (cpu_loops_lstm.cpp, cpu_loops_gru_rnn.cpp): the float
+// math, the extras a call may have, zoneout's blend and split, the small GEMM.
+// Built at first use by fastrnn/backends/cpu_loops.py, which documents the interface.
+//
+// State model (fastrnn/backends/base.py): one state buffer of B rows; step t reads and
+// rewrites rows [0, sizes[t]); the rows of a step are xg rows [offsets[t], offsets[t] + sizes[t]).
+
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace fastrnn_cpu {
+
+// exp for float as a range reduction and a degree-6 polynomial (the Cephes expf
+// coefficients, about 1 ulp), written so that the compiler vectorises the loops it sits
+// in; the clamp keeps 2^n a normal float.
+inline float exp_f(float x) {
+  x = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
+  float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
+  float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.f;
+  int32_t bits = ((int32_t)n + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
+inline float sigmoid_f(float x) { return 1.f / (1.f + exp_f(-x)); }
+
+// tanh: an odd polynomial near 0 (Cephes tanhf), 1 - 2 / (exp(2|x|) + 1) elsewhere.
+inline float tanh_f(float x) {
+  float ax = x < 0.f ? -x : x;
+  float z = x * x;
+  float near0 = x + x * z *
+      ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z - 5.37397155531e-2f) * z + 1.33314422036e-1f) * z -
+       3.33332819422e-1f);
+  float far = 1.f - 2.f / (exp_f(2.f * ax) + 1.f);
+  far = x < 0.f ? -far : far;
+  return ax < 0.625f ? near0 : far;
+}
+
+// double keeps libm's functions: fp64 is what gradcheck runs.
+inline float sig(float x) { return sigmoid_f(x); }
+inline float th(float x) { return tanh_f(x); }
+inline double sig(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+inline double th(double x) { return std::tanh(x); }
+
+// What a call has besides the LSTM's own inputs; a null pointer is "not given".
+template <typename T>
+struct Extras {
+  const T* w_ci = nullptr;  // peepholes (H each)
+  const T* w_cf = nullptr;
+  const T* w_co = nullptr;
+  const bool* resets = nullptr;  // (N,) the state entering the row's step is zero
+  const bool* mask_h = nullptr;  // (N, H) zoneout masks (training)
+  const bool* mask_c = nullptr;
+  T p_h = 0, p_c = 0;             // zoneout probabilities (eval, without masks)
+  bool zoned_h = false, zoned_c = false;
+  const T* rscale = nullptr;      // (B, H) recurrent-dropout scale
+};
+
+template <typename T>
+Extras<T> extras_of(const c10::optional<at::Tensor>& params, const c10::optional<at::Tensor>& resets,
+                    const c10::optional<at::Tensor>& mask_h, double p_h, const c10::optional<at::Tensor>& mask_c,
+                    double p_c, const c10::optional<at::Tensor>& rscale) {
+  Extras<T> e;
+  if (params.has_value()) {
+    const T* p = params->data_ptr<T>();
+    int64_t H = params->size(1);
+    e.w_ci = p;
+    e.w_cf = p + H;
+    e.w_co = p + 2 * H;
+  }
+  if (resets.has_value()) e.resets = resets->data_ptr<bool>();
+  if (mask_h.has_value()) e.mask_h = mask_h->data_ptr<bool>();
+  if (mask_c.has_value()) e.mask_c = mask_c->data_ptr<bool>();
+  e.p_h = static_cast<T>(p_h);
+  e.p_c = static_cast<T>(p_c);
+  e.zoned_h = e.mask_h != nullptr || p_h > 0;
+  e.zoned_c = e.mask_c != nullptr || p_c > 0;
+  if (rscale.has_value()) e.rscale = rscale->data_ptr<T>();
+  return e;
+}
+
+// Zoneout's blend of one row: `mask ? prev : new` in training, `new + p (prev - new)` in eval.
+template <typename T>
+void blend(T* __restrict__ out, const T* __restrict__ prev, const T* __restrict__ fresh, const bool* __restrict__ mask,
+           T p, int64_t H) {
+  if (mask != nullptr) {
+    for (int64_t j = 0; j < H; ++j) out[j] = mask[j] ? prev[j] : fresh[j];
+  } else {
+    for (int64_t j = 0; j < H; ++j) out[j] = fresh[j] + p * (prev[j] - fresh[j]);
+  }
+}
+
+// The gradient of a zoned-out state split into the cell's part and the entering state's part.
+template <typename T>
+void split(T* __restrict__ cell, T* __restrict__ kept, const T* __restrict__ grad, const bool* __restrict__ mask, T p,
+           int64_t H) {
+  if (mask != nullptr) {
+    for (int64_t j = 0; j < H; ++j) {
+      cell[j] = mask[j] ? T(0) : grad[j];
+      kept[j] = mask[j] ? grad[j] : T(0);
+    }
+  } else {
+    for (int64_t j = 0; j < H; ++j) {
+      cell[j] = grad[j] * (T(1) - p);
+      kept[j] = grad[j] * p;
+    }
+  }
+}
+
+// Small products in plain loops: ATen's GEMM costs a few microseconds to dispatch and to
+// wake its threads, more than the whole product at B = 1, H = 128. Above this many
+// multiply-adds per step ATen's (threaded, blocked) GEMM runs instead.
+constexpr int64_t kSmallGemm = 1 << 17;
+
+// out (rows, n) += a (rows, k) @ b (k, n), all row-major and contiguous, in an axpy form
+// the compiler vectorises: four rows of b at a time (which stay in L1 while every output
+// row takes them), added to each output row.
+template <typename T>
+void small_gemm(T* __restrict__ out, const T* __restrict__ a, const T* __restrict__ b, int64_t rows, int64_t k,
+                int64_t n) {
+  int64_t q = 0;
+  for (; q + 4 <= k; q += 4) {
+    const T* b0 = b + q * n;
+    const T* b1 = b0 + n;
+    const T* b2 = b1 + n;
+    const T* b3 = b2 + n;
+    for (int64_t i = 0; i < rows; ++i) {
+      const T* ai = a + i * k + q;
+      const T a0 = ai[0], a1 = ai[1], a2 = ai[2], a3 = ai[3];
+      T* o = out + i * n;
+      for (int64_t j = 0; j < n; ++j) o[j] += a0 * b0[j] + a1 * b1[j] + a2 * b2[j] + a3 * b3[j];
+    }
+  }
+  for (; q < k; ++q) {
+    const T* bq = b + q * n;
+    for (int64_t i = 0; i < rows; ++i) {
+      const T aq = a[i * k + q];
+      T* o = out + i * n;
+      for (int64_t j = 0; j < n; ++j) o[j] += aq * bq[j];
+    }
+  }
+}
+
+// Rows per thread of a step's cell pass: about 10 ns an element (five exponentials), so
+// two threads pay for themselves from a few thousand elements on.
+inline int64_t grain(int64_t H) { return std::max<int64_t>(1, 4096 / std::max<int64_t>(H, 1)); }
+
+// out (rows, n) += in (rows, k) @ b (k, n): the plain loops for small products, else `aten`
+// (ATen's GEMM on tensor views of the same memory, made only when it runs).
+template <typename T, typename Aten>
+void gemm_acc(T* out, const T* in, const T* b, int64_t rows, int64_t k, int64_t n, Aten&& aten) {
+  if (rows * k * n <= kSmallGemm) {
+    small_gemm(out, in, b, rows, k, n);
+  } else {
+    aten();
+  }
+}
+
+// out (rows, n) = in (rows, k) @ b (k, n), likewise.
+template <typename T, typename Aten>
+void gemm_set(T* out, const T* in, const T* b, int64_t rows, int64_t k, int64_t n, Aten&& aten) {
+  if (rows * k * n <= kSmallGemm) {
+    std::fill(out, out + rows * n, T(0));
+    small_gemm(out, in, b, rows, k, n);
+  } else {
+    aten();
+  }
+}
+
+// Zeroes, in each state buffer given, the rows a reset marks at the step of rows
+// [lo, lo + bs); true when every row was reset.
+template <typename T>
+bool reset_rows(const bool* resets, int64_t lo, int64_t bs, int64_t H, T* state, T* other = nullptr) {
+  if (resets == nullptr) return false;
+  bool all = true;
+  for (int64_t b = 0; b < bs; ++b) {
+    if (resets[lo + b]) {
+      std::fill(state + b * H, state + (b + 1) * H, T(0));
+      if (other != nullptr) std::fill(other + b * H, other + (b + 1) * H, T(0));
+    } else {
+      all = false;
+    }
+  }
+  return all;
+}
+
+// The GEMM's input of a step: the state, or the state times the recurrent-dropout scale.
+template <typename T>
+const T* gemm_input(const T* state, const T* rscale, T* scaled, int64_t n) {
+  if (rscale == nullptr) return state;
+  for (int64_t k = 0; k < n; ++k) scaled[k] = state[k] * rscale[k];
+  return scaled;
+}
+
+// The state that entered row b of a step, for the backward: zero after a reset, else the
+// previous step's row (its rows [prev_lo, prev_lo + prev_bs) of `seq`) or the initial state.
+template <typename T>
+const T* entering_row(const T* seq, const T* init, const T* zero, bool cut, int64_t b, int64_t prev_lo,
+                      int64_t prev_bs, int64_t H) {
+  if (cut) return zero;
+  return b < prev_bs ? seq + (prev_lo + b) * H : init + b * H;
+}
+
+// After the backward GEMM wrote dh_prev rows: times the recurrent-dropout scale, plus the
+// parts that bypass W_hh, zero where a reset cut the sequence.
+template <typename T>
+void finish_dh(T* dh, const T* rscale, const T* direct, const T* keep, const bool* resets, int64_t lo, int64_t bs,
+               int64_t H, T* dc = nullptr) {
+  for (int64_t b = 0; b < bs; ++b) {
+    T* d = dh + b * H;
+    if (rscale != nullptr) {
+      const T* s = rscale + b * H;
+      for (int64_t j = 0; j < H; ++j) d[j] *= s[j];
+    }
+    if (direct != nullptr) {
+      const T* a = direct + b * H;
+      for (int64_t j = 0; j < H; ++j) d[j] += a[j];
+    }
+    if (keep != nullptr) {
+      const T* a = keep + b * H;
+      for (int64_t j = 0; j < H; ++j) d[j] += a[j];
+    }
+    if (resets != nullptr && resets[lo + b]) {  // no gradient crosses a reset
+      std::fill(d, d + H, T(0));
+      if (dc != nullptr) std::fill(dc + b * H, dc + (b + 1) * H, T(0));
+    }
+  }
+}
+
+inline void check(const at::Tensor& t, const char* what) {
+  TORCH_CHECK(t.device().is_cpu() && t.is_contiguous(), "fastrnn cpu loops: ", what, " must be a contiguous CPU tensor");
+}
+
+}  // namespace fastrnn_cpu
