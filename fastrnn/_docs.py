@@ -27,9 +27,10 @@ layer and direction with a handwritten backward.
 Extra keyword argument:
     backend: ``"auto"``, ``"reference"``, ``"triton"``, or None (the default: read the
         ``FASTRNN_BACKEND`` environment variable at each call, else ``"auto"``).
-        ``"auto"`` runs the Triton kernels on CUDA tensors when triton imports and the
-        pure-PyTorch ``reference`` loop otherwise; asking for ``"triton"`` where it cannot
-        run raises an error, never a silent fallback.
+        ``"auto"`` runs the Triton kernels on CUDA tensors when triton imports; on the
+        CPU, torch's own kernels (``"native"``) or the ``reference`` loops, per call;
+        asking for ``"triton"`` where it cannot run raises an error, never a silent
+        fallback.
 
 Differences from ``torch.nn.{name}``:
     - an ``hx`` whose dtype differs from the input's is an error (torch.nn silently

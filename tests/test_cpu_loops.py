@@ -149,6 +149,34 @@ def test_gru_and_rnn_past_the_small_product_and_the_thread_split(kind, cpp_calls
     assert cpp_calls["forward"] == 1
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("kind", ["LSTM", *MAKERS])
+def test_plain_cells(kind, packed, dtype, cpp_calls):
+    """torch's cells without any variant (the reference backend's plain loops)."""
+    make = MAKERS.get(kind, lambda **k: fastrnn.LSTM(3, 5, **k))
+    m = make(num_layers=2, bidirectional=True, dtype=dtype, backend="reference")
+    randomise(m, torch.Generator().manual_seed(9))
+    _compare(m, dtype, packed, resets=False)
+    assert cpp_calls == {"forward": 4, "backward": 4}, cpp_calls
+
+
+def test_the_plain_lstm_keeps_its_saved_layout():
+    """(gates, c, tanh(c)): what :func:`fastrnn.backends.reference.saved_layout` says and the
+    Python backward reads."""
+    from fastrnn.backends import reference
+    from fastrnn.kinds import CellKind
+    from fastrnn.schedule import Schedule
+
+    schedule = Schedule.from_batch_sizes([3, 3, 2])
+    xg = torch.randn(8, 16)
+    res = reference.forward(CellKind.LSTM, xg, torch.randn(16, 4), None, None, torch.randn(3, 4),
+                            torch.randn(3, 4), schedule, False, True)
+    layout = reference.saved_layout(CellKind.LSTM, 8, 4, torch.float32, True)
+    assert [(tuple(t.shape), t.dtype) for t in res.saved] == [(tuple(s), d) for s, d in layout]
+    torch.testing.assert_close(res.saved[2], torch.tanh(res.saved[1]), rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("variant", ["peephole", "both"])
 def test_without_resets(variant, cpp_calls):
     """The peephole LSTM without resets, and the regularisers without them."""

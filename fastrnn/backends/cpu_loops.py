@@ -17,7 +17,10 @@ about 1 ulp; float64 uses libm):
   c with zoneout of c])``, GRU ``(gates, W_hn h + b_hn)``, RNN ``(the cell's own h,)`` with
   zoneout, else nothing (the backward reads ``y``);
 - the peephole LSTM (:mod:`fastrnn.backends.reference_peephole`), with or without resets:
-  saved ``(gates, c)``.
+  saved ``(gates, c)``;
+- and the plain cells (the loops of :mod:`fastrnn.backends.reference`): LSTM without
+  ``proj_size`` (saved ``(gates, c, tanh(c))``; the C++ backward recomputes ``tanh(c)``),
+  GRU and RNN as above.
 
 They build with torch's C++ extension loader (a C++ compiler and ninja; ``-march=native``,
 so the extension's name carries a hash of the sources and of this CPU's flags). When the
@@ -131,20 +134,24 @@ def _contig(t, dtype=None):
 
 def lstm_forward(xg, w_hh, h0, c0, schedule, reverse, save, params=None, resets=None, zoneout=None,
                  recurrent_scale=None):
-    """``(y, h_n, c_n, saved)``; ``saved`` is ``(gates, c)`` or, with zoneout of c,
-    ``(gates, c, the cell's own c)`` (empty unless ``save``). ``xg`` becomes the gates."""
+    """``(y, h_n, c_n, saved)``; ``saved`` is ``(gates, c)``, with zoneout of c ``(gates, c,
+    the cell's own c)``, for the plain LSTM (none of the extras) ``(gates, c, tanh(c))``
+    (empty unless ``save``). ``xg`` becomes the gates."""
     from .base import ForwardResult
 
     order, offsets, sizes = _schedule_lists(schedule, reverse)
     mask_h, p_h, mask_c, p_c = _zoneout_args(zoneout)
+    plain = params is None and resets is None and zoneout is None and recurrent_scale is None
     with torch.no_grad():
-        y, h_n, c_n, c_seq, cell_c = torch.ops.fastrnn_cpu_loops.lstm_forward(
+        y, h_n, c_n, c_seq, cell_c, tanh_c = torch.ops.fastrnn_cpu_loops.lstm_forward(
             xg, w_hh.contiguous(), h0.contiguous(), c0.contiguous(), order, offsets, sizes,
             _contig(params, xg.dtype), _contig(resets), mask_h, p_h, mask_c, p_c,
-            _contig(recurrent_scale, xg.dtype), save,
+            _contig(recurrent_scale, xg.dtype), save, plain,
         )
     if not save:
         saved = ()
+    elif plain:
+        saved = (xg, c_seq, tanh_c)
     else:
         saved = (xg, c_seq, cell_c) if (mask_c is not None or p_c > 0) else (xg, c_seq)
     return ForwardResult(y, h_n, c_n, saved)
@@ -158,9 +165,10 @@ def lstm_backward(saved, w_hh, c0, dy, dh_n, dc_n, schedule, reverse, params=Non
     gates, c_seq, *kept = saved
     order, offsets, sizes = _schedule_lists(schedule, reverse)
     mask_h, p_h, mask_c, p_c = _zoneout_args(zoneout)
+    zoned_c = mask_c is not None or p_c > 0  # (else a third tensor is the plain LSTM's tanh(c))
     with torch.no_grad():
         dgates, dh0, dc0, dparams = torch.ops.fastrnn_cpu_loops.lstm_backward(
-            gates, c_seq, kept[0] if kept else None, c0.contiguous(), w_hh.contiguous(), dy.contiguous(),
+            gates, c_seq, kept[0] if zoned_c else None, c0.contiguous(), w_hh.contiguous(), dy.contiguous(),
             dh_n.contiguous(), dc_n.contiguous(), order, offsets, sizes, _contig(params, gates.dtype),
             _contig(resets), mask_h, p_h, mask_c, p_c, _contig(recurrent_scale, gates.dtype),
         )

@@ -11,7 +11,7 @@ namespace {
 template <typename T, bool PEEP>
 void cell_forward(T* __restrict__ gi, T* __restrict__ gf, T* __restrict__ gg, T* __restrict__ go,
                   const T* __restrict__ cp, T* __restrict__ cn, T* __restrict__ hn, const T* __restrict__ w_ci,
-                  const T* __restrict__ w_cf, const T* __restrict__ w_co, int64_t H) {
+                  const T* __restrict__ w_cf, const T* __restrict__ w_co, T* __restrict__ tanh_out, int64_t H) {
   for (int64_t j = 0; j < H; ++j) {
     T c = cp[j];
     T i = sig(PEEP ? gi[j] + w_ci[j] * c : gi[j]);
@@ -24,18 +24,21 @@ void cell_forward(T* __restrict__ gi, T* __restrict__ gf, T* __restrict__ gg, T*
     gg[j] = g;
     go[j] = o;
     cn[j] = c_new;
-    hn[j] = o * th(c_new);
+    T tc = th(c_new);
+    if (tanh_out != nullptr) tanh_out[j] = tc;
+    hn[j] = o * tc;
   }
 }
 
 template <typename T, bool PEEP>
 std::vector<at::Tensor> forward_loop(at::Tensor xg, const at::Tensor& w_hh, const at::Tensor& h0, const at::Tensor& c0,
                                      at::IntArrayRef order, at::IntArrayRef offsets, at::IntArrayRef sizes,
-                                     const Extras<T>& e, bool save) {
+                                     const Extras<T>& e, bool save, bool keep_tanh) {
   const int64_t N = xg.size(0), H = c0.size(1), B = c0.size(0);
   at::Tensor y = at::empty({N, H}, xg.options());
   at::Tensor c_seq = at::empty({N, H}, xg.options());
   at::Tensor cell_c = at::empty({(save && e.zoned_c) ? N : 0, H}, xg.options());
+  at::Tensor tanh_c = at::empty({(save && keep_tanh) ? N : 0, H}, xg.options());
   at::Tensor h_state = h0.clone(), c_state = c0.clone();
   at::Tensor h_cell = at::empty({B, H}, xg.options()), c_cell = at::empty({B, H}, xg.options());
   at::Tensor scaled = e.rscale != nullptr ? at::empty({B, H}, xg.options()) : at::Tensor();
@@ -44,6 +47,7 @@ std::vector<at::Tensor> forward_loop(at::Tensor xg, const at::Tensor& w_hh, cons
   T* Y = y.data_ptr<T>();
   T* C = c_seq.data_ptr<T>();
   T* CC = cell_c.numel() > 0 ? cell_c.data_ptr<T>() : nullptr;
+  T* TC = tanh_c.numel() > 0 ? tanh_c.data_ptr<T>() : nullptr;
   T* HS = h_state.data_ptr<T>();
   T* CS = c_state.data_ptr<T>();
   T* HN = h_cell.data_ptr<T>();
@@ -67,7 +71,8 @@ std::vector<at::Tensor> forward_loop(at::Tensor xg, const at::Tensor& w_hh, cons
         T* hp = HS + b * H;
         T* cn = e.zoned_c ? (CC != nullptr ? CC + r * H : CN + b * H) : C + r * H;
         T* hn = e.zoned_h ? HN + b * H : Y + r * H;
-        cell_forward<T, PEEP>(g, g + H, g + 2 * H, g + 3 * H, cp, cn, hn, e.w_ci, e.w_cf, e.w_co, H);
+        cell_forward<T, PEEP>(g, g + H, g + 2 * H, g + 3 * H, cp, cn, hn, e.w_ci, e.w_cf, e.w_co,
+                              TC != nullptr ? TC + r * H : nullptr, H);
         if (e.zoned_c) blend(C + r * H, cp, cn, e.mask_c ? e.mask_c + r * H : nullptr, e.p_c, H);
         if (e.zoned_h) blend(Y + r * H, hp, hn, e.mask_h ? e.mask_h + r * H : nullptr, e.p_h, H);
         std::memcpy(cp, C + r * H, H * sizeof(T));
@@ -75,7 +80,7 @@ std::vector<at::Tensor> forward_loop(at::Tensor xg, const at::Tensor& w_hh, cons
       }
     });
   }
-  return {y, h_state, c_state, c_seq, cell_c};
+  return {y, h_state, c_state, c_seq, cell_c, tanh_c};
 }
 
 template <typename T, bool PEEP>
@@ -188,14 +193,15 @@ std::vector<at::Tensor> lstm_forward(at::Tensor xg, const at::Tensor& w_hh, cons
                                      const c10::optional<at::Tensor>& params, const c10::optional<at::Tensor>& resets,
                                      const c10::optional<at::Tensor>& mask_h, double p_h,
                                      const c10::optional<at::Tensor>& mask_c, double p_c,
-                                     const c10::optional<at::Tensor>& rscale, bool save) {
+                                     const c10::optional<at::Tensor>& rscale, bool save, bool keep_tanh) {
   check(xg, "xg");
   check(h0, "h0");
   check(c0, "c0");
   return AT_DISPATCH_FLOATING_TYPES(xg.scalar_type(), "fastrnn_lstm_forward", [&] {
     auto e = extras_of<scalar_t>(params, resets, mask_h, p_h, mask_c, p_c, rscale);
-    if (params.has_value()) return forward_loop<scalar_t, true>(xg, w_hh, h0, c0, order, offsets, sizes, e, save);
-    return forward_loop<scalar_t, false>(xg, w_hh, h0, c0, order, offsets, sizes, e, save);
+    if (params.has_value())
+      return forward_loop<scalar_t, true>(xg, w_hh, h0, c0, order, offsets, sizes, e, save, keep_tanh);
+    return forward_loop<scalar_t, false>(xg, w_hh, h0, c0, order, offsets, sizes, e, save, keep_tanh);
   });
 }
 
@@ -226,7 +232,7 @@ TORCH_LIBRARY(fastrnn_cpu_loops, m) {
   m.def(
       "lstm_forward(Tensor(a!) xg, Tensor w_hh, Tensor h0, Tensor c0, int[] order, int[] offsets, int[] sizes, "
       "Tensor? params, Tensor? resets, Tensor? mask_h, float p_h, Tensor? mask_c, float p_c, Tensor? rscale, "
-      "bool save) -> Tensor[]");
+      "bool save, bool keep_tanh) -> Tensor[]");
   m.def(
       "lstm_backward(Tensor gates, Tensor c_seq, Tensor? cell_c, Tensor c0, Tensor w_hh, Tensor dy, Tensor dh_n, "
       "Tensor dc_n, int[] order, int[] offsets, int[] sizes, Tensor? params, Tensor? resets, Tensor? mask_h, "

@@ -1,6 +1,10 @@
-"""Pure-PyTorch backend: the CPU path and the oracle of the tests.
+"""The reference backend: the CPU path and the oracle of the tests.
 
-One forward and one backward time loop per cell kind, next to its equations. The loops
+One forward and one backward time loop per cell kind, next to its equations, in torch ops.
+On the CPU (float32 / float64), torch's cells (the LSTM without ``proj_size``) and the
+peephole LSTM run the same loops in C++ (:mod:`fastrnn.backends.cpu_loops`: the same
+inputs, saved tensors and results, a fraction of the time per step); the loops here are
+what they stand in for, what runs elsewhere, and what the tests compare them with. The loops
 build no autograd graph: they write into preallocated buffers in place, and everything
 that does not depend on the recurrence (activation derivatives, ``tanh(c)``) is computed
 for the whole sequence in one op before the backward loop, so each step is a handful of
@@ -460,12 +464,11 @@ def _refuse_projection(kind, w_hr):
 
 def _cpp_loop(kind, like, w_hr, params, resets) -> bool:
     """Whether a call without regularisers runs :mod:`fastrnn.backends.cpu_loops`: torch's
-    cells with resets (the LSTM without ``proj_size``) and the peephole LSTM (the variants
-    torch has no kernel for; the plain cells keep these loops)."""
+    cells (the LSTM without ``proj_size``), with or without resets, and the peephole LSTM."""
     if kind is CellKind.LSTM:
-        wanted = resets is not None and w_hr is None
+        wanted = w_hr is None
     elif kind in (CellKind.GRU, CellKind.RNN_TANH, CellKind.RNN_RELU):
-        wanted = resets is not None
+        wanted = True
     else:
         wanted = kind is LSTM_PEEPHOLE and params is not None
     return wanted and cpu_loops.runs(like)
