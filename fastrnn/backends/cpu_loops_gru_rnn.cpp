@@ -128,20 +128,22 @@ std::vector<at::Tensor> gru_backward_loop(const at::Tensor& gates, const at::Ten
   for (int64_t k = steps - 1; k >= 0; --k) {
     const int64_t t = order[k], lo = offsets[t], bs = sizes[t];
     const int64_t prev_lo = k > 0 ? offsets[order[k - 1]] : 0, prev_bs = k > 0 ? sizes[order[k - 1]] : 0;
-    for (int64_t b = 0; b < bs; ++b) {
-      const int64_t r = lo + b;
-      T* dh_t = DH + b * H;
-      const T* dyr = DY + r * H;
-      for (int64_t j = 0; j < H; ++j) dh_t[j] += dyr[j];
-      const T* d = dh_t;
-      if (e.zoned_h) {
-        split(DCL + b * H, KP + b * H, dh_t, e.mask_h ? e.mask_h + r * H : nullptr, e.p_h, H);
-        d = DCL + b * H;
+    at::parallel_for(0, bs, grain(H), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t r = lo + b;
+        T* dh_t = DH + b * H;
+        const T* dyr = DY + r * H;
+        for (int64_t j = 0; j < H; ++j) dh_t[j] += dyr[j];
+        const T* d = dh_t;
+        if (e.zoned_h) {
+          split(DCL + b * H, KP + b * H, dh_t, e.mask_h ? e.mask_h + r * H : nullptr, e.p_h, H);
+          d = DCL + b * H;
+        }
+        const T* hp = entering_row(Y, H0, Z, e.resets != nullptr && e.resets[r], b, prev_lo, prev_bs, H);
+        const T* g = GA + r * G;
+        gru_cell_backward<T>(g, g + H, g + 2 * H, HNS + r * H, hp, d, DX + r * G, DHG + r * G, DIR + b * H, H);
       }
-      const T* hp = entering_row(Y, H0, Z, e.resets != nullptr && e.resets[r], b, prev_lo, prev_bs, H);
-      const T* g = GA + r * G;
-      gru_cell_backward<T>(g, g + H, g + 2 * H, HNS + r * H, hp, d, DX + r * G, DHG + r * G, DIR + b * H, H);
-    }
+    });
     gemm_set(DH, DHG + lo * G, W, bs, G, H, [&] {
       at::Tensor dh_rows = dh.narrow(0, 0, bs);
       at::mm_out(dh_rows, dhg.narrow(0, lo, bs), w_hh);
@@ -213,22 +215,24 @@ std::vector<at::Tensor> rnn_backward_loop(const at::Tensor& h_new, const at::Ten
   const int64_t steps = static_cast<int64_t>(order.size());
   for (int64_t k = steps - 1; k >= 0; --k) {
     const int64_t t = order[k], lo = offsets[t], bs = sizes[t];
-    for (int64_t b = 0; b < bs; ++b) {
-      const int64_t r = lo + b;
-      T* dh_t = DH + b * H;
-      const T* dyr = DY + r * H;
-      for (int64_t j = 0; j < H; ++j) dh_t[j] += dyr[j];
-      const T* d = dh_t;
-      if (e.zoned_h) {
-        split(DCL + b * H, KP + b * H, dh_t, e.mask_h ? e.mask_h + r * H : nullptr, e.p_h, H);
-        d = DCL + b * H;
+    at::parallel_for(0, bs, grain(H), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t r = lo + b;
+        T* dh_t = DH + b * H;
+        const T* dyr = DY + r * H;
+        for (int64_t j = 0; j < H; ++j) dh_t[j] += dyr[j];
+        const T* d = dh_t;
+        if (e.zoned_h) {
+          split(DCL + b * H, KP + b * H, dh_t, e.mask_h ? e.mask_h + r * H : nullptr, e.p_h, H);
+          d = DCL + b * H;
+        }
+        const T* h = HN + r * H;
+        T* dx = DX + r * H;
+        for (int64_t j = 0; j < H; ++j) {
+          dx[j] = TANH ? d[j] * (T(1) - h[j] * h[j]) : (h[j] <= T(0) ? T(0) : d[j]);
+        }
       }
-      const T* h = HN + r * H;
-      T* dx = DX + r * H;
-      for (int64_t j = 0; j < H; ++j) {
-        dx[j] = TANH ? d[j] * (T(1) - h[j] * h[j]) : (h[j] <= T(0) ? T(0) : d[j]);
-      }
-    }
+    });
     gemm_set(DH, DX + lo * H, W, bs, H, H, [&] {
       at::Tensor dh_rows = dh.narrow(0, 0, bs);
       at::mm_out(dh_rows, dxg.narrow(0, lo, bs), w_hh);

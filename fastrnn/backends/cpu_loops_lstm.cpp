@@ -141,36 +141,43 @@ std::vector<at::Tensor> backward_loop(const at::Tensor& gates, const at::Tensor&
   for (int64_t k = steps - 1; k >= 0; --k) {
     const int64_t t = order[k], lo = offsets[t], bs = sizes[t];
     const int64_t prev_lo = k > 0 ? offsets[order[k - 1]] : 0, prev_bs = k > 0 ? sizes[order[k - 1]] : 0;
-    for (int64_t b = 0; b < bs; ++b) {
-      const int64_t r = lo + b;
-      T* dh_t = DH + b * H;
-      const T* dyr = DY + r * H;
-      for (int64_t j = 0; j < H; ++j) dh_t[j] += dyr[j];
-      const T* dh_new = dh_t;
-      const T* dc_new = DC + b * H;
-      if (e.zoned_h) {
-        split(DHC + b * H, KH + b * H, dh_t, e.mask_h ? e.mask_h + r * H : nullptr, e.p_h, H);
-        dh_new = DHC + b * H;
+    at::parallel_for(0, bs, grain(H), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t r = lo + b;
+        T* dh_t = DH + b * H;
+        const T* dyr = DY + r * H;
+        for (int64_t j = 0; j < H; ++j) dh_t[j] += dyr[j];
+        const T* dh_new = dh_t;
+        const T* dc_new = DC + b * H;
+        if (e.zoned_h) {
+          split(DHC + b * H, KH + b * H, dh_t, e.mask_h ? e.mask_h + r * H : nullptr, e.p_h, H);
+          dh_new = DHC + b * H;
+        }
+        if (e.zoned_c) {
+          split(DCC + b * H, KC + b * H, DC + b * H, e.mask_c ? e.mask_c + r * H : nullptr, e.p_c, H);
+          dc_new = DCC + b * H;
+        }
+        const T* cp = entering_row(C, C0, Z, e.resets != nullptr && e.resets[r], b, prev_lo, prev_bs, H);
+        const T* g = GA + r * G;
+        T* d = DG + r * G;
+        cell_backward<T, PEEP>(g, g + H, g + 2 * H, g + 3 * H, cp, CC + r * H, dh_new, dc_new, d, d + H, d + 2 * H,
+                               d + 3 * H, TH + b * H, e.w_ci, e.w_cf, e.w_co, H);
+        T* dcr = DC + b * H;
+        const T* th_r = TH + b * H;
+        if (e.zoned_c) {
+          const T* kc = KC + b * H;
+          for (int64_t j = 0; j < H; ++j) dcr[j] = th_r[j] + kc[j];
+        } else {
+          std::memcpy(dcr, th_r, H * sizeof(T));
+        }
       }
-      if (e.zoned_c) {
-        split(DCC + b * H, KC + b * H, DC + b * H, e.mask_c ? e.mask_c + r * H : nullptr, e.p_c, H);
-        dc_new = DCC + b * H;
-      }
-      const T* cp = entering_row(C, C0, Z, e.resets != nullptr && e.resets[r], b, prev_lo, prev_bs, H);
-      const T* g = GA + r * G;
-      T* d = DG + r * G;
-      cell_backward<T, PEEP>(g, g + H, g + 2 * H, g + 3 * H, cp, CC + r * H, dh_new, dc_new, d, d + H, d + 2 * H,
-                             d + 3 * H, TH + b * H, e.w_ci, e.w_cf, e.w_co, H);
-      T* dcr = DC + b * H;
-      const T* th_r = TH + b * H;
-      if (e.zoned_c) {
-        const T* kc = KC + b * H;
-        for (int64_t j = 0; j < H; ++j) dcr[j] = th_r[j] + kc[j];
-      } else {
-        std::memcpy(dcr, th_r, H * sizeof(T));
-      }
-      if (PEEP) {
+    });
+    if (PEEP) {  // (after the parallel rows: one sum per unit, in row order)
+      for (int64_t b = 0; b < bs; ++b) {
+        const int64_t r = lo + b;
+        const T* cp = entering_row(C, C0, Z, e.resets != nullptr && e.resets[r], b, prev_lo, prev_bs, H);
         const T* cn = CC + r * H;
+        const T* d = DG + r * G;
         for (int64_t j = 0; j < H; ++j) {
           DP[j] += d[j] * cp[j];
           DP[H + j] += d[H + j] * cp[j];
