@@ -58,10 +58,10 @@ MAKERS = {
 def cpp_calls(monkeypatch):
     """Counts the C++ loops' forward and backward calls."""
     calls = {"forward": 0, "backward": 0}
-    for name in calls:
+    for name in ("forward", "backward", "norm_forward", "norm_backward"):
         real = getattr(cpu_loops, name)
 
-        def counted(*a, _real=real, _name=name, **k):
+        def counted(*a, _real=real, _name=name.replace("norm_", ""), **k):
             calls[_name] += 1
             return _real(*a, **k)
 
@@ -79,7 +79,7 @@ def _run(m, dtype, packed, seed, steps=6, batch=4, resets=True, nan=False):
     x.requires_grad_()
     h0 = torch.randn(dirs, batch, size, generator=gen, dtype=dtype, requires_grad=True)
     c0 = torch.randn(dirs, batch, size, generator=gen, dtype=dtype, requires_grad=True)
-    lstm = isinstance(m, fastrnn.LSTM)
+    lstm = isinstance(m, (fastrnn.LSTM, fastrnn.LayerNormLSTM))
     flags = torch.zeros(steps, batch, dtype=torch.bool)
     flags[2, 1] = flags[steps - 2, 0] = flags[steps // 2, 2] = True
     lengths = torch.tensor([steps - 2, steps, steps - 3, steps - 1] + [steps] * (batch - 4))
@@ -175,6 +175,28 @@ def test_the_plain_lstm_keeps_its_saved_layout():
     layout = reference.saved_layout(CellKind.LSTM, 8, 4, torch.float32, True)
     assert [(tuple(t.shape), t.dtype) for t in res.saved] == [(tuple(s), d) for s, d in layout]
     torch.testing.assert_close(res.saved[2], torch.tanh(res.saved[1]), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("resets", [True, False], ids=["resets", "no_resets"])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("cls", ["LayerNormLSTM", "LayerNormGRU"])
+def test_layer_norm_cells(cls, packed, resets, dtype, cpp_calls):
+    """The LayerNorm-LSTM / -GRU (gains and biases randomised: every LayerNorm parameter's
+    gradient is compared), a non-default eps."""
+    m = getattr(fastrnn, cls)(3, 5, num_layers=2, bidirectional=True, dtype=dtype, backend="reference", eps=1e-3)
+    randomise(m, torch.Generator().manual_seed(11))
+    _compare(m, dtype, packed, resets=resets)
+    assert cpp_calls == {"forward": 4, "backward": 4}, cpp_calls
+
+
+@pytest.mark.parametrize("cls", ["LayerNormLSTM", "LayerNormGRU"])
+def test_layer_norm_cells_wide(cls, cpp_calls):
+    """Past the small GEMM and the thread split (4H = 384 features per LayerNorm row)."""
+    m = getattr(fastrnn, cls)(4, 96, backend="reference")
+    randomise(m, torch.Generator().manual_seed(12))
+    _compare(m, torch.float32, packed=True, steps=4, batch=130, tol=WIDE)
+    assert cpp_calls["forward"] == 1
 
 
 @pytest.mark.parametrize("variant", ["peephole", "both"])

@@ -113,7 +113,7 @@ def test_tuned_loop_matches_generic(name, packed, reverse, resets, generic_refus
     _check_tuned_loop(name, packed, reverse, resets, generic_refuses)
 
 
-@pytest.mark.parametrize("name", ["LSTM", "LSTM_PEEPHOLE", "GRU", "RNN_TANH", "RNN_RELU"])
+@pytest.mark.parametrize("name", ["LSTM", "LSTM_PEEPHOLE", "GRU", "RNN_TANH", "RNN_RELU", "LayerNormLSTM", "LayerNormGRU"])
 @pytest.mark.parametrize("packed, reverse, resets", list(itertools.product([False, True], repeat=3)))
 def test_python_loop_matches_generic(name, packed, reverse, resets, generic_refuses):
     """The Python loops where the C++ loops of :mod:`fastrnn.backends.cpu_loops` stand in for

@@ -1,6 +1,6 @@
-"""The reference loops of torch's cells with resets, zoneout, recurrent dropout or
-peepholes, in C++ (``cpu_loops.h``, ``cpu_loops_lstm.cpp``, ``cpu_loops_gru_rnn.cpp`` beside
-this file), built at first use.
+"""The reference backend's loops of torch's cells (with resets, zoneout, recurrent dropout),
+the peephole LSTM and the LayerNorm-LSTM / -GRU, in C++ (``cpu_loops.h`` and
+``cpu_loops_*.cpp`` beside this file), built at first use.
 
 The reference backend's Python loops dispatch a dozen torch ops per step, 3-5 us each on a
 CPU, against about 12 us for a whole step of oneDNN's fused LSTM at T=100, B=1, H=128: an
@@ -18,9 +18,11 @@ about 1 ulp; float64 uses libm):
   zoneout, else nothing (the backward reads ``y``);
 - the peephole LSTM (:mod:`fastrnn.backends.reference_peephole`), with or without resets:
   saved ``(gates, c)``;
-- and the plain cells (the loops of :mod:`fastrnn.backends.reference`): LSTM without
+- the plain cells (the loops of :mod:`fastrnn.backends.reference`): LSTM without
   ``proj_size`` (saved ``(gates, c, tanh(c))``; the C++ backward recomputes ``tanh(c)``),
-  GRU and RNN as above.
+  GRU and RNN as above;
+- the LayerNorm-LSTM / -GRU (:mod:`fastrnn.backends.reference_norm`), with or without
+  resets: saved ``(gates, r[, c])``; the row statistics in double.
 
 They build with torch's C++ extension loader (a C++ compiler and ninja; ``-march=native``,
 so the extension's name carries a hash of the sources and of this CPU's flags). When the
@@ -41,7 +43,8 @@ import torch
 from ..kinds import CellKind
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_SOURCES = [os.path.join(_HERE, name) for name in ("cpu_loops_lstm.cpp", "cpu_loops_gru_rnn.cpp")]
+_SOURCES = [os.path.join(_HERE, name)
+            for name in ("cpu_loops_lstm.cpp", "cpu_loops_gru_rnn.cpp", "cpu_loops_norm.cpp")]
 _HEADER = os.path.join(_HERE, "cpu_loops.h")
 _FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math"]
 _DTYPES = (torch.float32, torch.float64)
@@ -255,3 +258,62 @@ def backward(kind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, reverse, pa
     if kind is CellKind.RNN_TANH or kind is CellKind.RNN_RELU:
         return rnn_backward(kind, saved, w_hh, y, dy, dh_n, schedule, reverse, **extras)
     return lstm_backward(saved, w_hh, c0, dy, dh_n, dc_n, schedule, reverse, params, **extras)
+
+
+def norm_forward(norm, xg, w_hh, b_hh, h0, c0, schedule, reverse, save, params, resets=None):
+    """The LayerNorm-LSTM's / -GRU's forward loop (``norm``: ``("lstm" | "gru", eps)``);
+    ``saved`` is ``(gates, r)`` plus ``c`` for the LSTM (empty unless ``save``), ``r = h_prev
+    W_hh^T + b_hh`` before its LayerNorm."""
+    from .base import ForwardResult
+
+    family, eps = norm
+    order, offsets, sizes = _schedule_lists(schedule, reverse)
+    p = _contig(params, xg.dtype)
+    with torch.no_grad():
+        if family == "lstm":
+            y, h_n, c_n, c_seq, r_seq = torch.ops.fastrnn_cpu_loops.ln_lstm_forward(
+                xg, w_hh.contiguous(), _contig(b_hh, xg.dtype), h0.contiguous(), c0.contiguous(), p, order, offsets,
+                sizes, _contig(resets), float(eps), save,
+            )
+            return ForwardResult(y, h_n, c_n, (xg, r_seq, c_seq) if save else ())
+        y, h_n, r_seq = torch.ops.fastrnn_cpu_loops.ln_gru_forward(
+            xg, w_hh.contiguous(), _contig(b_hh, xg.dtype), h0.contiguous(), p, order, offsets, sizes,
+            _contig(resets), float(eps), save,
+        )
+    return ForwardResult(y, h_n, None, (xg, r_seq) if save else ())
+
+
+def norm_backward(norm, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, reverse, params, resets=None):
+    """The backward loop for :func:`norm_forward`'s ``saved``; the LayerNorm parameters'
+    gradients (``dparams``, rows as ``params``) are whole-sequence sums made here."""
+    from .base import BackwardResult
+
+    family, eps = norm
+    order, offsets, sizes = _schedule_lists(schedule, reverse)
+    p = _contig(params, dy.dtype)
+    with torch.no_grad():
+        if family == "lstm":
+            gates, r_seq, c_seq = saved
+            hidden = c_seq.shape[1]
+            dgates, dr, dh0, dc0, dn = torch.ops.fastrnn_cpu_loops.ln_lstm_backward(
+                gates, r_seq, c_seq, c0.contiguous(), w_hh.contiguous(), dy.contiguous(), dh_n.contiguous(),
+                dc_n.contiguous(), p, order, offsets, sizes, _contig(resets), float(eps),
+            )
+            r_hat = torch.native_layer_norm(r_seq, (4 * hidden,), None, None, eps)[0]
+            c_hat = torch.native_layer_norm(c_seq, (hidden,), None, None, eps)[0]
+            dparams = torch.cat((
+                r_hat.mul_(dgates).sum(0).view(4, hidden), dgates.sum(0).view(4, hidden),
+                c_hat.mul_(dn).sum(0, keepdim=True), dn.sum(0, keepdim=True),
+            ))
+            return BackwardResult(dgates, dr, dh0, dc0, None, dparams.to(params.dtype))
+        gates, r_seq = saved
+        hidden = gates.shape[1] // 3
+        dxg, dr, dh0 = torch.ops.fastrnn_cpu_loops.ln_gru_backward(
+            gates, r_seq, h0.contiguous(), w_hh.contiguous(), y.contiguous(), dy.contiguous(), dh_n.contiguous(), p,
+            order, offsets, sizes, _contig(resets), float(eps),
+        )
+        d = dxg.clone()
+        d[:, 2 * hidden :].mul_(gates[:, : hidden])
+        r_hat = torch.native_layer_norm(r_seq, (3 * hidden,), None, None, eps)[0]
+        dparams = torch.cat((r_hat.mul_(d).sum(0).view(3, hidden), d.sum(0).view(3, hidden)))
+    return BackwardResult(dxg, dr, dh0, None, None, dparams.to(params.dtype))

@@ -1,8 +1,8 @@
 """The reference backend: the CPU path and the oracle of the tests.
 
 One forward and one backward time loop per cell kind, next to its equations, in torch ops.
-On the CPU (float32 / float64), torch's cells (the LSTM without ``proj_size``) and the
-peephole LSTM run the same loops in C++ (:mod:`fastrnn.backends.cpu_loops`: the same
+On the CPU (float32 / float64), torch's cells (the LSTM without ``proj_size``), the
+peephole LSTM and the LayerNorm cells run the same loops in C++ (:mod:`fastrnn.backends.cpu_loops`: the same
 inputs, saved tensors and results, a fraction of the time per step); the loops here are
 what they stand in for, what runs elsewhere, and what the tests compare them with. The loops
 build no autograd graph: they write into preallocated buffers in place, and everything
@@ -464,14 +464,21 @@ def _refuse_projection(kind, w_hr):
 
 def _cpp_loop(kind, like, w_hr, params, resets) -> bool:
     """Whether a call without regularisers runs :mod:`fastrnn.backends.cpu_loops`: torch's
-    cells (the LSTM without ``proj_size``), with or without resets, and the peephole LSTM."""
+    cells (the LSTM without ``proj_size``), the peephole LSTM and the LayerNorm-LSTM / -GRU,
+    with or without resets."""
     if kind is CellKind.LSTM:
         wanted = w_hr is None
     elif kind in (CellKind.GRU, CellKind.RNN_TANH, CellKind.RNN_RELU):
         wanted = True
     else:
-        wanted = kind is LSTM_PEEPHOLE and params is not None
+        wanted = params is not None and (kind is LSTM_PEEPHOLE or _norm(kind) is not None)
     return wanted and cpu_loops.runs(like)
+
+
+def _norm(kind):
+    """``("lstm" | "gru", eps)`` for the LayerNorm cells, else None."""
+    found = reference_norm.loops(kind)
+    return None if found is None else found.norm
 
 
 def forward(kind, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save, params=None, resets=None, **loop):
@@ -495,6 +502,9 @@ def forward(kind, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save, params=
                                                  reset_steps(resets, schedule), **loop)
         return generic.forward(kind, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save, params, resets, **loop)
     if _cpp_loop(kind, xg, w_hr, params, resets):
+        norm = _norm(kind)
+        if norm is not None:
+            return cpu_loops.norm_forward(norm, xg, w_hh, b_hh, h0, c0, schedule, reverse, save, params, resets)
         return cpu_loops.forward(kind, xg, w_hh, b_hh, h0, c0, schedule, reverse, save, params, resets)
     cuts = reset_steps(resets, schedule)
     if kind is CellKind.LSTM:
@@ -528,6 +538,10 @@ def backward(kind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule,
         return generic.backward(kind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reverse,
                                 params, resets, **loop)
     if _cpp_loop(kind, dy, w_hr, params, resets):
+        norm = _norm(kind)
+        if norm is not None:
+            return cpu_loops.norm_backward(norm, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, reverse, params,
+                                           resets)
         return cpu_loops.backward(kind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, reverse, params, resets)
     cuts = reset_steps(resets, schedule)
     if kind is CellKind.LSTM:

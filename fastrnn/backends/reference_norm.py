@@ -45,6 +45,7 @@ class Loops(NamedTuple):
     forward: Callable
     backward: Callable
     layout: Callable
+    norm: tuple | None = None  #: ``("lstm" | "gru", eps)`` for the LayerNorm cells (their C++ loops)
 
 
 _LOOPS: dict = {}
@@ -75,13 +76,13 @@ def _find(cell) -> Loops | None:
     name = getattr(cell, "name", None)
     if not isinstance(name, str):
         return None
-    for prefix, make, forward, backward, layout in (
-        ("LayerNormLSTM", layer_norm_lstm, _ln_lstm_forward, _ln_lstm_backward, _ln_lstm_layout),
-        ("LayerNormGRU", layer_norm_gru, _ln_gru_forward, _ln_gru_backward, _ln_gru_layout),
+    for prefix, make, forward, backward, layout, family in (
+        ("LayerNormLSTM", layer_norm_lstm, _ln_lstm_forward, _ln_lstm_backward, _ln_lstm_layout, "lstm"),
+        ("LayerNormGRU", layer_norm_gru, _ln_gru_forward, _ln_gru_backward, _ln_gru_layout, "gru"),
     ):
         eps = _eps(name, prefix)
         if eps is not None and _made_by(cell, make):
-            return Loops(_with_eps(forward, eps), _with_eps(backward, eps), layout)
+            return Loops(_with_eps(forward, eps), _with_eps(backward, eps), layout, (family, eps))
     return None
 
 

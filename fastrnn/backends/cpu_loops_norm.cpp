@@ -1,0 +1,411 @@
+// The LayerNorm-LSTM's and LayerNorm-GRU's CPU time loops in C++ (with or without resets):
+// the reference backend's Python loops (fastrnn/backends/reference_norm.py) step by step,
+// with the same equations, inputs and saved tensors, one GEMM and one pass over the step's
+// rows per step. The LayerNorm gains' and biases' gradients are whole-sequence sums the
+// Python side makes from what the backward returns.
+//
+// A row-wise LayerNorm y = x_hat * w + b, x_hat = (x - mean) * rstd over D features, has the
+// backward dx = rstd * (w dy - mean(w dy) - x_hat * mean(w dy x_hat)).
+
+#include "cpu_loops.h"
+
+namespace fastrnn_cpu {
+namespace {
+
+// mean and 1 / sqrt(var + eps) of one row (biased variance, two passes in double).
+template <typename T>
+void row_stats(const T* x, int64_t D, double eps, T& mean, T& rstd) {
+  double s = 0;
+  for (int64_t j = 0; j < D; ++j) s += x[j];
+  const double m = s / D;
+  double v = 0;
+  for (int64_t j = 0; j < D; ++j) {
+    const double d = x[j] - m;
+    v += d * d;
+  }
+  mean = static_cast<T>(m);
+  rstd = static_cast<T>(1.0 / std::sqrt(v / D + eps));
+}
+
+// x_hat of a row into `hat`, from its statistics.
+template <typename T>
+void normalise(const T* __restrict__ x, T* __restrict__ hat, T mean, T rstd, int64_t D) {
+  for (int64_t j = 0; j < D; ++j) hat[j] = (x[j] - mean) * rstd;
+}
+
+// dx = rstd * (wd - mean(wd) - hat * mean(wd * hat)), wd = w * dy given, written over wd.
+template <typename T>
+void norm_backward(T* __restrict__ wd, const T* __restrict__ hat, T rstd, int64_t D) {
+  double m0 = 0, m1 = 0;
+  for (int64_t j = 0; j < D; ++j) {
+    m0 += wd[j];
+    m1 += wd[j] * hat[j];
+  }
+  const T a = static_cast<T>(m0 / D), b = static_cast<T>(m1 / D);
+  for (int64_t j = 0; j < D; ++j) wd[j] = rstd * (wd[j] - a - hat[j] * b);
+}
+
+// The recurrent pre-activation of a step: r = b_hh + h @ W_hh^T, into `R` (bs rows of G).
+template <typename T>
+void recurrent(T* R, at::Tensor r_rows, const T* BH, const T* HS, const at::Tensor& h_rows, const T* W_T,
+               const at::Tensor& w_t, int64_t bs, int64_t H, int64_t G, bool all_cut) {
+  for (int64_t b = 0; b < bs; ++b) {
+    if (BH != nullptr) {
+      std::memcpy(R + b * G, BH, G * sizeof(T));
+    } else {
+      std::fill(R + b * G, R + (b + 1) * G, T(0));
+    }
+  }
+  if (!all_cut) gemm_acc(R, HS, W_T, bs, H, G, [&] { r_rows.addmm_(h_rows, w_t); });
+}
+
+template <typename T>
+std::vector<at::Tensor> ln_lstm_forward_loop(at::Tensor xg, const at::Tensor& w_hh,
+                                             const c10::optional<at::Tensor>& b_hh, const at::Tensor& h0,
+                                             const at::Tensor& c0, const at::Tensor& params, at::IntArrayRef order,
+                                             at::IntArrayRef offsets, at::IntArrayRef sizes, const bool* resets,
+                                             double eps, bool save) {
+  const int64_t N = xg.size(0), H = c0.size(1), B = c0.size(0), G = 4 * H;
+  at::Tensor y = at::empty({N, H}, xg.options());
+  at::Tensor c_seq = at::empty({N, H}, xg.options());
+  at::Tensor r_seq = at::empty({save ? N : B, G}, xg.options());
+  at::Tensor h_state = h0.clone(), c_state = c0.clone();
+  at::Tensor w_t = w_hh.t().contiguous();
+  T* X = xg.data_ptr<T>();
+  T* Y = y.data_ptr<T>();
+  T* C = c_seq.data_ptr<T>();
+  T* RS = r_seq.data_ptr<T>();
+  T* HS = h_state.data_ptr<T>();
+  T* CS = c_state.data_ptr<T>();
+  const T* P = params.data_ptr<T>();
+  const T *w_r = P, *b_r = P + G, *w_c = P + 2 * G, *b_c = P + 2 * G + H;
+  const T* BH = b_hh.has_value() ? b_hh->data_ptr<T>() : nullptr;
+  const T* W_T = w_t.data_ptr<T>();
+  for (int64_t t : order) {
+    const int64_t lo = offsets[t], bs = sizes[t];
+    const bool all_cut = reset_rows(resets, lo, bs, H, HS, CS);
+    const int64_t r_lo = save ? lo : 0;
+    recurrent(RS + r_lo * G, r_seq.narrow(0, r_lo, bs), BH, HS, h_state.narrow(0, 0, bs), W_T, w_t, bs, H, G,
+              all_cut);
+    at::parallel_for(0, bs, grain(G), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t r = lo + b;
+        T* x = X + r * G;
+        const T* rr = RS + (r_lo + b) * G;
+        T mean, rstd;
+        row_stats(rr, G, eps, mean, rstd);
+        for (int64_t j = 0; j < G; ++j) x[j] += (rr[j] - mean) * rstd * w_r[j] + b_r[j];
+        const T* cp = CS + b * H;
+        T* cn = C + r * H;
+        T *gi = x, *gf = x + H, *gg = x + 2 * H, *go = x + 3 * H;
+        for (int64_t j = 0; j < H; ++j) {
+          const T i = sig(gi[j]), f = sig(gf[j]), g = th(gg[j]), o = sig(go[j]);
+          gi[j] = i;
+          gf[j] = f;
+          gg[j] = g;
+          go[j] = o;
+          cn[j] = f * cp[j] + i * g;
+        }
+        T mc, rc;
+        row_stats(cn, H, eps, mc, rc);
+        T* h = Y + r * H;
+        for (int64_t j = 0; j < H; ++j) h[j] = go[j] * th((cn[j] - mc) * rc * w_c[j] + b_c[j]);
+        std::memcpy(CS + b * H, cn, H * sizeof(T));
+        std::memcpy(HS + b * H, h, H * sizeof(T));
+      }
+    });
+  }
+  return {y, h_state, c_state, c_seq, r_seq};
+}
+
+template <typename T>
+std::vector<at::Tensor> ln_lstm_backward_loop(const at::Tensor& gates, const at::Tensor& r_seq,
+                                              const at::Tensor& c_seq, const at::Tensor& c0, const at::Tensor& w_hh,
+                                              const at::Tensor& dy, const at::Tensor& dh_n, const at::Tensor& dc_n,
+                                              const at::Tensor& params, at::IntArrayRef order,
+                                              at::IntArrayRef offsets, at::IntArrayRef sizes, const bool* resets,
+                                              double eps) {
+  const int64_t N = gates.size(0), H = c0.size(1), B = c0.size(0), G = 4 * H;
+  at::Tensor dgates = at::empty({N, G}, gates.options());
+  at::Tensor dr = at::empty({N, G}, gates.options());
+  at::Tensor dn_seq = at::empty({N, H}, gates.options());
+  at::Tensor dh = dh_n.clone(), dc = dc_n.clone();
+  at::Tensor c_hat = at::empty({B, H}, gates.options()), r_hat = at::empty({B, G}, gates.options());
+  at::Tensor zero = at::zeros({H}, gates.options());
+  const T* GA = gates.data_ptr<T>();
+  const T* RS = r_seq.data_ptr<T>();
+  const T* C = c_seq.data_ptr<T>();
+  const T* C0 = c0.data_ptr<T>();
+  const T* DY = dy.data_ptr<T>();
+  const T* Z = zero.data_ptr<T>();
+  const T* W = w_hh.data_ptr<T>();
+  const T* P = params.data_ptr<T>();
+  const T *w_r = P, *w_c = P + 2 * G, *b_c = P + 2 * G + H;
+  T* DG = dgates.data_ptr<T>();
+  T* DR = dr.data_ptr<T>();
+  T* DN = dn_seq.data_ptr<T>();
+  T* DH = dh.data_ptr<T>();
+  T* DC = dc.data_ptr<T>();
+  T* CH = c_hat.data_ptr<T>();
+  T* RH = r_hat.data_ptr<T>();
+  const int64_t steps = static_cast<int64_t>(order.size());
+  for (int64_t k = steps - 1; k >= 0; --k) {
+    const int64_t t = order[k], lo = offsets[t], bs = sizes[t];
+    const int64_t prev_lo = k > 0 ? offsets[order[k - 1]] : 0, prev_bs = k > 0 ? sizes[order[k - 1]] : 0;
+    at::parallel_for(0, bs, grain(G), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t r = lo + b;
+        T* dhr = DH + b * H;
+        T* dcr = DC + b * H;
+        const T* dyr = DY + r * H;
+        for (int64_t j = 0; j < H; ++j) dhr[j] += dyr[j];
+        const T* g = GA + r * G;
+        const T *i_ = g, *f_ = g + H, *g_ = g + 2 * H, *o_ = g + 3 * H;
+        // h = o * tanh(LN(c)): the gradient reaching LN(c)'s output, then c's.
+        const T* cn = C + r * H;
+        T mc, rc;
+        row_stats(cn, H, eps, mc, rc);
+        T* ch = CH + b * H;
+        normalise(cn, ch, mc, rc, H);
+        T* dn = DN + r * H;
+        T* d = DG + r * G;
+        T* wdn = d + 3 * H;  // (scratch: the o block is written last)
+        for (int64_t j = 0; j < H; ++j) {
+          const T tcn = th(ch[j] * w_c[j] + b_c[j]);
+          dn[j] = dhr[j] * o_[j] * (T(1) - tcn * tcn);
+          wdn[j] = w_c[j] * dn[j];
+        }
+        norm_backward(wdn, ch, rc, H);
+        const T* cp = entering_row(C, C0, Z, resets != nullptr && resets[r], b, prev_lo, prev_bs, H);
+        for (int64_t j = 0; j < H; ++j) {
+          const T i = i_[j], f = f_[j], gg = g_[j], o = o_[j];
+          const T dct = dcr[j] + wdn[j];
+          const T tcn = th(ch[j] * w_c[j] + b_c[j]);
+          d[j] = dct * gg * i * (T(1) - i);
+          d[H + j] = dct * cp[j] * f * (T(1) - f);
+          d[2 * H + j] = dct * i * (T(1) - gg * gg);
+          d[3 * H + j] = dhr[j] * tcn * o * (T(1) - o);
+          dcr[j] = dct * f;
+        }
+        // The gates' gradient through LN(r) to r.
+        const T* rr = RS + r * G;
+        T mr, rstd;
+        row_stats(rr, G, eps, mr, rstd);
+        T* rh = RH + b * G;
+        normalise(rr, rh, mr, rstd, G);
+        T* drr = DR + r * G;
+        for (int64_t j = 0; j < G; ++j) drr[j] = w_r[j] * d[j];
+        norm_backward(drr, rh, rstd, G);
+      }
+    });
+    gemm_set(DH, DR + lo * G, W, bs, G, H, [&] {
+      at::Tensor dh_rows = dh.narrow(0, 0, bs);
+      at::mm_out(dh_rows, dr.narrow(0, lo, bs), w_hh);
+    });
+    finish_dh<T>(DH, nullptr, nullptr, nullptr, resets, lo, bs, H, DC);
+  }
+  return {dgates, dr, dh, dc, dn_seq};
+}
+
+template <typename T>
+std::vector<at::Tensor> ln_gru_forward_loop(at::Tensor xg, const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_hh,
+                                            const at::Tensor& h0, const at::Tensor& params, at::IntArrayRef order,
+                                            at::IntArrayRef offsets, at::IntArrayRef sizes, const bool* resets,
+                                            double eps, bool save) {
+  const int64_t N = xg.size(0), H = h0.size(1), B = h0.size(0), G = 3 * H;
+  at::Tensor y = at::empty({N, H}, xg.options());
+  at::Tensor r_seq = at::empty({save ? N : B, G}, xg.options());
+  at::Tensor h_state = h0.clone();
+  at::Tensor w_t = w_hh.t().contiguous();
+  T* X = xg.data_ptr<T>();
+  T* Y = y.data_ptr<T>();
+  T* RS = r_seq.data_ptr<T>();
+  T* HS = h_state.data_ptr<T>();
+  const T* P = params.data_ptr<T>();
+  const T *w_r = P, *b_r = P + G;
+  const T* BH = b_hh.has_value() ? b_hh->data_ptr<T>() : nullptr;
+  const T* W_T = w_t.data_ptr<T>();
+  for (int64_t t : order) {
+    const int64_t lo = offsets[t], bs = sizes[t];
+    const bool all_cut = reset_rows(resets, lo, bs, H, HS);
+    const int64_t r_lo = save ? lo : 0;
+    recurrent(RS + r_lo * G, r_seq.narrow(0, r_lo, bs), BH, HS, h_state.narrow(0, 0, bs), W_T, w_t, bs, H, G,
+              all_cut);
+    at::parallel_for(0, bs, grain(G), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t r = lo + b;
+        T* x = X + r * G;
+        const T* rr = RS + (r_lo + b) * G;
+        T mean, rstd;
+        row_stats(rr, G, eps, mean, rstd);
+        const T* hp = HS + b * H;
+        T* h = Y + r * H;
+        for (int64_t j = 0; j < H; ++j) {
+          const T ln_r = (rr[j] - mean) * rstd * w_r[j] + b_r[j];
+          const T ln_z = (rr[H + j] - mean) * rstd * w_r[H + j] + b_r[H + j];
+          const T ln_n = (rr[2 * H + j] - mean) * rstd * w_r[2 * H + j] + b_r[2 * H + j];
+          const T rg = sig(x[j] + ln_r), z = sig(x[H + j] + ln_z);
+          const T n = th(x[2 * H + j] + rg * ln_n);
+          x[j] = rg;
+          x[H + j] = z;
+          x[2 * H + j] = n;
+          h[j] = n + z * (hp[j] - n);
+        }
+        std::memcpy(HS + b * H, h, H * sizeof(T));
+      }
+    });
+  }
+  return {y, h_state, r_seq};
+}
+
+template <typename T>
+std::vector<at::Tensor> ln_gru_backward_loop(const at::Tensor& gates, const at::Tensor& r_seq, const at::Tensor& h0,
+                                             const at::Tensor& w_hh, const at::Tensor& y, const at::Tensor& dy,
+                                             const at::Tensor& dh_n, const at::Tensor& params, at::IntArrayRef order,
+                                             at::IntArrayRef offsets, at::IntArrayRef sizes, const bool* resets,
+                                             double eps) {
+  const int64_t N = gates.size(0), H = h0.size(1), B = h0.size(0), G = 3 * H;
+  at::Tensor dxg = at::empty({N, G}, gates.options());
+  at::Tensor dr = at::empty({N, G}, gates.options());
+  at::Tensor dh = dh_n.clone();
+  at::Tensor direct = at::empty({B, H}, gates.options());
+  at::Tensor r_hat = at::empty({B, G}, gates.options());
+  at::Tensor zero = at::zeros({H}, gates.options());
+  const T* GA = gates.data_ptr<T>();
+  const T* RS = r_seq.data_ptr<T>();
+  const T* H0 = h0.data_ptr<T>();
+  const T* Y = y.data_ptr<T>();
+  const T* DY = dy.data_ptr<T>();
+  const T* Z = zero.data_ptr<T>();
+  const T* W = w_hh.data_ptr<T>();
+  const T* P = params.data_ptr<T>();
+  const T *w_r = P, *b_r = P + G;
+  T* DX = dxg.data_ptr<T>();
+  T* DR = dr.data_ptr<T>();
+  T* DH = dh.data_ptr<T>();
+  T* DIR = direct.data_ptr<T>();
+  T* RH = r_hat.data_ptr<T>();
+  const int64_t steps = static_cast<int64_t>(order.size());
+  for (int64_t k = steps - 1; k >= 0; --k) {
+    const int64_t t = order[k], lo = offsets[t], bs = sizes[t];
+    const int64_t prev_lo = k > 0 ? offsets[order[k - 1]] : 0, prev_bs = k > 0 ? sizes[order[k - 1]] : 0;
+    at::parallel_for(0, bs, grain(G), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t r = lo + b;
+        T* dhr = DH + b * H;
+        const T* dyr = DY + r * H;
+        for (int64_t j = 0; j < H; ++j) dhr[j] += dyr[j];
+        const T* hp = entering_row(Y, H0, Z, resets != nullptr && resets[r], b, prev_lo, prev_bs, H);
+        const T* rr = RS + r * G;
+        T mr, rstd;
+        row_stats(rr, G, eps, mr, rstd);
+        T* rh = RH + b * G;
+        normalise(rr, rh, mr, rstd, G);
+        const T* g = GA + r * G;
+        T* dx = DX + r * G;
+        T* drr = DR + r * G;
+        T* dir = DIR + b * H;
+        for (int64_t j = 0; j < H; ++j) {
+          const T rg = g[j], z = g[H + j], n = g[2 * H + j];
+          const T ln_n = rh[2 * H + j] * w_r[2 * H + j] + b_r[2 * H + j];
+          const T dn = dhr[j] * (T(1) - z) * (T(1) - n * n);
+          const T dz = dhr[j] * (hp[j] - n) * z * (T(1) - z);
+          const T drg = dn * ln_n * rg * (T(1) - rg);
+          dx[j] = drg;
+          dx[H + j] = dz;
+          dx[2 * H + j] = dn;
+          drr[j] = w_r[j] * drg;
+          drr[H + j] = w_r[H + j] * dz;
+          drr[2 * H + j] = w_r[2 * H + j] * dn * rg;
+          dir[j] = dhr[j] * z;
+        }
+        norm_backward(drr, rh, rstd, G);
+      }
+    });
+    gemm_set(DH, DR + lo * G, W, bs, G, H, [&] {
+      at::Tensor dh_rows = dh.narrow(0, 0, bs);
+      at::mm_out(dh_rows, dr.narrow(0, lo, bs), w_hh);
+    });
+    finish_dh<T>(DH, nullptr, DIR, nullptr, resets, lo, bs, H);
+  }
+  return {dxg, dr, dh};
+}
+
+const bool* resets_of(const c10::optional<at::Tensor>& resets) {
+  return resets.has_value() ? resets->data_ptr<bool>() : nullptr;
+}
+
+std::vector<at::Tensor> ln_lstm_forward(at::Tensor xg, const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_hh,
+                                        const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& params,
+                                        at::IntArrayRef order, at::IntArrayRef offsets, at::IntArrayRef sizes,
+                                        const c10::optional<at::Tensor>& resets, double eps, bool save) {
+  check(xg, "xg");
+  check(params, "params");
+  return AT_DISPATCH_FLOATING_TYPES(xg.scalar_type(), "fastrnn_ln_lstm_forward", [&] {
+    return ln_lstm_forward_loop<scalar_t>(xg, w_hh, b_hh, h0, c0, params, order, offsets, sizes, resets_of(resets),
+                                          eps, save);
+  });
+}
+
+std::vector<at::Tensor> ln_lstm_backward(const at::Tensor& gates, const at::Tensor& r_seq, const at::Tensor& c_seq,
+                                         const at::Tensor& c0, const at::Tensor& w_hh, const at::Tensor& dy,
+                                         const at::Tensor& dh_n, const at::Tensor& dc_n, const at::Tensor& params,
+                                         at::IntArrayRef order, at::IntArrayRef offsets, at::IntArrayRef sizes,
+                                         const c10::optional<at::Tensor>& resets, double eps) {
+  check(gates, "gates");
+  check(dy, "dy");
+  return AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "fastrnn_ln_lstm_backward", [&] {
+    return ln_lstm_backward_loop<scalar_t>(gates, r_seq, c_seq, c0, w_hh, dy, dh_n, dc_n, params, order, offsets,
+                                           sizes, resets_of(resets), eps);
+  });
+}
+
+std::vector<at::Tensor> ln_gru_forward(at::Tensor xg, const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_hh,
+                                       const at::Tensor& h0, const at::Tensor& params, at::IntArrayRef order,
+                                       at::IntArrayRef offsets, at::IntArrayRef sizes,
+                                       const c10::optional<at::Tensor>& resets, double eps, bool save) {
+  check(xg, "xg");
+  check(params, "params");
+  return AT_DISPATCH_FLOATING_TYPES(xg.scalar_type(), "fastrnn_ln_gru_forward", [&] {
+    return ln_gru_forward_loop<scalar_t>(xg, w_hh, b_hh, h0, params, order, offsets, sizes, resets_of(resets), eps,
+                                         save);
+  });
+}
+
+std::vector<at::Tensor> ln_gru_backward(const at::Tensor& gates, const at::Tensor& r_seq, const at::Tensor& h0,
+                                        const at::Tensor& w_hh, const at::Tensor& y, const at::Tensor& dy,
+                                        const at::Tensor& dh_n, const at::Tensor& params, at::IntArrayRef order,
+                                        at::IntArrayRef offsets, at::IntArrayRef sizes,
+                                        const c10::optional<at::Tensor>& resets, double eps) {
+  check(gates, "gates");
+  check(dy, "dy");
+  return AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "fastrnn_ln_gru_backward", [&] {
+    return ln_gru_backward_loop<scalar_t>(gates, r_seq, h0, w_hh, y, dy, dh_n, params, order, offsets, sizes,
+                                          resets_of(resets), eps);
+  });
+}
+
+}  // namespace
+}  // namespace fastrnn_cpu
+
+TORCH_LIBRARY_FRAGMENT(fastrnn_cpu_loops, m) {
+  m.def(
+      "ln_lstm_forward(Tensor(a!) xg, Tensor w_hh, Tensor? b_hh, Tensor h0, Tensor c0, Tensor params, int[] order, "
+      "int[] offsets, int[] sizes, Tensor? resets, float eps, bool save) -> Tensor[]");
+  m.def(
+      "ln_lstm_backward(Tensor gates, Tensor r_seq, Tensor c_seq, Tensor c0, Tensor w_hh, Tensor dy, Tensor dh_n, "
+      "Tensor dc_n, Tensor params, int[] order, int[] offsets, int[] sizes, Tensor? resets, float eps) -> Tensor[]");
+  m.def(
+      "ln_gru_forward(Tensor(a!) xg, Tensor w_hh, Tensor? b_hh, Tensor h0, Tensor params, int[] order, "
+      "int[] offsets, int[] sizes, Tensor? resets, float eps, bool save) -> Tensor[]");
+  m.def(
+      "ln_gru_backward(Tensor gates, Tensor r_seq, Tensor h0, Tensor w_hh, Tensor y, Tensor dy, Tensor dh_n, "
+      "Tensor params, int[] order, int[] offsets, int[] sizes, Tensor? resets, float eps) -> Tensor[]");
+}
+
+TORCH_LIBRARY_IMPL(fastrnn_cpu_loops, CPU, m) {
+  m.impl("ln_lstm_forward", &fastrnn_cpu::ln_lstm_forward);
+  m.impl("ln_lstm_backward", &fastrnn_cpu::ln_lstm_backward);
+  m.impl("ln_gru_forward", &fastrnn_cpu::ln_gru_forward);
+  m.impl("ln_gru_backward", &fastrnn_cpu::ln_gru_backward);
+}
