@@ -101,7 +101,8 @@ template <typename T>
 void blend(T* __restrict__ out, const T* __restrict__ prev, const T* __restrict__ fresh, const bool* __restrict__ mask,
            T p, int64_t H) {
   if (mask != nullptr) {
-    for (int64_t j = 0; j < H; ++j) out[j] = mask[j] ? prev[j] : fresh[j];
+    const uint8_t* m = reinterpret_cast<const uint8_t*>(mask);  // (as bytes: the loop vectorises)
+    for (int64_t j = 0; j < H; ++j) out[j] = m[j] ? prev[j] : fresh[j];
   } else {
     for (int64_t j = 0; j < H; ++j) out[j] = fresh[j] + p * (prev[j] - fresh[j]);
   }
@@ -112,9 +113,12 @@ template <typename T>
 void split(T* __restrict__ cell, T* __restrict__ kept, const T* __restrict__ grad, const bool* __restrict__ mask, T p,
            int64_t H) {
   if (mask != nullptr) {
+    const uint8_t* m = reinterpret_cast<const uint8_t*>(mask);
     for (int64_t j = 0; j < H; ++j) {
-      cell[j] = mask[j] ? T(0) : grad[j];
-      kept[j] = mask[j] ? grad[j] : T(0);
+      const T g = grad[j];
+      const bool keep = m[j] != 0;
+      cell[j] = keep ? T(0) : g;
+      kept[j] = keep ? g : T(0);
     }
   } else {
     for (int64_t j = 0; j < H; ++j) {

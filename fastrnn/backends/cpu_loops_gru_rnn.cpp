@@ -197,6 +197,12 @@ std::vector<at::Tensor> rnn_forward_loop(at::Tensor xg, const at::Tensor& w_hh, 
   return {y, h_state};
 }
 
+// d pre-activation = d * act'(h): 1 - h^2 for tanh; relu: 0 where h <= 0 (torch's threshold_backward).
+template <typename T, bool TANH>
+void rnn_cell_backward(T* __restrict__ dx, const T* __restrict__ d, const T* __restrict__ h, int64_t H) {
+  for (int64_t j = 0; j < H; ++j) dx[j] = TANH ? d[j] * (T(1) - h[j] * h[j]) : (h[j] <= T(0) ? T(0) : d[j]);
+}
+
 template <typename T, bool TANH>
 std::vector<at::Tensor> rnn_backward_loop(const at::Tensor& h_new, const at::Tensor& w_hh, const at::Tensor& dy,
                                           const at::Tensor& dh_n, at::IntArrayRef order, at::IntArrayRef offsets,
@@ -226,11 +232,7 @@ std::vector<at::Tensor> rnn_backward_loop(const at::Tensor& h_new, const at::Ten
           split(DCL + b * H, KP + b * H, dh_t, e.mask_h ? e.mask_h + r * H : nullptr, e.p_h, H);
           d = DCL + b * H;
         }
-        const T* h = HN + r * H;
-        T* dx = DX + r * H;
-        for (int64_t j = 0; j < H; ++j) {
-          dx[j] = TANH ? d[j] * (T(1) - h[j] * h[j]) : (h[j] <= T(0) ? T(0) : d[j]);
-        }
+        rnn_cell_backward<T, TANH>(DX + r * H, d, HN + r * H, H);
       }
     });
     gemm_set(DH, DX + lo * H, W, bs, H, H, [&] {

@@ -12,18 +12,30 @@
 namespace fastrnn_cpu {
 namespace {
 
-// mean and 1 / sqrt(var + eps) of one row (biased variance, two passes in double).
+// Sums of one row in 16 partial sums (vector lanes the compiler keeps in registers), then
+// added in double.
+template <typename T, typename F>
+double row_sum(int64_t D, F&& term) {
+  T acc[16] = {};
+  int64_t j = 0;
+  for (; j + 16 <= D; j += 16) {
+    for (int u = 0; u < 16; ++u) acc[u] += term(j + u);
+  }
+  double s = 0;
+  for (int u = 0; u < 16; ++u) s += acc[u];
+  for (; j < D; ++j) s += term(j);
+  return s;
+}
+
+// mean and 1 / sqrt(var + eps) of one row (biased variance, two passes).
 template <typename T>
 void row_stats(const T* x, int64_t D, double eps, T& mean, T& rstd) {
-  double s = 0;
-  for (int64_t j = 0; j < D; ++j) s += x[j];
-  const double m = s / D;
-  double v = 0;
-  for (int64_t j = 0; j < D; ++j) {
-    const double d = x[j] - m;
-    v += d * d;
-  }
-  mean = static_cast<T>(m);
+  const T m = static_cast<T>(row_sum<T>(D, [&](int64_t j) { return x[j]; }) / D);
+  const double v = row_sum<T>(D, [&](int64_t j) {
+    const T d = x[j] - m;
+    return d * d;
+  });
+  mean = m;
   rstd = static_cast<T>(1.0 / std::sqrt(v / D + eps));
 }
 
@@ -36,13 +48,121 @@ void normalise(const T* __restrict__ x, T* __restrict__ hat, T mean, T rstd, int
 // dx = rstd * (wd - mean(wd) - hat * mean(wd * hat)), wd = w * dy given, written over wd.
 template <typename T>
 void norm_backward(T* __restrict__ wd, const T* __restrict__ hat, T rstd, int64_t D) {
-  double m0 = 0, m1 = 0;
-  for (int64_t j = 0; j < D; ++j) {
-    m0 += wd[j];
-    m1 += wd[j] * hat[j];
-  }
+  const double m0 = row_sum<T>(D, [&](int64_t j) { return wd[j]; });
+  const double m1 = row_sum<T>(D, [&](int64_t j) { return wd[j] * hat[j]; });
   const T a = static_cast<T>(m0 / D), b = static_cast<T>(m1 / D);
   for (int64_t j = 0; j < D; ++j) wd[j] = rstd * (wd[j] - a - hat[j] * b);
+}
+
+// The per-row passes below take each row block as its own restrict pointer, so that the
+// compiler vectorises them.
+
+// x += LN(r) (= (r - mean) * rstd * w + b).
+template <typename T>
+void add_norm(T* __restrict__ x, const T* __restrict__ r, const T* __restrict__ w, const T* __restrict__ b, T mean,
+              T rstd, int64_t D) {
+  for (int64_t j = 0; j < D; ++j) x[j] += (r[j] - mean) * rstd * w[j] + b[j];
+}
+
+template <typename T>
+void lstm_gates(T* __restrict__ gi, T* __restrict__ gf, T* __restrict__ gg, T* __restrict__ go,
+                const T* __restrict__ cp, T* __restrict__ cn, int64_t H) {
+  for (int64_t j = 0; j < H; ++j) {
+    const T i = sig(gi[j]), f = sig(gf[j]), g = th(gg[j]), o = sig(go[j]);
+    gi[j] = i;
+    gf[j] = f;
+    gg[j] = g;
+    go[j] = o;
+    cn[j] = f * cp[j] + i * g;
+  }
+}
+
+// h = o * tanh(LN(c)).
+template <typename T>
+void lstm_out(T* __restrict__ h, const T* __restrict__ o, const T* __restrict__ c, const T* __restrict__ w,
+              const T* __restrict__ b, T mean, T rstd, int64_t H) {
+  for (int64_t j = 0; j < H; ++j) h[j] = o[j] * th((c[j] - mean) * rstd * w[j] + b[j]);
+}
+
+// The gradient reaching LN(c)'s output (dn), and w_c * dn.
+template <typename T>
+void lstm_dn(T* __restrict__ dn, T* __restrict__ wdn, const T* __restrict__ dh, const T* __restrict__ o,
+             const T* __restrict__ ch, const T* __restrict__ w, const T* __restrict__ b, int64_t H) {
+  for (int64_t j = 0; j < H; ++j) {
+    const T tcn = th(ch[j] * w[j] + b[j]);
+    dn[j] = dh[j] * o[j] * (T(1) - tcn * tcn);
+    wdn[j] = w[j] * dn[j];
+  }
+}
+
+// The gates' gradients (before their activations) and dc_prev, over dc, from dc + dc_ln.
+template <typename T>
+void lstm_gate_grads(T* __restrict__ di, T* __restrict__ df, T* __restrict__ dg, T* __restrict__ d_o,
+                     T* __restrict__ dc, const T* __restrict__ dc_ln, const T* __restrict__ i_,
+                     const T* __restrict__ f_, const T* __restrict__ g_, const T* __restrict__ o_,
+                     const T* __restrict__ cp, const T* __restrict__ dh, const T* __restrict__ ch,
+                     const T* __restrict__ w, const T* __restrict__ b, int64_t H) {
+  for (int64_t j = 0; j < H; ++j) {
+    const T i = i_[j], f = f_[j], g = g_[j], o = o_[j];
+    const T dct = dc[j] + dc_ln[j];
+    const T tcn = th(ch[j] * w[j] + b[j]);
+    di[j] = dct * g * i * (T(1) - i);
+    df[j] = dct * cp[j] * f * (T(1) - f);
+    dg[j] = dct * i * (T(1) - g * g);
+    d_o[j] = dh[j] * tcn * o * (T(1) - o);
+    dc[j] = dct * f;
+  }
+}
+
+template <typename T>
+void mul_into(T* __restrict__ out, const T* __restrict__ a, const T* __restrict__ b, int64_t D) {
+  for (int64_t j = 0; j < D; ++j) out[j] = a[j] * b[j];
+}
+
+template <typename T>
+void add_into(T* __restrict__ out, const T* __restrict__ a, int64_t D) {
+  for (int64_t j = 0; j < D; ++j) out[j] += a[j];
+}
+
+// One LayerNorm-GRU row: LN(r) per block, the gates over x, h' = n + z (h - n).
+template <typename T>
+void gru_row(T* __restrict__ xr, T* __restrict__ xz, T* __restrict__ xn, const T* __restrict__ rr,
+             const T* __restrict__ rz, const T* __restrict__ rn, const T* __restrict__ wr, const T* __restrict__ wz,
+             const T* __restrict__ wn, const T* __restrict__ br, const T* __restrict__ bz, const T* __restrict__ bn,
+             T mean, T rstd, const T* __restrict__ hp, T* __restrict__ h, int64_t H) {
+  for (int64_t j = 0; j < H; ++j) {
+    const T rg = sig(xr[j] + (rr[j] - mean) * rstd * wr[j] + br[j]);
+    const T z = sig(xz[j] + (rz[j] - mean) * rstd * wz[j] + bz[j]);
+    const T n = th(xn[j] + rg * ((rn[j] - mean) * rstd * wn[j] + bn[j]));
+    xr[j] = rg;
+    xz[j] = z;
+    xn[j] = n;
+    h[j] = n + z * (hp[j] - n);
+  }
+}
+
+// One LayerNorm-GRU row's gradients: dxg (r, z, n), w_r * (the gradient of LN(r)'s output)
+// into dr, and the direct part dh * z of dh_prev.
+template <typename T>
+void gru_grads(T* __restrict__ dxr, T* __restrict__ dxz, T* __restrict__ dxn, T* __restrict__ drr,
+               T* __restrict__ drz, T* __restrict__ drn, T* __restrict__ direct, const T* __restrict__ rg_,
+               const T* __restrict__ z_, const T* __restrict__ n_, const T* __restrict__ hat_n,
+               const T* __restrict__ wr, const T* __restrict__ wz, const T* __restrict__ wn, const T* __restrict__ bn,
+               const T* __restrict__ dh, const T* __restrict__ hp, int64_t H) {
+  for (int64_t j = 0; j < H; ++j) {
+    const T rg = rg_[j], z = z_[j], n = n_[j];
+    const T ln_n = hat_n[j] * wn[j] + bn[j];
+    const T dn = dh[j] * (T(1) - z) * (T(1) - n * n);
+    const T dz = dh[j] * (hp[j] - n) * z * (T(1) - z);
+    const T drg = dn * ln_n * rg * (T(1) - rg);
+    dxr[j] = drg;
+    dxz[j] = dz;
+    dxn[j] = dn;
+    drr[j] = wr[j] * drg;
+    drz[j] = wz[j] * dz;
+    drn[j] = wn[j] * dn * rg;
+    direct[j] = dh[j] * z;
+  }
 }
 
 // The recurrent pre-activation of a step: r = b_hh + h @ W_hh^T, into `R` (bs rows of G).
@@ -94,22 +214,13 @@ std::vector<at::Tensor> ln_lstm_forward_loop(at::Tensor xg, const at::Tensor& w_
         const T* rr = RS + (r_lo + b) * G;
         T mean, rstd;
         row_stats(rr, G, eps, mean, rstd);
-        for (int64_t j = 0; j < G; ++j) x[j] += (rr[j] - mean) * rstd * w_r[j] + b_r[j];
-        const T* cp = CS + b * H;
+        add_norm(x, rr, w_r, b_r, mean, rstd, G);
         T* cn = C + r * H;
-        T *gi = x, *gf = x + H, *gg = x + 2 * H, *go = x + 3 * H;
-        for (int64_t j = 0; j < H; ++j) {
-          const T i = sig(gi[j]), f = sig(gf[j]), g = th(gg[j]), o = sig(go[j]);
-          gi[j] = i;
-          gf[j] = f;
-          gg[j] = g;
-          go[j] = o;
-          cn[j] = f * cp[j] + i * g;
-        }
+        lstm_gates(x, x + H, x + 2 * H, x + 3 * H, CS + b * H, cn, H);
         T mc, rc;
         row_stats(cn, H, eps, mc, rc);
         T* h = Y + r * H;
-        for (int64_t j = 0; j < H; ++j) h[j] = go[j] * th((cn[j] - mc) * rc * w_c[j] + b_c[j]);
+        lstm_out(h, x + 3 * H, cn, w_c, b_c, mc, rc, H);
         std::memcpy(CS + b * H, cn, H * sizeof(T));
         std::memcpy(HS + b * H, h, H * sizeof(T));
       }
@@ -131,6 +242,7 @@ std::vector<at::Tensor> ln_lstm_backward_loop(const at::Tensor& gates, const at:
   at::Tensor dn_seq = at::empty({N, H}, gates.options());
   at::Tensor dh = dh_n.clone(), dc = dc_n.clone();
   at::Tensor c_hat = at::empty({B, H}, gates.options()), r_hat = at::empty({B, G}, gates.options());
+  at::Tensor w_dn = at::empty({B, H}, gates.options());
   at::Tensor zero = at::zeros({H}, gates.options());
   const T* GA = gates.data_ptr<T>();
   const T* RS = r_seq.data_ptr<T>();
@@ -148,6 +260,7 @@ std::vector<at::Tensor> ln_lstm_backward_loop(const at::Tensor& gates, const at:
   T* DC = dc.data_ptr<T>();
   T* CH = c_hat.data_ptr<T>();
   T* RH = r_hat.data_ptr<T>();
+  T* WD = w_dn.data_ptr<T>();
   const int64_t steps = static_cast<int64_t>(order.size());
   for (int64_t k = steps - 1; k >= 0; --k) {
     const int64_t t = order[k], lo = offsets[t], bs = sizes[t];
@@ -157,36 +270,21 @@ std::vector<at::Tensor> ln_lstm_backward_loop(const at::Tensor& gates, const at:
         const int64_t r = lo + b;
         T* dhr = DH + b * H;
         T* dcr = DC + b * H;
-        const T* dyr = DY + r * H;
-        for (int64_t j = 0; j < H; ++j) dhr[j] += dyr[j];
+        add_into(dhr, DY + r * H, H);
         const T* g = GA + r * G;
-        const T *i_ = g, *f_ = g + H, *g_ = g + 2 * H, *o_ = g + 3 * H;
         // h = o * tanh(LN(c)): the gradient reaching LN(c)'s output, then c's.
         const T* cn = C + r * H;
         T mc, rc;
         row_stats(cn, H, eps, mc, rc);
         T* ch = CH + b * H;
         normalise(cn, ch, mc, rc, H);
-        T* dn = DN + r * H;
-        T* d = DG + r * G;
-        T* wdn = d + 3 * H;  // (scratch: the o block is written last)
-        for (int64_t j = 0; j < H; ++j) {
-          const T tcn = th(ch[j] * w_c[j] + b_c[j]);
-          dn[j] = dhr[j] * o_[j] * (T(1) - tcn * tcn);
-          wdn[j] = w_c[j] * dn[j];
-        }
+        T* wdn = WD + b * H;
+        lstm_dn(DN + r * H, wdn, dhr, g + 3 * H, ch, w_c, b_c, H);
         norm_backward(wdn, ch, rc, H);
         const T* cp = entering_row(C, C0, Z, resets != nullptr && resets[r], b, prev_lo, prev_bs, H);
-        for (int64_t j = 0; j < H; ++j) {
-          const T i = i_[j], f = f_[j], gg = g_[j], o = o_[j];
-          const T dct = dcr[j] + wdn[j];
-          const T tcn = th(ch[j] * w_c[j] + b_c[j]);
-          d[j] = dct * gg * i * (T(1) - i);
-          d[H + j] = dct * cp[j] * f * (T(1) - f);
-          d[2 * H + j] = dct * i * (T(1) - gg * gg);
-          d[3 * H + j] = dhr[j] * tcn * o * (T(1) - o);
-          dcr[j] = dct * f;
-        }
+        T* d = DG + r * G;
+        lstm_gate_grads(d, d + H, d + 2 * H, d + 3 * H, dcr, wdn, g, g + H, g + 2 * H, g + 3 * H, cp, dhr, ch, w_c,
+                        b_c, H);
         // The gates' gradient through LN(r) to r.
         const T* rr = RS + r * G;
         T mr, rstd;
@@ -194,7 +292,7 @@ std::vector<at::Tensor> ln_lstm_backward_loop(const at::Tensor& gates, const at:
         T* rh = RH + b * G;
         normalise(rr, rh, mr, rstd, G);
         T* drr = DR + r * G;
-        for (int64_t j = 0; j < G; ++j) drr[j] = w_r[j] * d[j];
+        mul_into(drr, w_r, d, G);
         norm_backward(drr, rh, rstd, G);
       }
     });
@@ -238,19 +336,9 @@ std::vector<at::Tensor> ln_gru_forward_loop(at::Tensor xg, const at::Tensor& w_h
         const T* rr = RS + (r_lo + b) * G;
         T mean, rstd;
         row_stats(rr, G, eps, mean, rstd);
-        const T* hp = HS + b * H;
         T* h = Y + r * H;
-        for (int64_t j = 0; j < H; ++j) {
-          const T ln_r = (rr[j] - mean) * rstd * w_r[j] + b_r[j];
-          const T ln_z = (rr[H + j] - mean) * rstd * w_r[H + j] + b_r[H + j];
-          const T ln_n = (rr[2 * H + j] - mean) * rstd * w_r[2 * H + j] + b_r[2 * H + j];
-          const T rg = sig(x[j] + ln_r), z = sig(x[H + j] + ln_z);
-          const T n = th(x[2 * H + j] + rg * ln_n);
-          x[j] = rg;
-          x[H + j] = z;
-          x[2 * H + j] = n;
-          h[j] = n + z * (hp[j] - n);
-        }
+        gru_row(x, x + H, x + 2 * H, rr, rr + H, rr + 2 * H, w_r, w_r + H, w_r + 2 * H, b_r, b_r + H, b_r + 2 * H,
+                mean, rstd, HS + b * H, h, H);
         std::memcpy(HS + b * H, h, H * sizeof(T));
       }
     });
@@ -293,8 +381,7 @@ std::vector<at::Tensor> ln_gru_backward_loop(const at::Tensor& gates, const at::
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t r = lo + b;
         T* dhr = DH + b * H;
-        const T* dyr = DY + r * H;
-        for (int64_t j = 0; j < H; ++j) dhr[j] += dyr[j];
+        add_into(dhr, DY + r * H, H);
         const T* hp = entering_row(Y, H0, Z, resets != nullptr && resets[r], b, prev_lo, prev_bs, H);
         const T* rr = RS + r * G;
         T mr, rstd;
@@ -304,21 +391,8 @@ std::vector<at::Tensor> ln_gru_backward_loop(const at::Tensor& gates, const at::
         const T* g = GA + r * G;
         T* dx = DX + r * G;
         T* drr = DR + r * G;
-        T* dir = DIR + b * H;
-        for (int64_t j = 0; j < H; ++j) {
-          const T rg = g[j], z = g[H + j], n = g[2 * H + j];
-          const T ln_n = rh[2 * H + j] * w_r[2 * H + j] + b_r[2 * H + j];
-          const T dn = dhr[j] * (T(1) - z) * (T(1) - n * n);
-          const T dz = dhr[j] * (hp[j] - n) * z * (T(1) - z);
-          const T drg = dn * ln_n * rg * (T(1) - rg);
-          dx[j] = drg;
-          dx[H + j] = dz;
-          dx[2 * H + j] = dn;
-          drr[j] = w_r[j] * drg;
-          drr[H + j] = w_r[H + j] * dz;
-          drr[2 * H + j] = w_r[2 * H + j] * dn * rg;
-          dir[j] = dhr[j] * z;
-        }
+        gru_grads(dx, dx + H, dx + 2 * H, drr, drr + H, drr + 2 * H, DIR + b * H, g, g + H, g + 2 * H, rh + 2 * H,
+                  w_r, w_r + H, w_r + 2 * H, b_r + 2 * H, dhr, hp, H);
         norm_backward(drr, rh, rstd, G);
       }
     });
