@@ -16,8 +16,9 @@
   per forward call, scaled by ``1 / (1 - p)``, training only: applied to the weight before
   the layer runs (autograd carries the gradient through the mask).
 
-Every mask comes from torch's generator of the tensors' device, so ``torch.manual_seed``
-makes a run reproducible and every backend computes with the same masks.
+Every mask comes from torch's generator of the tensors' device (on the CPU, eagerly, as the
+seed of a counter-based draw: :func:`fastrnn.backends.cpu_loops.bernoulli_mask`), so
+``torch.manual_seed`` makes a run reproducible and every backend computes with the same masks.
 """
 
 from __future__ import annotations
@@ -84,21 +85,34 @@ class Zoneout:
         return grad, None
 
 
+def _bernoulli(shape, p: float, device, keep: bool = False) -> torch.Tensor:
+    """A bool mask, True with probability ``p`` (``1 - p`` with ``keep``): on the CPU, eagerly,
+    the C++ loops' counter-based draw (:func:`fastrnn.backends.cpu_loops.bernoulli_mask`,
+    seeded from torch's generator); elsewhere ``torch.rand``."""
+    from .backends import cpu_loops
+
+    device = torch.device(device)
+    if cpu_loops.draws_masks(device):
+        return cpu_loops.bernoulli_mask(shape[0], shape[1], p, invert=keep)
+    draw = torch.rand(shape, device=device)
+    return draw >= p if keep else draw < p
+
+
 def draw_zoneout(rows: int, hidden: int, p_h: float, p_c: float, device) -> tuple:
     """``(mask_h, mask_c)``: fresh ``(rows, H)`` Bernoulli masks (None where p is 0)."""
     def mask(p):
-        return None if p == 0 else torch.rand(rows, hidden, device=device) < p
+        return None if p == 0 else _bernoulli((rows, hidden), p, device)
 
     return mask(p_h), mask(p_c)
 
 
 def draw_recurrent_scale(batch: int, hidden: int, p: float, dtype, device) -> torch.Tensor:
     """``m / (1 - p)`` with ``m`` a fresh ``(B, H)`` Bernoulli(1 - p) mask."""
-    keep = torch.rand(batch, hidden, device=device) >= p
+    keep = _bernoulli((batch, hidden), p, device, keep=True)
     return keep.to(dtype) / (1 - p)
 
 
 def drop_connect(w_hh: torch.Tensor, p: float) -> torch.Tensor:
     """``W_hh`` with a fresh mask over its entries, scaled by ``1 / (1 - p)``."""
-    keep = torch.rand(w_hh.shape, device=w_hh.device) >= p
+    keep = _bernoulli(tuple(w_hh.shape), p, w_hh.device, keep=True)
     return w_hh * (keep.to(w_hh.dtype) / (1 - p))

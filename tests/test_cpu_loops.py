@@ -281,3 +281,43 @@ def test_a_failed_build_warns_once_and_runs_the_python_loops(monkeypatch):
         want = m(x)[0]
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     torch.testing.assert_close(again, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_the_mask_draw_is_bernoulli_and_reproducible(p):
+    """The regularisers' CPU masks (a counter-based hash seeded from torch's generator): the
+    fraction of True within 4 standard deviations of p over 10^6 draws, pairs of neighbours
+    within 4 of p^2 (no correlation along a row), the complement with ``invert``, the same
+    mask after the same ``torch.manual_seed`` and another one without."""
+    rows, cols = 1000, 1000
+    torch.manual_seed(21)
+    m = cpu_loops.bernoulli_mask(rows, cols, p)
+    torch.manual_seed(21)
+    again = cpu_loops.bernoulli_mask(rows, cols, p)
+    other = cpu_loops.bernoulli_mask(rows, cols, p)
+    assert m.dtype == torch.bool and m.shape == (rows, cols)
+    assert torch.equal(m, again) and not torch.equal(m, other)
+    n = rows * cols
+    assert abs(m.float().mean().item() - p) < 4 * (p * (1 - p) / n) ** 0.5
+    pairs = (m[:, 1:] & m[:, :-1]).float().mean().item()
+    q = p * p
+    # (overlapping pairs are not independent: twice the bound of independent ones)
+    assert abs(pairs - q) < 2 * 4 * (q * (1 - q) / (rows * (cols - 1))) ** 0.5
+    keep = cpu_loops.bernoulli_mask(rows, cols, p, invert=True)
+    assert abs(keep.float().mean().item() - (1 - p)) < 4 * (p * (1 - p) / n) ** 0.5
+
+
+def test_the_mask_draw_at_the_ends():
+    assert not cpu_loops.bernoulli_mask(7, 9, 0.0).any()
+    assert cpu_loops.bernoulli_mask(7, 9, 1.0).all()
+    assert cpu_loops.bernoulli_mask(7, 9, 0.0, invert=True).all()
+
+
+def test_the_regularisers_draw_their_cpu_masks_here(monkeypatch):
+    """The zoneout, recurrent-dropout and DropConnect masks of a CPU layer come from it."""
+    calls = []
+    real = cpu_loops.bernoulli_mask
+    monkeypatch.setattr(cpu_loops, "bernoulli_mask", lambda *a, **k: calls.append(a) or real(*a, **k))
+    m = fastrnn.GRU(3, 4, zoneout=0.2, recurrent_dropout=0.3, weight_drop=0.4, backend="reference")
+    m(torch.randn(5, 2, 3))
+    assert sorted(calls) == sorted([(10, 4, 0.2), (2, 4, 0.3), (12, 4, 0.4)]), calls

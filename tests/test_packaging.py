@@ -212,7 +212,8 @@ def test_gpu_install_contents(gpu_python, outside, kernel_sources):
     (dist_info,) = site.glob("fastrnn-*.dist-info")
     files = [line.split(",")[0] for line in (dist_info / "RECORD").read_text().splitlines()]
     assert "fastrnn/kernels/__init__.py" in files and "fastrnn/py.typed" in files
-    for source in ("cpu_loops.h", "cpu_loops_lstm.cpp", "cpu_loops_gru_rnn.cpp", "cpu_loops_norm.cpp"):
+    for source in ("cpu_loops.h", "cpu_loops_lstm.cpp", "cpu_loops_gru_rnn.cpp", "cpu_loops_norm.cpp",
+                   "cpu_loops_random.cpp"):
         assert f"fastrnn/backends/{source}" in files
     assert not [f for f in files if f.startswith("kernels/")]
     assert (dist_info / "licenses" / "LICENSE").read_text().startswith("MIT License") or \

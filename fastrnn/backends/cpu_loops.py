@@ -44,7 +44,7 @@ from ..kinds import CellKind
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _SOURCES = [os.path.join(_HERE, name)
-            for name in ("cpu_loops_lstm.cpp", "cpu_loops_gru_rnn.cpp", "cpu_loops_norm.cpp")]
+            for name in ("cpu_loops_lstm.cpp", "cpu_loops_gru_rnn.cpp", "cpu_loops_norm.cpp", "cpu_loops_random.cpp")]
 _HEADER = os.path.join(_HERE, "cpu_loops.h")
 _FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math"]
 _DTYPES = (torch.float32, torch.float64)
@@ -317,3 +317,21 @@ def norm_backward(norm, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, revers
         r_hat = torch.native_layer_norm(r_seq, (3 * hidden,), None, None, eps)[0]
         dparams = torch.cat((r_hat.mul_(d).sum(0).view(3, hidden), d.sum(0).view(3, hidden)))
     return BackwardResult(dxg, dr, dh0, None, None, dparams.to(params.dtype))
+
+
+def bernoulli_mask(rows: int, cols: int, p: float, invert: bool = False) -> torch.Tensor:
+    """A ``(rows, cols)`` bool mask, True with probability ``p`` (``1 - p`` with ``invert``),
+    from a counter-based hash (one vectorised pass) seeded by one draw of torch's CPU
+    generator: ``torch.manual_seed`` reproduces it."""
+    if not available():
+        raise RuntimeError("fastrnn: the C++ CPU loops are not built (see the warning given when they failed)")
+    seed = int(torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64))
+    return torch.ops.fastrnn_cpu_loops.bernoulli_mask(rows, cols, float(p), seed, invert)
+
+
+def draws_masks(device) -> bool:
+    """Whether :func:`bernoulli_mask` draws the regularisers' masks for tensors on ``device``:
+    the CPU, eagerly (torch.compile / export / func trace torch's own draw), whichever loops
+    run (:func:`disabled` keeps the masks, so that both loops see the same ones)."""
+    return (device.type == "cpu" and not torch.compiler.is_compiling()
+            and not torch._C._are_functorch_transforms_active() and not torch.jit.is_tracing() and available())
