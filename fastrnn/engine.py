@@ -115,7 +115,7 @@ class LoopLayer:
                 if resets is not None:
                     prev = torch.where(extras["resets"].unsqueeze(1), 0, prev)
                 if recurrent_scale is not None:
-                    prev = prev * schedule.batch_rows(recurrent_scale)
+                    prev = schedule.scale_rows(prev, recurrent_scale)
                 dw_hh = res.dhg.t() @ prev
         db_ih = res.dxg.sum(0) if (b_ih is not None and need_b_ih) else None
         db_hh = None

@@ -109,7 +109,7 @@ def draw_zoneout(rows: int, hidden: int, p_h: float, p_c: float, device) -> tupl
 def draw_recurrent_scale(batch: int, hidden: int, p: float, dtype, device) -> torch.Tensor:
     """``m / (1 - p)`` with ``m`` a fresh ``(B, H)`` Bernoulli(1 - p) mask."""
     keep = _bernoulli((batch, hidden), p, device, keep=True)
-    return keep.to(dtype) / (1 - p)
+    return keep.to(dtype).mul_(1 / (1 - p))
 
 
 def drop_connect(w_hh: torch.Tensor, p: float) -> torch.Tensor:

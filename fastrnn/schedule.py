@@ -134,6 +134,13 @@ class Schedule:
             return per_sequence.repeat(self.steps, 1)
         return torch.cat([per_sequence[:bs] for bs in self.batch_sizes])
 
+    def scale_rows(self, seq: torch.Tensor, per_sequence: torch.Tensor) -> torch.Tensor:
+        """``seq`` ``(N, F)`` times :meth:`batch_rows` of ``per_sequence`` (a new tensor; for
+        padded input a broadcast, without the ``(N, F)`` copy of ``per_sequence``)."""
+        if self.is_uniform:
+            return (seq.view(self.steps, self.batch, -1) * per_sequence).view(seq.shape)
+        return seq * self.batch_rows(per_sequence)
+
     def entering_resets(self, resets: torch.Tensor, reverse: bool) -> torch.Tensor:
         """Where the state entering each row's step is zero, for one direction.
 
