@@ -125,14 +125,17 @@ def auto_cpu_backend(kind: CellKind, dtype: torch.dtype, *, packed: bool, proj: 
 
     0. A cell other than torch's four: ``reference`` (torch has no kernel for it).
     1. Without gradients: ``native`` — torch's own inference kernels (oneDNN's LSTM, the
-       C++ loop for GRU and RNN), the same kernels and results as ``torch.nn``; fastrnn's
-       Python time loop took 1.0-8x their time at inference on the CPU benchmark grid.
+       C++ loop for GRU and RNN), the same kernels and results as ``torch.nn`` (fastrnn's
+       Python time loop took 1.0-8x their time at inference on the CPU benchmark grid; its
+       C++ loops are faster for GRU and RNN, but not torch's own results).
     2. With gradients, float32 LSTM on padded input without ``proj_size``, not tracing:
        ``native`` — oneDNN's fused training forward and backward, what ``torch.nn`` runs;
-       the reference LSTM took 3-5x its time at B <= 8.
+       the reference LSTM's Python loop took 3-5x its time at B <= 8 (its C++ loops come
+       to 0.8-1.4x, measured with peepholes and resets: not a reason to leave torch's
+       own kernels and results).
     3. Every other call with gradients: ``reference`` — GRU and RNN training on fastrnn's
-       own engine take 0.4-0.98x ``torch.nn``'s time on the grid (torch.nn builds a
-       per-step autograd graph there); LSTM with packed input or ``proj_size`` runs torch's
+       own engine (its C++ loops) take 0.11-0.90x ``torch.nn``'s time on the grid
+       (torch.nn builds a per-step autograd graph there); LSTM with packed input or ``proj_size`` runs torch's
        C++ loop in torch.nn too; under tracing the oneDNN workspace has no size known in
        advance.
 
