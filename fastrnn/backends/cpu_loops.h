@@ -213,6 +213,19 @@ const T* gemm_input(const T* state, const T* rscale, T* scaled, int64_t n) {
   return scaled;
 }
 
+// out rows [row0, row0 + bs) += (the state's first bs rows, times the recurrent-dropout
+// scale when there is one, into `scaled`) @ w_t, w_t = W_hh^T contiguous (H, G).
+template <typename T>
+void recurrent_gemm(const at::Tensor& out, int64_t row0, const at::Tensor& h_state, const at::Tensor& scaled,
+                    const T* rscale, const at::Tensor& w_t, int64_t bs) {
+  const int64_t H = h_state.size(1), G = out.size(1);
+  T* sc = rscale != nullptr ? scaled.data_ptr<T>() : nullptr;
+  const T* in = gemm_input<T>(h_state.data_ptr<T>(), rscale, sc, bs * H);
+  gemm_acc(out.data_ptr<T>() + row0 * G, in, w_t.data_ptr<T>(), bs, H, G, [&] {
+    out.narrow(0, row0, bs).addmm_((sc != nullptr ? scaled : h_state).narrow(0, 0, bs), w_t);
+  });
+}
+
 // The state that entered row b of a step, for the backward: zero after a reset, else the
 // previous step's row (its rows [prev_lo, prev_lo + prev_bs) of `seq`) or the initial state.
 template <typename T>
@@ -246,6 +259,34 @@ void finish_dh(T* dh, const T* rscale, const T* direct, const T* keep, const boo
       if (dc != nullptr) std::fill(dc + b * H, dc + (b + 1) * H, T(0));
     }
   }
+}
+
+// A backward step: its rows [lo, lo + bs) and those of the step before it in the forward's
+// order ([prev_lo, prev_lo + prev_bs); none before the first step).
+struct BackStep {
+  int64_t lo, bs, prev_lo, prev_bs;
+};
+
+inline BackStep back_step(at::IntArrayRef order, at::IntArrayRef offsets, at::IntArrayRef sizes, int64_t k) {
+  const int64_t t = order[k];
+  if (k == 0) return {offsets[t], sizes[t], 0, 0};
+  return {offsets[t], sizes[t], offsets[order[k - 1]], sizes[order[k - 1]]};
+}
+
+template <typename T>
+void add_into(T* __restrict__ out, const T* __restrict__ a, int64_t D) {
+  for (int64_t j = 0; j < D; ++j) out[j] += a[j];
+}
+
+// The gradient of a state row's new value: `grad` (the state's whole gradient, `dy` added
+// into it first when given), or with zoneout its cell part (into `cell`, the kept part into
+// `kept`).
+template <typename T>
+const T* new_value_grad(T* grad, const T* dy, bool zoned, const bool* mask, T p, T* cell, T* kept, int64_t H) {
+  if (dy != nullptr) add_into(grad, dy, H);
+  if (!zoned) return grad;
+  split(cell, kept, grad, mask, p, H);
+  return cell;
 }
 
 inline void check(const at::Tensor& t, const char* what) {

@@ -43,9 +43,7 @@ std::vector<at::Tensor> gru_forward_loop(at::Tensor xg, const at::Tensor& w_hh, 
   T* HS = h_state.data_ptr<T>();
   T* HC = h_cell.data_ptr<T>();
   T* HG = hg.data_ptr<T>();
-  T* SC = scaled.defined() ? scaled.data_ptr<T>() : nullptr;
   const T* BH = b_hh.has_value() ? b_hh->data_ptr<T>() : nullptr;
-  const T* W_T = w_t.data_ptr<T>();
   for (int64_t t : order) {
     const int64_t lo = offsets[t], bs = sizes[t];
     const bool all_cut = reset_rows(e.resets, lo, bs, H, HS);
@@ -56,12 +54,7 @@ std::vector<at::Tensor> gru_forward_loop(at::Tensor xg, const at::Tensor& w_hh, 
         std::fill(HG + b * G, HG + (b + 1) * G, T(0));
       }
     }
-    if (!all_cut) {
-      const T* in = gemm_input<T>(HS, e.rscale, SC, bs * H);
-      gemm_acc(HG, in, W_T, bs, H, G, [&] {
-        hg.narrow(0, 0, bs).addmm_((SC != nullptr ? scaled : h_state).narrow(0, 0, bs), w_t);
-      });
-    }
+    if (!all_cut) recurrent_gemm<T>(hg, 0, h_state, scaled, e.rscale, w_t, bs);
     at::parallel_for(0, bs, grain(H), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t r = lo + b;
@@ -126,19 +119,13 @@ std::vector<at::Tensor> gru_backward_loop(const at::Tensor& gates, const at::Ten
   T* DIR = direct.data_ptr<T>();
   const int64_t steps = static_cast<int64_t>(order.size());
   for (int64_t k = steps - 1; k >= 0; --k) {
-    const int64_t t = order[k], lo = offsets[t], bs = sizes[t];
-    const int64_t prev_lo = k > 0 ? offsets[order[k - 1]] : 0, prev_bs = k > 0 ? sizes[order[k - 1]] : 0;
+    const BackStep step = back_step(order, offsets, sizes, k);
+    const int64_t lo = step.lo, bs = step.bs, prev_lo = step.prev_lo, prev_bs = step.prev_bs;
     at::parallel_for(0, bs, grain(H), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t r = lo + b;
-        T* dh_t = DH + b * H;
-        const T* dyr = DY + r * H;
-        for (int64_t j = 0; j < H; ++j) dh_t[j] += dyr[j];
-        const T* d = dh_t;
-        if (e.zoned_h) {
-          split(DCL + b * H, KP + b * H, dh_t, e.mask_h ? e.mask_h + r * H : nullptr, e.p_h, H);
-          d = DCL + b * H;
-        }
+        const T* d = new_value_grad(DH + b * H, DY + r * H, e.zoned_h, e.mask_h ? e.mask_h + r * H : nullptr, e.p_h,
+                                    DCL + b * H, KP + b * H, H);
         const T* hp = entering_row(Y, H0, Z, e.resets != nullptr && e.resets[r], b, prev_lo, prev_bs, H);
         const T* g = GA + r * G;
         gru_cell_backward<T>(g, g + H, g + 2 * H, HNS + r * H, hp, d, DX + r * G, DHG + r * G, DIR + b * H, H);
@@ -174,16 +161,9 @@ std::vector<at::Tensor> rnn_forward_loop(at::Tensor xg, const at::Tensor& w_hh, 
   T* X = xg.data_ptr<T>();
   T* Y = y.data_ptr<T>();
   T* HS = h_state.data_ptr<T>();
-  T* SC = scaled.defined() ? scaled.data_ptr<T>() : nullptr;
-  const T* W_T = w_t.data_ptr<T>();
   for (int64_t t : order) {
     const int64_t lo = offsets[t], bs = sizes[t];
-    if (!reset_rows(e.resets, lo, bs, H, HS)) {
-      const T* in = gemm_input<T>(HS, e.rscale, SC, bs * H);
-      gemm_acc(X + lo * H, in, W_T, bs, H, H, [&] {
-        xg.narrow(0, lo, bs).addmm_((SC != nullptr ? scaled : h_state).narrow(0, 0, bs), w_t);
-      });
-    }
+    if (!reset_rows(e.resets, lo, bs, H, HS)) recurrent_gemm<T>(xg, lo, h_state, scaled, e.rscale, w_t, bs);
     at::parallel_for(0, bs, grain(H), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t r = lo + b;
@@ -220,18 +200,13 @@ std::vector<at::Tensor> rnn_backward_loop(const at::Tensor& h_new, const at::Ten
   T* KP = keep.data_ptr<T>();
   const int64_t steps = static_cast<int64_t>(order.size());
   for (int64_t k = steps - 1; k >= 0; --k) {
-    const int64_t t = order[k], lo = offsets[t], bs = sizes[t];
+    const BackStep step = back_step(order, offsets, sizes, k);
+    const int64_t lo = step.lo, bs = step.bs;
     at::parallel_for(0, bs, grain(H), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t r = lo + b;
-        T* dh_t = DH + b * H;
-        const T* dyr = DY + r * H;
-        for (int64_t j = 0; j < H; ++j) dh_t[j] += dyr[j];
-        const T* d = dh_t;
-        if (e.zoned_h) {
-          split(DCL + b * H, KP + b * H, dh_t, e.mask_h ? e.mask_h + r * H : nullptr, e.p_h, H);
-          d = DCL + b * H;
-        }
+        const T* d = new_value_grad(DH + b * H, DY + r * H, e.zoned_h, e.mask_h ? e.mask_h + r * H : nullptr, e.p_h,
+                                    DCL + b * H, KP + b * H, H);
         rnn_cell_backward<T, TANH>(DX + r * H, d, HN + r * H, H);
       }
     });

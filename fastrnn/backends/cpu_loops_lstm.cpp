@@ -52,16 +52,11 @@ std::vector<at::Tensor> forward_loop(at::Tensor xg, const at::Tensor& w_hh, cons
   T* CS = c_state.data_ptr<T>();
   T* HN = h_cell.data_ptr<T>();
   T* CN = c_cell.data_ptr<T>();
-  T* SC = scaled.defined() ? scaled.data_ptr<T>() : nullptr;
-  const T* W_T = w_t.data_ptr<T>();
   const int64_t G = 4 * H;
   for (int64_t t : order) {
     const int64_t lo = offsets[t], bs = sizes[t];
     if (!reset_rows(e.resets, lo, bs, H, HS, CS)) {  // (every row reset: h = 0 adds nothing)
-      const T* in = gemm_input<T>(HS, e.rscale, SC, bs * H);
-      gemm_acc(X + lo * G, in, W_T, bs, H, G, [&] {
-        xg.narrow(0, lo, bs).addmm_((SC != nullptr ? scaled : h_state).narrow(0, 0, bs), w_t);
-      });
+      recurrent_gemm<T>(xg, lo, h_state, scaled, e.rscale, w_t, bs);
     }
     at::parallel_for(0, bs, grain(H), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
@@ -139,24 +134,15 @@ std::vector<at::Tensor> backward_loop(const at::Tensor& gates, const at::Tensor&
   const T* W = w_hh.data_ptr<T>();
   const int64_t steps = static_cast<int64_t>(order.size());
   for (int64_t k = steps - 1; k >= 0; --k) {
-    const int64_t t = order[k], lo = offsets[t], bs = sizes[t];
-    const int64_t prev_lo = k > 0 ? offsets[order[k - 1]] : 0, prev_bs = k > 0 ? sizes[order[k - 1]] : 0;
+    const BackStep step = back_step(order, offsets, sizes, k);
+    const int64_t lo = step.lo, bs = step.bs, prev_lo = step.prev_lo, prev_bs = step.prev_bs;
     at::parallel_for(0, bs, grain(H), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t r = lo + b;
-        T* dh_t = DH + b * H;
-        const T* dyr = DY + r * H;
-        for (int64_t j = 0; j < H; ++j) dh_t[j] += dyr[j];
-        const T* dh_new = dh_t;
-        const T* dc_new = DC + b * H;
-        if (e.zoned_h) {
-          split(DHC + b * H, KH + b * H, dh_t, e.mask_h ? e.mask_h + r * H : nullptr, e.p_h, H);
-          dh_new = DHC + b * H;
-        }
-        if (e.zoned_c) {
-          split(DCC + b * H, KC + b * H, DC + b * H, e.mask_c ? e.mask_c + r * H : nullptr, e.p_c, H);
-          dc_new = DCC + b * H;
-        }
+        const T* dh_new = new_value_grad(DH + b * H, DY + r * H, e.zoned_h, e.mask_h ? e.mask_h + r * H : nullptr,
+                                         e.p_h, DHC + b * H, KH + b * H, H);
+        const T* dc_new = new_value_grad<T>(DC + b * H, nullptr, e.zoned_c, e.mask_c ? e.mask_c + r * H : nullptr,
+                                            e.p_c, DCC + b * H, KC + b * H, H);
         const T* cp = entering_row(C, C0, Z, e.resets != nullptr && e.resets[r], b, prev_lo, prev_bs, H);
         const T* g = GA + r * G;
         T* d = DG + r * G;

@@ -119,11 +119,6 @@ void mul_into(T* __restrict__ out, const T* __restrict__ a, const T* __restrict_
   for (int64_t j = 0; j < D; ++j) out[j] = a[j] * b[j];
 }
 
-template <typename T>
-void add_into(T* __restrict__ out, const T* __restrict__ a, int64_t D) {
-  for (int64_t j = 0; j < D; ++j) out[j] += a[j];
-}
-
 // One LayerNorm-GRU row: LN(r) per block, the gates over x, h' = n + z (h - n).
 template <typename T>
 void gru_row(T* __restrict__ xr, T* __restrict__ xz, T* __restrict__ xn, const T* __restrict__ rr,
@@ -165,10 +160,13 @@ void gru_grads(T* __restrict__ dxr, T* __restrict__ dxz, T* __restrict__ dxn, T*
   }
 }
 
-// The recurrent pre-activation of a step: r = b_hh + h @ W_hh^T, into `R` (bs rows of G).
+// The recurrent pre-activation of a step: r = b_hh + h @ W_hh^T, into rows [row0, row0 + bs)
+// of `r_seq`.
 template <typename T>
-void recurrent(T* R, at::Tensor r_rows, const T* BH, const T* HS, const at::Tensor& h_rows, const T* W_T,
-               const at::Tensor& w_t, int64_t bs, int64_t H, int64_t G, bool all_cut) {
+void recurrent(const at::Tensor& r_seq, int64_t row0, const T* BH, const at::Tensor& h_state, const at::Tensor& w_t,
+               int64_t bs, bool all_cut) {
+  const int64_t G = r_seq.size(1);
+  T* R = r_seq.data_ptr<T>() + row0 * G;
   for (int64_t b = 0; b < bs; ++b) {
     if (BH != nullptr) {
       std::memcpy(R + b * G, BH, G * sizeof(T));
@@ -176,7 +174,7 @@ void recurrent(T* R, at::Tensor r_rows, const T* BH, const T* HS, const at::Tens
       std::fill(R + b * G, R + (b + 1) * G, T(0));
     }
   }
-  if (!all_cut) gemm_acc(R, HS, W_T, bs, H, G, [&] { r_rows.addmm_(h_rows, w_t); });
+  if (!all_cut) recurrent_gemm<T>(r_seq, row0, h_state, at::Tensor(), nullptr, w_t, bs);
 }
 
 template <typename T>
@@ -200,13 +198,11 @@ std::vector<at::Tensor> ln_lstm_forward_loop(at::Tensor xg, const at::Tensor& w_
   const T* P = params.data_ptr<T>();
   const T *w_r = P, *b_r = P + G, *w_c = P + 2 * G, *b_c = P + 2 * G + H;
   const T* BH = b_hh.has_value() ? b_hh->data_ptr<T>() : nullptr;
-  const T* W_T = w_t.data_ptr<T>();
   for (int64_t t : order) {
     const int64_t lo = offsets[t], bs = sizes[t];
     const bool all_cut = reset_rows(resets, lo, bs, H, HS, CS);
     const int64_t r_lo = save ? lo : 0;
-    recurrent(RS + r_lo * G, r_seq.narrow(0, r_lo, bs), BH, HS, h_state.narrow(0, 0, bs), W_T, w_t, bs, H, G,
-              all_cut);
+    recurrent<T>(r_seq, r_lo, BH, h_state, w_t, bs, all_cut);
     at::parallel_for(0, bs, grain(G), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t r = lo + b;
@@ -263,8 +259,8 @@ std::vector<at::Tensor> ln_lstm_backward_loop(const at::Tensor& gates, const at:
   T* WD = w_dn.data_ptr<T>();
   const int64_t steps = static_cast<int64_t>(order.size());
   for (int64_t k = steps - 1; k >= 0; --k) {
-    const int64_t t = order[k], lo = offsets[t], bs = sizes[t];
-    const int64_t prev_lo = k > 0 ? offsets[order[k - 1]] : 0, prev_bs = k > 0 ? sizes[order[k - 1]] : 0;
+    const BackStep step = back_step(order, offsets, sizes, k);
+    const int64_t lo = step.lo, bs = step.bs, prev_lo = step.prev_lo, prev_bs = step.prev_bs;
     at::parallel_for(0, bs, grain(G), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t r = lo + b;
@@ -322,13 +318,11 @@ std::vector<at::Tensor> ln_gru_forward_loop(at::Tensor xg, const at::Tensor& w_h
   const T* P = params.data_ptr<T>();
   const T *w_r = P, *b_r = P + G;
   const T* BH = b_hh.has_value() ? b_hh->data_ptr<T>() : nullptr;
-  const T* W_T = w_t.data_ptr<T>();
   for (int64_t t : order) {
     const int64_t lo = offsets[t], bs = sizes[t];
     const bool all_cut = reset_rows(resets, lo, bs, H, HS);
     const int64_t r_lo = save ? lo : 0;
-    recurrent(RS + r_lo * G, r_seq.narrow(0, r_lo, bs), BH, HS, h_state.narrow(0, 0, bs), W_T, w_t, bs, H, G,
-              all_cut);
+    recurrent<T>(r_seq, r_lo, BH, h_state, w_t, bs, all_cut);
     at::parallel_for(0, bs, grain(G), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t r = lo + b;
@@ -375,8 +369,8 @@ std::vector<at::Tensor> ln_gru_backward_loop(const at::Tensor& gates, const at::
   T* RH = r_hat.data_ptr<T>();
   const int64_t steps = static_cast<int64_t>(order.size());
   for (int64_t k = steps - 1; k >= 0; --k) {
-    const int64_t t = order[k], lo = offsets[t], bs = sizes[t];
-    const int64_t prev_lo = k > 0 ? offsets[order[k - 1]] : 0, prev_bs = k > 0 ? sizes[order[k - 1]] : 0;
+    const BackStep step = back_step(order, offsets, sizes, k);
+    const int64_t lo = step.lo, bs = step.bs, prev_lo = step.prev_lo, prev_bs = step.prev_bs;
     at::parallel_for(0, bs, grain(G), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t r = lo + b;
