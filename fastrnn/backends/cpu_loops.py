@@ -3,9 +3,9 @@ the peephole LSTM and the LayerNorm-LSTM / -GRU, in C++ (``cpu_loops.h`` and
 ``cpu_loops_*.cpp`` beside this file), built at first use.
 
 The reference backend's Python loops dispatch a dozen torch ops per step, 3-5 us each on a
-CPU, against about 12 us for a whole step of oneDNN's fused LSTM at T=100, B=1, H=128: an
-LSTM with peepholes, resets, zoneout or recurrent dropout ran 3-6x slower than the plain
-layer. These loops do the same arithmetic, step by step, as one GEMM (plain C++ loops for
+CPU, against about 12 us for a whole step of oneDNN's fused LSTM at T=100, B=1, H=128: with
+them an LSTM with peepholes, resets, zoneout or recurrent dropout takes 3-6x the plain
+layer's time. These loops do the same arithmetic, step by step, as one GEMM (plain C++ loops for
 small products, ATen's GEMM above 2^17 multiply-adds) plus one pass of C++ over the step's
 rows; they take the same inputs, save the same tensors and return the same results as the
 Python loops they stand in for (within float rounding: float32 uses a polynomial ``exp``,
@@ -22,7 +22,7 @@ about 1 ulp; float64 uses libm):
   ``proj_size`` (saved ``(gates, c, tanh(c))``; the C++ backward recomputes ``tanh(c)``),
   GRU and RNN as above;
 - the LayerNorm-LSTM / -GRU (:mod:`fastrnn.backends.reference_norm`), with or without
-  resets: saved ``(gates, r[, c])``; the row statistics in double.
+  resets: saved ``(gates, r[, c])``; each row's sums in 16 partial sums, added in double.
 
 They build with torch's C++ extension loader (a C++ compiler and ninja; ``-march=native``,
 so the extension's name carries a hash of the sources and of this CPU's flags). When the
@@ -76,9 +76,9 @@ def _build() -> bool:
                            is_python_module=False, verbose=False)
     except Exception as exc:  # a missing compiler or ninja: the Python loops run instead
         warnings.warn(
-            f"fastrnn: the C++ CPU loops could not be built ({type(exc).__name__}: {exc}); the LSTM, GRU "
-            "and RNN with resets, zoneout, recurrent dropout or peepholes run the Python loops, several "
-            "times slower on small layers.",
+            f"fastrnn: the C++ CPU loops could not be built ({type(exc).__name__}: {exc}); the reference "
+            "backend runs its Python loops on the CPU (several times slower on small layers) and the "
+            "regularisers' masks are drawn with torch.rand.",
             RuntimeWarning,
             stacklevel=4,
         )
