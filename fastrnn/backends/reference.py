@@ -462,23 +462,26 @@ def _refuse_projection(kind, w_hr):
         raise ValueError(f"fastrnn: proj_size is only supported for LSTM, not for cell {kind.name!r}")
 
 
-def _cpp_loop(kind, like, w_hr, params, resets) -> bool:
-    """Whether a call without regularisers runs :mod:`fastrnn.backends.cpu_loops`: torch's
-    cells (the LSTM without ``proj_size``), the peephole LSTM and the LayerNorm-LSTM / -GRU,
-    with or without resets."""
+_CELLS = "cells"  # (a _cpp_loop route: cpu_loops.forward / backward)
+
+
+def _cpp_loop(kind, like, w_hr, params, resets):
+    """Which loops of :mod:`fastrnn.backends.cpu_loops` run a call without regularisers:
+    ``_CELLS`` for torch's cells (the LSTM without ``proj_size``) and the peephole LSTM, the
+    LayerNorm cells' ``("lstm" | "gru", eps)``, or None (the loops here), with or without
+    resets."""
     if kind is CellKind.LSTM:
-        wanted = w_hr is None
+        route = _CELLS if w_hr is None else None
     elif kind in (CellKind.GRU, CellKind.RNN_TANH, CellKind.RNN_RELU):
-        wanted = True
+        route = _CELLS
+    elif params is None:
+        route = None
+    elif kind is LSTM_PEEPHOLE:
+        route = _CELLS
     else:
-        wanted = params is not None and (kind is LSTM_PEEPHOLE or _norm(kind) is not None)
-    return wanted and cpu_loops.runs(like)
-
-
-def _norm(kind):
-    """``("lstm" | "gru", eps)`` for the LayerNorm cells, else None."""
-    found = reference_norm.loops(kind)
-    return None if found is None else found.norm
+        found = reference_norm.loops(kind)
+        route = None if found is None else found.norm
+    return route if route is not None and cpu_loops.runs(like) else None
 
 
 def forward(kind, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save, params=None, resets=None, **loop):
@@ -501,11 +504,11 @@ def forward(kind, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save, params=
             return reference_regularised.forward(kind, xg, w_hh, b_hh, h0, c0, schedule, reverse, save,
                                                  reset_steps(resets, schedule), **loop)
         return generic.forward(kind, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save, params, resets, **loop)
-    if _cpp_loop(kind, xg, w_hr, params, resets):
-        norm = _norm(kind)
-        if norm is not None:
-            return cpu_loops.norm_forward(norm, xg, w_hh, b_hh, h0, c0, schedule, reverse, save, params, resets)
+    route = _cpp_loop(kind, xg, w_hr, params, resets)
+    if route is _CELLS:
         return cpu_loops.forward(kind, xg, w_hh, b_hh, h0, c0, schedule, reverse, save, params, resets)
+    if route is not None:
+        return cpu_loops.norm_forward(route, xg, w_hh, b_hh, h0, c0, schedule, reverse, save, params, resets)
     cuts = reset_steps(resets, schedule)
     if kind is CellKind.LSTM:
         return _lstm_forward(xg, w_hh, w_hr, h0, c0, schedule, reverse, save, cuts)
@@ -537,12 +540,12 @@ def backward(kind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule,
                                                   resets, reset_steps(resets, schedule), **loop)
         return generic.backward(kind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reverse,
                                 params, resets, **loop)
-    if _cpp_loop(kind, dy, w_hr, params, resets):
-        norm = _norm(kind)
-        if norm is not None:
-            return cpu_loops.norm_backward(norm, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, reverse, params,
-                                           resets)
+    route = _cpp_loop(kind, dy, w_hr, params, resets)
+    if route is _CELLS:
         return cpu_loops.backward(kind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, reverse, params, resets)
+    if route is not None:
+        return cpu_loops.norm_backward(route, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, reverse, params,
+                                       resets)
     cuts = reset_steps(resets, schedule)
     if kind is CellKind.LSTM:
         return _lstm_backward(saved, w_hh, w_hr, c0, dy, dh_n, dc_n, schedule, reverse, resets, cuts)
