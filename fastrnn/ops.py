@@ -47,6 +47,7 @@ from torch import Tensor
 from . import backends, differentiable, onnx_export
 from .backends.base import loop_inputs
 from .kinds import CellKind
+from .regularisers import Zoneout
 from .schedule import Schedule
 
 _functorch = torch._C._functorch
@@ -78,7 +79,6 @@ def _zoneout(loop):
     p_h, p_c = (list(probs) + [0.0, 0.0])[:2]
     if mask_h is None and mask_c is None and not (p_h or p_c):
         return None
-    from .regularisers import Zoneout
 
     def flat(m):
         return None if m is None else m.reshape(-1, m.shape[-1])
@@ -89,6 +89,10 @@ def _zoneout(loop):
 def _loop_extras(params, loop) -> dict:
     """The optional time-loop keywords of a layer implementation, only when present."""
     return loop_inputs(params, _flat_resets(loop[0]), _zoneout(loop), loop[4])
+
+
+def _params_keyword(params) -> dict:
+    return {} if params is None else {"params": params}
 
 
 def _flat(x: Tensor, batch_sizes: Tensor | None) -> tuple[Tensor, Schedule]:
@@ -315,8 +319,9 @@ def _grads(cell, backend, reverse, x, batch_sizes, inputs, y, saved, grad_output
     ``grad_outputs`` ``(dy, dh_n, dc_n)`` may hold None for unused outputs (zeros are made
     here). Under ``create_graph`` with anything that requires grad: the differentiable
     backward. Otherwise the layer implementation's handwritten ``layer_backward``: through
-    the ``layer_backward`` op, or, with ``direct = (impl, schedule)`` from an eager call and
-    no vmap around this backward, by calling the implementation itself.
+    the ``layer_backward`` op, or, with ``direct = (impl, schedule, loop keywords)`` from an
+    eager call (its forward's :func:`_loop_extras` without ``params``) and no vmap around
+    this backward, by calling the implementation itself.
     """
     dy, dh_n, dc_n = grad_outputs
     h0, c0 = inputs[1], inputs[2]
@@ -339,13 +344,13 @@ def _grads(cell, backend, reverse, x, batch_sizes, inputs, y, saved, grad_output
             dy, dh_n, dc_n, list(needs),
         )
         return [g if need else None for g, need in zip(raw, needs)]
-    impl, schedule = direct
+    impl, schedule, extras = direct
     rows = schedule.rows
     with no_autocast(x.device.type):
         grads = impl.layer_backward(
             cell, schedule, reverse, x.reshape(rows, x.shape[-1]), *inputs[1:8], y.reshape(rows, y.shape[-1]),
-            tuple(saved), dy.reshape(rows, dy.shape[-1]), dh_n, dc_n, tuple(needs),
-            **_loop_extras(inputs[8], loop)
+            tuple(saved), dy.reshape(rows, dy.shape[-1]), dh_n, dc_n, tuple(needs), **extras,
+            **_params_keyword(inputs[8]),
         )
     grads = list(grads) + [None] * (len(needs) - len(grads))
     return [grads[0].view(x.shape) if grads[0] is not None else None, *grads[1:]]
@@ -421,12 +426,13 @@ class _EagerLayer(torch.autograd.Function):
     def forward(ctx, kind, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params, loop, reverse):
         impl = backends.layer_impl(backend)
         flat, schedule = _flat(x, batch_sizes)
+        extras = _loop_extras(None, loop)  # (kept for backward, which takes params from the saved tensors)
         with no_autocast(x.device.type):
             y, h_n, c_n, saved = impl.layer_forward(kind, flat, schedule, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                                    reverse, True, **_loop_extras(params, loop))
+                                                    reverse, True, **extras, **_params_keyword(params))
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params, y, *saved)
         ctx.loop = loop
-        ctx.layer = (kind, backend, impl, schedule, reverse, batch_sizes)
+        ctx.layer = (kind, backend, impl, schedule, reverse, batch_sizes, extras)
         ctx.set_materialize_grads(False)
         y_out = y if batch_sizes is not None else _owned(y.view(x.shape[0], x.shape[1], y.shape[1]))
         return (y_out, h_n, c_n) if c_n is not None else (y_out, h_n)
@@ -434,11 +440,11 @@ class _EagerLayer(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy, dh_n, dc_n=None):
         x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params, y, *saved = ctx.saved_tensors
-        kind, backend, impl, schedule, reverse, batch_sizes = ctx.layer
+        kind, backend, impl, schedule, reverse, batch_sizes, extras = ctx.layer
         need = ctx.needs_input_grad
         needs = [need[i] for i in _GRAD_POSITIONS]
         grads = _grads(kind, backend, reverse, x, batch_sizes, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params), y,
-                       saved, (dy, dh_n, dc_n), needs, direct=(impl, schedule), loop=ctx.loop)
+                       saved, (dy, dh_n, dc_n), needs, direct=(impl, schedule, extras), loop=ctx.loop)
         return (None, None, grads[0], None, *grads[1:], None, None)
 
 

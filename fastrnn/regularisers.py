@@ -5,7 +5,7 @@
   (1 - m) * h~_t`` (``c_t`` likewise with its own mask and ``p_c``), ``h~_t`` the cell's new
   value; the output at step ``t`` is the zoned-out ``h_t``. In eval, the expectation:
   ``h_t = p * h_{t-1} + (1 - p) * h~_t``. The masks are drawn with torch
-  (:func:`draw`): ``(N, H)`` bools per layer-direction, one byte per element (for h and
+  (:func:`draw_zoneout`): ``(N, H)`` bools per layer-direction, one byte per element (for h and
   again for c: 64 MiB each at T=1024, B=64, H=1024).
 - **Recurrent dropout** (Gal & Ghahramani 2016): one mask per (sequence, unit) per forward
   call, the same at every step: ``h_{t-1}`` becomes ``m * h_{t-1} / (1 - p)`` where it
@@ -26,6 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from .backends import cpu_loops
 
 
 def check_probability(name: str, p) -> float:
@@ -85,34 +87,35 @@ class Zoneout:
         return grad, None
 
 
-def _bernoulli(shape, p: float, device, keep: bool = False) -> torch.Tensor:
-    """A bool mask, True with probability ``p`` (``1 - p`` with ``keep``): on the CPU, eagerly,
-    the C++ loops' counter-based draw (:func:`fastrnn.backends.cpu_loops.bernoulli_mask`,
-    seeded from torch's generator); elsewhere ``torch.rand``."""
-    from .backends import cpu_loops
-
-    device = torch.device(device)
+def _bernoulli(shape, p: float, device) -> torch.Tensor:
+    """A bool mask, True with probability ``p``: on the CPU, eagerly, the C++ loops'
+    counter-based draw (:func:`fastrnn.backends.cpu_loops.bernoulli_mask`, seeded from
+    torch's generator); elsewhere ``torch.rand``."""
     if cpu_loops.draws_masks(device):
-        return cpu_loops.bernoulli_mask(shape[0], shape[1], p, invert=keep)
-    draw = torch.rand(shape, device=device)
-    return draw >= p if keep else draw < p
+        return cpu_loops.bernoulli_mask(shape[0], shape[1], p)
+    return torch.rand(shape, device=device) < p
+
+
+def _keep_scale(shape, p: float, dtype, device) -> torch.Tensor:
+    """``m / (1 - p)`` in ``dtype``, ``m`` a fresh Bernoulli(1 - p) mask (drawn as
+    :func:`_bernoulli` draws)."""
+    if cpu_loops.draws_masks(device):
+        return cpu_loops.keep_scale(shape[0], shape[1], p, dtype)
+    keep = torch.rand(shape, device=device) >= p
+    return keep.to(dtype).mul_(1 / (1 - p))
 
 
 def draw_zoneout(rows: int, hidden: int, p_h: float, p_c: float, device) -> tuple:
     """``(mask_h, mask_c)``: fresh ``(rows, H)`` Bernoulli masks (None where p is 0)."""
-    def mask(p):
-        return None if p == 0 else _bernoulli((rows, hidden), p, device)
-
-    return mask(p_h), mask(p_c)
+    return (None if p_h == 0 else _bernoulli((rows, hidden), p_h, device),
+            None if p_c == 0 else _bernoulli((rows, hidden), p_c, device))
 
 
 def draw_recurrent_scale(batch: int, hidden: int, p: float, dtype, device) -> torch.Tensor:
     """``m / (1 - p)`` with ``m`` a fresh ``(B, H)`` Bernoulli(1 - p) mask."""
-    keep = _bernoulli((batch, hidden), p, device, keep=True)
-    return keep.to(dtype).mul_(1 / (1 - p))
+    return _keep_scale((batch, hidden), p, dtype, device)
 
 
 def drop_connect(w_hh: torch.Tensor, p: float) -> torch.Tensor:
     """``W_hh`` with a fresh mask over its entries, scaled by ``1 / (1 - p)``."""
-    keep = _bernoulli(tuple(w_hh.shape), p, w_hh.device, keep=True)
-    return w_hh * (keep.to(w_hh.dtype) / (1 - p))
+    return w_hh * _keep_scale(tuple(w_hh.shape), p, w_hh.dtype, w_hh.device)

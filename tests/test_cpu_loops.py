@@ -313,11 +313,31 @@ def test_the_mask_draw_at_the_ends():
     assert cpu_loops.bernoulli_mask(7, 9, 0.0, invert=True).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_the_dropout_scale_draw(dtype):
+    """The recurrent-dropout / DropConnect scale: each entry 0 or ``1 / (1 - p)`` rounded to
+    the dtype (as a bool mask cast to it and multiplied by the Python float would give), kept
+    with probability ``1 - p`` within 4 standard deviations, reproduced by the seed."""
+    rows, cols, p = 500, 400, 0.3
+    torch.manual_seed(5)
+    s = cpu_loops.keep_scale(rows, cols, p, dtype)
+    torch.manual_seed(5)
+    again = cpu_loops.keep_scale(rows, cols, p, dtype)
+    assert s.dtype == dtype and s.shape == (rows, cols) and torch.equal(s, again)
+    kept = s != 0
+    assert torch.equal(s, kept.to(dtype).mul_(1 / (1 - p)))
+    n = rows * cols
+    assert abs(kept.float().mean().item() - (1 - p)) < 4 * (p * (1 - p) / n) ** 0.5
+    assert not torch.equal(s, cpu_loops.keep_scale(rows, cols, p, dtype))
+
+
 def test_the_regularisers_draw_their_cpu_masks_here(monkeypatch):
     """The zoneout, recurrent-dropout and DropConnect masks of a CPU layer come from it."""
     calls = []
     real = cpu_loops.bernoulli_mask
     monkeypatch.setattr(cpu_loops, "bernoulli_mask", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real_scale = cpu_loops.keep_scale
+    monkeypatch.setattr(cpu_loops, "keep_scale", lambda *a, **k: calls.append(a[:3]) or real_scale(*a, **k))
     m = fastrnn.GRU(3, 4, zoneout=0.2, recurrent_dropout=0.3, weight_drop=0.4, backend="reference")
     m(torch.randn(5, 2, 3))
     assert sorted(calls) == sorted([(10, 4, 0.2), (2, 4, 0.3), (12, 4, 0.4)]), calls

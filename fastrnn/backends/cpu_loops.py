@@ -41,6 +41,7 @@ import warnings
 import torch
 
 from ..kinds import CellKind
+from .base import BackwardResult, ForwardResult
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _SOURCES = [os.path.join(_HERE, name)
@@ -140,8 +141,6 @@ def lstm_forward(xg, w_hh, h0, c0, schedule, reverse, save, params=None, resets=
     """``(y, h_n, c_n, saved)``; ``saved`` is ``(gates, c)``, with zoneout of c ``(gates, c,
     the cell's own c)``, for the plain LSTM (none of the extras) ``(gates, c, tanh(c))``
     (empty unless ``save``). ``xg`` becomes the gates."""
-    from .base import ForwardResult
-
     order, offsets, sizes = _schedule_lists(schedule, reverse)
     mask_h, p_h, mask_c, p_c = _zoneout_args(zoneout)
     plain = params is None and resets is None and zoneout is None and recurrent_scale is None
@@ -163,8 +162,6 @@ def lstm_forward(xg, w_hh, h0, c0, schedule, reverse, save, params=None, resets=
 def lstm_backward(saved, w_hh, c0, dy, dh_n, dc_n, schedule, reverse, params=None, resets=None, zoneout=None,
                   recurrent_scale=None):
     """The :class:`~fastrnn.backends.base.BackwardResult` of :func:`lstm_forward`'s ``saved``."""
-    from .base import BackwardResult
-
     gates, c_seq, *kept = saved
     order, offsets, sizes = _schedule_lists(schedule, reverse)
     mask_h, p_h, mask_c, p_c = _zoneout_args(zoneout)
@@ -182,8 +179,6 @@ def lstm_backward(saved, w_hh, c0, dy, dh_n, dc_n, schedule, reverse, params=Non
 
 def gru_forward(xg, w_hh, b_hh, h0, schedule, reverse, save, resets=None, zoneout=None, recurrent_scale=None):
     """``(y, h_n, None, saved)``; ``saved`` is ``(gates, W_hn h + b_hn)`` (empty unless ``save``)."""
-    from .base import ForwardResult
-
     order, offsets, sizes = _schedule_lists(schedule, reverse)
     mask_h, p_h, _, _ = _zoneout_args(zoneout)
     with torch.no_grad():
@@ -195,8 +190,6 @@ def gru_forward(xg, w_hh, b_hh, h0, schedule, reverse, save, resets=None, zoneou
 
 
 def gru_backward(saved, w_hh, h0, y, dy, dh_n, schedule, reverse, resets=None, zoneout=None, recurrent_scale=None):
-    from .base import BackwardResult
-
     gates, hn_seq = saved
     order, offsets, sizes = _schedule_lists(schedule, reverse)
     mask_h, p_h, _, _ = _zoneout_args(zoneout)
@@ -211,8 +204,6 @@ def gru_backward(saved, w_hh, h0, y, dy, dh_n, schedule, reverse, resets=None, z
 def rnn_forward(kind, xg, w_hh, h0, schedule, reverse, save, resets=None, zoneout=None, recurrent_scale=None):
     """``(y, h_n, None, saved)``; ``saved`` is the cell's own new h with zoneout (``xg``,
     overwritten), else empty (the backward reads ``y``, which is ``xg`` then)."""
-    from .base import ForwardResult
-
     order, offsets, sizes = _schedule_lists(schedule, reverse)
     mask_h, p_h, _, _ = _zoneout_args(zoneout)
     with torch.no_grad():
@@ -225,8 +216,6 @@ def rnn_forward(kind, xg, w_hh, h0, schedule, reverse, save, resets=None, zoneou
 
 
 def rnn_backward(kind, saved, w_hh, y, dy, dh_n, schedule, reverse, resets=None, zoneout=None, recurrent_scale=None):
-    from .base import BackwardResult
-
     order, offsets, sizes = _schedule_lists(schedule, reverse)
     mask_h, p_h, _, _ = _zoneout_args(zoneout)
     with torch.no_grad():
@@ -264,8 +253,6 @@ def norm_forward(norm, xg, w_hh, b_hh, h0, c0, schedule, reverse, save, params, 
     """The LayerNorm-LSTM's / -GRU's forward loop (``norm``: ``("lstm" | "gru", eps)``);
     ``saved`` is ``(gates, r)`` plus ``c`` for the LSTM (empty unless ``save``), ``r = h_prev
     W_hh^T + b_hh`` before its LayerNorm."""
-    from .base import ForwardResult
-
     family, eps = norm
     order, offsets, sizes = _schedule_lists(schedule, reverse)
     p = _contig(params, xg.dtype)
@@ -286,8 +273,6 @@ def norm_forward(norm, xg, w_hh, b_hh, h0, c0, schedule, reverse, save, params, 
 def norm_backward(norm, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, reverse, params, resets=None):
     """The backward loop for :func:`norm_forward`'s ``saved``; the LayerNorm parameters'
     gradients (``dparams``, rows as ``params``) are whole-sequence sums made here."""
-    from .base import BackwardResult
-
     family, eps = norm
     order, offsets, sizes = _schedule_lists(schedule, reverse)
     p = _contig(params, dy.dtype)
@@ -321,12 +306,19 @@ def norm_backward(norm, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, revers
 
 def bernoulli_mask(rows: int, cols: int, p: float, invert: bool = False) -> torch.Tensor:
     """A ``(rows, cols)`` bool mask, True with probability ``p`` (``1 - p`` with ``invert``),
-    from a counter-based hash (one vectorised pass) seeded by one draw of torch's CPU
-    generator: ``torch.manual_seed`` reproduces it."""
+    from a counter-based hash (one vectorised pass) seeded by one draw of torch's default
+    CPU generator: ``torch.manual_seed`` reproduces it."""
     if not available():
         raise RuntimeError("fastrnn: the C++ CPU loops are not built (see the warning given when they failed)")
-    seed = int(torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64))
-    return torch.ops.fastrnn_cpu_loops.bernoulli_mask(rows, cols, float(p), seed, invert)
+    return torch.ops.fastrnn_cpu_loops.bernoulli_mask(rows, cols, float(p), invert)
+
+
+def keep_scale(rows: int, cols: int, p: float, dtype: torch.dtype) -> torch.Tensor:
+    """A ``(rows, cols)`` dropout scale in ``dtype``: ``1 / (1 - p)`` where a Bernoulli(1 - p)
+    draw (:func:`bernoulli_mask` with ``invert``) keeps the entry, 0 elsewhere, in one call."""
+    if not available():
+        raise RuntimeError("fastrnn: the C++ CPU loops are not built (see the warning given when they failed)")
+    return torch.ops.fastrnn_cpu_loops.keep_scale(rows, cols, float(p), dtype)
 
 
 def draws_masks(device) -> bool:

@@ -1,8 +1,12 @@
 // Bernoulli masks for the regularisers on the CPU: a counter-based draw (each element's bits
 // a hash of its index and a seed), so that a mask is a single vectorised pass; torch's CPU
 // generator draws one element at a time (about 7 ns each here), which cost more than the
-// whole recurrence of a small layer. The seed comes from torch's generator
-// (fastrnn/regularisers.py), so torch.manual_seed reproduces the masks.
+// whole recurrence of a small layer. The seed is one 64-bit draw of torch's default CPU
+// generator (as torch's own CPU kernels draw), so torch.manual_seed reproduces the masks.
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <mutex>
 
 #include "cpu_loops.h"
 
@@ -46,17 +50,53 @@ void fill(uint8_t* __restrict__ out, int64_t begin, int64_t end, uint32_t key_lo
   }
 }
 
-at::Tensor bernoulli_mask(int64_t rows, int64_t cols, double p, int64_t seed, bool invert) {
+uint64_t draw_seed() {
+  at::CPUGeneratorImpl* gen = at::get_generator_or_default<at::CPUGeneratorImpl>(
+      std::nullopt, at::detail::getDefaultCPUGenerator());
+  std::lock_guard<std::mutex> lock(gen->mutex_);
+  return gen->random64();
+}
+
+// The (rows, cols) draw into bytes: out[i] = (element i is below p) != invert.
+void draw(uint8_t* out, int64_t rows, int64_t cols, double p, bool invert) {
   TORCH_CHECK(p >= 0.0 && p <= 1.0, "fastrnn: a mask probability must be in [0, 1], got ", p);
-  at::Tensor mask = at::empty({rows, cols}, at::TensorOptions().dtype(at::kBool));
-  uint8_t* out = reinterpret_cast<uint8_t*>(mask.data_ptr<bool>());
   const uint64_t threshold = static_cast<uint64_t>(p * 4294967296.0);
-  const uint64_t s = static_cast<uint64_t>(seed);
+  const uint64_t s = draw_seed();
   const uint32_t key_lo = mix32(static_cast<uint32_t>(s) ^ 0x9e3779b9U);
   const uint32_t key_hi = mix32(static_cast<uint32_t>(s >> 32) ^ 0x85ebca6bU);
   at::parallel_for(0, rows * cols, 1 << 16,
                    [&](int64_t b, int64_t e) { fill(out, b, e, key_lo, key_hi, threshold, invert); });
+}
+
+at::Tensor bernoulli_mask(int64_t rows, int64_t cols, double p, bool invert) {
+  at::Tensor mask = at::empty({rows, cols}, at::TensorOptions().dtype(at::kBool));
+  draw(reinterpret_cast<uint8_t*>(mask.data_ptr<bool>()), rows, cols, p, invert);
   return mask;
+}
+
+template <typename T>
+void scale_bytes(const uint8_t* keep, T* out, int64_t n, T scale) {
+  for (int64_t i = 0; i < n; ++i) out[i] = keep[i] ? scale : T(0);
+}
+
+// The kept entries' scale 1 / (1 - p) where a Bernoulli(1 - p) draw keeps, 0 elsewhere, in
+// `dtype` (float32 for the other floating dtypes, then converted: what a bool mask cast to
+// the dtype and multiplied by the Python float 1 / (1 - p) gives).
+at::Tensor keep_scale(int64_t rows, int64_t cols, double p, at::ScalarType dtype) {
+  TORCH_CHECK(p < 1.0, "fastrnn: a dropout probability must be below 1, got ", p);
+  TORCH_CHECK(at::isFloatingType(dtype), "fastrnn: keep_scale needs a floating dtype, got ", dtype);
+  std::vector<uint8_t> keep(static_cast<size_t>(rows * cols));
+  draw(keep.data(), rows, cols, p, true);
+  const double scale = 1.0 / (1.0 - p);
+  const int64_t n = rows * cols;
+  if (dtype == at::kDouble) {
+    at::Tensor out = at::empty({rows, cols}, at::TensorOptions().dtype(at::kDouble));
+    scale_bytes(keep.data(), out.data_ptr<double>(), n, scale);
+    return out;
+  }
+  at::Tensor out = at::empty({rows, cols}, at::TensorOptions().dtype(at::kFloat));
+  scale_bytes(keep.data(), out.data_ptr<float>(), n, static_cast<float>(scale));
+  return dtype == at::kFloat ? out : out.to(dtype);
 }
 
 }  // namespace
@@ -64,5 +104,6 @@ at::Tensor bernoulli_mask(int64_t rows, int64_t cols, double p, int64_t seed, bo
 
 // (no tensor argument to dispatch on: one kernel for every dispatch key)
 TORCH_LIBRARY_FRAGMENT(fastrnn_cpu_loops, m) {
-  m.def("bernoulli_mask(int rows, int cols, float p, int seed, bool invert) -> Tensor", &fastrnn_cpu::bernoulli_mask);
+  m.def("bernoulli_mask(int rows, int cols, float p, bool invert) -> Tensor", &fastrnn_cpu::bernoulli_mask);
+  m.def("keep_scale(int rows, int cols, float p, ScalarType dtype) -> Tensor", &fastrnn_cpu::keep_scale);
 }

@@ -496,8 +496,6 @@ def forward(kind, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save, params=
     if loop:
         if kind is not CellKind.LSTM:
             _refuse_projection(kind, w_hr)
-        from . import reference_regularised  # (it builds on this module's helpers)
-
         if reference_regularised.runs(kind, w_hr):
             if cpu_loops.runs(xg):
                 return cpu_loops.forward(kind, xg, w_hh, b_hh, h0, c0, schedule, reverse, save, resets=resets, **loop)
@@ -530,8 +528,6 @@ def backward(kind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule,
     if loop:
         if kind is not CellKind.LSTM:
             _refuse_projection(kind, w_hr)
-        from . import reference_regularised
-
         if reference_regularised.runs(kind, w_hr):
             if cpu_loops.runs(dy):
                 return cpu_loops.backward(kind, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, reverse,
@@ -561,3 +557,7 @@ def backward(kind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule,
                                   cuts)
     return generic.backward(kind, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reverse, params,
                             resets, **loop)
+
+
+# (last: it builds on this module's helpers)
+from . import reference_regularised  # noqa: E402
