@@ -69,6 +69,19 @@ def cpp_calls(monkeypatch):
     return calls
 
 
+@pytest.fixture(params=["packed_gemm", "aten_gemm"])
+def gemm_route(request):
+    """The wide cases' per-step GEMMs (float32, above the small-product size) both ways: MKL's
+    packed product, ``W_hh`` packed once per call (where torch has it), and ATen's GEMM."""
+    if request.param == "aten_gemm":
+        with cpu_loops.unpacked_gemm():
+            yield request.param
+        return
+    if not cpu_loops.packed_gemm():
+        pytest.skip("torch was built without MKL's packed GEMM interface")
+    yield request.param
+
+
 def _run(m, dtype, packed, seed, steps=6, batch=4, resets=True, nan=False):
     gen = torch.Generator().manual_seed(2)
     dirs = m.num_layers * (2 if m.bidirectional else 1)
@@ -108,6 +121,25 @@ def _compare(m, dtype, packed, resets=True, tol=None, **kw):
                                    msg=lambda s, name=name: f"{name}: {s}")
 
 
+def test_packed_gemm_route_matches_aten():
+    """The packed product gives ATen's GEMM's results: the same float32 LSTM, GRU and
+    LayerNorm-LSTM, every output and gradient within a float32 ulp or two."""
+    if not cpu_loops.packed_gemm():
+        pytest.skip("torch was built without MKL's packed GEMM interface")
+    for make in (lambda: fastrnn.LSTM(4, 64, backend="reference", peephole=True),
+                 lambda: fastrnn.GRU(4, 96, backend="reference"),
+                 lambda: fastrnn.LayerNormLSTM(4, 64, backend="reference")):
+        m = make()
+        randomise(m, torch.Generator().manual_seed(6))
+        got_out, got_grads = _run(m, torch.float32, True, seed=5, steps=4, batch=130)
+        with cpu_loops.unpacked_gemm():
+            want_out, want_grads = _run(m, torch.float32, True, seed=5, steps=4, batch=130)
+        for a, b in zip(got_out, want_out):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+        for name, a in got_grads.items():
+            torch.testing.assert_close(a, want_grads[name], rtol=1e-6, atol=1e-6)
+
+
 def test_the_loops_build():
     """CI and this machine have a C++ compiler: the C++ loops must build here (a failed
     build falls back to the Python loops with a warning, which would leave them untested)."""
@@ -140,7 +172,7 @@ def test_gru_and_rnn_cpp_loops_equal_the_python_loops(kind, variant, packed, tra
 
 
 @pytest.mark.parametrize("kind", list(MAKERS))
-def test_gru_and_rnn_past_the_small_product_and_the_thread_split(kind, cpp_calls):
+def test_gru_and_rnn_past_the_small_product_and_the_thread_split(kind, cpp_calls, gemm_route):
     wide = {"GRU": lambda **k: fastrnn.GRU(4, 96, **k), "RNN_TANH": lambda **k: fastrnn.RNN(4, 96, **k),
             "RNN_RELU": lambda **k: fastrnn.RNN(4, 96, nonlinearity="relu", **k)}
     m = wide[kind](backend="reference", **H_VARIANTS["both"])
@@ -191,7 +223,7 @@ def test_layer_norm_cells(cls, packed, resets, dtype, cpp_calls):
 
 
 @pytest.mark.parametrize("cls", ["LayerNormLSTM", "LayerNormGRU"])
-def test_layer_norm_cells_wide(cls, cpp_calls):
+def test_layer_norm_cells_wide(cls, cpp_calls, gemm_route):
     """Past the small GEMM and the thread split (4H = 384 features per LayerNorm row)."""
     m = getattr(fastrnn, cls)(4, 96, backend="reference")
     randomise(m, torch.Generator().manual_seed(12))
@@ -209,9 +241,10 @@ def test_without_resets(variant, cpp_calls):
 
 
 @pytest.mark.parametrize("variant", ["peephole", "both"])
-def test_steps_past_the_small_product_and_the_thread_split(variant, cpp_calls):
-    """Batch x 4H x H above the C++ loops' own small GEMM (ATen's GEMM runs), and a step wide
-    enough to split its rows between threads."""
+def test_steps_past_the_small_product_and_the_thread_split(variant, cpp_calls, gemm_route):
+    """Batch x 4H x H above the C++ loops' own small GEMM (a library GEMM runs: see
+    ``gemm_route``), and a step wide enough to split its rows between threads; packed input,
+    so later steps multiply fewer rows than ``W_hh`` was packed for."""
     m = fastrnn.LSTM(4, 64, dtype=torch.float32, backend="reference", **VARIANTS[variant])
     randomise(m, torch.Generator().manual_seed(4))
     _compare(m, torch.float32, packed=True, steps=4, batch=130, tol=WIDE)

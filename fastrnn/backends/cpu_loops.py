@@ -110,6 +110,23 @@ def disabled():
         _state["enabled"] = before
 
 
+@contextlib.contextmanager
+def unpacked_gemm():
+    """Inside the block the per-step GEMMs above the small-product size call ATen's GEMM
+    instead of MKL's packed product (the tests compare the two)."""
+    before = torch.ops.fastrnn_cpu_loops.set_packed_gemm(False)
+    try:
+        yield
+    finally:
+        torch.ops.fastrnn_cpu_loops.set_packed_gemm(before)
+
+
+def packed_gemm() -> bool:
+    """Whether float32 per-step GEMMs above the small-product size use MKL's packed product
+    (torch built with MKL), packing ``W_hh`` once per call."""
+    return available() and torch.ops.fastrnn_cpu_loops.packed_gemm_available()
+
+
 def runs(xg) -> bool:
     """Whether a call whose input projection is ``xg`` runs here (CPU, float32 / float64)."""
     return (_state["enabled"] and xg.device.type == "cpu" and xg.dtype in _DTYPES

@@ -36,7 +36,7 @@ std::vector<at::Tensor> gru_forward_loop(at::Tensor xg, const at::Tensor& w_hh, 
   at::Tensor h_cell = at::empty({B, H}, xg.options());
   at::Tensor hg = at::empty({B, G}, xg.options());
   at::Tensor scaled = e.rscale != nullptr ? at::empty({B, H}, xg.options()) : at::Tensor();
-  at::Tensor w_t = w_hh.t().contiguous();
+  const StepRhs<T> w_t(w_hh.t().contiguous(), B);
   T* X = xg.data_ptr<T>();
   T* Y = y.data_ptr<T>();
   T* HNS = hn_seq.data_ptr<T>();
@@ -110,7 +110,7 @@ std::vector<at::Tensor> gru_backward_loop(const at::Tensor& gates, const at::Ten
   const T* Y = y.data_ptr<T>();
   const T* DY = dy.data_ptr<T>();
   const T* Z = zero.data_ptr<T>();
-  const T* W = w_hh.data_ptr<T>();
+  const StepRhs<T> w_rhs(w_hh, B);
   T* DX = dxg.data_ptr<T>();
   T* DHG = dhg.data_ptr<T>();
   T* DH = dh.data_ptr<T>();
@@ -131,7 +131,7 @@ std::vector<at::Tensor> gru_backward_loop(const at::Tensor& gates, const at::Ten
         gru_cell_backward<T>(g, g + H, g + 2 * H, HNS + r * H, hp, d, DX + r * G, DHG + r * G, DIR + b * H, H);
       }
     });
-    gemm_set(DH, DHG + lo * G, W, bs, G, H, [&] {
+    gemm_set(DH, DHG + lo * G, w_rhs, bs, [&] {
       at::Tensor dh_rows = dh.narrow(0, 0, bs);
       at::mm_out(dh_rows, dhg.narrow(0, lo, bs), w_hh);
     });
@@ -157,7 +157,7 @@ std::vector<at::Tensor> rnn_forward_loop(at::Tensor xg, const at::Tensor& w_hh, 
   at::Tensor y = e.zoned_h ? at::empty({N, H}, xg.options()) : xg;
   at::Tensor h_state = h0.clone();
   at::Tensor scaled = e.rscale != nullptr ? at::empty({B, H}, xg.options()) : at::Tensor();
-  at::Tensor w_t = w_hh.t().contiguous();
+  const StepRhs<T> w_t(w_hh.t().contiguous(), B);
   T* X = xg.data_ptr<T>();
   T* Y = y.data_ptr<T>();
   T* HS = h_state.data_ptr<T>();
@@ -193,7 +193,7 @@ std::vector<at::Tensor> rnn_backward_loop(const at::Tensor& h_new, const at::Ten
   at::Tensor d_cell = at::empty({B, H}, h_new.options()), keep = at::empty({B, H}, h_new.options());
   const T* HN = h_new.data_ptr<T>();
   const T* DY = dy.data_ptr<T>();
-  const T* W = w_hh.data_ptr<T>();
+  const StepRhs<T> w_rhs(w_hh, B);
   T* DX = dxg.data_ptr<T>();
   T* DH = dh.data_ptr<T>();
   T* DCL = d_cell.data_ptr<T>();
@@ -210,7 +210,7 @@ std::vector<at::Tensor> rnn_backward_loop(const at::Tensor& h_new, const at::Ten
         rnn_cell_backward<T, TANH>(DX + r * H, d, HN + r * H, H);
       }
     });
-    gemm_set(DH, DX + lo * H, W, bs, H, H, [&] {
+    gemm_set(DH, DX + lo * H, w_rhs, bs, [&] {
       at::Tensor dh_rows = dh.narrow(0, 0, bs);
       at::mm_out(dh_rows, dxg.narrow(0, lo, bs), w_hh);
     });

@@ -42,7 +42,7 @@ std::vector<at::Tensor> forward_loop(at::Tensor xg, const at::Tensor& w_hh, cons
   at::Tensor h_state = h0.clone(), c_state = c0.clone();
   at::Tensor h_cell = at::empty({B, H}, xg.options()), c_cell = at::empty({B, H}, xg.options());
   at::Tensor scaled = e.rscale != nullptr ? at::empty({B, H}, xg.options()) : at::Tensor();
-  at::Tensor w_t = w_hh.t().contiguous();  // the per-step GEMMs run faster on this layout
+  const StepRhs<T> w_t(w_hh.t().contiguous(), B);  // (the per-step GEMMs run faster on this layout)
   T* X = xg.data_ptr<T>();
   T* Y = y.data_ptr<T>();
   T* C = c_seq.data_ptr<T>();
@@ -131,7 +131,7 @@ std::vector<at::Tensor> backward_loop(const at::Tensor& gates, const at::Tensor&
   T* KC = keep_c.data_ptr<T>();
   T* TH = through.data_ptr<T>();
   T* DP = PEEP ? dparams.data_ptr<T>() : nullptr;
-  const T* W = w_hh.data_ptr<T>();
+  const StepRhs<T> w_rhs(w_hh, B);
   const int64_t steps = static_cast<int64_t>(order.size());
   for (int64_t k = steps - 1; k >= 0; --k) {
     const BackStep step = back_step(order, offsets, sizes, k);
@@ -172,7 +172,7 @@ std::vector<at::Tensor> backward_loop(const at::Tensor& gates, const at::Tensor&
       }
     }
     // The gradient reaching h_prev: (dgates @ W_hh) * scale + the part zoneout kept.
-    gemm_set(DH, DG + lo * G, W, bs, G, H, [&] {
+    gemm_set(DH, DG + lo * G, w_rhs, bs, [&] {
       at::Tensor dh_rows = dh.narrow(0, 0, bs);
       at::mm_out(dh_rows, dgates.narrow(0, lo, bs), w_hh);
     });
@@ -230,6 +230,11 @@ TORCH_LIBRARY(fastrnn_cpu_loops, m) {
       "lstm_backward(Tensor gates, Tensor c_seq, Tensor? cell_c, Tensor c0, Tensor w_hh, Tensor dy, Tensor dh_n, "
       "Tensor dc_n, int[] order, int[] offsets, int[] sizes, Tensor? params, Tensor? resets, Tensor? mask_h, "
       "float p_h, Tensor? mask_c, float p_c, Tensor? rscale) -> Tensor[]");
+  // The per-step GEMMs' route (fastrnn_cpu::StepRhs): whether MKL's packed interface is
+  // there, and a switch (returns the previous setting) for the tests that compare the routes.
+  m.def("packed_gemm_available() -> bool", [] { return fastrnn_cpu::packed_gemm_available(); });
+  m.def("set_packed_gemm(bool enabled) -> bool",
+        [](bool enabled) { return fastrnn_cpu::packed_gemm_enabled().exchange(enabled); });
 }
 
 TORCH_LIBRARY_IMPL(fastrnn_cpu_loops, CPU, m) {

@@ -163,8 +163,8 @@ void gru_grads(T* __restrict__ dxr, T* __restrict__ dxz, T* __restrict__ dxn, T*
 // The recurrent pre-activation of a step: r = b_hh + h @ W_hh^T, into rows [row0, row0 + bs)
 // of `r_seq`.
 template <typename T>
-void recurrent(const at::Tensor& r_seq, int64_t row0, const T* BH, const at::Tensor& h_state, const at::Tensor& w_t,
-               int64_t bs, bool all_cut) {
+void recurrent(const at::Tensor& r_seq, int64_t row0, const T* BH, const at::Tensor& h_state,
+               const StepRhs<T>& w_t, int64_t bs, bool all_cut) {
   const int64_t G = r_seq.size(1);
   T* R = r_seq.data_ptr<T>() + row0 * G;
   for (int64_t b = 0; b < bs; ++b) {
@@ -188,7 +188,7 @@ std::vector<at::Tensor> ln_lstm_forward_loop(at::Tensor xg, const at::Tensor& w_
   at::Tensor c_seq = at::empty({N, H}, xg.options());
   at::Tensor r_seq = at::empty({save ? N : B, G}, xg.options());
   at::Tensor h_state = h0.clone(), c_state = c0.clone();
-  at::Tensor w_t = w_hh.t().contiguous();
+  const StepRhs<T> w_t(w_hh.t().contiguous(), B);
   T* X = xg.data_ptr<T>();
   T* Y = y.data_ptr<T>();
   T* C = c_seq.data_ptr<T>();
@@ -246,7 +246,7 @@ std::vector<at::Tensor> ln_lstm_backward_loop(const at::Tensor& gates, const at:
   const T* C0 = c0.data_ptr<T>();
   const T* DY = dy.data_ptr<T>();
   const T* Z = zero.data_ptr<T>();
-  const T* W = w_hh.data_ptr<T>();
+  const StepRhs<T> w_rhs(w_hh, B);
   const T* P = params.data_ptr<T>();
   const T *w_r = P, *w_c = P + 2 * G, *b_c = P + 2 * G + H;
   T* DG = dgates.data_ptr<T>();
@@ -292,7 +292,7 @@ std::vector<at::Tensor> ln_lstm_backward_loop(const at::Tensor& gates, const at:
         norm_backward(drr, rh, rstd, G);
       }
     });
-    gemm_set(DH, DR + lo * G, W, bs, G, H, [&] {
+    gemm_set(DH, DR + lo * G, w_rhs, bs, [&] {
       at::Tensor dh_rows = dh.narrow(0, 0, bs);
       at::mm_out(dh_rows, dr.narrow(0, lo, bs), w_hh);
     });
@@ -310,7 +310,7 @@ std::vector<at::Tensor> ln_gru_forward_loop(at::Tensor xg, const at::Tensor& w_h
   at::Tensor y = at::empty({N, H}, xg.options());
   at::Tensor r_seq = at::empty({save ? N : B, G}, xg.options());
   at::Tensor h_state = h0.clone();
-  at::Tensor w_t = w_hh.t().contiguous();
+  const StepRhs<T> w_t(w_hh.t().contiguous(), B);
   T* X = xg.data_ptr<T>();
   T* Y = y.data_ptr<T>();
   T* RS = r_seq.data_ptr<T>();
@@ -359,7 +359,7 @@ std::vector<at::Tensor> ln_gru_backward_loop(const at::Tensor& gates, const at::
   const T* Y = y.data_ptr<T>();
   const T* DY = dy.data_ptr<T>();
   const T* Z = zero.data_ptr<T>();
-  const T* W = w_hh.data_ptr<T>();
+  const StepRhs<T> w_rhs(w_hh, B);
   const T* P = params.data_ptr<T>();
   const T *w_r = P, *b_r = P + G;
   T* DX = dxg.data_ptr<T>();
@@ -390,7 +390,7 @@ std::vector<at::Tensor> ln_gru_backward_loop(const at::Tensor& gates, const at::
         norm_backward(drr, rh, rstd, G);
       }
     });
-    gemm_set(DH, DR + lo * G, W, bs, G, H, [&] {
+    gemm_set(DH, DR + lo * G, w_rhs, bs, [&] {
       at::Tensor dh_rows = dh.narrow(0, 0, bs);
       at::mm_out(dh_rows, dr.narrow(0, lo, bs), w_hh);
     });
