@@ -28,7 +28,7 @@ compiled metadata, and prints one row. The specialisations:
 Each row also carries a static profile of one time step and four assertions
 (:mod:`fastrnn.kernels.report_checks`: W_hh not loaded from global memory in the time loop
 where the specialisation keeps it on chip, no scalar 16-bit global loads in fp16/bf16
-kernels, TF32 dot operands rounded, the grid barrier right by control flow); which of them
+kernels but of tiles a thread holds 2 bytes of, TF32 dot operands rounded, the grid barrier right by control flow); which of them
 fail a row is switched per tier there (:data:`~fastrnn.kernels.report_checks.ENFORCED`),
 the others are listed in the row's ``open`` column. The report ends with the expected
 time per step of the benchmark anchor shapes (:mod:`fastrnn.kernels.expected`).

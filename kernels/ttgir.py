@@ -409,3 +409,50 @@ def per_step(accesses: list, values: dict | None = None) -> dict:
         else:
             totals["dot_flops"] += a.amount * times
     return totals
+
+
+_BLOCKED = re.compile(r"^(#[\w$.-]+)\s*=\s*#ttg\.blocked<\{sizePerThread = \[([\d, ]+)\], "
+                      r"threadsPerWarp = \[([\d, ]+)\], warpsPerCTA = \[([\d, ]+)\]")
+_LOAD_TYPE = re.compile(r"=\s*tt\.load\s[^:]*:\s*(?:tensor<((?:\d+x)+)!tt\.ptr<(\w+)>,\s*"
+                        r"(#[\w$.-]+|#ttg\.slice<\{dim = (\d+), parent = (#[\w$.-]+)\}>)>|!tt\.ptr<(\w+)>)")
+
+
+def _per_thread(shape: list, blocked: tuple, sliced: int | None) -> int:
+    """Elements of a ``shape`` tensor each thread holds in a blocked layout (its copies of a
+    broadcast dimension counted once); ``sliced``: the parent dimension a slice layout drops."""
+    size, lanes, warps = blocked
+    dims = [d for d in range(len(size)) if d != sliced]
+    n = 1
+    for extent, d in zip(shape, dims):
+        tile = size[d] * lanes[d] * warps[d]
+        n *= size[d] * (extent // tile) if extent >= tile else min(size[d], extent)
+    return n
+
+
+def two_byte_loads(ttgir: str) -> int:
+    """Number of global ``tt.load`` ops whose every thread loads exactly two bytes: one
+    16-bit element per thread (a ``16 x 16`` tile over 256 threads, a scalar), or two 8-bit
+    ones. Each compiles to at most one 2-byte load per thread, however aligned its rows are:
+    nothing wider exists for it. Loads in layouts other than blocked ones (and slices of
+    them) are not counted."""
+    layouts = {}
+    for raw in ttgir.splitlines():
+        m = _BLOCKED.match(raw.strip())
+        if m:
+            layouts[m.group(1)] = tuple([int(v) for v in g.split(",")] for g in m.groups()[1:])
+    count = 0
+    for raw in ttgir.splitlines():
+        m = _LOAD_TYPE.search(_LOC.sub("", raw))
+        if m is None:
+            continue
+        dims, element, layout, sliced, parent, scalar = m.groups()
+        if scalar is not None:
+            count += _ELEMENT_BYTES.get(scalar) == 2
+            continue
+        blocked = layouts.get(parent if sliced is not None else layout)
+        if blocked is None or element not in _ELEMENT_BYTES:
+            continue
+        shape = [int(d) for d in dims.rstrip("x").split("x")]
+        per_thread = _per_thread(shape, blocked, None if sliced is None else int(sliced))
+        count += per_thread * _ELEMENT_BYTES[element] == 2
+    return count

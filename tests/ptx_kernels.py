@@ -105,6 +105,21 @@ def fma_kernel(x_ptr, y_ptr, z_ptr, out_ptr, BLOCK: tl.constexpr):
     tl.store(out_ptr + offs, tl.load(x_ptr + offs) * tl.load(y_ptr + offs) + tl.load(z_ptr + offs))
 
 
+@triton.jit
+def tile16_kernel(x_ptr, m_ptr, out_ptr, stride, ROWS: tl.constexpr, COLS: tl.constexpr):
+    """A ``ROWS x COLS`` fp16 tile of rows ``stride`` apart, zeroed where a uint8 mask tile
+    of the same shape is 0: what a cooperative kernel's state and zoneout loads look like."""
+    offs = tl.arange(0, ROWS)[:, None] * stride + tl.arange(0, COLS)[None, :]
+    x = tl.load(x_ptr + offs)
+    keep = tl.load(m_ptr + offs) != 0
+    tl.store(out_ptr + offs, tl.where(keep, x, 0.0))
+
+
+#: tile16 variants: name -> (ROWS, num_warps, stride known to be a multiple of 16)
+TILE16_VARIANTS = {"one-per-thread": (16, 8, True), "mask-pair": (16, 4, True), "aligned": (64, 4, True),
+                   "unaligned": (64, 4, False)}
+
+
 # --------------------------------------------------------------------------------------
 # Ahead-of-time compiles (run as a script, with Triton's interpreter off)
 # --------------------------------------------------------------------------------------
@@ -116,13 +131,14 @@ _ALIGNED = [["tt.divisibility", 16]]
 def _compile(fn, signature, constexprs, arch, aligned=(), **options):
     signature = dict(signature, **{name: "constexpr" for name in constexprs})
     src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs={(i,): _ALIGNED for i in aligned})
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=4, **options))
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(dict(num_warps=4), **options))
 
 
 def compile_all() -> dict:
     """``{name: ptx}`` of every kernel the tests read (names: ``ring-<variant>-sm<arch>``,
     ``tf32-<rounded|raw>-m<M>-sm<arch>``, ``fma-<default|pinned|unfused>``,
-    ``tf32-loop-w<0|1>h<0|1>-sm<arch>``, ``<cooperative kernel name>-<dtype label>-sm<arch>``;
+    ``tf32-loop-w<0|1>h<0|1>-sm<arch>``, ``tile16-<variant>`` (sm_90),
+    ``<cooperative kernel name>-<dtype label>-sm<arch>``;
     ``<name>:ttgir`` the TTGIR of the TF32 and cooperative ones)."""
     from fastrnn.kernels import cooperative, report
     from fastrnn.kernels.precision import ENABLE_FP_FUSION
@@ -150,6 +166,11 @@ def compile_all() -> dict:
     for name, options in (("default", {}), ("pinned", dict(enable_fp_fusion=ENABLE_FP_FUSION)),
                           ("unfused", dict(enable_fp_fusion=False))):
         out[f"fma-{name}"] = _compile(fma_kernel, fma, dict(BLOCK=128), 90, aligned=(0, 1, 2, 3), **options).asm["ptx"]
+    tile = {"x_ptr": "*fp16", "m_ptr": "*u8", "out_ptr": "*fp16", "stride": "i32"}
+    for name, (rows, warps, aligned) in TILE16_VARIANTS.items():
+        k = _compile(tile16_kernel, tile, dict(ROWS=rows, COLS=16), 90, aligned=(0, 1, 2, 3) if aligned else (0, 1, 2),
+                     num_warps=warps)
+        out[f"tile16-{name}"], out[f"tile16-{name}:ttgir"] = k.asm["ptx"], k.asm["ttgir"]
     wanted = {("coop-forward", "float16"), ("coop-reg-backward", "float32-tf32"), ("coop-backward", "bfloat16")}
     for spec in cooperative.specialisations():  # the cooperative kernels of this tree, compiled as the report does
         if (spec.kernel_name, spec.label) in wanted and spec.kind == "LSTM":

@@ -379,6 +379,59 @@ def test_report_scalar16_assertion():
     assert "no_scalar16" not in _failures(_Spec("resident-forward", torch.float32, "float32"), code)  # 32-bit kernel
 
 
+_TWO_BYTE_TTGIR = """
+#blocked = #ttg.blocked<{sizePerThread = [1, 1], threadsPerWarp = [2, 16], warpsPerCTA = [8, 1], order = [1, 0]}>
+#blocked1 = #ttg.blocked<{sizePerThread = [1, 2], threadsPerWarp = [4, 8], warpsPerCTA = [4, 1], order = [1, 0]}>
+module attributes {"ttg.num-warps" = 8 : i32} {
+  tt.func public @k(%p: !tt.ptr<f16>) {
+    %a = tt.load %pa, %m : tensor<16x16x!tt.ptr<f16>, #blocked> loc(#loc1)
+    %b = tt.load %pb, %m : tensor<64x16x!tt.ptr<f16>, #blocked> loc(#loc2)
+    %c = tt.load %pc : tensor<16x16x!tt.ptr<i8>, #blocked1> loc(#loc3)
+    %d = tt.load %pd : tensor<16x!tt.ptr<bf16>, #ttg.slice<{dim = 1, parent = #blocked}>> loc(#loc4)
+    %e = tt.load %p : !tt.ptr<f16> loc(#loc5)
+    %f = tt.load %pf : tensor<16x16x!tt.ptr<f32>, #blocked> loc(#loc6)
+    %g = tt.load %pg : tensor<16x16x!tt.ptr<f16>, #blocked1> loc(#loc7)
+    tt.return
+  }
+}
+"""
+
+
+def test_two_byte_loads_are_the_loads_a_thread_holds_two_bytes_of():
+    """Counted: a 16x16 fp16 tile over 256 threads (one element each), a uint8 tile with two
+    elements per thread, a 16-element bf16 slice, an fp16 scalar. Not counted: 4 fp16
+    elements per thread, fp32, 2 fp16 elements per thread."""
+    from fastrnn.kernels.ttgir import two_byte_loads
+
+    assert two_byte_loads(_TWO_BYTE_TTGIR) == 4
+    two_rows = _TWO_BYTE_TTGIR.replace("16x16x!tt.ptr<f16>, #blocked>", "32x16x!tt.ptr<f16>, #blocked>")
+    assert two_byte_loads(two_rows) == 3  # %a: two elements per thread
+
+
+@pytest.mark.parametrize("variant", ["one-per-thread", "mask-pair", "aligned", "unaligned"])
+def test_report_scalar16_assertion_on_compiled_tiles(ptx, variant):
+    """A 2-byte load is a failure only where the thread's share of the tile is wider: a
+    16x16 fp16 tile over 8 warps (one element per thread) and a uint8 mask with two
+    elements per thread compile to 2-byte loads and pass; 64x16 rows of unknown alignment
+    (8 elements per thread) load 2 bytes at a time and fail; aligned, they are vectors."""
+    code, ir = ptx[f"tile16-{variant}"], ptx[f"tile16-{variant}:ttgir"]
+    assert (scalar_16bit_global_loads(code) > 0) == (variant != "aligned")
+    assert ("no_scalar16" in _failures(_Spec(), code, ir)) == (variant == "unaligned")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("name", ["coop-forward-float16", "coop-backward-bfloat16"])
+def test_cooperative_16bit_kernels_pass_no_scalar16(ptx, arch, name):
+    """The cooperative tier's 16-bit kernels, compiled as the report does, keep only the
+    2-byte loads no alignment widens, and the assertion is enforced on the tier."""
+    from fastrnn.kernels import report_checks
+
+    code, ir = ptx[f"{name}-{arch}"], ptx[f"{name}-{arch}:ttgir"]
+    assert scalar_16bit_global_loads(code) > 0  # the zoneout masks: two uint8 per thread
+    assert "no_scalar16" not in _failures(_Spec(), code, ir)
+    assert report_checks.enforced(_Spec(), "no_scalar16")
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_report_tf32_assertion(ptx, arch):
     spec = _Spec("resident-forward", torch.float32, "float32-tf32")
