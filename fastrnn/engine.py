@@ -44,6 +44,59 @@ class LayerGrads(NamedTuple):
     params: torch.Tensor | None = None
 
 
+def input_projection(kind: CellKind, x, w_ih, b_ih, b_hh):
+    """``(xg, inner_bias)``: ``xg = x @ W_ih^T`` plus every bias the cell adds outside its
+    recurrent product, for all rows in one GEMM (``x`` is the projection already when
+    ``w_ih`` is None); ``inner_bias`` is ``b_hh`` where the cell applies it inside (GRU's
+    ``b_hn``), else None."""
+    fold_bias = b_hh is not None and not kind.recurrent_bias_inside
+    bias = b_ih
+    if fold_bias:
+        bias = b_hh if b_ih is None else b_ih + b_hh
+    if w_ih is None:
+        xg = x.clone() if bias is None else x + bias  # (the backend may overwrite xg)
+    elif bias is None:
+        xg = x @ w_ih.t()
+    else:
+        xg = torch.addmm(bias, x, w_ih.t())
+    return xg, (b_hh if (b_hh is not None and kind.recurrent_bias_inside) else None)
+
+
+def weight_grads(schedule: Schedule, reverse: bool, res, x, h0, w_ih, b_ih, b_hh, y, needs, params=None,
+                 entering=None, recurrent_scale=None) -> LayerGrads:
+    """The layer's gradients from the backward loop's result ``res``: ``dx``, ``dW_ih``,
+    ``dW_hh`` and the biases as whole-sequence GEMMs and reductions, None where ``needs``
+    is False. ``entering``: the direction's entering resets (the state entering those rows
+    was zero), ``recurrent_scale``: recurrent dropout's scale of that state."""
+    need_x, need_h0, need_c0, need_w_ih, need_w_hh, need_b_ih, need_b_hh, need_w_hr, *need_p = needs
+    if w_ih is None:
+        dx = res.dxg if need_x else None
+        dw_ih = None
+    else:
+        dx = res.dxg @ w_ih if need_x else None
+        dw_ih = res.dxg.t() @ x if need_w_ih else None
+    dw_hh = None
+    if need_w_hh:
+        if entering is None and recurrent_scale is None:
+            dw_hh = schedule.previous_product(res.dhg, y, h0, reverse)
+        else:  # the state as it entered W_hh: zero after a reset, scaled by recurrent dropout
+            prev = schedule.previous(y, h0, reverse)
+            if entering is not None:
+                prev = torch.where(entering.unsqueeze(1), 0, prev)
+            if recurrent_scale is not None:
+                prev = schedule.scale_rows(prev, recurrent_scale)
+            dw_hh = res.dhg.t() @ prev
+    db_ih = res.dxg.sum(0) if (b_ih is not None and need_b_ih) else None
+    db_hh = None
+    if b_hh is not None and need_b_hh:
+        db_hh = db_ih.clone() if (res.dhg is res.dxg and db_ih is not None) else res.dhg.sum(0)
+    dparams = res.dparams if (params is not None and need_p and need_p[0]) else None
+    return LayerGrads(
+        dx, res.dh0 if need_h0 else None, res.dc0 if need_c0 else None, dw_ih, dw_hh, db_ih, db_hh,
+        res.dw_hr if need_w_hr else None, dparams,
+    )
+
+
 class LoopLayer:
     """Layer implementation over a time-loop backend module (see the module docstring).
 
@@ -72,17 +125,7 @@ class LoopLayer:
         projection itself, when ``w_ih`` is None); ``saved`` is the backend's private tuple
         for :meth:`layer_backward` (empty unless ``save``); ``resets`` ``(N,)`` bool or None.
         """
-        fold_bias = b_hh is not None and not kind.recurrent_bias_inside
-        bias = b_ih
-        if fold_bias:
-            bias = b_hh if b_ih is None else b_ih + b_hh
-        if w_ih is None:
-            xg = x.clone() if bias is None else x + bias  # (the backend may overwrite xg)
-        elif bias is None:
-            xg = x @ w_ih.t()
-        else:
-            xg = torch.addmm(bias, x, w_ih.t())
-        inner_bias = b_hh if (b_hh is not None and kind.recurrent_bias_inside) else None
+        xg, inner_bias = input_projection(kind, x, w_ih, b_ih, b_hh)
         res = self.backend.forward(kind, xg, w_hh, inner_bias, w_hr, h0, c0, schedule, reverse, save,
                                    **self._extras(schedule, reverse, params, resets, zoneout, recurrent_scale))
         return res.y, res.h_n, res.c_n, tuple(res.saved)
@@ -99,33 +142,8 @@ class LoopLayer:
             dy.contiguous(), dh_n.contiguous(), dc_n.contiguous() if dc_n is not None else None,
             schedule, reverse, **extras,
         )
-        need_x, need_h0, need_c0, need_w_ih, need_w_hh, need_b_ih, need_b_hh, need_w_hr, *need_p = needs
-        if w_ih is None:
-            dx = res.dxg if need_x else None
-            dw_ih = None
-        else:
-            dx = res.dxg @ w_ih if need_x else None
-            dw_ih = res.dxg.t() @ x if need_w_ih else None
-        dw_hh = None
-        if need_w_hh:
-            if resets is None and recurrent_scale is None:
-                dw_hh = schedule.previous_product(res.dhg, y, h0, reverse)
-            else:  # the state as it entered W_hh: zero after a reset, scaled by recurrent dropout
-                prev = schedule.previous(y, h0, reverse)
-                if resets is not None:
-                    prev = torch.where(extras["resets"].unsqueeze(1), 0, prev)
-                if recurrent_scale is not None:
-                    prev = schedule.scale_rows(prev, recurrent_scale)
-                dw_hh = res.dhg.t() @ prev
-        db_ih = res.dxg.sum(0) if (b_ih is not None and need_b_ih) else None
-        db_hh = None
-        if b_hh is not None and need_b_hh:
-            db_hh = db_ih.clone() if (res.dhg is res.dxg and db_ih is not None) else res.dhg.sum(0)
-        dparams = res.dparams if (params is not None and need_p and need_p[0]) else None
-        return LayerGrads(
-            dx, res.dh0 if need_h0 else None, res.dc0 if need_c0 else None, dw_ih, dw_hh, db_ih, db_hh,
-            res.dw_hr if need_w_hr else None, dparams,
-        )
+        return weight_grads(schedule, reverse, res, x, h0, w_ih, b_ih, b_hh, y, needs, params, extras.get("resets"),
+                            recurrent_scale)
 
     def saved_layout(self, kind: CellKind, rows, batch, input_size, hidden, proj, dtype, save, resets=False,
                      zoneout=None):

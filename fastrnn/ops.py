@@ -556,6 +556,14 @@ def layer(kind: CellKind, backend: str, x: Tensor, batch_sizes: Tensor | None, h
     zoneout_h, zoneout_c, zoneout_p = zoneout if zoneout is not None else (None, None, [])
     loop = (resets, zoneout_h, zoneout_c, list(zoneout_p), recurrent_scale)
     args = (kind.value, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params, *loop, reverse, save)
+    if eager and backend == "reference":
+        # The reference backend's functions called directly (see fastrnn.eager_reference).
+        if save:
+            out = eager_reference.ReferenceLayer.apply(kind, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                                       params, loop, reverse)
+            return out[0], out[1], (out[2] if kind.has_cell_state else None)
+        y, h_n, c_n, _ = eager_reference.forward(kind, x, batch_sizes, h0, c0, weights, params, loop, reverse, False)
+        return y, h_n, (c_n if kind.has_cell_state else None)
     if eager:
         # Plain eager call: the op's work without the dispatcher (see _EagerLayer).
         if save:
@@ -572,3 +580,7 @@ def layer(kind: CellKind, backend: str, x: Tensor, batch_sizes: Tensor | None, h
     else:
         y, h_n, c_n, *_ = LayerFunction.apply(*args)
     return y, h_n, (c_n if kind.has_cell_state else None)
+
+
+# (last: it builds on this module's helpers)
+from . import eager_reference  # noqa: E402

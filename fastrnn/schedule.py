@@ -66,6 +66,18 @@ class Schedule:
         """Timesteps in processing order: ``0..T-1``, or ``T-1..0`` for the reverse direction."""
         return range(self.steps - 1, -1, -1) if reverse else range(self.steps)
 
+    def step_lists(self, reverse: bool) -> tuple[list, list, list]:
+        """``(order, offsets, batch_sizes)`` as lists, the C++ loops' schedule arguments, made
+        once per direction."""
+        lists = self._step_lists.get(reverse)
+        if lists is None:
+            lists = self._step_lists[reverse] = (list(self.order(reverse)), list(self.offsets), list(self.batch_sizes))
+        return lists
+
+    @cached_property
+    def _step_lists(self) -> dict:
+        return {}
+
     def device_tables(self, device) -> tuple[torch.Tensor, torch.Tensor]:
         """``(batch_sizes, offsets)`` as int32 tensors on ``device``, for kernels that read
         the schedule themselves; made (one host-to-device copy each) once per schedule and

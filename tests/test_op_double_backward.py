@@ -36,6 +36,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import fastrnn
 import fastrnn.differentiable as differentiable
+import fastrnn.engine
 from helpers import TOL
 
 F64 = torch.float64
@@ -234,13 +235,13 @@ def test_penalty_share_is_not_zero():
 
 
 def test_first_order_runs_the_engine_and_create_graph_the_differentiable_path(monkeypatch):
-    # The engine's handwritten backward is counted at the layer implementation: eager calls
-    # reach it without the dispatcher (ops._EagerLayer), traced ones through the
-    # fastrnn::layer_backward op; both end there.
+    # The handwritten backward is counted where its weight gradients are made
+    # (engine.weight_grads): eager CPU calls of the C++ loops reach it from fastrnn.eager_cpu,
+    # other eager calls through the layer implementation (ops._EagerLayer), traced ones
+    # through the fastrnn::layer_backward op; all end there.
     calls = {"engine": 0, "differentiable": 0}
     real_diff = differentiable.layer_backward
-    impl = fastrnn.backends.layer_impl("reference")
-    real_engine = impl.layer_backward
+    real_engine = fastrnn.engine.weight_grads
 
     def spy_diff(*args, **kwargs):
         calls["differentiable"] += 1
@@ -251,7 +252,7 @@ def test_first_order_runs_the_engine_and_create_graph_the_differentiable_path(mo
         return real_engine(*args, **kwargs)
 
     monkeypatch.setattr(differentiable, "layer_backward", spy_diff)
-    monkeypatch.setattr(impl, "layer_backward", spy_engine)
+    monkeypatch.setattr(fastrnn.engine, "weight_grads", spy_engine)
     _, fast, x, states = _problem("GRU", {})
     xx = x.clone().requires_grad_()
 

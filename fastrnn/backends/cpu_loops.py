@@ -133,10 +133,6 @@ def runs(xg) -> bool:
             and not isinstance(xg, torch._subclasses.FakeTensor) and available())
 
 
-def _schedule_lists(schedule, reverse):
-    return list(schedule.order(reverse)), list(schedule.offsets), list(schedule.batch_sizes)
-
-
 def _zoneout_args(zoneout):
     if zoneout is None:
         return None, 0.0, None, 0.0
@@ -158,7 +154,7 @@ def lstm_forward(xg, w_hh, h0, c0, schedule, reverse, save, params=None, resets=
     """``(y, h_n, c_n, saved)``; ``saved`` is ``(gates, c)``, with zoneout of c ``(gates, c,
     the cell's own c)``, for the plain LSTM (none of the extras) ``(gates, c, tanh(c))``
     (empty unless ``save``). ``xg`` becomes the gates."""
-    order, offsets, sizes = _schedule_lists(schedule, reverse)
+    order, offsets, sizes = schedule.step_lists(reverse)
     mask_h, p_h, mask_c, p_c = _zoneout_args(zoneout)
     plain = params is None and resets is None and zoneout is None and recurrent_scale is None
     with torch.no_grad():
@@ -180,7 +176,7 @@ def lstm_backward(saved, w_hh, c0, dy, dh_n, dc_n, schedule, reverse, params=Non
                   recurrent_scale=None):
     """The :class:`~fastrnn.backends.base.BackwardResult` of :func:`lstm_forward`'s ``saved``."""
     gates, c_seq, *kept = saved
-    order, offsets, sizes = _schedule_lists(schedule, reverse)
+    order, offsets, sizes = schedule.step_lists(reverse)
     mask_h, p_h, mask_c, p_c = _zoneout_args(zoneout)
     zoned_c = mask_c is not None or p_c > 0  # (else a third tensor is the plain LSTM's tanh(c))
     with torch.no_grad():
@@ -196,7 +192,7 @@ def lstm_backward(saved, w_hh, c0, dy, dh_n, dc_n, schedule, reverse, params=Non
 
 def gru_forward(xg, w_hh, b_hh, h0, schedule, reverse, save, resets=None, zoneout=None, recurrent_scale=None):
     """``(y, h_n, None, saved)``; ``saved`` is ``(gates, W_hn h + b_hn)`` (empty unless ``save``)."""
-    order, offsets, sizes = _schedule_lists(schedule, reverse)
+    order, offsets, sizes = schedule.step_lists(reverse)
     mask_h, p_h, _, _ = _zoneout_args(zoneout)
     with torch.no_grad():
         y, h_n, hn_seq = torch.ops.fastrnn_cpu_loops.gru_forward(
@@ -208,7 +204,7 @@ def gru_forward(xg, w_hh, b_hh, h0, schedule, reverse, save, resets=None, zoneou
 
 def gru_backward(saved, w_hh, h0, y, dy, dh_n, schedule, reverse, resets=None, zoneout=None, recurrent_scale=None):
     gates, hn_seq = saved
-    order, offsets, sizes = _schedule_lists(schedule, reverse)
+    order, offsets, sizes = schedule.step_lists(reverse)
     mask_h, p_h, _, _ = _zoneout_args(zoneout)
     with torch.no_grad():
         dxg, dhg, dh0 = torch.ops.fastrnn_cpu_loops.gru_backward(
@@ -221,7 +217,7 @@ def gru_backward(saved, w_hh, h0, y, dy, dh_n, schedule, reverse, resets=None, z
 def rnn_forward(kind, xg, w_hh, h0, schedule, reverse, save, resets=None, zoneout=None, recurrent_scale=None):
     """``(y, h_n, None, saved)``; ``saved`` is the cell's own new h with zoneout (``xg``,
     overwritten), else empty (the backward reads ``y``, which is ``xg`` then)."""
-    order, offsets, sizes = _schedule_lists(schedule, reverse)
+    order, offsets, sizes = schedule.step_lists(reverse)
     mask_h, p_h, _, _ = _zoneout_args(zoneout)
     with torch.no_grad():
         y, h_n = torch.ops.fastrnn_cpu_loops.rnn_forward(
@@ -233,7 +229,7 @@ def rnn_forward(kind, xg, w_hh, h0, schedule, reverse, save, resets=None, zoneou
 
 
 def rnn_backward(kind, saved, w_hh, y, dy, dh_n, schedule, reverse, resets=None, zoneout=None, recurrent_scale=None):
-    order, offsets, sizes = _schedule_lists(schedule, reverse)
+    order, offsets, sizes = schedule.step_lists(reverse)
     mask_h, p_h, _, _ = _zoneout_args(zoneout)
     with torch.no_grad():
         dxg, dh0 = torch.ops.fastrnn_cpu_loops.rnn_backward(
@@ -271,7 +267,7 @@ def norm_forward(norm, xg, w_hh, b_hh, h0, c0, schedule, reverse, save, params, 
     ``saved`` is ``(gates, r)`` plus ``c`` for the LSTM (empty unless ``save``), ``r = h_prev
     W_hh^T + b_hh`` before its LayerNorm."""
     family, eps = norm
-    order, offsets, sizes = _schedule_lists(schedule, reverse)
+    order, offsets, sizes = schedule.step_lists(reverse)
     p = _contig(params, xg.dtype)
     with torch.no_grad():
         if family == "lstm":
@@ -291,7 +287,7 @@ def norm_backward(norm, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, revers
     """The backward loop for :func:`norm_forward`'s ``saved``; the LayerNorm parameters'
     gradients (``dparams``, rows as ``params``) are whole-sequence sums made here."""
     family, eps = norm
-    order, offsets, sizes = _schedule_lists(schedule, reverse)
+    order, offsets, sizes = schedule.step_lists(reverse)
     p = _contig(params, dy.dtype)
     with torch.no_grad():
         if family == "lstm":
