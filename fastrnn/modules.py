@@ -199,9 +199,10 @@ class _FastRNNBase:
         # parsing the names on every call cost ~10 us, a tenth of a whole layer at B=1.
         names = self._flat_weights_names
         per_layer = 2 + 2 * bool(self.bias) + (self.proj_size > 0)
+        params = self._parameters  # (a dictionary lookup; getattr falls back to Module.__getattr__)
         weights = []
         for start in range(0, len(names), per_layer):
-            p = [getattr(self, n) for n in names[start : start + per_layer]]
+            p = [params[n] if n in params else getattr(self, n) for n in names[start : start + per_layer]]
             biases = (p[2], p[3]) if self.bias else (None, None)
             weights.append((p[0], p[1], *biases, p[-1] if self.proj_size > 0 else None))
         return weights

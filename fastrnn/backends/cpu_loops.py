@@ -143,6 +143,15 @@ def _zoneout_args(zoneout):
     return _contig(mask_h), p_h, _contig(mask_c), p_c
 
 
+_NO_CONTEXT = contextlib.nullcontext()
+
+
+def _no_grad():
+    """``torch.no_grad()`` where grad mode is on (the ops have no autograd kernel); nothing
+    to do inside an autograd function, where it is off."""
+    return torch.no_grad() if torch.is_grad_enabled() else _NO_CONTEXT
+
+
 def _contig(t, dtype=None):
     if t is None:
         return None
@@ -157,7 +166,7 @@ def lstm_forward(xg, w_hh, h0, c0, schedule, reverse, save, params=None, resets=
     order, offsets, sizes = schedule.step_lists(reverse)
     mask_h, p_h, mask_c, p_c = _zoneout_args(zoneout)
     plain = params is None and resets is None and zoneout is None and recurrent_scale is None
-    with torch.no_grad():
+    with _no_grad():
         y, h_n, c_n, c_seq, cell_c, tanh_c = torch.ops.fastrnn_cpu_loops.lstm_forward(
             xg, w_hh.contiguous(), h0.contiguous(), c0.contiguous(), order, offsets, sizes,
             _contig(params, xg.dtype), _contig(resets), mask_h, p_h, mask_c, p_c,
@@ -179,7 +188,7 @@ def lstm_backward(saved, w_hh, c0, dy, dh_n, dc_n, schedule, reverse, params=Non
     order, offsets, sizes = schedule.step_lists(reverse)
     mask_h, p_h, mask_c, p_c = _zoneout_args(zoneout)
     zoned_c = mask_c is not None or p_c > 0  # (else a third tensor is the plain LSTM's tanh(c))
-    with torch.no_grad():
+    with _no_grad():
         dgates, dh0, dc0, dparams = torch.ops.fastrnn_cpu_loops.lstm_backward(
             gates, c_seq, kept[0] if zoned_c else None, c0.contiguous(), w_hh.contiguous(), dy.contiguous(),
             dh_n.contiguous(), dc_n.contiguous(), order, offsets, sizes, _contig(params, gates.dtype),
@@ -194,7 +203,7 @@ def gru_forward(xg, w_hh, b_hh, h0, schedule, reverse, save, resets=None, zoneou
     """``(y, h_n, None, saved)``; ``saved`` is ``(gates, W_hn h + b_hn)`` (empty unless ``save``)."""
     order, offsets, sizes = schedule.step_lists(reverse)
     mask_h, p_h, _, _ = _zoneout_args(zoneout)
-    with torch.no_grad():
+    with _no_grad():
         y, h_n, hn_seq = torch.ops.fastrnn_cpu_loops.gru_forward(
             xg, w_hh.contiguous(), _contig(b_hh, xg.dtype), h0.contiguous(), order, offsets, sizes, _contig(resets),
             mask_h, p_h, _contig(recurrent_scale, xg.dtype),
@@ -206,7 +215,7 @@ def gru_backward(saved, w_hh, h0, y, dy, dh_n, schedule, reverse, resets=None, z
     gates, hn_seq = saved
     order, offsets, sizes = schedule.step_lists(reverse)
     mask_h, p_h, _, _ = _zoneout_args(zoneout)
-    with torch.no_grad():
+    with _no_grad():
         dxg, dhg, dh0 = torch.ops.fastrnn_cpu_loops.gru_backward(
             gates, hn_seq, h0.contiguous(), w_hh.contiguous(), y.contiguous(), dy.contiguous(), dh_n.contiguous(),
             order, offsets, sizes, _contig(resets), mask_h, p_h, _contig(recurrent_scale, gates.dtype),
@@ -219,7 +228,7 @@ def rnn_forward(kind, xg, w_hh, h0, schedule, reverse, save, resets=None, zoneou
     overwritten), else empty (the backward reads ``y``, which is ``xg`` then)."""
     order, offsets, sizes = schedule.step_lists(reverse)
     mask_h, p_h, _, _ = _zoneout_args(zoneout)
-    with torch.no_grad():
+    with _no_grad():
         y, h_n = torch.ops.fastrnn_cpu_loops.rnn_forward(
             xg, w_hh.contiguous(), h0.contiguous(), kind is CellKind.RNN_TANH, order, offsets, sizes,
             _contig(resets), mask_h, p_h, _contig(recurrent_scale, xg.dtype),
@@ -231,7 +240,7 @@ def rnn_forward(kind, xg, w_hh, h0, schedule, reverse, save, resets=None, zoneou
 def rnn_backward(kind, saved, w_hh, y, dy, dh_n, schedule, reverse, resets=None, zoneout=None, recurrent_scale=None):
     order, offsets, sizes = schedule.step_lists(reverse)
     mask_h, p_h, _, _ = _zoneout_args(zoneout)
-    with torch.no_grad():
+    with _no_grad():
         dxg, dh0 = torch.ops.fastrnn_cpu_loops.rnn_backward(
             (saved[0] if saved else y).contiguous(), w_hh.contiguous(), kind is CellKind.RNN_TANH, dy.contiguous(),
             dh_n.contiguous(), order, offsets, sizes, _contig(resets), mask_h, p_h,
@@ -269,7 +278,7 @@ def norm_forward(norm, xg, w_hh, b_hh, h0, c0, schedule, reverse, save, params, 
     family, eps = norm
     order, offsets, sizes = schedule.step_lists(reverse)
     p = _contig(params, xg.dtype)
-    with torch.no_grad():
+    with _no_grad():
         if family == "lstm":
             y, h_n, c_n, c_seq, r_seq = torch.ops.fastrnn_cpu_loops.ln_lstm_forward(
                 xg, w_hh.contiguous(), _contig(b_hh, xg.dtype), h0.contiguous(), c0.contiguous(), p, order, offsets,
@@ -289,7 +298,7 @@ def norm_backward(norm, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, revers
     family, eps = norm
     order, offsets, sizes = schedule.step_lists(reverse)
     p = _contig(params, dy.dtype)
-    with torch.no_grad():
+    with _no_grad():
         if family == "lstm":
             gates, r_seq, c_seq = saved
             hidden = c_seq.shape[1]
