@@ -15,7 +15,8 @@ memory; ``shared`` is the shared memory per block each arch's compile used (the 
 of forward and backward, of IEEE and TF32), which the report re-checks (compiled <=
 recorded). The tier choice runs an entry on a device only when ``shared`` (for that
 arch; the largest recorded value for another arch) fits the device's shared memory per
-block. Layers with ``proj_size`` use the step tier. A cell the table does not name (a user's
+block and :data:`RESIDENT_ARCH_MISSES` does not rule it out on the device's arch (entries
+that spill when compiled for sm_86 / sm_89). Layers with ``proj_size`` use the step tier. A cell the table does not name (a user's
 own) uses the entries of the tabled cell it borrows from (:func:`resident_entries`).
 
 **Cooperative tier** (:data:`COOPERATIVE`): ``cdiv(H, 16)`` programs of 16 hidden units
@@ -26,7 +27,9 @@ chip for the whole loop (``slab_k > 0``; the backward may still stream,
 ``slab_k``), the same for every kind, plus its register variants
 (:data:`COOPERATIVE_REGISTERS`, 16 and, where they fit, 64 rows per program): a launch whose batch fits
 one tile of rows per program (:func:`cooperative_variant`) keeps the cell state and
-``dh`` / ``dc`` in registers; a larger batch runs the tiled configuration. The report
+``dh`` / ``dc`` in registers; a larger batch runs the tiled configuration. An entry runs on
+a device only where its shared memory (:data:`COOPERATIVE_SHARED`) fits the device's per
+block; where the slab does not, the layer streams ``W_hh``. The report
 compiles every configuration for every kind and both directions. On a GPU the tier runs layers with ``H % 16 == 0`` (the launches specialise
 ``H`` as a multiple of 16, which the report compiles), ``H <= 16 x SM count``, no
 ``proj_size``, fp32/fp16/bf16 (fp64 only in Triton's interpreter, for tests).

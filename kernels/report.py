@@ -276,7 +276,8 @@ SWEEP_DTYPES = ("float32", "float16", "bfloat16", "float64")
 SWEEP_BLOCK_H = {"float64": (32, 64)}
 SWEEP_BLOCK_H_DEFAULT = (32, 64, 128)
 SWEEP_WARPS = (4, 8, 16)
-#: The archs fits.RESIDENT records shared memory for (others use the largest of them).
+#: The archs fits.RESIDENT records shared memory for (others use the largest of them; what
+#: spills on another arch of ARCHS is listed in fits.RESIDENT_ARCH_MISSES).
 SWEEP_ARCHS = (80, 90)
 
 
