@@ -179,6 +179,8 @@ _SM86_MISSES = {  # the compile report's spills on sm_86
     ('RNN_TANH', 'float64', 64): "all", ('RNN_RELU', 'float64', 64): "all",  # forward: 2.3-5.6 KB
     ('RNN_TANH', 'float32', 64): "regularised", ('RNN_RELU', 'float32', 64): "regularised",  # TF32 forward: 8 B
     ('RNN_RELU', 'float16', 64): "regularised", ('RNN_RELU', 'bfloat16', 64): "regularised",  # forward: 8 B
+    ('LayerNormLSTM', 'float16', 64): "regularised",  # the H_ALIGNED forward: 8 B
+    ('LayerNormLSTM', 'bfloat16', 64): "regularised",  # backward: 8 B
 }
 RESIDENT_ARCH_MISSES: dict[int, dict[tuple[str, str, int], str]] = {86: _SM86_MISSES, 89: _SM86_MISSES}
 

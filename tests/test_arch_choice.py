@@ -187,3 +187,21 @@ def test_report_marks_what_the_choice_never_launches_on_the_arch(arch):
     for spec in specs:
         if isinstance(spec.config, fits.CoopConfig):
             assert report.launched_on(spec, 80) and report.launched_on(spec, 90)
+
+
+def test_layernorm_resident_arch_misses(monkeypatch):
+    """The LayerNorm cells' resident entries: on sm_86 their regularised kernels at
+    fp16/bf16 64 spill, so calls with regularisers run the step tier's LayerNorm path there;
+    plain calls stay resident."""
+    from fastrnn.backends.triton import norm_resident
+    from fastrnn.cells.variants import layer_norm_lstm
+
+    for dtype in (torch.float16, torch.bfloat16):
+        assert fits.resident_norm_refusal("LayerNormLSTM", 64, dtype, 86, SMALL) is None
+        assert not fits.resident_norm_regularised("LayerNormLSTM", dtype, 64, True, 86)
+        assert fits.resident_norm_regularised("LayerNormLSTM", dtype, 64, True, 90)
+    cell = layer_norm_lstm()
+    _fake_device(monkeypatch, 86)
+    assert norm_resident.refuses_regularisers(cell, 64, torch.float16, CPU, ("zoneout",)) is not None
+    _fake_device(monkeypatch, 90)
+    assert norm_resident.refuses_regularisers(cell, 64, torch.float16, CPU, ("zoneout",)) is None
