@@ -405,6 +405,19 @@ def cooperative_shared(key: tuple[str, str, int], arch: int | None) -> int:
     return 0 if recorded is None else recorded.get(arch, max(recorded.values()))
 
 
+#: Cooperative configurations ``(dtype name, dot precision, slab_k, rows)`` that compile clean
+#: for sm_80 and sm_90 but spill on another arch, per compute capability: ``rows`` 0 is the
+#: tiled entry (with it, its register variants), else the register variant of that many rows.
+COOPERATIVE_ARCH_MISSES: dict[int, frozenset[tuple[str, str, int, int]]] = {}
+
+
+def cooperative_arch_miss(key: tuple[str, str, int], rows: int, arch: int | None) -> bool:
+    """Whether :data:`COOPERATIVE_ARCH_MISSES` rules out the entry ``key``'s configuration of
+    ``rows`` rows per program (0: the tiled one) on ``arch``."""
+    misses = COOPERATIVE_ARCH_MISSES.get(arch, frozenset())
+    return (*key, 0) in misses or (*key, rows) in misses
+
+
 def _limit(arch: int | None, shared_limit: int | None) -> int:
     """The device's shared memory per block: ``shared_limit`` when given, else the table's
     for ``arch`` (an arch the table does not list: the smallest it lists)."""
@@ -423,7 +436,7 @@ def cooperative_config(dtype, hidden: int, tf32: bool, arch: int | None = REFERE
     name, precision = dtype_name(dtype), dot_precision(dtype, tf32)
     limit = _limit(arch, shared_limit)
     for key in ((name, precision, 1 << max(0, hidden - 1).bit_length()), (name, precision, 0)):
-        if key in COOPERATIVE and cooperative_shared(key, arch) <= limit:
+        if key in COOPERATIVE and cooperative_shared(key, arch) <= limit and not cooperative_arch_miss(key, 0, arch):
             return COOPERATIVE[key]
     return None
 
@@ -438,8 +451,8 @@ def cooperative_configs(dtype, hidden: int, tf32: bool, arch: int | None = REFER
     if tiled is None:
         return ()
     key = (dtype_name(dtype), dot_precision(dtype, tf32), tiled.slab_k)
-    registers = [cfg for (name, precision, slab, _), cfg in COOPERATIVE_REGISTERS.items()
-                 if (name, precision, slab) == key]
+    registers = [cfg for (name, precision, slab, rows), cfg in COOPERATIVE_REGISTERS.items()
+                 if (name, precision, slab) == key and not cooperative_arch_miss(key, rows, arch)]
     return (tiled, *sorted(registers, key=lambda cfg: cfg.block_b))
 
 

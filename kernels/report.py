@@ -1,9 +1,8 @@
 """Ahead-of-time compile report of every kernel specialisation, no GPU needed.
 
 Run as ``python -m fastrnn.kernels.report [--jobs N]``. For each specialisation the
-launchers can choose and each arch of :data:`ARCHS` (sm_80, sm_86, sm_89, sm_90, sm_100;
-``--arch N``, repeatable: only those, for a check: ``--write`` needs them all),
-it compiles the kernel with
+launchers can choose and each arch of :data:`ARCHS` (sm_80, sm_86, sm_89, sm_90; ``--arch N``,
+repeatable: only those, or sm_100, for a check), it compiles the kernel with
 ``triton.compile`` for that target, reads registers and spills (``LOCAL`` / ``STACK``)
 from the cubin with ``cuobjdump --dump-resource-usage`` and the shared memory from the
 compiled metadata, and prints one row. The specialisations:
@@ -84,12 +83,13 @@ from . import cooperative, expected, fits, norm_rows, recurrent_step, report_che
 
 #: Largest shared memory one block may use (opt-in maximum), bytes.
 SHARED_LIMIT = fits.SHARED_LIMIT
-#: The archs every row is compiled for. The tier tables are made for sm_80 and sm_90; on the
-#: others the tier choice drops the persistent entries whose recorded shared memory passes the
-#: arch's limit (sm_86 / sm_89: 101,376 B per block; fits.shared_needed,
-#: fits.cooperative_shared) or that fits.RESIDENT_ARCH_MISSES rules out there (they spill):
-#: their rows are compiled and marked "not launched on this arch".
-ARCHS = (80, 86, 89, 90, 100)
+#: The archs every row is compiled for. The tier tables are made for sm_80 and sm_90; elsewhere
+#: the choice drops the persistent entries whose recorded shared memory passes the arch's limit
+#: (sm_86 / sm_89: 101,376 B per block) or that fits.py's *_ARCH_MISSES rule out there (they
+#: spill): their rows are compiled and marked "not launched on this arch". sm_100 compiles, but
+#: cooperative fp32 rows spill there (TF32 slab forwards 8-96 B, the 64-row backward 8 B) and
+#: need up to 3 KB more shared memory than recorded: it needs sm_100 records in fits.py first.
+ARCHS = (80, 86, 89, 90)
 MAX_REGISTERS = 255
 
 _TYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
@@ -186,28 +186,30 @@ def _row(spec, arch: int) -> dict:
                 ld_bytes=-1, w_bytes=-1, mma=-1, bar_sync=-1, grid_barriers=-1, open="")
 
 
+def _coop_key(spec) -> tuple | None:
+    """A cooperative row's :data:`fits.COOPERATIVE` key (None for another tier's row)."""
+    coop = isinstance(spec.config, fits.CoopConfig)
+    return (fits.dtype_name(spec.dtype), spec.constexprs["PRECISION"], spec.config.slab_k) if coop else None
+
+
 def recorded_shared(spec, arch: int) -> int | None:
-    """The shared memory per block fits.py records for ``spec`` on ``arch`` (for an arch it
-    does not record: the largest recorded value), which the tier choice compares with the
-    device's: a resident entry's (:func:`fits.shared_needed`), a cooperative entry's
-    (:func:`fits.cooperative_shared`); None for the step tier (its choice reads none)."""
+    """The shared memory per block fits.py records for ``spec`` on ``arch``, which the tier choice
+    reads (:func:`fits.shared_needed`, :func:`fits.cooperative_shared`); None: the step tier's."""
     recorded = getattr(spec, "shared_limit", None)
     if recorded is not None:
         return fits.shared_needed(fits.ResidentFit(spec.config, spec.config, recorded), arch)
-    if isinstance(spec.config, fits.CoopConfig):
-        key = (fits.dtype_name(spec.dtype), spec.constexprs["PRECISION"], spec.config.slab_k)
-        return fits.cooperative_shared(key, arch)
-    return None
+    return None if _coop_key(spec) is None else fits.cooperative_shared(_coop_key(spec), arch)
 
 
 def launched_on(spec, arch: int) -> bool:
-    """Whether the tier choice may launch ``spec`` on a device of ``arch``: a resident or
-    cooperative entry only where the shared memory fits.py records for it
-    (:func:`recorded_shared`) fits the arch's limit and fits.py does not rule the entry out
-    on that arch (:func:`fits.resident_arch_miss`); step kernels everywhere."""
-    recorded = getattr(spec, "shared_limit", None)
-    regularised = bool(spec.constexprs.get("REGULARISED"))
-    if recorded is not None and fits.resident_arch_miss(spec.kind, spec.dtype, spec.config.block_h, arch, regularised):
+    """Whether the tier choice may launch ``spec`` on ``arch``: a persistent entry only where its
+    recorded shared memory (:func:`recorded_shared`) fits and fits.py does not rule it out there
+    (:func:`fits.resident_arch_miss`, :func:`fits.cooperative_arch_miss`); step kernels everywhere."""
+    if getattr(spec, "shared_limit", None) is not None and fits.resident_arch_miss(
+            spec.kind, spec.dtype, spec.config.block_h, arch, bool(spec.constexprs.get("REGULARISED"))):
+        return False
+    if _coop_key(spec) and fits.cooperative_arch_miss(
+            _coop_key(spec), spec.config.block_b if spec.config.registers else 0, arch):
         return False
     need = recorded_shared(spec, arch)
     return need is None or need <= SHARED_LIMIT[arch]
@@ -276,8 +278,7 @@ SWEEP_DTYPES = ("float32", "float16", "bfloat16", "float64")
 SWEEP_BLOCK_H = {"float64": (32, 64)}
 SWEEP_BLOCK_H_DEFAULT = (32, 64, 128)
 SWEEP_WARPS = (4, 8, 16)
-#: The archs fits.RESIDENT records shared memory for (others use the largest of them; what
-#: spills on another arch of ARCHS is listed in fits.RESIDENT_ARCH_MISSES).
+#: The archs fits.RESIDENT records shared memory for (others: the largest; fits.RESIDENT_ARCH_MISSES).
 SWEEP_ARCHS = (80, 90)
 
 
@@ -550,7 +551,7 @@ def main(argv=None) -> int:
                         "(docs/compile-report.md), with the fingerprint tests/test_docs.py checks")
     parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE_OR_PATH",
                         help="import a module or .py file first, so the cells it defines are listed (repeatable)")
-    parser.add_argument("--arch", type=int, action="append", choices=ARCHS, metavar="N",
+    parser.add_argument("--arch", type=int, action="append", choices=sorted(SHARED_LIMIT), metavar="N",
                         help="compile for sm_N only (repeatable; default: every arch of ARCHS)")
     parser.add_argument("--sweep", action="store_true", help="compile the resident candidates, print fits.RESIDENT")
     parser.add_argument("--only", action="append", metavar="KIND,DTYPE,BLOCK_H",
@@ -563,7 +564,7 @@ def main(argv=None) -> int:
     if args.sweep:
         import_cells(args.imports)
         return sweep(args.jobs, args.only)
-    archs = tuple(a for a in ARCHS if a in args.arch) if args.arch else ARCHS
+    archs = tuple(sorted(set(args.arch))) if args.arch else ARCHS
     if args.write and archs != ARCHS:
         parser.error("--write compiles every arch (leave out --arch)")
     fp = fingerprint(args.imports, args.tier)

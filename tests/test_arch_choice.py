@@ -205,3 +205,20 @@ def test_layernorm_resident_arch_misses(monkeypatch):
     assert norm_resident.refuses_regularisers(cell, 64, torch.float16, CPU, ("zoneout",)) is not None
     _fake_device(monkeypatch, 90)
     assert norm_resident.refuses_regularisers(cell, 64, torch.float16, CPU, ("zoneout",)) is None
+
+
+def test_cooperative_arch_misses(monkeypatch):
+    """A cooperative configuration fits.COOPERATIVE_ARCH_MISSES rules out on an arch is not
+    chosen there (a register variant: the others remain; a tiled entry: the layer streams),
+    and the report marks its rows not launched there."""
+    specs = report.specialisations("cooperative")
+    monkeypatch.setitem(fits.COOPERATIVE_ARCH_MISSES, 86, frozenset({
+        ("float16", "ieee", 0, 64), ("float16", "ieee", 256, 0)}))
+    stream = fits.cooperative_configs(torch.float16, 1040, False, 86)  # past the slabs: streamed
+    assert [c.block_b for c in stream] == [16, 16] and stream[1].registers
+    assert [c.block_b for c in fits.cooperative_configs(torch.float16, 1040, False, 80)] == [16, 16, 64]
+    assert fits.cooperative_config(torch.float16, 256, False, 86).slab_k == 0
+    assert fits.cooperative_config(torch.float16, 256, False, 89).slab_k == 256
+    idle = {(s.config.slab_k, s.config.block_b, s.config.registers) for s in specs
+            if s.dtype == torch.float16 and not report.launched_on(s, 86)}
+    assert idle == {(0, 64, True), (256, 16, False), (256, 16, True), (1024, 16, False), (1024, 16, True)}
