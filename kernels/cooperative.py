@@ -496,10 +496,12 @@ def cooperative_backward_registers_kernel(
 # --------------------------------------------------------------------------------------
 
 
-def cooperative_configs(dtype: torch.dtype, hidden: int, tf32: bool) -> tuple[CoopConfig, ...]:
-    """The configurations for ``hidden`` units, the tiled one first, then its register
-    variants (:func:`fastrnn.kernels.fits.cooperative_configs`)."""
-    return fits.cooperative_configs(dtype, hidden, tf32)
+def cooperative_configs(dtype: torch.dtype, hidden: int, tf32: bool, arch: int | None = fits.REFERENCE_ARCH,
+                        shared_limit: int | None = None) -> tuple[CoopConfig, ...]:
+    """The configurations for ``hidden`` units on a device of ``arch`` with ``shared_limit``
+    bytes per block, the tiled one first, then its register variants
+    (:func:`fastrnn.kernels.fits.cooperative_configs`)."""
+    return fits.cooperative_configs(dtype, hidden, tf32, arch, shared_limit)
 
 
 def choose_config(configs, hidden: int, batch: int, max_programs: int) -> CoopConfig:

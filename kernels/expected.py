@@ -134,8 +134,8 @@ def launch_choice(kind: str, batch: int, hidden: int, dtype_name: str, tf32: boo
         fit = fits.resident_fit(kind, dtype, hidden)
         return ("resident", "resident-forward", "resident-backward", (fit.forward.label, fit.backward.label),
                 fit.forward.block_b, True)
-    if fits.cooperative_refusal(kind, hidden, 0, dtype, gpu.sms, True) is None:
-        cfg = fits.cooperative_variant(fits.cooperative_configs(dtype, hidden, tf32), hidden, batch, gpu.sms)
+    if fits.cooperative_refusal(kind, hidden, 0, dtype, gpu.sms, True, arch) is None:
+        cfg = fits.cooperative_variant(fits.cooperative_configs(dtype, hidden, tf32, arch), hidden, batch, gpu.sms)
         prefix = "coop-reg" if cfg.registers else "coop"
         return ("cooperative", f"{prefix}-forward", f"{prefix}-backward", (cfg.label, cfg.label), cfg.block_b,
                 bool(cfg.slab_k))

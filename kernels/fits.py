@@ -15,7 +15,8 @@ memory; ``shared`` is the shared memory per block each arch's compile used (the 
 of forward and backward, of IEEE and TF32), which the report re-checks (compiled <=
 recorded). The tier choice runs an entry on a device only when ``shared`` (for that
 arch; the largest recorded value for another arch) fits the device's shared memory per
-block. Layers with ``proj_size`` use the step tier. A cell the table does not name (a user's
+block and :data:`RESIDENT_ARCH_MISSES` does not rule it out on the device's arch (entries
+that spill when compiled for sm_86 / sm_89). Layers with ``proj_size`` use the step tier. A cell the table does not name (a user's
 own) uses the entries of the tabled cell it borrows from (:func:`resident_entries`).
 
 **Cooperative tier** (:data:`COOPERATIVE`): ``cdiv(H, 16)`` programs of 16 hidden units
@@ -26,7 +27,9 @@ chip for the whole loop (``slab_k > 0``; the backward may still stream,
 ``slab_k``), the same for every kind, plus its register variants
 (:data:`COOPERATIVE_REGISTERS`, 16 and, where they fit, 64 rows per program): a launch whose batch fits
 one tile of rows per program (:func:`cooperative_variant`) keeps the cell state and
-``dh`` / ``dc`` in registers; a larger batch runs the tiled configuration. The report
+``dh`` / ``dc`` in registers; a larger batch runs the tiled configuration. An entry runs on
+a device only where its shared memory (:data:`COOPERATIVE_SHARED`) fits the device's per
+block; where the slab does not, the layer streams ``W_hh``. The report
 compiles every configuration for every kind and both directions. On a GPU the tier runs layers with ``H % 16 == 0`` (the launches specialise
 ``H`` as a multiple of 16, which the report compiles), ``H <= 16 x SM count``, no
 ``proj_size``, fp32/fp16/bf16 (fp64 only in Triton's interpreter, for tests).
@@ -166,6 +169,33 @@ RESIDENT_UNREGULARISED: frozenset[tuple[str, str, int]] = frozenset({
     ('RNN_RELU', 'float32', 32),  # TF32 forward, sm_90: 8 B
 })
 
+#: Resident entries ``(kind or LayerNorm family, dtype name, BLOCK_H)`` that compile clean for
+#: sm_80 and sm_90 but not for another arch, per compute capability: ``"all"`` (the entry does
+#: not run there) or ``"regularised"`` (only its ``REGULARISED`` kernels spill: calls with
+#: regularisers run on the step tier there). Entries whose recorded shared memory passes an
+#: arch's limit need no line: they drop out by :func:`shared_needed`.
+_SM86_MISSES = {  # the compile report's spills on sm_86
+    ('LSTM_PEEPHOLE', 'float16', 64): "all",  # backward: 8 B
+    ('RNN_TANH', 'float64', 64): "all", ('RNN_RELU', 'float64', 64): "all",  # forward: 2.3-5.6 KB
+    ('RNN_TANH', 'float32', 64): "regularised", ('RNN_RELU', 'float32', 64): "regularised",  # TF32 forward: 8 B
+    ('RNN_RELU', 'float16', 64): "regularised", ('RNN_RELU', 'bfloat16', 64): "regularised",  # forward: 8 B
+    ('LayerNormLSTM', 'float16', 64): "regularised",  # the H_ALIGNED forward: 8 B
+    ('LayerNormLSTM', 'bfloat16', 64): "regularised",  # backward: 8 B
+}
+RESIDENT_ARCH_MISSES: dict[int, dict[tuple[str, str, int], str]] = {86: _SM86_MISSES, 89: _SM86_MISSES}
+
+
+def resident_arch_miss(kind, dtype, block_h: int, arch: int | None, regularised: bool = False) -> bool:
+    """Whether :data:`RESIDENT_ARCH_MISSES` rules the entry of ``kind`` (a cell, its name or a
+    LayerNorm family; a cell the tables do not name: the cell it borrows from), ``dtype`` and
+    ``block_h`` out on ``arch``, for a call with (``regularised``) or without regularisers."""
+    name = getattr(kind, "name", kind)
+    if not any(k == name for (k, _, _) in (*RESIDENT, *RESIDENT_NORM)):
+        name = _donor(name)
+    miss = RESIDENT_ARCH_MISSES.get(arch, {}).get((name, dtype_name(dtype), block_h))
+    return miss == "all" or (regularised and miss == "regularised")
+
+
 # --- Cooperative tier ----------------------------------------------------------------------
 
 
@@ -267,6 +297,26 @@ COOPERATIVE_REGISTERS: dict[tuple[str, str, int, int], CoopConfig] = {
 }
 
 
+# (dtype name, dot precision, slab_k) -> {arch: bytes}: shared memory per block of each
+# COOPERATIVE entry, the largest over every kind, both directions and its register variants,
+# as the compile report measures it per arch. The tier choice uses an entry on a device only
+# where it fits the device's shared memory per block (:func:`cooperative_config`): on sm_86 /
+# sm_89 (101,376 B) the 1024 slabs of fp16/bf16 and fp32 IEEE's 512 slab drop out and those
+# sizes stream W_hh from L2. fp64 (never compiled) has no record.
+COOPERATIVE_SHARED: dict[tuple[str, str, int], dict] = {
+    ("float32", "ieee", 0): {80: 5120, 90: 6144},
+    ("float32", "ieee", 128): {80: 40960, 90: 41984},
+    ("float32", "ieee", 256): {80: 81920, 90: 82944},
+    ("float32", "ieee", 512): {80: 163840, 90: 164864},
+    ("float32", "tf32", 0): {80: 40960, 90: 43008},
+    ("float32", "tf32", 128): {80: 40960, 90: 41984},
+    ("float32", "tf32", 256): {80: 81920, 90: 82944},
+    **{(name, "ieee", slab): shared for name in ("float16", "bfloat16") for slab, shared in (
+        (0, {80: 40960, 90: 62464}), (128, {80: 32768, 90: 82944}), (256, {80: 49152, 90: 66560}),
+        (512, {80: 81920, 90: 82944}), (1024, {80: 163840, 90: 164864}))},
+}
+
+
 def dtype_name(dtype) -> str:
     """``torch.float16`` -> ``"float16"`` (the table's dtype key)."""
     return str(dtype).replace("torch.", "")
@@ -307,15 +357,17 @@ def resident_fit(kind, dtype, hidden: int) -> ResidentFit | None:
     return resident_entries(kind).get((dtype_name(dtype), resident_block_h(hidden)))
 
 
-def resident_regularised(kind, dtype, hidden: int) -> bool:
+def resident_regularised(kind, dtype, hidden: int, arch: int | None = None) -> bool:
     """Whether the resident tier runs ``(kind, dtype, hidden)`` with zoneout or a
     recurrent-dropout scale: it has an entry, not one of :data:`RESIDENT_UNREGULARISED`
-    (a cell the table does not name: those of the cell it borrows from)."""
+    (a cell the table does not name: those of the cell it borrows from) nor, on ``arch``
+    (None: any of sm_80 / sm_90), of :data:`RESIDENT_ARCH_MISSES`."""
     name = getattr(kind, "name", kind)
     if not any(k == name for (k, _, _) in RESIDENT):
         name = _donor(name)
     key = (name, dtype_name(dtype), resident_block_h(hidden))
-    return key in RESIDENT and key not in RESIDENT_UNREGULARISED
+    return (key in RESIDENT and key not in RESIDENT_UNREGULARISED
+            and not resident_arch_miss(name, dtype, key[2], arch, regularised=True))
 
 
 def shared_needed(fit: ResidentFit, arch: int | None) -> int:
@@ -335,6 +387,8 @@ def resident_refusal(kind: str, hidden: int, proj_size: int, dtype, arch: int | 
     need = shared_needed(fit, arch)
     if need > shared_limit:
         return f"it needs {need} bytes of shared memory per block, the device allows {shared_limit}"
+    if resident_arch_miss(kind, dtype, fit.forward.block_h, arch):
+        return f"its kernels do not compile clean for sm_{arch} (fits.RESIDENT_ARCH_MISSES)"
     return None
 
 
@@ -343,25 +397,62 @@ def dot_precision(dtype, tf32: bool) -> str:
     return "tf32" if (dtype_name(dtype) == "float32" and tf32) else "ieee"
 
 
-def cooperative_config(dtype, hidden: int, tf32: bool) -> CoopConfig | None:
-    """The cooperative configuration for ``hidden`` units: the on-chip slab where the table
-    has one for the next power of two >= ``hidden``, else the streaming one (None: no
-    configuration for this dtype)."""
+def cooperative_shared(key: tuple[str, str, int], arch: int | None) -> int:
+    """Shared memory per block the :data:`COOPERATIVE` entry ``key`` (with its register
+    variants) needs on compute capability ``arch``: :data:`COOPERATIVE_SHARED` for that arch,
+    the largest recorded value for another arch, 0 for an entry never compiled (fp64)."""
+    recorded = COOPERATIVE_SHARED.get(key)
+    return 0 if recorded is None else recorded.get(arch, max(recorded.values()))
+
+
+#: Cooperative configurations ``(dtype name, dot precision, slab_k, rows)`` that compile clean
+#: for sm_80 and sm_90 but spill on another arch, per compute capability: ``rows`` 0 is the
+#: tiled entry (with it, its register variants), else the register variant of that many rows.
+COOPERATIVE_ARCH_MISSES: dict[int, frozenset[tuple[str, str, int, int]]] = {}
+
+
+def cooperative_arch_miss(key: tuple[str, str, int], rows: int, arch: int | None) -> bool:
+    """Whether :data:`COOPERATIVE_ARCH_MISSES` rules out the entry ``key``'s configuration of
+    ``rows`` rows per program (0: the tiled one) on ``arch``."""
+    misses = COOPERATIVE_ARCH_MISSES.get(arch, frozenset())
+    return (*key, 0) in misses or (*key, rows) in misses
+
+
+def _limit(arch: int | None, shared_limit: int | None) -> int:
+    """The device's shared memory per block: ``shared_limit`` when given, else the table's
+    for ``arch`` (an arch the table does not list: the smallest it lists)."""
+    if shared_limit is not None:
+        return shared_limit
+    return SHARED_LIMIT.get(arch, min(SHARED_LIMIT.values()))
+
+
+def cooperative_config(dtype, hidden: int, tf32: bool, arch: int | None = REFERENCE_ARCH,
+                       shared_limit: int | None = None) -> CoopConfig | None:
+    """The cooperative configuration for ``hidden`` units on a device of compute capability
+    ``arch`` with ``shared_limit`` bytes of shared memory per block (None: the arch's, from
+    :data:`SHARED_LIMIT`): the on-chip slab where the table has one for the next power of
+    two >= ``hidden`` and it fits the device (:func:`cooperative_shared`), else the streaming
+    one (None: no configuration for this dtype fits)."""
     name, precision = dtype_name(dtype), dot_precision(dtype, tf32)
-    slab = COOPERATIVE.get((name, precision, 1 << max(0, hidden - 1).bit_length()))
-    return slab or COOPERATIVE.get((name, precision, 0))
+    limit = _limit(arch, shared_limit)
+    for key in ((name, precision, 1 << max(0, hidden - 1).bit_length()), (name, precision, 0)):
+        if key in COOPERATIVE and cooperative_shared(key, arch) <= limit and not cooperative_arch_miss(key, 0, arch):
+            return COOPERATIVE[key]
+    return None
 
 
-def cooperative_configs(dtype, hidden: int, tf32: bool) -> tuple[CoopConfig, ...]:
-    """Every configuration a cooperative launch of ``hidden`` units may use: the tiled one
+def cooperative_configs(dtype, hidden: int, tf32: bool, arch: int | None = REFERENCE_ARCH,
+                        shared_limit: int | None = None) -> tuple[CoopConfig, ...]:
+    """Every configuration a cooperative launch of ``hidden`` units may use on the device
+    (``arch``, ``shared_limit`` as in :func:`cooperative_config`): the tiled one
     (:func:`cooperative_config`) first, then its register variants by increasing rows per
     program (empty: no configuration for this dtype)."""
-    tiled = cooperative_config(dtype, hidden, tf32)
+    tiled = cooperative_config(dtype, hidden, tf32, arch, shared_limit)
     if tiled is None:
         return ()
     key = (dtype_name(dtype), dot_precision(dtype, tf32), tiled.slab_k)
-    registers = [cfg for (name, precision, slab, _), cfg in COOPERATIVE_REGISTERS.items()
-                 if (name, precision, slab) == key]
+    registers = [cfg for (name, precision, slab, rows), cfg in COOPERATIVE_REGISTERS.items()
+                 if (name, precision, slab) == key and not cooperative_arch_miss(key, rows, arch)]
     return (tiled, *sorted(registers, key=lambda cfg: cfg.block_b))
 
 
@@ -387,9 +478,10 @@ def cooperative_variant(configs, hidden: int, batch: int, sm_count: int) -> Coop
     return tiled
 
 
-def cooperative_max_register_batch(dtype, hidden: int, sm_count: int, tf32: bool = False) -> int:
+def cooperative_max_register_batch(dtype, hidden: int, sm_count: int, tf32: bool = False,
+                                   arch: int | None = REFERENCE_ARCH) -> int:
     """Largest batch whose cooperative launches keep the state in registers (0: none)."""
-    configs = cooperative_configs(dtype, hidden, tf32)[1:]
+    configs = cooperative_configs(dtype, hidden, tf32, arch)[1:]
     return max((cfg.block_b * (sm_count // -(-hidden // cfg.block_h)) for cfg in configs), default=0)
 
 
@@ -398,13 +490,16 @@ def cooperative_max_hidden(sm_count: int) -> int:
     return COOP_BLOCK_H * sm_count
 
 
-def cooperative_refusal(kind: str, hidden: int, proj_size: int, dtype, sm_count: int, on_gpu: bool) -> str | None:
+def cooperative_refusal(kind: str, hidden: int, proj_size: int, dtype, sm_count: int, on_gpu: bool,
+                        arch: int | None = REFERENCE_ARCH, shared_limit: int | None = None) -> str | None:
     """Why the cooperative tier cannot run this layer (None when it can). ``on_gpu``: the
-    launch is compiled for a GPU (Triton's interpreter compiles nothing: any H, fp64)."""
+    launch is compiled for a GPU (Triton's interpreter compiles nothing: any H, fp64);
+    ``arch`` and ``shared_limit``: the device's (:func:`cooperative_config`)."""
     if proj_size:
         return "layers with proj_size run on the step tier"
-    if cooperative_config(dtype, hidden, False) is None:
-        return f"no cooperative configuration for {dtype_name(dtype)}"
+    if cooperative_config(dtype, hidden, False, arch, shared_limit) is None:
+        return (f"no cooperative configuration for {dtype_name(dtype)} fits "
+                f"{_limit(arch, shared_limit)} bytes of shared memory per block")
     if on_gpu and dtype_name(dtype) == "float64":
         return "float64 is not compiled for GPUs by this tier (the step tier runs it)"
     if on_gpu and hidden % COOP_H_MULTIPLE:
@@ -469,11 +564,13 @@ def resident_norm_fit(family: str, dtype, hidden: int, on_gpu: bool = True) -> R
     return RESIDENT_NORM.get(key) or (None if on_gpu else RESIDENT_NORM_INTERPRETED.get(key))
 
 
-def resident_norm_regularised(family: str, dtype, hidden: int, on_gpu: bool = True) -> bool:
-    """Whether the entry of ``(family, dtype, hidden)`` runs calls with regularisers."""
+def resident_norm_regularised(family: str, dtype, hidden: int, on_gpu: bool = True,
+                              arch: int | None = None) -> bool:
+    """Whether the entry of ``(family, dtype, hidden)`` runs calls with regularisers (on
+    ``arch``: :data:`RESIDENT_ARCH_MISSES`)."""
     key = (family, dtype_name(dtype), resident_block_h(hidden))
     if key in RESIDENT_NORM:
-        return key not in RESIDENT_NORM_UNREGULARISED
+        return key not in RESIDENT_NORM_UNREGULARISED and not resident_arch_miss(family, dtype, key[2], arch, True)
     return not on_gpu and key in RESIDENT_NORM_INTERPRETED
 
 
@@ -487,4 +584,6 @@ def resident_norm_refusal(family: str, hidden: int, dtype, arch: int | None, sha
     need = shared_needed(fit, arch)
     if need > shared_limit:
         return f"it needs {need} bytes of shared memory per block, the device allows {shared_limit}"
+    if resident_arch_miss(family, dtype, fit.forward.block_h, arch):
+        return f"its kernels do not compile clean for sm_{arch} (fits.RESIDENT_ARCH_MISSES)"
     return None

@@ -1,8 +1,8 @@
 """Ahead-of-time compile report of every kernel specialisation, no GPU needed.
 
 Run as ``python -m fastrnn.kernels.report [--jobs N]``. For each specialisation the
-launchers can choose and each arch of :data:`ARCHS` (sm_80, sm_90),
-it compiles the kernel with
+launchers can choose and each arch of :data:`ARCHS` (sm_80, sm_86, sm_89, sm_90; ``--arch N``,
+repeatable: only those, or sm_100, for a check), it compiles the kernel with
 ``triton.compile`` for that target, reads registers and spills (``LOCAL`` / ``STACK``)
 from the cubin with ``cuobjdump --dump-resource-usage`` and the shared memory from the
 compiled metadata, and prints one row. The specialisations:
@@ -83,12 +83,13 @@ from . import cooperative, expected, fits, norm_rows, recurrent_step, report_che
 
 #: Largest shared memory one block may use (opt-in maximum), bytes.
 SHARED_LIMIT = fits.SHARED_LIMIT
-#: The archs every row is compiled for: the two the tier tables are made for. sm_86/sm_89
-#: (101,376 B per block) and sm_100 compile too, but the cooperative tier's choice does not
-#: read an arch's shared memory yet (its large slabs need up to 164,864 B), a few resident
-#: rows spill there, and Triton 3.9's LLVM aborts on two of them: they come in once the
-#: tier tables are made per arch.
-ARCHS = (80, 90)
+#: The archs every row is compiled for. The tier tables are made for sm_80 and sm_90; elsewhere
+#: the choice drops the persistent entries whose recorded shared memory passes the arch's limit
+#: (sm_86 / sm_89: 101,376 B per block) or that fits.py's *_ARCH_MISSES rule out there (they
+#: spill): their rows are compiled and marked "not launched on this arch". sm_100 compiles, but
+#: cooperative fp32 rows spill there (TF32 slab forwards 8-96 B, the 64-row backward 8 B) and
+#: need up to 3 KB more shared memory than recorded: it needs sm_100 records in fits.py first.
+ARCHS = (80, 86, 89, 90)
 MAX_REGISTERS = 255
 
 _TYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
@@ -185,15 +186,33 @@ def _row(spec, arch: int) -> dict:
                 ld_bytes=-1, w_bytes=-1, mma=-1, bar_sync=-1, grid_barriers=-1, open="")
 
 
-def launched_on(spec, arch: int) -> bool:
-    """Whether the tier choice may launch ``spec`` on a device of ``arch``: a resident
-    entry only where the shared memory fits.py records for it (for an arch it does not
-    record: the largest recorded value, :func:`fits.shared_needed`) fits the arch's limit;
-    step and cooperative kernels everywhere (their choice reads no shared memory)."""
+def _coop_key(spec) -> tuple | None:
+    """A cooperative row's :data:`fits.COOPERATIVE` key (None for another tier's row)."""
+    coop = isinstance(spec.config, fits.CoopConfig)
+    return (fits.dtype_name(spec.dtype), spec.constexprs["PRECISION"], spec.config.slab_k) if coop else None
+
+
+def recorded_shared(spec, arch: int) -> int | None:
+    """The shared memory per block fits.py records for ``spec`` on ``arch``, which the tier choice
+    reads (:func:`fits.shared_needed`, :func:`fits.cooperative_shared`); None: the step tier's."""
     recorded = getattr(spec, "shared_limit", None)
-    if recorded is None:
-        return True
-    return fits.shared_needed(fits.ResidentFit(spec.config, spec.config, recorded), arch) <= SHARED_LIMIT[arch]
+    if recorded is not None:
+        return fits.shared_needed(fits.ResidentFit(spec.config, spec.config, recorded), arch)
+    return None if _coop_key(spec) is None else fits.cooperative_shared(_coop_key(spec), arch)
+
+
+def launched_on(spec, arch: int) -> bool:
+    """Whether the tier choice may launch ``spec`` on ``arch``: a persistent entry only where its
+    recorded shared memory (:func:`recorded_shared`) fits and fits.py does not rule it out there
+    (:func:`fits.resident_arch_miss`, :func:`fits.cooperative_arch_miss`); step kernels everywhere."""
+    if getattr(spec, "shared_limit", None) is not None and fits.resident_arch_miss(
+            spec.kind, spec.dtype, spec.config.block_h, arch, bool(spec.constexprs.get("REGULARISED"))):
+        return False
+    if _coop_key(spec) and fits.cooperative_arch_miss(
+            _coop_key(spec), spec.config.block_b if spec.config.registers else 0, arch):
+        return False
+    need = recorded_shared(spec, arch)
+    return need is None or need <= SHARED_LIMIT[arch]
 
 
 def _compile_child(spec, arch: int, send) -> None:
@@ -229,11 +248,9 @@ def _compile_in_process(spec, arch: int) -> dict:
             problems.append(f"shared {shared} > {SHARED_LIMIT[arch]}")
         if options.get("launch_cooperative_grid") and not compiled.metadata.launch_cooperative_grid:
             problems.append("not compiled for a cooperative launch")
-        recorded = getattr(spec, "shared_limit", None)
-        if recorded is not None:
-            need = fits.shared_needed(fits.ResidentFit(spec.config, spec.config, recorded), arch)
-            if shared > need:
-                problems.append(f"shared {shared} > {need} recorded in fits.py")
+        need = recorded_shared(spec, arch)
+        if need is not None and shared > need:
+            problems.append(f"shared {shared} > {need} recorded in fits.py")
         analysis = report_checks.analyse(spec, compiled.asm)
         failed, open_ = report_checks.verdict(spec, analysis)
         problems += failed
@@ -261,7 +278,7 @@ SWEEP_DTYPES = ("float32", "float16", "bfloat16", "float64")
 SWEEP_BLOCK_H = {"float64": (32, 64)}
 SWEEP_BLOCK_H_DEFAULT = (32, 64, 128)
 SWEEP_WARPS = (4, 8, 16)
-#: The archs fits.RESIDENT records shared memory for (others use the largest of them).
+#: The archs fits.RESIDENT records shared memory for (others: the largest; fits.RESIDENT_ARCH_MISSES).
 SWEEP_ARCHS = (80, 90)
 
 
@@ -452,14 +469,20 @@ def assertion_failures(rows: list) -> dict:
     return out
 
 
-def summary(rows: list, specs: int) -> str:
+def summary(rows: list, specs: int, archs=ARCHS) -> str:
     failed = sum(not r["ok"] for r in rows)
     idle = sum(not r["launched"] for r in rows)
     opened = {name: len(v) for name, v in assertion_failures(rows).items() if v}
-    return (f"{len(rows)} rows ({specs} specialisations x {len(ARCHS)} archs), {failed} failed, {idle} not launched "
+    return (f"{len(rows)} rows ({specs} specialisations x {len(archs)} archs), {failed} failed, {idle} not launched "
             f"on their arch, max registers {max(r['regs'] for r in rows)}, max shared "
             f"{max(r['shared'] for r in rows)} B; assertion failures (enforced or open): "
-            + (", ".join(f"{k} {v} rows" for k, v in opened.items()) or "none"))
+            + (", ".join(f"{k} {v} rows" for k, v in opened.items()) or "none") + "; per arch (launched rows): "
+            + ", ".join(_arch_summary([r for r in rows if r["arch"] == f"sm_{a}" and r["launched"]], a) for a in archs))
+
+
+def _arch_summary(rows: list, arch: int) -> str:
+    return (f"sm_{arch} {len(rows)} rows, {sum(not r['ok'] for r in rows)} failed, max registers "
+            f"{max((r['regs'] for r in rows), default=0)}, max shared {max((r['shared'] for r in rows), default=0)} B")
 
 
 def markdown(rows: list, specs: int, fp: dict, path: str) -> str:
@@ -528,6 +551,8 @@ def main(argv=None) -> int:
                         "(docs/compile-report.md), with the fingerprint tests/test_docs.py checks")
     parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE_OR_PATH",
                         help="import a module or .py file first, so the cells it defines are listed (repeatable)")
+    parser.add_argument("--arch", type=int, action="append", choices=sorted(SHARED_LIMIT), metavar="N",
+                        help="compile for sm_N only (repeatable; default: every arch of ARCHS)")
     parser.add_argument("--sweep", action="store_true", help="compile the resident candidates, print fits.RESIDENT")
     parser.add_argument("--only", action="append", metavar="KIND,DTYPE,BLOCK_H",
                         help="with --sweep: only these entries (repeatable)")
@@ -539,9 +564,12 @@ def main(argv=None) -> int:
     if args.sweep:
         import_cells(args.imports)
         return sweep(args.jobs, args.only)
+    archs = tuple(sorted(set(args.arch))) if args.arch else ARCHS
+    if args.write and archs != ARCHS:
+        parser.error("--write compiles every arch (leave out --arch)")
     fp = fingerprint(args.imports, args.tier)
     specs = specialisations(args.tier)
-    jobs = [(args.tier, i, arch) for i in range(len(specs)) for arch in ARCHS]
+    jobs = [(args.tier, i, arch) for i in range(len(specs)) for arch in archs]
     start = time.time()
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs, initializer=import_cells, initargs=(args.imports,)) as pool:
@@ -558,7 +586,7 @@ def main(argv=None) -> int:
         if failing:
             print(f"\n{name} fails on {len(failing)} rows:")
             print("\n".join(f"  {f}" for f in failing))
-    print(f"\n{summary(rows, len(specs))}, {time.time() - start:.1f} s")
+    print(f"\n{summary(rows, len(specs), archs)}, {time.time() - start:.1f} s")
     if args.tier == "all":
         print("\nExpected time per step (an expectation from the static profile, not a measurement):")
         print(expected.anchor_table(rows))

@@ -104,7 +104,7 @@ def coop(monkeypatch):
     chosen = {}
 
     def use(slab: bool, block_h: int | None = None, registers=REGISTER_ROWS, backward_streams: bool = False):
-        def configs(dtype, hidden, tf32=False):
+        def configs(dtype, hidden, tf32=False, *device):  # device: (arch, shared memory per block)
             chosen[hidden] = small_configs(hidden, slab, block_h, registers, backward_streams)
             return chosen[hidden]
 
@@ -482,7 +482,7 @@ def test_sequential_interpreter_times_out_instead_of_hanging(monkeypatch):
     monkeypatch.setenv("FASTRNN_TIER", "cooperative")
     monkeypatch.setattr(cooperative, "BARRIER_TIMEOUT_US", 200_000)
     monkeypatch.setattr(cooperative, "cooperative_configs",
-                        lambda dtype, hidden, tf32=False: small_configs(hidden, False))
+                        lambda dtype, hidden, tf32=False, *device: small_configs(hidden, False))
     flat, schedule, h0, c0, weights = _problem("RNN_TANH", 2, 3, 16, False, False)
     with pytest.raises(cooperative.BarrierTimeout):
         recurrent_stack("RNN_TANH", flat, schedule, h0, None, [tuple(weights[0]) + (None,)], backend="triton")

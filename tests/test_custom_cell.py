@@ -506,7 +506,7 @@ def tier(request, monkeypatch):
     monkeypatch.setattr(coop_launcher, "sm_count", lambda device: SMS)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # TF32 rounds fp32 operands
     monkeypatch.setattr(cooperative, "cooperative_configs",
-                        lambda dtype, hidden, tf32=False: small_configs(hidden, slab=False))
+                        lambda dtype, hidden, tf32=False, *device: small_configs(hidden, slab=False))
     with threaded_programs():
         yield name
 

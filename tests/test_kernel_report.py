@@ -1,7 +1,7 @@
 """The ahead-of-time compile report: every specialisation of the step, resident and
-cooperative tiers compiles for sm_80 and sm_90 with no spills and
-shared memory within the per-block limit (and, for the resident tier, within what
-kernels/fits.py records, which the tier choice reads; a resident entry the tier choice
+cooperative tiers compiles for every arch of report.ARCHS with no spills and
+shared memory within the per-block limit (and, for the persistent tiers, within what
+kernels/fits.py records, which the tier choice reads; an entry the tier choice
 never launches on an arch is marked so; for the cooperative tier, tiled kernels and
 register variants, with launch_cooperative_grid and a grid barrier that is right by
 control flow), and the enforced assertions of kernels/report_checks.py hold.
@@ -77,12 +77,12 @@ def test_resident_specialisations_are_the_fits_table():
 
 @pytest.mark.slow
 def test_kernel_report_all_rows_pass():
-    """Compiles every row again (several minutes on two cores): a full-grid test. Every run
+    """Compiles every row again (about half an hour per arch on two cores): a full-grid test. Every run
     checks the written report instead (tests/test_docs.py: docs/compile-report.md matches the
     current sources and specialisations, and every row in it passes)."""
     out = subprocess.run(
         [sys.executable, "-m", "fastrnn.kernels.report"], env=_env_without_interpreter(),
-        capture_output=True, text=True, timeout=3000,
+        capture_output=True, text=True, timeout=1800 * len(report.ARCHS),
     )
     rows = [m for m in (ROW.match(line) for line in out.stdout.splitlines()) if m]
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -94,7 +94,8 @@ def test_kernel_report_all_rows_pass():
         result = m.group(14)
         assert 0 < regs <= report.MAX_REGISTERS, m.group(0)
         if result.startswith(report.NOT_LAUNCHED):
-            assert m.group(1).startswith("resident-"), m.group(0)  # only the resident choice reads shared memory
+            # only the persistent tiers' choices read shared memory, and every entry runs on sm_90
+            assert m.group(1).startswith(("resident-", "coop")) and m.group(5) != "sm_90", m.group(0)
             continue
         assert result.split("  [open:")[0] == "pass", m.group(0)
         assert spills == 0, m.group(0)
@@ -198,16 +199,22 @@ def _key(s):
     return (s.kernel_name, tuple(sorted(s.constexprs.items(), key=lambda kv: kv[0])), s.config.num_warps, options)
 
 
+@pytest.mark.parametrize("arch", [90, 86])
 @pytest.mark.parametrize("tf32", [False, True], ids=["ieee", "tf32"])
-def test_resident_launcher_choices_are_all_in_the_report(monkeypatch, tf32):
-    """Every (kernel, constexprs, num_warps) a real resident-tier call launches is a listed
-    specialisation, and these calls reach every fp32 (this TF32 setting), fp16 and fp64 one
-    (the REGULARISED ones with a recurrent-dropout scale, where the tier runs it)."""
+def test_resident_launcher_choices_are_all_in_the_report(monkeypatch, tf32, arch):
+    """Every (kernel, constexprs, num_warps) a real resident-tier call launches on a device
+    of ``arch`` (the CPU given that arch's shared memory) is a listed specialisation the
+    report marks launched on that arch, and these calls reach every such fp32 (this TF32
+    setting), fp16 and fp64 one (the REGULARISED ones with a recurrent-dropout scale, where
+    the tier runs it)."""
     import torch
 
     from fastrnn import cells
     from fastrnn.functional import Schedule, recurrent_layer
     from fastrnn.backends import triton as triton_backend
+    from fastrnn.backends.triton import policy
+
+    monkeypatch.setattr(policy, "device_limits", lambda device: (arch, fits.SHARED_LIMIT[arch]))
 
     seen = set()
     monkeypatch.setattr(triton_backend, "_interpreted", lambda: True)  # the recorders are no interpreter objects
@@ -233,7 +240,7 @@ def test_resident_launcher_choices_are_all_in_the_report(monkeypatch, tf32):
                 c0 = torch.zeros(2, hidden, dtype=dtype) if kind == "LSTM" else None
                 y, h_n, c_n = recurrent_layer(kind, x, Schedule.uniform(2, 2), h0, c0, tuple(w), backend="triton")
                 y.float().sum().backward()
-                if fits.resident_regularised(kind, dtype, hidden):
+                if fits.resident_regularised(kind, dtype, hidden, arch):
                     cell, sched, scale = cells.get(kind), Schedule.uniform(2, 2), torch.ones(2, hidden, dtype=dtype)
                     xg, w_hh = torch.randn(4, gates * hidden, dtype=dtype), w[1].detach()
                     b_hh = torch.zeros(gates * hidden, dtype=dtype)
@@ -241,11 +248,12 @@ def test_resident_launcher_choices_are_all_in_the_report(monkeypatch, tf32):
                                                  recurrent_scale=scale)
                     triton_backend.backward(cell, fwd.saved, w_hh, b_hh, None, h0, c0, fwd.y, torch.ones_like(fwd.y),
                                             torch.zeros_like(h0), c0, sched, False, recurrent_scale=scale)
-    listed = {_key(s) for s in resident.specialisations()}
+    listed = {_key(s) for s in resident.specialisations() if report.launched_on(s, arch)}
     assert seen <= listed, seen - listed
     wanted = {
         _key(s) for s in resident.specialisations()
-        if s.dtype in (torch.float16, torch.float64) or (s.dtype == torch.float32 and ("-tf32" in s.label) == tf32)
+        if (s.dtype in (torch.float16, torch.float64) or (s.dtype == torch.float32 and ("-tf32" in s.label) == tf32))
+        and report.launched_on(s, arch)
     }
     assert seen == wanted, wanted - seen
 
@@ -294,24 +302,38 @@ def test_shared_memory_limits_per_arch():
     assert set(report.ARCHS) <= set(fits.SHARED_LIMIT)
 
 
-def test_resident_rows_not_launched_where_the_tier_choice_refuses_them():
-    """A resident entry whose recorded shared memory passes an arch's limit is never chosen
-    there (fits.resident_refusal): its rows there are "not launched", not failed; the step
-    and cooperative tiers are launched everywhere."""
+def test_rows_not_launched_where_the_tier_choice_refuses_them():
+    """A resident entry whose recorded shared memory passes an arch's limit, or that
+    fits.RESIDENT_ARCH_MISSES rules out there, is never chosen there (fits.resident_refusal;
+    its ``-reg`` rows: fits.resident_regularised): its rows there are "not launched", not
+    failed; a cooperative row is launched exactly where the tier choice can pick its entry on
+    some hidden size (fits.cooperative_configs); the step tier everywhere."""
     import torch
 
     specs = report.specialisations()
     for spec in specs:
         for arch in report.ARCHS:
             launched = report.launched_on(spec, arch)
+            reg = bool(spec.constexprs.get("REGULARISED"))
             if spec.kernel_name.startswith("resident-norm-"):  # (the LayerNorm cells' own table)
                 refusal = fits.resident_norm_refusal(spec.kind, spec.config.block_h, spec.dtype, arch,
                                                      fits.SHARED_LIMIT[arch])
+                if reg and refusal is None and not fits.resident_norm_regularised(
+                        spec.kind, spec.dtype, spec.config.block_h, True, arch):
+                    refusal = "regularised"
                 assert launched == (refusal is None), (spec.kind, spec.label, spec.config, arch, refusal)
             elif spec.kernel_name.startswith("resident-"):
                 refusal = fits.resident_refusal(spec.kind, spec.config.block_h, 0, spec.dtype, arch,
                                                 fits.SHARED_LIMIT[arch])
+                if reg and refusal is None and not fits.resident_regularised(spec.kind, spec.dtype,
+                                                                             spec.config.block_h, arch):
+                    refusal = "regularised"
                 assert launched == (refusal is None), (spec.kind, spec.label, spec.config, arch, refusal)
+            elif spec.kernel_name.startswith("coop"):
+                tf32 = spec.constexprs["PRECISION"] == "tf32"
+                hidden = spec.config.slab_k or 16
+                chosen = fits.cooperative_configs(spec.dtype, hidden, tf32, arch)
+                assert launched == (spec.config in chosen), (spec.label, spec.config, arch)
             else:
                 assert launched
     big = [s for s in specs if s.kernel_name.startswith("resident-") and max(s.shared_limit.values()) > 101376]
@@ -383,20 +405,24 @@ class _CoopRecorder:
         return launch
 
 
+@pytest.mark.parametrize("arch", [90, 86])
 @pytest.mark.parametrize("tf32", [False, True], ids=["ieee", "tf32"])
-def test_cooperative_launcher_choices_are_all_in_the_report(monkeypatch, tf32):
-    """Every (kernel, constexprs, warps, stages) a cooperative call launches on a GPU (here:
-    a CPU call given the GPU's tier choice, on 12 SMs) is a listed specialisation, and these
-    calls reach every fp32 (this TF32 setting) and fp16 one: one hidden size per slab of the
-    table and one past them (streamed), each on twice as many SMs as it has slices: batches
-    of 2 (the register variant of 16 rows), 40 (of 64 rows where there is one: 1 group) and
-    200 (the tiled kernel)."""
+def test_cooperative_launcher_choices_are_all_in_the_report(monkeypatch, tf32, arch):
+    """Every (kernel, constexprs, warps, stages) a cooperative call launches on a GPU of
+    ``arch`` (here: a CPU call given that GPU's tier choice and shared memory) is a listed
+    specialisation the report marks launched on that arch, and these calls reach every such
+    fp32 (this TF32 setting) and fp16 one: one hidden size per slab of the table and one past
+    them (streamed), each on twice as many SMs as it has slices: batches of 2 (the register
+    variant of 16 rows), 40 (of 64 rows where there is one: 1 group) and 200 (the tiled
+    kernel)."""
     import torch
 
     from fastrnn.backends import triton as triton_backend
     from fastrnn.backends.triton import cooperative as coop_launcher
+    from fastrnn.backends.triton import policy
     from fastrnn.functional import Schedule, recurrent_layer
 
+    monkeypatch.setattr(policy, "device_limits", lambda device: (arch, fits.SHARED_LIMIT[arch]))
     seen = set()
     monkeypatch.setattr(triton_backend, "_interpreted", lambda: True)  # the recorders are no interpreter objects
     for name in ("forward", "backward"):
@@ -423,10 +449,11 @@ def test_cooperative_launcher_choices_are_all_in_the_report(monkeypatch, tf32):
         return (s.kernel_name, tuple(sorted(s.constexprs.items(), key=lambda kv: kv[0])), s.config.num_warps,
                 s.config.num_stages)
 
-    listed = {key(s) for s in cooperative.specialisations()}
+    listed = {key(s) for s in cooperative.specialisations() if report.launched_on(s, arch)}
     assert seen <= listed, seen - listed
     wanted = {
         key(s) for s in cooperative.specialisations()
-        if s.dtype == torch.float16 or (s.dtype == torch.float32 and s.label.endswith("-tf32") == tf32)
+        if (s.dtype == torch.float16 or (s.dtype == torch.float32 and s.label.endswith("-tf32") == tf32))
+        and report.launched_on(s, arch)
     }
     assert seen == wanted, wanted - seen

@@ -107,13 +107,15 @@ def test_auto_choice(kind, hidden, proj, dtype, expected):
 
 def test_choice_reads_the_fits_table_and_the_device(monkeypatch):
     """Every table entry runs resident exactly where the device has the shared memory it
-    needs (fits.py records it per arch); on a device with less it runs the step tier."""
+    needs (fits.py records it per arch) and fits.RESIDENT_ARCH_MISSES does not rule it out
+    on the device's arch; elsewhere it runs the step tier."""
     assert fits.RESIDENT, "the resident table is empty"
     for (kind, dtype_name, block_h), fit in fits.RESIDENT.items():
         dtype = getattr(torch, dtype_name)
         for arch, limit in ((80, fits.SHARED_LIMIT[80]), (90, fits.SHARED_LIMIT[90]), (86, 101376), (75, 65536)):
             monkeypatch.setattr(policy, "device_limits", lambda device, a=arch, s=limit: (a, s))
-            expected = "resident" if fits.shared_needed(fit, arch) <= limit else "step"
+            runs = fits.shared_needed(fit, arch) <= limit and not fits.resident_arch_miss(kind, dtype, block_h, arch)
+            expected = "resident" if runs else "step"
             assert tier_for(kind, block_h, 0, dtype, CPU) == expected, (kind, dtype_name, block_h, arch)
     monkeypatch.setattr(policy, "device_limits", lambda device: (90, 0))
     assert tier_for("LSTM", 8, 0, f32, CPU) == "step"

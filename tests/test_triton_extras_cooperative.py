@@ -65,7 +65,7 @@ def coop(monkeypatch):
     def use(slab: bool, registers: bool):
         rows = (8, 16) if registers else ()
         monkeypatch.setattr(cooperative, "cooperative_configs",
-                            lambda dtype, hidden, tf32=False: small_configs(hidden, slab, registers=rows))
+                            lambda dtype, hidden, tf32=False, *device: small_configs(hidden, slab, registers=rows))
 
     with threaded_programs():
         yield use

@@ -225,7 +225,7 @@ def run_case(case: plan.CorrCase, env: Env) -> dict:
     record = dict(case=case.name, kind=case.kind, tier=case.tier, precision=case.precision, layout=case.layout,
                   structure=case.structure, anchor=case.anchor, steps=s.steps, input=s.input, hidden=s.hidden)
     if case.variant is not None:
-        rows = _coop_rows(s.hidden, dtype, tf32)
+        rows = _coop_rows(s.hidden, dtype, tf32, env.device)
         batch = plan.coop_batch(case.variant, s.hidden, env.sms, rows, small=s.batch)
         if batch is None:
             why = (f"H={s.hidden} needs more programs than the {env.sms} SMs" if -(-s.hidden // 16) > env.sms
@@ -296,12 +296,16 @@ def run_case(case: plan.CorrCase, env: Env) -> dict:
                 seconds=time.monotonic() - start)
 
 
-def _coop_rows(hidden: int, dtype, tf32: bool) -> tuple[int, ...]:
-    """Rows per program of the cooperative register variants (from the config table)."""
+def _coop_rows(hidden: int, dtype, tf32: bool, device) -> tuple[int, ...]:
+    """Rows per program of the cooperative register variants on ``device`` (from the config
+    table, for the device's arch and shared memory)."""
     try:
+        from fastrnn.backends.triton.policy import device_limits
         from fastrnn.kernels import fits
 
-        rows = tuple(sorted(cfg.block_b for cfg in fits.cooperative_configs(dtype, hidden, tf32) if cfg.registers))
+        arch, shared = device_limits(torch.device(device))
+        configs = fits.cooperative_configs(dtype, hidden, tf32, arch, shared)
+        rows = tuple(sorted(cfg.block_b for cfg in configs if cfg.registers))
         return rows or (16, 64)
     except Exception:  # the table's shape changed: the documented defaults
         return (16, 64)

@@ -91,13 +91,13 @@ def refuses_cell(cell, hidden: int = 0, dtype=None) -> str | None:
     return reason or None
 
 
-def _tier_with(tier: str, extras: dict, cell, hidden: int, dtype) -> str:
+def _tier_with(tier: str, extras: dict, cell, hidden: int, dtype, device) -> str:
     """``tier``, or the step tier when ``tier`` cannot read the call's optional inputs (its
     launcher's ``EXTRAS`` does not list them, or its ``refuses_extras`` hook refuses them at
-    this cell, size and dtype); an error before any work when neither can."""
+    this cell, size, dtype and device); an error before any work when neither can."""
     hook = getattr(LAUNCHERS[tier], "refuses_extras", None)
     if not extras or (_tier_refusal(tier, tuple(extras)) is None
-                      and (hook is None or hook(cell, hidden, dtype, tuple(extras)) is None)):
+                      and (hook is None or hook(cell, hidden, dtype, tuple(extras), device) is None)):
         return tier
     reason = _tier_refusal("step", tuple(extras))
     if reason is not None:
@@ -134,7 +134,7 @@ def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: boo
         if norm.runs(cell):
             return norm.forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save, **extras)
         tier = _tier_with(policy.layer_tier(cell, w_hh, w_hr, xg.dtype, xg.device, schedule), extras, cell,
-                          w_hh.shape[1], xg.dtype)
+                          w_hh.shape[1], xg.dtype, xg.device)
         if tier != "step":
             try:
                 return LAUNCHERS[tier].forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule, reverse, save,
@@ -156,7 +156,7 @@ def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule:
             return norm.backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reverse,
                                  **extras)
         tier = _tier_with(policy.layer_tier(cell, w_hh, w_hr, y.dtype, y.device, schedule), extras, cell,
-                          w_hh.shape[1], y.dtype)
+                          w_hh.shape[1], y.dtype, y.device)
         res = None
         if tier != "step":
             try:

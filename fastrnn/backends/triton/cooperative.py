@@ -48,16 +48,20 @@ def sm_count(device: torch.device) -> int:
     return fits.REFERENCE_SMS
 
 
-def configs(hidden: int, dtype: torch.dtype):
-    """The cooperative launch configurations of this layer: the tiled one, then its
-    register variants (:func:`fastrnn.kernels.fits.cooperative_configs`)."""
-    return _kernels().cooperative_configs(dtype, hidden, buffers.tf32())
+def configs(hidden: int, dtype: torch.dtype, device):
+    """The cooperative launch configurations of this layer on ``device``: the tiled one,
+    then its register variants (:func:`fastrnn.kernels.fits.cooperative_configs`), those
+    whose shared memory fits the device's per block (:func:`.policy.device_limits`)."""
+    from .policy import device_limits  # (policy imports this module)
+
+    arch, shared = device_limits(torch.device(device))
+    return _kernels().cooperative_configs(dtype, hidden, buffers.tf32(), arch, shared)
 
 
 def launch_config(hidden: int, batch: int, dtype: torch.dtype, device):
     """The configuration a launch of ``batch`` rows uses: a register variant when one tile
     of rows per program fits the SMs, else the tiled one."""
-    return _kernels().choose_config(configs(hidden, dtype), hidden, batch, sm_count(device))
+    return _kernels().choose_config(configs(hidden, dtype, device), hidden, batch, sm_count(device))
 
 
 #: Words of the errors a driver or Triton gives for a grid or block it will not launch.

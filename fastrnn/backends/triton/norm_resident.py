@@ -57,7 +57,9 @@ def refuses_regularisers(cell, hidden: int, dtype, device, wants) -> str | None:
     from ...kernels import fits
 
     on_gpu = torch.device(device).type == "cuda"
-    if not set(REGULARISERS) & set(wants) or fits.resident_norm_regularised(_family(cell), dtype, hidden, on_gpu):
+    arch = policy.device_limits(torch.device(device))[0]
+    if not set(REGULARISERS) & set(wants) or fits.resident_norm_regularised(_family(cell), dtype, hidden, on_gpu,
+                                                                            arch):
         return None
     return (f"the resident tier has no kernels with zoneout or recurrent dropout for {cell.name} "
             f"{fits.dtype_name(dtype)} with hidden size {hidden}")

@@ -64,10 +64,10 @@ def refusal(tier: str, kind: str, hidden: int, proj_size: int, dtype, device) ->
 
     if tier == "step":
         return None
+    arch, shared = device_limits(device)
     if tier == "cooperative":
         return fits.cooperative_refusal(kind, hidden, proj_size, dtype, cooperative.sm_count(device),
-                                        device.type == "cuda")
-    arch, shared = device_limits(device)
+                                        device.type == "cuda", arch, shared)
     return fits.resident_refusal(kind, hidden, proj_size, dtype, arch, shared)
 
 

@@ -36,14 +36,17 @@ def _loop_args(cell, hidden, params, resets, zoneout, recurrent_scale, dummy_io,
     return tensors, scalars
 
 
-def refuses_extras(cell, hidden: int, dtype, wants) -> str | None:
+def refuses_extras(cell, hidden: int, dtype, wants, device=None) -> str | None:
     """Why this tier cannot run a call of ``cell`` at this size and dtype with the optional
-    inputs ``wants`` although :data:`EXTRAS` lists them (None when it can): entries whose
-    kernels with zoneout / recurrent dropout do not compile clean
-    (:data:`fastrnn.kernels.fits.RESIDENT_UNREGULARISED`) run such calls on the step tier."""
+    inputs ``wants`` on ``device`` although :data:`EXTRAS` lists them (None when it can):
+    entries whose kernels with zoneout / recurrent dropout do not compile clean
+    (:data:`fastrnn.kernels.fits.RESIDENT_UNREGULARISED`; on the device's arch,
+    :data:`~fastrnn.kernels.fits.RESIDENT_ARCH_MISSES`) run such calls on the step tier."""
     from ...kernels import fits
+    from .policy import device_limits
 
-    if not {"zoneout", "recurrent_scale"} & set(wants) or fits.resident_regularised(cell, dtype, hidden):
+    arch = None if device is None else device_limits(torch.device(device))[0]
+    if not {"zoneout", "recurrent_scale"} & set(wants) or fits.resident_regularised(cell, dtype, hidden, arch):
         return None
     return (f"the resident tier has no kernels with zoneout or recurrent dropout for {cell.name} "
             f"{fits.dtype_name(dtype)} with hidden size {hidden}")

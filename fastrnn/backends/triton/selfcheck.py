@@ -45,12 +45,12 @@ def enabled(device: torch.device) -> bool:
     return value == "1"
 
 
-def variant(tier: str, hidden: int, dtype) -> str:
-    """What a persistent tier compiles for this layer: its first-use check key and name."""
+def variant(tier: str, hidden: int, dtype, device) -> str:
+    """What a persistent tier compiles for this layer on ``device``: its first-use check key and name."""
     from ...kernels import fits
 
     if tier == "cooperative":
-        return "configurations " + ", ".join(cfg.label for cfg in cooperative.configs(hidden, dtype))
+        return "configurations " + ", ".join(cfg.label for cfg in cooperative.configs(hidden, dtype, device))
     return f"BLOCK_H {fits.resident_block_h(hidden)}"
 
 
@@ -89,7 +89,7 @@ def _variants(tier: str, hidden: int, dtype, device) -> list:
         return [(None, 19)]
     sms = cooperative.sm_count(device)
     out = []
-    for cfg in cooperative.configs(hidden, dtype):
+    for cfg in cooperative.configs(hidden, dtype, device):
         batch = 19
         if cfg.registers:
             batch = min(batch, cfg.block_b * (sms // -(-hidden // cfg.block_h)))
@@ -215,7 +215,7 @@ def norm_resident_agrees(cell, hidden: int, dtype, device) -> bool:
 
 def first_use_check(tier: str, forced: bool, kind: str, hidden: int, dtype, device) -> str:
     """``tier`` if it passed (or skipped) its first-use check for this key, else "step"."""
-    key = (tier, str(device), kind, dtype, variant(tier, hidden, dtype))
+    key = (tier, str(device), kind, dtype, variant(tier, hidden, dtype, device))
     if checked.get(key) is False and not forced:
         return "step"
     if not enabled(device):
@@ -249,7 +249,7 @@ def cooperative_failed(exc: Exception, cell, hidden: int, dtype, device) -> None
     key from now on."""
     if policy.requested_tier() == "cooperative":
         raise exc
-    key = ("cooperative", str(device), cell.name, dtype, variant("cooperative", hidden, dtype))
+    key = ("cooperative", str(device), cell.name, dtype, variant("cooperative", hidden, dtype, device))
     if checked.get(key) is not False:
         warnings.warn(
             f"fastrnn: {exc} This call and later ones for {cell.name} {dtype} ({key[-1]}) on {device} run "

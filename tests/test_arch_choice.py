@@ -1,0 +1,224 @@
+"""The tier choice per GPU arch, with a fake device (``policy.device_limits``): on sm_86 /
+sm_89 (101,376 B of shared memory per block) no chosen cooperative configuration or resident
+entry needs more shared memory than that (kernels/fits.py records what each needs per arch),
+entries that do not compile clean there are not chosen, and the choices on sm_80 / sm_90 are
+the tables' own (every entry fits there).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastrnn.backends.triton import cooperative as coop_launcher
+from fastrnn.backends.triton import policy, resident as resident_launcher, selfcheck
+from fastrnn.backends.triton import tier_for
+from fastrnn.kernels import fits, report
+
+CPU = torch.device("cpu")
+KINDS = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
+COOP_DTYPES = ((torch.float32, False), (torch.float32, True), (torch.float16, False), (torch.bfloat16, False))
+HIDDEN = range(16, 16 * fits.REFERENCE_SMS + 1, 16)
+SMALL = 101376
+
+
+@pytest.fixture(autouse=True)
+def _clean(monkeypatch):
+    monkeypatch.setattr(selfcheck, "checked", {})
+    monkeypatch.delenv("FASTRNN_TIER", raising=False)
+    monkeypatch.setenv("FASTRNN_SELF_CHECK", "0")
+
+
+def _fake_device(monkeypatch, arch: int, shared: int | None = None):
+    shared = fits.SHARED_LIMIT[arch] if shared is None else shared
+    monkeypatch.setattr(policy, "device_limits", lambda device: (arch, shared))
+
+
+def _key(cfg, dtype, tf32):
+    return fits.dtype_name(dtype), fits.dot_precision(dtype, tf32), cfg.slab_k
+
+
+def _tables_choice(dtype, hidden, tf32):
+    """The configuration the table gives with no device limit: the slab for the next power
+    of two >= hidden where there is one, else the streaming one."""
+    name, precision = fits.dtype_name(dtype), fits.dot_precision(dtype, tf32)
+    return (fits.COOPERATIVE.get((name, precision, 1 << (hidden - 1).bit_length()))
+            or fits.COOPERATIVE[(name, precision, 0)])
+
+
+def test_every_cooperative_entry_has_a_shared_memory_record():
+    compiled = {k for k in fits.COOPERATIVE if k[0] != "float64"}
+    assert set(fits.COOPERATIVE_SHARED) == compiled
+    assert all(set(v) == {80, 90} for v in fits.COOPERATIVE_SHARED.values())
+    assert fits.cooperative_shared(("float64", "ieee", 0), 86) == 0  # interpreter only: never compiled
+    assert fits.cooperative_shared(("float16", "ieee", 1024), 86) == 164864  # unrecorded arch: the largest
+
+
+@pytest.mark.parametrize("arch", [80, 86, 89, 90, 100])
+def test_cooperative_configs_fit_the_arch(arch):
+    """Every configuration chosen on an arch (tiled and register variants) fits its shared
+    memory; where the slab does not fit, the layer streams W_hh (never no configuration)."""
+    limit = fits.SHARED_LIMIT[arch]
+    for dtype, tf32 in COOP_DTYPES:
+        for hidden in HIDDEN:
+            configs = fits.cooperative_configs(dtype, hidden, tf32, arch)
+            assert configs, (dtype, tf32, hidden, arch)
+            for cfg in configs:
+                assert fits.cooperative_shared(_key(cfg, dtype, tf32), arch) <= limit, (dtype, tf32, hidden, cfg)
+            tiled = _tables_choice(dtype, hidden, tf32)
+            fits_here = fits.cooperative_shared(_key(tiled, dtype, tf32), arch) <= limit
+            expected = tiled if fits_here else fits.COOPERATIVE[_key(tiled, dtype, tf32)[:2] + (0,)]
+            assert configs[0] == expected, (dtype, tf32, hidden, arch)
+
+
+def test_sm80_and_sm90_keep_the_tables_choice():
+    for arch in (80, 90):
+        for dtype, tf32 in COOP_DTYPES:
+            for hidden in HIDDEN:
+                configs = fits.cooperative_configs(dtype, hidden, tf32, arch)
+                assert configs == fits.cooperative_configs(dtype, hidden, tf32), (arch, dtype, hidden)
+                assert configs[0] == _tables_choice(dtype, hidden, tf32), (arch, dtype, hidden)
+
+
+def test_sm86_streams_where_the_large_slabs_do_not_fit():
+    for arch in (86, 89):
+        assert fits.cooperative_config(torch.float16, 1024, False, arch).slab_k == 0
+        assert fits.cooperative_config(torch.bfloat16, 768, False, arch).slab_k == 0
+        assert fits.cooperative_config(torch.float32, 512, False, arch).slab_k == 0
+        assert fits.cooperative_config(torch.float16, 512, False, arch).slab_k == 512  # 82,944 B: fits
+        assert fits.cooperative_config(torch.float32, 256, True, arch).slab_k == 256
+    assert fits.cooperative_config(torch.float16, 1024, False, 80).slab_k == 1024
+    assert fits.cooperative_config(torch.float32, 512, False, 90).slab_k == 512
+    # A device reporting less than its arch's table value: its own number decides.
+    assert fits.cooperative_config(torch.float16, 512, False, 90, shared_limit=SMALL).slab_k == 512
+    assert fits.cooperative_config(torch.float16, 512, False, 90, shared_limit=65536).slab_k == 0
+    assert fits.cooperative_config(torch.float16, 512, False, 90, shared_limit=1024) is None
+    assert fits.cooperative_refusal("LSTM", 512, 0, torch.float16, 132, True, 90, 1024) is not None
+
+
+@pytest.mark.parametrize("arch", [80, 86, 90])
+def test_the_launcher_chooses_by_the_device(monkeypatch, arch):
+    """The cooperative launcher's configurations and its per-batch choice read the device's
+    arch and shared memory (a fake device); the layer chooses the cooperative tier there."""
+    monkeypatch.setattr(coop_launcher, "sm_count", lambda device: 132)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    _fake_device(monkeypatch, arch)
+    limit = fits.SHARED_LIMIT[arch]
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        for hidden in (256, 512, 768, 1024):
+            configs = coop_launcher.configs(hidden, dtype, CPU)
+            assert configs == fits.cooperative_configs(dtype, hidden, False, arch)
+            for batch in (1, 16, 64, 1000):
+                cfg = coop_launcher.launch_config(hidden, batch, dtype, CPU)
+                assert cfg in configs
+                assert fits.cooperative_shared(_key(cfg, dtype, False), arch) <= limit
+            if arch == 86 and hidden > 512 and dtype != torch.float32:
+                assert configs[0].slab_k == 0, (dtype, hidden)
+            elif arch != 86:
+                assert configs[0] == _tables_choice(dtype, hidden, False), (dtype, hidden)
+            assert "configurations " + ", ".join(c.label for c in configs) == selfcheck.variant(
+                "cooperative", hidden, dtype, CPU)
+    # The tier choice: a refusal through the device's shared memory.
+    assert policy.refusal("cooperative", "LSTM", 1024, 0, torch.float16, CPU) is None
+    _fake_device(monkeypatch, arch, 1024)
+    assert "shared memory" in policy.refusal("cooperative", "LSTM", 1024, 0, torch.float16, CPU)
+
+
+@pytest.mark.parametrize("arch", [80, 86, 89, 90])
+def test_resident_choice_fits_the_arch(monkeypatch, arch):
+    """Wherever the tier choice picks the resident tier on an arch, the entry's recorded
+    shared memory fits it and fits.RESIDENT_ARCH_MISSES does not rule it out; on sm_80 /
+    sm_90 every entry runs where its shared memory fits (the table's choice)."""
+    _fake_device(monkeypatch, arch)
+    limit = fits.SHARED_LIMIT[arch]
+    count = 0
+    for kind in KINDS:
+        for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+            for hidden in (1, 16, 32, 33, 48, 64, 65, 100, 128, 129):
+                tier = tier_for(kind, hidden, 0, dtype, CPU)
+                fit = fits.resident_fit(kind, dtype, hidden)
+                if tier == "resident":
+                    count += 1
+                    assert fits.shared_needed(fit, arch) <= limit, (kind, dtype, hidden)
+                    assert not fits.resident_arch_miss(kind, dtype, fit.forward.block_h, arch)
+                if arch in (80, 90):
+                    assert (tier == "resident") == (fit is not None and fits.shared_needed(fit, arch) <= limit)
+    assert count > 0
+
+
+def test_resident_arch_misses():
+    """An entry that does not compile clean on an arch is not chosen there (all of it, or
+    only with regularisers), but still everywhere else."""
+    assert fits.resident_refusal("RNN_TANH", 64, 0, torch.float64, 86, SMALL) is not None
+    assert fits.resident_refusal("RNN_TANH", 64, 0, torch.float64, 90, fits.SHARED_LIMIT[90]) is None
+    assert fits.resident_refusal("RNN_TANH", 64, 0, torch.float32, 86, SMALL) is None  # plain calls: clean
+    assert not fits.resident_regularised("RNN_TANH", torch.float32, 64, 86)
+    assert fits.resident_regularised("RNN_TANH", torch.float32, 64, 80)
+    assert fits.resident_regularised("RNN_TANH", torch.float32, 64)
+    cell_refusal = resident_launcher.refuses_extras
+    from fastrnn import cells
+
+    assert cell_refusal(cells.RNN_TANH, 64, torch.float32, ("zoneout",)) is None
+    assert cell_refusal(cells.RNN_TANH, 64, torch.float32, ("resets",), CPU) is None
+
+
+def test_resident_arch_miss_sends_regularised_calls_to_the_step_tier(monkeypatch):
+    from fastrnn import cells
+
+    _fake_device(monkeypatch, 86)
+    assert resident_launcher.refuses_extras(cells.RNN_TANH, 64, torch.float32, ("zoneout",), CPU) is not None
+    _fake_device(monkeypatch, 80)
+    assert resident_launcher.refuses_extras(cells.RNN_TANH, 64, torch.float32, ("zoneout",), CPU) is None
+
+
+@pytest.mark.parametrize("arch", [86, 89])
+def test_report_marks_what_the_choice_never_launches_on_the_arch(arch):
+    """A row the tier choice cannot pick on sm_86 / sm_89 (its entry's recorded shared
+    memory passes 101,376 B, or fits.RESIDENT_ARCH_MISSES) is "not launched" there; every
+    other persistent row's record fits."""
+    specs = report.specialisations("resident") + report.specialisations("cooperative")
+    idle = [s for s in specs if not report.launched_on(s, arch)]
+    assert {s.config.slab_k for s in idle if isinstance(s.config, fits.CoopConfig)} == {512, 1024}
+    for spec in specs:
+        need = report.recorded_shared(spec, arch)
+        assert (need <= SMALL) or spec in idle, (spec.kernel_name, spec.label, spec.config)
+        if report.launched_on(spec, 80):
+            assert report.launched_on(spec, 90)
+    for spec in specs:
+        if isinstance(spec.config, fits.CoopConfig):
+            assert report.launched_on(spec, 80) and report.launched_on(spec, 90)
+
+
+def test_layernorm_resident_arch_misses(monkeypatch):
+    """The LayerNorm cells' resident entries: on sm_86 their regularised kernels at
+    fp16/bf16 64 spill, so calls with regularisers run the step tier's LayerNorm path there;
+    plain calls stay resident."""
+    from fastrnn.backends.triton import norm_resident
+    from fastrnn.cells.variants import layer_norm_lstm
+
+    for dtype in (torch.float16, torch.bfloat16):
+        assert fits.resident_norm_refusal("LayerNormLSTM", 64, dtype, 86, SMALL) is None
+        assert not fits.resident_norm_regularised("LayerNormLSTM", dtype, 64, True, 86)
+        assert fits.resident_norm_regularised("LayerNormLSTM", dtype, 64, True, 90)
+    cell = layer_norm_lstm()
+    _fake_device(monkeypatch, 86)
+    assert norm_resident.refuses_regularisers(cell, 64, torch.float16, CPU, ("zoneout",)) is not None
+    _fake_device(monkeypatch, 90)
+    assert norm_resident.refuses_regularisers(cell, 64, torch.float16, CPU, ("zoneout",)) is None
+
+
+def test_cooperative_arch_misses(monkeypatch):
+    """A cooperative configuration fits.COOPERATIVE_ARCH_MISSES rules out on an arch is not
+    chosen there (a register variant: the others remain; a tiled entry: the layer streams),
+    and the report marks its rows not launched there."""
+    specs = report.specialisations("cooperative")
+    monkeypatch.setitem(fits.COOPERATIVE_ARCH_MISSES, 86, frozenset({
+        ("float16", "ieee", 0, 64), ("float16", "ieee", 256, 0)}))
+    stream = fits.cooperative_configs(torch.float16, 1040, False, 86)  # past the slabs: streamed
+    assert [c.block_b for c in stream] == [16, 16] and stream[1].registers
+    assert [c.block_b for c in fits.cooperative_configs(torch.float16, 1040, False, 80)] == [16, 16, 64]
+    assert fits.cooperative_config(torch.float16, 256, False, 86).slab_k == 0
+    assert fits.cooperative_config(torch.float16, 256, False, 89).slab_k == 256
+    idle = {(s.config.slab_k, s.config.block_b, s.config.registers) for s in specs
+            if s.dtype == torch.float16 and not report.launched_on(s, 86)}
+    assert idle == {(0, 64, True), (256, 16, False), (256, 16, True), (1024, 16, False), (1024, 16, True)}
