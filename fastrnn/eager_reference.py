@@ -8,8 +8,8 @@ its backward loop (:func:`fastrnn.backends.reference.backward`) and the weight g
 backward rule are those of the general eager path (:class:`fastrnn.ops._EagerLayer` over
 :class:`fastrnn.engine.LoopLayer`), which reaches the same functions through a layer
 implementation and its keyword dictionaries, rebuilt in backward: at T=10, B=1, where the C++
-loops take a few microseconds, that routing cost about a quarter of an LSTM's forward and
-backward here, as much as torch's own LSTM spends on its whole step loop. A backward that must
+loops take a few microseconds, that routing cost about 30 us of an LSTM's 0.55 ms forward and
+backward here (1 thread), a few percent of what a regulariser may add. A backward that must
 itself be differentiable (``create_graph``) or that runs under vmap takes the general rule
 (:func:`fastrnn.ops._grads`).
 """

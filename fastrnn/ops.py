@@ -418,8 +418,9 @@ class _EagerLayer(torch.autograd.Function):
     the custom-op dispatch (tens of microseconds per call), the ``inspect`` argument
     binding of a new-style ``autograd.Function`` on every call, and the op's fixed output
     form (padding tensors, shapes re-derived in backward), ~200 us per forward+backward in
-    all. Only plain eager calls come here (:func:`eager_call`): ``torch.compile``,
-    ``torch.export``, ``torch.func`` and tracing see the op.
+    all. Only plain eager calls of the other backends come here (:func:`eager_call`; the
+    reference backend's take :mod:`fastrnn.eager_reference`, shorter still):
+    ``torch.compile``, ``torch.export``, ``torch.func`` and tracing see the op.
     """
 
     @staticmethod

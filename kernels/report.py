@@ -83,13 +83,13 @@ from . import cooperative, expected, fits, norm_rows, recurrent_step, report_che
 
 #: Largest shared memory one block may use (opt-in maximum), bytes.
 SHARED_LIMIT = fits.SHARED_LIMIT
-#: The archs every row is compiled for. The tier tables are made for sm_80 and sm_90; elsewhere
-#: the choice drops the persistent entries whose recorded shared memory passes the arch's limit
-#: (sm_86 / sm_89: 101,376 B per block) or that fits.py's *_ARCH_MISSES rule out there (they
-#: spill): their rows are compiled and marked "not launched on this arch". sm_100 compiles, but
-#: cooperative fp32 rows spill there (TF32 slab forwards 8-96 B, the 64-row backward 8 B) and
-#: need up to 3 KB more shared memory than recorded: it needs sm_100 records in fits.py first.
-ARCHS = (80, 86, 89, 90)
+#: The archs every row is compiled for: those the tier tables are made for. ``--arch 86`` (89,
+#: 100) compiles another: there the choice drops the persistent entries whose recorded shared
+#: memory passes the arch's limit (sm_86 / sm_89: 101,376 B per block) or that fits.py's
+#: *_ARCH_MISSES rule out (they spill), marked "not launched on this arch"; six step and
+#: LayerNorm row-kernel rows still spill on sm_86 / sm_89 (docs/kernels.md), and sm_100 needs
+#: records in fits.py (its cooperative fp32 rows spill and pass the recorded shared memory).
+ARCHS = (80, 90)
 MAX_REGISTERS = 255
 
 _TYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
