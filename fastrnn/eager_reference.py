@@ -20,19 +20,14 @@ import torch
 
 from . import engine, ops
 from .backends import reference
-from .backends.base import loop_inputs
 
 _functorch = torch._C._functorch
 
 
 def _loop_keywords(schedule, reverse, params, loop) -> dict:
-    """The backend's optional time-loop keywords, only those present (as
-    :meth:`fastrnn.engine.LoopLayer._extras` gives them): resets as this direction's entering
-    resets, zoneout as a :class:`~fastrnn.regularisers.Zoneout`."""
-    resets = loop[0]
-    if resets is not None:
-        resets = schedule.entering_resets(resets.reshape(-1), reverse)
-    return loop_inputs(params, resets, ops._zoneout(loop), loop[4])
+    """The backend's optional time-loop keywords, only those present, as the layer
+    implementation gives them (:meth:`fastrnn.engine.LoopLayer._extras`)."""
+    return engine.LoopLayer._extras(schedule, reverse, params, ops._flat_resets(loop[0]), ops._zoneout(loop), loop[4])
 
 
 def forward(kind, x, batch_sizes, h0, c0, weights, params, loop, reverse, save):

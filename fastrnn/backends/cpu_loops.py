@@ -326,21 +326,24 @@ def norm_backward(norm, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, revers
     return BackwardResult(dxg, dr, dh0, None, None, dparams.to(params.dtype))
 
 
+def _built_ops():
+    """The extension's ops, or a clear error where the build failed."""
+    if not available():
+        raise RuntimeError("fastrnn: the C++ CPU loops are not built (see the warning given when they failed)")
+    return torch.ops.fastrnn_cpu_loops
+
+
 def bernoulli_mask(rows: int, cols: int, p: float, invert: bool = False) -> torch.Tensor:
     """A ``(rows, cols)`` bool mask, True with probability ``p`` (``1 - p`` with ``invert``),
     from a counter-based hash (one vectorised pass) seeded by one draw of torch's default
     CPU generator: ``torch.manual_seed`` reproduces it."""
-    if not available():
-        raise RuntimeError("fastrnn: the C++ CPU loops are not built (see the warning given when they failed)")
-    return torch.ops.fastrnn_cpu_loops.bernoulli_mask(rows, cols, float(p), invert)
+    return _built_ops().bernoulli_mask(rows, cols, float(p), invert)
 
 
 def keep_scale(rows: int, cols: int, p: float, dtype: torch.dtype) -> torch.Tensor:
     """A ``(rows, cols)`` dropout scale in ``dtype``: ``1 / (1 - p)`` where a Bernoulli(1 - p)
     draw (:func:`bernoulli_mask` with ``invert``) keeps the entry, 0 elsewhere, in one call."""
-    if not available():
-        raise RuntimeError("fastrnn: the C++ CPU loops are not built (see the warning given when they failed)")
-    return torch.ops.fastrnn_cpu_loops.keep_scale(rows, cols, float(p), dtype)
+    return _built_ops().keep_scale(rows, cols, float(p), dtype)
 
 
 def draws_masks(device) -> bool:
