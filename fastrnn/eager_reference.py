@@ -44,22 +44,32 @@ def forward(kind, x, batch_sizes, h0, c0, weights, params, loop, reverse, save):
 
 
 class ReferenceLayer(torch.autograd.Function):
-    """One layer-direction on this path when autograd records the call."""
+    """One layer-direction on this path when autograd records the call; with ``stacked``,
+    the whole stack, its results as :func:`fastrnn.ops.layer` gives them then (the copy of
+    ``y`` and the final states' ``(1, B, ·)`` made here, not by three more autograd nodes;
+    none of them a view, so that ``h_n.detach_()`` works)."""
 
     @staticmethod
-    def forward(ctx, kind, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params, loop, reverse):
+    def forward(ctx, kind, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params, loop, reverse, stacked):
         y, h_n, c_n, (schedule, keywords, y_rows, saved) = forward(
             kind, x, batch_sizes, h0, c0, (w_ih, w_hh, b_ih, b_hh, w_hr), params, loop, reverse, True)
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params, y_rows, *saved)
         keywords.pop("params", None)  # (backward reads params from the saved tensors)
         ctx.layer = (kind, schedule, reverse, batch_sizes, keywords, loop)
         ctx.set_materialize_grads(False)
+        if stacked:
+            y, h_n = y.clone(), ops._owned(h_n.unsqueeze(0))
+            c_n = None if c_n is None else ops._owned(c_n.unsqueeze(0))
         return (y, h_n, c_n) if c_n is not None else (y, h_n)
 
     @staticmethod
     def backward(ctx, dy, dh_n, dc_n=None):
         x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params, y, *saved = ctx.saved_tensors
         kind, schedule, reverse, batch_sizes, keywords, loop = ctx.layer
+        if dh_n is not None and dh_n.dim() == 3:  # (stacked: (1, B, P))
+            dh_n = dh_n[0]
+        if dc_n is not None and dc_n.dim() == 3:
+            dc_n = dc_n[0]
         need = ctx.needs_input_grad
         # (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params): forward's arguments 1 and 3 to 10
         needs = (need[1], *need[3:11])
@@ -70,7 +80,7 @@ class ReferenceLayer(torch.autograd.Function):
             y_seq = y if batch_sizes is not None else y.view(x.shape[0], x.shape[1], y.shape[1])
             grads = ops._grads(kind, "reference", reverse, x, batch_sizes, inputs, y_seq, saved, (dy, dh_n, dc_n),
                                needs, loop=loop)
-            return (None, grads[0], None, *grads[1:], None, None)
+            return (None, grads[0], None, *grads[1:], None, None, None)
         rows = schedule.rows
         dy = torch.zeros_like(y) if dy is None else dy.reshape(rows, dy.shape[-1])
         dh_n = torch.zeros_like(h0) if dh_n is None else dh_n
@@ -87,4 +97,4 @@ class ReferenceLayer(torch.autograd.Function):
             g = engine.weight_grads(schedule, reverse, res, x.reshape(rows, x.shape[-1]), h0, w_ih, b_ih, b_hh, y,
                                     needs, params, keywords.get("resets"), keywords.get("recurrent_scale"))
         dx = None if g.x is None else g.x.view(x.shape)
-        return None, dx, None, g.h0, g.c0, g.w_ih, g.w_hh, g.b_ih, g.b_hh, g.w_hr, g.params, None, None
+        return None, dx, None, g.h0, g.c0, g.w_ih, g.w_hh, g.b_ih, g.b_hh, g.w_hr, g.params, None, None, None

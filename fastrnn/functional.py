@@ -146,15 +146,13 @@ def _with_loop_inputs(name: str, backend: str | None, device: torch.device, want
 
 
 def _zoneout_inputs(zoneout, training: bool, x, hidden: int, has_c: bool):
-    """``(mask_h, mask_c, probabilities)`` for one layer-direction: fresh masks shaped like
-    its output in training, the probabilities in eval."""
+    """``(mask_h, mask_c, probabilities)`` for one layer-direction: fresh ``(N, H)`` masks,
+    rows as the output's, in training; the probabilities in eval."""
     p_h, p_c = zoneout if has_c else (zoneout[0], 0.0)
     if not training:
         return None, None, [p_h, p_c]
-    rows = x.shape[:-1]
-    mask_h, mask_c = draw_zoneout(rows.numel(), hidden, p_h, p_c, x.device)
-    shape = (*rows, hidden)
-    return (None if mask_h is None else mask_h.view(shape), None if mask_c is None else mask_c.view(shape), [])
+    mask_h, mask_c = draw_zoneout(x.shape[:-1].numel(), hidden, p_h, p_c, x.device)
+    return mask_h, mask_c, []
 
 
 def recurrent_layer(
@@ -313,6 +311,7 @@ def stack(
             )
     directions = 2 if bidirectional else 1
     num_layers = len(weights) // directions
+    stacked = num_layers * directions == 1  # (then the layer's results are the stack's)
     h_n, c_n = [], []
     for layer in range(num_layers):
         outputs = []
@@ -331,8 +330,10 @@ def stack(
                 None if params is None else params[idx], resets,
                 _zoneout_inputs(zoneout, training, x, h0.shape[-1], kind.has_cell_state) if zoneout_on else None,
                 draw_recurrent_scale(h0.shape[1], h0.shape[-1], recurrent_dropout, x.dtype, x.device)
-                if rd_on else None,
+                if rd_on else None, stacked,
             )
+            if stacked:
+                return y, h, c
             outputs.append(y)
             h_n.append(h)
             c_n.append(c)

@@ -343,7 +343,9 @@ class _FastRNNBase:
         if hx is None:
             h0 = self._zeros(data, batch, out_size)
             hx = (h0, self._zeros(data, batch, self.hidden_size)) if lstm else h0
-        self.check_forward_args(data, hx, batch_sizes)
+            self.check_input(data, batch_sizes)  # (the zero states have the expected sizes)
+        else:
+            self.check_forward_args(data, hx, batch_sizes)
         if resets is not None:
             resets = self._resets(resets, input, data, packed, is_batched, batch_sizes, sorted_indices)
 

@@ -25,7 +25,8 @@ Optional inputs follow the weights: ``params``, the cell's per-unit parameters
 ``(param_rows, H)`` (a gradient input like the weights); then the time loop's inputs that
 take no gradient (:data:`LOOP_INPUTS`): ``resets``, bool, shaped like ``x`` without its
 features, True where a sequence starts a new episode (see :mod:`fastrnn.engine`);
-``zoneout_h`` / ``zoneout_c``, bool masks shaped like ``y`` (training zoneout), and
+``zoneout_h`` / ``zoneout_c``, bool masks, ``(N, H)`` rows in ``y``'s order or shaped like
+``y`` (training zoneout), and
 ``zoneout_p`` ``[p_h, p_c]`` (eval zoneout, or ``[]``); ``recurrent_scale`` ``(B, H)``, the
 recurrent-dropout scale of the state entering ``W_hh`` (:mod:`fastrnn.regularisers`).
 ``w_ih`` may be None: ``x`` is then the input projection itself.
@@ -81,7 +82,7 @@ def _zoneout(loop):
         return None
 
     def flat(m):
-        return None if m is None else m.reshape(-1, m.shape[-1])
+        return m if m is None or m.dim() == 2 else m.reshape(-1, m.shape[-1])
 
     return Zoneout(flat(mask_h), flat(mask_c), float(p_h), float(p_c))
 
@@ -517,7 +518,8 @@ def refuse_forward_ad(tensors) -> None:
 
 def layer(kind: CellKind, backend: str, x: Tensor, batch_sizes: Tensor | None, h0: Tensor, c0: Tensor | None,
           weights: Sequence[Tensor | None], reverse: bool, params: Tensor | None = None,
-          resets: Tensor | None = None, zoneout: tuple | None = None, recurrent_scale: Tensor | None = None):
+          resets: Tensor | None = None, zoneout: tuple | None = None, recurrent_scale: Tensor | None = None,
+          stacked: bool = False):
     """Run one layer-direction through ``torch.ops.fastrnn.layer_forward``.
 
     Args:
@@ -531,18 +533,33 @@ def layer(kind: CellKind, backend: str, x: Tensor, batch_sizes: Tensor | None, h
         reverse: run from the last timestep to the first.
         params: the cell's per-unit parameters ``(param_rows, H)``, or None.
         resets: bool, ``(T, B)`` padded or ``(N,)`` packed: where a sequence starts anew.
-        zoneout: ``(mask_h, mask_c, [p_h, p_c])``: bool masks shaped like ``y`` (training) or
+        zoneout: ``(mask_h, mask_c, [p_h, p_c])``: bool masks, ``(N, H)`` rows in ``y``'s
+            order or shaped like ``y`` (training) or
             None, and the eval probabilities (``[]`` in training); None: no zoneout.
         recurrent_scale: ``(B, H)`` scale of the state entering ``W_hh`` (recurrent dropout).
+        stacked: the layer-direction is the whole stack (one layer, one direction): the
+            results come back as :func:`fastrnn.functional.stack` returns them, ``y`` the
+            caller's own copy where autograd records it (the layer saved it for backward, and
+            torch.nn's output may be modified in place), the final states ``(1, B, ·)``.
 
     Returns:
         ``(y, h_n, c_n | None)``, ``y`` shaped like ``x`` with ``P`` features.
     """
+    y, h_n, c_n, finished = _layer(kind, backend, x, batch_sizes, h0, c0, weights, reverse, params, resets, zoneout,
+                                   recurrent_scale, stacked)
+    if stacked and not finished:
+        return (y.clone() if y.requires_grad else y), torch.stack([h_n]), (None if c_n is None else torch.stack([c_n]))
+    return y, h_n, c_n
+
+
+def _layer(kind, backend, x, batch_sizes, h0, c0, weights, reverse, params, resets, zoneout, recurrent_scale,
+           stacked):
+    """:func:`layer`'s routes, and whether the results are already ``stacked``."""
     if onnx_export.exporting():
         if zoneout is not None or recurrent_scale is not None:
             raise RuntimeError("fastrnn: ONNX export: zoneout and recurrent dropout have no ONNX operator "
                                "(export the model in eval mode without zoneout)")
-        return onnx_export.layer(kind, x, batch_sizes, h0, c0, weights, reverse, params, resets)
+        return (*onnx_export.layer(kind, x, batch_sizes, h0, c0, weights, reverse, params, resets), False)
     eager = eager_call(x)  # (not tracing: the test below only runs when not eager)
     if not eager and (torch.jit.is_tracing() or torch.jit.is_scripting()):
         raise RuntimeError(TORCHSCRIPT_MESSAGE)
@@ -561,26 +578,26 @@ def layer(kind: CellKind, backend: str, x: Tensor, batch_sizes: Tensor | None, h
         # The reference backend's functions called directly (see fastrnn.eager_reference).
         if save:
             out = eager_reference.ReferenceLayer.apply(kind, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                                       params, loop, reverse)
-            return out[0], out[1], (out[2] if kind.has_cell_state else None)
+                                                       params, loop, reverse, stacked)
+            return out[0], out[1], (out[2] if kind.has_cell_state else None), stacked
         y, h_n, c_n, _ = eager_reference.forward(kind, x, batch_sizes, h0, c0, weights, params, loop, reverse, False)
-        return y, h_n, (c_n if kind.has_cell_state else None)
+        return y, h_n, (c_n if kind.has_cell_state else None), False
     if eager:
         # Plain eager call: the op's work without the dispatcher (see _EagerLayer).
         if save:
             out = _EagerLayer.apply(kind, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params,
                                     loop, reverse)
-            return out[0], out[1], (out[2] if kind.has_cell_state else None)
+            return out[0], out[1], (out[2] if kind.has_cell_state else None), False
         y, h_n, c_n, _ = _forward_impl(kind.value, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
                                        params, loop, reverse, save)
-        return y, h_n, (c_n if kind.has_cell_state else None)
+        return y, h_n, (c_n if kind.has_cell_state else None), False
     if torch.compiler.is_compiling():
         # torch.compile / torch.export: the op itself (with its registered autograd), so the
         # graph holds one fastrnn op per layer-direction at its top level.
         y, h_n, c_n, *_ = torch.ops.fastrnn.layer_forward(*args)
     else:
         y, h_n, c_n, *_ = LayerFunction.apply(*args)
-    return y, h_n, (c_n if kind.has_cell_state else None)
+    return y, h_n, (c_n if kind.has_cell_state else None), False
 
 
 # (last: it builds on this module's helpers)

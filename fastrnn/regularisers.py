@@ -23,7 +23,7 @@ seed of a counter-based draw: :func:`fastrnn.backends.cpu_loops.bernoulli_mask`)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -48,10 +48,10 @@ def zoneout_pair(value, has_c: bool) -> tuple[float, float]:
     return check_probability("zoneout", value), 0.0
 
 
-@dataclass(frozen=True)
-class Zoneout:
+class Zoneout(NamedTuple):
     """What one layer-direction's loop needs: the masks (training) or the probabilities
-    (eval) for h and c. A mask is ``(N, H)`` bool, rows in schedule order."""
+    (eval) for h and c. A mask is ``(N, H)`` bool, rows in schedule order. (A named tuple:
+    made at every call, where a frozen dataclass costs several times more.)"""
 
     mask_h: torch.Tensor | None = None
     mask_c: torch.Tensor | None = None
@@ -106,7 +106,10 @@ def _keep_scale(shape, p: float, dtype, device) -> torch.Tensor:
 
 
 def draw_zoneout(rows: int, hidden: int, p_h: float, p_c: float, device) -> tuple:
-    """``(mask_h, mask_c)``: fresh ``(rows, H)`` Bernoulli masks (None where p is 0)."""
+    """``(mask_h, mask_c)``: fresh ``(rows, H)`` Bernoulli masks (None where p is 0); on the
+    CPU, eagerly, both in one call (:func:`fastrnn.backends.cpu_loops.zoneout_masks`)."""
+    if cpu_loops.draws_masks(device):
+        return cpu_loops.zoneout_masks(rows, hidden, p_h, p_c)
     return (None if p_h == 0 else _bernoulli((rows, hidden), p_h, device),
             None if p_c == 0 else _bernoulli((rows, hidden), p_c, device))
 

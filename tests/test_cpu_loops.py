@@ -346,6 +346,23 @@ def test_the_mask_draw_at_the_ends():
     assert cpu_loops.bernoulli_mask(7, 9, 0.0, invert=True).all()
 
 
+@pytest.mark.parametrize("p_h, p_c", [(0.2, 0.7), (0.2, 0.0), (0.0, 0.7)])
+def test_the_zoneout_pair_is_two_mask_draws(p_h, p_c):
+    """Both zoneout masks in one call: those two bernoulli_mask draws give after the same seed
+    (h first), and None, with nothing drawn, where a probability is 0."""
+    rows, cols = 30, 17
+    torch.manual_seed(8)
+    mask_h, mask_c = cpu_loops.zoneout_masks(rows, cols, p_h, p_c)
+    after = torch.randint(1 << 30, ())
+    torch.manual_seed(8)
+    want = [cpu_loops.bernoulli_mask(rows, cols, p) if p else None for p in (p_h, p_c)]
+    assert torch.equal(after, torch.randint(1 << 30, ()))
+    for got, expected in zip((mask_h, mask_c), want):
+        assert (got is None) == (expected is None)
+        if expected is not None:
+            assert got.dtype == torch.bool and torch.equal(got, expected)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_the_dropout_scale_draw(dtype):
     """The recurrent-dropout / DropConnect scale: each entry 0 or ``1 / (1 - p)`` rounded to
@@ -371,6 +388,8 @@ def test_the_regularisers_draw_their_cpu_masks_here(monkeypatch):
     monkeypatch.setattr(cpu_loops, "bernoulli_mask", lambda *a, **k: calls.append(a) or real(*a, **k))
     real_scale = cpu_loops.keep_scale
     monkeypatch.setattr(cpu_loops, "keep_scale", lambda *a, **k: calls.append(a[:3]) or real_scale(*a, **k))
+    real_pair = cpu_loops.zoneout_masks  # (rows, cols, p_h, p_c): a GRU's p_c is 0
+    monkeypatch.setattr(cpu_loops, "zoneout_masks", lambda *a, **k: calls.append(a[:3]) or real_pair(*a, **k))
     m = fastrnn.GRU(3, 4, zoneout=0.2, recurrent_dropout=0.3, weight_drop=0.4, backend="reference")
     m(torch.randn(5, 2, 3))
     assert sorted(calls) == sorted([(10, 4, 0.2), (2, 4, 0.3), (12, 4, 0.4)]), calls

@@ -357,6 +357,32 @@ const T* new_value_grad(T* grad, const T* dy, bool zoned, const bool* mask, T p,
   return cell;
 }
 
+// A copy of a contiguous tensor, made with one memcpy (a dispatched clone costs a few
+// microseconds, as much as a whole step at small sizes).
+inline at::Tensor copy_of(const at::Tensor& t) {
+  TORCH_CHECK(t.is_contiguous(), "fastrnn cpu loops: a state must be contiguous");
+  at::Tensor out = at::empty(t.sizes(), t.options());
+  std::memcpy(out.data_ptr(), t.data_ptr(), t.numel() * t.element_size());
+  return out;
+}
+
+// ``w^T`` of a contiguous 2-D tensor, as a new contiguous tensor, in 32 x 32 tiles (ATen's
+// transposed copy of a small weight costs several times more).
+template <typename T>
+at::Tensor transposed(const at::Tensor& w) {
+  TORCH_CHECK(w.dim() == 2 && w.is_contiguous(), "fastrnn cpu loops: W_hh must be a contiguous matrix");
+  const int64_t rows = w.size(0), cols = w.size(1);
+  at::Tensor out = at::empty({cols, rows}, w.options());
+  const T* src = w.data_ptr<T>();
+  T* dst = out.data_ptr<T>();
+  constexpr int64_t tile = 32;
+  for (int64_t r0 = 0; r0 < rows; r0 += tile)
+    for (int64_t c0 = 0; c0 < cols; c0 += tile)
+      for (int64_t r = r0; r < std::min(r0 + tile, rows); ++r)
+        for (int64_t c = c0; c < std::min(c0 + tile, cols); ++c) dst[c * rows + r] = src[r * cols + c];
+  return out;
+}
+
 inline void check(const at::Tensor& t, const char* what) {
   TORCH_CHECK(t.device().is_cpu() && t.is_contiguous(), "fastrnn cpu loops: ", what, " must be a contiguous CPU tensor");
 }

@@ -340,6 +340,13 @@ def bernoulli_mask(rows: int, cols: int, p: float, invert: bool = False) -> torc
     return _built_ops().bernoulli_mask(rows, cols, float(p), invert)
 
 
+def zoneout_masks(rows: int, cols: int, p_h: float, p_c: float) -> tuple:
+    """``(mask_h, mask_c)`` in one call, each as :func:`bernoulli_mask` draws it (h first),
+    None where its probability is 0."""
+    masks = _built_ops().zoneout_masks(rows, cols, float(p_h), float(p_c))
+    return masks[0] if p_h else None, masks[1] if p_c else None
+
+
 def keep_scale(rows: int, cols: int, p: float, dtype: torch.dtype) -> torch.Tensor:
     """A ``(rows, cols)`` dropout scale in ``dtype``: ``1 / (1 - p)`` where a Bernoulli(1 - p)
     draw (:func:`bernoulli_mask` with ``invert``) keeps the entry, 0 elsewhere, in one call."""

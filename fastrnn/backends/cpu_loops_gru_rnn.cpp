@@ -32,11 +32,11 @@ std::vector<at::Tensor> gru_forward_loop(at::Tensor xg, const at::Tensor& w_hh, 
   const int64_t N = xg.size(0), H = h0.size(1), B = h0.size(0), G = 3 * H;
   at::Tensor y = at::empty({N, H}, xg.options());
   at::Tensor hn_seq = at::empty({N, H}, xg.options());
-  at::Tensor h_state = h0.clone();
+  at::Tensor h_state = copy_of(h0);
   at::Tensor h_cell = at::empty({B, H}, xg.options());
   at::Tensor hg = at::empty({B, G}, xg.options());
   at::Tensor scaled = e.rscale != nullptr ? at::empty({B, H}, xg.options()) : at::Tensor();
-  const StepRhs<T> w_t(w_hh.t().contiguous(), B);
+  const StepRhs<T> w_t(transposed<T>(w_hh), B);
   T* X = xg.data_ptr<T>();
   T* Y = y.data_ptr<T>();
   T* HNS = hn_seq.data_ptr<T>();
@@ -100,7 +100,7 @@ std::vector<at::Tensor> gru_backward_loop(const at::Tensor& gates, const at::Ten
   const int64_t N = gates.size(0), H = h0.size(1), B = h0.size(0), G = 3 * H;
   at::Tensor dxg = at::empty({N, G}, gates.options());
   at::Tensor dhg = at::empty({N, G}, gates.options());
-  at::Tensor dh = dh_n.clone();
+  at::Tensor dh = copy_of(dh_n);
   at::Tensor d_cell = at::empty({B, H}, gates.options()), keep = at::empty({B, H}, gates.options());
   at::Tensor direct = at::empty({B, H}, gates.options());
   at::Tensor zero = at::zeros({H}, gates.options());
@@ -155,9 +155,9 @@ std::vector<at::Tensor> rnn_forward_loop(at::Tensor xg, const at::Tensor& w_hh, 
   // is a second buffer (and the input projection, then the cell's h, is what backward reads).
   const int64_t N = xg.size(0), H = h0.size(1), B = h0.size(0);
   at::Tensor y = e.zoned_h ? at::empty({N, H}, xg.options()) : xg;
-  at::Tensor h_state = h0.clone();
+  at::Tensor h_state = copy_of(h0);
   at::Tensor scaled = e.rscale != nullptr ? at::empty({B, H}, xg.options()) : at::Tensor();
-  const StepRhs<T> w_t(w_hh.t().contiguous(), B);
+  const StepRhs<T> w_t(transposed<T>(w_hh), B);
   T* X = xg.data_ptr<T>();
   T* Y = y.data_ptr<T>();
   T* HS = h_state.data_ptr<T>();
@@ -189,7 +189,7 @@ std::vector<at::Tensor> rnn_backward_loop(const at::Tensor& h_new, const at::Ten
                                           at::IntArrayRef sizes, const Extras<T>& e) {
   const int64_t N = h_new.size(0), H = h_new.size(1), B = dh_n.size(0);
   at::Tensor dxg = at::empty({N, H}, h_new.options());
-  at::Tensor dh = dh_n.clone();
+  at::Tensor dh = copy_of(dh_n);
   at::Tensor d_cell = at::empty({B, H}, h_new.options()), keep = at::empty({B, H}, h_new.options());
   const T* HN = h_new.data_ptr<T>();
   const T* DY = dy.data_ptr<T>();

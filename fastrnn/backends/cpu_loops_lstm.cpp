@@ -39,10 +39,10 @@ std::vector<at::Tensor> forward_loop(at::Tensor xg, const at::Tensor& w_hh, cons
   at::Tensor c_seq = at::empty({N, H}, xg.options());
   at::Tensor cell_c = at::empty({(save && e.zoned_c) ? N : 0, H}, xg.options());
   at::Tensor tanh_c = at::empty({(save && keep_tanh) ? N : 0, H}, xg.options());
-  at::Tensor h_state = h0.clone(), c_state = c0.clone();
+  at::Tensor h_state = copy_of(h0), c_state = copy_of(c0);
   at::Tensor h_cell = at::empty({B, H}, xg.options()), c_cell = at::empty({B, H}, xg.options());
   at::Tensor scaled = e.rscale != nullptr ? at::empty({B, H}, xg.options()) : at::Tensor();
-  const StepRhs<T> w_t(w_hh.t().contiguous(), B);  // (the per-step GEMMs run faster on this layout)
+  const StepRhs<T> w_t(transposed<T>(w_hh), B);  // (the per-step GEMMs run faster on this layout)
   T* X = xg.data_ptr<T>();
   T* Y = y.data_ptr<T>();
   T* C = c_seq.data_ptr<T>();
@@ -110,7 +110,7 @@ std::vector<at::Tensor> backward_loop(const at::Tensor& gates, const at::Tensor&
                                       at::IntArrayRef offsets, at::IntArrayRef sizes, const Extras<T>& e) {
   const int64_t N = gates.size(0), H = c0.size(1), B = c0.size(0), G = 4 * H;
   at::Tensor dgates = at::empty({N, G}, gates.options());
-  at::Tensor dh = dh_n.clone(), dc = dc_n.clone();
+  at::Tensor dh = copy_of(dh_n), dc = copy_of(dc_n);
   at::Tensor dh_cell = at::empty({B, H}, gates.options()), dc_cell = at::empty({B, H}, gates.options());
   at::Tensor keep_h = at::empty({B, H}, gates.options()), keep_c = at::empty({B, H}, gates.options());
   at::Tensor zero = at::zeros({H}, gates.options());

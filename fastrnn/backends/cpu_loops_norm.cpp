@@ -187,8 +187,8 @@ std::vector<at::Tensor> ln_lstm_forward_loop(at::Tensor xg, const at::Tensor& w_
   at::Tensor y = at::empty({N, H}, xg.options());
   at::Tensor c_seq = at::empty({N, H}, xg.options());
   at::Tensor r_seq = at::empty({save ? N : B, G}, xg.options());
-  at::Tensor h_state = h0.clone(), c_state = c0.clone();
-  const StepRhs<T> w_t(w_hh.t().contiguous(), B);
+  at::Tensor h_state = copy_of(h0), c_state = copy_of(c0);
+  const StepRhs<T> w_t(transposed<T>(w_hh), B);
   T* X = xg.data_ptr<T>();
   T* Y = y.data_ptr<T>();
   T* C = c_seq.data_ptr<T>();
@@ -236,7 +236,7 @@ std::vector<at::Tensor> ln_lstm_backward_loop(const at::Tensor& gates, const at:
   at::Tensor dgates = at::empty({N, G}, gates.options());
   at::Tensor dr = at::empty({N, G}, gates.options());
   at::Tensor dn_seq = at::empty({N, H}, gates.options());
-  at::Tensor dh = dh_n.clone(), dc = dc_n.clone();
+  at::Tensor dh = copy_of(dh_n), dc = copy_of(dc_n);
   at::Tensor c_hat = at::empty({B, H}, gates.options()), r_hat = at::empty({B, G}, gates.options());
   at::Tensor w_dn = at::empty({B, H}, gates.options());
   at::Tensor zero = at::zeros({H}, gates.options());
@@ -309,8 +309,8 @@ std::vector<at::Tensor> ln_gru_forward_loop(at::Tensor xg, const at::Tensor& w_h
   const int64_t N = xg.size(0), H = h0.size(1), B = h0.size(0), G = 3 * H;
   at::Tensor y = at::empty({N, H}, xg.options());
   at::Tensor r_seq = at::empty({save ? N : B, G}, xg.options());
-  at::Tensor h_state = h0.clone();
-  const StepRhs<T> w_t(w_hh.t().contiguous(), B);
+  at::Tensor h_state = copy_of(h0);
+  const StepRhs<T> w_t(transposed<T>(w_hh), B);
   T* X = xg.data_ptr<T>();
   T* Y = y.data_ptr<T>();
   T* RS = r_seq.data_ptr<T>();
@@ -349,7 +349,7 @@ std::vector<at::Tensor> ln_gru_backward_loop(const at::Tensor& gates, const at::
   const int64_t N = gates.size(0), H = h0.size(1), B = h0.size(0), G = 3 * H;
   at::Tensor dxg = at::empty({N, G}, gates.options());
   at::Tensor dr = at::empty({N, G}, gates.options());
-  at::Tensor dh = dh_n.clone();
+  at::Tensor dh = copy_of(dh_n);
   at::Tensor direct = at::empty({B, H}, gates.options());
   at::Tensor r_hat = at::empty({B, G}, gates.options());
   at::Tensor zero = at::zeros({H}, gates.options());

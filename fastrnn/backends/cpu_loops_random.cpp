@@ -74,6 +74,15 @@ at::Tensor bernoulli_mask(int64_t rows, int64_t cols, double p, bool invert) {
   return mask;
 }
 
+// Zoneout's masks of h and c, each drawn as bernoulli_mask draws it, h first (an empty
+// tensor where the probability is 0, with nothing drawn).
+std::vector<at::Tensor> zoneout_masks(int64_t rows, int64_t cols, double p_h, double p_c) {
+  std::vector<at::Tensor> out;
+  for (double p : {p_h, p_c})
+    out.push_back(p > 0 ? bernoulli_mask(rows, cols, p, false) : at::empty({0}, at::TensorOptions().dtype(at::kBool)));
+  return out;
+}
+
 template <typename T>
 void scale_bytes(const uint8_t* keep, T* out, int64_t n, T scale) {
   for (int64_t i = 0; i < n; ++i) out[i] = keep[i] ? scale : T(0);
@@ -105,5 +114,6 @@ at::Tensor keep_scale(int64_t rows, int64_t cols, double p, at::ScalarType dtype
 // (no tensor argument to dispatch on: one kernel for every dispatch key)
 TORCH_LIBRARY_FRAGMENT(fastrnn_cpu_loops, m) {
   m.def("bernoulli_mask(int rows, int cols, float p, bool invert) -> Tensor", &fastrnn_cpu::bernoulli_mask);
+  m.def("zoneout_masks(int rows, int cols, float p_h, float p_c) -> Tensor[]", &fastrnn_cpu::zoneout_masks);
   m.def("keep_scale(int rows, int cols, float p, ScalarType dtype) -> Tensor", &fastrnn_cpu::keep_scale);
 }
