@@ -17,6 +17,10 @@ from functools import cached_property
 
 import torch
 
+#: Up to this many state elements :meth:`Schedule.previous_product` builds the previous
+#: states and multiplies once (measured: 20 us against 28 us at T=10, B=1, H=32).
+_SMALL_PREVIOUS = 1 << 16
+
 
 @dataclass(frozen=True)
 class Schedule:
@@ -183,7 +187,8 @@ class Schedule:
             ``(G, H)``: the weight gradient of a product with the previous state.
         """
         b = self.batch
-        if not self.is_uniform or self.rows == 0 or self.rows == b:
+        if not self.is_uniform or self.rows == 0 or self.rows == b or seq.numel() <= _SMALL_PREVIOUS:
+            # (small: one copy and one product cost less than the two products on slices)
             return grad.t() @ self.previous(seq, init, reverse)
         if reverse:
             return torch.addmm(grad[-b:].t() @ init, grad[:-b].t(), seq[b:])
