@@ -30,16 +30,21 @@ def _loop_keywords(schedule, reverse, params, loop) -> dict:
     return engine.LoopLayer._extras(schedule, reverse, params, ops._flat_resets(loop[0]), ops._zoneout(loop), loop[4])
 
 
-def forward(kind, x, batch_sizes, h0, c0, weights, params, loop, reverse, save):
+def forward(kind, x, batch_sizes, h0, c0, weights, params, loop, reverse, save, owned=True):
     """``(y shaped like x with P features, h_n, c_n | None, (schedule, keywords, y rows,
-    saved))`` of one layer-direction."""
+    saved))`` of one layer-direction; ``owned``: ``y`` is not a view of the rows
+    (else it may be, for a caller that copies it)."""
     w_ih, w_hh, b_ih, b_hh, w_hr = weights
     flat, schedule = ops._flat(x, batch_sizes)
     keywords = _loop_keywords(schedule, reverse, params, loop)
     with ops.no_autocast(x.device.type):
         xg, inner_bias = engine.input_projection(kind, flat, w_ih, b_ih, b_hh)
         res = reference.forward(kind, xg, w_hh, inner_bias, w_hr, h0, c0, schedule, reverse, save, **keywords)
-    y = res.y if batch_sizes is not None else ops._owned(res.y.view(x.shape[0], x.shape[1], res.y.shape[1]))
+    y = res.y
+    if batch_sizes is None:
+        y = y.view(x.shape[0], x.shape[1], y.shape[1])
+        if owned:
+            y = ops._owned(y)
     return y, res.h_n, res.c_n, (schedule, keywords, res.y, tuple(res.saved))
 
 
@@ -50,14 +55,15 @@ class ReferenceLayer(torch.autograd.Function):
     none of them a view, so that ``h_n.detach_()`` works)."""
 
     @staticmethod
-    def forward(ctx, kind, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params, loop, reverse, stacked):
+    def forward(ctx, kind, x, spec, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params):
+        batch_sizes, loop, reverse, stacked = spec
         y, h_n, c_n, (schedule, keywords, y_rows, saved) = forward(
-            kind, x, batch_sizes, h0, c0, (w_ih, w_hh, b_ih, b_hh, w_hr), params, loop, reverse, True)
+            kind, x, batch_sizes, h0, c0, (w_ih, w_hh, b_ih, b_hh, w_hr), params, loop, reverse, True, not stacked)
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params, y_rows, *saved)
         keywords.pop("params", None)  # (backward reads params from the saved tensors)
         ctx.layer = (kind, schedule, reverse, batch_sizes, keywords, loop)
         ctx.set_materialize_grads(False)
-        if stacked:
+        if stacked:  # (y: a view of the saved rows)
             y, h_n = y.clone(), ops._owned(h_n.unsqueeze(0))
             c_n = None if c_n is None else ops._owned(c_n.unsqueeze(0))
         return (y, h_n, c_n) if c_n is not None else (y, h_n)
@@ -80,7 +86,7 @@ class ReferenceLayer(torch.autograd.Function):
             y_seq = y if batch_sizes is not None else y.view(x.shape[0], x.shape[1], y.shape[1])
             grads = ops._grads(kind, "reference", reverse, x, batch_sizes, inputs, y_seq, saved, (dy, dh_n, dc_n),
                                needs, loop=loop)
-            return (None, grads[0], None, *grads[1:], None, None, None)
+            return (None, grads[0], None, *grads[1:])
         rows = schedule.rows
         dy = torch.zeros_like(y) if dy is None else dy.reshape(rows, dy.shape[-1])
         dh_n = torch.zeros_like(h0) if dh_n is None else dh_n
@@ -97,4 +103,4 @@ class ReferenceLayer(torch.autograd.Function):
             g = engine.weight_grads(schedule, reverse, res, x.reshape(rows, x.shape[-1]), h0, w_ih, b_ih, b_hh, y,
                                     needs, params, keywords.get("resets"), keywords.get("recurrent_scale"))
         dx = None if g.x is None else g.x.view(x.shape)
-        return None, dx, None, g.h0, g.c0, g.w_ih, g.w_hh, g.b_ih, g.b_hh, g.w_hr, g.params, None, None, None
+        return None, dx, None, g.h0, g.c0, g.w_ih, g.w_hh, g.b_ih, g.b_hh, g.w_hr, g.params

@@ -577,8 +577,8 @@ def _layer(kind, backend, x, batch_sizes, h0, c0, weights, reverse, params, rese
     if eager and backend == "reference":
         # The reference backend's functions called directly (see fastrnn.eager_reference).
         if save:
-            out = eager_reference.ReferenceLayer.apply(kind, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                                       params, loop, reverse, stacked)
+            out = eager_reference.ReferenceLayer.apply(kind, x, (batch_sizes, loop, reverse, stacked), h0, c0, w_ih,
+                                                       w_hh, b_ih, b_hh, w_hr, params)
             return out[0], out[1], (out[2] if kind.has_cell_state else None), stacked
         y, h_n, c_n, _ = eager_reference.forward(kind, x, batch_sizes, h0, c0, weights, params, loop, reverse, False)
         return y, h_n, (c_n if kind.has_cell_state else None), False
