@@ -416,7 +416,45 @@ class RowConfig(NamedTuple):
         return f"B{self.block_b}-H{self.block_h}-w{self.num_warps}"
 
 
-def row_config(hidden: int, dtype: torch.dtype) -> RowConfig:
+#: Row configurations that replace :func:`base_config`'s on an arch the tables are not made for,
+#: where its choice spills: ``(compute capability, cell family, dtype, SAVE)`` -> configuration
+#: (forward kernel). On sm_86 / sm_89 the LayerNorm-LSTM's 16-bit saving forward of a
+#: 1024-wide row keeps an 8-byte stack frame with 16 warps, none with 8.
+ARCH_CONFIGS = {(arch, "LayerNormLSTM", d, True): RowConfig(1, 1024, 8)
+                for arch in (86, 89) for d in ("float16", "bfloat16")}
+#: Backward kernels with no spill-free configuration on an arch: ``(compute capability, cell
+#: family, dtype, BLOCK_H, H_ALIGNED)``. The LayerNorm-LSTM's 16-bit backward of a 2048-wide
+#: row with ``H`` not a multiple of 8 spills 8-848 B on sm_86 / sm_89 at 4 to 32 warps (its
+#: fp32 kernel does not), so the launcher runs that backward on fp32 copies there
+#: (:func:`fp32_backward`).
+FP32_BACKWARD = frozenset((arch, "LayerNormLSTM", d, 2048, False)
+                          for arch in (86, 89) for d in ("float16", "bfloat16"))
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def row_config(hidden: int, dtype: torch.dtype, arch: int | None = None, family: str | None = None,
+               save: bool | None = None) -> RowConfig:
+    """The configuration of cell ``family`` ("LayerNormLSTM" / "LayerNormGRU") for ``H`` =
+    ``hidden`` on compute capability ``arch`` (None: the tables' own), forward (``save``
+    given) or backward: :func:`base_config`, but where :data:`ARCH_CONFIGS` replaces it."""
+    cfg = base_config(hidden, dtype)
+    if save is None or arch is None:
+        return cfg
+    other = ARCH_CONFIGS.get((arch, family, _name(dtype), bool(save)))
+    return other if other is not None and other.block_h == cfg.block_h else cfg
+
+
+def fp32_backward(family: str, hidden: int, dtype: torch.dtype, arch: int | None) -> bool:
+    """Whether the backward of ``family`` at ``H`` = ``hidden`` runs on fp32 copies of its
+    16-bit tensors on compute capability ``arch`` (:data:`FP32_BACKWARD`)."""
+    key = (arch, family, _name(dtype), base_config(hidden, dtype).block_h, h_aligned(hidden))
+    return key in FP32_BACKWARD
+
+
+def base_config(hidden: int, dtype: torch.dtype) -> RowConfig:
     """Up to 1024 elements of each gate tile per program (512 for fp64; one row at least),
     at most 16 rows; 8 warps from 512 elements, else 4, and 16 for a 16-bit row of 1024.
     The compile report's spill-free choice: 2048-element tiles of several rows spill in the
@@ -487,11 +525,19 @@ class Specialisation(NamedTuple):
     floats: tuple = FLOATS
     w_hh_on_chip: bool = False  # (W_hh is read by the launcher's torch GEMM, never here)
 
+    def launched_on(self, arch: int) -> bool:
+        """Whether the launcher picks this variant on compute capability ``arch`` (a backward
+        of :data:`FP32_BACKWARD` runs the fp32 kernel there)."""
+        save, aligned = self.constexprs.get("SAVE"), self.constexprs["H_ALIGNED"]
+        if save is None and (arch, self.kind, _name(self.dtype), self.config.block_h, aligned) in FP32_BACKWARD:
+            return False
+        return row_config(self.config.block_h, self.dtype, arch, self.kind, save) == self.config
+
 
 def configs(dtype: torch.dtype) -> list[RowConfig]:
-    """Every configuration :func:`row_config` picks for ``dtype`` (``H`` up to :func:`max_hidden`)."""
+    """Every configuration :func:`base_config` picks for ``dtype`` (``H`` up to :func:`max_hidden`)."""
     top = max_hidden(dtype)
-    return sorted({row_config(1 << k, dtype) for k in range(top.bit_length())}, key=lambda c: c.block_h)
+    return sorted({base_config(1 << k, dtype) for k in range(top.bit_length())}, key=lambda c: c.block_h)
 
 
 def specialisations(dtypes=(torch.float32, torch.float16, torch.bfloat16)) -> list[Specialisation]:
@@ -503,15 +549,25 @@ def specialisations(dtypes=(torch.float32, torch.float16, torch.bfloat16)) -> li
     for dtype in dtypes:
         for cell in (layer_norm_lstm(), layer_norm_gru()):
             kind = cell.name.partition("(")[0]
-            for cfg in configs(dtype):
+            for cfg, only in _configs_of(kind, dtype):
                 for rows8 in (False, True):
                     name = str(dtype).replace("torch.", "") + ("-a8" if rows8 else "")
-                    for save in (False, True):
+                    for save in (False, True) if only is None else (only,):
                         out.append(Specialisation(ln_forward_kernel, "norm-forward", kind, dtype,
                                                   name + ("-save" if save else ""), cfg,
                                                   constexprs(cell, dtype, cfg, save, rows8), FORWARD_POINTERS,
                                                   FORWARD_INTS))
-                    out.append(Specialisation(ln_backward_kernel, "norm-backward", kind, dtype, name, cfg,
-                                              constexprs(cell, dtype, cfg, None, rows8), BACKWARD_POINTERS,
-                                              BACKWARD_INTS))
+                    if only is None:
+                        out.append(Specialisation(ln_backward_kernel, "norm-backward", kind, dtype, name, cfg,
+                                                  constexprs(cell, dtype, cfg, None, rows8), BACKWARD_POINTERS,
+                                                  BACKWARD_INTS))
     return out
+
+
+def _configs_of(family: str, dtype: torch.dtype) -> list:
+    """``(configuration, SAVE)`` pairs of ``family``'s specialisations: every one of
+    :func:`configs` (both kernels, SAVE None: both), then those :data:`ARCH_CONFIGS` adds
+    (the forward only, with its SAVE)."""
+    extra = sorted({(cfg, save) for (_, f, d, save), cfg in ARCH_CONFIGS.items()
+                    if f == family and d == _name(dtype) and cfg not in configs(dtype)})
+    return [(cfg, None) for cfg in configs(dtype)] + extra

@@ -51,7 +51,8 @@ does (through the ``dh`` buffer rows of ``q``) and ``dc_prev``.
 
 Runtime integers are never specialised (``do_not_specialize``), so no shape, step or
 batch size triggers a recompile; the only compile-time choices are the cell, SAVE, the
-dtype, TF32, and the block configuration picked from ``H`` (:func:`step_config`).
+dtype, TF32, and the block configuration picked from ``H`` (and, where that one spills on
+the device's arch, from the cell: :func:`step_config`).
 :func:`specialisations` lists every combination, for the ahead-of-time compile report.
 Pointers are assumed 16-byte aligned (the launchers copy a misaligned tensor), which the
 report compiles with.
@@ -73,6 +74,7 @@ from .step_tiles import load_params, load_state as _load_state, reset_rows, stor
 from .step_tiles import flag_rows, zone_blend, zone_split
 from .step_args import BACKWARD_INTS, BACKWARD_POINTERS, CONFIGS, FORWARD_INTS, FORWARD_POINTERS, OPTIONS  # noqa: F401
 from .step_args import StepConfig, backward_constexprs, forward_constexprs, sizes_aligned, step_config  # noqa: F401
+from .step_args import DEFAULT_CONFIG, small_on_arch
 from .step_args import FLOATS, has_projection as _has_projection, saves_something as _saves_something
 
 # --------------------------------------------------------------------------------------
@@ -449,6 +451,13 @@ class Specialisation(NamedTuple):
     options: dict = OPTIONS  # compile options besides num_warps
     floats: tuple = FLOATS  # the ints that are fp32 scalars
 
+    def launched_on(self, arch: int) -> bool:
+        """Whether the launchers pick this variant on compute capability ``arch``: the 16-wide
+        configuration always (H <= 16), the default one where :func:`step_config` keeps it."""
+        c = self.constexprs
+        return self.config != DEFAULT_CONFIG or not small_on_arch(
+            self.kind, self.dtype, c["PRECISION"] == "tf32", c["H_ALIGNED"], arch, self.kernel_name)
+
 
 def specialisations(dtypes=(torch.float32, torch.float16, torch.bfloat16)) -> list[Specialisation]:
     """Every (kernel, cell, dtype, TF32, SAVE / DM_GIVEN, config) the launchers can pick:
@@ -482,47 +491,54 @@ def specialisations(dtypes=(torch.float32, torch.float16, torch.bfloat16)) -> li
 # --------------------------------------------------------------------------------------
 
 
-def forward_stepper(cell, tensors: dict, *, hidden: int, save: bool, tf32: bool):
+def _configs(cell, hidden: int, dtype: torch.dtype, tf32: bool, arch: int | None, kernel: str) -> dict:
+    """``{H_ALIGNED: block configuration}`` of a time loop (:func:`step_config` per variant)."""
+    return {aligned: step_config(hidden, cell, dtype, tf32, aligned, arch, kernel) for aligned in (False, True)}
+
+
+def forward_stepper(cell, tensors: dict, *, hidden: int, save: bool, tf32: bool, arch: int | None = None):
     """Prepare the forward steps of one time loop of ``cell`` (a :class:`fastrnn.cells.Cell`
     or its name); returns ``launch(ints)``, one step each.
 
     ``tensors`` maps each name of :data:`FORWARD_POINTERS` to a contiguous, 16-byte
     aligned tensor (unused ones: any tensor of the right dtype); they are checked and the
-    block configuration and compile-time arguments are picked once here, not per step.
+    block configurations and compile-time arguments are picked once here, not per step
+    (``arch``: the device's compute capability, None: the tables' choice).
     ``ints`` maps each name of :data:`FORWARD_INTS` to a Python int.
     """
-    cfg = step_config(hidden)
+    dtype = tensors["xg_ptr"].dtype
+    cfgs = _configs(cell, hidden, dtype, tf32, arch, "forward")
     pointers = _pointers(FORWARD_POINTERS, tensors)
-    constexprs = {aligned: forward_constexprs(cell, save, tensors["xg_ptr"].dtype, tf32, cfg, aligned)
-                  for aligned in (False, True)}
-    blocks_h = triton.cdiv(hidden, cfg.block_h)
+    constexprs = {aligned: forward_constexprs(cell, save, dtype, tf32, cfg, aligned) for aligned, cfg in cfgs.items()}
 
     def launch(ints: dict) -> None:
-        grid = (triton.cdiv(ints["bs"], cfg.block_b), blocks_h)
+        aligned = sizes_aligned(ints["H"], ints["P"])
+        cfg = cfgs[aligned]
+        grid = (triton.cdiv(ints["bs"], cfg.block_b), triton.cdiv(hidden, cfg.block_h))
         recurrent_step_forward_kernel[grid](
-            *pointers, *(ints[k] for k in FORWARD_INTS), **constexprs[sizes_aligned(ints["H"], ints["P"])],
-            num_warps=cfg.num_warps, **OPTIONS,
+            *pointers, *(ints[k] for k in FORWARD_INTS), **constexprs[aligned], num_warps=cfg.num_warps, **OPTIONS,
         )
         record("step", "forward")
 
     return launch
 
 
-def backward_stepper(cell, tensors: dict, *, hidden: int, dm_given: bool, tf32: bool):
+def backward_stepper(cell, tensors: dict, *, hidden: int, dm_given: bool, tf32: bool, arch: int | None = None):
     """As :func:`forward_stepper` for the backward steps (names of
     :data:`BACKWARD_POINTERS` / :data:`BACKWARD_INTS`); a launch's grid covers
     ``max(s_bs, q_bs)`` rows."""
-    cfg = step_config(hidden)
+    dtype = tensors["dxg_ptr"].dtype
+    cfgs = _configs(cell, hidden, dtype, tf32, arch, "backward")
     pointers = _pointers(BACKWARD_POINTERS, tensors)
-    constexprs = {aligned: backward_constexprs(cell, dm_given, tensors["dxg_ptr"].dtype, tf32, cfg, aligned)
-                  for aligned in (False, True)}
-    blocks_h = triton.cdiv(hidden, cfg.block_h)
+    constexprs = {aligned: backward_constexprs(cell, dm_given, dtype, tf32, cfg, aligned)
+                  for aligned, cfg in cfgs.items()}
 
     def launch(ints: dict) -> None:
-        grid = (triton.cdiv(max(ints["s_bs"], ints["q_bs"]), cfg.block_b), blocks_h)
+        aligned = sizes_aligned(ints["H"], ints["P"])
+        cfg = cfgs[aligned]
+        grid = (triton.cdiv(max(ints["s_bs"], ints["q_bs"]), cfg.block_b), triton.cdiv(hidden, cfg.block_h))
         recurrent_step_backward_kernel[grid](
-            *pointers, *(ints[k] for k in BACKWARD_INTS), **constexprs[sizes_aligned(ints["H"], ints["P"])],
-            num_warps=cfg.num_warps, **OPTIONS,
+            *pointers, *(ints[k] for k in BACKWARD_INTS), **constexprs[aligned], num_warps=cfg.num_warps, **OPTIONS,
         )
         record("step", "backward")
 

@@ -37,10 +37,9 @@ Exit status 1 when any compile fails, anything spills, registers pass 255, share
 memory passes the per-block limit of the arch (the compiler does not fail on that by
 itself: the launch would), or an enforced assertion fails. A resident row also fails when
 it needs more shared memory than :mod:`fastrnn.kernels.fits` records for that arch (the
-tier choice reads that number to decide whether an entry runs on a device). A resident
-row the tier choice never launches on an arch (the shared memory fits.py records for it
-passes the arch's limit) is compiled and shown, marked "not launched on this arch", and
-fails nothing.
+tier choice reads that number to decide whether an entry runs on a device). A row the
+choice never launches on an arch (:func:`launched_on`) is compiled and shown, marked "not
+launched on this arch", and fails nothing.
 
 ``--write PATH`` also writes the table and its summary as Markdown (the repository keeps
 ``docs/compile-report.md``), headed by a fingerprint of what it was made from: the list of
@@ -83,13 +82,11 @@ from . import cooperative, expected, fits, norm_rows, recurrent_step, report_che
 
 #: Largest shared memory one block may use (opt-in maximum), bytes.
 SHARED_LIMIT = fits.SHARED_LIMIT
-#: The archs every row is compiled for: those the tier tables are made for. ``--arch 86`` (89,
-#: 100) compiles another: there the choice drops the persistent entries whose recorded shared
-#: memory passes the arch's limit (sm_86 / sm_89: 101,376 B per block) or that fits.py's
-#: *_ARCH_MISSES rule out (they spill), marked "not launched on this arch"; six step and
-#: LayerNorm row-kernel rows still spill on sm_86 / sm_89 (docs/kernels.md), and sm_100 needs
-#: records in fits.py (its cooperative fp32 rows spill and pass the recorded shared memory).
-ARCHS = (80, 90)
+#: The archs every row is compiled for. On sm_86 / sm_89 (101,376 B of shared memory per block)
+#: the choice drops what spills or does not fit there (:func:`launched_on`), marked "not launched
+#: on this arch"; sm_100 (``--arch 100``) needs records in fits.py (its cooperative fp32 rows
+#: spill and pass the recorded shared memory).
+ARCHS = (80, 86, 89, 90)
 MAX_REGISTERS = 255
 
 _TYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
@@ -204,7 +201,10 @@ def recorded_shared(spec, arch: int) -> int | None:
 def launched_on(spec, arch: int) -> bool:
     """Whether the tier choice may launch ``spec`` on ``arch``: a persistent entry only where its
     recorded shared memory (:func:`recorded_shared`) fits and fits.py does not rule it out there
-    (:func:`fits.resident_arch_miss`, :func:`fits.cooperative_arch_miss`); step kernels everywhere."""
+    (:func:`fits.resident_arch_miss`, :func:`fits.cooperative_arch_miss`); a step or LayerNorm row
+    kernel where its launcher picks it on that arch (the specialisation's ``launched_on``)."""
+    if hasattr(spec, "launched_on") and not spec.launched_on(arch):
+        return False
     if getattr(spec, "shared_limit", None) is not None and fits.resident_arch_miss(
             spec.kind, spec.dtype, spec.config.block_h, arch, bool(spec.constexprs.get("REGULARISED"))):
         return False

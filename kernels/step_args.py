@@ -14,7 +14,8 @@ from .precision import ENABLE_FP_FUSION
 
 
 class StepConfig(NamedTuple):
-    """Block sizes and warps of a step kernel, picked from ``H`` only (never from B or T)."""
+    """Block sizes and warps of a step kernel, picked from ``H`` (and for a few cells the arch:
+    :func:`step_config`), never from B or T."""
 
     block_b: int
     block_h: int
@@ -37,9 +38,30 @@ DEFAULT_CONFIG = StepConfig(16, 32, 32, 4)
 CONFIGS = (SMALL_CONFIG, DEFAULT_CONFIG)
 
 
-def step_config(hidden: int) -> StepConfig:
-    """The block configuration for hidden size ``hidden`` (same for every dtype)."""
-    return SMALL_CONFIG if hidden <= 16 else DEFAULT_CONFIG
+#: Where :data:`DEFAULT_CONFIG` spills on an arch the tables are not made for, the
+#: 16-wide configuration runs every ``H`` instead: ``(compute capability, cell name, dtype,
+#: dot precision, H_ALIGNED, kernel)``. The peephole LSTM's aligned fp32 IEEE forward keeps
+#: an 8-byte stack frame on sm_86 / sm_89 (101,376 B of shared memory per block) with it.
+SMALL_ON_ARCH = frozenset((arch, "LSTM_PEEPHOLE", "float32", "ieee", True, "forward") for arch in (86, 89))
+
+
+def step_config(hidden: int, cell=None, dtype: torch.dtype = torch.float32, tf32: bool = False,
+                aligned: bool = False, arch: int | None = None, kernel: str = "forward") -> StepConfig:
+    """The block configuration for hidden size ``hidden``: from ``H`` alone (every dtype) but
+    where :data:`SMALL_ON_ARCH` names the case (``cell`` a Cell or its name, ``arch`` the
+    device's compute capability as major*10+minor; None: the tables' own choice)."""
+    if hidden <= 16 or small_on_arch(cell, dtype, tf32, aligned, arch, kernel):
+        return SMALL_CONFIG
+    return DEFAULT_CONFIG
+
+
+def small_on_arch(cell, dtype: torch.dtype, tf32: bool, aligned: bool, arch: int | None, kernel: str) -> bool:
+    """Whether :data:`SMALL_ON_ARCH` replaces :data:`DEFAULT_CONFIG` for this case on ``arch``."""
+    if arch is None or cell is None:
+        return False
+    name = cell if isinstance(cell, str) else cell.name
+    key = (arch, name, str(dtype).replace("torch.", ""), _precision(dtype, tf32), bool(aligned), kernel)
+    return key in SMALL_ON_ARCH
 
 
 def _precision(dtype: torch.dtype, tf32: bool) -> str:

@@ -222,3 +222,170 @@ def test_cooperative_arch_misses(monkeypatch):
     idle = {(s.config.slab_k, s.config.block_b, s.config.registers) for s in specs
             if s.dtype == torch.float16 and not report.launched_on(s, 86)}
     assert idle == {(0, 64, True), (256, 16, False), (256, 16, True), (1024, 16, False), (1024, 16, True)}
+
+
+# --------------------------------------------------------------------------------------
+# The step tier and the LayerNorm row kernels: per-arch configurations
+# --------------------------------------------------------------------------------------
+
+STEP_DTYPES = ((torch.float32, False), (torch.float32, True), (torch.float16, False), (torch.bfloat16, False))
+NORM_FAMILIES = ("LayerNormLSTM", "LayerNormGRU")
+
+
+def _triton_cells():
+    from fastrnn import cells
+
+    return [c for c in cells.defined() if c.runs_on_triton]
+
+
+@pytest.mark.parametrize("arch", [80, 90])
+def test_step_and_row_configs_on_sm80_sm90_are_the_tables(arch):
+    """On the archs the tables are made for, the step tier's and the row kernels' choice is
+    the one they make from H alone, every cell, dtype, alignment and kernel."""
+    from fastrnn.kernels import norm_rows, step_args
+
+    for cell in _triton_cells():
+        for dtype, tf32 in STEP_DTYPES:
+            for hidden in (1, 16, 17, 24, 32, 100, 1024):
+                for aligned in (False, True):
+                    for kernel in ("forward", "backward"):
+                        got = step_args.step_config(hidden, cell, dtype, tf32, aligned, arch, kernel)
+                        assert got == step_args.step_config(hidden), (cell.name, dtype, tf32, hidden, aligned, kernel)
+    for family in NORM_FAMILIES:
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            for hidden in range(1, norm_rows.max_hidden(dtype) + 1, 13):
+                for save in (None, False, True):
+                    got = norm_rows.row_config(hidden, dtype, arch, family, save)
+                    assert got == norm_rows.base_config(hidden, dtype), (family, dtype, hidden, save)
+                assert not norm_rows.fp32_backward(family, hidden, dtype, arch), (family, dtype, hidden)
+
+
+@pytest.mark.parametrize("arch", [86, 89])
+def test_step_and_row_configs_on_sm86_sm89(arch):
+    """sm_86 / sm_89: the peephole LSTM's aligned fp32 IEEE forward runs the 16-wide step
+    configuration at every H; the LayerNorm-LSTM's saving 16-bit forward of a 1024-wide row
+    runs 8 warps; its 16-bit backward of a 2048-wide row with H not a multiple of 8 runs on
+    fp32 copies. Every other choice is the tables'."""
+    from fastrnn.kernels import norm_rows, step_args
+
+    for cell in _triton_cells():
+        for dtype, tf32 in STEP_DTYPES:
+            for hidden in (1, 16, 17, 24, 32, 100, 1024):
+                for aligned in (False, True):
+                    for kernel in ("forward", "backward"):
+                        got = step_args.step_config(hidden, cell, dtype, tf32, aligned, arch, kernel)
+                        moved = (cell.name == "LSTM_PEEPHOLE" and dtype == torch.float32 and not tf32 and aligned
+                                 and kernel == "forward")
+                        want = step_args.SMALL_CONFIG if moved else step_args.step_config(hidden)
+                        assert got == want, (cell.name, dtype, tf32, hidden, aligned, kernel)
+    for family in NORM_FAMILIES:
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            sixteen = family == "LayerNormLSTM" and dtype != torch.float32
+            for hidden in range(1, norm_rows.max_hidden(dtype) + 1, 7):
+                base = norm_rows.base_config(hidden, dtype)
+                for save in (None, False, True):
+                    got = norm_rows.row_config(hidden, dtype, arch, family, save)
+                    moved = sixteen and save is True and base.block_h == 1024
+                    assert got == (norm_rows.RowConfig(1, 1024, 8) if moved else base), (family, dtype, hidden, save)
+                wide = sixteen and 1024 < hidden and hidden % 8 != 0
+                assert norm_rows.fp32_backward(family, hidden, dtype, arch) == wide, (family, dtype, hidden)
+
+
+def test_report_marks_the_step_and_row_configurations_per_arch():
+    """The report compiles every arch of ARCHS; a step or row-kernel row is "not launched"
+    exactly where its launcher picks another configuration: the six spilling rows' variants on
+    sm_86 / sm_89, the 8-warp rows that replace them on sm_80 / sm_90."""
+    assert report.ARCHS == (80, 86, 89, 90)
+    specs = report.specialisations("step") + report.specialisations("norm")
+
+    def idle(arch):
+        return sorted((s.kernel_name, s.kind, s.label, s.config.label) for s in specs if not report.launched_on(s, arch))
+
+    moved = [("norm-forward", "LayerNormLSTM", f"{d}{a}-save", "B1-H1024-w8")
+             for d in ("bfloat16", "float16") for a in ("", "-a8")]
+    assert idle(80) == idle(90) == sorted(moved)
+    spilled = sorted([("forward", "LSTM_PEEPHOLE", "float32-a8", "B16-H32-K32-w4"),
+                      ("forward", "LSTM_PEEPHOLE", "float32-a8-save", "B16-H32-K32-w4")]
+                     + [("norm-forward", "LayerNormLSTM", f"{d}{a}-save", "B1-H1024-w16")
+                        for d in ("bfloat16", "float16") for a in ("", "-a8")]
+                     + [("norm-backward", "LayerNormLSTM", d, "B1-H2048-w8") for d in ("bfloat16", "float16")])
+    assert idle(86) == idle(89) == spilled
+
+
+def _spy(monkeypatch, module, name):
+    """Record what ``module.name`` returns, calling through."""
+    real, seen = getattr(module, name), []
+
+    def spy(*args, **kwargs):
+        seen.append(real(*args, **kwargs))
+        return seen[-1]
+
+    monkeypatch.setattr(module, name, spy)
+    return seen
+
+
+@pytest.mark.parametrize("arch", [86, 90])
+def test_step_launcher_reads_the_arch(monkeypatch, arch):
+    """The peephole LSTM in fp32 at H = 24 (aligned) on a fake device: its forward runs the
+    16-wide configuration on sm_86 and the default one on sm_90, its backward the default one
+    on both; outputs and gradients equal the reference backend's either way."""
+    from test_triton_extras_step import TOL, _pair, _problem, _whole
+
+    from fastrnn.backends.triton import buffers
+    from fastrnn.kernels import recurrent_step, step_args
+
+    monkeypatch.setattr(buffers, "FILL_NAN", True)
+    monkeypatch.setenv("FASTRNN_TIER", "step")
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    _fake_device(monkeypatch, arch)
+    seen = _spy(monkeypatch, recurrent_step, "step_config")
+    fast, ref = _pair("LSTM", 24, torch.float32, 0, peephole=True)
+    leaves, flags, lengths = _problem(fast, True, True, torch.float32, 0)
+    got = _whole(fast, leaves, flags, lengths, True, True)
+    want = _whole(ref, leaves, flags, lengths, True, True)
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], **TOL[torch.float32], msg=lambda m, key=key: f"{key}: {m}")
+    # per stepper: (unaligned, aligned) of the forward, then of the backward
+    forward, backward = seen[:2], seen[2:4]
+    assert forward == [step_args.DEFAULT_CONFIG, step_args.SMALL_CONFIG if arch == 86 else step_args.DEFAULT_CONFIG]
+    assert backward == [step_args.DEFAULT_CONFIG] * 2
+
+
+def test_row_kernels_read_the_arch(monkeypatch):
+    """The LayerNorm-LSTM in fp16 on a fake sm_86 device: at H = 1024 the saving forward runs
+    8 warps; at H = 1028 (not a multiple of 8, a 2048-wide row) the backward runs on fp32
+    copies. Outputs and gradients within fp16's rounding of the fp64 reference's (as
+    tests/test_triton_layernorm.py's fp16 test), and of the same call on sm_90."""
+    from test_triton_extras_step import _pair, _problem, _whole
+
+    from fastrnn.backends.triton import buffers, norm
+    from fastrnn.kernels import norm_rows
+
+    monkeypatch.setattr(buffers, "FILL_NAN", True)
+    monkeypatch.setenv("FASTRNN_TIER", "step")
+    configs = _spy(monkeypatch, norm_rows, "row_config")
+    wide = _spy(monkeypatch, norm, "_fp32_backward")
+    for hidden, config, upcast in ((1024, norm_rows.RowConfig(1, 1024, 8), False),
+                                   (1028, norm_rows.RowConfig(1, 2048, 8), True)):
+        results = {}
+        for arch in (86, 90):
+            _fake_device(monkeypatch, arch)
+            configs.clear()
+            wide.clear()
+            fast, ref = _pair("LayerNormLSTM", hidden, torch.float16, 3)
+            leaves, flags, lengths = _problem(fast, False, True, torch.float16, 3)
+            results[arch] = _whole(fast, leaves, flags, lengths, False, True)
+            if arch == 86:
+                assert configs[0] == config, hidden  # the forward's
+                assert len(wide) == (1 if upcast else 0), hidden
+                assert all(c == norm_rows.base_config(hidden, torch.float16) for c in configs[1:]), hidden
+        ref = ref.to(torch.float64)
+        ref.load_state_dict({k: v.to(torch.float64) for k, v in fast.state_dict().items()})
+        want = _whole(ref, [t.detach().to(torch.float64).requires_grad_() for t in leaves], flags, lengths, False,
+                      True)
+        for key in want:
+            got = results[86][key]
+            assert got.dtype == torch.float16 and torch.isfinite(got).all(), (hidden, key)
+            for other in (want[key], results[90][key].to(torch.float64)):
+                torch.testing.assert_close(got.to(torch.float64), other, rtol=1e-2, atol=1e-2,
+                                           msg=lambda m, key=key: f"H {hidden} {key}: {m}")

@@ -94,8 +94,10 @@ def test_kernel_report_all_rows_pass():
         result = m.group(14)
         assert 0 < regs <= report.MAX_REGISTERS, m.group(0)
         if result.startswith(report.NOT_LAUNCHED):
-            # only the persistent tiers' choices read shared memory, and every entry runs on sm_90
-            assert m.group(1).startswith(("resident-", "coop")) and m.group(5) != "sm_90", m.group(0)
+            # persistent entries that do not fit or spill on an arch (every one runs on sm_90), and
+            # the step / row configurations a launcher replaces on sm_86 / sm_89 (with the rows
+            # of the replacements, on sm_80 / sm_90)
+            assert m.group(5) != "sm_90" or m.group(1).startswith("norm-"), m.group(0)
             continue
         assert result.split("  [open:")[0] == "pass", m.group(0)
         assert spills == 0, m.group(0)
@@ -307,8 +309,12 @@ def test_rows_not_launched_where_the_tier_choice_refuses_them():
     fits.RESIDENT_ARCH_MISSES rules out there, is never chosen there (fits.resident_refusal;
     its ``-reg`` rows: fits.resident_regularised): its rows there are "not launched", not
     failed; a cooperative row is launched exactly where the tier choice can pick its entry on
-    some hidden size (fits.cooperative_configs); the step tier everywhere."""
+    some hidden size (fits.cooperative_configs); a step or LayerNorm row-kernel row where its
+    launcher picks that configuration on the arch (step_config, norm_rows.row_config)."""
     import torch
+
+    from fastrnn.kernels import norm_rows
+    from fastrnn.kernels.recurrent_step import step_config
 
     specs = report.specialisations()
     for spec in specs:
@@ -334,8 +340,17 @@ def test_rows_not_launched_where_the_tier_choice_refuses_them():
                 hidden = spec.config.slab_k or 16
                 chosen = fits.cooperative_configs(spec.dtype, hidden, tf32, arch)
                 assert launched == (spec.config in chosen), (spec.label, spec.config, arch)
-            else:
-                assert launched
+            elif spec.kernel_name.startswith("norm-"):  # where the launcher picks the row configuration
+                save, aligned = spec.constexprs.get("SAVE"), spec.constexprs["H_ALIGNED"]
+                hidden = spec.config.block_h if aligned else spec.config.block_h - 1
+                picked = norm_rows.row_config(hidden, spec.dtype, arch, spec.kind, save) == spec.config
+                wide = save is None and norm_rows.fp32_backward(spec.kind, hidden, spec.dtype, arch)
+                assert launched == (picked and not wide), (spec.kernel_name, spec.label, spec.config, arch)
+            else:  # the step tier: where step_config picks the configuration for some H
+                tf32, aligned = spec.constexprs["PRECISION"] == "tf32", spec.constexprs["H_ALIGNED"]
+                picked = {step_config(h, spec.kind, spec.dtype, tf32, aligned, arch, spec.kernel_name)
+                          for h in (16, 17)}
+                assert launched == (spec.config in picked), (spec.kind, spec.label, spec.config, arch)
     big = [s for s in specs if s.kernel_name.startswith("resident-") and max(s.shared_limit.values()) > 101376]
     assert big and all(not report.launched_on(s, 86) and report.launched_on(s, 90) for s in big)
     assert any(s.dtype == torch.float16 for s in big)

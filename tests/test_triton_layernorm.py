@@ -291,7 +291,10 @@ def test_report_lists_every_row_configuration():
             assert cfg.block_h >= hidden
             for kind in KINDS:
                 assert {("norm-forward", kind, dtype, cfg), ("norm-backward", kind, dtype, cfg)} <= keys
-    assert len(specs) == 3 * 2 * 3 * 2 * len(norm_rows.configs(F32))  # (H_ALIGNED or not)
+    # (H_ALIGNED or not; a configuration of ARCH_CONFIGS adds its forward rows of one SAVE)
+    assert len(specs) == 3 * 2 * 3 * 2 * len(norm_rows.configs(F32)) + 2 * len({k[1:] for k in norm_rows.ARCH_CONFIGS})
+    for (arch, family, dtype, save), cfg in norm_rows.ARCH_CONFIGS.items():
+        assert ("norm-forward", family, getattr(torch, dtype), cfg) in keys
     assert {s.label for s in specs if s.kernel_name == "norm-forward"} >= {"float32", "float32-save"}
 
 

@@ -162,7 +162,7 @@ def step_forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse
     # start later in a packed reverse pass keep h0's until their first step)
     hbuf = (h0 * extras["scale"] if recurrent_scale is not None else h0.clone()).contiguous()
     w_t = w_hh.t()
-    cfg = ks.row_config(hidden, dtype)
+    cfg = ks.row_config(hidden, dtype, policy.device_limits(device)[0], _family(cell), save)
     consts = ks.constexprs(cell, dtype, cfg, save, ks.h_aligned(hidden))
     pointers = (xg, r, bias, y, h0, hbuf, c_buf, c0, c_buf, gates, extras["params"],
                 _eps_tensor(cell_eps(cell), acc, device), extras["resets"], extras["scale"], extras["mask_h"],
@@ -204,11 +204,15 @@ def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule:
 
 def step_backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule: Schedule, reverse: bool,
                   params=None, resets=None, zoneout=None, recurrent_scale=None):
-    """The step path's backward: one row-kernel launch and a torch GEMM per step."""
+    """The step path's backward: one row-kernel launch and a torch GEMM per step (on fp32
+    copies of 16-bit tensors where the row kernels say so for the device, :func:`_fp32_backward`)."""
     from ...kernels.launches import aligned_input as prep, record
 
     ks = _kernels()
     dtype, device = y.dtype, y.device
+    if ks.fp32_backward(_family(cell), w_hh.shape[0] // cell.gates, dtype, policy.device_limits(device)[0]):
+        return _fp32_backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule, reverse, params,
+                              resets, zoneout, recurrent_scale)
     acc = buffers.acc_dtype(dtype)
     gates_n, has_c = cell.gates, cell.has_cell_state
     hidden = w_hh.shape[0] // gates_n
@@ -259,6 +263,29 @@ def step_backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, sche
     if params is not None:
         dparams = _param_grad(cell, eps, hidden, gates, r, c_cell, dxg, dn, acc).to(params.dtype)
     return BackwardResult(dxg, dhg, dh.to(dtype), dc.to(dtype) if has_c else None, None, dparams)
+
+
+def _family(cell) -> str:
+    """The row kernels' name of ``cell``'s family ("LayerNormLSTM" / "LayerNormGRU")."""
+    return cell.name.partition("(")[0]
+
+
+def _fp32_backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule: Schedule, reverse: bool,
+                   params, resets, zoneout, recurrent_scale):
+    """:func:`step_backward` on fp32 copies of a 16-bit call (every value is exact in fp32, the
+    kernels accumulate in fp32 either way), its gradients rounded back to the call's dtype: for
+    a row width whose 16-bit backward kernel has no spill-free configuration on the device
+    (:data:`fastrnn.kernels.norm_rows.FP32_BACKWARD`)."""
+    dtype = y.dtype
+
+    def wide(t):
+        return None if t is None or not t.is_floating_point() else t.float()
+
+    out = step_backward(cell, tuple(wide(t) for t in saved), wide(w_hh), wide(b_hh), w_hr, wide(h0), wide(c0),
+                        wide(y), wide(dy), wide(dh_n), wide(dc_n), schedule, reverse, wide(params), resets, zoneout,
+                        wide(recurrent_scale))
+    return BackwardResult(*(None if t is None else t.to(dtype) for t in out[:5]),
+                          None if out.dparams is None else out.dparams.to(params.dtype))
 
 
 def _param_grad(cell, eps, hidden, gates, r, c_cell, dxg, dn, acc):

@@ -22,7 +22,7 @@ import torch
 
 from ...schedule import Schedule
 from ..base import BackwardResult
-from . import buffers
+from . import buffers, policy
 
 
 #: The optional inputs this tier's kernels read (see :mod:`fastrnn.backends.triton`).
@@ -95,7 +95,8 @@ def forward(cell, xg, w_hh, b_hh, w_hr, h0, c0, schedule: Schedule, reverse: boo
     tensors.update(extras)
     loop_ints["save_zoned"] = int(keep_c or keep_h)
     prev_off, n_prev = 0, 0
-    launch = ks.forward_stepper(cell, tensors, hidden=hidden, save=save, tf32=buffers.tf32())
+    launch = ks.forward_stepper(cell, tensors, hidden=hidden, save=save, tf32=buffers.tf32(),
+                                arch=policy.device_limits(device)[0])
     for t in schedule.order(reverse):
         off, bs = schedule.offsets[t], schedule.batch_sizes[t]
         ints = dict(
@@ -150,7 +151,8 @@ def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule:
     scale = None if recurrent_scale is None else recurrent_scale.to(acc)
     order = list(schedule.order(reverse))  # forward processing order
     offsets, sizes = schedule.offsets, schedule.batch_sizes
-    launch = ks.backward_stepper(cell, tensors, hidden=hidden, dm_given=proj, tf32=buffers.tf32())
+    launch = ks.backward_stepper(cell, tensors, hidden=hidden, dm_given=proj, tf32=buffers.tf32(),
+                                 arch=policy.device_limits(device)[0])
     for j in range(len(order) - 1, -1, -1):
         q = order[j]  # the step whose gate backward runs now
         s = order[j + 1] if j + 1 < len(order) else None  # the step processed after q
