@@ -88,7 +88,9 @@ def test_kernel_report_all_rows_pass():
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert len(rows) == len(report.specialisations()) * len(report.ARCHS)
     assert {m.group(1) for m in rows} == {"forward", "backward", "resident-forward", "resident-backward",
-                                          "coop-forward", "coop-backward", "coop-reg-forward", "coop-reg-backward"}
+                                          "coop-forward", "coop-backward", "coop-reg-forward", "coop-reg-backward",
+                                          "norm-forward", "norm-backward", "resident-norm-forward",
+                                          "resident-norm-backward"}
     for m in rows:
         regs, spills, shared = int(m.group(6)), int(m.group(7)), int(m.group(8))
         result = m.group(14)
