@@ -44,3 +44,26 @@ def test_in_place_ops_on_outputs(cls, kwargs, packed, backend):
         results.append(torch.autograd.grad(loss, [x, *module.parameters()]))
     for a, e in zip(results[1], results[0]):
         torch.testing.assert_close(a, e, **TOL[F64])
+
+
+@pytest.mark.parametrize("backend", ["reference", None])
+@pytest.mark.parametrize("cls, kwargs", [
+    pytest.param("LSTM", dict(), id="LSTM"),
+    pytest.param("LSTM", dict(zoneout=0.2), id="LSTM-zoneout"),
+    pytest.param("GRU", dict(num_layers=2), id="GRU-L2"),
+    pytest.param("RNN", dict(bidirectional=True), id="RNN-bidir"),
+])
+@pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])
+def test_outputs_detach_in_place(cls, kwargs, backend, grad):
+    """``output.detach_()`` and ``h_n.detach_()`` work as on torch.nn's outputs (a view of an
+    op-internal buffer would refuse them), with and without autograd recording the call, on
+    the reference backend and on what ``auto`` picks (torch's kernels for some)."""
+    import fastrnn
+
+    m = getattr(fastrnn, cls)(3, 4, backend=backend, **kwargs)
+    x = torch.randn(5, 2, 3, requires_grad=grad)
+    with torch.set_grad_enabled(grad):
+        y, state = m(x)
+    for t in (y, *(state if isinstance(state, tuple) else (state,))):
+        t.detach_()
+        assert not t.requires_grad and t.grad_fn is None
