@@ -80,11 +80,8 @@ def _zoneout(loop):
     p_h, p_c = (list(probs) + [0.0, 0.0])[:2]
     if mask_h is None and mask_c is None and not (p_h or p_c):
         return None
-
-    def flat(m):
-        return m if m is None or m.dim() == 2 else m.reshape(-1, m.shape[-1])
-
-    return Zoneout(flat(mask_h), flat(mask_c), float(p_h), float(p_c))
+    mask_h, mask_c = (m if m is None or m.dim() == 2 else m.reshape(-1, m.shape[-1]) for m in (mask_h, mask_c))
+    return Zoneout(mask_h, mask_c, float(p_h), float(p_c))
 
 
 def _loop_extras(params, loop) -> dict:
@@ -533,27 +530,25 @@ def layer(kind: CellKind, backend: str, x: Tensor, batch_sizes: Tensor | None, h
         reverse: run from the last timestep to the first.
         params: the cell's per-unit parameters ``(param_rows, H)``, or None.
         resets: bool, ``(T, B)`` padded or ``(N,)`` packed: where a sequence starts anew.
-        zoneout: ``(mask_h, mask_c, [p_h, p_c])``: bool masks, ``(N, H)`` rows in ``y``'s
-            order or shaped like ``y`` (training) or
-            None, and the eval probabilities (``[]`` in training); None: no zoneout.
+        zoneout: ``(mask_h, mask_c, [p_h, p_c])``: bool masks, ``(N, H)`` rows in ``y``'s order
+            or shaped like ``y`` (training) or None, and the eval probabilities (``[]`` in
+            training); None: no zoneout.
         recurrent_scale: ``(B, H)`` scale of the state entering ``W_hh`` (recurrent dropout).
-        stacked: the layer-direction is the whole stack (one layer, one direction): the
-            results come back as :func:`fastrnn.functional.stack` returns them, ``y`` the
-            caller's own copy where autograd records it (the layer saved it for backward, and
-            torch.nn's output may be modified in place), the final states ``(1, B, ·)``.
+        stacked: the whole stack is this layer-direction: the results as
+            :func:`fastrnn.functional.stack` returns them (``y`` the caller's own copy where
+            autograd records it, since torch.nn's output may be modified in place; ``(1, B, ·)`` states).
 
     Returns:
         ``(y, h_n, c_n | None)``, ``y`` shaped like ``x`` with ``P`` features.
     """
     y, h_n, c_n, finished = _layer(kind, backend, x, batch_sizes, h0, c0, weights, reverse, params, resets, zoneout,
                                    recurrent_scale, stacked)
-    if stacked and not finished:
-        return (y.clone() if y.requires_grad else y), torch.stack([h_n]), (None if c_n is None else torch.stack([c_n]))
-    return y, h_n, c_n
+    if not stacked or finished:
+        return y, h_n, c_n
+    return (y.clone() if y.requires_grad else y), torch.stack([h_n]), (None if c_n is None else torch.stack([c_n]))
 
 
-def _layer(kind, backend, x, batch_sizes, h0, c0, weights, reverse, params, resets, zoneout, recurrent_scale,
-           stacked):
+def _layer(kind, backend, x, batch_sizes, h0, c0, weights, reverse, params, resets, zoneout, recurrent_scale, stacked):
     """:func:`layer`'s routes, and whether the results are already ``stacked``."""
     if onnx_export.exporting():
         if zoneout is not None or recurrent_scale is not None:
@@ -568,12 +563,10 @@ def _layer(kind, backend, x, batch_sizes, h0, c0, weights, reverse, params, rese
         refuse_forward_ad((x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params))
     # Keep what backward needs only when autograd will record this call (the test the op's
     # autograd kernel itself makes): nothing is saved under no_grad / inference_mode.
-    save = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params)
-    )
+    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                           for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params))
     zoneout_h, zoneout_c, zoneout_p = zoneout if zoneout is not None else (None, None, [])
-    loop = (resets, zoneout_h, zoneout_c, list(zoneout_p), recurrent_scale)
-    args = (kind.value, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params, *loop, reverse, save)
+    loop = (resets, zoneout_h, zoneout_c, list(zoneout_p), recurrent_scale)  # (LOOP_INPUTS)
     if eager and backend == "reference":
         # The reference backend's functions called directly (see fastrnn.eager_reference).
         if save:
@@ -591,6 +584,7 @@ def _layer(kind, backend, x, batch_sizes, h0, c0, weights, reverse, params, rese
         y, h_n, c_n, _ = _forward_impl(kind.value, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
                                        params, loop, reverse, save)
         return y, h_n, (c_n if kind.has_cell_state else None), False
+    args = (kind.value, backend, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params, *loop, reverse, save)
     if torch.compiler.is_compiling():
         # torch.compile / torch.export: the op itself (with its registered autograd), so the
         # graph holds one fastrnn op per layer-direction at its top level.
