@@ -238,49 +238,30 @@ def _triton_cells():
     return [c for c in cells.defined() if c.runs_on_triton]
 
 
-@pytest.mark.parametrize("arch", [80, 90])
-def test_step_and_row_configs_on_sm80_sm90_are_the_tables(arch):
-    """On the archs the tables are made for, the step tier's and the row kernels' choice is
-    the one they make from H alone, every cell, dtype, alignment and kernel."""
+@pytest.mark.parametrize("arch", [80, 86, 89, 90])
+def test_step_and_row_configs_per_arch(arch):
+    """On sm_80 / sm_90, the archs the tables are made for, every step and row-kernel choice
+    is the one made from H alone (every cell, dtype, alignment and kernel). On sm_86 / sm_89
+    the peephole LSTM's aligned fp32 IEEE forward runs the 16-wide step configuration at every
+    H; the LayerNorm-LSTM's saving 16-bit forward of a 1024-wide row runs 8 warps; its 16-bit
+    backward of a 2048-wide row with H not a multiple of 8 runs on fp32 copies; every other
+    choice is the tables'."""
     from fastrnn.kernels import norm_rows, step_args
 
+    small = arch in (86, 89)
     for cell in _triton_cells():
         for dtype, tf32 in STEP_DTYPES:
             for hidden in (1, 16, 17, 24, 32, 100, 1024):
                 for aligned in (False, True):
                     for kernel in ("forward", "backward"):
                         got = step_args.step_config(hidden, cell, dtype, tf32, aligned, arch, kernel)
-                        assert got == step_args.step_config(hidden), (cell.name, dtype, tf32, hidden, aligned, kernel)
-    for family in NORM_FAMILIES:
-        for dtype in (torch.float32, torch.float16, torch.bfloat16):
-            for hidden in range(1, norm_rows.max_hidden(dtype) + 1, 13):
-                for save in (None, False, True):
-                    got = norm_rows.row_config(hidden, dtype, arch, family, save)
-                    assert got == norm_rows.base_config(hidden, dtype), (family, dtype, hidden, save)
-                assert not norm_rows.fp32_backward(family, hidden, dtype, arch), (family, dtype, hidden)
-
-
-@pytest.mark.parametrize("arch", [86, 89])
-def test_step_and_row_configs_on_sm86_sm89(arch):
-    """sm_86 / sm_89: the peephole LSTM's aligned fp32 IEEE forward runs the 16-wide step
-    configuration at every H; the LayerNorm-LSTM's saving 16-bit forward of a 1024-wide row
-    runs 8 warps; its 16-bit backward of a 2048-wide row with H not a multiple of 8 runs on
-    fp32 copies. Every other choice is the tables'."""
-    from fastrnn.kernels import norm_rows, step_args
-
-    for cell in _triton_cells():
-        for dtype, tf32 in STEP_DTYPES:
-            for hidden in (1, 16, 17, 24, 32, 100, 1024):
-                for aligned in (False, True):
-                    for kernel in ("forward", "backward"):
-                        got = step_args.step_config(hidden, cell, dtype, tf32, aligned, arch, kernel)
-                        moved = (cell.name == "LSTM_PEEPHOLE" and dtype == torch.float32 and not tf32 and aligned
-                                 and kernel == "forward")
+                        moved = (small and cell.name == "LSTM_PEEPHOLE" and dtype == torch.float32 and not tf32
+                                 and aligned and kernel == "forward")
                         want = step_args.SMALL_CONFIG if moved else step_args.step_config(hidden)
                         assert got == want, (cell.name, dtype, tf32, hidden, aligned, kernel)
     for family in NORM_FAMILIES:
         for dtype in (torch.float32, torch.float16, torch.bfloat16):
-            sixteen = family == "LayerNormLSTM" and dtype != torch.float32
+            sixteen = small and family == "LayerNormLSTM" and dtype != torch.float32
             for hidden in range(1, norm_rows.max_hidden(dtype) + 1, 7):
                 base = norm_rows.base_config(hidden, dtype)
                 for save in (None, False, True):
