@@ -50,7 +50,7 @@ def forward(kind, x, batch_sizes, h0, c0, weights, params, loop, reverse, save, 
 
 class ReferenceLayer(torch.autograd.Function):
     """One layer-direction on this path when autograd records the call; with ``stacked``,
-    the whole stack, its results as :func:`fastrnn.ops.layer` gives them then (the copy of
+    the whole stack, its results as :func:`fastrnn.ops.layer_run` gives them then (the copy of
     ``y`` and the final states' ``(1, B, ·)`` made here, not by three more autograd nodes;
     none of them a view, so that ``h_n.detach_()`` works)."""
 
@@ -61,7 +61,7 @@ class ReferenceLayer(torch.autograd.Function):
             kind, x, batch_sizes, h0, c0, (w_ih, w_hh, b_ih, b_hh, w_hr), params, loop, reverse, True, not stacked)
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params, y_rows, *saved)
         keywords.pop("params", None)  # (backward reads params from the saved tensors)
-        ctx.layer = (kind, schedule, reverse, batch_sizes, keywords, loop)
+        ctx.layer = (kind, schedule, reverse, batch_sizes, keywords, loop, stacked)
         ctx.set_materialize_grads(False)
         if stacked:  # (y: a view of the saved rows)
             y, h_n = y.clone(), ops._owned(h_n.unsqueeze(0))
@@ -71,11 +71,9 @@ class ReferenceLayer(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy, dh_n, dc_n=None):
         x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params, y, *saved = ctx.saved_tensors
-        kind, schedule, reverse, batch_sizes, keywords, loop = ctx.layer
-        if dh_n is not None and dh_n.dim() == 3:  # (stacked: (1, B, P))
-            dh_n = dh_n[0]
-        if dc_n is not None and dc_n.dim() == 3:
-            dc_n = dc_n[0]
+        kind, schedule, reverse, batch_sizes, keywords, loop, stacked = ctx.layer
+        if stacked:  # (the final states' gradients come (1, B, ·))
+            dh_n, dc_n = (None if g is None else g[0] for g in (dh_n, dc_n))
         need = ctx.needs_input_grad
         # (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, params): forward's arguments 1 and 3 to 10
         needs = (need[1], *need[3:11])

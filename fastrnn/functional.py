@@ -325,14 +325,14 @@ def stack(
                 proj = F.linear(x, w_ih, b_ih)
                 layer_x = F.layer_norm(proj, (proj.shape[-1],), input_norm[0][idx], input_norm[1][idx], input_norm[2])
                 layer_weights = (None, w_hh, None, b_hh, w_hr)
-            y, h, c = ops.layer(
+            y, h, c, finished = ops.layer_run(
                 kind, name, layer_x, batch_sizes, h0[idx], None if c0 is None else c0[idx], layer_weights, d == 1,
                 None if params is None else params[idx], resets,
                 _zoneout_inputs(zoneout, training, x, h0.shape[-1], kind.has_cell_state) if zoneout_on else None,
                 draw_recurrent_scale(h0.shape[1], h0.shape[-1], recurrent_dropout, x.dtype, x.device)
                 if rd_on else None, stacked,
             )
-            if stacked:
+            if finished:
                 return y, h, c
             outputs.append(y)
             h_n.append(h)

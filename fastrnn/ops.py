@@ -515,8 +515,7 @@ def refuse_forward_ad(tensors) -> None:
 
 def layer(kind: CellKind, backend: str, x: Tensor, batch_sizes: Tensor | None, h0: Tensor, c0: Tensor | None,
           weights: Sequence[Tensor | None], reverse: bool, params: Tensor | None = None,
-          resets: Tensor | None = None, zoneout: tuple | None = None, recurrent_scale: Tensor | None = None,
-          stacked: bool = False):
+          resets: Tensor | None = None, zoneout: tuple | None = None, recurrent_scale: Tensor | None = None):
     """Run one layer-direction through ``torch.ops.fastrnn.layer_forward``.
 
     Args:
@@ -534,22 +533,20 @@ def layer(kind: CellKind, backend: str, x: Tensor, batch_sizes: Tensor | None, h
             or shaped like ``y`` (training) or None, and the eval probabilities (``[]`` in
             training); None: no zoneout.
         recurrent_scale: ``(B, H)`` scale of the state entering ``W_hh`` (recurrent dropout).
-        stacked: the whole stack is this layer-direction: the results as
-            :func:`fastrnn.functional.stack` returns them (``y`` the caller's own copy where
-            autograd records it, since torch.nn's output may be modified in place; ``(1, B, ·)`` states).
 
     Returns:
         ``(y, h_n, c_n | None)``, ``y`` shaped like ``x`` with ``P`` features.
     """
-    y, h_n, c_n, finished = _layer(kind, backend, x, batch_sizes, h0, c0, weights, reverse, params, resets, zoneout,
-                                   recurrent_scale, stacked)
-    if not stacked or finished:
-        return y, h_n, c_n
-    return (y.clone() if y.requires_grad else y), torch.stack([h_n]), (None if c_n is None else torch.stack([c_n]))
+    return layer_run(kind, backend, x, batch_sizes, h0, c0, weights, reverse, params, resets, zoneout,
+                     recurrent_scale)[:3]
 
 
-def _layer(kind, backend, x, batch_sizes, h0, c0, weights, reverse, params, resets, zoneout, recurrent_scale, stacked):
-    """:func:`layer`'s routes, and whether the results are already ``stacked``."""
+def layer_run(kind, backend, x, batch_sizes, h0, c0, weights, reverse, params=None, resets=None, zoneout=None,
+              recurrent_scale=None, stacked=False):
+    """:func:`layer`, and whether its results are already the whole stack's: with ``stacked``
+    (the stack is this one layer-direction) the eager reference path returns them as
+    :func:`fastrnn.functional.stack` does (``y`` the caller's own copy, ``(1, B, ·)`` final
+    states), made inside its autograd node; every other path returns the layer's."""
     if onnx_export.exporting():
         if zoneout is not None or recurrent_scale is not None:
             raise RuntimeError("fastrnn: ONNX export: zoneout and recurrent dropout have no ONNX operator "
