@@ -40,7 +40,8 @@ SKIP_REASON = "CUDA-only case (GPU anchor shapes); this run is on the CPU"
 def _env(**extra):
     env = {k: v for k, v in os.environ.items()
            if k not in ("TRITON_INTERPRET", "FASTRNN_BACKEND", "FASTRNN_BENCH_ROUNDS", "FASTRNN_BENCH_WARMUP",
-                        "FASTRNN_BENCH_AA")}
+                        "FASTRNN_BENCH_AA")
+           and not k.startswith("PYTEST_XDIST")}  # (pytest-benchmark turns itself off under xdist)
     env.update(FASTRNN_BENCH_DEVICE="cpu", FASTRNN_BENCH_THREADS="1", FASTRNN_BENCH_SECONDS="0.02",
                OMP_NUM_THREADS="2")  # the suite's own thread setting wins over OpenMP's variable
     env.update(extra)

@@ -449,7 +449,13 @@ def test_nan_and_inf_propagate_like_torch(cls, kw, value, where, backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("cls, kw", SEQ_CASES)
 def test_huge_activations_stay_finite_and_match_torch(cls, kw, backend):
-    """|x| ~ 1e4 in float32: every gate saturates; exp overflow must not leak NaN/Inf."""
+    """|x| ~ 1e4 in float32: every gate saturates; exp overflow must not leak NaN/Inf.
+
+    The gates' pre-activations reach about 1e4, where one fp32 ulp is about 1e-3; a sigmoid
+    that is not fully saturated changes relatively by as much as its argument changes
+    absolutely, so two correct implementations that sum the products in another order (a
+    different GEMM, or the same GEMM on another thread count) differ by about 1e-3
+    relatively. The tolerance is that, not fp32's usual one."""
     ref, fast = make_pair(cls, I, H, backend=backend, **kw)
     x = (torch.randn(T, B, I) * 1e4).requires_grad_()
     hx = _hx(cls, 1, B, H, dtype=torch.float32)
@@ -461,7 +467,7 @@ def test_huge_activations_stay_finite_and_match_torch(cls, kw, backend):
         for k, (a, e) in enumerate(zip(actual, expected)):
             assert torch.isfinite(e).all(), f"torch.nn itself overflowed in {what}[{k}]; case mis-built"
             assert torch.isfinite(a).all(), f"{what}[{k}] not finite"
-            torch.testing.assert_close(a, e, **TOL[torch.float32], msg=lambda m: f"{what}[{k}]: {m}")
+            torch.testing.assert_close(a, e, rtol=4e-3, atol=1e-3, msg=lambda m: f"{what}[{k}]: {m}")
 
 
 # --------------------------------------------------------------------------------------
