@@ -193,6 +193,21 @@ def test_plain_cells(kind, packed, dtype, cpp_calls):
     assert cpp_calls == {"forward": 4, "backward": 4}, cpp_calls
 
 
+@pytest.mark.parametrize("hidden", [17, 33])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_every_tile_of_the_small_product(kind, hidden, cpp_calls):
+    """The float per-step product in registers: tiles of 4, 2 and 1 rows, of 64 and 16
+    columns, then the columns left over. H = 17 and 33 give 17 to 132 columns (forward n = G*H,
+    backward n = H), an odd k, and packed steps of 4 to 7 rows; against the Python loops
+    (``torch.mm``), every output and gradient. Sums of up to 132 products in another order;
+    the RNN's gradients reach about 40 here, so ``WIDE`` (1e-4 is a few float32 ulps of the
+    largest)."""
+    m = getattr(fastrnn, kind)(3, hidden, bidirectional=True, backend="reference")
+    randomise(m, torch.Generator().manual_seed(11))
+    _compare(m, torch.float32, packed=True, resets=False, batch=7, tol=WIDE)
+    assert cpp_calls == {"forward": 2, "backward": 2}, cpp_calls
+
+
 def test_the_plain_lstm_keeps_its_saved_layout():
     """(gates, c, tanh(c)): what :func:`fastrnn.backends.reference.saved_layout` says and the
     Python backward reads."""

