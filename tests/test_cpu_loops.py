@@ -82,6 +82,18 @@ def gemm_route(request):
     yield request.param
 
 
+@pytest.fixture(params=["whole", "parts"])
+def split(request):
+    """The loops' rows both ways: as one part (the small layers here stay one), and split
+    into parts that each run the whole time loop for their rows on two threads
+    (:func:`fastrnn.backends.cpu_loops.row_parts`), padded and packed rows alike."""
+    if request.param == "parts":
+        with cpu_loops.row_parts(2):
+            yield request.param
+        return
+    yield request.param
+
+
 def _run(m, dtype, packed, seed, steps=6, batch=4, resets=True, nan=False):
     gen = torch.Generator().manual_seed(2)
     dirs = m.num_layers * (2 if m.bidirectional else 1)
@@ -150,7 +162,7 @@ def test_the_loops_build():
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_cpp_loops_equal_the_python_loops(variant, packed, training, dtype, cpp_calls):
+def test_cpp_loops_equal_the_python_loops(variant, packed, training, dtype, cpp_calls, split):
     m = fastrnn.LSTM(3, 5, num_layers=2, bidirectional=True, dtype=dtype, backend="reference",
                      **VARIANTS[variant]).train(training)
     randomise(m, torch.Generator().manual_seed(1))
@@ -163,7 +175,7 @@ def test_cpp_loops_equal_the_python_loops(variant, packed, training, dtype, cpp_
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("variant", list(H_VARIANTS))
 @pytest.mark.parametrize("kind", list(MAKERS))
-def test_gru_and_rnn_cpp_loops_equal_the_python_loops(kind, variant, packed, training, dtype, cpp_calls):
+def test_gru_and_rnn_cpp_loops_equal_the_python_loops(kind, variant, packed, training, dtype, cpp_calls, split):
     m = MAKERS[kind](num_layers=2, bidirectional=True, dtype=dtype, backend="reference",
                      **H_VARIANTS[variant]).train(training)
     randomise(m, torch.Generator().manual_seed(1))
@@ -195,7 +207,7 @@ def test_plain_cells(kind, packed, dtype, cpp_calls):
 
 @pytest.mark.parametrize("hidden", [17, 33])
 @pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
-def test_every_tile_of_the_small_product(kind, hidden, cpp_calls):
+def test_every_tile_of_the_small_product(kind, hidden, cpp_calls, split):
     """The float per-step product in registers: tiles of 4, 2 and 1 rows, of 64 and 16
     columns, then the columns left over. H = 17 and 33 give 17 to 132 columns (forward n = G*H,
     backward n = H), an odd k, and packed steps of 4 to 7 rows; against the Python loops
@@ -228,7 +240,7 @@ def test_the_plain_lstm_keeps_its_saved_layout():
 @pytest.mark.parametrize("resets", [True, False], ids=["resets", "no_resets"])
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("cls", ["LayerNormLSTM", "LayerNormGRU"])
-def test_layer_norm_cells(cls, packed, resets, dtype, cpp_calls):
+def test_layer_norm_cells(cls, packed, resets, dtype, cpp_calls, split):
     """The LayerNorm-LSTM / -GRU (gains and biases randomised: every LayerNorm parameter's
     gradient is compared), a non-default eps."""
     m = getattr(fastrnn, cls)(3, 5, num_layers=2, bidirectional=True, dtype=dtype, backend="reference", eps=1e-3)

@@ -250,6 +250,65 @@ inline void small_gemm(float* __restrict__ out, const float* __restrict__ a, con
 // two threads pay for themselves from a few thousand elements on.
 inline int64_t grain(int64_t H) { return std::max<int64_t>(1, 4096 / std::max<int64_t>(H, 1)); }
 
+// A call's batch rows split into contiguous parts, one per thread, each running the whole
+// time loop for its rows: a row's state depends only on its own earlier rows (W_hh is read,
+// never written), so the parts never wait for each other, where a split of each step (the
+// step's GEMM on two threads, then its cell pass) forks and joins at every step. The parts
+// take about equal work: a row's work is its number of steps (packed rows are shorter) times
+// `row_step_work`. Below about min_part_work() multiply-adds a part (2^20, a few hundred
+// microseconds), one part: the caller's thread, whose library GEMMs may then use the threads
+// themselves. (A setting, so that the tests can split their small layers.)
+inline std::atomic<int64_t>& min_part_work() {
+  static std::atomic<int64_t> work{int64_t(1) << 20};
+  return work;
+}
+
+struct RowParts {
+  std::vector<int64_t> bounds;  // part p: rows [bounds[p], bounds[p + 1])
+
+  RowParts(at::IntArrayRef sizes, int64_t B, int64_t row_step_work) : bounds{0} {
+    // steps of row b = the number of steps with more than b rows
+    std::vector<int64_t> longer(B + 1, 0);
+    for (int64_t s : sizes) longer[std::min<int64_t>(s, B)] += 1;
+    std::vector<int64_t> steps_of(B);
+    int64_t running = 0, total = 0;
+    for (int64_t b = B - 1; b >= 0; --b) {
+      running += longer[b + 1];
+      steps_of[b] = running;
+      total += running;
+    }
+    const int64_t work = total * std::max<int64_t>(row_step_work, 1);
+    const int64_t by_work = work / std::max<int64_t>(min_part_work().load(), 1);
+    const int64_t parts = std::max<int64_t>(1, std::min<int64_t>({int64_t(at::get_num_threads()), B, by_work}));
+    int64_t acc = 0, p = 1;
+    for (int64_t b = 0; b < B && p < parts; ++b) {
+      acc += steps_of[b];
+      if (acc * parts >= total * p) {  // (part p ends after the row that reaches p/parts of the work)
+        bounds.push_back(b + 1);
+        ++p;
+      }
+    }
+    if (bounds.back() != B) bounds.push_back(B);
+  }
+
+  int64_t count() const { return static_cast<int64_t>(bounds.size()) - 1; }
+
+  // f(part, first row, end row) for every part, the parts on as many threads.
+  template <typename F>
+  void run(F&& f) const {
+    if (count() == 1) {
+      f(int64_t(0), bounds[0], bounds[1]);
+      return;
+    }
+    at::parallel_for(0, count(), 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) f(p, bounds[p], bounds[p + 1]);
+    });
+  }
+};
+
+// The rows [r0, r0 + n) a part owns at a step of `bs` rows (n <= 0: none).
+inline int64_t part_rows(int64_t bs, int64_t r0, int64_t r1) { return std::min(bs, r1) - r0; }
+
 }  // namespace fastrnn_cpu
 
 // MKL's packed-GEMM interface (float), exported by torch's CPU library where torch is built
@@ -363,14 +422,16 @@ const T* gemm_input(const T* state, const T* rscale, T* scaled, int64_t n) {
 
 // out rows [row0, row0 + bs) += (the state's first bs rows, times the recurrent-dropout
 // scale when there is one, into `scaled`) @ w_t, w_t = W_hh^T (H, G).
+// With `b0`, the state's rows [b0, b0 + bs) into out rows [row0 + b0, row0 + b0 + bs).
 template <typename T>
 void recurrent_gemm(const at::Tensor& out, int64_t row0, const at::Tensor& h_state, const at::Tensor& scaled,
-                    const T* rscale, const StepRhs<T>& w_t, int64_t bs) {
+                    const T* rscale, const StepRhs<T>& w_t, int64_t bs, int64_t b0 = 0) {
   const int64_t H = h_state.size(1), G = out.size(1);
-  T* sc = rscale != nullptr ? scaled.data_ptr<T>() : nullptr;
-  const T* in = gemm_input<T>(h_state.data_ptr<T>(), rscale, sc, bs * H);
-  gemm_acc(out.data_ptr<T>() + row0 * G, in, w_t, bs, [&] {
-    out.narrow(0, row0, bs).addmm_((sc != nullptr ? scaled : h_state).narrow(0, 0, bs), w_t.b);
+  T* sc = rscale != nullptr ? scaled.data_ptr<T>() + b0 * H : nullptr;
+  const T* rs = rscale != nullptr ? rscale + b0 * H : nullptr;
+  const T* in = gemm_input<T>(h_state.data_ptr<T>() + b0 * H, rs, sc, bs * H);
+  gemm_acc(out.data_ptr<T>() + (row0 + b0) * G, in, w_t, bs, [&] {
+    out.narrow(0, row0 + b0, bs).addmm_((sc != nullptr ? scaled : h_state).narrow(0, b0, bs), w_t.b);
   });
 }
 

@@ -124,6 +124,21 @@ def unpacked_gemm():
         torch.ops.fastrnn_cpu_loops.set_packed_gemm(before)
 
 
+@contextlib.contextmanager
+def row_parts(threads: int = 2):
+    """Inside the block the loops split every call's batch rows into parts run on ``threads``
+    threads (one part per thread, however small the layer; normally only layers with
+    enough work per part are split), so that the tests reach the split with small layers."""
+    before_threads = torch.get_num_threads()
+    before = torch.ops.fastrnn_cpu_loops.set_min_part_work(1)
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before_threads)
+        torch.ops.fastrnn_cpu_loops.set_min_part_work(before)
+
+
 def packed_gemm() -> bool:
     """Whether float32 per-step GEMMs above the small-product size use MKL's packed product
     (torch built with MKL), packing ``W_hh`` once per call."""

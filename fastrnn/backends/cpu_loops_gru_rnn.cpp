@@ -44,29 +44,32 @@ std::vector<at::Tensor> gru_forward_loop(at::Tensor xg, const at::Tensor& w_hh, 
   T* HC = h_cell.data_ptr<T>();
   T* HG = hg.data_ptr<T>();
   const T* BH = b_hh.has_value() ? b_hh->data_ptr<T>() : nullptr;
-  for (int64_t t : order) {
-    const int64_t lo = offsets[t], bs = sizes[t];
-    const bool all_cut = reset_rows(e.resets, lo, bs, H, HS);
-    for (int64_t b = 0; b < bs; ++b) {  // hg = b_hh (+ h @ W_hh^T below)
-      if (BH != nullptr) {
-        std::memcpy(HG + b * G, BH, G * sizeof(T));
-      } else {
-        std::fill(HG + b * G, HG + (b + 1) * G, T(0));
+  RowParts(sizes, B, G * H + 16 * G).run([&](int64_t, int64_t r0, int64_t r1) {
+    for (int64_t t : order) {
+      const int64_t lo = offsets[t], n = part_rows(sizes[t], r0, r1);
+      if (n <= 0) continue;
+      const bool all_cut = reset_rows(e.resets, lo + r0, n, H, HS + r0 * H);
+      for (int64_t b = r0; b < r0 + n; ++b) {  // hg = b_hh (+ h @ W_hh^T below)
+        if (BH != nullptr) {
+          std::memcpy(HG + b * G, BH, G * sizeof(T));
+        } else {
+          std::fill(HG + b * G, HG + (b + 1) * G, T(0));
+        }
       }
+      if (!all_cut) recurrent_gemm<T>(hg, 0, h_state, scaled, e.rscale, w_t, n, r0);
+      at::parallel_for(r0, r0 + n, grain(H), [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          const int64_t r = lo + b;
+          T* x = X + r * G;
+          T* hp = HS + b * H;
+          T* hn = e.zoned_h ? HC + b * H : Y + r * H;
+          gru_cell<T>(x, x + H, x + 2 * H, HG + b * G, HNS + r * H, hp, hn, H);
+          if (e.zoned_h) blend(Y + r * H, hp, hn, e.mask_h ? e.mask_h + r * H : nullptr, e.p_h, H);
+          std::memcpy(hp, Y + r * H, H * sizeof(T));
+        }
+      });
     }
-    if (!all_cut) recurrent_gemm<T>(hg, 0, h_state, scaled, e.rscale, w_t, bs);
-    at::parallel_for(0, bs, grain(H), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t r = lo + b;
-        T* x = X + r * G;
-        T* hp = HS + b * H;
-        T* hn = e.zoned_h ? HC + b * H : Y + r * H;
-        gru_cell<T>(x, x + H, x + 2 * H, HG + b * G, HNS + r * H, hp, hn, H);
-        if (e.zoned_h) blend(Y + r * H, hp, hn, e.mask_h ? e.mask_h + r * H : nullptr, e.p_h, H);
-        std::memcpy(hp, Y + r * H, H * sizeof(T));
-      }
-    });
-  }
+  });
   return {y, h_state, hn_seq};
 }
 
@@ -118,25 +121,30 @@ std::vector<at::Tensor> gru_backward_loop(const at::Tensor& gates, const at::Ten
   T* KP = keep.data_ptr<T>();
   T* DIR = direct.data_ptr<T>();
   const int64_t steps = static_cast<int64_t>(order.size());
-  for (int64_t k = steps - 1; k >= 0; --k) {
-    const BackStep step = back_step(order, offsets, sizes, k);
-    const int64_t lo = step.lo, bs = step.bs, prev_lo = step.prev_lo, prev_bs = step.prev_bs;
-    at::parallel_for(0, bs, grain(H), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t r = lo + b;
-        const T* d = new_value_grad(DH + b * H, DY + r * H, e.zoned_h, e.mask_h ? e.mask_h + r * H : nullptr, e.p_h,
-                                    DCL + b * H, KP + b * H, H);
-        const T* hp = entering_row(Y, H0, Z, e.resets != nullptr && e.resets[r], b, prev_lo, prev_bs, H);
-        const T* g = GA + r * G;
-        gru_cell_backward<T>(g, g + H, g + 2 * H, HNS + r * H, hp, d, DX + r * G, DHG + r * G, DIR + b * H, H);
-      }
-    });
-    gemm_set(DH, DHG + lo * G, w_rhs, bs, [&] {
-      at::Tensor dh_rows = dh.narrow(0, 0, bs);
-      at::mm_out(dh_rows, dhg.narrow(0, lo, bs), w_hh);
-    });
-    finish_dh<T>(DH, e.rscale, DIR, e.zoned_h ? KP : nullptr, e.resets, lo, bs, H);
-  }
+  RowParts(sizes, B, G * H + 16 * G).run([&](int64_t, int64_t r0, int64_t r1) {
+    for (int64_t k = steps - 1; k >= 0; --k) {
+      const BackStep step = back_step(order, offsets, sizes, k);
+      const int64_t lo = step.lo, prev_lo = step.prev_lo, prev_bs = step.prev_bs;
+      const int64_t n = part_rows(step.bs, r0, r1);
+      if (n <= 0) continue;
+      at::parallel_for(r0, r0 + n, grain(H), [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          const int64_t r = lo + b;
+          const T* d = new_value_grad(DH + b * H, DY + r * H, e.zoned_h, e.mask_h ? e.mask_h + r * H : nullptr, e.p_h,
+                                      DCL + b * H, KP + b * H, H);
+          const T* hp = entering_row(Y, H0, Z, e.resets != nullptr && e.resets[r], b, prev_lo, prev_bs, H);
+          const T* g = GA + r * G;
+          gru_cell_backward<T>(g, g + H, g + 2 * H, HNS + r * H, hp, d, DX + r * G, DHG + r * G, DIR + b * H, H);
+        }
+      });
+      gemm_set(DH + r0 * H, DHG + (lo + r0) * G, w_rhs, n, [&] {
+        at::Tensor dh_rows = dh.narrow(0, r0, n);
+        at::mm_out(dh_rows, dhg.narrow(0, lo + r0, n), w_hh);
+      });
+      finish_dh<T>(DH + r0 * H, e.rscale != nullptr ? e.rscale + r0 * H : nullptr, DIR + r0 * H,
+                   e.zoned_h ? KP + r0 * H : nullptr, e.resets, lo + r0, n, H);
+    }
+  });
   return {dxg, dhg, dh};
 }
 
@@ -161,19 +169,24 @@ std::vector<at::Tensor> rnn_forward_loop(at::Tensor xg, const at::Tensor& w_hh, 
   T* X = xg.data_ptr<T>();
   T* Y = y.data_ptr<T>();
   T* HS = h_state.data_ptr<T>();
-  for (int64_t t : order) {
-    const int64_t lo = offsets[t], bs = sizes[t];
-    if (!reset_rows(e.resets, lo, bs, H, HS)) recurrent_gemm<T>(xg, lo, h_state, scaled, e.rscale, w_t, bs);
-    at::parallel_for(0, bs, grain(H), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t r = lo + b;
-        T* hp = HS + b * H;
-        rnn_cell<T, TANH>(X + r * H, H);
-        if (e.zoned_h) blend(Y + r * H, hp, X + r * H, e.mask_h ? e.mask_h + r * H : nullptr, e.p_h, H);
-        std::memcpy(hp, Y + r * H, H * sizeof(T));
+  RowParts(sizes, B, H * H + 16 * H).run([&](int64_t, int64_t r0, int64_t r1) {
+    for (int64_t t : order) {
+      const int64_t lo = offsets[t], n = part_rows(sizes[t], r0, r1);
+      if (n <= 0) continue;
+      if (!reset_rows(e.resets, lo + r0, n, H, HS + r0 * H)) {
+        recurrent_gemm<T>(xg, lo, h_state, scaled, e.rscale, w_t, n, r0);
       }
-    });
-  }
+      at::parallel_for(r0, r0 + n, grain(H), [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          const int64_t r = lo + b;
+          T* hp = HS + b * H;
+          rnn_cell<T, TANH>(X + r * H, H);
+          if (e.zoned_h) blend(Y + r * H, hp, X + r * H, e.mask_h ? e.mask_h + r * H : nullptr, e.p_h, H);
+          std::memcpy(hp, Y + r * H, H * sizeof(T));
+        }
+      });
+    }
+  });
   return {y, h_state};
 }
 
@@ -199,23 +212,27 @@ std::vector<at::Tensor> rnn_backward_loop(const at::Tensor& h_new, const at::Ten
   T* DCL = d_cell.data_ptr<T>();
   T* KP = keep.data_ptr<T>();
   const int64_t steps = static_cast<int64_t>(order.size());
-  for (int64_t k = steps - 1; k >= 0; --k) {
-    const BackStep step = back_step(order, offsets, sizes, k);
-    const int64_t lo = step.lo, bs = step.bs;
-    at::parallel_for(0, bs, grain(H), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t r = lo + b;
-        const T* d = new_value_grad(DH + b * H, DY + r * H, e.zoned_h, e.mask_h ? e.mask_h + r * H : nullptr, e.p_h,
-                                    DCL + b * H, KP + b * H, H);
-        rnn_cell_backward<T, TANH>(DX + r * H, d, HN + r * H, H);
-      }
-    });
-    gemm_set(DH, DX + lo * H, w_rhs, bs, [&] {
-      at::Tensor dh_rows = dh.narrow(0, 0, bs);
-      at::mm_out(dh_rows, dxg.narrow(0, lo, bs), w_hh);
-    });
-    finish_dh<T>(DH, e.rscale, nullptr, e.zoned_h ? KP : nullptr, e.resets, lo, bs, H);
-  }
+  RowParts(sizes, B, H * H + 16 * H).run([&](int64_t, int64_t r0, int64_t r1) {
+    for (int64_t k = steps - 1; k >= 0; --k) {
+      const BackStep step = back_step(order, offsets, sizes, k);
+      const int64_t lo = step.lo, n = part_rows(step.bs, r0, r1);
+      if (n <= 0) continue;
+      at::parallel_for(r0, r0 + n, grain(H), [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          const int64_t r = lo + b;
+          const T* d = new_value_grad(DH + b * H, DY + r * H, e.zoned_h, e.mask_h ? e.mask_h + r * H : nullptr, e.p_h,
+                                      DCL + b * H, KP + b * H, H);
+          rnn_cell_backward<T, TANH>(DX + r * H, d, HN + r * H, H);
+        }
+      });
+      gemm_set(DH + r0 * H, DX + (lo + r0) * H, w_rhs, n, [&] {
+        at::Tensor dh_rows = dh.narrow(0, r0, n);
+        at::mm_out(dh_rows, dxg.narrow(0, lo + r0, n), w_hh);
+      });
+      finish_dh<T>(DH + r0 * H, e.rscale != nullptr ? e.rscale + r0 * H : nullptr, nullptr,
+                   e.zoned_h ? KP + r0 * H : nullptr, e.resets, lo + r0, n, H);
+    }
+  });
   return {dxg, dh};
 }
 

@@ -160,13 +160,13 @@ void gru_grads(T* __restrict__ dxr, T* __restrict__ dxz, T* __restrict__ dxn, T*
   }
 }
 
-// The recurrent pre-activation of a step: r = b_hh + h @ W_hh^T, into rows [row0, row0 + bs)
-// of `r_seq`.
+// The recurrent pre-activation of a step: r = b_hh + h @ W_hh^T, from the state's rows
+// [b0, b0 + bs) into rows [row0 + b0, row0 + b0 + bs) of `r_seq`.
 template <typename T>
 void recurrent(const at::Tensor& r_seq, int64_t row0, const T* BH, const at::Tensor& h_state,
-               const StepRhs<T>& w_t, int64_t bs, bool all_cut) {
+               const StepRhs<T>& w_t, int64_t bs, bool all_cut, int64_t b0) {
   const int64_t G = r_seq.size(1);
-  T* R = r_seq.data_ptr<T>() + row0 * G;
+  T* R = r_seq.data_ptr<T>() + (row0 + b0) * G;
   for (int64_t b = 0; b < bs; ++b) {
     if (BH != nullptr) {
       std::memcpy(R + b * G, BH, G * sizeof(T));
@@ -174,7 +174,7 @@ void recurrent(const at::Tensor& r_seq, int64_t row0, const T* BH, const at::Ten
       std::fill(R + b * G, R + (b + 1) * G, T(0));
     }
   }
-  if (!all_cut) recurrent_gemm<T>(r_seq, row0, h_state, at::Tensor(), nullptr, w_t, bs);
+  if (!all_cut) recurrent_gemm<T>(r_seq, row0, h_state, at::Tensor(), nullptr, w_t, bs, b0);
 }
 
 template <typename T>
@@ -198,30 +198,33 @@ std::vector<at::Tensor> ln_lstm_forward_loop(at::Tensor xg, const at::Tensor& w_
   const T* P = params.data_ptr<T>();
   const T *w_r = P, *b_r = P + G, *w_c = P + 2 * G, *b_c = P + 2 * G + H;
   const T* BH = b_hh.has_value() ? b_hh->data_ptr<T>() : nullptr;
-  for (int64_t t : order) {
-    const int64_t lo = offsets[t], bs = sizes[t];
-    const bool all_cut = reset_rows(resets, lo, bs, H, HS, CS);
-    const int64_t r_lo = save ? lo : 0;
-    recurrent<T>(r_seq, r_lo, BH, h_state, w_t, bs, all_cut);
-    at::parallel_for(0, bs, grain(G), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t r = lo + b;
-        T* x = X + r * G;
-        const T* rr = RS + (r_lo + b) * G;
-        T mean, rstd;
-        row_stats(rr, G, eps, mean, rstd);
-        add_norm(x, rr, w_r, b_r, mean, rstd, G);
-        T* cn = C + r * H;
-        lstm_gates(x, x + H, x + 2 * H, x + 3 * H, CS + b * H, cn, H);
-        T mc, rc;
-        row_stats(cn, H, eps, mc, rc);
-        T* h = Y + r * H;
-        lstm_out(h, x + 3 * H, cn, w_c, b_c, mc, rc, H);
-        std::memcpy(CS + b * H, cn, H * sizeof(T));
-        std::memcpy(HS + b * H, h, H * sizeof(T));
-      }
-    });
-  }
+  RowParts(sizes, B, G * H + 32 * G).run([&](int64_t, int64_t r0, int64_t r1) {
+    for (int64_t t : order) {
+      const int64_t lo = offsets[t], n = part_rows(sizes[t], r0, r1);
+      if (n <= 0) continue;
+      const bool all_cut = reset_rows(resets, lo + r0, n, H, HS + r0 * H, CS + r0 * H);
+      const int64_t r_lo = save ? lo : 0;
+      recurrent<T>(r_seq, r_lo, BH, h_state, w_t, n, all_cut, r0);
+      at::parallel_for(r0, r0 + n, grain(G), [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          const int64_t r = lo + b;
+          T* x = X + r * G;
+          const T* rr = RS + (r_lo + b) * G;
+          T mean, rstd;
+          row_stats(rr, G, eps, mean, rstd);
+          add_norm(x, rr, w_r, b_r, mean, rstd, G);
+          T* cn = C + r * H;
+          lstm_gates(x, x + H, x + 2 * H, x + 3 * H, CS + b * H, cn, H);
+          T mc, rc;
+          row_stats(cn, H, eps, mc, rc);
+          T* h = Y + r * H;
+          lstm_out(h, x + 3 * H, cn, w_c, b_c, mc, rc, H);
+          std::memcpy(CS + b * H, cn, H * sizeof(T));
+          std::memcpy(HS + b * H, h, H * sizeof(T));
+        }
+      });
+    }
+  });
   return {y, h_state, c_state, c_seq, r_seq};
 }
 
@@ -258,46 +261,50 @@ std::vector<at::Tensor> ln_lstm_backward_loop(const at::Tensor& gates, const at:
   T* RH = r_hat.data_ptr<T>();
   T* WD = w_dn.data_ptr<T>();
   const int64_t steps = static_cast<int64_t>(order.size());
-  for (int64_t k = steps - 1; k >= 0; --k) {
-    const BackStep step = back_step(order, offsets, sizes, k);
-    const int64_t lo = step.lo, bs = step.bs, prev_lo = step.prev_lo, prev_bs = step.prev_bs;
-    at::parallel_for(0, bs, grain(G), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t r = lo + b;
-        T* dhr = DH + b * H;
-        T* dcr = DC + b * H;
-        add_into(dhr, DY + r * H, H);
-        const T* g = GA + r * G;
-        // h = o * tanh(LN(c)): the gradient reaching LN(c)'s output, then c's.
-        const T* cn = C + r * H;
-        T mc, rc;
-        row_stats(cn, H, eps, mc, rc);
-        T* ch = CH + b * H;
-        normalise(cn, ch, mc, rc, H);
-        T* wdn = WD + b * H;
-        lstm_dn(DN + r * H, wdn, dhr, g + 3 * H, ch, w_c, b_c, H);
-        norm_backward(wdn, ch, rc, H);
-        const T* cp = entering_row(C, C0, Z, resets != nullptr && resets[r], b, prev_lo, prev_bs, H);
-        T* d = DG + r * G;
-        lstm_gate_grads(d, d + H, d + 2 * H, d + 3 * H, dcr, wdn, g, g + H, g + 2 * H, g + 3 * H, cp, dhr, ch, w_c,
-                        b_c, H);
-        // The gates' gradient through LN(r) to r.
-        const T* rr = RS + r * G;
-        T mr, rstd;
-        row_stats(rr, G, eps, mr, rstd);
-        T* rh = RH + b * G;
-        normalise(rr, rh, mr, rstd, G);
-        T* drr = DR + r * G;
-        mul_into(drr, w_r, d, G);
-        norm_backward(drr, rh, rstd, G);
-      }
-    });
-    gemm_set(DH, DR + lo * G, w_rhs, bs, [&] {
-      at::Tensor dh_rows = dh.narrow(0, 0, bs);
-      at::mm_out(dh_rows, dr.narrow(0, lo, bs), w_hh);
-    });
-    finish_dh<T>(DH, nullptr, nullptr, nullptr, resets, lo, bs, H, DC);
-  }
+  RowParts(sizes, B, G * H + 32 * G).run([&](int64_t, int64_t r0, int64_t r1) {
+    for (int64_t k = steps - 1; k >= 0; --k) {
+      const BackStep step = back_step(order, offsets, sizes, k);
+      const int64_t lo = step.lo, prev_lo = step.prev_lo, prev_bs = step.prev_bs;
+      const int64_t n = part_rows(step.bs, r0, r1);
+      if (n <= 0) continue;
+      at::parallel_for(r0, r0 + n, grain(G), [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          const int64_t r = lo + b;
+          T* dhr = DH + b * H;
+          T* dcr = DC + b * H;
+          add_into(dhr, DY + r * H, H);
+          const T* g = GA + r * G;
+          // h = o * tanh(LN(c)): the gradient reaching LN(c)'s output, then c's.
+          const T* cn = C + r * H;
+          T mc, rc;
+          row_stats(cn, H, eps, mc, rc);
+          T* ch = CH + b * H;
+          normalise(cn, ch, mc, rc, H);
+          T* wdn = WD + b * H;
+          lstm_dn(DN + r * H, wdn, dhr, g + 3 * H, ch, w_c, b_c, H);
+          norm_backward(wdn, ch, rc, H);
+          const T* cp = entering_row(C, C0, Z, resets != nullptr && resets[r], b, prev_lo, prev_bs, H);
+          T* d = DG + r * G;
+          lstm_gate_grads(d, d + H, d + 2 * H, d + 3 * H, dcr, wdn, g, g + H, g + 2 * H, g + 3 * H, cp, dhr, ch, w_c,
+                          b_c, H);
+          // The gates' gradient through LN(r) to r.
+          const T* rr = RS + r * G;
+          T mr, rstd;
+          row_stats(rr, G, eps, mr, rstd);
+          T* rh = RH + b * G;
+          normalise(rr, rh, mr, rstd, G);
+          T* drr = DR + r * G;
+          mul_into(drr, w_r, d, G);
+          norm_backward(drr, rh, rstd, G);
+        }
+      });
+      gemm_set(DH + r0 * H, DR + (lo + r0) * G, w_rhs, n, [&] {
+        at::Tensor dh_rows = dh.narrow(0, r0, n);
+        at::mm_out(dh_rows, dr.narrow(0, lo + r0, n), w_hh);
+      });
+      finish_dh<T>(DH + r0 * H, nullptr, nullptr, nullptr, resets, lo + r0, n, H, DC + r0 * H);
+    }
+  });
   return {dgates, dr, dh, dc, dn_seq};
 }
 
@@ -318,25 +325,28 @@ std::vector<at::Tensor> ln_gru_forward_loop(at::Tensor xg, const at::Tensor& w_h
   const T* P = params.data_ptr<T>();
   const T *w_r = P, *b_r = P + G;
   const T* BH = b_hh.has_value() ? b_hh->data_ptr<T>() : nullptr;
-  for (int64_t t : order) {
-    const int64_t lo = offsets[t], bs = sizes[t];
-    const bool all_cut = reset_rows(resets, lo, bs, H, HS);
-    const int64_t r_lo = save ? lo : 0;
-    recurrent<T>(r_seq, r_lo, BH, h_state, w_t, bs, all_cut);
-    at::parallel_for(0, bs, grain(G), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t r = lo + b;
-        T* x = X + r * G;
-        const T* rr = RS + (r_lo + b) * G;
-        T mean, rstd;
-        row_stats(rr, G, eps, mean, rstd);
-        T* h = Y + r * H;
-        gru_row(x, x + H, x + 2 * H, rr, rr + H, rr + 2 * H, w_r, w_r + H, w_r + 2 * H, b_r, b_r + H, b_r + 2 * H,
-                mean, rstd, HS + b * H, h, H);
-        std::memcpy(HS + b * H, h, H * sizeof(T));
-      }
-    });
-  }
+  RowParts(sizes, B, G * H + 32 * G).run([&](int64_t, int64_t r0, int64_t r1) {
+    for (int64_t t : order) {
+      const int64_t lo = offsets[t], n = part_rows(sizes[t], r0, r1);
+      if (n <= 0) continue;
+      const bool all_cut = reset_rows(resets, lo + r0, n, H, HS + r0 * H);
+      const int64_t r_lo = save ? lo : 0;
+      recurrent<T>(r_seq, r_lo, BH, h_state, w_t, n, all_cut, r0);
+      at::parallel_for(r0, r0 + n, grain(G), [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          const int64_t r = lo + b;
+          T* x = X + r * G;
+          const T* rr = RS + (r_lo + b) * G;
+          T mean, rstd;
+          row_stats(rr, G, eps, mean, rstd);
+          T* h = Y + r * H;
+          gru_row(x, x + H, x + 2 * H, rr, rr + H, rr + 2 * H, w_r, w_r + H, w_r + 2 * H, b_r, b_r + H, b_r + 2 * H,
+                  mean, rstd, HS + b * H, h, H);
+          std::memcpy(HS + b * H, h, H * sizeof(T));
+        }
+      });
+    }
+  });
   return {y, h_state, r_seq};
 }
 
@@ -368,34 +378,38 @@ std::vector<at::Tensor> ln_gru_backward_loop(const at::Tensor& gates, const at::
   T* DIR = direct.data_ptr<T>();
   T* RH = r_hat.data_ptr<T>();
   const int64_t steps = static_cast<int64_t>(order.size());
-  for (int64_t k = steps - 1; k >= 0; --k) {
-    const BackStep step = back_step(order, offsets, sizes, k);
-    const int64_t lo = step.lo, bs = step.bs, prev_lo = step.prev_lo, prev_bs = step.prev_bs;
-    at::parallel_for(0, bs, grain(G), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t r = lo + b;
-        T* dhr = DH + b * H;
-        add_into(dhr, DY + r * H, H);
-        const T* hp = entering_row(Y, H0, Z, resets != nullptr && resets[r], b, prev_lo, prev_bs, H);
-        const T* rr = RS + r * G;
-        T mr, rstd;
-        row_stats(rr, G, eps, mr, rstd);
-        T* rh = RH + b * G;
-        normalise(rr, rh, mr, rstd, G);
-        const T* g = GA + r * G;
-        T* dx = DX + r * G;
-        T* drr = DR + r * G;
-        gru_grads(dx, dx + H, dx + 2 * H, drr, drr + H, drr + 2 * H, DIR + b * H, g, g + H, g + 2 * H, rh + 2 * H,
-                  w_r, w_r + H, w_r + 2 * H, b_r + 2 * H, dhr, hp, H);
-        norm_backward(drr, rh, rstd, G);
-      }
-    });
-    gemm_set(DH, DR + lo * G, w_rhs, bs, [&] {
-      at::Tensor dh_rows = dh.narrow(0, 0, bs);
-      at::mm_out(dh_rows, dr.narrow(0, lo, bs), w_hh);
-    });
-    finish_dh<T>(DH, nullptr, DIR, nullptr, resets, lo, bs, H);
-  }
+  RowParts(sizes, B, G * H + 32 * G).run([&](int64_t, int64_t r0, int64_t r1) {
+    for (int64_t k = steps - 1; k >= 0; --k) {
+      const BackStep step = back_step(order, offsets, sizes, k);
+      const int64_t lo = step.lo, prev_lo = step.prev_lo, prev_bs = step.prev_bs;
+      const int64_t n = part_rows(step.bs, r0, r1);
+      if (n <= 0) continue;
+      at::parallel_for(r0, r0 + n, grain(G), [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          const int64_t r = lo + b;
+          T* dhr = DH + b * H;
+          add_into(dhr, DY + r * H, H);
+          const T* hp = entering_row(Y, H0, Z, resets != nullptr && resets[r], b, prev_lo, prev_bs, H);
+          const T* rr = RS + r * G;
+          T mr, rstd;
+          row_stats(rr, G, eps, mr, rstd);
+          T* rh = RH + b * G;
+          normalise(rr, rh, mr, rstd, G);
+          const T* g = GA + r * G;
+          T* dx = DX + r * G;
+          T* drr = DR + r * G;
+          gru_grads(dx, dx + H, dx + 2 * H, drr, drr + H, drr + 2 * H, DIR + b * H, g, g + H, g + 2 * H, rh + 2 * H,
+                    w_r, w_r + H, w_r + 2 * H, b_r + 2 * H, dhr, hp, H);
+          norm_backward(drr, rh, rstd, G);
+        }
+      });
+      gemm_set(DH + r0 * H, DR + (lo + r0) * G, w_rhs, n, [&] {
+        at::Tensor dh_rows = dh.narrow(0, r0, n);
+        at::mm_out(dh_rows, dr.narrow(0, lo + r0, n), w_hh);
+      });
+      finish_dh<T>(DH + r0 * H, nullptr, DIR + r0 * H, nullptr, resets, lo + r0, n, H);
+    }
+  });
   return {dxg, dr, dh};
 }
 
