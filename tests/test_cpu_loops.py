@@ -106,10 +106,14 @@ def _run(m, dtype, packed, seed, steps=6, batch=4, resets=True, nan=False):
     c0 = torch.randn(dirs, batch, size, generator=gen, dtype=dtype, requires_grad=True)
     lstm = isinstance(m, (fastrnn.LSTM, fastrnn.LayerNormLSTM))
     flags = torch.zeros(steps, batch, dtype=torch.bool)
-    flags[2, 1] = flags[steps - 2, 0] = flags[steps // 2, 2] = True
-    lengths = torch.tensor([steps - 2, steps, steps - 3, steps - 1] + [steps] * (batch - 4))
-    inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if packed else x
-    rst = pack_padded_sequence(flags, lengths, enforce_sorted=False) if packed else flags
+    if resets:
+        flags[2, 1] = flags[steps - 2, 0] = flags[steps // 2, 2] = True
+    if packed:
+        lengths = torch.tensor([steps - 2, steps, steps - 3, steps - 1] + [steps] * (batch - 4))
+        inp = pack_padded_sequence(x, lengths, enforce_sorted=False)
+        rst = pack_padded_sequence(flags, lengths, enforce_sorted=False)
+    else:
+        inp, rst = x, flags
     torch.manual_seed(seed)
     out, hidden = m(inp, (h0, c0) if lstm else h0, resets=rst if resets else None)
     out = out.data if packed else out
@@ -209,15 +213,17 @@ def test_plain_cells(kind, packed, dtype, cpp_calls):
 @pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
 def test_every_tile_of_the_small_product(kind, hidden, cpp_calls, split):
     """The float per-step product in registers: tiles of 4, 2 and 1 rows, of 64 and 16
-    columns, then the columns left over. H = 17 and 33 give 17 to 132 columns (forward n = G*H,
-    backward n = H), an odd k, and packed steps of 4 to 7 rows; against the Python loops
+    columns (128 for a single row), then the columns left over. H = 17 and 33 give 17 to 132
+    columns (forward n = G*H, backward n = H), an odd k, packed steps of 4 to 7 rows and a
+    batch of one; against the Python loops
     (``torch.mm``), every output and gradient. Sums of up to 132 products in another order;
     the RNN's gradients reach about 40 here, so ``WIDE`` (1e-4 is a few float32 ulps of the
     largest)."""
     m = getattr(fastrnn, kind)(3, hidden, bidirectional=True, backend="reference")
     randomise(m, torch.Generator().manual_seed(11))
     _compare(m, torch.float32, packed=True, resets=False, batch=7, tol=WIDE)
-    assert cpp_calls == {"forward": 2, "backward": 2}, cpp_calls
+    _compare(m, torch.float32, packed=False, resets=False, batch=1, tol=WIDE)
+    assert cpp_calls == {"forward": 4, "backward": 4}, cpp_calls
 
 
 def test_the_plain_lstm_keeps_its_saved_layout():
