@@ -5,11 +5,14 @@ the peephole LSTM and the LayerNorm-LSTM / -GRU, in C++ (``cpu_loops.h`` and
 The reference backend's Python loops dispatch a dozen torch ops per step, 3-5 us each on a
 CPU, against about 12 us for a whole step of oneDNN's fused LSTM at T=100, B=1, H=128: with
 them an LSTM with peepholes, resets, zoneout or recurrent dropout takes 3-6x the plain
-layer's time. These loops do the same arithmetic, step by step, as one GEMM (plain C++ loops for
-small products, ATen's GEMM above 2^17 multiply-adds) plus one pass of C++ over the step's
-rows; they take the same inputs, save the same tensors and return the same results as the
-Python loops they stand in for (within float rounding: float32 uses a polynomial ``exp``,
-about 1 ulp; float64 uses libm):
+layer's time. These loops do the same arithmetic, step by step, as one GEMM (register-tiled
+C++ for products up to 2^17 multiply-adds, MKL's packed product or ATen's GEMM above) plus one
+pass of C++ over the step's rows; they take the same inputs, save the same tensors and return
+the same results as the Python loops they stand in for (within float rounding: float32 uses a
+polynomial ``exp``, about 1 ulp; float64 uses libm). With two threads or more, a call's batch
+rows are split into parts, one per thread, that each run the whole time loop for their rows
+(a row's state depends only on its own earlier rows), once a part has about 2^20
+multiply-adds of work:
 
 - LSTM without ``proj_size``, GRU, RNN (tanh / relu) with resets, zoneout or recurrent
   dropout (:mod:`fastrnn.backends.reference_regularised`'s loops, and those of
@@ -24,8 +27,9 @@ about 1 ulp; float64 uses libm):
 - the LayerNorm-LSTM / -GRU (:mod:`fastrnn.backends.reference_norm`), with or without
   resets: saved ``(gates, r[, c])``; each row's sums in 16 partial sums, added in double.
 
-They build with torch's C++ extension loader (a C++ compiler and ninja; ``-march=native``,
-so the extension's name carries a hash of the sources and of this CPU's flags). When the
+They build with torch's C++ extension loader (a C++ compiler and ninja; ``-march=native``
+and OpenMP, so the extension's name carries a hash of the sources, of the flags and of this
+CPU's flags). When the
 build fails, the Python loops run and one warning says why. :func:`disabled` runs the
 Python loops for a while (the tests compare the two).
 """
