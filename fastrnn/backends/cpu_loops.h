@@ -260,7 +260,12 @@ inline int64_t grain(int64_t H) { return std::max<int64_t>(1, 4096 / std::max<in
 // take about equal work: a row's work is its number of steps (packed rows are shorter) times
 // `row_step_work`. Below about min_part_work() multiply-adds a part (2^20, a few hundred
 // microseconds), one part: the caller's thread, whose library GEMMs may then use the threads
-// themselves. (A setting, so that the tests can split their small layers.)
+// themselves. (A setting, so that the tests can split their small layers.) One part too where
+// W_hh passes kSplitWeightBytes: each part would stream all of it through its core at every
+// step, where MKL's threads each take a share of its columns (measured here at H = 512, 4 MB:
+// 1-4 % slower split; at H = 64 split 14 % faster).
+constexpr int64_t kSplitWeightBytes = int64_t(1) << 20;
+
 inline std::atomic<int64_t>& min_part_work() {
   static std::atomic<int64_t> work{int64_t(1) << 20};
   return work;
@@ -269,7 +274,7 @@ inline std::atomic<int64_t>& min_part_work() {
 struct RowParts {
   std::vector<int64_t> bounds;  // part p: rows [bounds[p], bounds[p + 1])
 
-  RowParts(at::IntArrayRef sizes, int64_t B, int64_t row_step_work) : bounds{0} {
+  RowParts(at::IntArrayRef sizes, int64_t B, int64_t row_step_work, int64_t weight_bytes) : bounds{0} {
     // steps of row b = the number of steps with more than b rows
     std::vector<int64_t> longer(B + 1, 0);
     for (int64_t s : sizes) longer[std::min<int64_t>(s, B)] += 1;
@@ -281,7 +286,9 @@ struct RowParts {
       total += running;
     }
     const int64_t work = total * std::max<int64_t>(row_step_work, 1);
-    const int64_t by_work = work / std::max<int64_t>(min_part_work().load(), 1);
+    const int64_t min_work = min_part_work().load();
+    const bool streams = weight_bytes > kSplitWeightBytes && min_work > 1;  // (the tests' 1 splits every layer)
+    const int64_t by_work = streams ? 1 : work / std::max<int64_t>(min_work, 1);
     const int64_t parts = std::max<int64_t>(1, std::min<int64_t>({int64_t(at::get_num_threads()), B, by_work}));
     int64_t acc = 0, p = 1;
     for (int64_t b = 0; b < B && p < parts; ++b) {

@@ -320,35 +320,24 @@ def norm_forward(norm, xg, w_hh, b_hh, h0, c0, schedule, reverse, save, params, 
 
 def norm_backward(norm, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, reverse, params, resets=None):
     """The backward loop for :func:`norm_forward`'s ``saved``; the LayerNorm parameters'
-    gradients (``dparams``, rows as ``params``) are whole-sequence sums made here."""
+    gradients (``dparams``, rows as ``params``) are summed over the rows inside the loop, in
+    double."""
     family, eps = norm
     order, offsets, sizes = schedule.step_lists(reverse)
     p = _contig(params, dy.dtype)
     with _no_grad():
         if family == "lstm":
             gates, r_seq, c_seq = saved
-            hidden = c_seq.shape[1]
-            dgates, dr, dh0, dc0, dn = torch.ops.fastrnn_cpu_loops.ln_lstm_backward(
+            dgates, dr, dh0, dc0, dparams = torch.ops.fastrnn_cpu_loops.ln_lstm_backward(
                 gates, r_seq, c_seq, c0.contiguous(), w_hh.contiguous(), dy.contiguous(), dh_n.contiguous(),
                 dc_n.contiguous(), p, order, offsets, sizes, _contig(resets), float(eps),
             )
-            r_hat = torch.native_layer_norm(r_seq, (4 * hidden,), None, None, eps)[0]
-            c_hat = torch.native_layer_norm(c_seq, (hidden,), None, None, eps)[0]
-            dparams = torch.cat((
-                r_hat.mul_(dgates).sum(0).view(4, hidden), dgates.sum(0).view(4, hidden),
-                c_hat.mul_(dn).sum(0, keepdim=True), dn.sum(0, keepdim=True),
-            ))
             return BackwardResult(dgates, dr, dh0, dc0, None, dparams.to(params.dtype))
         gates, r_seq = saved
-        hidden = gates.shape[1] // 3
-        dxg, dr, dh0 = torch.ops.fastrnn_cpu_loops.ln_gru_backward(
+        dxg, dr, dh0, dparams = torch.ops.fastrnn_cpu_loops.ln_gru_backward(
             gates, r_seq, h0.contiguous(), w_hh.contiguous(), y.contiguous(), dy.contiguous(), dh_n.contiguous(), p,
             order, offsets, sizes, _contig(resets), float(eps),
         )
-        d = dxg.clone()
-        d[:, 2 * hidden :].mul_(gates[:, : hidden])
-        r_hat = torch.native_layer_norm(r_seq, (3 * hidden,), None, None, eps)[0]
-        dparams = torch.cat((r_hat.mul_(d).sum(0).view(3, hidden), d.sum(0).view(3, hidden)))
     return BackwardResult(dxg, dr, dh0, None, None, dparams.to(params.dtype))
 
 

@@ -44,7 +44,7 @@ std::vector<at::Tensor> gru_forward_loop(at::Tensor xg, const at::Tensor& w_hh, 
   T* HC = h_cell.data_ptr<T>();
   T* HG = hg.data_ptr<T>();
   const T* BH = b_hh.has_value() ? b_hh->data_ptr<T>() : nullptr;
-  RowParts(sizes, B, G * H + 16 * G).run([&](int64_t, int64_t r0, int64_t r1) {
+  RowParts(sizes, B, G * H + 16 * G, G * H * int64_t(sizeof(T))).run([&](int64_t, int64_t r0, int64_t r1) {
     for (int64_t t : order) {
       const int64_t lo = offsets[t], n = part_rows(sizes[t], r0, r1);
       if (n <= 0) continue;
@@ -121,7 +121,7 @@ std::vector<at::Tensor> gru_backward_loop(const at::Tensor& gates, const at::Ten
   T* KP = keep.data_ptr<T>();
   T* DIR = direct.data_ptr<T>();
   const int64_t steps = static_cast<int64_t>(order.size());
-  RowParts(sizes, B, G * H + 16 * G).run([&](int64_t, int64_t r0, int64_t r1) {
+  RowParts(sizes, B, G * H + 16 * G, G * H * int64_t(sizeof(T))).run([&](int64_t, int64_t r0, int64_t r1) {
     for (int64_t k = steps - 1; k >= 0; --k) {
       const BackStep step = back_step(order, offsets, sizes, k);
       const int64_t lo = step.lo, prev_lo = step.prev_lo, prev_bs = step.prev_bs;
@@ -169,7 +169,7 @@ std::vector<at::Tensor> rnn_forward_loop(at::Tensor xg, const at::Tensor& w_hh, 
   T* X = xg.data_ptr<T>();
   T* Y = y.data_ptr<T>();
   T* HS = h_state.data_ptr<T>();
-  RowParts(sizes, B, H * H + 16 * H).run([&](int64_t, int64_t r0, int64_t r1) {
+  RowParts(sizes, B, H * H + 16 * H, H * H * int64_t(sizeof(T))).run([&](int64_t, int64_t r0, int64_t r1) {
     for (int64_t t : order) {
       const int64_t lo = offsets[t], n = part_rows(sizes[t], r0, r1);
       if (n <= 0) continue;
@@ -212,7 +212,7 @@ std::vector<at::Tensor> rnn_backward_loop(const at::Tensor& h_new, const at::Ten
   T* DCL = d_cell.data_ptr<T>();
   T* KP = keep.data_ptr<T>();
   const int64_t steps = static_cast<int64_t>(order.size());
-  RowParts(sizes, B, H * H + 16 * H).run([&](int64_t, int64_t r0, int64_t r1) {
+  RowParts(sizes, B, H * H + 16 * H, H * H * int64_t(sizeof(T))).run([&](int64_t, int64_t r0, int64_t r1) {
     for (int64_t k = steps - 1; k >= 0; --k) {
       const BackStep step = back_step(order, offsets, sizes, k);
       const int64_t lo = step.lo, n = part_rows(step.bs, r0, r1);

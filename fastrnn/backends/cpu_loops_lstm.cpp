@@ -53,7 +53,7 @@ std::vector<at::Tensor> forward_loop(at::Tensor xg, const at::Tensor& w_hh, cons
   T* HN = h_cell.data_ptr<T>();
   T* CN = c_cell.data_ptr<T>();
   const int64_t G = 4 * H;
-  RowParts(sizes, B, G * H + 16 * G).run([&](int64_t, int64_t r0, int64_t r1) {
+  RowParts(sizes, B, G * H + 16 * G, G * H * int64_t(sizeof(T))).run([&](int64_t, int64_t r0, int64_t r1) {
     for (int64_t t : order) {
       const int64_t lo = offsets[t], n = part_rows(sizes[t], r0, r1);
       if (n <= 0) continue;
@@ -134,7 +134,7 @@ std::vector<at::Tensor> backward_loop(const at::Tensor& gates, const at::Tensor&
   T* TH = through.data_ptr<T>();
   const StepRhs<T> w_rhs(w_hh, B);
   const int64_t steps = static_cast<int64_t>(order.size());
-  const RowParts parts(sizes, B, G * H + 16 * G);
+  const RowParts parts(sizes, B, G * H + 16 * G, G * H * int64_t(sizeof(T)));
   // the peephole gradients: one sum per part (its rows in order), then the parts in order
   at::Tensor part_dparams = at::zeros({parts.count(), PEEP ? 3 : 0, H}, gates.options());
   parts.run([&](int64_t part, int64_t r0, int64_t r1) {

@@ -177,6 +177,23 @@ void recurrent(const at::Tensor& r_seq, int64_t row0, const T* BH, const at::Ten
   if (!all_cut) recurrent_gemm<T>(r_seq, row0, h_state, at::Tensor(), nullptr, w_t, bs, b0);
 }
 
+// The LayerNorm gains' and biases' gradients, summed over the rows: one double sum per part
+// (its rows in the loop's order), the parts then added in part order. acc: (parts, 2 * width).
+inline at::Tensor param_sums(const at::Tensor& acc, int64_t width, const at::Tensor& like) {
+  return acc.sum(0).view({2, width}).to(like.scalar_type());
+}
+
+// acc[j] += hat[j] * d[j] and acc[width + j] += d[j], j < n (the gain's and the bias's rows of
+// one LayerNorm, `width` apart), in double.
+template <typename T>
+inline void add_param_grads(double* __restrict__ acc, const T* __restrict__ hat, const T* __restrict__ d, int64_t n,
+                            int64_t width) {
+  for (int64_t j = 0; j < n; ++j) {
+    acc[j] += static_cast<double>(hat[j]) * static_cast<double>(d[j]);
+    acc[width + j] += static_cast<double>(d[j]);
+  }
+}
+
 template <typename T>
 std::vector<at::Tensor> ln_lstm_forward_loop(at::Tensor xg, const at::Tensor& w_hh,
                                              const c10::optional<at::Tensor>& b_hh, const at::Tensor& h0,
@@ -198,7 +215,7 @@ std::vector<at::Tensor> ln_lstm_forward_loop(at::Tensor xg, const at::Tensor& w_
   const T* P = params.data_ptr<T>();
   const T *w_r = P, *b_r = P + G, *w_c = P + 2 * G, *b_c = P + 2 * G + H;
   const T* BH = b_hh.has_value() ? b_hh->data_ptr<T>() : nullptr;
-  RowParts(sizes, B, G * H + 32 * G).run([&](int64_t, int64_t r0, int64_t r1) {
+  RowParts(sizes, B, G * H + 32 * G, G * H * int64_t(sizeof(T))).run([&](int64_t, int64_t r0, int64_t r1) {
     for (int64_t t : order) {
       const int64_t lo = offsets[t], n = part_rows(sizes[t], r0, r1);
       if (n <= 0) continue;
@@ -238,7 +255,7 @@ std::vector<at::Tensor> ln_lstm_backward_loop(const at::Tensor& gates, const at:
   const int64_t N = gates.size(0), H = c0.size(1), B = c0.size(0), G = 4 * H;
   at::Tensor dgates = at::empty({N, G}, gates.options());
   at::Tensor dr = at::empty({N, G}, gates.options());
-  at::Tensor dn_seq = at::empty({N, H}, gates.options());
+  at::Tensor dn_rows = at::empty({B, H}, gates.options());  // the gradient at LN(c)'s output
   at::Tensor dh = copy_of(dh_n), dc = copy_of(dc_n);
   at::Tensor c_hat = at::empty({B, H}, gates.options()), r_hat = at::empty({B, G}, gates.options());
   at::Tensor w_dn = at::empty({B, H}, gates.options());
@@ -254,14 +271,20 @@ std::vector<at::Tensor> ln_lstm_backward_loop(const at::Tensor& gates, const at:
   const T *w_r = P, *w_c = P + 2 * G, *b_c = P + 2 * G + H;
   T* DG = dgates.data_ptr<T>();
   T* DR = dr.data_ptr<T>();
-  T* DN = dn_seq.data_ptr<T>();
+  T* DN = dn_rows.data_ptr<T>();
   T* DH = dh.data_ptr<T>();
   T* DC = dc.data_ptr<T>();
   T* CH = c_hat.data_ptr<T>();
   T* RH = r_hat.data_ptr<T>();
   T* WD = w_dn.data_ptr<T>();
   const int64_t steps = static_cast<int64_t>(order.size());
-  RowParts(sizes, B, G * H + 32 * G).run([&](int64_t, int64_t r0, int64_t r1) {
+  const RowParts parts(sizes, B, G * H + 32 * G, G * H * int64_t(sizeof(T)));
+  // per part: LN(r)'s gain and bias sums (2G), then LN(c)'s (2H)
+  at::Tensor acc_r = at::zeros({parts.count(), 2 * G}, gates.options().dtype(at::kDouble));
+  at::Tensor acc_c = at::zeros({parts.count(), 2 * H}, gates.options().dtype(at::kDouble));
+  parts.run([&](int64_t part, int64_t r0, int64_t r1) {
+    double* AR = acc_r.data_ptr<double>() + part * 2 * G;
+    double* AC = acc_c.data_ptr<double>() + part * 2 * H;
     for (int64_t k = steps - 1; k >= 0; --k) {
       const BackStep step = back_step(order, offsets, sizes, k);
       const int64_t lo = step.lo, prev_lo = step.prev_lo, prev_bs = step.prev_bs;
@@ -281,7 +304,7 @@ std::vector<at::Tensor> ln_lstm_backward_loop(const at::Tensor& gates, const at:
           T* ch = CH + b * H;
           normalise(cn, ch, mc, rc, H);
           T* wdn = WD + b * H;
-          lstm_dn(DN + r * H, wdn, dhr, g + 3 * H, ch, w_c, b_c, H);
+          lstm_dn(DN + b * H, wdn, dhr, g + 3 * H, ch, w_c, b_c, H);
           norm_backward(wdn, ch, rc, H);
           const T* cp = entering_row(C, C0, Z, resets != nullptr && resets[r], b, prev_lo, prev_bs, H);
           T* d = DG + r * G;
@@ -298,6 +321,10 @@ std::vector<at::Tensor> ln_lstm_backward_loop(const at::Tensor& gates, const at:
           norm_backward(drr, rh, rstd, G);
         }
       });
+      for (int64_t b = r0; b < r0 + n; ++b) {  // (after the parallel rows: the parameters' sums, in row order)
+        add_param_grads(AR, RH + b * G, DG + (lo + b) * G, G, G);
+        add_param_grads(AC, CH + b * H, DN + b * H, H, H);
+      }
       gemm_set(DH + r0 * H, DR + (lo + r0) * G, w_rhs, n, [&] {
         at::Tensor dh_rows = dh.narrow(0, r0, n);
         at::mm_out(dh_rows, dr.narrow(0, lo + r0, n), w_hh);
@@ -305,7 +332,9 @@ std::vector<at::Tensor> ln_lstm_backward_loop(const at::Tensor& gates, const at:
       finish_dh<T>(DH + r0 * H, nullptr, nullptr, nullptr, resets, lo + r0, n, H, DC + r0 * H);
     }
   });
-  return {dgates, dr, dh, dc, dn_seq};
+  // (rows as params: LN(r)'s gains, its biases, LN(c)'s gain, its bias)
+  at::Tensor dparams = at::cat({param_sums(acc_r, G, gates).view({8, H}), param_sums(acc_c, H, gates)});
+  return {dgates, dr, dh, dc, dparams};
 }
 
 template <typename T>
@@ -325,7 +354,7 @@ std::vector<at::Tensor> ln_gru_forward_loop(at::Tensor xg, const at::Tensor& w_h
   const T* P = params.data_ptr<T>();
   const T *w_r = P, *b_r = P + G;
   const T* BH = b_hh.has_value() ? b_hh->data_ptr<T>() : nullptr;
-  RowParts(sizes, B, G * H + 32 * G).run([&](int64_t, int64_t r0, int64_t r1) {
+  RowParts(sizes, B, G * H + 32 * G, G * H * int64_t(sizeof(T))).run([&](int64_t, int64_t r0, int64_t r1) {
     for (int64_t t : order) {
       const int64_t lo = offsets[t], n = part_rows(sizes[t], r0, r1);
       if (n <= 0) continue;
@@ -377,8 +406,13 @@ std::vector<at::Tensor> ln_gru_backward_loop(const at::Tensor& gates, const at::
   T* DH = dh.data_ptr<T>();
   T* DIR = direct.data_ptr<T>();
   T* RH = r_hat.data_ptr<T>();
+  at::Tensor d_out = at::empty({B, G}, gates.options());  // the gradient at LN(r)'s output
+  T* DO = d_out.data_ptr<T>();
   const int64_t steps = static_cast<int64_t>(order.size());
-  RowParts(sizes, B, G * H + 32 * G).run([&](int64_t, int64_t r0, int64_t r1) {
+  const RowParts parts(sizes, B, G * H + 32 * G, G * H * int64_t(sizeof(T)));
+  at::Tensor acc_r = at::zeros({parts.count(), 2 * G}, gates.options().dtype(at::kDouble));
+  parts.run([&](int64_t part, int64_t r0, int64_t r1) {
+    double* AR = acc_r.data_ptr<double>() + part * 2 * G;
     for (int64_t k = steps - 1; k >= 0; --k) {
       const BackStep step = back_step(order, offsets, sizes, k);
       const int64_t lo = step.lo, prev_lo = step.prev_lo, prev_bs = step.prev_bs;
@@ -403,6 +437,15 @@ std::vector<at::Tensor> ln_gru_backward_loop(const at::Tensor& gates, const at::
           norm_backward(drr, rh, rstd, G);
         }
       });
+      for (int64_t b = r0; b < r0 + n; ++b) {  // (after the parallel rows: the parameters' sums, in row order)
+        // LN(r)'s output enters r and z as they are and n times the reset gate
+        const T* dx = DX + (lo + b) * G;
+        const T* rg = GA + (lo + b) * G;
+        T* d = DO + b * G;
+        std::memcpy(d, dx, 2 * H * sizeof(T));
+        for (int64_t j = 0; j < H; ++j) d[2 * H + j] = dx[2 * H + j] * rg[j];
+        add_param_grads(AR, RH + b * G, d, G, G);
+      }
       gemm_set(DH + r0 * H, DR + (lo + r0) * G, w_rhs, n, [&] {
         at::Tensor dh_rows = dh.narrow(0, r0, n);
         at::mm_out(dh_rows, dr.narrow(0, lo + r0, n), w_hh);
@@ -410,7 +453,8 @@ std::vector<at::Tensor> ln_gru_backward_loop(const at::Tensor& gates, const at::
       finish_dh<T>(DH + r0 * H, nullptr, DIR + r0 * H, nullptr, resets, lo + r0, n, H);
     }
   });
-  return {dxg, dr, dh};
+  at::Tensor dparams = param_sums(acc_r, G, gates).view({6, H});  // (LN(r)'s gains, then its biases)
+  return {dxg, dr, dh, dparams};
 }
 
 const bool* resets_of(const c10::optional<at::Tensor>& resets) {
