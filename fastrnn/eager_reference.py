@@ -30,15 +30,16 @@ def _loop_keywords(schedule, reverse, params, loop) -> dict:
     return engine.LoopLayer._extras(schedule, reverse, params, ops._flat_resets(loop[0]), ops._zoneout(loop), loop[4])
 
 
-def forward(kind, x, batch_sizes, h0, c0, weights, params, loop, reverse, save, owned=True):
+def forward(kind, x, batch_sizes, h0, c0, weights, params, loop, reverse, save, owned=True, owned_x=False):
     """``(y shaped like x with P features, h_n, c_n | None, (schedule, keywords, y rows,
     saved))`` of one layer-direction; ``owned``: ``y`` is not a view of the rows
-    (else it may be, for a caller that copies it)."""
+    (else it may be, for a caller that copies it); ``owned_x``: ``x`` is the input
+    projection and the caller's scratch (:func:`fastrnn.engine.input_projection`)."""
     w_ih, w_hh, b_ih, b_hh, w_hr = weights
     flat, schedule = ops._flat(x, batch_sizes)
     keywords = _loop_keywords(schedule, reverse, params, loop)
     with ops.no_autocast(x.device.type):
-        xg, inner_bias = engine.input_projection(kind, flat, w_ih, b_ih, b_hh)
+        xg, inner_bias = engine.input_projection(kind, flat, w_ih, b_ih, b_hh, owned_x)
         res = reference.forward(kind, xg, w_hh, inner_bias, w_hr, h0, c0, schedule, reverse, save, **keywords)
     y = res.y
     if batch_sizes is None:

@@ -44,17 +44,21 @@ class LayerGrads(NamedTuple):
     params: torch.Tensor | None = None
 
 
-def input_projection(kind: CellKind, x, w_ih, b_ih, b_hh):
+def input_projection(kind: CellKind, x, w_ih, b_ih, b_hh, owned: bool = False):
     """``(xg, inner_bias)``: ``xg = x @ W_ih^T`` plus every bias the cell adds outside its
     recurrent product, for all rows in one GEMM (``x`` is the projection already when
-    ``w_ih`` is None); ``inner_bias`` is ``b_hh`` where the cell applies it inside (GRU's
-    ``b_hn``), else None."""
+    ``w_ih`` is None; ``owned``: that projection is the caller's scratch, which the backend
+    may overwrite, rather than a copy of it); ``inner_bias`` is ``b_hh`` where the cell
+    applies it inside (GRU's ``b_hn``), else None."""
     fold_bias = b_hh is not None and not kind.recurrent_bias_inside
     bias = b_ih
     if fold_bias:
         bias = b_hh if b_ih is None else b_ih + b_hh
     if w_ih is None:
-        xg = x.clone() if bias is None else x + bias  # (the backend may overwrite xg)
+        if owned:
+            xg = x if bias is None else x.add_(bias)
+        else:
+            xg = x.clone() if bias is None else x + bias  # (the backend may overwrite xg)
     elif bias is None:
         xg = x @ w_ih.t()
     else:

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from . import backends, ops
+from .backends import cpu_loops
 from .regularisers import draw_recurrent_scale, draw_zoneout, drop_connect
 from .kinds import CellKind
 from .schedule import Schedule
@@ -230,6 +231,21 @@ def recurrent_stack(
     return y.reshape(x.shape[0], y.shape[-1]), h_n, c_n
 
 
+def _normed_projection(x, weights, input_norm, idx: int, fused: bool):
+    """A LayerNorm cell's input ``LN(x W_ih^T + b_ih)`` (the layer-direction's gain and bias),
+    the weights its layer then takes (no ``W_ih``, ``b_ih``; ``b_hh`` stays inside the
+    recurrent LayerNorm), and whether that input is the layer's own scratch. ``fused``: made
+    in place by the C++ loops' row pass."""
+    w_ih, w_hh, b_ih, b_hh, w_hr = weights
+    gain, shift, eps = input_norm[0][idx], input_norm[1][idx], input_norm[2]
+    if fused:
+        proj = torch.mm(x.reshape(-1, x.shape[-1]), w_ih.t())
+        cpu_loops.layer_norm_rows_(proj, b_ih, gain, shift, eps)
+        return proj.view(*x.shape[:-1], proj.shape[-1]), (None, w_hh, None, b_hh, w_hr), True
+    proj = F.linear(x, w_ih, b_ih)
+    return F.layer_norm(proj, (proj.shape[-1],), gain, shift, eps), (None, w_hh, None, b_hh, w_hr), False
+
+
 def stack(
     kind,
     x: torch.Tensor,
@@ -312,6 +328,10 @@ def stack(
     directions = 2 if bidirectional else 1
     num_layers = len(weights) // directions
     stacked = num_layers * directions == 1  # (then the layer's results are the stack's)
+    # Eager CPU inference of a LayerNorm cell on the C++ loops: the input projection's
+    # LayerNorm in place (cpu_loops.layer_norm_rows_), the result the loop's own scratch.
+    fused_norm = (input_norm is not None and name == "reference" and not call.needs_grad and ops.eager_call(x)
+                  and cpu_loops.runs(x))
     h_n, c_n = [], []
     for layer in range(num_layers):
         outputs = []
@@ -320,17 +340,16 @@ def stack(
             layer_x, layer_weights = x, weights[idx]
             if weight_drop > 0 and training:
                 layer_weights = (layer_weights[0], drop_connect(layer_weights[1], weight_drop), *layer_weights[2:])
+            owned_x = False
             if input_norm is not None:
-                w_ih, w_hh, b_ih, b_hh, w_hr = layer_weights
-                proj = F.linear(x, w_ih, b_ih)
-                layer_x = F.layer_norm(proj, (proj.shape[-1],), input_norm[0][idx], input_norm[1][idx], input_norm[2])
-                layer_weights = (None, w_hh, None, b_hh, w_hr)
+                layer_x, layer_weights, owned_x = _normed_projection(x, layer_weights, input_norm, idx,
+                                                                      fused_norm)
             y, h, c, finished = ops.layer_run(
                 kind, name, layer_x, batch_sizes, h0[idx], None if c0 is None else c0[idx], layer_weights, d == 1,
                 None if params is None else params[idx], resets,
                 _zoneout_inputs(zoneout, training, x, h0.shape[-1], kind.has_cell_state) if zoneout_on else None,
                 draw_recurrent_scale(h0.shape[1], h0.shape[-1], recurrent_dropout, x.dtype, x.device)
-                if rd_on else None, stacked,
+                if rd_on else None, stacked, owned_x,
             )
             if finished:
                 return y, h, c

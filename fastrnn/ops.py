@@ -542,11 +542,13 @@ def layer(kind: CellKind, backend: str, x: Tensor, batch_sizes: Tensor | None, h
 
 
 def layer_run(kind, backend, x, batch_sizes, h0, c0, weights, reverse, params=None, resets=None, zoneout=None,
-              recurrent_scale=None, stacked=False):
+              recurrent_scale=None, stacked=False, owned_x=False):
     """:func:`layer`, and whether its results are already the whole stack's: with ``stacked``
     (the stack is this one layer-direction) the eager reference path returns them as
     :func:`fastrnn.functional.stack` does (``y`` the caller's own copy, ``(1, B, ·)`` final
-    states), made inside its autograd node; every other path returns the layer's."""
+    states), made inside its autograd node; every other path returns the layer's.
+    ``owned_x``: ``x`` is an input projection the caller made for this call alone, which the
+    eager reference path's inference may overwrite."""
     if onnx_export.exporting():
         if zoneout is not None or recurrent_scale is not None:
             raise RuntimeError("fastrnn: ONNX export: zoneout and recurrent dropout have no ONNX operator "
@@ -570,7 +572,8 @@ def layer_run(kind, backend, x, batch_sizes, h0, c0, weights, reverse, params=No
             out = eager_reference.ReferenceLayer.apply(kind, x, (batch_sizes, loop, reverse, stacked), h0, c0, w_ih,
                                                        w_hh, b_ih, b_hh, w_hr, params)
             return out[0], out[1], (out[2] if kind.has_cell_state else None), stacked
-        y, h_n, c_n, _ = eager_reference.forward(kind, x, batch_sizes, h0, c0, weights, params, loop, reverse, False)
+        y, h_n, c_n, _ = eager_reference.forward(kind, x, batch_sizes, h0, c0, weights, params, loop, reverse, False,
+                                                 owned_x=owned_x)
         return y, h_n, (c_n if kind.has_cell_state else None), False
     if eager:
         # Plain eager call: the op's work without the dispatcher (see _EagerLayer).

@@ -264,6 +264,37 @@ def test_layer_norm_cells_wide(cls, cpp_calls, gemm_route):
     assert cpp_calls["forward"] == 1
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("cls", ["LayerNormLSTM", "LayerNormGRU"])
+def test_layer_norm_inference_normalises_in_place(cls, packed, bias, dtype, monkeypatch):
+    """Inference of a LayerNorm layer: the input projection's LayerNorm made in place by the C++
+    row pass gives every output and final state of the same
+    call on the Python loops (``F.layer_norm``, then the loop), batch_first, two layers, both
+    directions; and the in-place pass ran once per layer-direction."""
+    m = getattr(fastrnn, cls)(3, 5, num_layers=2, bidirectional=True, bias=bias, batch_first=True, dtype=dtype,
+                              backend="reference", eps=1e-3)
+    randomise(m, torch.Generator().manual_seed(12))
+    gen = torch.Generator().manual_seed(13)
+    x = torch.randn(4, 6, 3, generator=gen, dtype=dtype)
+    h0 = torch.randn(4, 4, 5, generator=gen, dtype=dtype)
+    hx = (h0, torch.randn(4, 4, 5, generator=gen, dtype=dtype)) if cls == "LayerNormLSTM" else h0
+    inp = pack_padded_sequence(x, torch.tensor([4, 6, 3, 5]), batch_first=True, enforce_sorted=False) if packed else x
+    passes = []
+    real = cpu_loops.layer_norm_rows_
+    monkeypatch.setattr(cpu_loops, "layer_norm_rows_", lambda *a: passes.append(1) or real(*a))
+    with torch.no_grad():
+        got = m(inp, hx)
+        with cpu_loops.disabled():
+            want = m(inp, hx)
+    assert len(passes) == 4
+    flat = [got[0].data if packed else got[0], *(got[1] if isinstance(got[1], tuple) else (got[1],))]
+    ref = [want[0].data if packed else want[0], *(want[1] if isinstance(want[1], tuple) else (want[1],))]
+    for a, b in zip(flat, ref):
+        torch.testing.assert_close(a, b, **TOL[dtype])
+
+
 @pytest.mark.parametrize("variant", ["peephole", "both"])
 def test_without_resets(variant, cpp_calls):
     """The peephole LSTM without resets, and the regularisers without them."""

@@ -341,6 +341,14 @@ def norm_backward(norm, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, revers
     return BackwardResult(dxg, dr, dh0, None, None, dparams.to(params.dtype))
 
 
+def layer_norm_rows_(x, pre_bias, weight, bias, eps: float):
+    """``x`` (rows, D) ``= LN(x + pre_bias) * weight + bias`` in place, row by row
+    (``pre_bias`` may be None): an input projection's LayerNorm without autograd, with no
+    fresh (rows, D) tensor."""
+    _built_ops().layer_norm_rows_(x, _contig(pre_bias), _contig(weight), _contig(bias), float(eps))
+    return x
+
+
 def _built_ops():
     """The extension's ops, or a clear error where the build failed."""
     if not available():

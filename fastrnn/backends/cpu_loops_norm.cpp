@@ -1,8 +1,8 @@
 // The LayerNorm-LSTM's and LayerNorm-GRU's CPU time loops in C++ (with or without resets):
 // the reference backend's Python loops (fastrnn/backends/reference_norm.py) step by step,
 // with the same equations, inputs and saved tensors, one GEMM and one pass over the step's
-// rows per step. The LayerNorm gains' and biases' gradients are whole-sequence sums the
-// Python side makes from what the backward returns.
+// rows per step. The backward sums the LayerNorm gains' and biases' gradients over the rows.
+// And the input projection's LayerNorm in place, for inference.
 //
 // A row-wise LayerNorm y = x_hat * w + b, x_hat = (x - mean) * rstd over D features, has the
 // backward dx = rstd * (w dy - mean(w dy) - x_hat * mean(w dy x_hat)).
@@ -457,6 +457,41 @@ std::vector<at::Tensor> ln_gru_backward_loop(const at::Tensor& gates, const at::
   return {dxg, dr, dh, dparams};
 }
 
+// x (rows, D) = LN(x + pre_bias) * w + b, row by row in place: the input
+// projection's LayerNorm without autograd, in the pass that adds the projection's bias (the
+// out-of-place form writes two fresh (rows, D) tensors and copies the bias into a third).
+template <typename T>
+void layer_norm_rows_loop(at::Tensor& x, const T* pre, const T* w, const T* b, double eps) {
+  const int64_t rows = x.size(0), D = x.size(1);
+  T* X = x.data_ptr<T>();
+  at::parallel_for(0, rows, grain(D), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      T* row = X + r * D;
+      if (pre != nullptr) add_into(row, pre, D);
+      T mean, rstd;
+      row_stats(row, D, eps, mean, rstd);
+      for (int64_t j = 0; j < D; ++j) row[j] = (row[j] - mean) * rstd * w[j] + b[j];
+    }
+  });
+}
+
+void layer_norm_rows_(at::Tensor x, const c10::optional<at::Tensor>& pre_bias, const at::Tensor& weight,
+                      const at::Tensor& bias, double eps) {
+  check(x, "x");
+  TORCH_CHECK(x.dim() == 2, "fastrnn cpu loops: layer_norm_rows_ takes (rows, features)");
+  const int64_t D = x.size(1);
+  for (const at::Tensor* t : {&weight, &bias, pre_bias ? &*pre_bias : nullptr}) {
+    if (t == nullptr) continue;
+    check(*t, "a LayerNorm vector");
+    TORCH_CHECK(t->numel() == D && t->scalar_type() == x.scalar_type(),
+                "fastrnn cpu loops: layer_norm_rows_'s vectors need x's features and dtype");
+  }
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastrnn_layer_norm_rows", [&] {
+    layer_norm_rows_loop<scalar_t>(x, pre_bias ? pre_bias->data_ptr<scalar_t>() : nullptr, weight.data_ptr<scalar_t>(),
+                                   bias.data_ptr<scalar_t>(), eps);
+  });
+}
+
 const bool* resets_of(const c10::optional<at::Tensor>& resets) {
   return resets.has_value() ? resets->data_ptr<bool>() : nullptr;
 }
@@ -527,6 +562,8 @@ TORCH_LIBRARY_FRAGMENT(fastrnn_cpu_loops, m) {
   m.def(
       "ln_gru_backward(Tensor gates, Tensor r_seq, Tensor h0, Tensor w_hh, Tensor y, Tensor dy, Tensor dh_n, "
       "Tensor params, int[] order, int[] offsets, int[] sizes, Tensor? resets, float eps) -> Tensor[]");
+  m.def(
+      "layer_norm_rows_(Tensor(a!) x, Tensor? pre_bias, Tensor weight, Tensor bias, float eps) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(fastrnn_cpu_loops, CPU, m) {
@@ -534,4 +571,5 @@ TORCH_LIBRARY_IMPL(fastrnn_cpu_loops, CPU, m) {
   m.impl("ln_lstm_backward", &fastrnn_cpu::ln_lstm_backward);
   m.impl("ln_gru_forward", &fastrnn_cpu::ln_gru_forward);
   m.impl("ln_gru_backward", &fastrnn_cpu::ln_gru_backward);
+  m.impl("layer_norm_rows_", &fastrnn_cpu::layer_norm_rows_);
 }
