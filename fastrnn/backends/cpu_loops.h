@@ -319,6 +319,17 @@ struct RowParts {
 // The rows [r0, r0 + n) a part owns at a step of `bs` rows (n <= 0: none).
 inline int64_t part_rows(int64_t bs, int64_t r0, int64_t r1) { return std::min(bs, r1) - r0; }
 
+// f(lo, n) for each forward step in `order` at which the part [r0, r1) owns rows: the step's
+// rows start at xg row lo, the part's are [lo + r0, lo + r0 + n).
+template <typename F>
+void forward_steps(at::IntArrayRef order, at::IntArrayRef offsets, at::IntArrayRef sizes, int64_t r0, int64_t r1,
+                   F&& f) {
+  for (int64_t t : order) {
+    const int64_t n = part_rows(sizes[t], r0, r1);
+    if (n > 0) f(offsets[t], n);
+  }
+}
+
 }  // namespace fastrnn_cpu
 
 // MKL's packed-GEMM interface (float), exported by torch's CPU library where torch is built
@@ -490,6 +501,18 @@ inline BackStep back_step(at::IntArrayRef order, at::IntArrayRef offsets, at::In
   const int64_t t = order[k];
   if (k == 0) return {offsets[t], sizes[t], 0, 0};
   return {offsets[t], sizes[t], offsets[order[k - 1]], sizes[order[k - 1]]};
+}
+
+// f(step, n) for each backward step (the forward's last first) at which the part [r0, r1)
+// owns rows [r0, r0 + n).
+template <typename F>
+void back_steps(at::IntArrayRef order, at::IntArrayRef offsets, at::IntArrayRef sizes, int64_t r0, int64_t r1,
+                F&& f) {
+  for (int64_t k = static_cast<int64_t>(order.size()) - 1; k >= 0; --k) {
+    const BackStep step = back_step(order, offsets, sizes, k);
+    const int64_t n = part_rows(step.bs, r0, r1);
+    if (n > 0) f(step, n);
+  }
 }
 
 template <typename T>

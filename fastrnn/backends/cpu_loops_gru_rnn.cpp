@@ -45,9 +45,7 @@ std::vector<at::Tensor> gru_forward_loop(at::Tensor xg, const at::Tensor& w_hh, 
   T* HG = hg.data_ptr<T>();
   const T* BH = b_hh.has_value() ? b_hh->data_ptr<T>() : nullptr;
   RowParts(sizes, B, G * H + 16 * G, G * H * int64_t(sizeof(T))).run([&](int64_t, int64_t r0, int64_t r1) {
-    for (int64_t t : order) {
-      const int64_t lo = offsets[t], n = part_rows(sizes[t], r0, r1);
-      if (n <= 0) continue;
+    forward_steps(order, offsets, sizes, r0, r1, [&](int64_t lo, int64_t n) {
       const bool all_cut = reset_rows(e.resets, lo + r0, n, H, HS + r0 * H);
       for (int64_t b = r0; b < r0 + n; ++b) {  // hg = b_hh (+ h @ W_hh^T below)
         if (BH != nullptr) {
@@ -68,7 +66,7 @@ std::vector<at::Tensor> gru_forward_loop(at::Tensor xg, const at::Tensor& w_hh, 
           std::memcpy(hp, Y + r * H, H * sizeof(T));
         }
       });
-    }
+    });
   });
   return {y, h_state, hn_seq};
 }
@@ -120,13 +118,9 @@ std::vector<at::Tensor> gru_backward_loop(const at::Tensor& gates, const at::Ten
   T* DCL = d_cell.data_ptr<T>();
   T* KP = keep.data_ptr<T>();
   T* DIR = direct.data_ptr<T>();
-  const int64_t steps = static_cast<int64_t>(order.size());
   RowParts(sizes, B, G * H + 16 * G, G * H * int64_t(sizeof(T))).run([&](int64_t, int64_t r0, int64_t r1) {
-    for (int64_t k = steps - 1; k >= 0; --k) {
-      const BackStep step = back_step(order, offsets, sizes, k);
+    back_steps(order, offsets, sizes, r0, r1, [&](const BackStep& step, int64_t n) {
       const int64_t lo = step.lo, prev_lo = step.prev_lo, prev_bs = step.prev_bs;
-      const int64_t n = part_rows(step.bs, r0, r1);
-      if (n <= 0) continue;
       at::parallel_for(r0, r0 + n, grain(H), [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
           const int64_t r = lo + b;
@@ -143,7 +137,7 @@ std::vector<at::Tensor> gru_backward_loop(const at::Tensor& gates, const at::Ten
       });
       finish_dh<T>(DH + r0 * H, e.rscale != nullptr ? e.rscale + r0 * H : nullptr, DIR + r0 * H,
                    e.zoned_h ? KP + r0 * H : nullptr, e.resets, lo + r0, n, H);
-    }
+    });
   });
   return {dxg, dhg, dh};
 }
@@ -170,9 +164,7 @@ std::vector<at::Tensor> rnn_forward_loop(at::Tensor xg, const at::Tensor& w_hh, 
   T* Y = y.data_ptr<T>();
   T* HS = h_state.data_ptr<T>();
   RowParts(sizes, B, H * H + 16 * H, H * H * int64_t(sizeof(T))).run([&](int64_t, int64_t r0, int64_t r1) {
-    for (int64_t t : order) {
-      const int64_t lo = offsets[t], n = part_rows(sizes[t], r0, r1);
-      if (n <= 0) continue;
+    forward_steps(order, offsets, sizes, r0, r1, [&](int64_t lo, int64_t n) {
       if (!reset_rows(e.resets, lo + r0, n, H, HS + r0 * H)) {
         recurrent_gemm<T>(xg, lo, h_state, scaled, e.rscale, w_t, n, r0);
       }
@@ -185,7 +177,7 @@ std::vector<at::Tensor> rnn_forward_loop(at::Tensor xg, const at::Tensor& w_hh, 
           std::memcpy(hp, Y + r * H, H * sizeof(T));
         }
       });
-    }
+    });
   });
   return {y, h_state};
 }
@@ -211,12 +203,9 @@ std::vector<at::Tensor> rnn_backward_loop(const at::Tensor& h_new, const at::Ten
   T* DH = dh.data_ptr<T>();
   T* DCL = d_cell.data_ptr<T>();
   T* KP = keep.data_ptr<T>();
-  const int64_t steps = static_cast<int64_t>(order.size());
   RowParts(sizes, B, H * H + 16 * H, H * H * int64_t(sizeof(T))).run([&](int64_t, int64_t r0, int64_t r1) {
-    for (int64_t k = steps - 1; k >= 0; --k) {
-      const BackStep step = back_step(order, offsets, sizes, k);
-      const int64_t lo = step.lo, n = part_rows(step.bs, r0, r1);
-      if (n <= 0) continue;
+    back_steps(order, offsets, sizes, r0, r1, [&](const BackStep& step, int64_t n) {
+      const int64_t lo = step.lo;
       at::parallel_for(r0, r0 + n, grain(H), [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
           const int64_t r = lo + b;
@@ -231,7 +220,7 @@ std::vector<at::Tensor> rnn_backward_loop(const at::Tensor& h_new, const at::Ten
       });
       finish_dh<T>(DH + r0 * H, e.rscale != nullptr ? e.rscale + r0 * H : nullptr, nullptr,
                    e.zoned_h ? KP + r0 * H : nullptr, e.resets, lo + r0, n, H);
-    }
+    });
   });
   return {dxg, dh};
 }

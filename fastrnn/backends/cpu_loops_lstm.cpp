@@ -54,9 +54,7 @@ std::vector<at::Tensor> forward_loop(at::Tensor xg, const at::Tensor& w_hh, cons
   T* CN = c_cell.data_ptr<T>();
   const int64_t G = 4 * H;
   RowParts(sizes, B, G * H + 16 * G, G * H * int64_t(sizeof(T))).run([&](int64_t, int64_t r0, int64_t r1) {
-    for (int64_t t : order) {
-      const int64_t lo = offsets[t], n = part_rows(sizes[t], r0, r1);
-      if (n <= 0) continue;
+    forward_steps(order, offsets, sizes, r0, r1, [&](int64_t lo, int64_t n) {
       if (!reset_rows(e.resets, lo + r0, n, H, HS + r0 * H, CS + r0 * H)) {  // (every row reset: h = 0 adds nothing)
         recurrent_gemm<T>(xg, lo, h_state, scaled, e.rscale, w_t, n, r0);
       }
@@ -76,7 +74,7 @@ std::vector<at::Tensor> forward_loop(at::Tensor xg, const at::Tensor& w_hh, cons
           std::memcpy(hp, Y + r * H, H * sizeof(T));
         }
       });
-    }
+    });
   });
   return {y, h_state, c_state, c_seq, cell_c, tanh_c};
 }
@@ -133,17 +131,13 @@ std::vector<at::Tensor> backward_loop(const at::Tensor& gates, const at::Tensor&
   T* KC = keep_c.data_ptr<T>();
   T* TH = through.data_ptr<T>();
   const StepRhs<T> w_rhs(w_hh, B);
-  const int64_t steps = static_cast<int64_t>(order.size());
   const RowParts parts(sizes, B, G * H + 16 * G, G * H * int64_t(sizeof(T)));
   // the peephole gradients: one sum per part (its rows in order), then the parts in order
   at::Tensor part_dparams = at::zeros({parts.count(), PEEP ? 3 : 0, H}, gates.options());
   parts.run([&](int64_t part, int64_t r0, int64_t r1) {
     T* DP = PEEP ? part_dparams.data_ptr<T>() + part * 3 * H : nullptr;
-    for (int64_t k = steps - 1; k >= 0; --k) {
-      const BackStep step = back_step(order, offsets, sizes, k);
+    back_steps(order, offsets, sizes, r0, r1, [&](const BackStep& step, int64_t n) {
       const int64_t lo = step.lo, prev_lo = step.prev_lo, prev_bs = step.prev_bs;
-      const int64_t n = part_rows(step.bs, r0, r1);
-      if (n <= 0) continue;
       at::parallel_for(r0, r0 + n, grain(H), [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
           const int64_t r = lo + b;
@@ -186,7 +180,7 @@ std::vector<at::Tensor> backward_loop(const at::Tensor& gates, const at::Tensor&
       });
       finish_dh<T>(DH + r0 * H, e.rscale != nullptr ? e.rscale + r0 * H : nullptr, nullptr,
                    e.zoned_h ? KH + r0 * H : nullptr, e.resets, lo + r0, n, H, DC + r0 * H);
-    }
+    });
   });
   at::Tensor dparams = PEEP ? part_dparams.sum(0) : at::zeros({0, H}, gates.options());
   return {dgates, dh, dc, dparams};

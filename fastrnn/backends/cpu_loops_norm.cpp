@@ -216,9 +216,7 @@ std::vector<at::Tensor> ln_lstm_forward_loop(at::Tensor xg, const at::Tensor& w_
   const T *w_r = P, *b_r = P + G, *w_c = P + 2 * G, *b_c = P + 2 * G + H;
   const T* BH = b_hh.has_value() ? b_hh->data_ptr<T>() : nullptr;
   RowParts(sizes, B, G * H + 32 * G, G * H * int64_t(sizeof(T))).run([&](int64_t, int64_t r0, int64_t r1) {
-    for (int64_t t : order) {
-      const int64_t lo = offsets[t], n = part_rows(sizes[t], r0, r1);
-      if (n <= 0) continue;
+    forward_steps(order, offsets, sizes, r0, r1, [&](int64_t lo, int64_t n) {
       const bool all_cut = reset_rows(resets, lo + r0, n, H, HS + r0 * H, CS + r0 * H);
       const int64_t r_lo = save ? lo : 0;
       recurrent<T>(r_seq, r_lo, BH, h_state, w_t, n, all_cut, r0);
@@ -240,7 +238,7 @@ std::vector<at::Tensor> ln_lstm_forward_loop(at::Tensor xg, const at::Tensor& w_
           std::memcpy(HS + b * H, h, H * sizeof(T));
         }
       });
-    }
+    });
   });
   return {y, h_state, c_state, c_seq, r_seq};
 }
@@ -277,7 +275,6 @@ std::vector<at::Tensor> ln_lstm_backward_loop(const at::Tensor& gates, const at:
   T* CH = c_hat.data_ptr<T>();
   T* RH = r_hat.data_ptr<T>();
   T* WD = w_dn.data_ptr<T>();
-  const int64_t steps = static_cast<int64_t>(order.size());
   const RowParts parts(sizes, B, G * H + 32 * G, G * H * int64_t(sizeof(T)));
   // per part: LN(r)'s gain and bias sums (2G), then LN(c)'s (2H)
   at::Tensor acc_r = at::zeros({parts.count(), 2 * G}, gates.options().dtype(at::kDouble));
@@ -285,11 +282,8 @@ std::vector<at::Tensor> ln_lstm_backward_loop(const at::Tensor& gates, const at:
   parts.run([&](int64_t part, int64_t r0, int64_t r1) {
     double* AR = acc_r.data_ptr<double>() + part * 2 * G;
     double* AC = acc_c.data_ptr<double>() + part * 2 * H;
-    for (int64_t k = steps - 1; k >= 0; --k) {
-      const BackStep step = back_step(order, offsets, sizes, k);
+    back_steps(order, offsets, sizes, r0, r1, [&](const BackStep& step, int64_t n) {
       const int64_t lo = step.lo, prev_lo = step.prev_lo, prev_bs = step.prev_bs;
-      const int64_t n = part_rows(step.bs, r0, r1);
-      if (n <= 0) continue;
       at::parallel_for(r0, r0 + n, grain(G), [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
           const int64_t r = lo + b;
@@ -330,7 +324,7 @@ std::vector<at::Tensor> ln_lstm_backward_loop(const at::Tensor& gates, const at:
         at::mm_out(dh_rows, dr.narrow(0, lo + r0, n), w_hh);
       });
       finish_dh<T>(DH + r0 * H, nullptr, nullptr, nullptr, resets, lo + r0, n, H, DC + r0 * H);
-    }
+    });
   });
   // (rows as params: LN(r)'s gains, its biases, LN(c)'s gain, its bias)
   at::Tensor dparams = at::cat({param_sums(acc_r, G, gates).view({8, H}), param_sums(acc_c, H, gates)});
@@ -355,9 +349,7 @@ std::vector<at::Tensor> ln_gru_forward_loop(at::Tensor xg, const at::Tensor& w_h
   const T *w_r = P, *b_r = P + G;
   const T* BH = b_hh.has_value() ? b_hh->data_ptr<T>() : nullptr;
   RowParts(sizes, B, G * H + 32 * G, G * H * int64_t(sizeof(T))).run([&](int64_t, int64_t r0, int64_t r1) {
-    for (int64_t t : order) {
-      const int64_t lo = offsets[t], n = part_rows(sizes[t], r0, r1);
-      if (n <= 0) continue;
+    forward_steps(order, offsets, sizes, r0, r1, [&](int64_t lo, int64_t n) {
       const bool all_cut = reset_rows(resets, lo + r0, n, H, HS + r0 * H);
       const int64_t r_lo = save ? lo : 0;
       recurrent<T>(r_seq, r_lo, BH, h_state, w_t, n, all_cut, r0);
@@ -374,7 +366,7 @@ std::vector<at::Tensor> ln_gru_forward_loop(at::Tensor xg, const at::Tensor& w_h
           std::memcpy(HS + b * H, h, H * sizeof(T));
         }
       });
-    }
+    });
   });
   return {y, h_state, r_seq};
 }
@@ -408,16 +400,12 @@ std::vector<at::Tensor> ln_gru_backward_loop(const at::Tensor& gates, const at::
   T* RH = r_hat.data_ptr<T>();
   at::Tensor d_out = at::empty({B, G}, gates.options());  // the gradient at LN(r)'s output
   T* DO = d_out.data_ptr<T>();
-  const int64_t steps = static_cast<int64_t>(order.size());
   const RowParts parts(sizes, B, G * H + 32 * G, G * H * int64_t(sizeof(T)));
   at::Tensor acc_r = at::zeros({parts.count(), 2 * G}, gates.options().dtype(at::kDouble));
   parts.run([&](int64_t part, int64_t r0, int64_t r1) {
     double* AR = acc_r.data_ptr<double>() + part * 2 * G;
-    for (int64_t k = steps - 1; k >= 0; --k) {
-      const BackStep step = back_step(order, offsets, sizes, k);
+    back_steps(order, offsets, sizes, r0, r1, [&](const BackStep& step, int64_t n) {
       const int64_t lo = step.lo, prev_lo = step.prev_lo, prev_bs = step.prev_bs;
-      const int64_t n = part_rows(step.bs, r0, r1);
-      if (n <= 0) continue;
       at::parallel_for(r0, r0 + n, grain(G), [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
           const int64_t r = lo + b;
@@ -451,7 +439,7 @@ std::vector<at::Tensor> ln_gru_backward_loop(const at::Tensor& gates, const at::
         at::mm_out(dh_rows, dr.narrow(0, lo + r0, n), w_hh);
       });
       finish_dh<T>(DH + r0 * H, nullptr, DIR + r0 * H, nullptr, resets, lo + r0, n, H);
-    }
+    });
   });
   at::Tensor dparams = param_sums(acc_r, G, gates).view({6, H});  // (LN(r)'s gains, then its biases)
   return {dxg, dr, dh, dparams};
