@@ -188,7 +188,7 @@ def test_gru_and_rnn_cpp_loops_equal_the_python_loops(kind, variant, packed, tra
 
 
 @pytest.mark.parametrize("kind", list(MAKERS))
-def test_gru_and_rnn_past_the_small_product_and_the_thread_split(kind, cpp_calls, gemm_route):
+def test_gru_and_rnn_past_the_small_product_and_the_thread_split(kind, cpp_calls, gemm_route, split):
     wide = {"GRU": lambda **k: fastrnn.GRU(4, 96, **k), "RNN_TANH": lambda **k: fastrnn.RNN(4, 96, **k),
             "RNN_RELU": lambda **k: fastrnn.RNN(4, 96, nonlinearity="relu", **k)}
     m = wide[kind](backend="reference", **H_VARIANTS["both"])
@@ -256,7 +256,7 @@ def test_layer_norm_cells(cls, packed, resets, dtype, cpp_calls, split):
 
 
 @pytest.mark.parametrize("cls", ["LayerNormLSTM", "LayerNormGRU"])
-def test_layer_norm_cells_wide(cls, cpp_calls, gemm_route):
+def test_layer_norm_cells_wide(cls, cpp_calls, gemm_route, split):
     """Past the small GEMM and the thread split (4H = 384 features per LayerNorm row)."""
     m = getattr(fastrnn, cls)(4, 96, backend="reference")
     randomise(m, torch.Generator().manual_seed(12))
@@ -305,7 +305,7 @@ def test_without_resets(variant, cpp_calls):
 
 
 @pytest.mark.parametrize("variant", ["peephole", "both"])
-def test_steps_past_the_small_product_and_the_thread_split(variant, cpp_calls, gemm_route):
+def test_steps_past_the_small_product_and_the_thread_split(variant, cpp_calls, gemm_route, split):
     """Batch x 4H x H above the C++ loops' own small GEMM (a library GEMM runs: see
     ``gemm_route``), and a step wide enough to split its rows between threads; packed input,
     so later steps multiply fewer rows than ``W_hh`` was packed for."""

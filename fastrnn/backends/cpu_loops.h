@@ -9,6 +9,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -310,7 +311,11 @@ struct RowParts {
       f(int64_t(0), bounds[0], bounds[1]);
       return;
     }
+    // The caller's thread-local state (grad mode off, ...) in every part: a part may call
+    // ATen's GEMM on tensors that require grad, and OpenMP's threads do not inherit it.
+    const at::ThreadLocalState state;
     at::parallel_for(0, count(), 1, [&](int64_t p0, int64_t p1) {
+      at::ThreadLocalStateGuard guard(state);
       for (int64_t p = p0; p < p1; ++p) f(p, bounds[p], bounds[p + 1]);
     });
   }
