@@ -39,6 +39,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import platform
+import sys
 import threading
 import warnings
 
@@ -55,9 +57,12 @@ _HEADER = os.path.join(_HERE, "cpu_loops.h")
 # the LSTM forward at T=100, B=8, H=64 took 18 % less time here. -fopenmp: ATen's
 # at::parallel_for is inline in its header, an OpenMP pragma that a build without the flag
 # ignores (every part then runs on the caller's thread); the extension's libgomp is the one
-# torch has loaded (the same soname).
-_FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
-_LDFLAGS = ["-fopenmp"]
+# torch has loaded (the same soname). Linux only: Apple's clang has no -fopenmp (there the
+# loops run on one thread).
+_OPENMP = ["-fopenmp"] if sys.platform.startswith("linux") else []
+_X86 = ["-mprefer-vector-width=512"] if platform.machine() in ("x86_64", "AMD64") else []  # (an x86 option)
+_FLAGS = ["-O3", "-march=native", *_X86, "-fno-math-errno", "-fno-trapping-math", *_OPENMP]
+_LDFLAGS = [*_OPENMP]
 _DTYPES = (torch.float32, torch.float64)
 
 _lock = threading.Lock()
@@ -84,8 +89,8 @@ def _build() -> bool:
     from torch.utils import cpp_extension
 
     try:
-        cpp_extension.load(name=f"fastrnn_cpu_loops_{_tag()}", sources=_SOURCES, extra_cflags=_FLAGS,
-                           extra_ldflags=_LDFLAGS, is_python_module=False, verbose=False)
+        cpp_extension.load(name=f"fastrnn_cpu_loops_{_tag()}", sources=_SOURCES, extra_cflags=list(_FLAGS),
+                           extra_ldflags=list(_LDFLAGS), is_python_module=False, verbose=False)
     except Exception as exc:  # a missing compiler or ninja: the Python loops run instead
         warnings.warn(
             f"fastrnn: the C++ CPU loops could not be built ({type(exc).__name__}: {exc}); the reference "
