@@ -40,6 +40,7 @@ import triton
 import triton.language as tl
 
 from .cells import sigmoid, tanh
+from .fits import dtype_name
 from .precision import ENABLE_FP_FUSION
 from .step_tiles import aligned, flag_rows, reset_rows, zone_blend, zone_split
 
@@ -431,10 +432,6 @@ FP32_BACKWARD = frozenset((arch, "LayerNormLSTM", d, 2048, False)
                           for arch in (86, 89) for d in ("float16", "bfloat16"))
 
 
-def _name(dtype: torch.dtype) -> str:
-    return str(dtype).replace("torch.", "")
-
-
 def row_config(hidden: int, dtype: torch.dtype, arch: int | None = None, family: str | None = None,
                save: bool | None = None) -> RowConfig:
     """The configuration of cell ``family`` ("LayerNormLSTM" / "LayerNormGRU") for ``H`` =
@@ -443,14 +440,14 @@ def row_config(hidden: int, dtype: torch.dtype, arch: int | None = None, family:
     cfg = base_config(hidden, dtype)
     if save is None or arch is None:
         return cfg
-    other = ARCH_CONFIGS.get((arch, family, _name(dtype), bool(save)))
+    other = ARCH_CONFIGS.get((arch, family, dtype_name(dtype), bool(save)))
     return other if other is not None and other.block_h == cfg.block_h else cfg
 
 
 def fp32_backward(family: str, hidden: int, dtype: torch.dtype, arch: int | None) -> bool:
     """Whether the backward of ``family`` at ``H`` = ``hidden`` runs on fp32 copies of its
     16-bit tensors on compute capability ``arch`` (:data:`FP32_BACKWARD`)."""
-    key = (arch, family, _name(dtype), base_config(hidden, dtype).block_h, h_aligned(hidden))
+    key = (arch, family, dtype_name(dtype), base_config(hidden, dtype).block_h, h_aligned(hidden))
     return key in FP32_BACKWARD
 
 
@@ -529,7 +526,7 @@ class Specialisation(NamedTuple):
         """Whether the launcher picks this variant on compute capability ``arch`` (a backward
         of :data:`FP32_BACKWARD` runs the fp32 kernel there)."""
         save, aligned = self.constexprs.get("SAVE"), self.constexprs["H_ALIGNED"]
-        if save is None and (arch, self.kind, _name(self.dtype), self.config.block_h, aligned) in FP32_BACKWARD:
+        if save is None and (arch, self.kind, dtype_name(self.dtype), self.config.block_h, aligned) in FP32_BACKWARD:
             return False
         return row_config(self.config.block_h, self.dtype, arch, self.kind, save) == self.config
 
@@ -551,7 +548,7 @@ def specialisations(dtypes=(torch.float32, torch.float16, torch.bfloat16)) -> li
             kind = cell.name.partition("(")[0]
             for cfg, only in _configs_of(kind, dtype):
                 for rows8 in (False, True):
-                    name = str(dtype).replace("torch.", "") + ("-a8" if rows8 else "")
+                    name = dtype_name(dtype) + ("-a8" if rows8 else "")
                     for save in (False, True) if only is None else (only,):
                         out.append(Specialisation(ln_forward_kernel, "norm-forward", kind, dtype,
                                                   name + ("-save" if save else ""), cfg,
@@ -569,5 +566,5 @@ def _configs_of(family: str, dtype: torch.dtype) -> list:
     :func:`configs` (both kernels, SAVE None: both), then those :data:`ARCH_CONFIGS` adds
     (the forward only, with its SAVE)."""
     extra = sorted({(cfg, save) for (_, f, d, save), cfg in ARCH_CONFIGS.items()
-                    if f == family and d == _name(dtype) and cfg not in configs(dtype)})
+                    if f == family and d == dtype_name(dtype) and cfg not in configs(dtype)})
     return [(cfg, None) for cfg in configs(dtype)] + extra

@@ -69,6 +69,7 @@ import triton.language as tl
 from .launches import LaunchCounter, aligned_input, count_launches, record  # noqa: F401 (re-exported)
 from .launches import checked_pointers as _pointers
 from .cells import recurrent_bias
+from .fits import dtype_name
 from .step_tiles import aligned as _aligned, dot_operand as _dot_operand, load_gate as _load_gate
 from .step_tiles import load_params, load_state as _load_state, reset_rows, store_gates as _store_gates
 from .step_tiles import flag_rows, zone_blend, zone_split
@@ -469,7 +470,7 @@ def specialisations(dtypes=(torch.float32, torch.float16, torch.bfloat16)) -> li
         for tf32 in ((False, True) if dtype == torch.float32 else (False,)):
             for cell in (c for c in cells.defined() if c.runs_on_triton):
                 for cfg, aligned in ((cfg, aligned) for cfg in CONFIGS for aligned in (False, True)):
-                    name = str(dtype).replace("torch.", "") + ("-tf32" if tf32 else "") + ("-a8" if aligned else "")
+                    name = dtype_name(dtype) + ("-tf32" if tf32 else "") + ("-a8" if aligned else "")
                     for save in ((False, True) if _saves_something(cell) else (False,)):
                         out.append(Specialisation(
                             recurrent_step_forward_kernel, "forward", cell.name, dtype,

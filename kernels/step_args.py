@@ -10,6 +10,7 @@ from typing import NamedTuple
 import torch
 import triton.language as tl
 
+from .fits import dtype_name
 from .precision import ENABLE_FP_FUSION
 
 
@@ -60,7 +61,7 @@ def small_on_arch(cell, dtype: torch.dtype, tf32: bool, aligned: bool, arch: int
     if arch is None or cell is None:
         return False
     name = cell if isinstance(cell, str) else cell.name
-    key = (arch, name, str(dtype).replace("torch.", ""), _precision(dtype, tf32), bool(aligned), kernel)
+    key = (arch, name, dtype_name(dtype), _precision(dtype, tf32), bool(aligned), kernel)
     return key in SMALL_ON_ARCH
 
 
