@@ -55,10 +55,10 @@ def input_projection(kind: CellKind, x, w_ih, b_ih, b_hh, owned: bool = False):
     if fold_bias:
         bias = b_hh if b_ih is None else b_ih + b_hh
     if w_ih is None:
-        if owned:
-            xg = x if bias is None else x.add_(bias)
+        if bias is not None:
+            xg = x + bias
         else:
-            xg = x.clone() if bias is None else x + bias  # (the backend may overwrite xg)
+            xg = x if owned else x.clone()  # (the backend may overwrite xg)
     elif bias is None:
         xg = x @ w_ih.t()
     else:

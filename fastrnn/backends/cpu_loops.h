@@ -254,6 +254,18 @@ inline void small_gemm(float* __restrict__ out, const float* __restrict__ a, con
 // two threads pay for themselves from a few thousand elements on.
 inline int64_t grain(int64_t H) { return std::max<int64_t>(1, 4096 / std::max<int64_t>(H, 1)); }
 
+// A backward step: its rows [lo, lo + bs) and those of the step before it in the forward's
+// order ([prev_lo, prev_lo + prev_bs); none before the first step).
+struct BackStep {
+  int64_t lo, bs, prev_lo, prev_bs;
+};
+
+inline BackStep back_step(at::IntArrayRef order, at::IntArrayRef offsets, at::IntArrayRef sizes, int64_t k) {
+  const int64_t t = order[k];
+  if (k == 0) return {offsets[t], sizes[t], 0, 0};
+  return {offsets[t], sizes[t], offsets[order[k - 1]], sizes[order[k - 1]]};
+}
+
 // A call's batch rows split into contiguous parts, one per thread, each running the whole
 // time loop for its rows: a row's state depends only on its own earlier rows (W_hh is read,
 // never written), so the parts never wait for each other, where a split of each step (the
@@ -319,20 +331,38 @@ struct RowParts {
       for (int64_t p = p0; p < p1; ++p) f(p, bounds[p], bounds[p + 1]);
     });
   }
+  // f(part, r0, lo, n) for each forward step in `order` at which the part [r0, r1) owns rows:
+  // the step's rows start at xg row lo, the part's are [lo + r0, lo + r0 + n).
+  template <typename F>
+  void forward(at::IntArrayRef order, at::IntArrayRef offsets, at::IntArrayRef sizes, F&& f) const {
+    run([&](int64_t part, int64_t r0, int64_t r1) {
+      for (int64_t t : order) {
+        const int64_t n = std::min(sizes[t], r1) - r0;
+        if (n > 0) f(part, r0, offsets[t], n);
+      }
+    });
+  }
+
+  // f(part, r0, step, n) for each backward step (the forward's last first) at which the part
+  // [r0, r1) owns rows [r0, r0 + n).
+  template <typename F>
+  void backward(at::IntArrayRef order, at::IntArrayRef offsets, at::IntArrayRef sizes, F&& f) const {
+    run([&](int64_t part, int64_t r0, int64_t r1) {
+      for (int64_t k = static_cast<int64_t>(order.size()) - 1; k >= 0; --k) {
+        const BackStep step = back_step(order, offsets, sizes, k);
+        const int64_t n = std::min(step.bs, r1) - r0;
+        if (n > 0) f(part, r0, step, n);
+      }
+    });
+  }
+
 };
 
-// The rows [r0, r0 + n) a part owns at a step of `bs` rows (n <= 0: none).
-inline int64_t part_rows(int64_t bs, int64_t r0, int64_t r1) { return std::min(bs, r1) - r0; }
-
-// f(lo, n) for each forward step in `order` at which the part [r0, r1) owns rows: the step's
-// rows start at xg row lo, the part's are [lo + r0, lo + r0 + n).
-template <typename F>
-void forward_steps(at::IntArrayRef order, at::IntArrayRef offsets, at::IntArrayRef sizes, int64_t r0, int64_t r1,
-                   F&& f) {
-  for (int64_t t : order) {
-    const int64_t n = part_rows(sizes[t], r0, r1);
-    if (n > 0) f(offsets[t], n);
-  }
+// The parts of a loop whose step multiplies its rows by W_hh^T (k, n) in T and then spends
+// about `cell` operations per output column of each row.
+template <typename T>
+RowParts row_parts(at::IntArrayRef sizes, int64_t B, int64_t k, int64_t n, int64_t cell) {
+  return RowParts(sizes, B, (k + cell) * n, k * n * static_cast<int64_t>(sizeof(T)));
 }
 
 }  // namespace fastrnn_cpu
@@ -446,9 +476,8 @@ const T* gemm_input(const T* state, const T* rscale, T* scaled, int64_t n) {
   return scaled;
 }
 
-// out rows [row0, row0 + bs) += (the state's first bs rows, times the recurrent-dropout
-// scale when there is one, into `scaled`) @ w_t, w_t = W_hh^T (H, G).
-// With `b0`, the state's rows [b0, b0 + bs) into out rows [row0 + b0, row0 + b0 + bs).
+// out rows [row0 + b0, row0 + b0 + bs) += (the state's rows [b0, b0 + bs), times the
+// recurrent-dropout scale when there is one, into `scaled`) @ w_t, w_t = W_hh^T (H, G).
 template <typename T>
 void recurrent_gemm(const at::Tensor& out, int64_t row0, const at::Tensor& h_state, const at::Tensor& scaled,
                     const T* rscale, const StepRhs<T>& w_t, int64_t bs, int64_t b0 = 0) {
@@ -493,30 +522,6 @@ void finish_dh(T* dh, const T* rscale, const T* direct, const T* keep, const boo
       std::fill(d, d + H, T(0));
       if (dc != nullptr) std::fill(dc + b * H, dc + (b + 1) * H, T(0));
     }
-  }
-}
-
-// A backward step: its rows [lo, lo + bs) and those of the step before it in the forward's
-// order ([prev_lo, prev_lo + prev_bs); none before the first step).
-struct BackStep {
-  int64_t lo, bs, prev_lo, prev_bs;
-};
-
-inline BackStep back_step(at::IntArrayRef order, at::IntArrayRef offsets, at::IntArrayRef sizes, int64_t k) {
-  const int64_t t = order[k];
-  if (k == 0) return {offsets[t], sizes[t], 0, 0};
-  return {offsets[t], sizes[t], offsets[order[k - 1]], sizes[order[k - 1]]};
-}
-
-// f(step, n) for each backward step (the forward's last first) at which the part [r0, r1)
-// owns rows [r0, r0 + n).
-template <typename F>
-void back_steps(at::IntArrayRef order, at::IntArrayRef offsets, at::IntArrayRef sizes, int64_t r0, int64_t r1,
-                F&& f) {
-  for (int64_t k = static_cast<int64_t>(order.size()) - 1; k >= 0; --k) {
-    const BackStep step = back_step(order, offsets, sizes, k);
-    const int64_t n = part_rows(step.bs, r0, r1);
-    if (n > 0) f(step, n);
   }
 }
 

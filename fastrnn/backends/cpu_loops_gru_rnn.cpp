@@ -44,28 +44,26 @@ std::vector<at::Tensor> gru_forward_loop(at::Tensor xg, const at::Tensor& w_hh, 
   T* HC = h_cell.data_ptr<T>();
   T* HG = hg.data_ptr<T>();
   const T* BH = b_hh.has_value() ? b_hh->data_ptr<T>() : nullptr;
-  RowParts(sizes, B, G * H + 16 * G, G * H * int64_t(sizeof(T))).run([&](int64_t, int64_t r0, int64_t r1) {
-    forward_steps(order, offsets, sizes, r0, r1, [&](int64_t lo, int64_t n) {
-      const bool all_cut = reset_rows(e.resets, lo + r0, n, H, HS + r0 * H);
-      for (int64_t b = r0; b < r0 + n; ++b) {  // hg = b_hh (+ h @ W_hh^T below)
-        if (BH != nullptr) {
-          std::memcpy(HG + b * G, BH, G * sizeof(T));
-        } else {
-          std::fill(HG + b * G, HG + (b + 1) * G, T(0));
-        }
+  row_parts<T>(sizes, B, H, G, 16).forward(order, offsets, sizes, [&](int64_t, int64_t r0, int64_t lo, int64_t n) {
+    const bool all_cut = reset_rows(e.resets, lo + r0, n, H, HS + r0 * H);
+    for (int64_t b = r0; b < r0 + n; ++b) {  // hg = b_hh (+ h @ W_hh^T below)
+      if (BH != nullptr) {
+        std::memcpy(HG + b * G, BH, G * sizeof(T));
+      } else {
+        std::fill(HG + b * G, HG + (b + 1) * G, T(0));
       }
-      if (!all_cut) recurrent_gemm<T>(hg, 0, h_state, scaled, e.rscale, w_t, n, r0);
-      at::parallel_for(r0, r0 + n, grain(H), [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          const int64_t r = lo + b;
-          T* x = X + r * G;
-          T* hp = HS + b * H;
-          T* hn = e.zoned_h ? HC + b * H : Y + r * H;
-          gru_cell<T>(x, x + H, x + 2 * H, HG + b * G, HNS + r * H, hp, hn, H);
-          if (e.zoned_h) blend(Y + r * H, hp, hn, e.mask_h ? e.mask_h + r * H : nullptr, e.p_h, H);
-          std::memcpy(hp, Y + r * H, H * sizeof(T));
-        }
-      });
+    }
+    if (!all_cut) recurrent_gemm<T>(hg, 0, h_state, scaled, e.rscale, w_t, n, r0);
+    at::parallel_for(r0, r0 + n, grain(H), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t r = lo + b;
+        T* x = X + r * G;
+        T* hp = HS + b * H;
+        T* hn = e.zoned_h ? HC + b * H : Y + r * H;
+        gru_cell<T>(x, x + H, x + 2 * H, HG + b * G, HNS + r * H, hp, hn, H);
+        if (e.zoned_h) blend(Y + r * H, hp, hn, e.mask_h ? e.mask_h + r * H : nullptr, e.p_h, H);
+        std::memcpy(hp, Y + r * H, H * sizeof(T));
+      }
     });
   });
   return {y, h_state, hn_seq};
@@ -118,26 +116,25 @@ std::vector<at::Tensor> gru_backward_loop(const at::Tensor& gates, const at::Ten
   T* DCL = d_cell.data_ptr<T>();
   T* KP = keep.data_ptr<T>();
   T* DIR = direct.data_ptr<T>();
-  RowParts(sizes, B, G * H + 16 * G, G * H * int64_t(sizeof(T))).run([&](int64_t, int64_t r0, int64_t r1) {
-    back_steps(order, offsets, sizes, r0, r1, [&](const BackStep& step, int64_t n) {
-      const int64_t lo = step.lo, prev_lo = step.prev_lo, prev_bs = step.prev_bs;
-      at::parallel_for(r0, r0 + n, grain(H), [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          const int64_t r = lo + b;
-          const T* d = new_value_grad(DH + b * H, DY + r * H, e.zoned_h, e.mask_h ? e.mask_h + r * H : nullptr, e.p_h,
-                                      DCL + b * H, KP + b * H, H);
-          const T* hp = entering_row(Y, H0, Z, e.resets != nullptr && e.resets[r], b, prev_lo, prev_bs, H);
-          const T* g = GA + r * G;
-          gru_cell_backward<T>(g, g + H, g + 2 * H, HNS + r * H, hp, d, DX + r * G, DHG + r * G, DIR + b * H, H);
-        }
-      });
-      gemm_set(DH + r0 * H, DHG + (lo + r0) * G, w_rhs, n, [&] {
-        at::Tensor dh_rows = dh.narrow(0, r0, n);
-        at::mm_out(dh_rows, dhg.narrow(0, lo + r0, n), w_hh);
-      });
-      finish_dh<T>(DH + r0 * H, e.rscale != nullptr ? e.rscale + r0 * H : nullptr, DIR + r0 * H,
-                   e.zoned_h ? KP + r0 * H : nullptr, e.resets, lo + r0, n, H);
+  const RowParts parts = row_parts<T>(sizes, B, H, G, 16);
+  parts.backward(order, offsets, sizes, [&](int64_t, int64_t r0, const BackStep& step, int64_t n) {
+    const int64_t lo = step.lo, prev_lo = step.prev_lo, prev_bs = step.prev_bs;
+    at::parallel_for(r0, r0 + n, grain(H), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t r = lo + b;
+        const T* d = new_value_grad(DH + b * H, DY + r * H, e.zoned_h, e.mask_h ? e.mask_h + r * H : nullptr, e.p_h,
+                                    DCL + b * H, KP + b * H, H);
+        const T* hp = entering_row(Y, H0, Z, e.resets != nullptr && e.resets[r], b, prev_lo, prev_bs, H);
+        const T* g = GA + r * G;
+        gru_cell_backward<T>(g, g + H, g + 2 * H, HNS + r * H, hp, d, DX + r * G, DHG + r * G, DIR + b * H, H);
+      }
     });
+    gemm_set(DH + r0 * H, DHG + (lo + r0) * G, w_rhs, n, [&] {
+      at::Tensor dh_rows = dh.narrow(0, r0, n);
+      at::mm_out(dh_rows, dhg.narrow(0, lo + r0, n), w_hh);
+    });
+    finish_dh<T>(DH + r0 * H, e.rscale != nullptr ? e.rscale + r0 * H : nullptr, DIR + r0 * H,
+                 e.zoned_h ? KP + r0 * H : nullptr, e.resets, lo + r0, n, H);
   });
   return {dxg, dhg, dh};
 }
@@ -163,20 +160,18 @@ std::vector<at::Tensor> rnn_forward_loop(at::Tensor xg, const at::Tensor& w_hh, 
   T* X = xg.data_ptr<T>();
   T* Y = y.data_ptr<T>();
   T* HS = h_state.data_ptr<T>();
-  RowParts(sizes, B, H * H + 16 * H, H * H * int64_t(sizeof(T))).run([&](int64_t, int64_t r0, int64_t r1) {
-    forward_steps(order, offsets, sizes, r0, r1, [&](int64_t lo, int64_t n) {
-      if (!reset_rows(e.resets, lo + r0, n, H, HS + r0 * H)) {
-        recurrent_gemm<T>(xg, lo, h_state, scaled, e.rscale, w_t, n, r0);
+  row_parts<T>(sizes, B, H, H, 16).forward(order, offsets, sizes, [&](int64_t, int64_t r0, int64_t lo, int64_t n) {
+    if (!reset_rows(e.resets, lo + r0, n, H, HS + r0 * H)) {
+      recurrent_gemm<T>(xg, lo, h_state, scaled, e.rscale, w_t, n, r0);
+    }
+    at::parallel_for(r0, r0 + n, grain(H), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t r = lo + b;
+        T* hp = HS + b * H;
+        rnn_cell<T, TANH>(X + r * H, H);
+        if (e.zoned_h) blend(Y + r * H, hp, X + r * H, e.mask_h ? e.mask_h + r * H : nullptr, e.p_h, H);
+        std::memcpy(hp, Y + r * H, H * sizeof(T));
       }
-      at::parallel_for(r0, r0 + n, grain(H), [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          const int64_t r = lo + b;
-          T* hp = HS + b * H;
-          rnn_cell<T, TANH>(X + r * H, H);
-          if (e.zoned_h) blend(Y + r * H, hp, X + r * H, e.mask_h ? e.mask_h + r * H : nullptr, e.p_h, H);
-          std::memcpy(hp, Y + r * H, H * sizeof(T));
-        }
-      });
     });
   });
   return {y, h_state};
@@ -203,24 +198,23 @@ std::vector<at::Tensor> rnn_backward_loop(const at::Tensor& h_new, const at::Ten
   T* DH = dh.data_ptr<T>();
   T* DCL = d_cell.data_ptr<T>();
   T* KP = keep.data_ptr<T>();
-  RowParts(sizes, B, H * H + 16 * H, H * H * int64_t(sizeof(T))).run([&](int64_t, int64_t r0, int64_t r1) {
-    back_steps(order, offsets, sizes, r0, r1, [&](const BackStep& step, int64_t n) {
-      const int64_t lo = step.lo;
-      at::parallel_for(r0, r0 + n, grain(H), [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          const int64_t r = lo + b;
-          const T* d = new_value_grad(DH + b * H, DY + r * H, e.zoned_h, e.mask_h ? e.mask_h + r * H : nullptr, e.p_h,
-                                      DCL + b * H, KP + b * H, H);
-          rnn_cell_backward<T, TANH>(DX + r * H, d, HN + r * H, H);
-        }
-      });
-      gemm_set(DH + r0 * H, DX + (lo + r0) * H, w_rhs, n, [&] {
-        at::Tensor dh_rows = dh.narrow(0, r0, n);
-        at::mm_out(dh_rows, dxg.narrow(0, lo + r0, n), w_hh);
-      });
-      finish_dh<T>(DH + r0 * H, e.rscale != nullptr ? e.rscale + r0 * H : nullptr, nullptr,
-                   e.zoned_h ? KP + r0 * H : nullptr, e.resets, lo + r0, n, H);
+  const RowParts parts = row_parts<T>(sizes, B, H, H, 16);
+  parts.backward(order, offsets, sizes, [&](int64_t, int64_t r0, const BackStep& step, int64_t n) {
+    const int64_t lo = step.lo;
+    at::parallel_for(r0, r0 + n, grain(H), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t r = lo + b;
+        const T* d = new_value_grad(DH + b * H, DY + r * H, e.zoned_h, e.mask_h ? e.mask_h + r * H : nullptr, e.p_h,
+                                    DCL + b * H, KP + b * H, H);
+        rnn_cell_backward<T, TANH>(DX + r * H, d, HN + r * H, H);
+      }
     });
+    gemm_set(DH + r0 * H, DX + (lo + r0) * H, w_rhs, n, [&] {
+      at::Tensor dh_rows = dh.narrow(0, r0, n);
+      at::mm_out(dh_rows, dxg.narrow(0, lo + r0, n), w_hh);
+    });
+    finish_dh<T>(DH + r0 * H, e.rscale != nullptr ? e.rscale + r0 * H : nullptr, nullptr,
+                 e.zoned_h ? KP + r0 * H : nullptr, e.resets, lo + r0, n, H);
   });
   return {dxg, dh};
 }

@@ -53,27 +53,25 @@ std::vector<at::Tensor> forward_loop(at::Tensor xg, const at::Tensor& w_hh, cons
   T* HN = h_cell.data_ptr<T>();
   T* CN = c_cell.data_ptr<T>();
   const int64_t G = 4 * H;
-  RowParts(sizes, B, G * H + 16 * G, G * H * int64_t(sizeof(T))).run([&](int64_t, int64_t r0, int64_t r1) {
-    forward_steps(order, offsets, sizes, r0, r1, [&](int64_t lo, int64_t n) {
-      if (!reset_rows(e.resets, lo + r0, n, H, HS + r0 * H, CS + r0 * H)) {  // (every row reset: h = 0 adds nothing)
-        recurrent_gemm<T>(xg, lo, h_state, scaled, e.rscale, w_t, n, r0);
+  row_parts<T>(sizes, B, H, G, 16).forward(order, offsets, sizes, [&](int64_t, int64_t r0, int64_t lo, int64_t n) {
+    if (!reset_rows(e.resets, lo + r0, n, H, HS + r0 * H, CS + r0 * H)) {  // (every row reset: h = 0 adds nothing)
+      recurrent_gemm<T>(xg, lo, h_state, scaled, e.rscale, w_t, n, r0);
+    }
+    at::parallel_for(r0, r0 + n, grain(H), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t r = lo + b;
+        T* g = X + r * G;
+        T* cp = CS + b * H;
+        T* hp = HS + b * H;
+        T* cn = e.zoned_c ? (CC != nullptr ? CC + r * H : CN + b * H) : C + r * H;
+        T* hn = e.zoned_h ? HN + b * H : Y + r * H;
+        cell_forward<T, PEEP>(g, g + H, g + 2 * H, g + 3 * H, cp, cn, hn, e.w_ci, e.w_cf, e.w_co,
+                              TC != nullptr ? TC + r * H : nullptr, H);
+        if (e.zoned_c) blend(C + r * H, cp, cn, e.mask_c ? e.mask_c + r * H : nullptr, e.p_c, H);
+        if (e.zoned_h) blend(Y + r * H, hp, hn, e.mask_h ? e.mask_h + r * H : nullptr, e.p_h, H);
+        std::memcpy(cp, C + r * H, H * sizeof(T));
+        std::memcpy(hp, Y + r * H, H * sizeof(T));
       }
-      at::parallel_for(r0, r0 + n, grain(H), [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          const int64_t r = lo + b;
-          T* g = X + r * G;
-          T* cp = CS + b * H;
-          T* hp = HS + b * H;
-          T* cn = e.zoned_c ? (CC != nullptr ? CC + r * H : CN + b * H) : C + r * H;
-          T* hn = e.zoned_h ? HN + b * H : Y + r * H;
-          cell_forward<T, PEEP>(g, g + H, g + 2 * H, g + 3 * H, cp, cn, hn, e.w_ci, e.w_cf, e.w_co,
-                                TC != nullptr ? TC + r * H : nullptr, H);
-          if (e.zoned_c) blend(C + r * H, cp, cn, e.mask_c ? e.mask_c + r * H : nullptr, e.p_c, H);
-          if (e.zoned_h) blend(Y + r * H, hp, hn, e.mask_h ? e.mask_h + r * H : nullptr, e.p_h, H);
-          std::memcpy(cp, C + r * H, H * sizeof(T));
-          std::memcpy(hp, Y + r * H, H * sizeof(T));
-        }
-      });
     });
   });
   return {y, h_state, c_state, c_seq, cell_c, tanh_c};
@@ -131,56 +129,55 @@ std::vector<at::Tensor> backward_loop(const at::Tensor& gates, const at::Tensor&
   T* KC = keep_c.data_ptr<T>();
   T* TH = through.data_ptr<T>();
   const StepRhs<T> w_rhs(w_hh, B);
-  const RowParts parts(sizes, B, G * H + 16 * G, G * H * int64_t(sizeof(T)));
+  const RowParts parts = row_parts<T>(sizes, B, H, G, 16);
   // the peephole gradients: one sum per part (its rows in order), then the parts in order
   at::Tensor part_dparams = at::zeros({parts.count(), PEEP ? 3 : 0, H}, gates.options());
-  parts.run([&](int64_t part, int64_t r0, int64_t r1) {
-    T* DP = PEEP ? part_dparams.data_ptr<T>() + part * 3 * H : nullptr;
-    back_steps(order, offsets, sizes, r0, r1, [&](const BackStep& step, int64_t n) {
-      const int64_t lo = step.lo, prev_lo = step.prev_lo, prev_bs = step.prev_bs;
-      at::parallel_for(r0, r0 + n, grain(H), [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          const int64_t r = lo + b;
-          const T* dh_new = new_value_grad(DH + b * H, DY + r * H, e.zoned_h, e.mask_h ? e.mask_h + r * H : nullptr,
-                                           e.p_h, DHC + b * H, KH + b * H, H);
-          const T* dc_new = new_value_grad<T>(DC + b * H, nullptr, e.zoned_c, e.mask_c ? e.mask_c + r * H : nullptr,
-                                              e.p_c, DCC + b * H, KC + b * H, H);
-          const T* cp = entering_row(C, C0, Z, e.resets != nullptr && e.resets[r], b, prev_lo, prev_bs, H);
-          const T* g = GA + r * G;
-          T* d = DG + r * G;
-          cell_backward<T, PEEP>(g, g + H, g + 2 * H, g + 3 * H, cp, CC + r * H, dh_new, dc_new, d, d + H, d + 2 * H,
-                                 d + 3 * H, TH + b * H, e.w_ci, e.w_cf, e.w_co, H);
-          T* dcr = DC + b * H;
-          const T* th_r = TH + b * H;
-          if (e.zoned_c) {
-            const T* kc = KC + b * H;
-            for (int64_t j = 0; j < H; ++j) dcr[j] = th_r[j] + kc[j];
-          } else {
-            std::memcpy(dcr, th_r, H * sizeof(T));
-          }
-        }
-      });
-      if (PEEP) {  // (after the parallel rows: one sum per unit, in row order)
-        for (int64_t b = r0; b < r0 + n; ++b) {
-          const int64_t r = lo + b;
-          const T* cp = entering_row(C, C0, Z, e.resets != nullptr && e.resets[r], b, prev_lo, prev_bs, H);
-          const T* cn = CC + r * H;
-          const T* d = DG + r * G;
-          for (int64_t j = 0; j < H; ++j) {
-            DP[j] += d[j] * cp[j];
-            DP[H + j] += d[H + j] * cp[j];
-            DP[2 * H + j] += d[3 * H + j] * cn[j];
-          }
+  T* const PART_DP = PEEP ? part_dparams.data_ptr<T>() : nullptr;
+  parts.backward(order, offsets, sizes, [&](int64_t part, int64_t r0, const BackStep& step, int64_t n) {
+    T* DP = PEEP ? PART_DP + part * 3 * H : nullptr;
+    const int64_t lo = step.lo, prev_lo = step.prev_lo, prev_bs = step.prev_bs;
+    at::parallel_for(r0, r0 + n, grain(H), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t r = lo + b;
+        const T* dh_new = new_value_grad(DH + b * H, DY + r * H, e.zoned_h, e.mask_h ? e.mask_h + r * H : nullptr,
+                                         e.p_h, DHC + b * H, KH + b * H, H);
+        const T* dc_new = new_value_grad<T>(DC + b * H, nullptr, e.zoned_c, e.mask_c ? e.mask_c + r * H : nullptr,
+                                            e.p_c, DCC + b * H, KC + b * H, H);
+        const T* cp = entering_row(C, C0, Z, e.resets != nullptr && e.resets[r], b, prev_lo, prev_bs, H);
+        const T* g = GA + r * G;
+        T* d = DG + r * G;
+        cell_backward<T, PEEP>(g, g + H, g + 2 * H, g + 3 * H, cp, CC + r * H, dh_new, dc_new, d, d + H, d + 2 * H,
+                               d + 3 * H, TH + b * H, e.w_ci, e.w_cf, e.w_co, H);
+        T* dcr = DC + b * H;
+        const T* th_r = TH + b * H;
+        if (e.zoned_c) {
+          const T* kc = KC + b * H;
+          for (int64_t j = 0; j < H; ++j) dcr[j] = th_r[j] + kc[j];
+        } else {
+          std::memcpy(dcr, th_r, H * sizeof(T));
         }
       }
-      // The gradient reaching h_prev: (dgates @ W_hh) * scale + the part zoneout kept.
-      gemm_set(DH + r0 * H, DG + (lo + r0) * G, w_rhs, n, [&] {
-        at::Tensor dh_rows = dh.narrow(0, r0, n);
-        at::mm_out(dh_rows, dgates.narrow(0, lo + r0, n), w_hh);
-      });
-      finish_dh<T>(DH + r0 * H, e.rscale != nullptr ? e.rscale + r0 * H : nullptr, nullptr,
-                   e.zoned_h ? KH + r0 * H : nullptr, e.resets, lo + r0, n, H, DC + r0 * H);
     });
+    if (PEEP) {  // (after the parallel rows: one sum per unit, in row order)
+      for (int64_t b = r0; b < r0 + n; ++b) {
+        const int64_t r = lo + b;
+        const T* cp = entering_row(C, C0, Z, e.resets != nullptr && e.resets[r], b, prev_lo, prev_bs, H);
+        const T* cn = CC + r * H;
+        const T* d = DG + r * G;
+        for (int64_t j = 0; j < H; ++j) {
+          DP[j] += d[j] * cp[j];
+          DP[H + j] += d[H + j] * cp[j];
+          DP[2 * H + j] += d[3 * H + j] * cn[j];
+        }
+      }
+    }
+    // The gradient reaching h_prev: (dgates @ W_hh) * scale + the part zoneout kept.
+    gemm_set(DH + r0 * H, DG + (lo + r0) * G, w_rhs, n, [&] {
+      at::Tensor dh_rows = dh.narrow(0, r0, n);
+      at::mm_out(dh_rows, dgates.narrow(0, lo + r0, n), w_hh);
+    });
+    finish_dh<T>(DH + r0 * H, e.rscale != nullptr ? e.rscale + r0 * H : nullptr, nullptr,
+                 e.zoned_h ? KH + r0 * H : nullptr, e.resets, lo + r0, n, H, DC + r0 * H);
   });
   at::Tensor dparams = PEEP ? part_dparams.sum(0) : at::zeros({0, H}, gates.options());
   return {dgates, dh, dc, dparams};

@@ -160,13 +160,17 @@ void gru_grads(T* __restrict__ dxr, T* __restrict__ dxz, T* __restrict__ dxn, T*
   }
 }
 
-// The recurrent pre-activation of a step: r = b_hh + h @ W_hh^T, from the state's rows
-// [b0, b0 + bs) into rows [row0 + b0, row0 + b0 + bs) of `r_seq`.
+// The start of a step for the state's rows [b0, b0 + bs) (the step's rows from xg row lo):
+// the resets zero those rows of the states (c too where given), then the recurrent
+// pre-activation r = b_hh + h @ W_hh^T goes into r_seq rows [r_lo + b0, r_lo + b0 + bs).
+// Returns r_lo: the step's own rows (lo) when r_seq keeps every step for the backward, else 0
+// (r_seq is one state-sized buffer).
 template <typename T>
-void recurrent(const at::Tensor& r_seq, int64_t row0, const T* BH, const at::Tensor& h_state,
-               const StepRhs<T>& w_t, int64_t bs, bool all_cut, int64_t b0) {
-  const int64_t G = r_seq.size(1);
-  T* R = r_seq.data_ptr<T>() + (row0 + b0) * G;
+int64_t recurrent(const at::Tensor& r_seq, bool save, int64_t lo, const T* BH, const at::Tensor& h_state,
+                  const StepRhs<T>& w_t, int64_t bs, int64_t b0, const bool* resets, T* HS, T* CS = nullptr) {
+  const int64_t H = h_state.size(1), G = r_seq.size(1), r_lo = save ? lo : 0;
+  const bool all_cut = reset_rows(resets, lo + b0, bs, H, HS + b0 * H, CS != nullptr ? CS + b0 * H : nullptr);
+  T* R = r_seq.data_ptr<T>() + (r_lo + b0) * G;
   for (int64_t b = 0; b < bs; ++b) {
     if (BH != nullptr) {
       std::memcpy(R + b * G, BH, G * sizeof(T));
@@ -174,7 +178,8 @@ void recurrent(const at::Tensor& r_seq, int64_t row0, const T* BH, const at::Ten
       std::fill(R + b * G, R + (b + 1) * G, T(0));
     }
   }
-  if (!all_cut) recurrent_gemm<T>(r_seq, row0, h_state, at::Tensor(), nullptr, w_t, bs, b0);
+  if (!all_cut) recurrent_gemm<T>(r_seq, r_lo, h_state, at::Tensor(), nullptr, w_t, bs, b0);  // (all reset: h = 0)
+  return r_lo;
 }
 
 // The LayerNorm gains' and biases' gradients, summed over the rows: one double sum per part
@@ -183,12 +188,12 @@ inline at::Tensor param_sums(const at::Tensor& acc, int64_t width, const at::Ten
   return acc.sum(0).view({2, width}).to(like.scalar_type());
 }
 
-// acc[j] += hat[j] * d[j] and acc[width + j] += d[j], j < n (the gain's and the bias's rows of
-// one LayerNorm, `width` apart), in double.
+// acc[j] += hat[j] * d[j] and acc[width + j] += d[j], j < width (the gain's and the bias's
+// rows of one LayerNorm), in double.
 template <typename T>
-inline void add_param_grads(double* __restrict__ acc, const T* __restrict__ hat, const T* __restrict__ d, int64_t n,
+inline void add_param_grads(double* __restrict__ acc, const T* __restrict__ hat, const T* __restrict__ d,
                             int64_t width) {
-  for (int64_t j = 0; j < n; ++j) {
+  for (int64_t j = 0; j < width; ++j) {
     acc[j] += static_cast<double>(hat[j]) * static_cast<double>(d[j]);
     acc[width + j] += static_cast<double>(d[j]);
   }
@@ -215,29 +220,25 @@ std::vector<at::Tensor> ln_lstm_forward_loop(at::Tensor xg, const at::Tensor& w_
   const T* P = params.data_ptr<T>();
   const T *w_r = P, *b_r = P + G, *w_c = P + 2 * G, *b_c = P + 2 * G + H;
   const T* BH = b_hh.has_value() ? b_hh->data_ptr<T>() : nullptr;
-  RowParts(sizes, B, G * H + 32 * G, G * H * int64_t(sizeof(T))).run([&](int64_t, int64_t r0, int64_t r1) {
-    forward_steps(order, offsets, sizes, r0, r1, [&](int64_t lo, int64_t n) {
-      const bool all_cut = reset_rows(resets, lo + r0, n, H, HS + r0 * H, CS + r0 * H);
-      const int64_t r_lo = save ? lo : 0;
-      recurrent<T>(r_seq, r_lo, BH, h_state, w_t, n, all_cut, r0);
-      at::parallel_for(r0, r0 + n, grain(G), [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          const int64_t r = lo + b;
-          T* x = X + r * G;
-          const T* rr = RS + (r_lo + b) * G;
-          T mean, rstd;
-          row_stats(rr, G, eps, mean, rstd);
-          add_norm(x, rr, w_r, b_r, mean, rstd, G);
-          T* cn = C + r * H;
-          lstm_gates(x, x + H, x + 2 * H, x + 3 * H, CS + b * H, cn, H);
-          T mc, rc;
-          row_stats(cn, H, eps, mc, rc);
-          T* h = Y + r * H;
-          lstm_out(h, x + 3 * H, cn, w_c, b_c, mc, rc, H);
-          std::memcpy(CS + b * H, cn, H * sizeof(T));
-          std::memcpy(HS + b * H, h, H * sizeof(T));
-        }
-      });
+  row_parts<T>(sizes, B, H, G, 32).forward(order, offsets, sizes, [&](int64_t, int64_t r0, int64_t lo, int64_t n) {
+    const int64_t r_lo = recurrent<T>(r_seq, save, lo, BH, h_state, w_t, n, r0, resets, HS, CS);
+    at::parallel_for(r0, r0 + n, grain(G), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t r = lo + b;
+        T* x = X + r * G;
+        const T* rr = RS + (r_lo + b) * G;
+        T mean, rstd;
+        row_stats(rr, G, eps, mean, rstd);
+        add_norm(x, rr, w_r, b_r, mean, rstd, G);
+        T* cn = C + r * H;
+        lstm_gates(x, x + H, x + 2 * H, x + 3 * H, CS + b * H, cn, H);
+        T mc, rc;
+        row_stats(cn, H, eps, mc, rc);
+        T* h = Y + r * H;
+        lstm_out(h, x + 3 * H, cn, w_c, b_c, mc, rc, H);
+        std::memcpy(CS + b * H, cn, H * sizeof(T));
+        std::memcpy(HS + b * H, h, H * sizeof(T));
+      }
     });
   });
   return {y, h_state, c_state, c_seq, r_seq};
@@ -275,56 +276,56 @@ std::vector<at::Tensor> ln_lstm_backward_loop(const at::Tensor& gates, const at:
   T* CH = c_hat.data_ptr<T>();
   T* RH = r_hat.data_ptr<T>();
   T* WD = w_dn.data_ptr<T>();
-  const RowParts parts(sizes, B, G * H + 32 * G, G * H * int64_t(sizeof(T)));
+  const RowParts parts = row_parts<T>(sizes, B, H, G, 32);
   // per part: LN(r)'s gain and bias sums (2G), then LN(c)'s (2H)
   at::Tensor acc_r = at::zeros({parts.count(), 2 * G}, gates.options().dtype(at::kDouble));
   at::Tensor acc_c = at::zeros({parts.count(), 2 * H}, gates.options().dtype(at::kDouble));
-  parts.run([&](int64_t part, int64_t r0, int64_t r1) {
-    double* AR = acc_r.data_ptr<double>() + part * 2 * G;
-    double* AC = acc_c.data_ptr<double>() + part * 2 * H;
-    back_steps(order, offsets, sizes, r0, r1, [&](const BackStep& step, int64_t n) {
-      const int64_t lo = step.lo, prev_lo = step.prev_lo, prev_bs = step.prev_bs;
-      at::parallel_for(r0, r0 + n, grain(G), [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          const int64_t r = lo + b;
-          T* dhr = DH + b * H;
-          T* dcr = DC + b * H;
-          add_into(dhr, DY + r * H, H);
-          const T* g = GA + r * G;
-          // h = o * tanh(LN(c)): the gradient reaching LN(c)'s output, then c's.
-          const T* cn = C + r * H;
-          T mc, rc;
-          row_stats(cn, H, eps, mc, rc);
-          T* ch = CH + b * H;
-          normalise(cn, ch, mc, rc, H);
-          T* wdn = WD + b * H;
-          lstm_dn(DN + b * H, wdn, dhr, g + 3 * H, ch, w_c, b_c, H);
-          norm_backward(wdn, ch, rc, H);
-          const T* cp = entering_row(C, C0, Z, resets != nullptr && resets[r], b, prev_lo, prev_bs, H);
-          T* d = DG + r * G;
-          lstm_gate_grads(d, d + H, d + 2 * H, d + 3 * H, dcr, wdn, g, g + H, g + 2 * H, g + 3 * H, cp, dhr, ch, w_c,
-                          b_c, H);
-          // The gates' gradient through LN(r) to r.
-          const T* rr = RS + r * G;
-          T mr, rstd;
-          row_stats(rr, G, eps, mr, rstd);
-          T* rh = RH + b * G;
-          normalise(rr, rh, mr, rstd, G);
-          T* drr = DR + r * G;
-          mul_into(drr, w_r, d, G);
-          norm_backward(drr, rh, rstd, G);
-        }
-      });
-      for (int64_t b = r0; b < r0 + n; ++b) {  // (after the parallel rows: the parameters' sums, in row order)
-        add_param_grads(AR, RH + b * G, DG + (lo + b) * G, G, G);
-        add_param_grads(AC, CH + b * H, DN + b * H, H, H);
+  double* const ACC_R = acc_r.data_ptr<double>();
+  double* const ACC_C = acc_c.data_ptr<double>();
+  parts.backward(order, offsets, sizes, [&](int64_t part, int64_t r0, const BackStep& step, int64_t n) {
+    double* AR = ACC_R + part * 2 * G;
+    double* AC = ACC_C + part * 2 * H;
+    const int64_t lo = step.lo, prev_lo = step.prev_lo, prev_bs = step.prev_bs;
+    at::parallel_for(r0, r0 + n, grain(G), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t r = lo + b;
+        T* dhr = DH + b * H;
+        T* dcr = DC + b * H;
+        add_into(dhr, DY + r * H, H);
+        const T* g = GA + r * G;
+        // h = o * tanh(LN(c)): the gradient reaching LN(c)'s output, then c's.
+        const T* cn = C + r * H;
+        T mc, rc;
+        row_stats(cn, H, eps, mc, rc);
+        T* ch = CH + b * H;
+        normalise(cn, ch, mc, rc, H);
+        T* wdn = WD + b * H;
+        lstm_dn(DN + b * H, wdn, dhr, g + 3 * H, ch, w_c, b_c, H);
+        norm_backward(wdn, ch, rc, H);
+        const T* cp = entering_row(C, C0, Z, resets != nullptr && resets[r], b, prev_lo, prev_bs, H);
+        T* d = DG + r * G;
+        lstm_gate_grads(d, d + H, d + 2 * H, d + 3 * H, dcr, wdn, g, g + H, g + 2 * H, g + 3 * H, cp, dhr, ch, w_c,
+                        b_c, H);
+        // The gates' gradient through LN(r) to r.
+        const T* rr = RS + r * G;
+        T mr, rstd;
+        row_stats(rr, G, eps, mr, rstd);
+        T* rh = RH + b * G;
+        normalise(rr, rh, mr, rstd, G);
+        T* drr = DR + r * G;
+        mul_into(drr, w_r, d, G);
+        norm_backward(drr, rh, rstd, G);
       }
-      gemm_set(DH + r0 * H, DR + (lo + r0) * G, w_rhs, n, [&] {
-        at::Tensor dh_rows = dh.narrow(0, r0, n);
-        at::mm_out(dh_rows, dr.narrow(0, lo + r0, n), w_hh);
-      });
-      finish_dh<T>(DH + r0 * H, nullptr, nullptr, nullptr, resets, lo + r0, n, H, DC + r0 * H);
     });
+    for (int64_t b = r0; b < r0 + n; ++b) {  // (after the parallel rows: the parameters' sums, in row order)
+      add_param_grads(AR, RH + b * G, DG + (lo + b) * G, G);
+      add_param_grads(AC, CH + b * H, DN + b * H, H);
+    }
+    gemm_set(DH + r0 * H, DR + (lo + r0) * G, w_rhs, n, [&] {
+      at::Tensor dh_rows = dh.narrow(0, r0, n);
+      at::mm_out(dh_rows, dr.narrow(0, lo + r0, n), w_hh);
+    });
+    finish_dh<T>(DH + r0 * H, nullptr, nullptr, nullptr, resets, lo + r0, n, H, DC + r0 * H);
   });
   // (rows as params: LN(r)'s gains, its biases, LN(c)'s gain, its bias)
   at::Tensor dparams = at::cat({param_sums(acc_r, G, gates).view({8, H}), param_sums(acc_c, H, gates)});
@@ -348,24 +349,20 @@ std::vector<at::Tensor> ln_gru_forward_loop(at::Tensor xg, const at::Tensor& w_h
   const T* P = params.data_ptr<T>();
   const T *w_r = P, *b_r = P + G;
   const T* BH = b_hh.has_value() ? b_hh->data_ptr<T>() : nullptr;
-  RowParts(sizes, B, G * H + 32 * G, G * H * int64_t(sizeof(T))).run([&](int64_t, int64_t r0, int64_t r1) {
-    forward_steps(order, offsets, sizes, r0, r1, [&](int64_t lo, int64_t n) {
-      const bool all_cut = reset_rows(resets, lo + r0, n, H, HS + r0 * H);
-      const int64_t r_lo = save ? lo : 0;
-      recurrent<T>(r_seq, r_lo, BH, h_state, w_t, n, all_cut, r0);
-      at::parallel_for(r0, r0 + n, grain(G), [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          const int64_t r = lo + b;
-          T* x = X + r * G;
-          const T* rr = RS + (r_lo + b) * G;
-          T mean, rstd;
-          row_stats(rr, G, eps, mean, rstd);
-          T* h = Y + r * H;
-          gru_row(x, x + H, x + 2 * H, rr, rr + H, rr + 2 * H, w_r, w_r + H, w_r + 2 * H, b_r, b_r + H, b_r + 2 * H,
-                  mean, rstd, HS + b * H, h, H);
-          std::memcpy(HS + b * H, h, H * sizeof(T));
-        }
-      });
+  row_parts<T>(sizes, B, H, G, 32).forward(order, offsets, sizes, [&](int64_t, int64_t r0, int64_t lo, int64_t n) {
+    const int64_t r_lo = recurrent<T>(r_seq, save, lo, BH, h_state, w_t, n, r0, resets, HS);
+    at::parallel_for(r0, r0 + n, grain(G), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t r = lo + b;
+        T* x = X + r * G;
+        const T* rr = RS + (r_lo + b) * G;
+        T mean, rstd;
+        row_stats(rr, G, eps, mean, rstd);
+        T* h = Y + r * H;
+        gru_row(x, x + H, x + 2 * H, rr, rr + H, rr + 2 * H, w_r, w_r + H, w_r + 2 * H, b_r, b_r + H, b_r + 2 * H,
+                mean, rstd, HS + b * H, h, H);
+        std::memcpy(HS + b * H, h, H * sizeof(T));
+      }
     });
   });
   return {y, h_state, r_seq};
@@ -400,46 +397,45 @@ std::vector<at::Tensor> ln_gru_backward_loop(const at::Tensor& gates, const at::
   T* RH = r_hat.data_ptr<T>();
   at::Tensor d_out = at::empty({B, G}, gates.options());  // the gradient at LN(r)'s output
   T* DO = d_out.data_ptr<T>();
-  const RowParts parts(sizes, B, G * H + 32 * G, G * H * int64_t(sizeof(T)));
+  const RowParts parts = row_parts<T>(sizes, B, H, G, 32);
   at::Tensor acc_r = at::zeros({parts.count(), 2 * G}, gates.options().dtype(at::kDouble));
-  parts.run([&](int64_t part, int64_t r0, int64_t r1) {
-    double* AR = acc_r.data_ptr<double>() + part * 2 * G;
-    back_steps(order, offsets, sizes, r0, r1, [&](const BackStep& step, int64_t n) {
-      const int64_t lo = step.lo, prev_lo = step.prev_lo, prev_bs = step.prev_bs;
-      at::parallel_for(r0, r0 + n, grain(G), [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          const int64_t r = lo + b;
-          T* dhr = DH + b * H;
-          add_into(dhr, DY + r * H, H);
-          const T* hp = entering_row(Y, H0, Z, resets != nullptr && resets[r], b, prev_lo, prev_bs, H);
-          const T* rr = RS + r * G;
-          T mr, rstd;
-          row_stats(rr, G, eps, mr, rstd);
-          T* rh = RH + b * G;
-          normalise(rr, rh, mr, rstd, G);
-          const T* g = GA + r * G;
-          T* dx = DX + r * G;
-          T* drr = DR + r * G;
-          gru_grads(dx, dx + H, dx + 2 * H, drr, drr + H, drr + 2 * H, DIR + b * H, g, g + H, g + 2 * H, rh + 2 * H,
-                    w_r, w_r + H, w_r + 2 * H, b_r + 2 * H, dhr, hp, H);
-          norm_backward(drr, rh, rstd, G);
-        }
-      });
-      for (int64_t b = r0; b < r0 + n; ++b) {  // (after the parallel rows: the parameters' sums, in row order)
-        // LN(r)'s output enters r and z as they are and n times the reset gate
-        const T* dx = DX + (lo + b) * G;
-        const T* rg = GA + (lo + b) * G;
-        T* d = DO + b * G;
-        std::memcpy(d, dx, 2 * H * sizeof(T));
-        for (int64_t j = 0; j < H; ++j) d[2 * H + j] = dx[2 * H + j] * rg[j];
-        add_param_grads(AR, RH + b * G, d, G, G);
+  double* const ACC_R = acc_r.data_ptr<double>();
+  parts.backward(order, offsets, sizes, [&](int64_t part, int64_t r0, const BackStep& step, int64_t n) {
+    double* AR = ACC_R + part * 2 * G;
+    const int64_t lo = step.lo, prev_lo = step.prev_lo, prev_bs = step.prev_bs;
+    at::parallel_for(r0, r0 + n, grain(G), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t r = lo + b;
+        T* dhr = DH + b * H;
+        add_into(dhr, DY + r * H, H);
+        const T* hp = entering_row(Y, H0, Z, resets != nullptr && resets[r], b, prev_lo, prev_bs, H);
+        const T* rr = RS + r * G;
+        T mr, rstd;
+        row_stats(rr, G, eps, mr, rstd);
+        T* rh = RH + b * G;
+        normalise(rr, rh, mr, rstd, G);
+        const T* g = GA + r * G;
+        T* dx = DX + r * G;
+        T* drr = DR + r * G;
+        gru_grads(dx, dx + H, dx + 2 * H, drr, drr + H, drr + 2 * H, DIR + b * H, g, g + H, g + 2 * H, rh + 2 * H,
+                  w_r, w_r + H, w_r + 2 * H, b_r + 2 * H, dhr, hp, H);
+        norm_backward(drr, rh, rstd, G);
       }
-      gemm_set(DH + r0 * H, DR + (lo + r0) * G, w_rhs, n, [&] {
-        at::Tensor dh_rows = dh.narrow(0, r0, n);
-        at::mm_out(dh_rows, dr.narrow(0, lo + r0, n), w_hh);
-      });
-      finish_dh<T>(DH + r0 * H, nullptr, DIR + r0 * H, nullptr, resets, lo + r0, n, H);
     });
+    for (int64_t b = r0; b < r0 + n; ++b) {  // (after the parallel rows: the parameters' sums, in row order)
+      // LN(r)'s output enters r and z as they are and n times the reset gate
+      const T* dx = DX + (lo + b) * G;
+      const T* rg = GA + (lo + b) * G;
+      T* d = DO + b * G;
+      std::memcpy(d, dx, 2 * H * sizeof(T));
+      for (int64_t j = 0; j < H; ++j) d[2 * H + j] = dx[2 * H + j] * rg[j];
+      add_param_grads(AR, RH + b * G, d, G);
+    }
+    gemm_set(DH + r0 * H, DR + (lo + r0) * G, w_rhs, n, [&] {
+      at::Tensor dh_rows = dh.narrow(0, r0, n);
+      at::mm_out(dh_rows, dr.narrow(0, lo + r0, n), w_hh);
+    });
+    finish_dh<T>(DH + r0 * H, nullptr, DIR + r0 * H, nullptr, resets, lo + r0, n, H);
   });
   at::Tensor dparams = param_sums(acc_r, G, gates).view({6, H});  // (LN(r)'s gains, then its biases)
   return {dxg, dr, dh, dparams};
