@@ -42,32 +42,33 @@ def _kind(kind) -> CellKind:
 
 def check_tensors(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor | None, weights: Sequence[LayerWeights]) -> None:
     """Raise before any work if devices or dtypes disagree (torch's messages where it has one)."""
+    dtype, device = x.dtype, x.device  # (read once: each property read builds an object)
     if x.is_complex() or not x.is_floating_point():
-        raise ValueError(f"fastrnn: input must be a floating point tensor, got {x.dtype}")
+        raise ValueError(f"fastrnn: input must be a floating point tensor, got {dtype}")
     w0 = weights[0][0]
-    if x.device != w0.device:
+    if device != w0.device:
         raise RuntimeError(
             "Input and parameter tensors are not at the same device, found input tensor at "
-            f"{x.device} and parameter tensor at {w0.device}"
+            f"{device} and parameter tensor at {w0.device}"
         )
     for name, state in (("hidden", h0), ("cell", c0)):
         if state is None:
             continue
-        if state.device != x.device:
+        if state.device != device:
             raise RuntimeError(
                 "Input and hidden tensors are not at the same device, found input tensor at "
-                f"{x.device} and {name} tensor at {state.device}"
+                f"{device} and {name} tensor at {state.device}"
             )
-        if state.dtype != x.dtype:
+        if state.dtype != dtype:
             raise RuntimeError(
-                f"fastrnn: {name} state dtype ({state.dtype}) does not match input dtype ({x.dtype})"
+                f"fastrnn: {name} state dtype ({state.dtype}) does not match input dtype ({dtype})"
             )
     for layer in weights:
         for w in layer:
-            if w is not None and (w.dtype != x.dtype or w.device != x.device):
+            if w is not None and (w.dtype != dtype or w.device != device):
                 raise RuntimeError(
                     f"fastrnn: parameter of dtype {w.dtype} on {w.device} does not match input "
-                    f"of dtype {x.dtype} on {x.device}"
+                    f"of dtype {dtype} on {device}"
                 )
 
 
@@ -88,17 +89,18 @@ def _autocast_dtype(device: torch.device, kind: CellKind, cell: bool, dtype: tor
     oneDNN. fastrnn gives the same output dtypes, running LSTM in the autocast dtype like
     RNN instead of failing.
     """
-    if not autocast_enabled(device.type):
-        return None
+    if not torch._C._is_any_autocast_enabled() or not autocast_enabled(device.type):
+        return None  # (the first test is one C call: the common case, every call)
     if device.type == "cpu" and (kind is CellKind.GRU or (cell and kind is CellKind.LSTM)):
         return dtype
     return torch.get_autocast_dtype(device.type)
 
 
-def _call(kind: CellKind, x, batch_sizes, h0, c0, weights: Sequence[LayerWeights]) -> backends.Call:
-    """What ``auto`` needs to know about a call on the CPU (see :mod:`fastrnn.backends`)."""
+def _call(kind: CellKind, x, batch_sizes, h0, c0, weights: Sequence[LayerWeights], extra=()) -> backends.Call:
+    """What ``auto`` needs to know about a call on the CPU (see :mod:`fastrnn.backends`);
+    ``extra``: more tensors of the call that may require a gradient."""
     needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, h0, c0, *(w for layer in weights for w in layer))
+        t is not None and t.requires_grad for t in (x, h0, c0, *(w for layer in weights for w in layer), *extra)
     )
     return backends.Call(
         kind, x.dtype, batch_sizes is not None, weights[0][4] is not None, needs_grad,
@@ -303,11 +305,10 @@ def stack(
         if input_norm is not None:
             input_norm = ([to(w) for w in input_norm[0]], [to(b) for b in input_norm[1]], input_norm[2])
     check_tensors(x, h0, c0, weights)
-    call = _call(kind, x, batch_sizes, h0, c0, weights)
-    if params is not None or input_norm is not None:
-        extra = list(params or ()) + (list(input_norm[0]) + list(input_norm[1]) if input_norm else [])
-        needs_grad = call.needs_grad or (torch.is_grad_enabled() and any(t.requires_grad for t in extra))
-        call = call._replace(needs_grad=needs_grad)
+    extra = () if params is None else params
+    if input_norm is not None:
+        extra = [*extra, *input_norm[0], *input_norm[1]]
+    call = _call(kind, x, batch_sizes, h0, c0, weights, extra)
     name = backends.resolve_name(backend, x.device, call)
     if name == "native":
         backends.native.refuse_cell(kind)

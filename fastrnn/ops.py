@@ -77,6 +77,8 @@ def _flat_resets(resets: Tensor | None) -> Tensor | None:
 def _zoneout(loop):
     """The :class:`~fastrnn.regularisers.Zoneout` of a call's loop inputs, or None."""
     _, mask_h, mask_c, probs, _ = loop
+    if mask_h is None and mask_c is None and not probs:
+        return None  # (no zoneout: the common case)
     p_h, p_c = (list(probs) + [0.0, 0.0])[:2]
     if mask_h is None and mask_c is None and not (p_h or p_c):
         return None
@@ -549,12 +551,12 @@ def layer_run(kind, backend, x, batch_sizes, h0, c0, weights, reverse, params=No
     states), made inside its autograd node; every other path returns the layer's.
     ``owned_x``: ``x`` is an input projection the caller made for this call alone, which the
     eager reference path's inference may overwrite."""
-    if onnx_export.exporting():
+    eager = eager_call(x)  # (an export traces: not eager, so an eager call skips its test)
+    if not eager and onnx_export.exporting():
         if zoneout is not None or recurrent_scale is not None:
             raise RuntimeError("fastrnn: ONNX export: zoneout and recurrent dropout have no ONNX operator "
                                "(export the model in eval mode without zoneout)")
         return (*onnx_export.layer(kind, x, batch_sizes, h0, c0, weights, reverse, params, resets), False)
-    eager = eager_call(x)  # (not tracing: the test below only runs when not eager)
     if not eager and (torch.jit.is_tracing() or torch.jit.is_scripting()):
         raise RuntimeError(TORCHSCRIPT_MESSAGE)
     w_ih, w_hh, b_ih, b_hh, w_hr = weights

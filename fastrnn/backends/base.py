@@ -54,5 +54,13 @@ class BackwardResult(NamedTuple):
 def loop_inputs(params=None, resets=None, zoneout=None, recurrent_scale=None) -> dict:
     """The optional keywords of a backend's time loops, only those present (a backend that
     reads none of them is called exactly as before they existed)."""
-    given = dict(params=params, resets=resets, zoneout=zoneout, recurrent_scale=recurrent_scale)
-    return {name: value for name, value in given.items() if value is not None}
+    given = {}
+    if params is not None:
+        given["params"] = params
+    if resets is not None:
+        given["resets"] = resets
+    if zoneout is not None:
+        given["zoneout"] = zoneout
+    if recurrent_scale is not None:
+        given["recurrent_scale"] = recurrent_scale
+    return given

@@ -160,8 +160,8 @@ def packed_gemm() -> bool:
 
 def runs(xg) -> bool:
     """Whether a call whose input projection is ``xg`` runs here (CPU, float32 / float64)."""
-    return (_state["enabled"] and xg.device.type == "cpu" and xg.dtype in _DTYPES
-            and not isinstance(xg, torch._subclasses.FakeTensor) and available())
+    return (_state["enabled"] and xg.is_cpu and xg.dtype in _DTYPES
+            and (type(xg) is torch.Tensor or not isinstance(xg, torch._subclasses.FakeTensor)) and available())
 
 
 def _zoneout_args(zoneout):
@@ -186,7 +186,7 @@ def _no_grad():
 def _contig(t, dtype=None):
     if t is None:
         return None
-    return (t if dtype is None else t.to(dtype)).contiguous()
+    return (t if dtype is None or t.dtype == dtype else t.to(dtype)).contiguous()
 
 
 def lstm_forward(xg, w_hh, h0, c0, schedule, reverse, save, params=None, resets=None, zoneout=None,
