@@ -390,29 +390,51 @@ inline bool packed_gemm_available() {
   return cblas_sgemm_pack_get_size != nullptr && cblas_sgemm_pack != nullptr && cblas_sgemm_compute != nullptr;
 }
 
-// The right-hand side b (k, n), row-major and contiguous, of a call's per-step GEMMs
-// out (rows, n) (+)= in (rows, k) @ b. Where the steps' products go to a library GEMM (above
-// kSmallGemm) and MKL's packed interface is there (float), b is packed once per call into
-// MKL's internal layout: sgemm would repack it at every step (10-20 % of a step's GEMM at
-// B = 32, H = 256 here). The packing does not depend on the number of rows.
+// ``w^T`` of a contiguous 2-D tensor, as a new contiguous tensor: each column of 16 rows of w
+// written as one contiguous 64-byte run of the result. (Square tiles thrashed L1 here: their
+// 32 output rows lie 2^k floats apart, in one or two cache sets; 306 us for a 512 x 128 W_hh,
+// 15 us this way.)
+template <typename T>
+at::Tensor transposed(const at::Tensor& w) {
+  TORCH_CHECK(w.dim() == 2 && w.is_contiguous(), "fastrnn cpu loops: W_hh must be a contiguous matrix");
+  const int64_t rows = w.size(0), cols = w.size(1);
+  at::Tensor out = at::empty({cols, rows}, w.options());
+  const T* src = w.data_ptr<T>();
+  T* dst = out.data_ptr<T>();
+  constexpr int64_t block = 16;
+  int64_t r0 = 0;
+  for (; r0 + block <= rows; r0 += block)
+    for (int64_t c = 0; c < cols; ++c) {
+      T* d = dst + c * rows + r0;
+      const T* s = src + r0 * cols + c;
+      for (int64_t r = 0; r < block; ++r) d[r] = s[r * cols];
+    }
+  for (; r0 < rows; ++r0)
+    for (int64_t c = 0; c < cols; ++c) dst[c * rows + r0] = src[r0 * cols + c];
+  return out;
+}
+
+// The right-hand side b (k, n) of a call's per-step GEMMs out (rows, n) (+)= in (rows, k) @ b.
+// Where the steps' products go to a library GEMM (above kSmallGemm) and MKL's packed
+// interface is there (float), b is packed once per call into MKL's internal layout: sgemm
+// would repack it at every step (10-20 % of a step's GEMM at B = 32, H = 256 here). The
+// packing does not depend on the number of rows.
 template <typename T>
 struct StepRhs {
-  at::Tensor b;
+  at::Tensor b;  // contiguous, except a view of w^T where only the packed product reads it
   int64_t k, n;
   at::Tensor packed;  // (float) MKL's packed b, or undefined
 
+  // b itself, contiguous.
   StepRhs(at::Tensor b_, int64_t max_rows) : b(std::move(b_)), k(b.size(0)), n(b.size(1)) {
-    if constexpr (std::is_same_v<T, float>) {
-      const int64_t limit = std::numeric_limits<int>::max();
-      if (max_rows * k * n > kSmallGemm && packed_gemm_enabled().load() && packed_gemm_available() &&
-          max_rows <= limit && k <= limit && n <= limit) {
-        const size_t bytes = cblas_sgemm_pack_get_size(162 /* B */, int(max_rows), int(n), int(k));
-        packed = at::empty({static_cast<int64_t>(bytes / sizeof(float)) + 1}, b.options());
-        cblas_sgemm_pack(101 /* row-major */, 162, 111 /* not transposed */, int(max_rows), int(n), int(k), 1.0f,
-                         b.data_ptr<float>(), int(n), packed.data_ptr<float>());
-      }
-    }
+    pack(b.data_ptr<T>(), false, max_rows);
   }
+
+  // b = w^T of a contiguous w (n, k): packed straight from w where every step's product is
+  // the packed one (k * n over kSmallGemm), else a transposed copy, the layout the small
+  // products and ATen's GEMM run faster on. (The copy of a 4 MB W_hh took about 3 ms here:
+  // its rows are 2^k floats apart.)
+  static StepRhs transpose_of(const at::Tensor& w, int64_t max_rows) { return StepRhs(w, max_rows, 0); }
 
   const T* data() const { return b.data_ptr<T>(); }
 
@@ -426,6 +448,27 @@ struct StepRhs {
       }
     }
     return false;
+  }
+
+ private:
+  StepRhs(const at::Tensor& w, int64_t max_rows, int) : b(w.t()), k(w.size(1)), n(w.size(0)) {
+    TORCH_CHECK(w.dim() == 2 && w.is_contiguous(), "fastrnn cpu loops: W_hh must be a contiguous matrix");
+    pack(w.data_ptr<T>(), true, max_rows);
+    if (!packed.defined() || k * n <= kSmallGemm) b = transposed<T>(w);
+  }
+
+  // Packs b from src: b itself (k, n), or with `trans` its transpose (n, k), both row-major.
+  void pack(const T* src, bool trans, int64_t max_rows) {
+    if constexpr (std::is_same_v<T, float>) {
+      const int64_t limit = std::numeric_limits<int>::max();
+      if (max_rows * k * n > kSmallGemm && packed_gemm_enabled().load() && packed_gemm_available() &&
+          max_rows <= limit && k <= limit && n <= limit) {
+        const size_t bytes = cblas_sgemm_pack_get_size(162 /* B */, int(max_rows), int(n), int(k));
+        packed = at::empty({static_cast<int64_t>(bytes / sizeof(float)) + 1}, b.options());
+        cblas_sgemm_pack(101 /* row-major */, 162, trans ? 112 /* transposed */ : 111 /* not */, int(max_rows),
+                         int(n), int(k), 1.0f, src, trans ? int(k) : int(n), packed.data_ptr<float>());
+      }
+    }
   }
 };
 
@@ -547,23 +590,6 @@ inline at::Tensor copy_of(const at::Tensor& t) {
   TORCH_CHECK(t.is_contiguous(), "fastrnn cpu loops: a state must be contiguous");
   at::Tensor out = at::empty(t.sizes(), t.options());
   std::memcpy(out.data_ptr(), t.data_ptr(), t.numel() * t.element_size());
-  return out;
-}
-
-// ``w^T`` of a contiguous 2-D tensor, as a new contiguous tensor, in 32 x 32 tiles (ATen's
-// transposed copy of a small weight costs several times more).
-template <typename T>
-at::Tensor transposed(const at::Tensor& w) {
-  TORCH_CHECK(w.dim() == 2 && w.is_contiguous(), "fastrnn cpu loops: W_hh must be a contiguous matrix");
-  const int64_t rows = w.size(0), cols = w.size(1);
-  at::Tensor out = at::empty({cols, rows}, w.options());
-  const T* src = w.data_ptr<T>();
-  T* dst = out.data_ptr<T>();
-  constexpr int64_t tile = 32;
-  for (int64_t r0 = 0; r0 < rows; r0 += tile)
-    for (int64_t c0 = 0; c0 < cols; c0 += tile)
-      for (int64_t r = r0; r < std::min(r0 + tile, rows); ++r)
-        for (int64_t c = c0; c < std::min(c0 + tile, cols); ++c) dst[c * rows + r] = src[r * cols + c];
   return out;
 }
 

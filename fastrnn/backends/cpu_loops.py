@@ -130,7 +130,7 @@ def disabled():
 def unpacked_gemm():
     """Inside the block the per-step GEMMs above the small-product size call ATen's GEMM
     instead of MKL's packed product (the tests compare the two)."""
-    before = torch.ops.fastrnn_cpu_loops.set_packed_gemm(False)
+    before = _built_ops().set_packed_gemm(False)
     try:
         yield
     finally:
@@ -143,7 +143,7 @@ def row_parts(threads: int = 2):
     threads (one part per thread, however small the layer; normally only layers with
     enough work per part are split), so that the tests reach the split with small layers."""
     before_threads = torch.get_num_threads()
-    before = torch.ops.fastrnn_cpu_loops.set_min_part_work(1)
+    before = _built_ops().set_min_part_work(1)
     torch.set_num_threads(threads)
     try:
         yield

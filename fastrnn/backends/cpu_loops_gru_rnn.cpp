@@ -36,7 +36,7 @@ std::vector<at::Tensor> gru_forward_loop(at::Tensor xg, const at::Tensor& w_hh, 
   at::Tensor h_cell = at::empty({B, H}, xg.options());
   at::Tensor hg = at::empty({B, G}, xg.options());
   at::Tensor scaled = e.rscale != nullptr ? at::empty({B, H}, xg.options()) : at::Tensor();
-  const StepRhs<T> w_t(transposed<T>(w_hh), B);
+  const StepRhs<T> w_t = StepRhs<T>::transpose_of(w_hh, B);
   T* X = xg.data_ptr<T>();
   T* Y = y.data_ptr<T>();
   T* HNS = hn_seq.data_ptr<T>();
@@ -156,7 +156,7 @@ std::vector<at::Tensor> rnn_forward_loop(at::Tensor xg, const at::Tensor& w_hh, 
   at::Tensor y = e.zoned_h ? at::empty({N, H}, xg.options()) : xg;
   at::Tensor h_state = copy_of(h0);
   at::Tensor scaled = e.rscale != nullptr ? at::empty({B, H}, xg.options()) : at::Tensor();
-  const StepRhs<T> w_t(transposed<T>(w_hh), B);
+  const StepRhs<T> w_t = StepRhs<T>::transpose_of(w_hh, B);
   T* X = xg.data_ptr<T>();
   T* Y = y.data_ptr<T>();
   T* HS = h_state.data_ptr<T>();

@@ -42,7 +42,7 @@ std::vector<at::Tensor> forward_loop(at::Tensor xg, const at::Tensor& w_hh, cons
   at::Tensor h_state = copy_of(h0), c_state = copy_of(c0);
   at::Tensor h_cell = at::empty({B, H}, xg.options()), c_cell = at::empty({B, H}, xg.options());
   at::Tensor scaled = e.rscale != nullptr ? at::empty({B, H}, xg.options()) : at::Tensor();
-  const StepRhs<T> w_t(transposed<T>(w_hh), B);  // (the per-step GEMMs run faster on this layout)
+  const StepRhs<T> w_t = StepRhs<T>::transpose_of(w_hh, B);
   T* X = xg.data_ptr<T>();
   T* Y = y.data_ptr<T>();
   T* C = c_seq.data_ptr<T>();

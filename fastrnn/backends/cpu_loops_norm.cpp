@@ -210,7 +210,7 @@ std::vector<at::Tensor> ln_lstm_forward_loop(at::Tensor xg, const at::Tensor& w_
   at::Tensor c_seq = at::empty({N, H}, xg.options());
   at::Tensor r_seq = at::empty({save ? N : B, G}, xg.options());
   at::Tensor h_state = copy_of(h0), c_state = copy_of(c0);
-  const StepRhs<T> w_t(transposed<T>(w_hh), B);
+  const StepRhs<T> w_t = StepRhs<T>::transpose_of(w_hh, B);
   T* X = xg.data_ptr<T>();
   T* Y = y.data_ptr<T>();
   T* C = c_seq.data_ptr<T>();
@@ -341,7 +341,7 @@ std::vector<at::Tensor> ln_gru_forward_loop(at::Tensor xg, const at::Tensor& w_h
   at::Tensor y = at::empty({N, H}, xg.options());
   at::Tensor r_seq = at::empty({save ? N : B, G}, xg.options());
   at::Tensor h_state = copy_of(h0);
-  const StepRhs<T> w_t(transposed<T>(w_hh), B);
+  const StepRhs<T> w_t = StepRhs<T>::transpose_of(w_hh, B);
   T* X = xg.data_ptr<T>();
   T* Y = y.data_ptr<T>();
   T* RS = r_seq.data_ptr<T>();
