@@ -123,12 +123,11 @@ def _with_loop_inputs(name: str, backend: str | None, device: torch.device, want
     """The backend that runs a call whose time loop takes ``wants`` (``"resets"``,
     ``"zoneout"``, ``"recurrent_scale"``): torch's kernels have none of them, so ``auto`` runs
     ``reference`` where it would have run them; asking for them is an error."""
-    if not wants:
+    if not wants or name == "reference":
         return name
     what = " and ".join(_LOOP_WORDS[w] for w in wants)
-    requested = backend if backend is not None else (backends.env_backend() or "auto")
     if name == "native":
-        if requested == "native":
+        if backend == "native" or (backend is None and backends.env_backend() == "native"):
             raise RuntimeError(
                 f"fastrnn: backend 'native' runs torch's own kernels, which have no {what}; use "
                 "backend='reference' or 'auto'"
@@ -137,6 +136,7 @@ def _with_loop_inputs(name: str, backend: str | None, device: torch.device, want
     if name == "triton":
         reason = backends.triton_refuses(wants)
         if reason is not None:
+            requested = backend if backend is not None else (backends.env_backend() or "auto")
             if requested == "triton":
                 raise RuntimeError(f"fastrnn: backend='triton' cannot run {what}: {reason}")
             warnings.warn(
