@@ -315,6 +315,21 @@ def test_steps_past_the_small_product_and_the_thread_split(variant, cpp_calls, g
     assert cpp_calls["forward"] == 1
 
 
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "LayerNormLSTM"])
+def test_a_wide_w_hh_is_packed_from_itself(kind, cpp_calls, gemm_route):
+    """``W_hh`` above the small-product size itself (4H x H = 147,456 at H = 192, 3H x H =
+    150,528 at H = 224): MKL packs it straight from ``W_hh``, transposed by the packing, with
+    no transposed copy (none of the steps takes the small product); ATen's route gets the
+    copy. Both equal the Python loops, packed input (later steps have fewer rows)."""
+    make = {"LSTM": lambda: fastrnn.LSTM(4, 192, peephole=True, backend="reference"),
+            "GRU": lambda: fastrnn.GRU(4, 224, backend="reference"),
+            "LayerNormLSTM": lambda: fastrnn.LayerNormLSTM(4, 192, backend="reference")}[kind]
+    m = make()
+    randomise(m, torch.Generator().manual_seed(7))
+    _compare(m, torch.float32, packed=True, steps=4, batch=5, tol=WIDE)
+    assert cpp_calls["forward"] == 1
+
+
 def test_nan_in_the_input_spreads_as_in_the_python_loops(cpp_calls):
     m = fastrnn.LSTM(3, 5, dtype=torch.float32, backend="reference", peephole=True)
     randomise(m, torch.Generator().manual_seed(6))
