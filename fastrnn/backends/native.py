@@ -131,7 +131,7 @@ def auto_cpu_backend(kind: CellKind, dtype: torch.dtype, *, packed: bool, proj: 
     2. With gradients, float32 LSTM on padded input without ``proj_size``, not tracing:
        ``native`` — oneDNN's fused training forward and backward, what ``torch.nn`` runs;
        the reference LSTM's Python loop took 3-5x its time at B <= 8 (its C++ loops, with
-       peepholes, resets or a regulariser, take 0.73-0.82x at T=100 and 1.0-1.15x at T=10,
+       peepholes, resets or a regulariser, take 0.69-1.01x at T=100 and 1.0-1.1x at T=10,
        B=1 on the CPU grid: not a reason to leave torch's own kernels and results).
     3. Every other call with gradients: ``reference`` — GRU and RNN training on fastrnn's
        own engine (its C++ loops) take 0.11-0.90x ``torch.nn``'s time on the grid
