@@ -27,9 +27,6 @@ _functorch = torch._C._functorch
 def _loop_keywords(schedule, reverse, params, loop) -> dict:
     """The backend's optional time-loop keywords, only those present, as the layer
     implementation gives them (:meth:`fastrnn.engine.LoopLayer._extras`)."""
-    if loop[0] is None and loop[1] is None and loop[2] is None and not loop[3] and loop[4] is None:
-        # (none of them: the common case, every call)
-        return {} if params is None else {"params": params}
     return engine.LoopLayer._extras(schedule, reverse, params, ops._flat_resets(loop[0]), ops._zoneout(loop), loop[4])
 
 

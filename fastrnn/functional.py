@@ -126,8 +126,9 @@ def _with_loop_inputs(name: str, backend: str | None, device: torch.device, want
     if not wants or name == "reference":
         return name
     what = " and ".join(_LOOP_WORDS[w] for w in wants)
+    requested = backend if backend is not None else (backends.env_backend() or "auto")
     if name == "native":
-        if backend == "native" or (backend is None and backends.env_backend() == "native"):
+        if requested == "native":
             raise RuntimeError(
                 f"fastrnn: backend 'native' runs torch's own kernels, which have no {what}; use "
                 "backend='reference' or 'auto'"
@@ -136,7 +137,6 @@ def _with_loop_inputs(name: str, backend: str | None, device: torch.device, want
     if name == "triton":
         reason = backends.triton_refuses(wants)
         if reason is not None:
-            requested = backend if backend is not None else (backends.env_backend() or "auto")
             if requested == "triton":
                 raise RuntimeError(f"fastrnn: backend='triton' cannot run {what}: {reason}")
             warnings.warn(

@@ -77,9 +77,7 @@ def _flat_resets(resets: Tensor | None) -> Tensor | None:
 def _zoneout(loop):
     """The :class:`~fastrnn.regularisers.Zoneout` of a call's loop inputs, or None."""
     _, mask_h, mask_c, probs, _ = loop
-    if mask_h is None and mask_c is None and not probs:
-        return None  # (no zoneout: the common case)
-    p_h, p_c = (list(probs) + [0.0, 0.0])[:2]
+    p_h, p_c = (list(probs) + [0.0, 0.0])[:2] if probs else (0.0, 0.0)
     if mask_h is None and mask_c is None and not (p_h or p_c):
         return None
     mask_h, mask_c = (m if m is None or m.dim() == 2 else m.reshape(-1, m.shape[-1]) for m in (mask_h, mask_c))

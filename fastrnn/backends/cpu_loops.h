@@ -355,7 +355,6 @@ struct RowParts {
       }
     });
   }
-
 };
 
 // The parts of a loop whose step multiplies its rows by W_hh^T (k, n) in T and then spends
@@ -390,13 +389,12 @@ inline bool packed_gemm_available() {
   return cblas_sgemm_pack_get_size != nullptr && cblas_sgemm_pack != nullptr && cblas_sgemm_compute != nullptr;
 }
 
-// ``w^T`` of a contiguous 2-D tensor, as a new contiguous tensor: each column of 16 rows of w
-// written as one contiguous 64-byte run of the result. (Square tiles thrashed L1 here: their
-// 32 output rows lie 2^k floats apart, in one or two cache sets; 306 us for a 512 x 128 W_hh,
-// 15 us this way.)
+// ``w^T`` of a contiguous 2-D tensor (StepRhs checks it), as a new contiguous tensor: each
+// column of 16 rows of w written as one contiguous 64-byte run of the result. (Square tiles
+// thrashed L1 here: their 32 output rows lie 2^k floats apart, in one or two cache sets;
+// 306 us for a 512 x 128 W_hh, 15 us this way.)
 template <typename T>
 at::Tensor transposed(const at::Tensor& w) {
-  TORCH_CHECK(w.dim() == 2 && w.is_contiguous(), "fastrnn cpu loops: W_hh must be a contiguous matrix");
   const int64_t rows = w.size(0), cols = w.size(1);
   at::Tensor out = at::empty({cols, rows}, w.options());
   const T* src = w.data_ptr<T>();
@@ -546,7 +544,7 @@ const T* entering_row(const T* seq, const T* init, const T* zero, bool cut, int6
 // parts that bypass W_hh, zero where a reset cut the sequence.
 template <typename T>
 void finish_dh(T* dh, const T* rscale, const T* direct, const T* keep, const bool* resets, int64_t lo, int64_t bs,
-               int64_t H, T* dc = nullptr) {
+               int64_t H, T* dc) {
   for (int64_t b = 0; b < bs; ++b) {
     T* d = dh + b * H;
     if (rscale != nullptr) {
@@ -566,6 +564,23 @@ void finish_dh(T* dh, const T* rscale, const T* direct, const T* keep, const boo
       if (dc != nullptr) std::fill(dc + b * H, dc + (b + 1) * H, T(0));
     }
   }
+}
+
+// The end of a backward step for the state's rows [b0, b0 + bs) (the step's rows from row lo
+// of `grad`), the backward's twin of recurrent_gemm: dh rows = grad rows @ W_hh (w_rhs holds
+// W_hh), then finish_dh on them. rscale, direct, keep and dc are state-sized (B, H) buffers
+// or null.
+template <typename T>
+void recurrent_dh(const at::Tensor& dh, const at::Tensor& grad, int64_t lo, const StepRhs<T>& w_rhs, int64_t bs,
+                  int64_t b0, const T* rscale, const T* direct, const T* keep, const bool* resets, T* dc = nullptr) {
+  const int64_t H = dh.size(1), G = grad.size(1);
+  T* DH = dh.data_ptr<T>() + b0 * H;
+  gemm_set(DH, grad.data_ptr<T>() + (lo + b0) * G, w_rhs, bs, [&] {
+    at::Tensor rows = dh.narrow(0, b0, bs);
+    at::mm_out(rows, grad.narrow(0, lo + b0, bs), w_rhs.b);
+  });
+  const auto at_b0 = [&](auto* p) { return p == nullptr ? p : p + b0 * H; };
+  finish_dh<T>(DH, at_b0(rscale), at_b0(direct), at_b0(keep), resets, lo + b0, bs, H, at_b0(dc));
 }
 
 template <typename T>

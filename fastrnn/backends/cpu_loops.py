@@ -134,7 +134,7 @@ def unpacked_gemm():
     try:
         yield
     finally:
-        torch.ops.fastrnn_cpu_loops.set_packed_gemm(before)
+        _built_ops().set_packed_gemm(before)
 
 
 @contextlib.contextmanager
@@ -149,7 +149,7 @@ def row_parts(threads: int = 2):
         yield
     finally:
         torch.set_num_threads(before_threads)
-        torch.ops.fastrnn_cpu_loops.set_min_part_work(before)
+        _built_ops().set_min_part_work(before)
 
 
 def packed_gemm() -> bool:

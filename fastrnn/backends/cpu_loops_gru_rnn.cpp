@@ -129,12 +129,7 @@ std::vector<at::Tensor> gru_backward_loop(const at::Tensor& gates, const at::Ten
         gru_cell_backward<T>(g, g + H, g + 2 * H, HNS + r * H, hp, d, DX + r * G, DHG + r * G, DIR + b * H, H);
       }
     });
-    gemm_set(DH + r0 * H, DHG + (lo + r0) * G, w_rhs, n, [&] {
-      at::Tensor dh_rows = dh.narrow(0, r0, n);
-      at::mm_out(dh_rows, dhg.narrow(0, lo + r0, n), w_hh);
-    });
-    finish_dh<T>(DH + r0 * H, e.rscale != nullptr ? e.rscale + r0 * H : nullptr, DIR + r0 * H,
-                 e.zoned_h ? KP + r0 * H : nullptr, e.resets, lo + r0, n, H);
+    recurrent_dh<T>(dh, dhg, lo, w_rhs, n, r0, e.rscale, DIR, e.zoned_h ? KP : nullptr, e.resets);
   });
   return {dxg, dhg, dh};
 }
@@ -209,12 +204,7 @@ std::vector<at::Tensor> rnn_backward_loop(const at::Tensor& h_new, const at::Ten
         rnn_cell_backward<T, TANH>(DX + r * H, d, HN + r * H, H);
       }
     });
-    gemm_set(DH + r0 * H, DX + (lo + r0) * H, w_rhs, n, [&] {
-      at::Tensor dh_rows = dh.narrow(0, r0, n);
-      at::mm_out(dh_rows, dxg.narrow(0, lo + r0, n), w_hh);
-    });
-    finish_dh<T>(DH + r0 * H, e.rscale != nullptr ? e.rscale + r0 * H : nullptr, nullptr,
-                 e.zoned_h ? KP + r0 * H : nullptr, e.resets, lo + r0, n, H);
+    recurrent_dh<T>(dh, dxg, lo, w_rhs, n, r0, e.rscale, nullptr, e.zoned_h ? KP : nullptr, e.resets);
   });
   return {dxg, dh};
 }

@@ -172,12 +172,7 @@ std::vector<at::Tensor> backward_loop(const at::Tensor& gates, const at::Tensor&
       }
     }
     // The gradient reaching h_prev: (dgates @ W_hh) * scale + the part zoneout kept.
-    gemm_set(DH + r0 * H, DG + (lo + r0) * G, w_rhs, n, [&] {
-      at::Tensor dh_rows = dh.narrow(0, r0, n);
-      at::mm_out(dh_rows, dgates.narrow(0, lo + r0, n), w_hh);
-    });
-    finish_dh<T>(DH + r0 * H, e.rscale != nullptr ? e.rscale + r0 * H : nullptr, nullptr,
-                 e.zoned_h ? KH + r0 * H : nullptr, e.resets, lo + r0, n, H, DC + r0 * H);
+    recurrent_dh<T>(dh, dgates, lo, w_rhs, n, r0, e.rscale, nullptr, e.zoned_h ? KH : nullptr, e.resets, DC);
   });
   at::Tensor dparams = PEEP ? part_dparams.sum(0) : at::zeros({0, H}, gates.options());
   return {dgates, dh, dc, dparams};

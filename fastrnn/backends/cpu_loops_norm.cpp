@@ -321,11 +321,7 @@ std::vector<at::Tensor> ln_lstm_backward_loop(const at::Tensor& gates, const at:
       add_param_grads(AR, RH + b * G, DG + (lo + b) * G, G);
       add_param_grads(AC, CH + b * H, DN + b * H, H);
     }
-    gemm_set(DH + r0 * H, DR + (lo + r0) * G, w_rhs, n, [&] {
-      at::Tensor dh_rows = dh.narrow(0, r0, n);
-      at::mm_out(dh_rows, dr.narrow(0, lo + r0, n), w_hh);
-    });
-    finish_dh<T>(DH + r0 * H, nullptr, nullptr, nullptr, resets, lo + r0, n, H, DC + r0 * H);
+    recurrent_dh<T>(dh, dr, lo, w_rhs, n, r0, nullptr, nullptr, nullptr, resets, DC);
   });
   // (rows as params: LN(r)'s gains, its biases, LN(c)'s gain, its bias)
   at::Tensor dparams = at::cat({param_sums(acc_r, G, gates).view({8, H}), param_sums(acc_c, H, gates)});
@@ -431,11 +427,7 @@ std::vector<at::Tensor> ln_gru_backward_loop(const at::Tensor& gates, const at::
       for (int64_t j = 0; j < H; ++j) d[2 * H + j] = dx[2 * H + j] * rg[j];
       add_param_grads(AR, RH + b * G, d, G);
     }
-    gemm_set(DH + r0 * H, DR + (lo + r0) * G, w_rhs, n, [&] {
-      at::Tensor dh_rows = dh.narrow(0, r0, n);
-      at::mm_out(dh_rows, dr.narrow(0, lo + r0, n), w_hh);
-    });
-    finish_dh<T>(DH + r0 * H, nullptr, DIR + r0 * H, nullptr, resets, lo + r0, n, H);
+    recurrent_dh<T>(dh, dr, lo, w_rhs, n, r0, nullptr, DIR, nullptr, resets);
   });
   at::Tensor dparams = param_sums(acc_r, G, gates).view({6, H});  // (LN(r)'s gains, then its biases)
   return {dxg, dr, dh, dparams};
