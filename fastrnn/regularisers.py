@@ -14,7 +14,8 @@
   Identity in eval.
 - **DropConnect on W_hh** (Merity et al. 2017): one mask over the entries of each ``W_hh``
   per forward call, scaled by ``1 / (1 - p)``, training only: applied to the weight before
-  the layer runs (autograd carries the gradient through the mask).
+  the layer runs (autograd carries the gradient through the mask; on the CPU, eagerly, one
+  node that keeps the mask's seed and redraws the mask in its backward).
 
 Every mask comes from torch's generator of the tensors' device (on the CPU, eagerly, as the
 seed of a counter-based draw: :func:`fastrnn.backends.cpu_loops.bernoulli_mask`), so
@@ -120,5 +121,8 @@ def draw_recurrent_scale(batch: int, hidden: int, p: float, dtype, device) -> to
 
 
 def drop_connect(w_hh: torch.Tensor, p: float) -> torch.Tensor:
-    """``W_hh`` with a fresh mask over its entries, scaled by ``1 / (1 - p)``."""
+    """``W_hh`` with a fresh mask over its entries, scaled by ``1 / (1 - p)`` (on the CPU,
+    eagerly, in one call: :func:`fastrnn.backends.cpu_loops.drop_connect`)."""
+    if w_hh.is_cpu and cpu_loops.draws_masks_eagerly():
+        return cpu_loops.drop_connect(w_hh, p)
     return w_hh * _keep_scale(tuple(w_hh.shape), p, w_hh.dtype, w_hh.device)

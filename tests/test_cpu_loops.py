@@ -460,6 +460,49 @@ def test_the_dropout_scale_draw(dtype):
     assert not torch.equal(s, cpu_loops.keep_scale(rows, cols, p, dtype))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_drop_connect_is_w_times_the_scale_draw(dtype):
+    """The one-call DropConnect: ``w`` times the scale :func:`keep_scale` draws from the same
+    seed, exactly (the 16-bit dtypes multiply by the scale rounded to them, as
+    ``w * keep_scale`` does), on a non-contiguous ``w`` too; its gradient is the incoming
+    gradient times that scale (the backward redraws it from the seed), and the same with
+    ``create_graph`` (a differentiable gradient)."""
+    rows, cols, p = 96, 40, 0.35
+    w = torch.randn(cols, rows, dtype=dtype).t().requires_grad_()  # (a transposed view)
+    torch.manual_seed(11)
+    out = cpu_loops.drop_connect(w, p)
+    torch.manual_seed(11)
+    scale = cpu_loops.keep_scale(rows, cols, p, dtype)
+    assert out.dtype == dtype and out.shape == (rows, cols)
+    assert torch.equal(out, w.detach() * scale)
+    assert (scale == 0).any() and (scale != 0).any()
+    g = torch.randn(rows, cols, dtype=dtype)
+    (gw,) = torch.autograd.grad(out, w, g, retain_graph=True)
+    assert torch.equal(gw, g * scale)
+    gg = g.clone().requires_grad_()
+    (gw2,) = torch.autograd.grad(out, w, gg, create_graph=True)
+    assert torch.equal(gw2, g * scale) and gw2.requires_grad
+    (back,) = torch.autograd.grad(gw2, gg, torch.ones_like(gw2))
+    assert torch.equal(back, torch.ones_like(back) * scale)
+
+
+def test_drop_connect_second_derivatives_and_refusals():
+    """fp64 gradcheck / gradgradcheck of the one-call DropConnect with its mask fixed by
+    the seed; a weight that is not a 2-D floating CPU tensor is refused."""
+    w = torch.randn(12, 5, dtype=torch.float64, requires_grad=True)
+
+    def f(w):
+        torch.manual_seed(4)
+        return cpu_loops.drop_connect(w, 0.4)
+
+    assert torch.autograd.gradcheck(f, (w,))
+    assert torch.autograd.gradgradcheck(f, (w,))
+    with pytest.raises(RuntimeError, match="2-D"):
+        cpu_loops.drop_connect(torch.randn(3, 4, 5), 0.4)
+    with pytest.raises(RuntimeError, match="floating"):
+        cpu_loops.drop_connect(torch.ones(3, 4, dtype=torch.int64), 0.4)
+
+
 def test_the_regularisers_draw_their_cpu_masks_here(monkeypatch):
     """The zoneout, recurrent-dropout and DropConnect masks of a CPU layer come from it."""
     calls = []
@@ -469,6 +512,8 @@ def test_the_regularisers_draw_their_cpu_masks_here(monkeypatch):
     monkeypatch.setattr(cpu_loops, "keep_scale", lambda *a, **k: calls.append(a[:3]) or real_scale(*a, **k))
     real_pair = cpu_loops.zoneout_masks  # (rows, cols, p_h, p_c): a GRU's p_c is 0
     monkeypatch.setattr(cpu_loops, "zoneout_masks", lambda *a, **k: calls.append(a[:3]) or real_pair(*a, **k))
+    real_drop = cpu_loops.drop_connect
+    monkeypatch.setattr(cpu_loops, "drop_connect", lambda w, p: calls.append((*w.shape, p)) or real_drop(w, p))
     m = fastrnn.GRU(3, 4, zoneout=0.2, recurrent_dropout=0.3, weight_drop=0.4, backend="reference")
     m(torch.randn(5, 2, 3))
     assert sorted(calls) == sorted([(10, 4, 0.2), (2, 4, 0.3), (12, 4, 0.4)]), calls

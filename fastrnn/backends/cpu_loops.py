@@ -29,8 +29,9 @@ multiply-adds of work:
 
 They build with torch's C++ extension loader (a C++ compiler and ninja; ``-march=native``
 and OpenMP, so the extension's name carries a hash of the sources, of the flags and of this
-CPU's flags). When the
-build fails, the Python loops run and one warning says why. :func:`disabled` runs the
+CPU's flags), loaded as a Python module too: DropConnect's one call
+(:func:`drop_connect`) is its function, called directly, since torch.ops' schema-driven
+call costs several microseconds more per call. When the build fails, the Python loops run and one warning says why. :func:`disabled` runs the
 Python loops for a while (the tests compare the two).
 """
 
@@ -66,7 +67,7 @@ _LDFLAGS = [*_OPENMP]
 _DTYPES = (torch.float32, torch.float64)
 
 _lock = threading.Lock()
-_state = {"built": None, "enabled": True}
+_state = {"built": None, "enabled": True, "module": None}
 
 
 def _tag() -> str:
@@ -89,8 +90,8 @@ def _build() -> bool:
     from torch.utils import cpp_extension
 
     try:
-        cpp_extension.load(name=f"fastrnn_cpu_loops_{_tag()}", sources=_SOURCES, extra_cflags=list(_FLAGS),
-                           extra_ldflags=list(_LDFLAGS), is_python_module=False, verbose=False)
+        module = cpp_extension.load(name=f"fastrnn_cpu_loops_{_tag()}", sources=_SOURCES, extra_cflags=list(_FLAGS),
+                                    extra_ldflags=list(_LDFLAGS), is_python_module=True, verbose=False)
     except Exception as exc:  # a missing compiler or ninja: the Python loops run instead
         warnings.warn(
             f"fastrnn: the C++ CPU loops could not be built ({type(exc).__name__}: {exc}); the reference "
@@ -100,6 +101,7 @@ def _build() -> bool:
             stacklevel=4,
         )
         return False
+    _state["module"] = module
     return hasattr(torch.ops.fastrnn_cpu_loops, "lstm_forward")
 
 
@@ -381,9 +383,22 @@ def keep_scale(rows: int, cols: int, p: float, dtype: torch.dtype) -> torch.Tens
     return _built_ops().keep_scale(rows, cols, float(p), dtype)
 
 
+def drop_connect(w: torch.Tensor, p: float) -> torch.Tensor:
+    """``w * keep_scale(*w.shape, p, w.dtype)`` as one autograd node: the mask is drawn and
+    applied in one call, and only its seed is kept for the backward, which redraws it. For
+    a caller that checked :func:`draws_masks_eagerly` (on a CPU tensor)."""
+    return _state["module"].drop_connect(w, p)
+
+
+def draws_masks_eagerly() -> bool:
+    """Whether :func:`bernoulli_mask` draws the regularisers' masks for CPU tensors: eagerly
+    (torch.compile / export / func / jit tracing record torch's own draw), whichever loops
+    run (:func:`disabled` keeps the masks, so that both loops see the same ones). Cheap: it
+    runs at every training call of a regularised layer."""
+    return (not torch.compiler.is_compiling() and not torch._C._are_functorch_transforms_active()
+            and not torch._C._is_tracing() and (_state["built"] or available()))
+
+
 def draws_masks(device) -> bool:
-    """Whether :func:`bernoulli_mask` draws the regularisers' masks for tensors on ``device``:
-    the CPU, eagerly (torch.compile / export / func trace torch's own draw), whichever loops
-    run (:func:`disabled` keeps the masks, so that both loops see the same ones)."""
-    return (device.type == "cpu" and not torch.compiler.is_compiling()
-            and not torch._C._are_functorch_transforms_active() and not torch.jit.is_tracing() and available())
+    """:func:`draws_masks_eagerly` for tensors on ``device``: False off the CPU."""
+    return device.type == "cpu" and draws_masks_eagerly()

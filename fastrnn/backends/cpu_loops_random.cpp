@@ -5,6 +5,8 @@
 // generator (as torch's own CPU kernels draw), so torch.manual_seed reproduces the masks.
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/python.h>
 
 #include <mutex>
 
@@ -23,32 +25,46 @@ inline uint32_t mix32(uint32_t x) {
   return x;
 }
 
-// mask[i] = (bits(i) < threshold) != invert, bits(i) uniform on 32 bits: P(bits < t) = t / 2^32.
-// 32-bit arithmetic in the inner loop (it vectorises 8 wide); the index's high word is
-// constant over each span of 2^32 elements.
-void fill(uint8_t* __restrict__ out, int64_t begin, int64_t end, uint32_t key_lo, uint32_t key_hi, uint64_t threshold,
-          bool invert) {
-  if (threshold >= (uint64_t(1) << 32)) {  // p = 1
-    std::fill(out + begin, out + end, static_cast<uint8_t>(!invert));
-    return;
+// The keys and threshold of one draw: element i is "below" when bits(i) < threshold, bits(i)
+// uniform on 32 bits (P = threshold / 2^32).
+struct Draw {
+  uint32_t key_lo, key_hi;
+  uint64_t threshold;  // 2^32 for p = 1
+
+  Draw(uint64_t seed, double p) {
+    TORCH_CHECK(p >= 0.0 && p <= 1.0, "fastrnn: a mask probability must be in [0, 1], got ", p);
+    threshold = static_cast<uint64_t>(p * 4294967296.0);
+    key_lo = mix32(static_cast<uint32_t>(seed) ^ 0x9e3779b9U);
+    key_hi = mix32(static_cast<uint32_t>(seed >> 32) ^ 0x85ebca6bU);
   }
-  const uint32_t t = static_cast<uint32_t>(threshold);
-  const uint8_t flip = invert ? 1 : 0;
-  int64_t i = begin;
-  while (i < end) {
-    const uint64_t n = static_cast<uint64_t>(i);
-    const uint32_t hi = mix32(static_cast<uint32_t>(n >> 32) ^ key_hi);
-    const int64_t span_end = std::min<int64_t>(end, static_cast<int64_t>(((n >> 32) + 1) << 32));
-    const uint32_t lo0 = static_cast<uint32_t>(n);
-    const int64_t len = span_end - i;
-    uint8_t* o = out + i;
-    for (int64_t j = 0; j < len; ++j) {
-      const uint32_t bits = mix32(mix32((lo0 + static_cast<uint32_t>(j)) ^ key_lo) ^ hi);
-      o[j] = static_cast<uint8_t>(bits < t) ^ flip;
+
+  // emit(i, below) for i in [begin, end). 32-bit arithmetic in the inner loop (it
+  // vectorises); the index's high word is constant over each span of 2^32 elements.
+  template <typename Emit>
+  void each(int64_t begin, int64_t end, Emit emit) const {
+    if (threshold >= (uint64_t(1) << 32)) {  // p = 1: every element is below
+      for (int64_t i = begin; i < end; ++i) emit(i, true);
+      return;
     }
-    i = span_end;
+    const uint32_t t = static_cast<uint32_t>(threshold);
+    int64_t i = begin;
+    while (i < end) {
+      const uint64_t n = static_cast<uint64_t>(i);
+      const uint32_t hi = mix32(static_cast<uint32_t>(n >> 32) ^ key_hi);
+      const int64_t span_end = std::min<int64_t>(end, static_cast<int64_t>(((n >> 32) + 1) << 32));
+      const uint32_t lo0 = static_cast<uint32_t>(n);
+      const int64_t len = span_end - i;
+      for (int64_t j = 0; j < len; ++j) emit(i + j, mix32(mix32((lo0 + static_cast<uint32_t>(j)) ^ key_lo) ^ hi) < t);
+      i = span_end;
+    }
   }
-}
+
+  // each() over [0, n), split over the threads above 2^16 elements.
+  template <typename Emit>
+  void all(int64_t n, Emit emit) const {
+    at::parallel_for(0, n, 1 << 16, [&](int64_t b, int64_t e) { each(b, e, emit); });
+  }
+};
 
 uint64_t draw_seed() {
   at::CPUGeneratorImpl* gen = at::get_generator_or_default<at::CPUGeneratorImpl>(
@@ -57,15 +73,11 @@ uint64_t draw_seed() {
   return gen->random64();
 }
 
-// The (rows, cols) draw into bytes: out[i] = (element i is below p) != invert.
-void draw(uint8_t* out, int64_t rows, int64_t cols, double p, bool invert) {
-  TORCH_CHECK(p >= 0.0 && p <= 1.0, "fastrnn: a mask probability must be in [0, 1], got ", p);
-  const uint64_t threshold = static_cast<uint64_t>(p * 4294967296.0);
-  const uint64_t s = draw_seed();
-  const uint32_t key_lo = mix32(static_cast<uint32_t>(s) ^ 0x9e3779b9U);
-  const uint32_t key_hi = mix32(static_cast<uint32_t>(s >> 32) ^ 0x85ebca6bU);
-  at::parallel_for(0, rows * cols, 1 << 16,
-                   [&](int64_t b, int64_t e) { fill(out, b, e, key_lo, key_hi, threshold, invert); });
+// The (rows, cols) draw into bytes, seeded by one draw of torch's generator:
+// out[i] = (element i is below p) != invert.
+void draw(uint8_t* __restrict__ out, int64_t rows, int64_t cols, double p, bool invert) {
+  const uint8_t flip = invert ? 1 : 0;
+  Draw(draw_seed(), p).all(rows * cols, [=](int64_t i, bool below) { out[i] = static_cast<uint8_t>(below) ^ flip; });
 }
 
 at::Tensor bernoulli_mask(int64_t rows, int64_t cols, double p, bool invert) {
@@ -83,37 +95,92 @@ std::vector<at::Tensor> zoneout_masks(int64_t rows, int64_t cols, double p_h, do
   return out;
 }
 
+// What a bool keep mask (a Bernoulli(1 - p) draw of `seed`) cast to `dtype` and multiplied
+// by the Python float 1 / (1 - p) gives: the scale where kept, 0 elsewhere; times `w` when
+// given (w * that scale, element by element, in one pass with the draw). float32 for the
+// 16-bit dtypes, then converted (their w * scale goes through ATen's multiply).
 template <typename T>
-void scale_bytes(const uint8_t* keep, T* out, int64_t n, T scale) {
-  for (int64_t i = 0; i < n; ++i) out[i] = keep[i] ? scale : T(0);
+at::Tensor scaled_keep(int64_t rows, int64_t cols, uint64_t seed, double p, const T* __restrict__ w,
+                       at::ScalarType dtype) {
+  at::Tensor out = at::empty({rows, cols}, at::TensorOptions().dtype(dtype));
+  T* __restrict__ o = out.data_ptr<T>();
+  const T scale = static_cast<T>(1.0 / (1.0 - p));
+  const Draw draw(seed, p);
+  if (w == nullptr)
+    draw.all(rows * cols, [=](int64_t i, bool below) { o[i] = below ? T(0) : scale; });
+  else
+    draw.all(rows * cols, [=](int64_t i, bool below) { o[i] = w[i] * (below ? T(0) : scale); });
+  return out;
 }
 
-// The kept entries' scale 1 / (1 - p) where a Bernoulli(1 - p) draw keeps, 0 elsewhere, in
-// `dtype` (float32 for the other floating dtypes, then converted: what a bool mask cast to
-// the dtype and multiplied by the Python float 1 / (1 - p) gives).
-at::Tensor keep_scale(int64_t rows, int64_t cols, double p, at::ScalarType dtype) {
+at::Tensor seeded_keep_scale(int64_t rows, int64_t cols, uint64_t seed, double p, at::ScalarType dtype) {
   TORCH_CHECK(p < 1.0, "fastrnn: a dropout probability must be below 1, got ", p);
   TORCH_CHECK(at::isFloatingType(dtype), "fastrnn: keep_scale needs a floating dtype, got ", dtype);
-  std::vector<uint8_t> keep(static_cast<size_t>(rows * cols));
-  draw(keep.data(), rows, cols, p, true);
-  const double scale = 1.0 / (1.0 - p);
-  const int64_t n = rows * cols;
-  if (dtype == at::kDouble) {
-    at::Tensor out = at::empty({rows, cols}, at::TensorOptions().dtype(at::kDouble));
-    scale_bytes(keep.data(), out.data_ptr<double>(), n, scale);
-    return out;
-  }
-  at::Tensor out = at::empty({rows, cols}, at::TensorOptions().dtype(at::kFloat));
-  scale_bytes(keep.data(), out.data_ptr<float>(), n, static_cast<float>(scale));
+  if (dtype == at::kDouble) return scaled_keep<double>(rows, cols, seed, p, nullptr, dtype);
+  at::Tensor out = scaled_keep<float>(rows, cols, seed, p, nullptr, at::kFloat);
   return dtype == at::kFloat ? out : out.to(dtype);
+}
+
+at::Tensor keep_scale(int64_t rows, int64_t cols, double p, at::ScalarType dtype) {
+  return seeded_keep_scale(rows, cols, draw_seed(), p, dtype);
+}
+
+// w * keep_scale(seed), a 2-D w.
+at::Tensor seeded_drop_connect(const at::Tensor& w, uint64_t seed, double p) {
+  const int64_t rows = w.size(0), cols = w.size(1);
+  const at::ScalarType dtype = w.scalar_type();
+  if (dtype != at::kFloat && dtype != at::kDouble) return w * seeded_keep_scale(rows, cols, seed, p, dtype);
+  TORCH_CHECK(p < 1.0, "fastrnn: a dropout probability must be below 1, got ", p);
+  const at::Tensor wc = w.contiguous();
+  if (dtype == at::kDouble) return scaled_keep<double>(rows, cols, seed, p, wc.data_ptr<double>(), dtype);
+  return scaled_keep<float>(rows, cols, seed, p, wc.data_ptr<float>(), dtype);
+}
+
+// DropConnect as one autograd node: the forward draws the mask and multiplies in one call,
+// and keeps only the seed; the backward redraws the scale from it (no mask held between
+// the passes) and multiplies with a differentiable op, so double backward stays exact.
+struct DropConnect : public torch::autograd::Function<DropConnect> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& w, double p) {
+    const uint64_t seed = draw_seed();
+    ctx->saved_data["seed"] = static_cast<int64_t>(seed);
+    ctx->saved_data["p"] = p;
+    return seeded_drop_connect(w, seed, p);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const at::Tensor& g = grads[0];
+    const auto seed = static_cast<uint64_t>(ctx->saved_data["seed"].toInt());
+    const double p = ctx->saved_data["p"].toDouble();
+    if (!g.defined()) return {at::Tensor(), at::Tensor()};
+    if (!g.requires_grad()) return {seeded_drop_connect(g, seed, p), at::Tensor()};
+    return {g * seeded_keep_scale(g.size(0), g.size(1), seed, p, g.scalar_type()), at::Tensor()};
+  }
+};
+
+at::Tensor drop_connect(const at::Tensor& w, double p) {
+  TORCH_CHECK(w.dim() == 2 && w.device().is_cpu(), "fastrnn: drop_connect takes a 2-D CPU weight, got ", w.sizes(),
+              " on ", w.device());
+  TORCH_CHECK(at::isFloatingType(w.scalar_type()), "fastrnn: drop_connect needs a floating weight, got ",
+              w.scalar_type());
+  return DropConnect::apply(w, p);
 }
 
 }  // namespace
 }  // namespace fastrnn_cpu
 
-// (no tensor argument to dispatch on: one kernel for every dispatch key)
+// (no tensor argument to dispatch on: one kernel for every dispatch key; drop_connect below)
 TORCH_LIBRARY_FRAGMENT(fastrnn_cpu_loops, m) {
   m.def("bernoulli_mask(int rows, int cols, float p, bool invert) -> Tensor", &fastrnn_cpu::bernoulli_mask);
   m.def("zoneout_masks(int rows, int cols, float p_h, float p_c) -> Tensor[]", &fastrnn_cpu::zoneout_masks);
   m.def("keep_scale(int rows, int cols, float p, ScalarType dtype) -> Tensor", &fastrnn_cpu::keep_scale);
+  // (records its own autograd node, DropConnect::apply: one kernel for every key from Autograd down)
+  m.def("drop_connect(Tensor w, float p) -> Tensor");
+  m.impl("drop_connect", c10::DispatchKey::CompositeImplicitAutograd, TORCH_FN(fastrnn_cpu::drop_connect));
+}
+
+// drop_connect is also a Python function of the module: the call a training step makes for
+// each W_hh, where torch.ops' schema-driven call took several times longer.
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("drop_connect", &fastrnn_cpu::drop_connect);
 }
