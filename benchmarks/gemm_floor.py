@@ -5,7 +5,10 @@ products any implementation of the layer computes, timed alone with torch's GEMM
 Forward: the input projection of all steps and one ``h @ W_hh^T`` per step. Backward: one
 ``dr @ W_hh`` per step, then ``dW_hh``, ``dW_ih`` and ``dx`` as whole-sequence products.
 A floor over 0.5 of the eager loop's time means no implementation built on this GEMM meets
-the 0.5x target there. Prints the fastest of 7 runs of each, in ms::
+the 0.5x target there. A second bound needs no GEMM library at all: the forward's
+multiply-adds (``2 * rows * K * N`` per product) at the best rate this machine reaches, that of
+one large square product (4096^3, torch's GEMM: its peak, not what 64-row steps get). Prints
+the fastest of 7 runs of each, in ms::
 
     python benchmarks/gemm_floor.py
 """
@@ -36,8 +39,16 @@ def fastest(fn, runs: int = 7) -> float:
     return min(times) * 1e3
 
 
+def peak_gflops(n: int = 4096) -> float:
+    """The best fp32 GEMM rate here: one ``n x n x n`` product, GFLOP/s."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return 2 * n**3 / fastest(lambda: a @ b) / 1e6
+
+
 def main():
     torch.manual_seed(0)
+    peak = peak_gflops()
+    print(f"peak: {peak:.0f} GFLOP/s (a 4096^3 product)")
     for cls, gates in ((fastrnn.LayerNormLSTM, 4), (fastrnn.LayerNormGRU, 3)):
         for steps, batch, hidden in CASES:
             layer = cls(hidden, hidden)
@@ -65,9 +76,10 @@ def main():
                 eager_f, gemm_f = fastest(lambda: eager(x)), fastest(forward_gemms)
             eager_fb = fastest(lambda: eager(xr)[0].backward(grad_y))
             gemm_fb = gemm_f + fastest(backward_gemms)
+            at_peak = 2 * 2 * steps * batch * hidden * gates * hidden / peak / 1e6  # input + recurrent products
             print(f"{cls.__name__} T={steps} B={batch} H={hidden}: forward eager {eager_f:.1f}, GEMMs {gemm_f:.1f} "
-                  f"({gemm_f / eager_f:.2f}); forward+backward eager {eager_fb:.1f}, GEMMs {gemm_fb:.1f} "
-                  f"({gemm_fb / eager_fb:.2f})")
+                  f"({gemm_f / eager_f:.2f}), its multiply-adds at peak {at_peak:.1f} ({at_peak / eager_f:.2f}); "
+                  f"forward+backward eager {eager_fb:.1f}, GEMMs {gemm_fb:.1f} ({gemm_fb / eager_fb:.2f})")
 
 
 if __name__ == "__main__":
