@@ -497,6 +497,15 @@ def test_drop_connect_second_derivatives_and_refusals():
 
     assert torch.autograd.gradcheck(f, (w,))
     assert torch.autograd.gradgradcheck(f, (w,))
+    import torch.autograd.forward_ad as fwAD
+
+    with fwAD.dual_level():  # (a forward-mode tangent: the mask applies to it as well)
+        tangent = torch.randn(12, 5, dtype=torch.float64)
+        torch.manual_seed(4)
+        out = cpu_loops.drop_connect(fwAD.make_dual(w.detach(), tangent), 0.4)
+        torch.manual_seed(4)
+        scale = cpu_loops.keep_scale(12, 5, 0.4, torch.float64)
+        assert torch.equal(fwAD.unpack_dual(out).tangent, tangent * scale)
     with pytest.raises(RuntimeError, match="2-D"):
         cpu_loops.drop_connect(torch.randn(3, 4, 5), 0.4)
     with pytest.raises(RuntimeError, match="floating"):

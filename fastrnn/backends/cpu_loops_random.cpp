@@ -5,7 +5,7 @@
 // generator (as torch's own CPU kernels draw), so torch.manual_seed reproduces the masks.
 
 #include <ATen/CPUGeneratorImpl.h>
-#include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/functions/utils.h>
 #include <torch/python.h>
 
 #include <mutex>
@@ -136,51 +136,64 @@ at::Tensor seeded_drop_connect(const at::Tensor& w, uint64_t seed, double p) {
   return scaled_keep<float>(rows, cols, seed, p, wc.data_ptr<float>(), dtype);
 }
 
-// DropConnect as one autograd node: the forward draws the mask and multiplies in one call,
-// and keeps only the seed; the backward redraws the scale from it (no mask held between
-// the passes) and multiplies with a differentiable op, so double backward stays exact.
-struct DropConnect : public torch::autograd::Function<DropConnect> {
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& w, double p) {
-    const uint64_t seed = draw_seed();
-    ctx->saved_data["seed"] = static_cast<int64_t>(seed);
-    ctx->saved_data["p"] = p;
-    return seeded_drop_connect(w, seed, p);
+// DropConnect's autograd node: it keeps the mask's seed, not the mask, and redraws it; the
+// gradient is a differentiable multiply where the incoming one has history (create_graph),
+// so double backward stays exact.
+struct DropConnectBackward : public torch::autograd::Node {
+  DropConnectBackward(uint64_t seed, double p) : seed(seed), p(p) {}
+
+  torch::autograd::variable_list apply(torch::autograd::variable_list&& grads) override {
+    const at::Tensor& g = grads[0];
+    if (!g.defined() || !should_compute_output(0)) return {at::Tensor()};
+    if (!g.requires_grad()) {
+      at::AutoDispatchBelowADInplaceOrView below;
+      return {seeded_drop_connect(g, seed, p)};
+    }
+    return {g * seeded_keep_scale(g.size(0), g.size(1), seed, p, g.scalar_type())};
   }
 
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
-    const at::Tensor& g = grads[0];
-    const auto seed = static_cast<uint64_t>(ctx->saved_data["seed"].toInt());
-    const double p = ctx->saved_data["p"].toDouble();
-    if (!g.defined()) return {at::Tensor(), at::Tensor()};
-    if (!g.requires_grad()) return {seeded_drop_connect(g, seed, p), at::Tensor()};
-    return {g * seeded_keep_scale(g.size(0), g.size(1), seed, p, g.scalar_type()), at::Tensor()};
-  }
+  std::string name() const override { return "fastrnn::DropConnectBackward"; }
+
+  uint64_t seed;
+  double p;
 };
 
+// w * keep_scale(seed) for a fresh seed, in one pass, as one autograd node (with a
+// forward-mode tangent, as ATen's multiply).
 at::Tensor drop_connect(const at::Tensor& w, double p) {
   TORCH_CHECK(w.dim() == 2 && w.device().is_cpu(), "fastrnn: drop_connect takes a 2-D CPU weight, got ", w.sizes(),
               " on ", w.device());
   TORCH_CHECK(at::isFloatingType(w.scalar_type()), "fastrnn: drop_connect needs a floating weight, got ",
               w.scalar_type());
-  return DropConnect::apply(w, p);
+  const uint64_t seed = draw_seed();
+  if (torch::autograd::isFwGradDefined(w))  // forward-mode AD: ATen's multiply carries the tangent
+    return w * seeded_keep_scale(w.size(0), w.size(1), seed, p, w.scalar_type());
+  at::Tensor out;
+  {
+    at::AutoDispatchBelowADInplaceOrView below;
+    out = seeded_drop_connect(w, seed, p);
+  }
+  if (torch::autograd::compute_requires_grad(w)) {
+    auto node = c10::make_intrusive<DropConnectBackward>(seed, p);
+    node->set_next_edges(torch::autograd::collect_next_edges(w));
+    torch::autograd::set_history(out, node);
+  }
+  return out;
 }
 
 }  // namespace
 }  // namespace fastrnn_cpu
 
-// (no tensor argument to dispatch on: one kernel for every dispatch key; drop_connect below)
+// (no tensor argument to dispatch on: one kernel for every dispatch key)
 TORCH_LIBRARY_FRAGMENT(fastrnn_cpu_loops, m) {
   m.def("bernoulli_mask(int rows, int cols, float p, bool invert) -> Tensor", &fastrnn_cpu::bernoulli_mask);
   m.def("zoneout_masks(int rows, int cols, float p_h, float p_c) -> Tensor[]", &fastrnn_cpu::zoneout_masks);
   m.def("keep_scale(int rows, int cols, float p, ScalarType dtype) -> Tensor", &fastrnn_cpu::keep_scale);
-  // (records its own autograd node, DropConnect::apply: one kernel for every key from Autograd down)
-  m.def("drop_connect(Tensor w, float p) -> Tensor");
-  m.impl("drop_connect", c10::DispatchKey::CompositeImplicitAutograd, TORCH_FN(fastrnn_cpu::drop_connect));
 }
 
-// drop_connect is also a Python function of the module: the call a training step makes for
-// each W_hh, where torch.ops' schema-driven call took several times longer.
+// DropConnect is a Python function of the module, not an op: it records its own autograd
+// node, and a training step calls it for each W_hh, where torch.ops' schema-driven call
+// took several times longer.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("drop_connect", &fastrnn_cpu::drop_connect);
 }
