@@ -16,8 +16,8 @@ of forward and backward, of IEEE and TF32), which the report re-checks (compiled
 recorded). The tier choice runs an entry on a device only when ``shared`` (for that
 arch; the largest recorded value for another arch) fits the device's shared memory per
 block and :data:`RESIDENT_ARCH_MISSES` does not rule it out on the device's arch (entries
-that spill when compiled for sm_86 / sm_89). Layers with ``proj_size`` use the step tier. A cell the table does not name (a user's
-own) uses the entries of the tabled cell it borrows from (:func:`resident_entries`).
+that spill when compiled for sm_86 / sm_89 / sm_100). Layers with ``proj_size`` use the step
+tier. A cell the table does not name uses the entries of one it borrows from (:func:`resident_entries`).
 
 **Cooperative tier** (:data:`COOPERATIVE`): ``cdiv(H, 16)`` programs of 16 hidden units
 each (all their gates), at most one per SM, with a grid barrier per step; ``W_hh`` is
@@ -182,7 +182,13 @@ _SM86_MISSES = {  # the compile report's spills on sm_86
     ('LayerNormLSTM', 'float16', 64): "regularised",  # the H_ALIGNED forward: 8 B
     ('LayerNormLSTM', 'bfloat16', 64): "regularised",  # backward: 8 B
 }
-RESIDENT_ARCH_MISSES: dict[int, dict[tuple[str, str, int], str]] = {86: _SM86_MISSES, 89: _SM86_MISSES}
+_SM100_MISSES = {  # the compile report's spills on sm_100 (forwards: the LSTM's 104 B, the others 8 B, TF32 for fp32)
+    ('LSTM', 'float32', 64): "all", ('RNN_TANH', 'float32', 32): "regularised",
+    ('RNN_TANH', 'float32', 64): "regularised", ('RNN_RELU', 'float32', 64): "regularised",
+    ('LayerNormGRU', 'float32', 32): "regularised", ('LayerNormGRU', 'bfloat16', 64): "regularised",
+}
+RESIDENT_ARCH_MISSES: dict[int, dict[tuple[str, str, int], str]] = {86: _SM86_MISSES, 89: _SM86_MISSES,
+                                                                    100: _SM100_MISSES}
 
 
 def resident_arch_miss(kind, dtype, block_h: int, arch: int | None, regularised: bool = False) -> bool:
@@ -297,23 +303,23 @@ COOPERATIVE_REGISTERS: dict[tuple[str, str, int, int], CoopConfig] = {
 }
 
 
-# (dtype name, dot precision, slab_k) -> {arch: bytes}: shared memory per block of each
-# COOPERATIVE entry, the largest over every kind, both directions and its register variants,
-# as the compile report measures it per arch. The tier choice uses an entry on a device only
-# where it fits the device's shared memory per block (:func:`cooperative_config`): on sm_86 /
-# sm_89 (101,376 B) the 1024 slabs of fp16/bf16 and fp32 IEEE's 512 slab drop out and those
-# sizes stream W_hh from L2. fp64 (never compiled) has no record.
+# (dtype name, dot precision, slab_k) -> {arch: bytes}: each COOPERATIVE entry's shared memory
+# per block (the largest over kinds, directions and register variants) as the report measures
+# it. An entry runs only where that fits the device (:func:`cooperative_config`): on sm_86 /
+# sm_89 (101,376 B) fp16/bf16's 1024 slab and fp32 IEEE's 512 slab drop out and stream W_hh
+# from L2. fp64 (never compiled) has no record.
 COOPERATIVE_SHARED: dict[tuple[str, str, int], dict] = {
-    ("float32", "ieee", 0): {80: 5120, 90: 6144},
-    ("float32", "ieee", 128): {80: 40960, 90: 41984},
-    ("float32", "ieee", 256): {80: 81920, 90: 82944},
-    ("float32", "ieee", 512): {80: 163840, 90: 164864},
-    ("float32", "tf32", 0): {80: 40960, 90: 43008},
-    ("float32", "tf32", 128): {80: 40960, 90: 41984},
-    ("float32", "tf32", 256): {80: 81920, 90: 82944},
+    ("float32", "ieee", 0): {80: 5120, 90: 6144, 100: 6144},
+    ("float32", "ieee", 128): {80: 40960, 90: 41984, 100: 41984},
+    ("float32", "ieee", 256): {80: 81920, 90: 82944, 100: 82944},
+    ("float32", "ieee", 512): {80: 163840, 90: 164864, 100: 164864},
+    ("float32", "tf32", 0): {80: 40960, 90: 43008, 100: 46144},
+    ("float32", "tf32", 128): {80: 40960, 90: 41984, 100: 41992},
+    ("float32", "tf32", 256): {80: 81920, 90: 82944, 100: 82952},
     **{(name, "ieee", slab): shared for name in ("float16", "bfloat16") for slab, shared in (
-        (0, {80: 40960, 90: 62464}), (128, {80: 32768, 90: 82944}), (256, {80: 49152, 90: 66560}),
-        (512, {80: 81920, 90: 82944}), (1024, {80: 163840, 90: 164864}))},
+        (0, {80: 40960, 90: 62464, 100: 62528}), (128, {80: 32768, 90: 82944, 100: 82952}),
+        (256, {80: 49152, 90: 66560, 100: 66568}), (512, {80: 81920, 90: 82944, 100: 82952}),
+        (1024, {80: 163840, 90: 164864, 100: 164872}))},
 }
 
 
@@ -408,7 +414,12 @@ def cooperative_shared(key: tuple[str, str, int], arch: int | None) -> int:
 #: Cooperative configurations ``(dtype name, dot precision, slab_k, rows)`` that compile clean
 #: for sm_80 and sm_90 but spill on another arch, per compute capability: ``rows`` 0 is the
 #: tiled entry (with it, its register variants), else the register variant of that many rows.
-COOPERATIVE_ARCH_MISSES: dict[int, frozenset[tuple[str, str, int, int]]] = {}
+COOPERATIVE_ARCH_MISSES: dict[int, frozenset[tuple[str, str, int, int]]] = {100: frozenset({
+    # sm_100: the fp16/bf16 tiled forwards of the 512 / 1024 slabs spill 8-728 B, the TF32
+    # one of the 256 slab 8-112 B (those sizes stream W_hh there); the fp32 IEEE backward
+    # of 64 register rows 8 B (64-row batches run the tiled configuration).
+    *((name, "ieee", slab, 0) for name in ("float16", "bfloat16") for slab in (512, 1024)),
+    ("float32", "tf32", 256, 0), ("float32", "ieee", 0, 64)})}
 
 
 def cooperative_arch_miss(key: tuple[str, str, int], rows: int, arch: int | None) -> bool:

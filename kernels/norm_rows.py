@@ -420,9 +420,11 @@ class RowConfig(NamedTuple):
 #: Row configurations that replace :func:`base_config`'s on an arch the tables are not made for,
 #: where its choice spills: ``(compute capability, cell family, dtype, SAVE)`` -> configuration
 #: (forward kernel). On sm_86 / sm_89 the LayerNorm-LSTM's 16-bit saving forward of a
-#: 1024-wide row keeps an 8-byte stack frame with 16 warps, none with 8.
-ARCH_CONFIGS = {(arch, "LayerNormLSTM", d, True): RowConfig(1, 1024, 8)
-                for arch in (86, 89) for d in ("float16", "bfloat16")}
+#: 1024-wide row keeps an 8-byte stack frame with 16 warps, none with 8; on sm_100 its fp32
+#: saving forward of 256-wide rows (4 per program) 8 B with 8 warps, none with 4.
+ARCH_CONFIGS = {**{(arch, "LayerNormLSTM", d, True): RowConfig(1, 1024, 8)
+                   for arch in (86, 89) for d in ("float16", "bfloat16")},
+                (100, "LayerNormLSTM", "float32", True): RowConfig(4, 256, 4)}
 #: Backward kernels with no spill-free configuration on an arch: ``(compute capability, cell
 #: family, dtype, BLOCK_H, H_ALIGNED)``. The LayerNorm-LSTM's 16-bit backward of a 2048-wide
 #: row with ``H`` not a multiple of 8 spills 8-848 B on sm_86 / sm_89 at 4 to 32 warps (its
@@ -430,6 +432,12 @@ ARCH_CONFIGS = {(arch, "LayerNormLSTM", d, True): RowConfig(1, 1024, 8)
 #: (:func:`fp32_backward`).
 FP32_BACKWARD = frozenset((arch, "LayerNormLSTM", d, 2048, False)
                           for arch in (86, 89) for d in ("float16", "bfloat16"))
+#: Stack frames no configuration avoids, accepted (the report passes the row and lists it):
+#: ``(compute capability, cell family, dtype, BLOCK_H, H_ALIGNED)`` of a backward kernel ->
+#: bytes. The fp32 LayerNorm-LSTM backward of a 2048-wide row with ``H`` not a multiple of 8
+#: keeps 8 B on sm_100 at 8 warps (776 B at 4; 88 B at 16, whose threads get 128 registers);
+#: with no wider dtype to run it in, the alternative is refusing those layers' training there.
+ACCEPTED_STACK = {(100, "LayerNormLSTM", "float32", 2048, False): 8}
 
 
 def row_config(hidden: int, dtype: torch.dtype, arch: int | None = None, family: str | None = None,
@@ -529,6 +537,13 @@ class Specialisation(NamedTuple):
         if save is None and (arch, self.kind, dtype_name(self.dtype), self.config.block_h, aligned) in FP32_BACKWARD:
             return False
         return row_config(self.config.block_h, self.dtype, arch, self.kind, save) == self.config
+
+    def accepted_stack(self, arch: int) -> int:
+        """Bytes of stack :data:`ACCEPTED_STACK` accepts for this variant on ``arch``."""
+        if self.constexprs.get("SAVE") is not None:
+            return 0
+        key = (arch, self.kind, dtype_name(self.dtype), self.config.block_h, self.constexprs["H_ALIGNED"])
+        return ACCEPTED_STACK.get(key, 0)
 
 
 def configs(dtype: torch.dtype) -> list[RowConfig]:

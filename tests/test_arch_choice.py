@@ -49,9 +49,9 @@ def _tables_choice(dtype, hidden, tf32):
 def test_every_cooperative_entry_has_a_shared_memory_record():
     compiled = {k for k in fits.COOPERATIVE if k[0] != "float64"}
     assert set(fits.COOPERATIVE_SHARED) == compiled
-    assert all(set(v) == {80, 90} for v in fits.COOPERATIVE_SHARED.values())
+    assert all(set(v) == {80, 90, 100} for v in fits.COOPERATIVE_SHARED.values())
     assert fits.cooperative_shared(("float64", "ieee", 0), 86) == 0  # interpreter only: never compiled
-    assert fits.cooperative_shared(("float16", "ieee", 1024), 86) == 164864  # unrecorded arch: the largest
+    assert fits.cooperative_shared(("float16", "ieee", 1024), 86) == 164872  # unrecorded arch: the largest
 
 
 @pytest.mark.parametrize("arch", [80, 86, 89, 90, 100])
@@ -66,7 +66,8 @@ def test_cooperative_configs_fit_the_arch(arch):
             for cfg in configs:
                 assert fits.cooperative_shared(_key(cfg, dtype, tf32), arch) <= limit, (dtype, tf32, hidden, cfg)
             tiled = _tables_choice(dtype, hidden, tf32)
-            fits_here = fits.cooperative_shared(_key(tiled, dtype, tf32), arch) <= limit
+            fits_here = (fits.cooperative_shared(_key(tiled, dtype, tf32), arch) <= limit
+                         and not fits.cooperative_arch_miss(_key(tiled, dtype, tf32), 0, arch))
             expected = tiled if fits_here else fits.COOPERATIVE[_key(tiled, dtype, tf32)[:2] + (0,)]
             assert configs[0] == expected, (dtype, tf32, hidden, arch)
 
@@ -78,6 +79,31 @@ def test_sm80_and_sm90_keep_the_tables_choice():
                 configs = fits.cooperative_configs(dtype, hidden, tf32, arch)
                 assert configs == fits.cooperative_configs(dtype, hidden, tf32), (arch, dtype, hidden)
                 assert configs[0] == _tables_choice(dtype, hidden, tf32), (arch, dtype, hidden)
+
+
+def test_sm100_streams_where_the_slab_forwards_spill():
+    """On sm_100 the entries fits.COOPERATIVE_ARCH_MISSES names (their kernels spill there)
+    are not chosen, with their register variants; the others keep the tables' choice."""
+    for dtype in (torch.float16, torch.bfloat16):
+        assert fits.cooperative_config(dtype, 1024, False, 100).slab_k == 0
+        assert fits.cooperative_config(dtype, 512, False, 100).slab_k == 0
+        assert fits.cooperative_config(dtype, 256, False, 100).slab_k == 256
+        assert all(c.slab_k == 0 for c in fits.cooperative_configs(dtype, 768, False, 100))
+        assert fits.cooperative_config(dtype, 1024, False, 90).slab_k == 1024
+    assert fits.cooperative_config(torch.float32, 256, True, 100).slab_k == 0
+    assert fits.cooperative_config(torch.float32, 128, True, 100).slab_k == 128
+    assert fits.cooperative_config(torch.float32, 512, False, 100).slab_k == 512
+
+    def register_rows(arch):
+        return sorted(c.block_b for c in fits.cooperative_configs(torch.float32, 1024, False, arch) if c.registers)
+
+    assert 64 in register_rows(90) and 64 not in register_rows(100) and 16 in register_rows(100)
+    limit = fits.SHARED_LIMIT[100]
+    assert "sm_100" in fits.resident_refusal("LSTM", 64, 0, torch.float32, 100, limit)
+    assert fits.resident_refusal("LSTM", 32, 0, torch.float32, 100, limit) is None
+    assert fits.resident_refusal("LSTM", 64, 0, torch.float32, 90, limit) is None
+    assert not fits.resident_regularised("RNN_TANH", torch.float32, 32, 100)
+    assert fits.resident_regularised("RNN_TANH", torch.float32, 32, 90)
 
 
 def test_sm86_streams_where_the_large_slabs_do_not_fit():
@@ -124,7 +150,7 @@ def test_the_launcher_chooses_by_the_device(monkeypatch, arch):
     assert "shared memory" in policy.refusal("cooperative", "LSTM", 1024, 0, torch.float16, CPU)
 
 
-@pytest.mark.parametrize("arch", [80, 86, 89, 90])
+@pytest.mark.parametrize("arch", [80, 86, 89, 90, 100])
 def test_resident_choice_fits_the_arch(monkeypatch, arch):
     """Wherever the tier choice picks the resident tier on an arch, the entry's recorded
     shared memory fits it and fits.RESIDENT_ARCH_MISSES does not rule it out; on sm_80 /
@@ -238,14 +264,14 @@ def _triton_cells():
     return [c for c in cells.defined() if c.runs_on_triton]
 
 
-@pytest.mark.parametrize("arch", [80, 86, 89, 90])
+@pytest.mark.parametrize("arch", [80, 86, 89, 90, 100])
 def test_step_and_row_configs_per_arch(arch):
     """On sm_80 / sm_90, the archs the tables are made for, every step and row-kernel choice
     is the one made from H alone (every cell, dtype, alignment and kernel). On sm_86 / sm_89
     the peephole LSTM's aligned fp32 IEEE forward runs the 16-wide step configuration at every
     H; the LayerNorm-LSTM's saving 16-bit forward of a 1024-wide row runs 8 warps; its 16-bit
-    backward of a 2048-wide row with H not a multiple of 8 runs on fp32 copies; every other
-    choice is the tables'."""
+    backward of a 2048-wide row with H not a multiple of 8 runs on fp32 copies. On sm_100 its
+    fp32 saving forward of 256-wide rows runs 4 warps. Every other choice is the tables'."""
     from fastrnn.kernels import norm_rows, step_args
 
     small = arch in (86, 89)
@@ -264,10 +290,13 @@ def test_step_and_row_configs_per_arch(arch):
             sixteen = small and family == "LayerNormLSTM" and dtype != torch.float32
             for hidden in range(1, norm_rows.max_hidden(dtype) + 1, 7):
                 base = norm_rows.base_config(hidden, dtype)
+                wide_rows = arch == 100 and family == "LayerNormLSTM" and dtype == torch.float32
                 for save in (None, False, True):
                     got = norm_rows.row_config(hidden, dtype, arch, family, save)
                     moved = sixteen and save is True and base.block_h == 1024
-                    assert got == (norm_rows.RowConfig(1, 1024, 8) if moved else base), (family, dtype, hidden, save)
+                    moved_100 = wide_rows and save is True and base.block_h == 256
+                    want = norm_rows.RowConfig(1, 1024, 8) if moved else base
+                    assert got == (norm_rows.RowConfig(4, 256, 4) if moved_100 else want), (family, dtype, hidden, save)
                 wide = sixteen and 1024 < hidden and hidden % 8 != 0
                 assert norm_rows.fp32_backward(family, hidden, dtype, arch) == wide, (family, dtype, hidden)
 
@@ -275,8 +304,8 @@ def test_step_and_row_configs_per_arch(arch):
 def test_report_marks_the_step_and_row_configurations_per_arch():
     """The report compiles every arch of ARCHS; a step or row-kernel row is "not launched"
     exactly where its launcher picks another configuration: the six spilling rows' variants on
-    sm_86 / sm_89, the 8-warp rows that replace them on sm_80 / sm_90."""
-    assert report.ARCHS == (80, 86, 89, 90)
+    sm_86 / sm_89 and the two on sm_100, the rows that replace them elsewhere."""
+    assert report.ARCHS == (80, 86, 89, 90, 100)
     specs = report.specialisations("step") + report.specialisations("norm")
 
     def idle(arch):
@@ -284,13 +313,16 @@ def test_report_marks_the_step_and_row_configurations_per_arch():
 
     moved = [("norm-forward", "LayerNormLSTM", f"{d}{a}-save", "B1-H1024-w8")
              for d in ("bfloat16", "float16") for a in ("", "-a8")]
-    assert idle(80) == idle(90) == sorted(moved)
+    moved_100 = [("norm-forward", "LayerNormLSTM", f"float32{a}-save", "B4-H256-w4") for a in ("", "-a8")]
+    assert idle(80) == idle(90) == sorted(moved + moved_100)
+    assert idle(100) == sorted(moved + [("norm-forward", "LayerNormLSTM", f"float32{a}-save", "B4-H256-w8")
+                                        for a in ("", "-a8")])
     spilled = sorted([("forward", "LSTM_PEEPHOLE", "float32-a8", "B16-H32-K32-w4"),
                       ("forward", "LSTM_PEEPHOLE", "float32-a8-save", "B16-H32-K32-w4")]
                      + [("norm-forward", "LayerNormLSTM", f"{d}{a}-save", "B1-H1024-w16")
                         for d in ("bfloat16", "float16") for a in ("", "-a8")]
                      + [("norm-backward", "LayerNormLSTM", d, "B1-H2048-w8") for d in ("bfloat16", "float16")])
-    assert idle(86) == idle(89) == spilled
+    assert idle(86) == idle(89) == sorted(spilled + moved_100)
 
 
 def _spy(monkeypatch, module, name):
