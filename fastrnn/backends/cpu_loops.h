@@ -10,7 +10,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
-#include <torch/library.h>
+#include <torch/python.h>
 
 #include <algorithm>
 #include <atomic>
@@ -611,5 +611,11 @@ inline at::Tensor copy_of(const at::Tensor& t) {
 inline void check(const at::Tensor& t, const char* what) {
   TORCH_CHECK(t.device().is_cpu() && t.is_contiguous(), "fastrnn cpu loops: ", what, " must be a contiguous CPU tensor");
 }
+
+// Each source file's functions of the extension's Python module (made in cpu_loops_random.cpp).
+void bind_lstm(pybind11::module_& m);
+void bind_gru_rnn(pybind11::module_& m);
+void bind_norm(pybind11::module_& m);
+void bind_random(pybind11::module_& m);
 
 }  // namespace fastrnn_cpu

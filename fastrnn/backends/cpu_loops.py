@@ -29,9 +29,9 @@ multiply-adds of work:
 
 They build with torch's C++ extension loader (a C++ compiler and ninja; ``-march=native``
 and OpenMP, so the extension's name carries a hash of the sources, of the flags and of this
-CPU's flags), loaded as a Python module too: DropConnect's one call
-(:func:`drop_connect`) is its function, called directly, since torch.ops' schema-driven
-call costs several microseconds more per call. When the build fails, the Python loops run and one warning says why. :func:`disabled` runs the
+CPU's flags) as a Python module whose functions are called directly (through torch.ops'
+schema-driven dispatch a call cost several microseconds more, a tenth of a small layer's
+forward). When the build fails, the Python loops run and one warning says why. :func:`disabled` runs the
 Python loops for a while (the tests compare the two).
 """
 
@@ -102,7 +102,7 @@ def _build() -> bool:
         )
         return False
     _state["module"] = module
-    return hasattr(torch.ops.fastrnn_cpu_loops, "lstm_forward")
+    return hasattr(module, "lstm_forward")
 
 
 def available() -> bool:
@@ -157,7 +157,7 @@ def row_parts(threads: int = 2):
 def packed_gemm() -> bool:
     """Whether float32 per-step GEMMs above the small-product size use MKL's packed product
     (torch built with MKL), packing ``W_hh`` once per call."""
-    return available() and torch.ops.fastrnn_cpu_loops.packed_gemm_available()
+    return available() and _state["module"].packed_gemm_available()
 
 
 def runs(xg) -> bool:
@@ -200,7 +200,7 @@ def lstm_forward(xg, w_hh, h0, c0, schedule, reverse, save, params=None, resets=
     mask_h, p_h, mask_c, p_c = _zoneout_args(zoneout)
     plain = params is None and resets is None and zoneout is None and recurrent_scale is None
     with _no_grad():
-        y, h_n, c_n, c_seq, cell_c, tanh_c = torch.ops.fastrnn_cpu_loops.lstm_forward(
+        y, h_n, c_n, c_seq, cell_c, tanh_c = _state["module"].lstm_forward(
             xg, w_hh.contiguous(), h0.contiguous(), c0.contiguous(), order, offsets, sizes,
             _contig(params, xg.dtype), _contig(resets), mask_h, p_h, mask_c, p_c,
             _contig(recurrent_scale, xg.dtype), save, plain,
@@ -222,7 +222,7 @@ def lstm_backward(saved, w_hh, c0, dy, dh_n, dc_n, schedule, reverse, params=Non
     mask_h, p_h, mask_c, p_c = _zoneout_args(zoneout)
     zoned_c = mask_c is not None or p_c > 0  # (else a third tensor is the plain LSTM's tanh(c))
     with _no_grad():
-        dgates, dh0, dc0, dparams = torch.ops.fastrnn_cpu_loops.lstm_backward(
+        dgates, dh0, dc0, dparams = _state["module"].lstm_backward(
             gates, c_seq, kept[0] if zoned_c else None, c0.contiguous(), w_hh.contiguous(), dy.contiguous(),
             dh_n.contiguous(), dc_n.contiguous(), order, offsets, sizes, _contig(params, gates.dtype),
             _contig(resets), mask_h, p_h, mask_c, p_c, _contig(recurrent_scale, gates.dtype),
@@ -237,7 +237,7 @@ def gru_forward(xg, w_hh, b_hh, h0, schedule, reverse, save, resets=None, zoneou
     order, offsets, sizes = schedule.step_lists(reverse)
     mask_h, p_h, _, _ = _zoneout_args(zoneout)
     with _no_grad():
-        y, h_n, hn_seq = torch.ops.fastrnn_cpu_loops.gru_forward(
+        y, h_n, hn_seq = _state["module"].gru_forward(
             xg, w_hh.contiguous(), _contig(b_hh, xg.dtype), h0.contiguous(), order, offsets, sizes, _contig(resets),
             mask_h, p_h, _contig(recurrent_scale, xg.dtype),
         )
@@ -249,7 +249,7 @@ def gru_backward(saved, w_hh, h0, y, dy, dh_n, schedule, reverse, resets=None, z
     order, offsets, sizes = schedule.step_lists(reverse)
     mask_h, p_h, _, _ = _zoneout_args(zoneout)
     with _no_grad():
-        dxg, dhg, dh0 = torch.ops.fastrnn_cpu_loops.gru_backward(
+        dxg, dhg, dh0 = _state["module"].gru_backward(
             gates, hn_seq, h0.contiguous(), w_hh.contiguous(), y.contiguous(), dy.contiguous(), dh_n.contiguous(),
             order, offsets, sizes, _contig(resets), mask_h, p_h, _contig(recurrent_scale, gates.dtype),
         )
@@ -262,7 +262,7 @@ def rnn_forward(kind, xg, w_hh, h0, schedule, reverse, save, resets=None, zoneou
     order, offsets, sizes = schedule.step_lists(reverse)
     mask_h, p_h, _, _ = _zoneout_args(zoneout)
     with _no_grad():
-        y, h_n = torch.ops.fastrnn_cpu_loops.rnn_forward(
+        y, h_n = _state["module"].rnn_forward(
             xg, w_hh.contiguous(), h0.contiguous(), kind is CellKind.RNN_TANH, order, offsets, sizes,
             _contig(resets), mask_h, p_h, _contig(recurrent_scale, xg.dtype),
         )
@@ -274,7 +274,7 @@ def rnn_backward(kind, saved, w_hh, y, dy, dh_n, schedule, reverse, resets=None,
     order, offsets, sizes = schedule.step_lists(reverse)
     mask_h, p_h, _, _ = _zoneout_args(zoneout)
     with _no_grad():
-        dxg, dh0 = torch.ops.fastrnn_cpu_loops.rnn_backward(
+        dxg, dh0 = _state["module"].rnn_backward(
             (saved[0] if saved else y).contiguous(), w_hh.contiguous(), kind is CellKind.RNN_TANH, dy.contiguous(),
             dh_n.contiguous(), order, offsets, sizes, _contig(resets), mask_h, p_h,
             _contig(recurrent_scale, dy.dtype),
@@ -313,12 +313,12 @@ def norm_forward(norm, xg, w_hh, b_hh, h0, c0, schedule, reverse, save, params, 
     p = _contig(params, xg.dtype)
     with _no_grad():
         if family == "lstm":
-            y, h_n, c_n, c_seq, r_seq = torch.ops.fastrnn_cpu_loops.ln_lstm_forward(
+            y, h_n, c_n, c_seq, r_seq = _state["module"].ln_lstm_forward(
                 xg, w_hh.contiguous(), _contig(b_hh, xg.dtype), h0.contiguous(), c0.contiguous(), p, order, offsets,
                 sizes, _contig(resets), float(eps), save,
             )
             return ForwardResult(y, h_n, c_n, (xg, r_seq, c_seq) if save else ())
-        y, h_n, r_seq = torch.ops.fastrnn_cpu_loops.ln_gru_forward(
+        y, h_n, r_seq = _state["module"].ln_gru_forward(
             xg, w_hh.contiguous(), _contig(b_hh, xg.dtype), h0.contiguous(), p, order, offsets, sizes,
             _contig(resets), float(eps), save,
         )
@@ -335,13 +335,13 @@ def norm_backward(norm, saved, w_hh, h0, c0, y, dy, dh_n, dc_n, schedule, revers
     with _no_grad():
         if family == "lstm":
             gates, r_seq, c_seq = saved
-            dgates, dr, dh0, dc0, dparams = torch.ops.fastrnn_cpu_loops.ln_lstm_backward(
+            dgates, dr, dh0, dc0, dparams = _state["module"].ln_lstm_backward(
                 gates, r_seq, c_seq, c0.contiguous(), w_hh.contiguous(), dy.contiguous(), dh_n.contiguous(),
                 dc_n.contiguous(), p, order, offsets, sizes, _contig(resets), float(eps),
             )
             return BackwardResult(dgates, dr, dh0, dc0, None, dparams.to(params.dtype))
         gates, r_seq = saved
-        dxg, dr, dh0, dparams = torch.ops.fastrnn_cpu_loops.ln_gru_backward(
+        dxg, dr, dh0, dparams = _state["module"].ln_gru_backward(
             gates, r_seq, h0.contiguous(), w_hh.contiguous(), y.contiguous(), dy.contiguous(), dh_n.contiguous(), p,
             order, offsets, sizes, _contig(resets), float(eps),
         )
@@ -357,10 +357,10 @@ def layer_norm_rows_(x, pre_bias, weight, bias, eps: float):
 
 
 def _built_ops():
-    """The extension's ops, or a clear error where the build failed."""
+    """The extension's module, or a clear error where the build failed."""
     if not available():
         raise RuntimeError("fastrnn: the C++ CPU loops are not built (see the warning given when they failed)")
-    return torch.ops.fastrnn_cpu_loops
+    return _state["module"]
 
 
 def bernoulli_mask(rows: int, cols: int, p: float, invert: bool = False) -> torch.Tensor:

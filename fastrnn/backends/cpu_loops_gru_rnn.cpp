@@ -273,25 +273,11 @@ std::vector<at::Tensor> rnn_backward(const at::Tensor& h_new, const at::Tensor& 
 }  // namespace
 }  // namespace fastrnn_cpu
 
-TORCH_LIBRARY_FRAGMENT(fastrnn_cpu_loops, m) {
-  m.def(
-      "gru_forward(Tensor(a!) xg, Tensor w_hh, Tensor? b_hh, Tensor h0, int[] order, int[] offsets, int[] sizes, "
-      "Tensor? resets, Tensor? mask_h, float p_h, Tensor? rscale) -> Tensor[]");
-  m.def(
-      "gru_backward(Tensor gates, Tensor hn_seq, Tensor h0, Tensor w_hh, Tensor y, Tensor dy, Tensor dh_n, "
-      "int[] order, int[] offsets, int[] sizes, Tensor? resets, Tensor? mask_h, float p_h, Tensor? rscale) "
-      "-> Tensor[]");
-  m.def(
-      "rnn_forward(Tensor(a!) xg, Tensor w_hh, Tensor h0, bool tanh, int[] order, int[] offsets, int[] sizes, "
-      "Tensor? resets, Tensor? mask_h, float p_h, Tensor? rscale) -> Tensor[]");
-  m.def(
-      "rnn_backward(Tensor h_new, Tensor w_hh, bool tanh, Tensor dy, Tensor dh_n, int[] order, int[] offsets, "
-      "int[] sizes, Tensor? resets, Tensor? mask_h, float p_h, Tensor? rscale) -> Tensor[]");
+namespace fastrnn_cpu {
+void bind_gru_rnn(pybind11::module_& m) {
+  m.def("gru_forward", &gru_forward);
+  m.def("gru_backward", &gru_backward);
+  m.def("rnn_forward", &rnn_forward);
+  m.def("rnn_backward", &rnn_backward);
 }
-
-TORCH_LIBRARY_IMPL(fastrnn_cpu_loops, CPU, m) {
-  m.impl("gru_forward", &fastrnn_cpu::gru_forward);
-  m.impl("gru_backward", &fastrnn_cpu::gru_backward);
-  m.impl("rnn_forward", &fastrnn_cpu::rnn_forward);
-  m.impl("rnn_backward", &fastrnn_cpu::rnn_backward);
-}
+}  // namespace fastrnn_cpu

@@ -218,27 +218,16 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& gates, const at::Tensor&
 }  // namespace
 }  // namespace fastrnn_cpu
 
-TORCH_LIBRARY(fastrnn_cpu_loops, m) {
-  m.def(
-      "lstm_forward(Tensor(a!) xg, Tensor w_hh, Tensor h0, Tensor c0, int[] order, int[] offsets, int[] sizes, "
-      "Tensor? params, Tensor? resets, Tensor? mask_h, float p_h, Tensor? mask_c, float p_c, Tensor? rscale, "
-      "bool save, bool keep_tanh) -> Tensor[]");
-  m.def(
-      "lstm_backward(Tensor gates, Tensor c_seq, Tensor? cell_c, Tensor c0, Tensor w_hh, Tensor dy, Tensor dh_n, "
-      "Tensor dc_n, int[] order, int[] offsets, int[] sizes, Tensor? params, Tensor? resets, Tensor? mask_h, "
-      "float p_h, Tensor? mask_c, float p_c, Tensor? rscale) -> Tensor[]");
-  // The per-step GEMMs' route (fastrnn_cpu::StepRhs): whether MKL's packed interface is
-  // there, and a switch (returns the previous setting) for the tests that compare the routes.
-  m.def("packed_gemm_available() -> bool", [] { return fastrnn_cpu::packed_gemm_available(); });
-  m.def("set_packed_gemm(bool enabled) -> bool",
-        [](bool enabled) { return fastrnn_cpu::packed_gemm_enabled().exchange(enabled); });
-  // The work below which a call's rows stay in one part (fastrnn_cpu::RowParts); returns the
-  // previous setting (the tests set 1 to split their small layers).
-  m.def("set_min_part_work(int work) -> int",
-        [](int64_t work) { return fastrnn_cpu::min_part_work().exchange(work); });
+namespace fastrnn_cpu {
+void bind_lstm(pybind11::module_& m) {
+  m.def("lstm_forward", &lstm_forward);
+  m.def("lstm_backward", &lstm_backward);
+  // The per-step GEMMs' route (StepRhs): whether MKL's packed interface is there, and a
+  // switch (returns the previous setting) for the tests that compare the routes.
+  m.def("packed_gemm_available", [] { return packed_gemm_available(); });
+  m.def("set_packed_gemm", [](bool enabled) { return packed_gemm_enabled().exchange(enabled); });
+  // The work below which a call's rows stay in one part (RowParts); returns the previous
+  // setting (the tests set 1 to split their small layers).
+  m.def("set_min_part_work", [](int64_t work) { return min_part_work().exchange(work); });
 }
-
-TORCH_LIBRARY_IMPL(fastrnn_cpu_loops, CPU, m) {
-  m.impl("lstm_forward", &fastrnn_cpu::lstm_forward);
-  m.impl("lstm_backward", &fastrnn_cpu::lstm_backward);
-}
+}  // namespace fastrnn_cpu

@@ -525,27 +525,12 @@ std::vector<at::Tensor> ln_gru_backward(const at::Tensor& gates, const at::Tenso
 }  // namespace
 }  // namespace fastrnn_cpu
 
-TORCH_LIBRARY_FRAGMENT(fastrnn_cpu_loops, m) {
-  m.def(
-      "ln_lstm_forward(Tensor(a!) xg, Tensor w_hh, Tensor? b_hh, Tensor h0, Tensor c0, Tensor params, int[] order, "
-      "int[] offsets, int[] sizes, Tensor? resets, float eps, bool save) -> Tensor[]");
-  m.def(
-      "ln_lstm_backward(Tensor gates, Tensor r_seq, Tensor c_seq, Tensor c0, Tensor w_hh, Tensor dy, Tensor dh_n, "
-      "Tensor dc_n, Tensor params, int[] order, int[] offsets, int[] sizes, Tensor? resets, float eps) -> Tensor[]");
-  m.def(
-      "ln_gru_forward(Tensor(a!) xg, Tensor w_hh, Tensor? b_hh, Tensor h0, Tensor params, int[] order, "
-      "int[] offsets, int[] sizes, Tensor? resets, float eps, bool save) -> Tensor[]");
-  m.def(
-      "ln_gru_backward(Tensor gates, Tensor r_seq, Tensor h0, Tensor w_hh, Tensor y, Tensor dy, Tensor dh_n, "
-      "Tensor params, int[] order, int[] offsets, int[] sizes, Tensor? resets, float eps) -> Tensor[]");
-  m.def(
-      "layer_norm_rows_(Tensor(a!) x, Tensor? pre_bias, Tensor weight, Tensor bias, float eps) -> ()");
+namespace fastrnn_cpu {
+void bind_norm(pybind11::module_& m) {
+  m.def("ln_lstm_forward", &ln_lstm_forward);
+  m.def("ln_lstm_backward", &ln_lstm_backward);
+  m.def("ln_gru_forward", &ln_gru_forward);
+  m.def("ln_gru_backward", &ln_gru_backward);
+  m.def("layer_norm_rows_", &layer_norm_rows_);
 }
-
-TORCH_LIBRARY_IMPL(fastrnn_cpu_loops, CPU, m) {
-  m.impl("ln_lstm_forward", &fastrnn_cpu::ln_lstm_forward);
-  m.impl("ln_lstm_backward", &fastrnn_cpu::ln_lstm_backward);
-  m.impl("ln_gru_forward", &fastrnn_cpu::ln_gru_forward);
-  m.impl("ln_gru_backward", &fastrnn_cpu::ln_gru_backward);
-  m.impl("layer_norm_rows_", &fastrnn_cpu::layer_norm_rows_);
-}
+}  // namespace fastrnn_cpu

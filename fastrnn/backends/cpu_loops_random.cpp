@@ -6,7 +6,6 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/csrc/autograd/functions/utils.h>
-#include <torch/python.h>
 
 #include <mutex>
 
@@ -184,16 +183,20 @@ at::Tensor drop_connect(const at::Tensor& w, double p) {
 }  // namespace
 }  // namespace fastrnn_cpu
 
-// (no tensor argument to dispatch on: one kernel for every dispatch key)
-TORCH_LIBRARY_FRAGMENT(fastrnn_cpu_loops, m) {
-  m.def("bernoulli_mask(int rows, int cols, float p, bool invert) -> Tensor", &fastrnn_cpu::bernoulli_mask);
-  m.def("zoneout_masks(int rows, int cols, float p_h, float p_c) -> Tensor[]", &fastrnn_cpu::zoneout_masks);
-  m.def("keep_scale(int rows, int cols, float p, ScalarType dtype) -> Tensor", &fastrnn_cpu::keep_scale);
+namespace fastrnn_cpu {
+void bind_random(pybind11::module_& m) {
+  m.def("bernoulli_mask", &bernoulli_mask);
+  m.def("zoneout_masks", &zoneout_masks);
+  m.def("keep_scale", &keep_scale);
+  m.def("drop_connect", &drop_connect);
 }
+}  // namespace fastrnn_cpu
 
-// DropConnect is a Python function of the module, not an op: it records its own autograd
-// node, and a training step calls it for each W_hh, where torch.ops' schema-driven call
-// took several times longer.
+// The extension is a Python module of these functions, called directly (torch.ops' schema-
+// driven call cost several microseconds more per call, a tenth of a small layer's).
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("drop_connect", &fastrnn_cpu::drop_connect);
+  fastrnn_cpu::bind_lstm(m);
+  fastrnn_cpu::bind_gru_rnn(m);
+  fastrnn_cpu::bind_norm(m);
+  fastrnn_cpu::bind_random(m);
 }
