@@ -612,7 +612,10 @@ inline void check(const at::Tensor& t, const char* what) {
   TORCH_CHECK(t.device().is_cpu() && t.is_contiguous(), "fastrnn cpu loops: ", what, " must be a contiguous CPU tensor");
 }
 
-// Each source file's functions of the extension's Python module (made in cpu_loops_random.cpp).
+// Each source file's functions of the extension's Python module (made in cpu_loops_random.cpp),
+// bound with `nogil`: a call releases the GIL while it runs (other Python threads go on, as
+// they do during torch's own ops).
+inline constexpr pybind11::call_guard<pybind11::gil_scoped_release> nogil{};
 void bind_lstm(pybind11::module_& m);
 void bind_gru_rnn(pybind11::module_& m);
 void bind_norm(pybind11::module_& m);

@@ -275,9 +275,9 @@ std::vector<at::Tensor> rnn_backward(const at::Tensor& h_new, const at::Tensor& 
 
 namespace fastrnn_cpu {
 void bind_gru_rnn(pybind11::module_& m) {
-  m.def("gru_forward", &gru_forward);
-  m.def("gru_backward", &gru_backward);
-  m.def("rnn_forward", &rnn_forward);
-  m.def("rnn_backward", &rnn_backward);
+  m.def("gru_forward", &gru_forward, nogil);
+  m.def("gru_backward", &gru_backward, nogil);
+  m.def("rnn_forward", &rnn_forward, nogil);
+  m.def("rnn_backward", &rnn_backward, nogil);
 }
 }  // namespace fastrnn_cpu

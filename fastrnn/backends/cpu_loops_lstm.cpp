@@ -220,8 +220,8 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& gates, const at::Tensor&
 
 namespace fastrnn_cpu {
 void bind_lstm(pybind11::module_& m) {
-  m.def("lstm_forward", &lstm_forward);
-  m.def("lstm_backward", &lstm_backward);
+  m.def("lstm_forward", &lstm_forward, nogil);
+  m.def("lstm_backward", &lstm_backward, nogil);
   // The per-step GEMMs' route (StepRhs): whether MKL's packed interface is there, and a
   // switch (returns the previous setting) for the tests that compare the routes.
   m.def("packed_gemm_available", [] { return packed_gemm_available(); });

@@ -527,10 +527,10 @@ std::vector<at::Tensor> ln_gru_backward(const at::Tensor& gates, const at::Tenso
 
 namespace fastrnn_cpu {
 void bind_norm(pybind11::module_& m) {
-  m.def("ln_lstm_forward", &ln_lstm_forward);
-  m.def("ln_lstm_backward", &ln_lstm_backward);
-  m.def("ln_gru_forward", &ln_gru_forward);
-  m.def("ln_gru_backward", &ln_gru_backward);
-  m.def("layer_norm_rows_", &layer_norm_rows_);
+  m.def("ln_lstm_forward", &ln_lstm_forward, nogil);
+  m.def("ln_lstm_backward", &ln_lstm_backward, nogil);
+  m.def("ln_gru_forward", &ln_gru_forward, nogil);
+  m.def("ln_gru_backward", &ln_gru_backward, nogil);
+  m.def("layer_norm_rows_", &layer_norm_rows_, nogil);
 }
 }  // namespace fastrnn_cpu

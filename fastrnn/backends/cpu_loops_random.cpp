@@ -185,10 +185,10 @@ at::Tensor drop_connect(const at::Tensor& w, double p) {
 
 namespace fastrnn_cpu {
 void bind_random(pybind11::module_& m) {
-  m.def("bernoulli_mask", &bernoulli_mask);
-  m.def("zoneout_masks", &zoneout_masks);
-  m.def("keep_scale", &keep_scale);
-  m.def("drop_connect", &drop_connect);
+  m.def("bernoulli_mask", &bernoulli_mask, nogil);
+  m.def("zoneout_masks", &zoneout_masks, nogil);
+  m.def("keep_scale", &keep_scale, nogil);
+  m.def("drop_connect", &drop_connect, nogil);
 }
 }  // namespace fastrnn_cpu
 
