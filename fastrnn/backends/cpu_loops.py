@@ -106,7 +106,7 @@ def _build() -> bool:
 
 
 def available() -> bool:
-    """Whether the C++ loops are built (builds them on the first call; about 30 s once, then
+    """Whether the C++ loops are built (builds them on the first call; about a minute once, then
     cached by torch's extension loader)."""
     built = _state["built"]
     if built is None:
