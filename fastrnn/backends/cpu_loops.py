@@ -396,7 +396,7 @@ def draws_masks_eagerly() -> bool:
     run (:func:`disabled` keeps the masks, so that both loops see the same ones). Cheap: it
     runs at every training call of a regularised layer."""
     return (not torch.compiler.is_compiling() and not torch._C._are_functorch_transforms_active()
-            and not torch._C._is_tracing() and (_state["built"] or available()))
+            and not torch._C._is_tracing() and available())
 
 
 def draws_masks(device) -> bool:

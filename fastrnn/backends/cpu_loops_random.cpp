@@ -72,16 +72,13 @@ uint64_t draw_seed() {
   return gen->random64();
 }
 
-// The (rows, cols) draw into bytes, seeded by one draw of torch's generator:
-// out[i] = (element i is below p) != invert.
-void draw(uint8_t* __restrict__ out, int64_t rows, int64_t cols, double p, bool invert) {
-  const uint8_t flip = invert ? 1 : 0;
-  Draw(draw_seed(), p).all(rows * cols, [=](int64_t i, bool below) { out[i] = static_cast<uint8_t>(below) ^ flip; });
-}
-
+// A (rows, cols) bool mask seeded by one draw of torch's generator: mask[i] = (element i is
+// below p) != invert.
 at::Tensor bernoulli_mask(int64_t rows, int64_t cols, double p, bool invert) {
   at::Tensor mask = at::empty({rows, cols}, at::TensorOptions().dtype(at::kBool));
-  draw(reinterpret_cast<uint8_t*>(mask.data_ptr<bool>()), rows, cols, p, invert);
+  uint8_t* __restrict__ out = reinterpret_cast<uint8_t*>(mask.data_ptr<bool>());
+  const uint8_t flip = invert ? 1 : 0;
+  Draw(draw_seed(), p).all(rows * cols, [=](int64_t i, bool below) { out[i] = static_cast<uint8_t>(below) ^ flip; });
   return mask;
 }
 
@@ -101,6 +98,7 @@ std::vector<at::Tensor> zoneout_masks(int64_t rows, int64_t cols, double p_h, do
 template <typename T>
 at::Tensor scaled_keep(int64_t rows, int64_t cols, uint64_t seed, double p, const T* __restrict__ w,
                        at::ScalarType dtype) {
+  TORCH_CHECK(p < 1.0, "fastrnn: a dropout probability must be below 1, got ", p);
   at::Tensor out = at::empty({rows, cols}, at::TensorOptions().dtype(dtype));
   T* __restrict__ o = out.data_ptr<T>();
   const T scale = static_cast<T>(1.0 / (1.0 - p));
@@ -113,7 +111,6 @@ at::Tensor scaled_keep(int64_t rows, int64_t cols, uint64_t seed, double p, cons
 }
 
 at::Tensor seeded_keep_scale(int64_t rows, int64_t cols, uint64_t seed, double p, at::ScalarType dtype) {
-  TORCH_CHECK(p < 1.0, "fastrnn: a dropout probability must be below 1, got ", p);
   TORCH_CHECK(at::isFloatingType(dtype), "fastrnn: keep_scale needs a floating dtype, got ", dtype);
   if (dtype == at::kDouble) return scaled_keep<double>(rows, cols, seed, p, nullptr, dtype);
   at::Tensor out = scaled_keep<float>(rows, cols, seed, p, nullptr, at::kFloat);
@@ -129,10 +126,10 @@ at::Tensor seeded_drop_connect(const at::Tensor& w, uint64_t seed, double p) {
   const int64_t rows = w.size(0), cols = w.size(1);
   const at::ScalarType dtype = w.scalar_type();
   if (dtype != at::kFloat && dtype != at::kDouble) return w * seeded_keep_scale(rows, cols, seed, p, dtype);
-  TORCH_CHECK(p < 1.0, "fastrnn: a dropout probability must be below 1, got ", p);
   const at::Tensor wc = w.contiguous();
-  if (dtype == at::kDouble) return scaled_keep<double>(rows, cols, seed, p, wc.data_ptr<double>(), dtype);
-  return scaled_keep<float>(rows, cols, seed, p, wc.data_ptr<float>(), dtype);
+  return AT_DISPATCH_FLOATING_TYPES(dtype, "fastrnn_drop_connect", [&] {
+    return scaled_keep<scalar_t>(rows, cols, seed, p, wc.data_ptr<scalar_t>(), dtype);
+  });
 }
 
 // DropConnect's autograd node: it keeps the mask's seed, not the mask, and redraws it; the
