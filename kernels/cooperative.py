@@ -56,8 +56,9 @@ stacked into one ``[SLOTS * BLOCK_H, SLAB_K]`` operand (``SLOTS``: ``GATES`` pad
 or 4), loaded once and kept in shared memory; each step is one dot with M = ``SLOTS *
 BLOCK_H`` (64 for 3-4 gates: no warp repeats another's rows; sm_90's wgmma reads the slab
 from shared memory). ``SLAB_K == 0``: streamed from L2 in ``BLOCK_K`` chunks inside each
-step, one dot per gate (once per batch tile; once per step in the register
-variant). A grid barrier that timed out ends the launch with
+step, one dot per gate (once per batch tile; once per step in the register variant); a
+kernel whose dots are single ``16 x 16`` tiles runs one warp (:func:`kernel_config`), so
+no warp repeats another's. A grid barrier that timed out ends the launch with
 :class:`~fastrnn.kernels.barrier.BarrierTimeout` (budget :data:`BARRIER_TIMEOUT_US`).
 
 Packed sequences: each step's active batch size and first row are read from the
@@ -78,13 +79,12 @@ or IEEE), the block sizes and ``SLAB_K``; ``T``, ``B``, the direction, ``packed`
 ``has_resets``, the regulariser flags and probabilities and the barrier arguments are runtime
 values (``do_not_specialize``). ``H`` is a runtime value too, but Triton specialises it on
 divisibility by 16: with ``H % 16 == 0`` the rows of ``W_hh``, ``y`` and ``xg`` are known
-16-byte aligned, so loads vectorise and the streamed ``W_hh``
-chunks are software-pipelined (measured: otherwise every bf16 load was a scalar
-``ld.global.b16`` and nothing was pipelined). On a GPU the tier therefore runs only
-``H % 16 == 0`` (:func:`fastrnn.kernels.fits.cooperative_refusal`), the specialisation the
-report compiles; Triton's interpreter runs any ``H``. :func:`specialisations` lists every
-combination the launcher can pick, for the compile report: every defined cell that has
-Triton functions.
+16-byte aligned, so loads vectorise and the streamed ``W_hh`` chunks are software-pipelined
+(measured: otherwise every bf16 load was a scalar ``ld.global.b16``, nothing pipelined). On
+a GPU the tier therefore runs only ``H % 16 == 0`` (:func:`fastrnn.kernels.fits.
+cooperative_refusal`), the specialisation the report compiles; Triton's interpreter runs any
+``H``. :func:`specialisations` lists every combination the launcher can pick, for the compile
+report: every defined cell that has Triton functions.
 """
 
 from __future__ import annotations
@@ -107,6 +107,7 @@ from .cooperative_args import (  # noqa: F401 (re-exported: the launcher, the re
     cell_of,
     configs_for,
     constexprs,
+    kernel_config,
     kernel_names,
 )
 from .cooperative_tiles import (
@@ -531,10 +532,11 @@ def specialisations(dtypes=(torch.float32, torch.float16, torch.bfloat16)) -> li
                     ce = constexprs(cell, dtype, tf32, cfg)
                     options = dict(LAUNCH_OPTIONS, num_stages=cfg.num_stages, enable_fp_fusion=ENABLE_FP_FUSION)
                     (fwd, bwd), (fwd_name, bwd_name) = kernels_for(cfg), kernel_names(cfg)
-                    out.append(Specialisation(fwd, fwd_name, cell.name, dtype, name, cfg, ce,
+                    fwd_cfg, bwd_cfg = (kernel_config(cfg, cell, dtype, tf32, f) for f in (True, False))
+                    out.append(Specialisation(fwd, fwd_name, cell.name, dtype, name, fwd_cfg, ce,
                                               FORWARD_POINTERS, FORWARD_INTS, options, ("H",)))
                     ce = constexprs(cell, dtype, tf32, cfg, forward=False)
-                    out.append(Specialisation(bwd, bwd_name, cell.name, dtype, name, cfg, ce,
+                    out.append(Specialisation(bwd, bwd_name, cell.name, dtype, name, bwd_cfg, ce,
                                               BACKWARD_POINTERS, BACKWARD_INTS, options, ("H",)))
     return out
 
@@ -589,12 +591,11 @@ def _launch(direction: str, cell, tensors: dict, ints: dict, cfg: CoopConfig, tf
     forward = direction == "forward"
     names, int_names = (FORWARD_POINTERS, FORWARD_INTS) if forward else (BACKWARD_POINTERS, BACKWARD_INTS)
     io_dtype = tensors["xg_ptr" if forward else "dxg_ptr"].dtype
-    timeout_us = BARRIER_TIMEOUT_US
-    ints = dict(ints, timeout_us=timeout_us, absent=ABSENT_PROGRAM)
-    kernel = kernels_for(cfg)[0 if forward else 1]
-    kernel[grid(ints["H"], ints["B"], cfg, max_programs)](
+    ints = dict(ints, timeout_us=BARRIER_TIMEOUT_US, absent=ABSENT_PROGRAM)
+    kernels_for(cfg)[0 if forward else 1][grid(ints["H"], ints["B"], cfg, max_programs)](
         *_pointers(names, tensors), *(ints[k] for k in int_names), **constexprs(cell, io_dtype, tf32, cfg, forward),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, enable_fp_fusion=ENABLE_FP_FUSION, **LAUNCH_OPTIONS,
+        num_warps=kernel_config(cfg, cell, io_dtype, tf32, forward).num_warps, num_stages=cfg.num_stages,
+        enable_fp_fusion=ENABLE_FP_FUSION, **LAUNCH_OPTIONS,
     )
     record("cooperative", direction, cfg)
-    check_sync(tensors["sync_ptr"], direction, timeout_us)
+    check_sync(tensors["sync_ptr"], direction, BARRIER_TIMEOUT_US)

@@ -16,6 +16,7 @@ from ..cells import Cell
 from ..cells import get as get_cell
 from . import fits
 from .fits import CoopConfig
+from .precision import mma_dots
 
 def _precision(dtype: torch.dtype, tf32: bool) -> str:
     return fits.dot_precision(dtype, tf32)  # TF32 only for fp32 when allowed (cuDNN's rule)
@@ -41,6 +42,21 @@ def constexprs(cell, dtype: torch.dtype, tf32: bool, cfg: CoopConfig, forward: b
         BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k,
         SLAB_K=cfg.slab_k if forward else cfg.backward_slab_k,
     )
+
+
+def kernel_config(cfg: CoopConfig, cell, dtype: torch.dtype, tf32: bool, forward: bool = True) -> CoopConfig:
+    """``cfg`` with the warps its forward or backward kernel runs: one where every dot of
+    that kernel is a single ``16 x 16`` MMA tile (16 batch rows, and ``W_hh`` streamed gate
+    by gate, or one gate's slab in the backward), since Triton lays more warps over such a
+    tile and each computes it whole (``warpsPerCTA = [4, 1]``: 4 times the MMA and cell
+    work). fp32 IEEE dots are FMA loops over all threads and keep the entry's warps, as do
+    stacked dots of several gates (``M = 64``: every warp its own rows) and a 1-gate slab's
+    forward, split over ``k`` into one part per warp (:func:`~fastrnn.kernels.
+    cooperative_tiles.split_k`; with one warp its ``[SLAB_K, 16]`` operand spills)."""
+    slab = cfg.slab_k if forward else cfg.backward_slab_k
+    gates = cell_of(cell).gates
+    one_tile = mma_dots(dtype, tf32) and cfg.block_b == 16 and (not slab or (gates == 1 and not forward))
+    return cfg._replace(num_warps=1) if one_tile else cfg
 
 
 #: The regularisers' pointers, last in both kernels: the recurrent-dropout scale, the zoneout

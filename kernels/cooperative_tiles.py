@@ -158,6 +158,21 @@ def tf32_operand(x, PRECISION: tl.constexpr):
         return x
 
 
+#: Parts of ``k`` a 1-gate cell's forward slab dot is split into (:func:`split_k`), one per
+#: warp of the slab entries' 8.
+SPLIT_K: tl.constexpr = tl.constexpr(8)
+
+
+@triton.constexpr_function
+def split_k(gates, precision, dtype, slab_k) -> bool:
+    """Whether the forward's slab dot runs as a batched dot over :data:`SPLIT_K` parts of ``k``
+    (then summed): for a 1-gate cell with MMA dots (``dtype``: ``W_hh``'s element type), whose
+    single ``[16, SLAB_K] x [SLAB_K, 16]`` product would put every warp on the same ``16 x 16``
+    tile (one warp alone spills its ``[SLAB_K, 16]`` operand). fp32 IEEE dots are FMA loops
+    over every thread already. Compiled slabs are 128 columns or more (16 per part)."""
+    return gates == 1 and (precision == "tf32" or dtype != tl.float32) and slab_k >= SPLIT_K
+
+
 @triton.jit
 def load_slab(w_hh_ptr, H, GATES: tl.constexpr, PRECISION: tl.constexpr, BLOCK_H: tl.constexpr,
               SLAB_K: tl.constexpr, FORWARD: tl.constexpr):
@@ -170,14 +185,23 @@ def load_slab(w_hh_ptr, H, GATES: tl.constexpr, PRECISION: tl.constexpr, BLOCK_H
     - backward: ``W_hh[g*H + k, unit u]`` (the GEMM ``W_hh[g*H : g*H + H, units]^T @ dgates_g^T``).
 
     One dot operand with M = ``SLOTS * BLOCK_H`` (64 for 3-4 gates), which sm_90's wgmma
-    reads from shared memory.
+    reads from shared memory. A 1-gate forward's MMA slab (:func:`split_k`) is
+    ``[SPLIT_K, BLOCK_H, SLAB_K // SPLIT_K]`` instead, element ``[s, u, j]`` at column
+    ``s * SLAB_K // SPLIT_K + j``: a batched dot, one part of ``k`` per warp.
 
     ``SLOTS``: ``GATES`` padded to a power of two. TF32 dots get the slab rounded once. ``SLAB_K == 0`` (W_hh
     streamed): a ``(1, 1)`` placeholder, never read.
     """
     SLOTS: tl.constexpr = GATES + (GATES == 3)  # gate slots: GATES padded to 1, 2 or 4
     w = tl.zeros((1, 1), dtype=w_hh_ptr.dtype.element_ty)
-    if SLAB_K > 0:
+    if SLAB_K > 0 and FORWARD and split_k(GATES, PRECISION, w_hh_ptr.dtype.element_ty, SLAB_K):
+        part = tl.arange(0, SPLIT_K)[:, None, None] * (SLAB_K // SPLIT_K)
+        unit = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)[None, :, None]
+        kk = part + tl.arange(0, SLAB_K // SPLIT_K)[None, None, :]
+        w_mask = (unit < H) & (kk < H)
+        w = tl.load(w_hh_ptr + unit.to(tl.int64) * H + kk, mask=w_mask, other=0.0)
+        w = tf32_operand(w, PRECISION)
+    elif SLAB_K > 0:
         r = tl.arange(0, SLOTS * BLOCK_H)
         gate = r // BLOCK_H
         unit = tl.program_id(0) * BLOCK_H + r % BLOCK_H
@@ -229,7 +253,18 @@ def forward_gemm(h_rows, row_mask, w_hh_ptr, cols, col_mask, w_slab, H, scale_pt
     acc1 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
     acc2 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
     acc3 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
-    if SLAB_K > 0:
+    if SLAB_K > 0 and split_k(GATES, PRECISION, w_hh_ptr.dtype.element_ty, SLAB_K):
+        # [SPLIT_K, SLAB_K // SPLIT_K, BLOCK_B]: part s of h^T beside part s of the slab
+        part = (tl.arange(0, SPLIT_K) * (SLAB_K // SPLIT_K))[:, None, None]
+        kk = part + tl.arange(0, SLAB_K // SPLIT_K)[None, :, None]
+        h_mask = (kk < H) & row_mask[None, None, :]
+        h_t = tl.load(h_rows[None, None, :] + kk, mask=h_mask, other=0.0)
+        if has_scale != 0:
+            h_t = h_t * tl.load(scale_ptr + rows[None, None, :] * H + kk, mask=h_mask, other=0.0)
+        h_t = tf32_operand(h_t, PRECISION)
+        acc = tl.sum(tl.dot(w_slab, h_t, input_precision=PRECISION, out_dtype=ACC), axis=0)
+        acc0, acc1, acc2, acc3 = split_gates(acc, GATES, BLOCK_B, BLOCK_H)
+    elif SLAB_K > 0:
         kk = tl.arange(0, SLAB_K)
         h_mask = (kk < H)[:, None] & row_mask[None, :]
         h_t = tl.load(h_rows[None, :] + kk[:, None], mask=h_mask, other=0.0)

@@ -126,6 +126,7 @@ def launch_choice(kind: str, batch: int, hidden: int, dtype_name: str, tf32: boo
     import torch
 
     from . import fits
+    from .cooperative_args import kernel_config
     from .recurrent_step import step_config
 
     dtype = getattr(torch, dtype_name)
@@ -137,10 +138,10 @@ def launch_choice(kind: str, batch: int, hidden: int, dtype_name: str, tf32: boo
     if fits.cooperative_refusal(kind, hidden, 0, dtype, gpu.sms, True, arch) is None:
         cfg = fits.cooperative_variant(fits.cooperative_configs(dtype, hidden, tf32, arch), hidden, batch, gpu.sms)
         prefix = "coop-reg" if cfg.registers else "coop"
-        return ("cooperative", f"{prefix}-forward", f"{prefix}-backward", (cfg.label, cfg.label), cfg.block_b,
-                bool(cfg.slab_k))
-    cfg = step_config(hidden)
-    return ("step", "forward", "backward", (cfg.label, cfg.label), cfg.block_b, False)
+        labels = tuple(kernel_config(cfg, kind, dtype, tf32, forward).label for forward in (True, False))
+        return ("cooperative", f"{prefix}-forward", f"{prefix}-backward", labels, cfg.block_b, bool(cfg.slab_k))
+    cfgs = [step_config(hidden, kind, dtype, tf32, kernel=kernel) for kernel in ("forward", "backward")]
+    return ("step", "forward", "backward", tuple(cfg.label for cfg in cfgs), cfgs[0].block_b, False)
 
 
 def anchor_rows(rows: list) -> list:

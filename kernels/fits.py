@@ -44,11 +44,10 @@ masked extra work is expected to cost little (not measured: no GPU here).
 
 Duplicated warp work: with ``BLOCK_B = 16`` the MMA dots (fp16/bf16/fp64, fp32 TF32) put
 the warps along ``BLOCK_H`` (``warpsPerCTA = [1, w]``, a 16x8 tile each), so ``w > BLOCK_H / 8``
-warps compute the same tiles twice (read from the TTGIR). LSTM fp32 32 / 64 (backward) and
-GRU fp32 32 (forward) were re-picked at ``BLOCK_H / 8`` warps (clean); GRU fp32 64 forward
-(TF32 sm_90: 24 B), GRU fp16/bf16 64 backward (sm_80: 16 B), RNN fp32 32 forward (IEEE
-sm_80: 8 B) and LSTM fp64 32 backward (sm_90: 24 B) spill with fewer warps (ptxas keeps
-them at 128 / 255 registers), so they keep their 2x-duplicated warps.
+warps compute the same tiles twice (the report's ``distinct_warps``). Entries are picked at
+``BLOCK_H / 8`` warps where that compiles clean; fp32 entries whose IEEE (FMA) kernel needs
+more run their TF32 kernels with fewer (``resident_tiles.TF32_WARPS``); the few that spill
+with fewer warps keep repeated ones (``resident_tiles.REPEATED_WARPS``).
 
 Misses worth knowing: LSTM fp16/bf16 at ``BLOCK_H`` 128 (forward: 24 B of spill on
 sm_90 at 16 warps; backward: 172 KB of shared memory, over sm_80's limit),
@@ -122,10 +121,10 @@ RESIDENT: dict[tuple[str, str, int], ResidentFit] = {
     ('GRU', 'float32', 64): _fit(64, 16, 8, 110592, 111616),
     # GRU float32 128: no clean configuration
     ('GRU', 'float16', 32): _fit(32, 4, 4, 8192, 9216),
-    ('GRU', 'float16', 64): _fit(64, 4, 16, 28672, 29696),
+    ('GRU', 'float16', 64): _fit(64, 4, 8, 28672, 29696),
     ('GRU', 'float16', 128): _fit(128, 8, 16, 106496, 107520),
     ('GRU', 'bfloat16', 32): _fit(32, 4, 4, 8192, 9216),
-    ('GRU', 'bfloat16', 64): _fit(64, 4, 16, 28672, 29696),
+    ('GRU', 'bfloat16', 64): _fit(64, 4, 8, 28672, 29696),
     ('GRU', 'bfloat16', 128): _fit(128, 8, 16, 106496, 107520),
     ('GRU', 'float64', 32): _fit(32, 4, 4, 86016, 87040),
     # GRU float64 64: no clean configuration
@@ -183,7 +182,7 @@ _SM86_MISSES = {  # the compile report's spills on sm_86
     ('LayerNormLSTM', 'bfloat16', 64): "regularised",  # backward: 8 B
 }
 _SM100_MISSES = {  # the compile report's spills on sm_100 (forwards: the LSTM's 104 B, the others 8 B, TF32 for fp32)
-    ('LSTM', 'float32', 64): "all", ('RNN_TANH', 'float32', 32): "regularised",
+    ('LSTM', 'float32', 64): "all",
     ('RNN_TANH', 'float32', 64): "regularised", ('RNN_RELU', 'float32', 64): "regularised",
     ('LayerNormGRU', 'float32', 32): "regularised", ('LayerNormGRU', 'bfloat16', 64): "regularised",
 }
@@ -195,10 +194,7 @@ def resident_arch_miss(kind, dtype, block_h: int, arch: int | None, regularised:
     """Whether :data:`RESIDENT_ARCH_MISSES` rules the entry of ``kind`` (a cell, its name or a
     LayerNorm family; a cell the tables do not name: the cell it borrows from), ``dtype`` and
     ``block_h`` out on ``arch``, for a call with (``regularised``) or without regularisers."""
-    name = getattr(kind, "name", kind)
-    if not any(k == name for (k, _, _) in (*RESIDENT, *RESIDENT_NORM)):
-        name = _donor(name)
-    miss = RESIDENT_ARCH_MISSES.get(arch, {}).get((name, dtype_name(dtype), block_h))
+    miss = RESIDENT_ARCH_MISSES.get(arch, {}).get((tabled_name(kind), dtype_name(dtype), block_h))
     return miss == "all" or (regularised and miss == "regularised")
 
 
@@ -348,6 +344,13 @@ def resident_entries(kind) -> dict[tuple[str, int], ResidentFit]:
     return {(d, bh): fit for (k, d, bh), fit in RESIDENT.items() if k == donor}
 
 
+def tabled_name(kind) -> str | None:
+    """The resident tables' name of ``kind`` (a cell, its name or a LayerNorm family): its own,
+    or the cell it borrows entries from (:func:`_donor`)."""
+    name = getattr(kind, "name", kind)
+    return name if any(k == name for (k, _, _) in (*RESIDENT, *RESIDENT_NORM)) else _donor(name)
+
+
 def _donor(name: str) -> str | None:
     """The tabled cell whose entries a cell the table does not name uses (None: no such cell)."""
     from ..cells import get  # the cell definitions (plain Python: no Triton)
@@ -368,12 +371,9 @@ def resident_regularised(kind, dtype, hidden: int, arch: int | None = None) -> b
     recurrent-dropout scale: it has an entry, not one of :data:`RESIDENT_UNREGULARISED`
     (a cell the table does not name: those of the cell it borrows from) nor, on ``arch``
     (None: any of sm_80 / sm_90), of :data:`RESIDENT_ARCH_MISSES`."""
-    name = getattr(kind, "name", kind)
-    if not any(k == name for (k, _, _) in RESIDENT):
-        name = _donor(name)
-    key = (name, dtype_name(dtype), resident_block_h(hidden))
+    key = (tabled_name(kind), dtype_name(dtype), resident_block_h(hidden))
     return (key in RESIDENT and key not in RESIDENT_UNREGULARISED
-            and not resident_arch_miss(name, dtype, key[2], arch, regularised=True))
+            and not resident_arch_miss(key[0], dtype, key[2], arch, regularised=True))
 
 
 def shared_needed(fit: ResidentFit, arch: int | None) -> int:

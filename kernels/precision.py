@@ -78,3 +78,13 @@ def tf32_round(x):
         return tf32_round_asm(x)
     else:
         return tf32_round_bits(x)
+
+
+def mma_dots(dtype, tf32: bool) -> bool:
+    """Whether ``tl.dot`` of ``dtype`` I/O compiles to tensor-core MMA instructions (fp16,
+    bf16, fp64, fp32 with TF32): their layouts give each warp whole ``16 x 8`` tiles, so
+    warps beyond a small result's tile count repeat its work. fp32 IEEE dots are FMA loops
+    spread over every thread."""
+    import torch
+
+    return dtype != torch.float32 or bool(tf32)

@@ -75,7 +75,7 @@ from .step_tiles import load_params, load_state as _load_state, reset_rows, stor
 from .step_tiles import flag_rows, zone_blend, zone_split
 from .step_args import BACKWARD_INTS, BACKWARD_POINTERS, CONFIGS, FORWARD_INTS, FORWARD_POINTERS, OPTIONS  # noqa: F401
 from .step_args import StepConfig, backward_constexprs, forward_constexprs, sizes_aligned, step_config  # noqa: F401
-from .step_args import DEFAULT_CONFIG, small_on_arch
+from .step_args import DEFAULT_CONFIG, configs as step_configs, small_on_arch
 from .step_args import FLOATS, has_projection as _has_projection, saves_something as _saves_something
 
 # --------------------------------------------------------------------------------------
@@ -469,14 +469,17 @@ def specialisations(dtypes=(torch.float32, torch.float16, torch.bfloat16)) -> li
     for dtype in dtypes:
         for tf32 in ((False, True) if dtype == torch.float32 else (False,)):
             for cell in (c for c in cells.defined() if c.runs_on_triton):
-                for cfg, aligned in ((cfg, aligned) for cfg in CONFIGS for aligned in (False, True)):
+                forward_cfgs, backward_cfgs = (step_configs(dtype, tf32, k) for k in ("forward", "backward"))
+                for i, aligned in ((i, aligned) for i in range(len(forward_cfgs)) for aligned in (False, True)):
                     name = dtype_name(dtype) + ("-tf32" if tf32 else "") + ("-a8" if aligned else "")
+                    cfg = forward_cfgs[i]
                     for save in ((False, True) if _saves_something(cell) else (False,)):
                         out.append(Specialisation(
                             recurrent_step_forward_kernel, "forward", cell.name, dtype,
                             name + ("-save" if save else ""), cfg,
                             forward_constexprs(cell, save, dtype, tf32, cfg, aligned), FORWARD_POINTERS, FORWARD_INTS,
                         ))
+                    cfg = backward_cfgs[i]
                     for dm_given in ((False, True) if _has_projection(cell) else (False,)):
                         out.append(Specialisation(
                             recurrent_step_backward_kernel, "backward", cell.name, dtype,

@@ -21,7 +21,9 @@ Assertions (:data:`ASSERTIONS`), each run on every row it applies to:
 - ``tf32_rounded``: every operand of a TF32 dot is rounded by ``cvt.rna.tf32.f32``
   (:func:`fastrnn.kernels.ttgir.tf32_dot_unrounded`);
 - ``barrier``: the cooperative grid barrier is right by control flow
-  (:func:`fastrnn.kernels.ptx.barrier_problems`).
+  (:func:`fastrnn.kernels.ptx.barrier_problems`);
+- ``distinct_warps``: no dot's layout puts more warps over its result than it has tiles,
+  so no warp computes what another does (:func:`fastrnn.kernels.ttgir.repeated_dots`).
 
 :data:`ENFORCED` says, per tier, which of them fail a row; a failing assertion that is not
 enforced is listed in the row's ``open`` column instead. Turn one on for a tier when its
@@ -32,22 +34,25 @@ from __future__ import annotations
 
 import torch
 
-from . import ptx, ttgir
+from . import ptx, resident_tiles, ttgir
 
-ASSERTIONS = ("on_chip", "no_scalar16", "tf32_rounded", "barrier")
+ASSERTIONS = ("on_chip", "no_scalar16", "tf32_rounded", "barrier", "distinct_warps")
 
 #: tier -> the assertions that fail a row of that tier (False: reported as open;
 #: ``"aligned"``: fails the rows whose specialisation guarantees 16-byte rows, ``H_ALIGNED``,
 #: and is open on the others, whose hidden size may be any: 2-byte loads are all such a row
 #: can do). ``barrier`` applies to the cooperative tier only. Every cooperative row is
 #: compiled as launched, with ``H`` a multiple of 16 (the only hidden sizes the tier runs on
-#: a GPU), so ``no_scalar16`` fails any of its rows.
+#: a GPU), so ``no_scalar16`` fails any of its rows. ``distinct_warps``: ``"listed"`` fails a
+#: resident row but those :data:`fastrnn.kernels.resident_tiles.REPEATED_WARPS` accepts
+#: (fewer warps spill there), which are open.
 ENFORCED = {
-    "step": {"on_chip": True, "no_scalar16": "aligned", "tf32_rounded": True},
-    "resident": {"on_chip": True, "no_scalar16": "aligned", "tf32_rounded": True},
-    "cooperative": {"on_chip": True, "no_scalar16": True, "tf32_rounded": True, "barrier": True},
+    "step": {"on_chip": True, "no_scalar16": "aligned", "tf32_rounded": True, "distinct_warps": True},
+    "resident": {"on_chip": True, "no_scalar16": "aligned", "tf32_rounded": True, "distinct_warps": "listed"},
+    "cooperative": {"on_chip": True, "no_scalar16": True, "tf32_rounded": True, "barrier": True,
+                    "distinct_warps": True},
     # the LayerNorm row kernels (norm-*): as the step tier's, which launches them
-    "norm": {"on_chip": True, "no_scalar16": "aligned", "tf32_rounded": True},
+    "norm": {"on_chip": True, "no_scalar16": "aligned", "tf32_rounded": True, "distinct_warps": True},
 }
 
 
@@ -59,6 +64,8 @@ def aligned(spec) -> bool:
 def enforced(spec, name: str) -> bool:
     """Whether a failure of assertion ``name`` fails ``spec``'s row (:data:`ENFORCED`)."""
     switch = ENFORCED[tier_of(spec)].get(name, True)
+    if switch == "listed":
+        return not resident_tiles.repeats_accepted(spec)
     return aligned(spec) if switch == "aligned" else bool(switch)
 
 
@@ -122,6 +129,10 @@ def analyse(spec, asm: dict) -> dict:
         unrounded = ttgir.tf32_dot_unrounded(ir)
         if unrounded:
             failures["tf32_rounded"] = f"{len(unrounded)} TF32 dot operands not rounded (cvt.rna)"
+    repeats = ttgir.repeated_dots(ir)
+    if repeats:
+        failures["distinct_warps"] = (f"{len(repeats)} dots computed {max(f for f, _ in repeats)}x over "
+                                      "by warps repeating each other")
     if tier == "cooperative":
         problems = ptx.barrier_problems(code) if profiles else ["no kernel (.entry) in the PTX"]
         if problems:

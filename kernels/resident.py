@@ -84,8 +84,8 @@ from .launches import checked_pointers as _pointers
 from .launches import record
 from .precision import ENABLE_FP_FUSION
 from .resident_tiles import (  # noqa: F401 (cell_of, triton_cells: used by the report)
-    acc_type, aligned, cell_of, dot_operand, flag_rows, h_aligned, load_params, load_weights, reset_rows,
-    step_rows, store_gates, timestep, triton_cells, zone_blend, zone_weight,
+    acc_type, aligned, cell_of, dot_operand, flag_rows, h_aligned, kernel_config, load_params, load_weights,
+    reset_rows, step_rows, store_gates, timestep, triton_cells, zone_blend, zone_weight,
 )
 
 # --------------------------------------------------------------------------------------
@@ -543,7 +543,7 @@ def specialisations(dtypes=None) -> list[Specialisation]:
                         continue
                     label = dtype_name + ("-tf32" if tf32 else "") + ("-a8" if aligned else "") + ("-reg" if reg else "")
                     kernel, pointers, ints = kernel_of(direction)
-                    cfg = getattr(fit, direction)
+                    cfg = kernel_config(getattr(fit, direction), cell.name, dtype, tf32, direction, reg)
                     out.append(Specialisation(
                         kernel, f"resident-{direction}", cell.name, dtype, label, cfg,
                         constexprs(cell, dtype, tf32, cfg, aligned, reg), pointers, ints, dict(fit.shared),
@@ -585,7 +585,7 @@ def launch(direction: str, kind, tensors: dict, ints: dict, *, fit: fits.Residen
     kernel[grid](
         *_pointers(pointers, tensors), *(ints[k] for k in int_names),
         **constexprs(kind, w.dtype, tf32, cfg, h_aligned(direction, ints["H"]), regularised),
-        num_warps=cfg.num_warps, **OPTIONS,
+        num_warps=kernel_config(cfg, cell_of(kind).name, w.dtype, tf32, direction, regularised).num_warps, **OPTIONS,
     )
     record("resident", direction)
 

@@ -54,8 +54,8 @@ from .launches import record
 from .norm_rows import ln_gru_backward, ln_gru_forward, ln_lstm_backward, ln_lstm_forward
 from .precision import ENABLE_FP_FUSION
 from .resident_tiles import (
-    acc_type, aligned, dot_operand, flag_rows, h_aligned, load_weights, reset_rows, step_rows, store_gates, timestep,
-    zone_blend, zone_weight,
+    acc_type, aligned, dot_operand, flag_rows, h_aligned, kernel_config, load_weights, reset_rows, step_rows,
+    store_gates, timestep, zone_blend, zone_weight,
 )
 
 
@@ -421,7 +421,7 @@ def specialisations(dtypes=None) -> list[Specialisation]:
                 continue
             label = dtype_name + ("-tf32" if tf32 else "") + ("-a8" if aligned else "") + ("-reg" if reg else "")
             kernel, pointers, ints = kernel_of(direction)
-            cfg = getattr(fit, direction)
+            cfg = kernel_config(getattr(fit, direction), name, dtype, tf32, direction, reg)
             out.append(Specialisation(kernel, f"resident-norm-{direction}", name, dtype, label, cfg,
                                       constexprs(name == "LayerNormLSTM", dtype, tf32, cfg, aligned, reg), pointers,
                                       ints, dict(fit.shared), options(name, dtype, direction, cfg)))
@@ -444,6 +444,7 @@ def launch(direction: str, cell, tensors: dict, ints: dict, *, fit: fits.Residen
     kernel[grid](
         *_pointers(pointers, tensors), *(ints[k] for k in int_names),
         **constexprs(cell.has_cell_state, dtype, tf32, cfg, h_aligned(direction, ints["H"]), regularised),
-        num_warps=cfg.num_warps, **options(family(cell), dtype, direction, cfg),
+        num_warps=kernel_config(cfg, family(cell), dtype, tf32, direction, regularised).num_warps,
+        **options(family(cell), dtype, direction, cfg),
     )
     record("resident", direction)

@@ -11,6 +11,7 @@ import triton.language as tl
 
 from ..cells import Cell, defined
 from ..cells import get as cell_named
+from .fits import tabled_name
 from .precision import tf32_round
 
 
@@ -185,3 +186,48 @@ def h_aligned(direction: str, hidden: int) -> bool:
     loads: aligned, the compiler stages its loads through shared memory (LSTM bf16
     ``BLOCK_H`` 64: 76 KB instead of 53 KB, and an 8 B spill on sm_80)."""
     return direction == "forward" and hidden % 8 == 0
+
+
+#: Warps of resident TF32 kernels where they differ from the fp32 entry's, which fp32 IEEE
+#: shares: ``(cell name, BLOCK_H, direction, REGULARISED) -> warps``. Those entries' warps are
+#: what the IEEE kernel (FMA dots over every thread) needs to compile clean; TF32's MMA dots
+#: lay 16x8 tiles over warps, and the ``16 x BLOCK_H`` results have fewer tiles than the
+#: entry has warps, so each would be computed twice. With these warps every warp owns its
+#: tiles and the kernels compile without spills on every arch that launches them. Left with
+#: repeated warps: :data:`REPEATED_WARPS`.
+TF32_WARPS = {
+    **{(name, 32, "forward", reg): 4 for name in ("RNN_TANH", "RNN_RELU") for reg in (False, True)},
+    **{("GRU", 64, "forward", reg): 8 for reg in (False, True)},
+    **{(name, 32, "backward", False): 4 for name in ("LayerNormLSTM", "LayerNormGRU")},
+}
+
+
+def kernel_config(cfg, cell_name: str, dtype: torch.dtype, tf32: bool, direction: str, regularised: bool):
+    """``cfg`` (a :class:`~fastrnn.kernels.fits.KernelConfig` of the tables) with the warps its
+    kernel runs: :data:`TF32_WARPS` for an fp32 TF32 one it lists (a cell the tables do not
+    name: as the cell whose entries it borrows), else its own."""
+    key = (tabled_name(cell_name), cfg.block_h, direction, bool(regularised))
+    warps = TF32_WARPS.get(key) if tf32 and dtype == torch.float32 else None
+    return cfg if warps is None else cfg._replace(num_warps=warps)
+
+
+#: The resident kernels whose warps still repeat each other's dot tiles (the report's
+#: ``distinct_warps`` accepts these rows and lists them as open): ``(cell name, dtype name,
+#: TF32, BLOCK_H, direction, REGULARISED)``. Each spills or crashes the compiler with half
+#: the warps: the fp64 LSTM and LayerNorm-GRU backwards at 32 with 4 warps keep 16-144 B of
+#: stack on sm_90 / sm_100 (and LLVM aborts on the LSTM's for sm_86 / sm_89); the regularised
+#: TF32 LayerNorm backwards at 32 keep 8-16 B on sm_90 / sm_100.
+REPEATED_WARPS = frozenset({
+    *(("LSTM", "float64", False, 32, "backward", reg) for reg in (False, True)),
+    ("LayerNormGRU", "float64", False, 32, "backward", False),
+    *((name, "float32", True, 32, "backward", True) for name in ("LayerNormLSTM", "LayerNormGRU")),
+})
+
+
+def repeats_accepted(spec) -> bool:
+    """Whether ``spec`` (a resident or resident LayerNorm specialisation) is one of
+    :data:`REPEATED_WARPS`."""
+    name = getattr(spec.kind, "name", spec.kind)
+    key = (name, str(spec.dtype).replace("torch.", ""), "-tf32" in spec.label, spec.config.block_h,
+           spec.kernel_name.rsplit("-", 1)[1], bool(spec.constexprs.get("REGULARISED")))
+    return key in REPEATED_WARPS

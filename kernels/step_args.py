@@ -11,7 +11,7 @@ import torch
 import triton.language as tl
 
 from .fits import dtype_name
-from .precision import ENABLE_FP_FUSION
+from .precision import ENABLE_FP_FUSION, mma_dots
 
 
 class StepConfig(NamedTuple):
@@ -31,12 +31,22 @@ class StepConfig(NamedTuple):
 # tl.dot needs every block dimension >= 16 when compiled. Small hidden sizes get 16-wide
 # tiles (less masked work), everything else 32-wide tiles with 4 warps (warpsPerCTA
 # [1, 4]: a 16x8 MMA tile each): a step kernel's grid is small (B/16 x H/32 programs), so
-# wider tiles would leave SMs idle. The 16-wide forward's MMA dots compile to warpsPerCTA
-# [2, 1], both warps on the same 16x16 tile; one warp would end that, but the fp32 IEEE
-# GRU forward with SAVE then spills (255 registers, 8-72 B), so it keeps two.
+# wider tiles would leave SMs idle. The 16-wide forward's MMA dots (fp16, bf16, TF32)
+# compile to warpsPerCTA [2, 1] with two warps, both on the same 16x16 tile, so it runs one
+# warp (SMALL_MMA_FORWARD); its fp32 IEEE dots are FMA loops over every thread, and the
+# IEEE GRU forward with SAVE spills with one warp (255 registers, 8-72 B): two warps there,
+# and in the backward, whose dots compile to [1, 2].
 SMALL_CONFIG = StepConfig(16, 16, 16, 2)
+SMALL_MMA_FORWARD = StepConfig(16, 16, 16, 1)
 DEFAULT_CONFIG = StepConfig(16, 32, 32, 4)
-CONFIGS = (SMALL_CONFIG, DEFAULT_CONFIG)
+CONFIGS = (SMALL_CONFIG, SMALL_MMA_FORWARD, DEFAULT_CONFIG)
+
+
+def configs(dtype: torch.dtype, tf32: bool, kernel: str) -> tuple:
+    """The configurations :func:`step_config` can pick for a ``kernel`` ("forward" or
+    "backward") of ``dtype`` / ``tf32``: the 16-wide one and the default."""
+    mma_forward = kernel == "forward" and mma_dots(dtype, tf32)
+    return (SMALL_MMA_FORWARD if mma_forward else SMALL_CONFIG), DEFAULT_CONFIG
 
 
 #: Where :data:`DEFAULT_CONFIG` spills on an arch the tables are not made for, the
@@ -52,7 +62,7 @@ def step_config(hidden: int, cell=None, dtype: torch.dtype = torch.float32, tf32
     where :data:`SMALL_ON_ARCH` names the case (``cell`` a Cell or its name, ``arch`` the
     device's compute capability as major*10+minor; None: the tables' own choice)."""
     if hidden <= 16 or small_on_arch(cell, dtype, tf32, aligned, arch, kernel):
-        return SMALL_CONFIG
+        return configs(dtype, tf32, kernel)[0]
     return DEFAULT_CONFIG
 
 

@@ -456,3 +456,47 @@ def two_byte_loads(ttgir: str) -> int:
         per_thread = _per_thread(shape, blocked, None if sliced is None else int(sliced))
         count += per_thread * _ELEMENT_BYTES[element] == 2
     return count
+
+
+_MMA = re.compile(r"^(#[\w$.-]+)\s*=\s*#ttg\.nvidia_mma<\{versionMajor = (\d+),.*?warpsPerCTA = \[([\d, ]+)\]"
+                  r".*?instrShape = \[([\d, ]+)\]")
+_DOT_RESULT = re.compile(r"=\s*(?:tt\.dot|ttng\.warp_group_dot)\s.*->\s*tensor<((?:\d+x)+)\w+,\s*(#[\w$.-]+)>")
+
+
+def repeated_dots(ttgir: str) -> list:
+    """``(factor, line)`` for each dot whose warps repeat each other's work. A warp of an
+    ``nvidia_mma`` layout owns ``instrShape[d]`` of each dimension ``d`` per instruction (16
+    rows and 8 columns for ``mma.sync``, one batch index more for a batched dot; for
+    ``wgmma`` a quarter of the warpgroup's 64 rows), so a result with ``warpsPerCTA = w`` is
+    computed ``prod(ceil(instrShape[d] * w[d] / shape[d]))`` times over when a tile is
+    smaller than the warps laid over it (a ``16 x 16`` tile over ``[4, 1]`` warps: every warp
+    computes the same rows, 4 times the work). A blocked layout (an FMA dot) covers
+    ``sizePerThread * threadsPerWarp * warpsPerCTA`` per dimension, and a result smaller than
+    that is held by several threads at once. The cell math that follows a dot runs in its
+    layout, so it repeats with it."""
+    layouts = {}
+    for raw in ttgir.splitlines():
+        line = raw.strip()
+        m = _MMA.match(line)
+        if m:
+            warps = [int(v) for v in m.group(3).split(",")]
+            instr = [int(v) for v in m.group(4).split(",")]
+            layouts[m.group(1)] = [i * w for i, w in zip(instr, warps)]
+            continue
+        m = _BLOCKED.match(line)
+        if m:
+            size, lanes, warps = ([int(v) for v in g.split(",")] for g in m.groups()[1:])
+            layouts[m.group(1)] = [s * t * w for s, t, w in zip(size, lanes, warps)]
+    out = []
+    for raw in ttgir.splitlines():
+        line = _LOC.sub("", raw).strip()
+        m = _DOT_RESULT.search(line)
+        if m is None or m.group(2) not in layouts:
+            continue
+        shape = [int(d) for d in m.group(1).rstrip("x").split("x")]
+        factor = 1
+        for extent, cover in zip(shape, layouts[m.group(2)]):
+            factor *= -(-cover // extent)
+        if factor > 1:
+            out.append((factor, line))
+    return out

@@ -137,7 +137,7 @@ def _compile(fn, signature, constexprs, arch, aligned=(), **options):
 def compile_all() -> dict:
     """``{name: ptx}`` of every kernel the tests read (names: ``ring-<variant>-sm<arch>``,
     ``tf32-<rounded|raw>-m<M>-sm<arch>``, ``fma-<default|pinned|unfused>``,
-    ``tf32-loop-w<0|1>h<0|1>-sm<arch>``, ``tile16-<variant>`` (sm_90),
+    ``tf32-loop-w<0|1>h<0|1>-sm<arch>``, ``dot-m<M>-w<warps>-sm<arch>:ttgir``, ``tile16-<variant>`` (sm_90),
     ``<cooperative kernel name>-<dtype label>-sm<arch>``;
     ``<name>:ttgir`` the TTGIR of the TF32 and cooperative ones)."""
     from fastrnn.kernels import cooperative, report
@@ -162,6 +162,11 @@ def compile_all() -> dict:
                          aligned=(0, 1, 2))
             out[f"tf32-loop-w{int(rw)}h{int(rh)}-sm{arch}"] = k.asm["ptx"]
             out[f"tf32-loop-w{int(rw)}h{int(rh)}-sm{arch}:ttgir"] = k.asm["ttgir"]
+    for arch in ARCHS:
+        for m, warps in ((16, 4), (16, 1), (64, 8)):  # one 16x16 tile over 4 warps / 1 warp; 64x16 over 8
+            k = _compile(tf32_dot_kernel, dot, dict(M=m, N=16, K=32, ROUND=True), arch, aligned=(0, 1, 2),
+                         num_warps=warps)
+            out[f"dot-m{m}-w{warps}-sm{arch}:ttgir"] = k.asm["ttgir"]
     fma = {"x_ptr": "*fp32", "y_ptr": "*fp32", "z_ptr": "*fp32", "out_ptr": "*fp32"}
     for name, options in (("default", {}), ("pinned", dict(enable_fp_fusion=ENABLE_FP_FUSION)),
                           ("unfused", dict(enable_fp_fusion=False))):

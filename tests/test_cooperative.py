@@ -788,3 +788,13 @@ def test_a_user_cell_matches_its_torch_functions(coop, two_gate_cell, slab, stat
     torch.testing.assert_close(bwd.dhg, dx_ref, **tol)  # not recurrent_apart: one buffer
     torch.testing.assert_close(bwd.dh0, dh0_ref, **tol)
     assert bwd.dc0 is None
+
+
+@pytest.mark.parametrize("state", ["registers", "tiled"])
+@pytest.mark.parametrize("kind", ["RNN_TANH", "RNN_RELU"])
+def test_one_gate_slab_forward_splits_k(coop, kind, state):
+    """A 1-gate cell's fp16 slab forward runs as a batched dot over parts of ``k``, one per
+    warp (``cooperative_tiles.split_k``: H = 40, a 64-column slab in 8 parts of 8), packed and
+    bidirectional: every output and gradient as the reference's (fp16 relu against the step
+    tier, whose rounding it shares)."""
+    _check_case(coop, kind, "fp16", 40, 5, 6, True, True, True, state)

@@ -24,7 +24,7 @@ import pytest
 from fastrnn import cells
 from fastrnn.kernels import cooperative, fits, norm_rows, report, resident, resident_norm
 from fastrnn.kernels.precision import ENABLE_FP_FUSION
-from fastrnn.kernels.recurrent_step import CONFIGS, specialisations
+from fastrnn.kernels.recurrent_step import CONFIGS, StepConfig, specialisations
 
 KINDS = tuple(c.name for c in cells.BUILTIN)
 
@@ -53,8 +53,17 @@ def test_specialisations_cover_the_launch_choices():
     # forward: LSTM/GRU x SAVE + 2 RNNs; backward: LSTM x DM_GIVEN + 3 -> 11 per dtype-config,
     # dtypes fp32, fp32-tf32, fp16, bf16 (torch's cells; a cell defined beside them adds its rows).
     assert {s.kind for s in specs} == {c.name for c in cells.defined() if c.runs_on_triton} >= set(KINDS)
-    assert len([s for s in specs if s.kind in KINDS]) == 11 * len(CONFIGS) * 4 * 2  # H_ALIGNED or not
+    assert len([s for s in specs if s.kind in KINDS]) == 11 * 2 * 4 * 2  # 2 configurations, H_ALIGNED or not
     assert len({(s.kernel_name, s.kind, s.label, s.config) for s in specs}) == len(specs)
+    # the 16-wide tile is one 16x16 MMA tile: one warp computes it where the dots are MMA (fp16,
+    # bf16, TF32) in the forward; fp32 IEEE (FMA) and the backward keep two
+    import torch
+
+    small = {(s.kernel_name, s.dtype, s.constexprs["PRECISION"], s.config) for s in specs if s.config.block_h == 16}
+    assert small == {(kernel, dtype, precision, StepConfig(16, 16, 16, 1 if mma and kernel == "forward" else 2))
+                     for dtype, precision, mma in ((torch.float32, "ieee", False), (torch.float32, "tf32", True),
+                                                   (torch.float16, "ieee", True), (torch.bfloat16, "ieee", True))
+                     for kernel in ("forward", "backward")}
 
 
 def test_resident_specialisations_are_the_fits_table():
@@ -267,20 +276,50 @@ def test_resident_launcher_choices_are_all_in_the_report(monkeypatch, tf32, arch
 # --------------------------------------------------------------------------------------
 
 
+def test_cooperative_kernels_run_one_warp_per_single_tile():
+    """A cooperative kernel whose dots are single 16x16 MMA tiles (16 rows; W_hh streamed gate
+    by gate, or a 1-gate slab in the backward) runs one warp; stacked slab dots (M = 64), FMA
+    dots (fp32 IEEE), 64-row tiles and a 1-gate slab's forward keep the entry's warps."""
+    import torch
+
+    def warps(dtype, tf32, slab, kind, forward, rows=16):
+        key = (fits.dtype_name(dtype), "tf32" if tf32 else "ieee", slab)
+        cfg = fits.COOPERATIVE[key] if rows == 16 else fits.COOPERATIVE_REGISTERS[key + (rows,)]
+        return cooperative.kernel_config(cfg, kind, dtype, tf32, forward).num_warps
+
+    f16, f32 = torch.float16, torch.float32
+    for kind in ("LSTM", "GRU", "RNN_TANH"):
+        for forward in (True, False):
+            assert warps(f16, False, 0, kind, forward) == 1
+            assert warps(f32, True, 0, kind, forward) == 1
+            assert warps(f32, False, 0, kind, forward) == 4  # FMA: every thread its own outputs
+            assert warps(f16, False, 0, kind, forward, rows=64) == 4  # 64x16 over [4, 1]
+        assert warps(f16, False, 1024, kind, forward=False) == 1  # the backward streams beside the slab
+    for slab in (128, 256):
+        assert warps(f16, False, slab, "LSTM", True) == warps(f16, False, slab, "LSTM", False) == 8
+        assert warps(f16, False, slab, "RNN_TANH", True) == 8 and warps(f16, False, slab, "RNN_TANH", False) == 1
+    assert warps(f16, False, 1024, "LSTM", True) == 8
+
+
 def test_cooperative_specialisations_are_the_fits_table():
     """Every kind x (forward, backward) x each fits.COOPERATIVE entry and each register
     variant of fits.COOPERATIVE_REGISTERS compiled for GPUs (fp64 is interpreter-only),
     compiled as launched: cooperative grid, H a multiple of 16, the register kernels for
     the register variants."""
+    import torch
+
     specs = cooperative.specialisations()
     gpu_entries = [key for key in fits.COOPERATIVE if key[0] != "float64"]
     gpu_registers = [key for key in fits.COOPERATIVE_REGISTERS if key[0] != "float64"]
     assert {rows for *_, rows in gpu_registers} == {16, 64}  # rows per program of the register variants
     assert len(specs) == len(KINDS) * 2 * (len(gpu_entries) + len(gpu_registers))
+    entries = {(name, precision, fits.COOPERATIVE[name, precision, slab]) for name, precision, slab in gpu_entries}
+    entries |= {(name, precision, fits.COOPERATIVE_REGISTERS[name, precision, slab, rows])
+                for name, precision, slab, rows in gpu_registers}
+    # each kernel compiled with the warps it launches with (cooperative.kernel_config)
     assert {(fits.dtype_name(s.dtype), s.constexprs["PRECISION"], s.config) for s in specs} == {
-        (name, precision, fits.COOPERATIVE[name, precision, slab]) for name, precision, slab in gpu_entries
-    } | {(name, precision, fits.COOPERATIVE_REGISTERS[name, precision, slab, rows])
-         for name, precision, slab, rows in gpu_registers}
+        (name, precision, cooperative.kernel_config(cfg, kind, getattr(torch, name), precision == "tf32", forward))
+        for name, precision, cfg in entries for kind in {s.kind for s in specs} for forward in (True, False)}
     kernels = {
         ("forward", False): cooperative.cooperative_forward_kernel,
         ("backward", False): cooperative.cooperative_backward_kernel,
@@ -340,7 +379,9 @@ def test_rows_not_launched_where_the_tier_choice_refuses_them():
             elif spec.kernel_name.startswith("coop"):
                 tf32 = spec.constexprs["PRECISION"] == "tf32"
                 hidden = spec.config.slab_k or 16
-                chosen = fits.cooperative_configs(spec.dtype, hidden, tf32, arch)
+                forward = spec.kernel_name.endswith("forward")
+                chosen = {cooperative.kernel_config(cfg, spec.kind, spec.dtype, tf32, forward)
+                          for cfg in fits.cooperative_configs(spec.dtype, hidden, tf32, arch)}
                 assert launched == (spec.config in chosen), (spec.label, spec.config, arch)
             elif spec.kernel_name.startswith("norm-"):  # where the launcher picks the row configuration
                 save, aligned = spec.constexprs.get("SAVE"), spec.constexprs["H_ALIGNED"]

@@ -531,3 +531,82 @@ def test_substring_check_is_fooled_where_control_flow_is_not(ptx, arch):
 
     broken = _lines_removed(ptx[f"ring-correct-{arch}"], "st.global", "red.global.gpu.release")
     assert barrier_ptx_problems(broken) == [] and barrier_problems(broken) != []
+
+
+_REPEATS_TTGIR = """
+#blocked = #ttg.blocked<{sizePerThread = [1, 1], threadsPerWarp = [2, 16], warpsPerCTA = [4, 1], order = [1, 0]}>
+#blocked1 = #ttg.blocked<{sizePerThread = [1, 1], threadsPerWarp = [4, 8], warpsPerCTA = [4, 1], order = [1, 0]}>
+#mma = #ttg.nvidia_mma<{versionMajor = 2, versionMinor = 0, warpsPerCTA = [4, 1], instrShape = [16, 8]}>
+#mma1 = #ttg.nvidia_mma<{versionMajor = 2, versionMinor = 0, warpsPerCTA = [1, 2], instrShape = [16, 8]}>
+#mma2 = #ttg.nvidia_mma<{versionMajor = 3, versionMinor = 0, warpsPerCTA = [4, 2], instrShape = [16, 8, 16]}>
+#mma3 = #ttg.nvidia_mma<{versionMajor = 2, versionMinor = 0, warpsPerCTA = [8, 1, 1], instrShape = [1, 16, 8]}>
+module attributes {"ttg.num-warps" = 4 : i32} {
+  tt.func public @k() {
+    %a = tt.dot %x, %y, %z : tensor<16x32xf16, #ttg.dot_op<{opIdx = 0, parent = #mma, kWidth = 2}>> * tensor<32x16xf16, #ttg.dot_op<{opIdx = 1, parent = #mma, kWidth = 2}>> -> tensor<16x16xf32, #mma> loc(#loc1)
+    %b = tt.dot %x, %y, %z : tensor<16x32xf16, #ttg.dot_op<{opIdx = 0, parent = #mma1, kWidth = 2}>> * tensor<32x16xf16, #ttg.dot_op<{opIdx = 1, parent = #mma1, kWidth = 2}>> -> tensor<16x16xf32, #mma1> loc(#loc2)
+    %c = ttng.warp_group_dot %w, %h, %z {isAsync = true} : !ttg.memdesc<64x1024xf16, #shared, #smem> * !ttg.memdesc<1024x16xf16, #shared1, #smem> -> tensor<64x16xf32, #mma2> loc(#loc3)
+    %d = tt.dot %x, %y, %z : tensor<16x16xf32, #ttg.dot_op<{opIdx = 0, parent = #blocked}>> * tensor<16x16xf32, #ttg.dot_op<{opIdx = 1, parent = #blocked}>> -> tensor<16x16xf32, #blocked> loc(#loc4)
+    %e = tt.dot %x, %y, %z : tensor<8x16xf32, #ttg.dot_op<{opIdx = 0, parent = #blocked1}>> * tensor<16x8xf32, #ttg.dot_op<{opIdx = 1, parent = #blocked1}>> -> tensor<8x8xf32, #blocked1> loc(#loc5)
+    %f = tt.dot %x, %y, %z : tensor<8x16x128xf16, #ttg.dot_op<{opIdx = 0, parent = #mma3, kWidth = 2}>> * tensor<8x128x16xf16, #ttg.dot_op<{opIdx = 1, parent = #mma3, kWidth = 2}>> -> tensor<8x16x16xf32, #mma3> loc(#loc6)
+    %g = tt.dot %x, %y, %z : tensor<4x16x128xf16, #ttg.dot_op<{opIdx = 0, parent = #mma3, kWidth = 2}>> * tensor<4x128x16xf16, #ttg.dot_op<{opIdx = 1, parent = #mma3, kWidth = 2}>> -> tensor<4x16x16xf32, #mma3> loc(#loc7)
+    tt.return
+  }
+}
+"""
+
+
+def test_repeated_dots_counts_the_warps_over_each_tile():
+    """A 16x16 result over warps [4, 1] (16 rows each): 4 warps on the same rows. Over
+    [1, 2] (8 columns each), a wgmma 64x16 over [4, 2] and a 16x16 FMA result whose blocked
+    layout covers 8x16 per repetition: every warp its own part. An 8x8 FMA result under a
+    layout covering 16x8: each element held twice. A batched 8x16x16 dot over [8, 1, 1] (one
+    batch index per warp: a split of k) is distinct; a 4x16x16 one over the same 8 warps is
+    computed twice."""
+    from fastrnn.kernels.ttgir import repeated_dots
+
+    found = repeated_dots(_REPEATS_TTGIR)
+    assert [f for f, _ in found] == [4, 2, 2]
+    assert "#mma>" in found[0][1] and "8x8xf32" in found[1][1] and "4x16x16xf32" in found[2][1]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_repeated_dots_in_compiled_code(ptx, arch):
+    """Compiled: a 16x16 TF32 dot over 4 warps repeats (each warp holds rows another holds);
+    over one warp it does not, nor does a 64x16 one over 8 warps."""
+    from fastrnn.kernels.ttgir import repeated_dots
+
+    assert repeated_dots(ptx[f"dot-m16-w4-{arch}:ttgir"])
+    assert all(factor > 1 for factor, _ in repeated_dots(ptx[f"dot-m16-w4-{arch}:ttgir"]))
+    assert repeated_dots(ptx[f"dot-m16-w1-{arch}:ttgir"]) == []
+    assert repeated_dots(ptx[f"dot-m64-w8-{arch}:ttgir"]) == []
+
+
+def test_report_distinct_warps_assertion():
+    """Repeated warps fail a step, LayerNorm row, cooperative and resident row, but the resident
+    rows ``resident_tiles.REPEATED_WARPS`` accepts (fewer warps spill there): open."""
+    from fastrnn.kernels.fits import KernelConfig
+    from fastrnn.kernels import report_checks
+
+    def verdict(spec):
+        failures = _failures(spec, "", _REPEATS_TTGIR)
+        assert "distinct_warps" in failures
+        problems, open_ = report_checks.verdict(spec, {"failures": failures})
+        return any(p.startswith("distinct_warps") for p in problems), any(o.startswith("distinct_warps") for o in open_)
+
+    enforced, open_ = (True, False), (False, True)
+    assert verdict(_Spec("forward", torch.float16, "float16")) == enforced
+    assert verdict(_Spec("norm-forward", torch.float16, "float16")) == enforced
+    for kind, name, dtype, label, accepted in (
+            ("LSTM", "resident-backward", torch.float64, "float64", True),
+            ("LSTM", "resident-forward", torch.float64, "float64", False),
+            ("LSTM", "resident-backward", torch.float16, "float16", False),
+            ("LayerNormGRU", "resident-norm-backward", torch.float64, "float64", True),
+            ("LayerNormGRU", "resident-norm-backward", torch.float32, "float32-tf32-reg", True),
+            ("LayerNormGRU", "resident-norm-backward", torch.float32, "float32-tf32", False)):
+        spec = _Spec(name, dtype, label, kind=kind, constexprs={"REGULARISED": label.endswith("-reg")})
+        spec.config = KernelConfig(16, 32, 8)
+        assert verdict(spec) == (open_ if accepted else enforced), (kind, name, label)
+    for name in ("coop-forward", "coop-reg-forward", "coop-backward"):
+        for slab in (0, 256):
+            assert verdict(_Spec(name, torch.float16, "float16", slab_k=slab)) == enforced, (name, slab)
+    assert "distinct_warps" not in _failures(_Spec(), "", _EMPTY_TTGIR)
