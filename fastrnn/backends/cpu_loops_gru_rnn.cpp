@@ -271,9 +271,7 @@ std::vector<at::Tensor> rnn_backward(const at::Tensor& h_new, const at::Tensor& 
 }
 
 }  // namespace
-}  // namespace fastrnn_cpu
 
-namespace fastrnn_cpu {
 void bind_gru_rnn(pybind11::module_& m) {
   m.def("gru_forward", &gru_forward, nogil);
   m.def("gru_backward", &gru_backward, nogil);

@@ -216,9 +216,7 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& gates, const at::Tensor&
 }
 
 }  // namespace
-}  // namespace fastrnn_cpu
 
-namespace fastrnn_cpu {
 void bind_lstm(pybind11::module_& m) {
   m.def("lstm_forward", &lstm_forward, nogil);
   m.def("lstm_backward", &lstm_backward, nogil);

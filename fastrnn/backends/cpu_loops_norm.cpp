@@ -523,9 +523,7 @@ std::vector<at::Tensor> ln_gru_backward(const at::Tensor& gates, const at::Tenso
 }
 
 }  // namespace
-}  // namespace fastrnn_cpu
 
-namespace fastrnn_cpu {
 void bind_norm(pybind11::module_& m) {
   m.def("ln_lstm_forward", &ln_lstm_forward, nogil);
   m.def("ln_lstm_backward", &ln_lstm_backward, nogil);

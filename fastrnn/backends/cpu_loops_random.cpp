@@ -178,9 +178,7 @@ at::Tensor drop_connect(const at::Tensor& w, double p) {
 }
 
 }  // namespace
-}  // namespace fastrnn_cpu
 
-namespace fastrnn_cpu {
 void bind_random(pybind11::module_& m) {
   m.def("bernoulli_mask", &bernoulli_mask, nogil);
   m.def("zoneout_masks", &zoneout_masks, nogil);
