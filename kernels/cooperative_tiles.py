@@ -194,26 +194,24 @@ def load_slab(w_hh_ptr, H, GATES: tl.constexpr, PRECISION: tl.constexpr, BLOCK_H
     """
     SLOTS: tl.constexpr = GATES + (GATES == 3)  # gate slots: GATES padded to 1, 2 or 4
     w = tl.zeros((1, 1), dtype=w_hh_ptr.dtype.element_ty)
-    if SLAB_K > 0 and FORWARD and split_k(GATES, PRECISION, w_hh_ptr.dtype.element_ty, SLAB_K):
-        part = tl.arange(0, SPLIT_K)[:, None, None] * (SLAB_K // SPLIT_K)
-        unit = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)[None, :, None]
-        kk = part + tl.arange(0, SLAB_K // SPLIT_K)[None, None, :]
-        w_mask = (unit < H) & (kk < H)
-        w = tl.load(w_hh_ptr + unit.to(tl.int64) * H + kk, mask=w_mask, other=0.0)
-        w = tf32_operand(w, PRECISION)
-    elif SLAB_K > 0:
-        r = tl.arange(0, SLOTS * BLOCK_H)
-        gate = r // BLOCK_H
-        unit = tl.program_id(0) * BLOCK_H + r % BLOCK_H
-        kk = tl.arange(0, SLAB_K)
-        if FORWARD:
-            w_rows = (gate * H + unit).to(tl.int64)
-            w_mask = ((gate < GATES) & (unit < H))[:, None] & (kk < H)[None, :]
-            w = tl.load(w_hh_ptr + w_rows[:, None] * H + kk[None, :], mask=w_mask, other=0.0)
+    if SLAB_K > 0:
+        # slab element -> W_hh[w_row, w_col], kept where ``keep`` and the column ``kk < H``
+        if FORWARD and split_k(GATES, PRECISION, w_hh_ptr.dtype.element_ty, SLAB_K):
+            unit = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)[None, :, None]
+            PART: tl.constexpr = SLAB_K // SPLIT_K
+            kk = tl.arange(0, SPLIT_K)[:, None, None] * PART + tl.arange(0, PART)[None, None, :]
+            w_row, w_col, keep = unit, kk, unit < H
         else:
-            w_rows = (gate * H)[:, None] + kk[None, :]  # W_hh row g*H + k of slab row (g, u), column k
-            w_mask = ((gate < GATES) & (unit < H))[:, None] & (kk < H)[None, :]
-            w = tl.load(w_hh_ptr + w_rows.to(tl.int64) * H + unit[:, None], mask=w_mask, other=0.0)
+            r = tl.arange(0, SLOTS * BLOCK_H)[:, None]
+            gate = r // BLOCK_H
+            unit = tl.program_id(0) * BLOCK_H + r % BLOCK_H
+            kk = tl.arange(0, SLAB_K)[None, :]
+            keep = (gate < GATES) & (unit < H)
+            if FORWARD:
+                w_row, w_col = gate * H + unit, kk
+            else:
+                w_row, w_col = gate * H + kk, unit  # W_hh row g*H + k of slab row (g, u), column k
+        w = tl.load(w_hh_ptr + w_row.to(tl.int64) * H + w_col, mask=keep & (kk < H), other=0.0)
         w = tf32_operand(w, PRECISION)
     return w
 
@@ -253,25 +251,20 @@ def forward_gemm(h_rows, row_mask, w_hh_ptr, cols, col_mask, w_slab, H, scale_pt
     acc1 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
     acc2 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
     acc3 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
-    if SLAB_K > 0 and split_k(GATES, PRECISION, w_hh_ptr.dtype.element_ty, SLAB_K):
-        # [SPLIT_K, SLAB_K // SPLIT_K, BLOCK_B]: part s of h^T beside part s of the slab
-        part = (tl.arange(0, SPLIT_K) * (SLAB_K // SPLIT_K))[:, None, None]
-        kk = part + tl.arange(0, SLAB_K // SPLIT_K)[None, :, None]
-        h_mask = (kk < H) & row_mask[None, None, :]
-        h_t = tl.load(h_rows[None, None, :] + kk, mask=h_mask, other=0.0)
+    if SLAB_K > 0:
+        SPLIT: tl.constexpr = split_k(GATES, PRECISION, w_hh_ptr.dtype.element_ty, SLAB_K)
+        if SPLIT:  # [SPLIT_K, SLAB_K // SPLIT_K, 1]: part s of h^T beside part s of the slab
+            PART: tl.constexpr = SLAB_K // SPLIT_K
+            kk = tl.arange(0, SPLIT_K)[:, None, None] * PART + tl.arange(0, PART)[None, :, None]
+        else:
+            kk = tl.arange(0, SLAB_K)[:, None]
+        h_mask = (kk < H) & row_mask  # h^T: k along the leading axes, batch rows along the last
+        h_t = tl.load(h_rows + kk, mask=h_mask, other=0.0)
         if has_scale != 0:
-            h_t = h_t * tl.load(scale_ptr + rows[None, None, :] * H + kk, mask=h_mask, other=0.0)
-        h_t = tf32_operand(h_t, PRECISION)
-        acc = tl.sum(tl.dot(w_slab, h_t, input_precision=PRECISION, out_dtype=ACC), axis=0)
-        acc0, acc1, acc2, acc3 = split_gates(acc, GATES, BLOCK_B, BLOCK_H)
-    elif SLAB_K > 0:
-        kk = tl.arange(0, SLAB_K)
-        h_mask = (kk < H)[:, None] & row_mask[None, :]
-        h_t = tl.load(h_rows[None, :] + kk[:, None], mask=h_mask, other=0.0)
-        if has_scale != 0:
-            h_t = h_t * tl.load(scale_ptr + rows[None, :] * H + kk[:, None], mask=h_mask, other=0.0)
-        h_t = tf32_operand(h_t, PRECISION)
-        acc = tl.dot(w_slab, h_t, input_precision=PRECISION, out_dtype=ACC)
+            h_t = h_t * tl.load(scale_ptr + rows * H + kk, mask=h_mask, other=0.0)
+        acc = tl.dot(w_slab, tf32_operand(h_t, PRECISION), input_precision=PRECISION, out_dtype=ACC)
+        if SPLIT:
+            acc = tl.sum(acc, axis=0)
         acc0, acc1, acc2, acc3 = split_gates(acc, GATES, BLOCK_B, BLOCK_H)
     else:
         for k0 in range(0, H, BLOCK_K):

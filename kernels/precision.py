@@ -21,6 +21,7 @@ FP fusion. :data:`ENABLE_FP_FUSION` is what every launcher passes as
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 from triton import knobs
@@ -85,6 +86,4 @@ def mma_dots(dtype, tf32: bool) -> bool:
     bf16, fp64, fp32 with TF32): their layouts give each warp whole ``16 x 8`` tiles, so
     warps beyond a small result's tile count repeat its work. fp32 IEEE dots are FMA loops
     spread over every thread."""
-    import torch
-
     return dtype != torch.float32 or bool(tf32)
