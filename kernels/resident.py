@@ -59,8 +59,9 @@ Offsets: each step's first row enters as a 64-bit scalar, the offsets inside a s
 are 32-bit (up to ``B * G * H``; the backend runs batches past 2^31 on the step tier).
 
 Compile-time choices: the cell, ``ACC``, ``PRECISION`` (TF32 or IEEE), ``BLOCK_B``,
-``BLOCK_H`` and the warps, from :mod:`fastrnn.kernels.fits`, and ``H_ALIGNED`` (a forward
-launch with ``H % 8 == 0``: vector loads of its rows). TF32 dots get operands rounded to
+``BLOCK_H`` and the warps, from :mod:`fastrnn.kernels.fits`, and ``H_ALIGNED`` (``H % 8 == 0``:
+vector loads of its rows; a backward where the device has the shared memory its aligned
+kernel needs, :data:`~fastrnn.kernels.resident_tiles.ALIGNED_BACKWARD`). TF32 dots get operands rounded to
 nearest (:func:`fastrnn.kernels.precision.tf32_round`; ``W_hh`` once, before the loop), and
 every launch pins FP fusion (:data:`fastrnn.kernels.precision.ENABLE_FP_FUSION`). ``T``, ``B``, ``H``, the
 direction and ``save`` are runtime arguments (``do_not_specialize``): no shape, batch
@@ -84,7 +85,8 @@ from .launches import checked_pointers as _pointers
 from .launches import record
 from .precision import ENABLE_FP_FUSION
 from .resident_tiles import (  # noqa: F401 (cell_of, triton_cells: used by the report)
-    acc_type, aligned, cell_of, dot_operand, flag_rows, h_aligned, kernel_config, load_params, load_weights,
+    acc_type, aligned, aligned_backward, aligned_shared, cell_of, dot_operand, flag_rows, h_aligned, kernel_config,
+    launched_on, load_params, load_weights,
     reset_rows, step_rows, store_gates, timestep, triton_cells, zone_blend, zone_weight,
 )
 
@@ -513,6 +515,7 @@ class Specialisation(NamedTuple):
     shared_limit: dict  # arch -> bytes this entry may use there (fits.py), None: not run there
     options: dict = OPTIONS  # compile options besides num_warps
     floats: tuple = FLOATS  # the names in ``ints`` typed fp32
+    launched_on = launched_on  # where a launch may pick it, as far as its own record says
 
 
 DIRECTIONS = ("forward", "backward")
@@ -529,7 +532,8 @@ def kernel_of(direction: str) -> tuple:
 def specialisations(dtypes=None) -> list[Specialisation]:
     """Every (kernel, cell, dtype, TF32, ``H_ALIGNED``, ``REGULARISED``, block configuration) a
     launch may choose: for each cell of :func:`triton_cells`, its entries of :data:`fits.RESIDENT`
-    (:func:`fits.resident_entries`); the forward also with ``H_ALIGNED`` (:func:`h_aligned`);
+    (:func:`fits.resident_entries`); the forward also with ``H_ALIGNED`` (:func:`h_aligned`), the
+    backward too where :data:`ALIGNED_BACKWARD` has the entry (:func:`aligned_shared`);
     label ``-reg``: with ``REGULARISED``, for the entries :func:`fits.resident_regularised` runs."""
     out = []
     for cell in triton_cells():
@@ -539,14 +543,15 @@ def specialisations(dtypes=None) -> list[Specialisation]:
                 continue
             for reg in (False, True) if fits.resident_regularised(cell, dtype, block_h) else (False,):
                 for tf32, aligned, direction in product((False, True), (False, True), DIRECTIONS):
-                    if (tf32 and dtype != torch.float32) or (aligned and not h_aligned(direction, 8)):
+                    shared = aligned_shared(cell.name, dtype, block_h, direction, aligned, fit)
+                    if (tf32 and dtype != torch.float32) or shared is None:
                         continue
                     label = dtype_name + ("-tf32" if tf32 else "") + ("-a8" if aligned else "") + ("-reg" if reg else "")
                     kernel, pointers, ints = kernel_of(direction)
-                    cfg = kernel_config(getattr(fit, direction), cell.name, dtype, tf32, direction, reg)
+                    cfg = kernel_config(getattr(fit, direction), cell.name, dtype, tf32, direction, reg, aligned)
                     out.append(Specialisation(
                         kernel, f"resident-{direction}", cell.name, dtype, label, cfg,
-                        constexprs(cell, dtype, tf32, cfg, aligned, reg), pointers, ints, dict(fit.shared),
+                        constexprs(cell, dtype, tf32, cfg, aligned, reg), pointers, ints, shared,
                     ))
     return out
 
@@ -556,7 +561,8 @@ def specialisations(dtypes=None) -> list[Specialisation]:
 # --------------------------------------------------------------------------------------
 
 
-def launch(direction: str, kind, tensors: dict, ints: dict, *, fit: fits.ResidentFit, tf32: bool) -> None:
+def launch(direction: str, kind, tensors: dict, ints: dict, *, fit: fits.ResidentFit, tf32: bool,
+           limits: tuple[int, int] = (fits.REFERENCE_ARCH, fits.SHARED_LIMIT[fits.REFERENCE_ARCH])) -> None:
     """One launch of ``direction``'s kernel over the whole sequence, for the cell ``kind``
     (a :class:`~fastrnn.cells.Cell` or its name).
 
@@ -566,6 +572,8 @@ def launch(direction: str, kind, tensors: dict, ints: dict, *, fit: fits.Residen
     :data:`BACKWARD_INTS` to a Python int (:data:`FLOATS`: a float). Grid: ``cdiv(B, BLOCK_B)``
     programs. Optional inputs may be left out (regularisers: the cell's own c / h is then ``c_seq`` / ``y``).
     A call with regularisers runs ``REGULARISED`` kernels; refused on :data:`fits.RESIDENT_UNREGULARISED` entries.
+    ``limits``: the device's ``(compute capability, shared memory per block)``, which decide
+    whether a backward with ``H % 8 == 0`` runs its aligned kernel (:func:`aligned_backward`).
     """
     kernel, pointers, int_names = kernel_of(direction)
     cfg = getattr(fit, direction)
@@ -581,20 +589,21 @@ def launch(direction: str, kind, tensors: dict, ints: dict, *, fit: fits.Residen
     if regularised and not fits.resident_regularised(cell_of(kind), w.dtype, ints["H"]):
         raise ValueError(f"fastrnn.kernels: no regularised resident kernels for {cell_of(kind).name} {w.dtype} "
                          f"with H={ints['H']} (fits.RESIDENT_UNREGULARISED)")
-    grid = (triton.cdiv(ints["B"], cfg.block_b),)
+    name, grid = cell_of(kind).name, (triton.cdiv(ints["B"], cfg.block_b),)
+    aligned = h_aligned(direction, ints["H"], aligned_backward(name, w.dtype, cfg.block_h, regularised, *limits))
     kernel[grid](
         *_pointers(pointers, tensors), *(ints[k] for k in int_names),
-        **constexprs(kind, w.dtype, tf32, cfg, h_aligned(direction, ints["H"]), regularised),
-        num_warps=kernel_config(cfg, cell_of(kind).name, w.dtype, tf32, direction, regularised).num_warps, **OPTIONS,
+        **constexprs(kind, w.dtype, tf32, cfg, aligned, regularised),
+        num_warps=kernel_config(cfg, name, w.dtype, tf32, direction, regularised, aligned).num_warps, **OPTIONS,
     )
     record("resident", direction)
 
 
-def launch_forward(kind, tensors: dict, ints: dict, *, fit: fits.ResidentFit, tf32: bool) -> None:
+def launch_forward(kind, tensors: dict, ints: dict, **options) -> None:
     """The forward launch (:func:`launch`)."""
-    launch("forward", kind, tensors, ints, fit=fit, tf32=tf32)
+    launch("forward", kind, tensors, ints, **options)
 
 
-def launch_backward(kind, tensors: dict, ints: dict, *, fit: fits.ResidentFit, tf32: bool) -> None:
+def launch_backward(kind, tensors: dict, ints: dict, **options) -> None:
     """The backward launch (:func:`launch`)."""
-    launch("backward", kind, tensors, ints, fit=fit, tf32=tf32)
+    launch("backward", kind, tensors, ints, **options)

@@ -54,7 +54,8 @@ from .launches import record
 from .norm_rows import ln_gru_backward, ln_gru_forward, ln_lstm_backward, ln_lstm_forward
 from .precision import ENABLE_FP_FUSION
 from .resident_tiles import (
-    acc_type, aligned, dot_operand, flag_rows, h_aligned, kernel_config, load_weights, reset_rows, step_rows,
+    acc_type, aligned, aligned_backward, aligned_shared, dot_operand, flag_rows, h_aligned, kernel_config, launched_on,
+    load_weights, reset_rows, step_rows,
     store_gates, timestep, zone_blend, zone_weight,
 )
 
@@ -404,6 +405,7 @@ class Specialisation(NamedTuple):
     shared_limit: dict
     options: dict = OPTIONS
     floats: tuple = FLOATS
+    launched_on = launched_on  # where a launch may pick it, as far as its own record says
 
 
 def specialisations(dtypes=None) -> list[Specialisation]:
@@ -417,21 +419,24 @@ def specialisations(dtypes=None) -> list[Specialisation]:
             continue
         regs = (False, True) if fits.resident_norm_regularised(name, dtype, block_h) else (False,)
         for reg, tf32, aligned, direction in product(regs, (False, True), (False, True), DIRECTIONS):
-            if (tf32 and dtype != torch.float32) or (aligned and not h_aligned(direction, 8)):
+            shared = aligned_shared(name, dtype, block_h, direction, aligned, fit)
+            if (tf32 and dtype != torch.float32) or shared is None:
                 continue
             label = dtype_name + ("-tf32" if tf32 else "") + ("-a8" if aligned else "") + ("-reg" if reg else "")
             kernel, pointers, ints = kernel_of(direction)
-            cfg = kernel_config(getattr(fit, direction), name, dtype, tf32, direction, reg)
+            cfg = kernel_config(getattr(fit, direction), name, dtype, tf32, direction, reg, aligned)
             out.append(Specialisation(kernel, f"resident-norm-{direction}", name, dtype, label, cfg,
                                       constexprs(name == "LayerNormLSTM", dtype, tf32, cfg, aligned, reg), pointers,
-                                      ints, dict(fit.shared), options(name, dtype, direction, cfg)))
+                                      ints, shared, options(name, dtype, direction, cfg)))
     return out
 
 
-def launch(direction: str, cell, tensors: dict, ints: dict, *, fit: fits.ResidentFit, tf32: bool) -> None:
+def launch(direction: str, cell, tensors: dict, ints: dict, *, fit: fits.ResidentFit, tf32: bool,
+           limits: tuple[int, int] = (fits.REFERENCE_ARCH, fits.SHARED_LIMIT[fits.REFERENCE_ARCH])) -> None:
     """One launch of ``direction``'s kernel over the whole sequence. ``tensors`` maps every
     pointer name of the direction to a contiguous, 16-byte aligned tensor of the dtype its
-    role says; ``ints`` every runtime scalar. Grid: ``cdiv(B, BLOCK_B)`` programs."""
+    role says; ``ints`` every runtime scalar. Grid: ``cdiv(B, BLOCK_B)`` programs. ``limits``:
+    the device's ``(compute capability, shared memory per block)`` (:func:`aligned_backward`)."""
     kernel, pointers, int_names = kernel_of(direction)
     cfg = getattr(fit, direction)
     dtype = tensors["w_hh_ptr"].dtype
@@ -441,10 +446,11 @@ def launch(direction: str, cell, tensors: dict, ints: dict, *, fit: fits.Residen
         raise ValueError(f"fastrnn.kernels: no regularised resident kernels for {cell.name} {dtype} with "
                          f"H={ints['H']} (fits.RESIDENT_NORM_UNREGULARISED)")
     grid = (triton.cdiv(ints["B"], cfg.block_b),)
+    aligned = h_aligned(direction, ints["H"], aligned_backward(family(cell), dtype, cfg.block_h, regularised, *limits))
     kernel[grid](
         *_pointers(pointers, tensors), *(ints[k] for k in int_names),
-        **constexprs(cell.has_cell_state, dtype, tf32, cfg, h_aligned(direction, ints["H"]), regularised),
-        num_warps=kernel_config(cfg, family(cell), dtype, tf32, direction, regularised).num_warps,
+        **constexprs(cell.has_cell_state, dtype, tf32, cfg, aligned, regularised),
+        num_warps=kernel_config(cfg, family(cell), dtype, tf32, direction, regularised, aligned).num_warps,
         **options(family(cell), dtype, direction, cfg),
     )
     record("resident", direction)

@@ -11,7 +11,7 @@ import triton.language as tl
 
 from ..cells import Cell, defined
 from ..cells import get as cell_named
-from .fits import tabled_name
+from .fits import dtype_name, tabled_name
 from .precision import tf32_round
 
 
@@ -178,14 +178,84 @@ def triton_cells() -> tuple[Cell, ...]:
     return tuple(cell for cell in defined() if cell.runs_on_triton)
 
 
-def h_aligned(direction: str, hidden: int) -> bool:
+def h_aligned(direction: str, hidden: int, aligned_backward: bool = False) -> bool:
     """Whether a launch of ``direction`` for hidden size ``hidden`` runs the ``H_ALIGNED``
-    specialisation: forward launches with ``H % 8 == 0`` (rows of 8 elements, 16 bytes in
-    fp16/bf16, load as vectors; the LSTM bf16 ``BLOCK_H`` 64 forward drops from 176 scalar
-    16-bit loads and 254 registers to none and 128 on sm_80). The backward keeps scalar
-    loads: aligned, the compiler stages its loads through shared memory (LSTM bf16
-    ``BLOCK_H`` 64: 76 KB instead of 53 KB, and an 8 B spill on sm_80)."""
-    return direction == "forward" and hidden % 8 == 0
+    specialisation (rows of 8 elements, 16 bytes in fp16/bf16, load as vectors; the LSTM bf16
+    ``BLOCK_H`` 64 forward drops from 176 scalar 16-bit loads and 254 registers to none and
+    128 on sm_80): a forward with ``H % 8 == 0``; a backward too where ``aligned_backward``
+    (:func:`aligned_backward`) says its entry's aligned kernel runs on the device."""
+    return hidden % 8 == 0 and (direction == "forward" or aligned_backward)
+
+
+#: The resident backward kernels compiled for 16-byte rows (``H_ALIGNED``), by entry
+#: ``(cell or LayerNorm family, dtype name, BLOCK_H) -> {arch: shared memory per block}``
+#: (the larger of the plain and ``REGULARISED`` kernels; an arch not listed: the largest
+#: value, as :func:`fits.shared_needed`). With the hidden size known to be a multiple of 8
+#: every 16-bit row loads as a vector, where the plain kernel loads them 2 bytes at a time;
+#: the compiler stages those loads through shared memory, so they need 1.4-3.3x the plain
+#: kernel's (:data:`fits.RESIDENT`), which the tier choice reads. A launch runs the aligned
+#: kernel where the device's shared memory allows it, the plain one elsewhere. Every entry
+#: compiles with no spill for sm_80 / sm_86 / sm_89 / sm_90 / sm_100 but those of
+#: :data:`ALIGNED_BACKWARD_MISSES`.
+ALIGNED_BACKWARD: dict[tuple[str, str, int], dict] = {
+    (name, dtype, block_h): {80: sm80, 90: sm90}
+    for dtype in ("float16", "bfloat16")
+    for (name, block_h), (sm80, sm90) in {
+        ("LSTM", 32): (30720, 31744), ("LSTM", 64): (75776, 76800),
+        ("LSTM_PEEPHOLE", 32): (30720, 31744), ("LSTM_PEEPHOLE", 64): (75776, 76800),
+        ("GRU", 32): (22528, 23552), ("GRU", 64): (57344, 58368), ("GRU", 128): (159744, 160768),
+        ("RNN_TANH", 32): (8192, 9216), ("RNN_TANH", 64): (20480, 21504), ("RNN_TANH", 128): (53248, 54272),
+        ("RNN_RELU", 32): (8192, 9216), ("RNN_RELU", 64): (18432, 19456), ("RNN_RELU", 128): (53248, 54272),
+        ("LayerNormLSTM", 32): (39424, 40448), ("LayerNormLSTM", 64): (95232, 96256),
+        ("LayerNormGRU", 32): (26752, 27776), ("LayerNormGRU", 64): (65792, 66816),
+    }.items()
+}
+
+#: ``(cell name, dtype name, BLOCK_H, REGULARISED) -> archs`` where that aligned backward
+#: spills (the regularised bf16 LSTM 32: 8 B on sm_80 / sm_86 / sm_89, at 4 warps, the most
+#: its ``16 x 32`` dots give distinct tiles); the plain backward runs there.
+ALIGNED_BACKWARD_MISSES = {("LSTM", "bfloat16", 32, True): (80, 86, 89)}
+
+#: Warps of aligned backward kernels where they differ from their entry's: the LSTM 64 one
+#: spills 8 B on sm_80 at the entry's 4 warps and compiles clean everywhere at 8.
+ALIGNED_BACKWARD_WARPS = {("LSTM", dtype, 64): 8 for dtype in ("float16", "bfloat16")}
+
+
+def _aligned_key(name: str, dtype, block_h: int) -> tuple:
+    return (tabled_name(name), dtype_name(dtype), block_h)
+
+
+def aligned_backward(name: str, dtype, block_h: int, regularised: bool, arch: int, shared_limit: int) -> bool:
+    """Whether the backward of the entry ``(name, dtype, block_h)`` (a cell the tables do not
+    name: the cell it borrows from) runs its ``H_ALIGNED`` kernel for ``H % 8 == 0`` on a
+    device of compute capability ``arch`` with ``shared_limit`` bytes per block: the entry is
+    one of :data:`ALIGNED_BACKWARD`, not of :data:`ALIGNED_BACKWARD_MISSES` there, and fits."""
+    key = _aligned_key(name, dtype, block_h)
+    shared = ALIGNED_BACKWARD.get(key)
+    if shared is None or arch in ALIGNED_BACKWARD_MISSES.get((*key, bool(regularised)), ()):
+        return False
+    return shared.get(arch, max(shared.values())) <= shared_limit
+
+
+def aligned_shared(name: str, dtype, block_h: int, direction: str, aligned: bool, fit) -> dict | None:
+    """The shared-memory record (``{arch: bytes}``) of an entry's ``direction`` kernel,
+    ``H_ALIGNED`` or not (``fit``: the entry's :class:`~fastrnn.kernels.fits.ResidentFit`): the
+    entry's, or for an aligned backward its :data:`ALIGNED_BACKWARD` record; None where no
+    launch runs that kernel (an aligned backward the table has not)."""
+    if direction == "forward" or not aligned:
+        return dict(fit.shared)
+    shared = ALIGNED_BACKWARD.get(_aligned_key(name, dtype, block_h))
+    return None if shared is None else dict(shared)
+
+
+def launched_on(spec, arch: int) -> bool:
+    """False for a resident specialisation the launch never picks on ``arch`` although its entry
+    runs there and its shared memory fits (the compile report checks those itself): an aligned
+    backward of :data:`ALIGNED_BACKWARD_MISSES`."""
+    if not (spec.constexprs["H_ALIGNED"] and spec.kernel_name.endswith("backward")):
+        return True
+    key = (*_aligned_key(spec.kind, spec.dtype, spec.config.block_h), bool(spec.constexprs["REGULARISED"]))
+    return arch not in ALIGNED_BACKWARD_MISSES.get(key, ())
 
 
 #: Warps of resident TF32 kernels where they differ from the fp32 entry's, which fp32 IEEE
@@ -202,12 +272,16 @@ TF32_WARPS = {
 }
 
 
-def kernel_config(cfg, cell_name: str, dtype: torch.dtype, tf32: bool, direction: str, regularised: bool):
+def kernel_config(cfg, cell_name: str, dtype: torch.dtype, tf32: bool, direction: str, regularised: bool,
+                  aligned: bool = False):
     """``cfg`` (a :class:`~fastrnn.kernels.fits.KernelConfig` of the tables) with the warps its
-    kernel runs: :data:`TF32_WARPS` for an fp32 TF32 one it lists (a cell the tables do not
-    name: as the cell whose entries it borrows), else its own."""
+    kernel runs: :data:`TF32_WARPS` for an fp32 TF32 one it lists, :data:`ALIGNED_BACKWARD_WARPS`
+    for an ``aligned`` backward (a cell the tables do not name: as the cell whose entries it
+    borrows), else its own."""
     key = (tabled_name(cell_name), cfg.block_h, direction, bool(regularised))
     warps = TF32_WARPS.get(key) if tf32 and dtype == torch.float32 else None
+    if aligned and direction == "backward":
+        warps = ALIGNED_BACKWARD_WARPS.get(_aligned_key(cell_name, dtype, cfg.block_h), warps)
     return cfg if warps is None else cfg._replace(num_warps=warps)
 
 

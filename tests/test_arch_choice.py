@@ -406,3 +406,27 @@ def test_row_kernels_read_the_arch(monkeypatch):
             for other in (want[key], results[90][key].to(torch.float64)):
                 torch.testing.assert_close(got.to(torch.float64), other, rtol=1e-2, atol=1e-2,
                                            msg=lambda m, key=key: f"H {hidden} {key}: {m}")
+
+
+def test_aligned_backward_per_device():
+    """A resident backward with H % 8 == 0 runs its H_ALIGNED kernel where the device's shared
+    memory holds it and it compiles clean there (resident_tiles.ALIGNED_BACKWARD): the fp16 GRU
+    128 one needs 159,744 B, more than a 99 KB part has; the regularised bf16 LSTM 32 one spills
+    on sm_80 / sm_86 / sm_89 (the fp16 one does not); fp32 has none; the LSTM 64 one runs 8
+    warps (4 spill on sm_80)."""
+    from fastrnn.kernels.resident_tiles import aligned_backward, h_aligned, kernel_config
+
+    limit = fits.SHARED_LIMIT
+    assert aligned_backward("GRU", torch.float16, 128, False, 80, limit[80])
+    assert not aligned_backward("GRU", torch.float16, 128, False, 86, limit[86])
+    assert aligned_backward("LSTM", torch.bfloat16, 32, False, 80, limit[80])
+    assert [aligned_backward("LSTM", torch.bfloat16, 32, True, arch, limit[arch]) for arch in (80, 86, 89, 90, 100)] \
+        == [False, False, False, True, True]
+    assert aligned_backward("LSTM", torch.float16, 32, True, 80, limit[80])
+    assert not aligned_backward("LSTM", torch.float32, 32, False, 90, limit[90])
+    assert h_aligned("backward", 48, True) and not h_aligned("backward", 44, True)
+    assert not h_aligned("backward", 48, False) and h_aligned("forward", 48)
+    fit = fits.RESIDENT["LSTM", "float16", 64]
+    assert fit.backward.num_warps == 4
+    assert kernel_config(fit.backward, "LSTM", torch.float16, False, "backward", False, True).num_warps == 8
+    assert kernel_config(fit.backward, "LSTM", torch.float16, False, "backward", False, False).num_warps == 4

@@ -68,13 +68,19 @@ def test_specialisations_cover_the_launch_choices():
 
 def test_resident_specialisations_are_the_fits_table():
     """Forward (with and without H_ALIGNED) + backward of every fits.RESIDENT entry, fp32
-    twice (IEEE and TF32), and every kind has resident entries in fp32, fp16 and bf16."""
+    twice (IEEE and TF32), the fp16 / bf16 backward with H_ALIGNED too (every such entry has
+    an aligned backward), and every kind has resident entries in fp32, fp16 and bf16."""
+    from fastrnn.kernels.resident_tiles import ALIGNED_BACKWARD
+
     specs = resident.specialisations()
     per_entry = {name: 3 * (2 if name == "float32" else 1) for name in ("float32", "float16", "bfloat16", "float64")}
     kinds = {s.kind for s in specs}
+    sixteen = {(k, d, bh) for (k, d, bh) in fits.RESIDENT if d in ("float16", "bfloat16")}
+    assert sixteen <= set(ALIGNED_BACKWARD), sixteen - set(ALIGNED_BACKWARD)
     # twice (plain and REGULARISED) where the regularised kernels compile clean
     regularised = {(k, d, bh): (k, d, bh) not in fits.RESIDENT_UNREGULARISED for (k, d, bh) in fits.RESIDENT}
-    assert len(specs) == sum(per_entry[d] * (1 + regularised[k, d, bh]) for (k, d, bh) in fits.RESIDENT if k in kinds)
+    assert len(specs) == sum((per_entry[d] + ((k, d, bh) in sixteen)) * (1 + regularised[k, d, bh])
+                             for (k, d, bh) in fits.RESIDENT if k in kinds)
     assert len({(s.kernel_name, s.kind, s.label, s.config) for s in specs}) == len(specs)
     for kind in KINDS:
         for dtype in ("float32", "float16", "bfloat16"):
@@ -345,6 +351,18 @@ def test_shared_memory_limits_per_arch():
     assert set(report.ARCHS) <= set(fits.SHARED_LIMIT)
 
 
+def _plain_backward(spec, arch: int):
+    """Why a resident H_ALIGNED backward row is not launched on ``arch`` although its entry
+    runs there: the launch picks the plain backward (None: it picks this one)."""
+    from fastrnn.kernels.resident_tiles import aligned_backward
+
+    if not (spec.kernel_name.endswith("backward") and spec.constexprs["H_ALIGNED"]):
+        return None
+    reg = bool(spec.constexprs["REGULARISED"])
+    picked = aligned_backward(spec.kind, spec.dtype, spec.config.block_h, reg, arch, fits.SHARED_LIMIT[arch])
+    return None if picked else "the plain backward"
+
+
 def test_rows_not_launched_where_the_tier_choice_refuses_them():
     """A resident entry whose recorded shared memory passes an arch's limit, or that
     fits.RESIDENT_ARCH_MISSES rules out there, is never chosen there (fits.resident_refusal;
@@ -368,6 +386,7 @@ def test_rows_not_launched_where_the_tier_choice_refuses_them():
                 if reg and refusal is None and not fits.resident_norm_regularised(
                         spec.kind, spec.dtype, spec.config.block_h, True, arch):
                     refusal = "regularised"
+                refusal = refusal or _plain_backward(spec, arch)
                 assert launched == (refusal is None), (spec.kind, spec.label, spec.config, arch, refusal)
             elif spec.kernel_name.startswith("resident-"):
                 refusal = fits.resident_refusal(spec.kind, spec.config.block_h, 0, spec.dtype, arch,
@@ -375,6 +394,7 @@ def test_rows_not_launched_where_the_tier_choice_refuses_them():
                 if reg and refusal is None and not fits.resident_regularised(spec.kind, spec.dtype,
                                                                              spec.config.block_h, arch):
                     refusal = "regularised"
+                refusal = refusal or _plain_backward(spec, arch)
                 assert launched == (refusal is None), (spec.kind, spec.label, spec.config, arch, refusal)
             elif spec.kernel_name.startswith("coop"):
                 tf32 = spec.constexprs["PRECISION"] == "tf32"

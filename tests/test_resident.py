@@ -165,6 +165,45 @@ def test_tf32_rounds_dot_operands(kind, hidden, tier, monkeypatch):
     assert moved > 1e-5, "TF32 results equal IEEE ones: the operands were not rounded"
 
 
+class _AlignedSpy:
+    """Stands in for a kernel: records each launch's ``H_ALIGNED`` and runs the kernel."""
+
+    def __init__(self, kernel):
+        self.kernel, self.aligned = kernel, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.aligned.append(kwargs["H_ALIGNED"])
+            return self.kernel[grid](*args, **kwargs)
+
+        return launch
+
+
+@pytest.mark.parametrize("kind, hidden", [("LSTM", 24), ("LSTM", 64), ("GRU", 40), ("RNN_TANH", 72)])
+def test_aligned_backward(kind, hidden, monkeypatch):
+    """fp16 with H a multiple of 8 (BLOCK_H 32, 64, 128): every backward launch runs the
+    ``H_ALIGNED`` kernel (resident_tiles.ALIGNED_BACKWARD), every output and gradient matches
+    the reference backend, and equals the plain backward's run (the table emptied) bit for bit:
+    the alignment changes how rows load, not what is computed. H = 44 (not a multiple of 8)
+    runs the plain backward."""
+    from fastrnn.kernels import resident_tiles
+
+    spy = _AlignedSpy(resident.resident_backward_kernel)
+    monkeypatch.setattr(resident, "resident_backward_kernel", spy)
+    check_against_reference(kind, torch.float16, 5, 7, hidden, True, True)
+    assert spy.aligned == [True] * 4
+    problem = _problem(kind, 5, 7, hidden, True, True)
+    aligned = _run(kind, "triton", torch.float16, problem, True)
+    with monkeypatch.context() as table:
+        table.setattr(resident_tiles, "ALIGNED_BACKWARD", {})
+        plain = _run(kind, "triton", torch.float16, problem, True)
+    assert spy.aligned[-4:] == [False] * 4
+    for k, (a, p) in enumerate(zip(aligned[0] + aligned[1], plain[0] + plain[1])):
+        assert torch.equal(a, p), k
+    _run(kind, "triton", torch.float16, _problem(kind, 2, 2, 44, False, False), False)
+    assert spy.aligned[-2:] == [False] * 2
+
+
 def test_quick_selection_covers_the_issue_grid():
     """The quick run exercises every value of every factor (and every pair of them)."""
     for name, values in FACTORS.items():

@@ -173,7 +173,7 @@ def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule:
     )
     ints = dict(T=schedule.steps, B=batch, uniform_b=uniform_b, reverse=int(reverse), H=hidden, **scalars)
     ks.launch("backward", cell, tensors, ints, fit=_fit(cell, hidden, dtype, device),
-              tf32=buffers.tf32())
+              tf32=buffers.tf32(), limits=policy.device_limits(device))
     dparams = None
     if params is not None:
         dparams = _param_grad(cell, eps, hidden, gates, r, c_cell, dxg, dn, acc).to(params.dtype)

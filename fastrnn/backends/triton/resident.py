@@ -105,6 +105,8 @@ def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule:
     """The backward time loop on the resident tier (the cell reads its own new c / h: the
     saved ones of a zoned-out state, else ``c_seq`` / ``y``)."""
     _refuse_projection(w_hr, zoneout)
+    from .policy import device_limits
+
     rs = _kernels()
     prep = rs.aligned_input
     dtype, device = y.dtype, y.device
@@ -132,5 +134,5 @@ def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule:
     tensors.update(optional, cell_c_ptr=tensors["c_seq_ptr"] if cell_c is None else prep(cell_c),
                    cell_h_ptr=tensors["y_ptr"] if cell_h is None else prep(cell_h))
     ints = dict(T=schedule.steps, B=batch, uniform_b=uniform_b, reverse=int(reverse), H=hidden, **loop_ints)
-    rs.launch_backward(cell, tensors, ints, fit=fit, tf32=buffers.tf32())
+    rs.launch_backward(cell, tensors, ints, fit=fit, tf32=buffers.tf32(), limits=device_limits(device))
     return BackwardResult(dxg, dhg, dh0, dc0 if has_c else None, None)
