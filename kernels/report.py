@@ -244,6 +244,7 @@ def _compile_in_process(spec, arch: int) -> dict:
             noted.append(f"{stack} B of stack accepted (norm_rows.ACCEPTED_STACK)")
         if regs > MAX_REGISTERS:
             problems.append(f"{regs} registers")
+        problems += report_checks.register_file_problems(regs, options["num_warps"])
         if shared > SHARED_LIMIT[arch]:
             problems.append(f"shared {shared} > {SHARED_LIMIT[arch]}")
         if options.get("launch_cooperative_grid") and not compiled.metadata.launch_cooperative_grid:

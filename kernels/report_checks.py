@@ -56,6 +56,21 @@ ENFORCED = {
 }
 
 
+#: 32-bit registers one thread block may hold (sm_80 - sm_100; CUDA C++ Programming Guide,
+#: "Compute Capabilities": 64 K per block and per SM).
+REGISTER_FILE = 65536
+
+
+def register_file_problems(regs: int, num_warps: int) -> list[str]:
+    """Why a block of ``num_warps`` warps at ``regs`` registers per thread cannot launch (empty
+    when it can): each warp holds its threads' registers rounded up to 8 per thread (256 per
+    warp, the allocation unit), and the block's must fit :data:`REGISTER_FILE`. ptxas keeps to
+    that by itself, but not under ``maxnreg``, which overrides the block's thread count."""
+    need = -(-regs // 8) * 8 * 32 * num_warps
+    if need > REGISTER_FILE:
+        return [f"{regs} registers x {num_warps * 32} threads need {need} > {REGISTER_FILE} (the launch is refused)"]
+    return []
+
 def aligned(spec) -> bool:
     """Whether ``spec`` is compiled for 16-byte aligned rows (``H_ALIGNED``)."""
     return bool(dict(getattr(spec, "constexprs", None) or {}).get("H_ALIGNED", False))

@@ -60,8 +60,8 @@ are 32-bit (up to ``B * G * H``; the backend runs batches past 2^31 on the step 
 
 Compile-time choices: the cell, ``ACC``, ``PRECISION`` (TF32 or IEEE), ``BLOCK_B``,
 ``BLOCK_H`` and the warps, from :mod:`fastrnn.kernels.fits`, and ``H_ALIGNED`` (``H % 8 == 0``:
-vector loads of its rows; a backward where the device has the shared memory its aligned
-kernel needs, :data:`~fastrnn.kernels.resident_tiles.ALIGNED_BACKWARD`). TF32 dots get operands rounded to
+vector loads of its rows; in the backward where the device has room for that kernel,
+:func:`~fastrnn.kernels.resident_tiles.aligned_backward`). TF32 dots get operands rounded to
 nearest (:func:`fastrnn.kernels.precision.tf32_round`; ``W_hh`` once, before the loop), and
 every launch pins FP fusion (:data:`fastrnn.kernels.precision.ENABLE_FP_FUSION`). ``T``, ``B``, ``H``, the
 direction and ``save`` are runtime arguments (``do_not_specialize``): no shape, batch
@@ -77,7 +77,6 @@ import torch
 import triton
 import triton.language as tl
 
-
 from . import fits
 from .cells import recurrent_bias
 from .launches import aligned_input  # noqa: F401 (used by the backend)
@@ -86,8 +85,8 @@ from .launches import record
 from .precision import ENABLE_FP_FUSION
 from .resident_tiles import (  # noqa: F401 (cell_of, triton_cells: used by the report)
     acc_type, aligned, aligned_backward, aligned_shared, cell_of, dot_operand, flag_rows, h_aligned, kernel_config,
-    launched_on, load_params, load_weights,
-    reset_rows, step_rows, store_gates, timestep, triton_cells, zone_blend, zone_weight,
+    launched_on, load_params, load_weights, reset_rows, step_rows, store_gates, timestep, triton_cells, zone_blend,
+    zone_weight,
 )
 
 # --------------------------------------------------------------------------------------

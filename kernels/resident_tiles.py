@@ -193,10 +193,10 @@ def h_aligned(direction: str, hidden: int, aligned_backward: bool = False) -> bo
 #: value, as :func:`fits.shared_needed`). With the hidden size known to be a multiple of 8
 #: every 16-bit row loads as a vector, where the plain kernel loads them 2 bytes at a time;
 #: the compiler stages those loads through shared memory, so they need 1.4-3.3x the plain
-#: kernel's (:data:`fits.RESIDENT`), which the tier choice reads. A launch runs the aligned
-#: kernel where the device's shared memory allows it, the plain one elsewhere. Every entry
-#: compiles with no spill for sm_80 / sm_86 / sm_89 / sm_90 / sm_100 but those of
-#: :data:`ALIGNED_BACKWARD_MISSES`.
+#: kernel's. The tier choice reads the plain kernels' record (:data:`fits.RESIDENT`); a
+#: launch runs the aligned kernel where the device's shared memory also holds this one, the
+#: plain one elsewhere. Every entry compiles with no spill for sm_80 / sm_86 / sm_89 / sm_90
+#: / sm_100 but those of :data:`ALIGNED_BACKWARD_MISSES`.
 ALIGNED_BACKWARD: dict[tuple[str, str, int], dict] = {
     (name, dtype, block_h): {80: sm80, 90: sm90}
     for dtype in ("float16", "bfloat16")

@@ -6,11 +6,15 @@ kernels with and without :func:`fastrnn.kernels.precision.tf32_round` on the ope
 Compiled ahead of time only (no launch), in a process with Triton's interpreter off.
 """
 
+from typing import NamedTuple
+
+import torch
 import triton
 import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from fastrnn.kernels.fits import KernelConfig
 from fastrnn.kernels.precision import tf32_round
 
 
@@ -115,6 +119,29 @@ def tile16_kernel(x_ptr, m_ptr, out_ptr, stride, ROWS: tl.constexpr, COLS: tl.co
     tl.store(out_ptr + offs, tl.where(keep, x, 0.0))
 
 
+@triton.jit
+def wide_kernel(x_ptr, y_ptr, N: tl.constexpr):
+    """Keeps ``N / threads`` fp32 values per thread live across reductions: many registers."""
+    offs = tl.arange(0, N)
+    x = tl.load(x_ptr + offs)
+    tl.store(y_ptr + offs, tl.exp(x) * tl.sum(x * x) + tl.sum(tl.exp(x)) * tl.sqrt(tl.sum(x)))
+
+
+class _WideSpec(NamedTuple):
+    """:func:`wide_kernel` as a step-tier row of the compile report, 16 warps."""
+
+    options: dict
+    kernel: object = wide_kernel
+    kernel_name: str = "forward"
+    kind: str = "wide"
+    dtype: torch.dtype = torch.float32
+    label: str = "float32"
+    config: tuple = KernelConfig(1, 65536, 16)
+    constexprs: dict = {"N": 65536}
+    pointers: tuple = (("x_ptr", "io"), ("y_ptr", "io"))
+    ints: tuple = ()
+
+
 #: tile16 variants: name -> (ROWS, num_warps, stride known to be a multiple of 16)
 TILE16_VARIANTS = {"one-per-thread": (16, 8, True), "mask-pair": (16, 4, True), "aligned": (64, 4, True),
                    "unaligned": (64, 4, False)}
@@ -138,7 +165,8 @@ def compile_all() -> dict:
     """``{name: ptx}`` of every kernel the tests read (names: ``ring-<variant>-sm<arch>``,
     ``tf32-<rounded|raw>-m<M>-sm<arch>``, ``fma-<default|pinned|unfused>``,
     ``tf32-loop-w<0|1>h<0|1>-sm<arch>``, ``dot-m<M>-w<warps>-sm<arch>:ttgir``, ``tile16-<variant>`` (sm_90),
-    ``<cooperative kernel name>-<dtype label>-sm<arch>``;
+    ``<cooperative kernel name>-<dtype label>-sm<arch>``, ``wide-<maxnreg|default>-regs`` / ``-error``:
+    the report row's registers and problems of a 16-warp kernel with and without ``maxnreg=255``;
     ``<name>:ttgir`` the TTGIR of the TF32 and cooperative ones)."""
     from fastrnn.kernels import cooperative, report
     from fastrnn.kernels.precision import ENABLE_FP_FUSION
@@ -177,6 +205,9 @@ def compile_all() -> dict:
                      num_warps=warps)
         out[f"tile16-{name}"], out[f"tile16-{name}:ttgir"] = k.asm["ptx"], k.asm["ttgir"]
     wanted = {("coop-forward", "float16"), ("coop-reg-backward", "float32-tf32"), ("coop-backward", "bfloat16")}
+    for name, options in (("maxnreg", dict(maxnreg=255)), ("default", {})):  # 16 warps, through the report
+        row = report._compile_in_process(_WideSpec(options), 90)
+        out[f"wide-{name}-regs"], out[f"wide-{name}-error"] = row["regs"], row["error"]
     for spec in cooperative.specialisations():  # the cooperative kernels of this tree, compiled as the report does
         if (spec.kernel_name, spec.label) in wanted and spec.kind == "LSTM":
             wanted.discard((spec.kernel_name, spec.label))

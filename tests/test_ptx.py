@@ -613,3 +613,16 @@ def test_report_distinct_warps_assertion():
         for slab in (0, 256):
             assert verdict(_Spec(name, torch.float16, "float16", slab_k=slab)) == enforced, (name, slab)
     assert "distinct_warps" not in _failures(_Spec(), "", _EMPTY_TTGIR)
+
+
+def test_register_file_check(ptx):
+    """A block's registers, as allocated (8 per thread at a time), must fit the 65,536 of the
+    register file or the launch is refused: 128 (or 121, allocated as 128) x 16 warps and 255 x 8
+    warps fit, 129 x 16 does not. ptxas keeps a 16-warp kernel within that by itself, but compiled with ``maxnreg=255``
+    it takes more (what the report's check is for)."""
+    from fastrnn.kernels.report_checks import register_file_problems
+
+    assert register_file_problems(128, 16) == register_file_problems(121, 16) == register_file_problems(255, 8) == []
+    assert register_file_problems(129, 16) and register_file_problems(255, 9)
+    assert ptx["wide-maxnreg-regs"] > 128 and "the launch is refused" in ptx["wide-maxnreg-error"]
+    assert ptx["wide-default-regs"] <= 128 and "the launch is refused" not in ptx["wide-default-error"]
