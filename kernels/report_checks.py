@@ -71,6 +71,7 @@ def register_file_problems(regs: int, num_warps: int) -> list[str]:
         return [f"{regs} registers x {num_warps * 32} threads need {need} > {REGISTER_FILE} (the launch is refused)"]
     return []
 
+
 def aligned(spec) -> bool:
     """Whether ``spec`` is compiled for 16-byte aligned rows (``H_ALIGNED``)."""
     return bool(dict(getattr(spec, "constexprs", None) or {}).get("H_ALIGNED", False))

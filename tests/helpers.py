@@ -144,3 +144,18 @@ def pairwise(factors: dict, valid=None, seed: int = 0, candidates: int = 48) -> 
         chosen.append(best)
         uncovered -= pairs(best)
     return chosen
+
+
+class LaunchSpy:
+    """Stands in for a ``@triton.jit`` kernel: records each launch's ``H_ALIGNED`` in
+    ``aligned`` and runs the kernel."""
+
+    def __init__(self, kernel):
+        self.kernel, self.aligned = kernel, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.aligned.append(kwargs["H_ALIGNED"])
+            return self.kernel[grid](*args, **kwargs)
+
+        return launch

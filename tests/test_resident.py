@@ -29,7 +29,7 @@ import pytest
 import torch
 import triton
 import triton.language as tl
-from helpers import assert_parity, make_pair, pairwise
+from helpers import LaunchSpy, assert_parity, make_pair, pairwise
 from test_triton_backend import _TOL, _problem, _run, check_against_reference
 from test_triton_gradcheck import _inputs as gradcheck_inputs
 from torch.nn.utils.rnn import pack_padded_sequence
@@ -165,20 +165,6 @@ def test_tf32_rounds_dot_operands(kind, hidden, tier, monkeypatch):
     assert moved > 1e-5, "TF32 results equal IEEE ones: the operands were not rounded"
 
 
-class _AlignedSpy:
-    """Stands in for a kernel: records each launch's ``H_ALIGNED`` and runs the kernel."""
-
-    def __init__(self, kernel):
-        self.kernel, self.aligned = kernel, []
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            self.aligned.append(kwargs["H_ALIGNED"])
-            return self.kernel[grid](*args, **kwargs)
-
-        return launch
-
-
 @pytest.mark.parametrize("kind, hidden", [("LSTM", 24), ("LSTM", 64), ("GRU", 40), ("RNN_TANH", 72)])
 def test_aligned_backward(kind, hidden, monkeypatch):
     """fp16 with H a multiple of 8 (BLOCK_H 32, 64, 128): every backward launch runs the
@@ -188,7 +174,7 @@ def test_aligned_backward(kind, hidden, monkeypatch):
     runs the plain backward."""
     from fastrnn.kernels import resident_tiles
 
-    spy = _AlignedSpy(resident.resident_backward_kernel)
+    spy = LaunchSpy(resident.resident_backward_kernel)
     monkeypatch.setattr(resident, "resident_backward_kernel", spy)
     check_against_reference(kind, torch.float16, 5, 7, hidden, True, True)
     assert spy.aligned == [True] * 4

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import LaunchSpy
 from test_triton_extras_step import _assert_same, _pair, _problem, _whole
 from test_variants import randomise
 
@@ -267,17 +268,8 @@ def test_float16_io(kind, hidden, monkeypatch):
     backend in fp64 on the same (fp16-representable) parameters and inputs, to 1e-2 (fp16
     rounding of r, the gates and each step's h over T = 6 steps). H = 16: both directions run
     the ``H_ALIGNED`` kernels (resident_tiles.ALIGNED_BACKWARD for the backward)."""
-    aligned = []
-    kernel = resident_norm.resident_norm_backward_kernel
-
-    class Spy:
-        def __getitem__(self, grid):
-            def launch(*args, **kwargs):
-                aligned.append(kwargs["H_ALIGNED"])
-                return kernel[grid](*args, **kwargs)
-            return launch
-
-    monkeypatch.setattr(resident_norm, "resident_norm_backward_kernel", Spy())
+    spy = LaunchSpy(resident_norm.resident_norm_backward_kernel)
+    monkeypatch.setattr(resident_norm, "resident_norm_backward_kernel", spy)
     fast, ref = _pair(kind, hidden, torch.float16, 3, bidirectional=True)
     ref = ref.to(F64)
     ref.load_state_dict({k: v.to(F64) for k, v in fast.state_dict().items()})
@@ -287,7 +279,7 @@ def test_float16_io(kind, hidden, monkeypatch):
     with count_launches() as n:
         got = _whole(fast, leaves, flags, lengths, True, has_c)
     assert dict(n.tiers) == {("resident", "forward"): 2, ("resident", "backward"): 2}
-    assert aligned == [hidden % 8 == 0] * 2
+    assert spy.aligned == [hidden % 8 == 0] * 2
     want = _whole(ref, wide, flags, lengths, True, has_c)
     assert list(got) == list(want)
     for key in want:

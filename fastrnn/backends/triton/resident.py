@@ -104,9 +104,9 @@ def backward(cell, saved, w_hh, b_hh, w_hr, h0, c0, y, dy, dh_n, dc_n, schedule:
              config=None, params=None, resets=None, zoneout=None, recurrent_scale=None):
     """The backward time loop on the resident tier (the cell reads its own new c / h: the
     saved ones of a zoned-out state, else ``c_seq`` / ``y``)."""
-    _refuse_projection(w_hr, zoneout)
     from .policy import device_limits
 
+    _refuse_projection(w_hr, zoneout)
     rs = _kernels()
     prep = rs.aligned_input
     dtype, device = y.dtype, y.device
