@@ -376,10 +376,15 @@ def resident_regularised(kind, dtype, hidden: int, arch: int | None = None) -> b
             and not resident_arch_miss(key[0], dtype, key[2], arch, regularised=True))
 
 
+def shared_on(record: dict, arch: int | None) -> int:
+    """Shared memory per block a record (``{compute capability: bytes}``) gives for ``arch``
+    (major*10+minor); for an arch it was not compiled for, its largest value."""
+    return record.get(arch, max(record.values()))
+
+
 def shared_needed(fit: ResidentFit, arch: int | None) -> int:
-    """Shared memory per block ``fit`` needs on compute capability ``arch`` (major*10+minor);
-    for an arch the table was not compiled for, the largest recorded value."""
-    return fit.shared.get(arch, max(fit.shared.values()))
+    """Shared memory per block ``fit`` needs on ``arch`` (:func:`shared_on` of its record)."""
+    return shared_on(fit.shared, arch)
 
 
 def resident_refusal(kind: str, hidden: int, proj_size: int, dtype, arch: int | None, shared_limit: int) -> str | None:
@@ -408,7 +413,7 @@ def cooperative_shared(key: tuple[str, str, int], arch: int | None) -> int:
     variants) needs on compute capability ``arch``: :data:`COOPERATIVE_SHARED` for that arch,
     the largest recorded value for another arch, 0 for an entry never compiled (fp64)."""
     recorded = COOPERATIVE_SHARED.get(key)
-    return 0 if recorded is None else recorded.get(arch, max(recorded.values()))
+    return 0 if recorded is None else shared_on(recorded, arch)
 
 
 #: Cooperative configurations ``(dtype name, dot precision, slab_k, rows)`` that compile clean

@@ -60,6 +60,7 @@ report compiles with.
 
 from __future__ import annotations
 
+from itertools import product
 from typing import NamedTuple
 
 import torch
@@ -469,22 +470,21 @@ def specialisations(dtypes=(torch.float32, torch.float16, torch.bfloat16)) -> li
     for dtype in dtypes:
         for tf32 in ((False, True) if dtype == torch.float32 else (False,)):
             for cell in (c for c in cells.defined() if c.runs_on_triton):
-                forward_cfgs, backward_cfgs = (step_configs(dtype, tf32, k) for k in ("forward", "backward"))
-                for i, aligned in ((i, aligned) for i in range(len(forward_cfgs)) for aligned in (False, True)):
+                pairs = zip(step_configs(dtype, tf32, "forward"), step_configs(dtype, tf32, "backward"))
+                for (forward_cfg, backward_cfg), aligned in product(pairs, (False, True)):
                     name = dtype_name(dtype) + ("-tf32" if tf32 else "") + ("-a8" if aligned else "")
-                    cfg = forward_cfgs[i]
                     for save in ((False, True) if _saves_something(cell) else (False,)):
                         out.append(Specialisation(
                             recurrent_step_forward_kernel, "forward", cell.name, dtype,
-                            name + ("-save" if save else ""), cfg,
-                            forward_constexprs(cell, save, dtype, tf32, cfg, aligned), FORWARD_POINTERS, FORWARD_INTS,
+                            name + ("-save" if save else ""), forward_cfg,
+                            forward_constexprs(cell, save, dtype, tf32, forward_cfg, aligned), FORWARD_POINTERS,
+                            FORWARD_INTS,
                         ))
-                    cfg = backward_cfgs[i]
                     for dm_given in ((False, True) if _has_projection(cell) else (False,)):
                         out.append(Specialisation(
                             recurrent_step_backward_kernel, "backward", cell.name, dtype,
-                            name + ("-dm" if dm_given else ""), cfg,
-                            backward_constexprs(cell, dm_given, dtype, tf32, cfg, aligned), BACKWARD_POINTERS,
+                            name + ("-dm" if dm_given else ""), backward_cfg,
+                            backward_constexprs(cell, dm_given, dtype, tf32, backward_cfg, aligned), BACKWARD_POINTERS,
                             BACKWARD_INTS,
                         ))
     return out

@@ -189,10 +189,10 @@ def _coop_key(spec) -> tuple | None:
 
 def recorded_shared(spec, arch: int) -> int | None:
     """The shared memory per block fits.py records for ``spec`` on ``arch``, which the tier choice
-    reads (:func:`fits.shared_needed`, :func:`fits.cooperative_shared`); None: the step tier's."""
+    reads (:func:`fits.shared_on`, :func:`fits.cooperative_shared`); None: the step tier's."""
     recorded = getattr(spec, "shared_limit", None)
     if recorded is not None:
-        return fits.shared_needed(fits.ResidentFit(spec.config, spec.config, recorded), arch)
+        return fits.shared_on(recorded, arch)
     return None if _coop_key(spec) is None else fits.cooperative_shared(_coop_key(spec), arch)
 
 

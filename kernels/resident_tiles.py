@@ -11,7 +11,7 @@ import triton.language as tl
 
 from ..cells import Cell, defined
 from ..cells import get as cell_named
-from .fits import dtype_name, tabled_name
+from .fits import dtype_name, shared_on, tabled_name
 from .precision import tf32_round
 
 
@@ -190,7 +190,7 @@ def h_aligned(direction: str, hidden: int, aligned_backward: bool = False) -> bo
 #: The resident backward kernels compiled for 16-byte rows (``H_ALIGNED``), by entry
 #: ``(cell or LayerNorm family, dtype name, BLOCK_H) -> {arch: shared memory per block}``
 #: (the larger of the plain and ``REGULARISED`` kernels; an arch not listed: the largest
-#: value, as :func:`fits.shared_needed`). With the hidden size known to be a multiple of 8
+#: value, :func:`fits.shared_on`). With the hidden size known to be a multiple of 8
 #: every 16-bit row loads as a vector, where the plain kernel loads them 2 bytes at a time;
 #: the compiler stages those loads through shared memory, so they need 1.4-3.3x the plain
 #: kernel's. The tier choice reads the plain kernels' record (:data:`fits.RESIDENT`); a
@@ -234,7 +234,7 @@ def aligned_backward(name: str, dtype, block_h: int, regularised: bool, arch: in
     shared = ALIGNED_BACKWARD.get(key)
     if shared is None or arch in ALIGNED_BACKWARD_MISSES.get((*key, bool(regularised)), ()):
         return False
-    return shared.get(arch, max(shared.values())) <= shared_limit
+    return shared_on(shared, arch) <= shared_limit
 
 
 def aligned_shared(name: str, dtype, block_h: int, direction: str, aligned: bool, fit) -> dict | None:
@@ -254,8 +254,8 @@ def launched_on(spec, arch: int) -> bool:
     backward of :data:`ALIGNED_BACKWARD_MISSES`."""
     if not (spec.constexprs["H_ALIGNED"] and spec.kernel_name.endswith("backward")):
         return True
-    key = (*_aligned_key(spec.kind, spec.dtype, spec.config.block_h), bool(spec.constexprs["REGULARISED"]))
-    return arch not in ALIGNED_BACKWARD_MISSES.get(key, ())
+    return aligned_backward(spec.kind, spec.dtype, spec.config.block_h, spec.constexprs["REGULARISED"], arch,
+                            shared_limit=float("inf"))
 
 
 #: Warps of resident TF32 kernels where they differ from the fp32 entry's, which fp32 IEEE
@@ -302,6 +302,6 @@ def repeats_accepted(spec) -> bool:
     """Whether ``spec`` (a resident or resident LayerNorm specialisation) is one of
     :data:`REPEATED_WARPS`."""
     name = getattr(spec.kind, "name", spec.kind)
-    key = (name, str(spec.dtype).replace("torch.", ""), "-tf32" in spec.label, spec.config.block_h,
+    key = (name, dtype_name(spec.dtype), "-tf32" in spec.label, spec.config.block_h,
            spec.kernel_name.rsplit("-", 1)[1], bool(spec.constexprs.get("REGULARISED")))
     return key in REPEATED_WARPS

@@ -617,9 +617,9 @@ def test_report_distinct_warps_assertion():
 
 def test_register_file_check(ptx):
     """A block's registers, as allocated (8 per thread at a time), must fit the 65,536 of the
-    register file or the launch is refused: 128 (or 121, allocated as 128) x 16 warps and 255 x 8
-    warps fit, 129 x 16 does not. ptxas keeps a 16-warp kernel within that by itself, but compiled with ``maxnreg=255``
-    it takes more (what the report's check is for)."""
+    register file or the launch is refused: 128 (or 121, allocated as 128) x 16 warps and
+    255 x 8 warps fit, 129 x 16 does not. ptxas keeps a 16-warp kernel within that by itself,
+    but compiled with ``maxnreg=255`` it takes more, and the report's row fails it."""
     from fastrnn.kernels.report_checks import register_file_problems
 
     assert register_file_problems(128, 16) == register_file_problems(121, 16) == register_file_problems(255, 8) == []
